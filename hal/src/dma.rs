@@ -1,0 +1,145 @@
+//! DMA memory: pages the device can reach, owned by an RAII handle.
+//!
+//! The device reads and writes this memory behind the compiler's back, so every
+//! access through [`DmaRegion`] is volatile and bounds-checked.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use crate::{pages_for, DeviceAddr, Hal, HalError, PAGE_SIZE};
+
+/// Physically contiguous, page-aligned, zeroed memory shared with a device.
+/// Freed (through the Hal that allocated it) when dropped.
+pub struct DmaRegion<H: Hal> {
+    device_addr: DeviceAddr,
+    vaddr: NonNull<u8>,
+    pages: usize,
+    _hal: PhantomData<H>,
+}
+
+// SAFETY: the region is plain memory owned exclusively by this handle; moving
+// the handle to another thread moves that ownership with it.
+unsafe impl<H: Hal> Send for DmaRegion<H> {}
+// SAFETY: all access through `&self` is volatile reads/writes of plain integers;
+// callers that need ordering between threads synchronise outside.
+unsafe impl<H: Hal> Sync for DmaRegion<H> {}
+
+impl<H: Hal> DmaRegion<H> {
+    /// Allocates enough whole pages to hold `bytes` bytes.
+    pub fn new(bytes: usize) -> Result<Self, HalError> {
+        if bytes == 0 {
+            return Err(HalError::InvalidArgument);
+        }
+        let pages = pages_for(bytes);
+        let (device_addr, vaddr) = H::dma_alloc(pages)?;
+        Ok(Self {
+            device_addr,
+            vaddr,
+            pages,
+            _hal: PhantomData,
+        })
+    }
+
+    /// The address to give the device for byte 0.
+    pub fn device_addr(&self) -> DeviceAddr {
+        self.device_addr
+    }
+
+    /// The CPU pointer to byte 0.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.vaddr
+    }
+
+    /// Length in bytes (always a whole number of pages).
+    pub fn len(&self) -> usize {
+        self.pages * PAGE_SIZE
+    }
+
+    /// Never true: a region has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    fn checked_ptr<T>(&self, offset: usize) -> Option<*mut T> {
+        let end = offset.checked_add(core::mem::size_of::<T>())?;
+        if end > self.len() || offset % core::mem::align_of::<T>() != 0 {
+            return None;
+        }
+        // SAFETY: `offset + size_of::<T>()` is within the allocation (checked above).
+        Some(unsafe { self.vaddr.as_ptr().add(offset) }.cast::<T>())
+    }
+
+    /// Volatile read of a `T` at `offset`. `None` when out of bounds or misaligned.
+    pub fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        let ptr = self.checked_ptr::<T>(offset)?;
+        // SAFETY: in bounds and aligned (checked), and the memory is ours for
+        // the lifetime of `self`; volatile because the device may write it.
+        Some(unsafe { ptr.read_volatile() })
+    }
+
+    /// Volatile write of a `T` at `offset`. `false` when out of bounds or misaligned.
+    pub fn write<T: Copy>(&self, offset: usize, value: T) -> bool {
+        match self.checked_ptr::<T>(offset) {
+            Some(ptr) => {
+                // SAFETY: in bounds and aligned (checked); volatile because the
+                // device may read it at any time.
+                unsafe { ptr.write_volatile(value) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` out of the region.
+    pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> bool {
+        let Some(end) = offset.checked_add(dst.len()) else {
+            return false;
+        };
+        if end > self.len() {
+            return false;
+        }
+        for (i, byte) in dst.iter_mut().enumerate() {
+            // SAFETY: `offset + i < end <= len` (checked above).
+            *byte = unsafe { self.vaddr.as_ptr().add(offset + i).read_volatile() };
+        }
+        true
+    }
+
+    /// Copies `src` into the region starting at `offset`.
+    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> bool {
+        let Some(end) = offset.checked_add(src.len()) else {
+            return false;
+        };
+        if end > self.len() {
+            return false;
+        }
+        for (i, byte) in src.iter().enumerate() {
+            // SAFETY: `offset + i < end <= len` (checked above).
+            unsafe { self.vaddr.as_ptr().add(offset + i).write_volatile(*byte) };
+        }
+        true
+    }
+}
+
+impl<H: Hal> Drop for DmaRegion<H> {
+    fn drop(&mut self) {
+        // SAFETY: these are exactly the values `dma_alloc` returned and was
+        // asked for, and the handle is gone after this, so nobody uses them.
+        unsafe { H::dma_dealloc(self.device_addr, self.vaddr, self.pages) };
+    }
+}
+
+impl<H: Hal> core::fmt::Debug for DmaRegion<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmaRegion")
+            .field("device_addr", &format_args!("{:#x}", self.device_addr))
+            .field("vaddr", &self.vaddr)
+            .field("pages", &self.pages)
+            .finish()
+    }
+}

@@ -1,0 +1,179 @@
+//! # hal: what a driver may ask of the machine
+//!
+//! This crate is the line between the virtio drivers (`drivers/`) and whatever
+//! they run on: the bare-metal kernel (`kernel/`) or a host test harness
+//! (`tests/`). It never names virtio, and the drivers never name x86 or the
+//! kernel. Everything a driver needs from the machine goes through the [`Hal`]
+//! trait:
+//!
+//! - **DMA memory** ([`DmaRegion`]): physically contiguous, page-aligned,
+//!   zeroed pages the device may read and write, freed on drop.
+//! - **Address translation**: a DMA region has two addresses, the one the CPU
+//!   dereferences ([`DmaRegion::as_ptr`]) and the one the device is given
+//!   ([`DmaRegion::device_addr`]). The kernel identity-maps RAM so they happen to
+//!   be equal there; the host test Hal makes them differ on purpose, so a driver
+//!   that confuses them fails its tests.
+//! - **Sharing a buffer** for one request ([`Hal::share`] / [`Hal::unshare`]):
+//!   zero-copy in the kernel; a host Hal may bounce-copy and poison to catch a
+//!   driver that reads a buffer before the device is done with it.
+//! - **MMIO mapping** ([`Hal::mmio_map`]) of device registers, uncached, and
+//!   typed volatile access to them ([`MmioRegion`]). Every register access goes
+//!   through [`Hal::mmio_read`] / [`Hal::mmio_write`], plain volatile loads and
+//!   stores in the kernel, so that a host Hal can hand them to a device model.
+//! - **Port I/O** ([`Hal::port_read`] / [`Hal::port_write`]), which legacy
+//!   virtio-pci and PCI configuration mechanism #1 need.
+//!
+//! The virtio specification (1.2, section 2.7 and 2.6 "Virtqueues") requires
+//! that ring memory is in "guest physical memory" the device can reach; this is
+//! the crate that makes that promise concrete.
+
+#![no_std]
+
+mod dma;
+mod mmio;
+
+pub use dma::DmaRegion;
+pub use mmio::{MmioRegion, Register};
+
+use core::ptr::NonNull;
+
+/// Size of a page, the unit of DMA allocation.
+pub const PAGE_SIZE: usize = 4096;
+
+/// An address as the *device* sees it (a bus address). Never dereference it.
+pub type DeviceAddr = u64;
+
+/// A CPU physical address (of MMIO registers, before they are mapped).
+pub type PhysAddr = u64;
+
+/// Who writes a shared buffer during a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The driver fills it, the device only reads it (a request header, write data).
+    ToDevice,
+    /// The device fills it, the driver reads it afterwards (read data, a status byte).
+    FromDevice,
+    /// Both read and write it.
+    Bidirectional,
+}
+
+/// Width of a port I/O access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortWidth {
+    Byte,
+    Word,
+    Dword,
+}
+
+/// What can go wrong when asking the machine for something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalError {
+    /// No memory (or no physically contiguous run of it) large enough is left.
+    OutOfMemory,
+    /// A size of zero, an address that is not aligned, a range that overflows.
+    InvalidArgument,
+    /// The region could not be mapped (outside what the page tables can reach).
+    MapFailed,
+    /// This machine has no such facility (e.g. port I/O on a host Hal that does not model it).
+    Unsupported,
+}
+
+impl core::fmt::Display for HalError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let text = match self {
+            HalError::OutOfMemory => "out of DMA memory",
+            HalError::InvalidArgument => "invalid argument",
+            HalError::MapFailed => "mapping failed",
+            HalError::Unsupported => "unsupported on this machine",
+        };
+        f.write_str(text)
+    }
+}
+
+/// The machine, as a driver sees it.
+///
+/// All functions are associated functions (no `self`): a machine has one Hal,
+/// and drivers are generic over `H: Hal`, which costs nothing at run time.
+///
+/// # Safety
+///
+/// Implementors promise that:
+/// - `dma_alloc` returns memory that is zeroed, page-aligned, `pages * PAGE_SIZE`
+///   bytes long, physically contiguous, not aliased by any other allocation, and
+///   reachable by the device at the returned device address until `dma_dealloc`;
+/// - `mmio_map` returns a pointer through which volatile accesses reach the
+///   device registers at the given physical address, uncached;
+/// - `share` returns a device address at which the device sees the buffer's
+///   contents (or a bounce copy of them) until `unshare`.
+pub unsafe trait Hal: 'static {
+    /// Allocates `pages` physically contiguous, zeroed pages.
+    /// Returns the device address and the CPU pointer of the first byte.
+    fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError>;
+
+    /// Frees pages from [`Hal::dma_alloc`].
+    ///
+    /// # Safety
+    /// `device_addr`, `vaddr` and `pages` must be exactly what one earlier
+    /// `dma_alloc` returned and was asked for, and the memory must not be used
+    /// (by the CPU or the device) afterwards.
+    unsafe fn dma_dealloc(device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize);
+
+    /// Maps `size` bytes of device registers at physical address `phys`,
+    /// uncached, and returns the CPU pointer to the first byte.
+    fn mmio_map(phys: PhysAddr, size: usize) -> Result<NonNull<u8>, HalError>;
+
+    /// Makes `buffer` visible to the device for one request and returns the
+    /// address the device must use.
+    ///
+    /// # Safety
+    /// `buffer` must stay valid, and must not be accessed by the CPU, until the
+    /// matching [`Hal::unshare`].
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DeviceAddr, HalError>;
+
+    /// Ends a [`Hal::share`]: after it returns, data the device wrote is in
+    /// `buffer` and the device address is no longer valid.
+    ///
+    /// # Safety
+    /// The arguments must be those of one earlier `share` (and its result), and
+    /// the device must be done with the buffer.
+    unsafe fn unshare(device_addr: DeviceAddr, buffer: NonNull<[u8]>, direction: Direction);
+
+    /// Reads an I/O port. The value is zero-extended to 32 bits.
+    ///
+    /// # Safety
+    /// Reading a port can have side effects on the device behind it; the caller
+    /// must own that device.
+    unsafe fn port_read(port: u16, width: PortWidth) -> Result<u32, HalError>;
+
+    /// Writes an I/O port (only the low `width` bits of `value`).
+    ///
+    /// # Safety
+    /// As for [`Hal::port_read`].
+    unsafe fn port_write(port: u16, width: PortWidth, value: u32) -> Result<(), HalError>;
+
+    /// Volatile read of one device register at `addr` (a pointer inside a
+    /// window from [`Hal::mmio_map`]). The default is a plain volatile load;
+    /// a host Hal overrides it to route the access to a device model, which is
+    /// how host tests see every register access a transport makes.
+    ///
+    /// # Safety
+    /// `addr` must lie inside a window returned by `mmio_map`, aligned for `T`.
+    unsafe fn mmio_read<T: Register>(addr: NonNull<T>) -> T {
+        // SAFETY: the caller guarantees `addr` is a mapped, aligned register.
+        unsafe { addr.as_ptr().read_volatile() }
+    }
+
+    /// Volatile write of one device register; see [`Hal::mmio_read`].
+    ///
+    /// # Safety
+    /// As for [`Hal::mmio_read`].
+    unsafe fn mmio_write<T: Register>(addr: NonNull<T>, value: T) {
+        // SAFETY: the caller guarantees `addr` is a mapped, aligned register.
+        unsafe { addr.as_ptr().write_volatile(value) }
+    }
+}
+
+/// The number of pages needed to hold `bytes` bytes.
+pub const fn pages_for(bytes: usize) -> usize {
+    bytes.div_ceil(PAGE_SIZE)
+}

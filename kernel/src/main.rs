@@ -1,0 +1,8 @@
+//! Placeholder: the boot helper replaces this file.
+#![no_std]
+#![no_main]
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
