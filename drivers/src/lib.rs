@@ -8,3 +8,12 @@
 #![no_std]
 
 extern crate alloc;
+
+pub mod blk;
+pub mod device;
+pub mod features;
+pub mod init;
+pub mod mmio_discovery;
+pub mod pci;
+pub mod queue;
+pub mod transport;

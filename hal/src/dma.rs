@@ -67,7 +67,7 @@ impl<H: Hal> DmaRegion<H> {
 
     fn checked_ptr<T>(&self, offset: usize) -> Option<*mut T> {
         let end = offset.checked_add(core::mem::size_of::<T>())?;
-        if end > self.len() || offset % core::mem::align_of::<T>() != 0 {
+        if end > self.len() || !offset.is_multiple_of(core::mem::align_of::<T>()) {
             return None;
         }
         // SAFETY: `offset + size_of::<T>()` is within the allocation (checked above).

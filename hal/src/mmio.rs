@@ -126,7 +126,7 @@ impl<H: Hal> MmioRegion<H> {
 
     fn checked_ptr<T: Register>(&self, offset: usize) -> Option<NonNull<T>> {
         let end = offset.checked_add(T::WIDTH)?;
-        if end > self.len || offset % T::WIDTH != 0 {
+        if end > self.len || !offset.is_multiple_of(T::WIDTH) {
             return None;
         }
         NonNull::new(self.base.as_ptr().wrapping_add(offset).cast::<T>())

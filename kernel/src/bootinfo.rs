@@ -63,7 +63,10 @@ pub mod heapless_regions {
     impl<T: Copy, const N: usize> Regions<T, N> {
         /// An empty list.
         pub const fn new() -> Self {
-            Self { items: [None; N], len: 0 }
+            Self {
+                items: [None; N],
+                len: 0,
+            }
         }
 
         /// Appends `item`; returns `false` (and drops it) when full.

@@ -32,8 +32,9 @@ use std::thread::ThreadId;
 use hal::{DeviceAddr, Direction, Hal, HalError, PhysAddr, PortWidth, Register, PAGE_SIZE};
 
 /// First device address handed out. Far from any heap pointer on Linux/x86_64
-/// user space, so a CPU pointer given to a device never translates.
-pub const DEVICE_ADDR_BASE: u64 = 0x3e00_0000_0000;
+/// user space, so a CPU pointer given to a device never translates, yet below
+/// 2^44 so that legacy transports (a 32-bit page frame number) can reach it.
+pub const DEVICE_ADDR_BASE: u64 = 0x0e00_0000_0000;
 
 /// What a `FromDevice` bounce buffer holds before the device writes it.
 pub const POISON: u8 = 0xa5;

@@ -7,3 +7,6 @@
 //! The QEMU scenarios that `x.py test` runs live in `tests/qemu/`.
 
 pub mod host_hal;
+pub mod hostile;
+pub mod models;
+pub mod vq_model;

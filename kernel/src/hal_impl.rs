@@ -1,0 +1,141 @@
+//! `hal::Hal` for the bare-metal kernel: what the virtio drivers get from the
+//! real machine.
+//!
+//! - DMA memory comes from the frame allocator (`memory::allocate_frames`), so
+//!   it is physically contiguous and page-aligned; it is zeroed here.
+//! - There is no IOMMU, so a device sees RAM at its physical address, and the
+//!   kernel identity-maps RAM, so the CPU sees it there too. The two facts are
+//!   kept apart in code: `memory::phys_to_virt` / `memory::virt_to_phys` are
+//!   the CPU side, [`device_addr_of`] / [`phys_of_device_addr`] the bus side.
+//! - Sharing a buffer is zero-copy: the device is given the buffer's own
+//!   address, after checking that the whole buffer is identity-mapped RAM
+//!   (hence physically contiguous). x86 DMA is cache-coherent, so beyond
+//!   compiler/CPU ordering fences there is nothing to flush.
+//! - MMIO goes through `memory::map_mmio` (uncached); port I/O through the
+//!   `in`/`out` instructions.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, Ordering};
+
+use hal::{DeviceAddr, Direction, Hal, HalError, PhysAddr, PortWidth, PAGE_SIZE};
+use x86_64::instructions::port::Port;
+
+use crate::memory;
+
+/// The kernel's Hal (see the module docs).
+pub struct KernelHal;
+
+/// The bus address at which a device reaches physical address `phys`. The
+/// identity, because no IOMMU sits between devices and RAM.
+pub fn device_addr_of(phys: u64) -> DeviceAddr {
+    phys
+}
+
+/// The physical address behind a bus address from [`device_addr_of`].
+pub fn phys_of_device_addr(device_addr: DeviceAddr) -> u64 {
+    device_addr
+}
+
+// SAFETY: DMA memory is a fresh run of contiguous frames (never handed out
+// twice, see `memory::frames`), zeroed before it is returned, identity-mapped
+// and reachable by devices at its physical address (no IOMMU); `mmio_map`
+// maps uncached through `memory::map_mmio`; `share` returns the physical
+// address of a buffer it has checked to be contiguous, identity-mapped RAM.
+unsafe impl Hal for KernelHal {
+    fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
+        if pages == 0 {
+            return Err(HalError::InvalidArgument);
+        }
+        let phys = memory::allocate_frames(pages).map_err(|_| HalError::OutOfMemory)?;
+        let vaddr = NonNull::new(memory::phys_to_virt(phys)).ok_or(HalError::OutOfMemory)?;
+        // SAFETY: the frames were just allocated to us, are RAM, identity-mapped
+        // and writable, and `pages * PAGE_SIZE` bytes long.
+        unsafe { core::ptr::write_bytes(vaddr.as_ptr(), 0, pages * PAGE_SIZE) };
+        let device_addr = device_addr_of(phys);
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!("dma_alloc {pages} pages at {phys:#x} (device {device_addr:#x})");
+        }
+        Ok((device_addr, vaddr))
+    }
+
+    unsafe fn dma_dealloc(device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize) {
+        let phys = memory::virt_to_phys(vaddr.as_ptr());
+        if phys_of_device_addr(device_addr) != phys {
+            // Freeing the wrong frames would corrupt someone else's memory;
+            // leaking them is the safe failure.
+            log::error!(
+                "dma_dealloc with device address {device_addr:#x} but CPU address {phys:#x}; leaking {pages} pages"
+            );
+            return;
+        }
+        // SAFETY: the caller promises these are the pages of one `dma_alloc`
+        // that nothing uses any more.
+        if let Err(error) = unsafe { memory::free_frames(phys, pages) } {
+            log::error!("dma_dealloc of {pages} pages at {phys:#x} failed: {error}");
+        } else if log::log_enabled!(log::Level::Trace) {
+            log::trace!("dma_dealloc {pages} pages at {phys:#x}");
+        }
+    }
+
+    fn mmio_map(phys: PhysAddr, size: usize) -> Result<NonNull<u8>, HalError> {
+        memory::map_mmio(phys, size)
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DeviceAddr, HalError> {
+        let len = buffer.len();
+        if len == 0 {
+            return Err(HalError::InvalidArgument);
+        }
+        let start = buffer.as_ptr().cast::<u8>();
+        let Some(phys) = memory::ram_phys_range(start, len) else {
+            log::debug!(
+                "cannot share {len} bytes at {start:p}: not inside one identity-mapped RAM range"
+            );
+            return Err(HalError::InvalidArgument);
+        };
+        // Make the CPU's earlier writes to the buffer visible before the
+        // driver tells the device about it.
+        fence(Ordering::SeqCst);
+        let device_addr = device_addr_of(phys);
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!("share {len} bytes at {phys:#x} ({direction:?}), zero-copy");
+        }
+        Ok(device_addr)
+    }
+
+    unsafe fn unshare(device_addr: DeviceAddr, buffer: NonNull<[u8]>, direction: Direction) {
+        // Zero-copy: the data is already in place. The fence keeps the CPU's
+        // later reads of the buffer after whatever told it the device is done.
+        fence(Ordering::SeqCst);
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!(
+                "unshare {} bytes at device {device_addr:#x} ({direction:?})",
+                buffer.len()
+            );
+        }
+    }
+
+    unsafe fn port_read(port: u16, width: PortWidth) -> Result<u32, HalError> {
+        // SAFETY: the caller owns the device behind `port`.
+        let value = unsafe {
+            match width {
+                PortWidth::Byte => Port::<u8>::new(port).read() as u32,
+                PortWidth::Word => Port::<u16>::new(port).read() as u32,
+                PortWidth::Dword => Port::<u32>::new(port).read(),
+            }
+        };
+        Ok(value)
+    }
+
+    unsafe fn port_write(port: u16, width: PortWidth, value: u32) -> Result<(), HalError> {
+        // SAFETY: the caller owns the device behind `port`.
+        unsafe {
+            match width {
+                PortWidth::Byte => Port::<u8>::new(port).write(value as u8),
+                PortWidth::Word => Port::<u16>::new(port).write(value as u16),
+                PortWidth::Dword => Port::<u32>::new(port).write(value),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! # The local APIC (xAPIC mode)
+//!
+//! Every x86 core has a local APIC (Intel SDM vol. 3A, chapter 11 "Advanced Programmable
+//! Interrupt Controller (APIC)"). It accepts interrupts from the I/O APICs, from PCI devices'
+//! MSI writes and from other cores' IPIs, decides which one the core takes next by priority
+//! (vector / 16 is the priority class, §11.8.3), and needs to be told when the handler is done
+//! (the end-of-interrupt write, §11.8.5). It also has its own timer (§11.5.4) and can send
+//! interrupts, including to itself (§11.6).
+//!
+//! In xAPIC mode its registers are a 4 KiB page of MMIO, at the address in the
+//! `IA32_APIC_BASE` MSR (0xFEE0_0000 after reset); each register is 32 bits wide at a 16-byte
+//! aligned offset (SDM table 11-1) and must be accessed with single aligned 32-bit loads and
+//! stores. The page is mapped uncached, as the SDM requires (§11.4.1).
+
+use super::IrqError;
+use core::ptr::NonNull;
+use x86_64::registers::model_specific::Msr;
+
+/// `IA32_APIC_BASE` (SDM vol. 3A §11.4.4, figure 11-5).
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_GLOBAL_ENABLE: u64 = 1 << 11;
+const APIC_BASE_X2APIC_ENABLE: u64 = 1 << 10;
+const APIC_BASE_ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Register offsets in the xAPIC page (SDM vol. 3A table 11-1).
+pub mod reg {
+    pub const ID: usize = 0x020;
+    pub const VERSION: usize = 0x030;
+    pub const TASK_PRIORITY: usize = 0x080;
+    pub const EOI: usize = 0x0b0;
+    pub const SPURIOUS_VECTOR: usize = 0x0f0;
+    /// In-service register, 8 x 32 bits at 0x100, 0x110, ... 0x170.
+    pub const ISR_BASE: usize = 0x100;
+    /// Interrupt request register, 8 x 32 bits at 0x200, ... 0x270.
+    pub const IRR_BASE: usize = 0x200;
+    pub const ERROR_STATUS: usize = 0x280;
+    pub const LVT_CMCI: usize = 0x2f0;
+    pub const ICR_LOW: usize = 0x300;
+    pub const ICR_HIGH: usize = 0x310;
+    pub const LVT_TIMER: usize = 0x320;
+    pub const LVT_THERMAL: usize = 0x330;
+    pub const LVT_PERFORMANCE: usize = 0x340;
+    pub const LVT_LINT0: usize = 0x350;
+    pub const LVT_LINT1: usize = 0x360;
+    pub const LVT_ERROR: usize = 0x370;
+    pub const TIMER_INITIAL_COUNT: usize = 0x380;
+    pub const TIMER_CURRENT_COUNT: usize = 0x390;
+    pub const TIMER_DIVIDE: usize = 0x3e0;
+}
+
+/// Bits of a local vector table entry (SDM vol. 3A §11.5.1, figure 11-8).
+pub mod lvt {
+    pub const MASKED: u32 = 1 << 16;
+    pub const ACTIVE_LOW: u32 = 1 << 13;
+    pub const DELIVERY_NMI: u32 = 0b100 << 8;
+    /// Timer mode bits 18:17: 00 one-shot, 01 periodic, 10 TSC-deadline.
+    pub const TIMER_ONE_SHOT: u32 = 0b00 << 17;
+}
+
+/// Bits of the interrupt command register (SDM vol. 3A §11.6.1, figure 11-12).
+mod icr {
+    pub const DELIVERY_FIXED: u32 = 0b000 << 8;
+    pub const DELIVERY_PENDING: u32 = 1 << 12;
+    pub const LEVEL_ASSERT: u32 = 1 << 14;
+    pub const SHORTHAND_SELF: u32 = 0b01 << 18;
+}
+
+/// Spurious-interrupt vector register: bit 8 is the APIC software enable (SDM §11.9).
+pub const SVR_APIC_ENABLE: u32 = 1 << 8;
+
+/// Divide configuration value for "divide by 16" (SDM figure 11-10: bits 3,1:0 = 0,11).
+pub const TIMER_DIVIDE_BY_16: u32 = 0b0011;
+
+/// How long to wait for the ICR's delivery-status bit before giving up (iterations).
+const ICR_SPIN_LIMIT: u32 = 1_000_000;
+
+/// The local APIC of the (only) CPU, through its MMIO page.
+pub struct LocalApic {
+    registers: NonNull<u8>,
+    id: u32,
+}
+
+// SAFETY: the pointer is an uncached, permanent mapping of this CPU's APIC page; every access
+// is a single volatile 32-bit load or store, and multi-register sequences (the ICR) are done
+// with interrupts disabled by the callers, so sharing the handle between contexts is sound.
+unsafe impl Send for LocalApic {}
+// SAFETY: as above; `&LocalApic` only exposes volatile register accesses.
+unsafe impl Sync for LocalApic {}
+
+/// What `IA32_APIC_BASE` says and what we did to it.
+pub struct ApicBase {
+    pub physical_address: u64,
+    pub was_x2apic: bool,
+    pub was_disabled: bool,
+}
+
+/// Makes sure the local APIC is globally enabled and in xAPIC (MMIO) mode, and returns the
+/// physical address of its registers. If firmware left it in x2APIC mode, the only legal way back
+/// is through the disabled state (SDM vol. 3A §11.12.5, figure 11-27), which resets the APIC.
+pub fn enable_xapic_mode() -> ApicBase {
+    let mut msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every CPU with an APIC (CPUID.1:EDX.APIC, which the
+    // x86_64 target and QEMU's CPU models have); reading it has no side effects.
+    let value = unsafe { msr.read() };
+    let base = ApicBase {
+        physical_address: value & APIC_BASE_ADDRESS_MASK,
+        was_x2apic: value & APIC_BASE_X2APIC_ENABLE != 0,
+        was_disabled: value & APIC_BASE_GLOBAL_ENABLE == 0,
+    };
+    if base.was_x2apic {
+        let disabled = value & !(APIC_BASE_GLOBAL_ENABLE | APIC_BASE_X2APIC_ENABLE);
+        // SAFETY: x2APIC -> disabled -> xAPIC is the transition sequence the SDM allows; no
+        // interrupts are enabled yet, so nothing is lost while the APIC resets.
+        unsafe { msr.write(disabled) };
+    }
+    if base.was_x2apic || base.was_disabled {
+        let enabled = (value & !APIC_BASE_X2APIC_ENABLE) | APIC_BASE_GLOBAL_ENABLE;
+        // SAFETY: setting the global enable bit with x2APIC clear selects xAPIC mode at the
+        // same base address.
+        unsafe { msr.write(enabled) };
+    }
+    base
+}
+
+impl LocalApic {
+    /// Wraps the mapped register page.
+    ///
+    /// # Safety
+    /// `registers` must be an uncached mapping of the current CPU's 4 KiB xAPIC page that stays
+    /// valid for the rest of the run, with the APIC in xAPIC mode.
+    pub unsafe fn new(registers: NonNull<u8>) -> Self {
+        let mut apic = LocalApic { registers, id: 0 };
+        apic.id = apic.read(reg::ID) >> 24;
+        apic
+    }
+
+    /// Reads a 32-bit register.
+    pub fn read(&self, offset: usize) -> u32 {
+        debug_assert!(offset < 0x400 && offset.is_multiple_of(16));
+        // SAFETY: `offset` is a register offset inside the mapped 4 KiB page, 16-byte aligned.
+        unsafe {
+            self.registers
+                .as_ptr()
+                .add(offset)
+                .cast::<u32>()
+                .read_volatile()
+        }
+    }
+
+    /// Writes a 32-bit register.
+    pub fn write(&self, offset: usize, value: u32) {
+        debug_assert!(offset < 0x400 && offset.is_multiple_of(16));
+        // SAFETY: as in `read`.
+        unsafe {
+            self.registers
+                .as_ptr()
+                .add(offset)
+                .cast::<u32>()
+                .write_volatile(value)
+        }
+    }
+
+    /// This CPU's local APIC ID (bits 31:24 of the ID register in xAPIC mode), read once at
+    /// start-up: it is what I/O APIC entries and MSI addresses name as the destination.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Version register: bits 7:0 version (0x1X for integrated APICs), bits 23:16 the index of
+    /// the last LVT entry.
+    pub fn version(&self) -> u32 {
+        self.read(reg::VERSION)
+    }
+
+    /// Index of the last local vector table entry (4 = up to LVT error, 5 = thermal, 6 = CMCI).
+    pub fn max_lvt_entry(&self) -> u32 {
+        (self.version() >> 16) & 0xff
+    }
+
+    /// Signals end of interrupt: clears the highest-priority in-service bit (SDM §11.8.5). The
+    /// value written must be 0.
+    #[inline]
+    pub fn end_of_interrupt(&self) {
+        self.write(reg::EOI, 0);
+    }
+
+    /// Whether `vector`'s bit is set in the 256-bit register array starting at `base`
+    /// (ISR, TMR or IRR: eight 32-bit registers 16 bytes apart, SDM figure 11-20).
+    fn vector_bit(&self, base: usize, vector: u8) -> bool {
+        let word = self.read(base + usize::from(vector / 32) * 0x10);
+        word & (1 << (vector % 32)) != 0
+    }
+
+    /// Is `vector` in service (delivered, handler not yet EOIed)?
+    pub fn in_service(&self, vector: u8) -> bool {
+        self.vector_bit(reg::ISR_BASE, vector)
+    }
+
+    /// Is any vector in service?
+    pub fn any_in_service(&self) -> bool {
+        (0..8).any(|word| self.read(reg::ISR_BASE + word * 0x10) != 0)
+    }
+
+    /// Is `vector` requested (accepted by the APIC, not yet delivered to the core)?
+    pub fn requested(&self, vector: u8) -> bool {
+        self.vector_bit(reg::IRR_BASE, vector)
+    }
+
+    /// Reads and clears the error status register: write first to latch the current errors,
+    /// then read (SDM §11.5.3).
+    pub fn take_errors(&self) -> u32 {
+        self.write(reg::ERROR_STATUS, 0);
+        self.read(reg::ERROR_STATUS)
+    }
+
+    /// Sends a fixed interrupt with `vector` to this CPU itself through the ICR (SDM §11.6.1,
+    /// destination shorthand "self") and waits until the APIC has accepted it. Callers disable
+    /// interrupts: the ICR is written in two steps only when a destination is needed, but the
+    /// delivery-status poll must not interleave with another sender.
+    pub fn send_self_ipi(&self, vector: u8) -> Result<(), IrqError> {
+        self.write(reg::ICR_HIGH, 0);
+        self.write(
+            reg::ICR_LOW,
+            u32::from(vector) | icr::DELIVERY_FIXED | icr::LEVEL_ASSERT | icr::SHORTHAND_SELF,
+        );
+        for _ in 0..ICR_SPIN_LIMIT {
+            if self.read(reg::ICR_LOW) & icr::DELIVERY_PENDING == 0 {
+                return Ok(());
+            }
+            core::hint::spin_loop();
+        }
+        Err(IrqError::IpiNotDelivered)
+    }
+}

@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""x.py: the one entry point for building, booting and testing the kernel.
+
+    ./x.py run          build the kernel and boot it in QEMU (q35 + qboot + KVM)
+    ./x.py test         formatting, lints, host tests, kernel build, QEMU scenarios
+    ./x.py qemu-cmd     print the QEMU command line `run` would use
+    ./x.py build        build the kernel ELF and print its path
+    ./x.py setup        install what is missing (QEMU, the Rust target)
+    ./x.py bench        benchmarks (not yet)
+
+Python 3.11 standard library only. The QEMU scenarios live in tests/qemu/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+BUILD_DIR = REPO / "build"
+KERNEL_TARGET = "x86_64-unknown-none"
+
+sys.path.insert(0, str(REPO / "tests"))
+from qemu import harness, scenarios  # noqa: E402  (needs the path above)
+from qemu import machine as qm  # noqa: E402
+
+#: The interactive boot's scratch disk (created on first use).
+SCRATCH_IMAGE = BUILD_DIR / "scratch.img"
+SCRATCH_SIZE = 64 * 1024 * 1024
+#: Host ports forwarded into the guest by `run`: (host, guest, what).
+RUN_HOSTFWD = [(5555, 7, "echo"), (8080, 80, "http")]
+
+EXIT_MEANINGS = {
+    qm.EXIT_SELFTEST_PASS: "self-test passed",
+    qm.EXIT_SELFTEST_FAIL: "self-test failed",
+    qm.EXIT_PANIC: "kernel panic",
+    qm.EXIT_EXCEPTION: "CPU exception",
+    0: "QEMU quit",
+}
+
+
+class XError(Exception):
+    """A failure to report in one line, without a traceback."""
+
+
+def say(message: str) -> None:
+    print(f"x.py: {message}", flush=True)
+
+
+def run_cmd(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=kwargs.pop("cwd", REPO), **kwargs)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup() -> None:
+    """Install what a fresh machine lacks; silent when everything is there."""
+    if shutil.which(qm.QEMU) is None:
+        install_qemu()
+    if shutil.which("cargo") is None:
+        raise XError("cargo is not installed: install Rust with rustup (https://rustup.rs) first")
+    ensure_rust_target()
+
+
+def install_qemu() -> None:
+    say(f"{qm.QEMU} not found: installing the qemu-system-x86 package")
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            raise XError("installing qemu-system-x86 needs root, and sudo is not available: "
+                         "run `apt-get install qemu-system-x86` as root")
+        prefix = ["sudo"]
+    if shutil.which("apt-get") is None:
+        raise XError("apt-get not found: install QEMU (qemu-system-x86_64 >= 7.2) with your package manager")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for step in (["apt-get", "update"], ["apt-get", "install", "-y", "qemu-system-x86"]):
+        say("running " + shlex.join(prefix + step))
+        if run_cmd(prefix + step, env=env).returncode != 0:
+            raise XError(f"`{shlex.join(prefix + step)}` failed")
+    if shutil.which(qm.QEMU) is None:
+        raise XError(f"qemu-system-x86 was installed but {qm.QEMU} is still not on PATH")
+
+
+def ensure_rust_target() -> None:
+    if shutil.which("rustup") is None:
+        return  # a toolchain without rustup: cargo will say if the target is missing
+    # Run in the repository so that rust-toolchain.toml picks the toolchain.
+    listed = run_cmd(["rustup", "target", "list", "--installed"], capture_output=True, text=True)
+    if listed.returncode == 0 and KERNEL_TARGET in listed.stdout.split():
+        return
+    say(f"adding the Rust target {KERNEL_TARGET}")
+    if run_cmd(["rustup", "target", "add", KERNEL_TARGET]).returncode != 0:
+        raise XError(f"`rustup target add {KERNEL_TARGET}` failed")
+
+
+# ---------------------------------------------------------------- build
+
+
+def build_kernel(release: bool = False) -> Path:
+    """`cargo build -p kernel --target x86_64-unknown-none`; returns the ELF's path."""
+    args = ["cargo", "build", "-p", "kernel", "--target", KERNEL_TARGET,
+            "--message-format=json-render-diagnostics"]
+    if release:
+        args.append("--release")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    elf = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if message.get("reason") == "compiler-artifact" and message.get("target", {}).get("name") == "kernel":
+            elf = message.get("executable") or elf
+    if proc.wait() != 0:
+        raise XError("the kernel did not build (cargo's messages are above)")
+    if elf is None:
+        raise XError("cargo built the kernel but reported no executable")
+    return Path(elf)
+
+
+def expected_kernel_path(release: bool) -> Path:
+    """Where `build_kernel` puts the ELF, without building it."""
+    target_dir = os.environ.get("CARGO_TARGET_DIR")
+    if target_dir is None:
+        meta = run_cmd(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                       capture_output=True, text=True)
+        if meta.returncode == 0:
+            target_dir = json.loads(meta.stdout)["target_directory"]
+    base = Path(target_dir) if target_dir else REPO / "target"
+    return base / KERNEL_TARGET / ("release" if release else "debug") / "kernel"
+
+
+def cmd_build(options: argparse.Namespace) -> int:
+    setup()
+    print(build_kernel(options.release))
+    return 0
+
+
+# ---------------------------------------------------------------- run
+
+
+@dataclass
+class RunPlan:
+    command: list[str]
+    accel: qm.AccelChoice
+    machine: str
+    firmware: str | None
+
+
+def check_boot_options(options: argparse.Namespace) -> None:
+    """Reject impossible combinations before anything is built."""
+    if options.machine == "microvm" and options.firmware not in (None, "qboot"):
+        raise XError("microvm always boots with its own qboot: --firmware is for pc and q35")
+
+
+def plan_run(options: argparse.Namespace, kernel: Path) -> RunPlan:
+    """The interactive boot: serial log, monitor and virtio console on one terminal.
+
+    One `stdio` chardev multiplexed (`mux=on`) between the serial port (the
+    kernel's log), the QEMU monitor and the virtio console: the terminal shows
+    all their output. The keyboard starts with the frontend attached last, the
+    virtio console (checked on QEMU 7.2); Ctrl-A C cycles it to the monitor,
+    then the serial port, then back. Ctrl-A X quits.
+    """
+    check_boot_options(options)
+    machine = options.machine
+    firmware = options.firmware or qm.default_firmware(machine)
+    accel = qm.choose_accel(options.accel)
+    command = qm.base_args(kernel, machine, firmware, accel, append=options.append)
+    command += ["-chardev", "stdio,mux=on,id=term",
+                "-serial", "chardev:term",
+                "-mon", "chardev=term,mode=readline"]
+    command += qm.scratch_disk_args(machine, SCRATCH_IMAGE)
+    command += qm.user_net_args(machine, [(host, guest) for host, guest, _ in RUN_HOSTFWD])
+    command += qm.console_args(machine, "term")
+    command += options.qemu_args
+    return RunPlan(command, accel, machine, firmware)
+
+
+def describe_accel(accel: qm.AccelChoice) -> str:
+    if accel.name == "kvm":
+        return "KVM (/dev/kvm is usable)"
+    if accel.fell_back:
+        return f"TCG, because {accel.reason}"
+    return "TCG (asked for)"
+
+
+def cmd_run(options: argparse.Namespace) -> int:
+    check_boot_options(options)
+    busy = [host for host, _, _ in RUN_HOSTFWD if not qm.port_is_free(host)]
+    if busy:
+        raise XError(f"host port(s) {', '.join(map(str, busy))} are in use (another `x.py run`?); "
+                     "free them first")
+    setup()
+    kernel = build_kernel(options.release)
+    qm.create_raw_image(SCRATCH_IMAGE, SCRATCH_SIZE)
+    plan = plan_run(options, kernel)
+    say(f"booting {kernel.relative_to(REPO) if kernel.is_relative_to(REPO) else kernel}")
+    say(f"machine {plan.machine}, firmware {plan.firmware or 'qboot (microvm built-in)'}, "
+        f"accelerator {describe_accel(plan.accel)}")
+    say(f"scratch disk: {SCRATCH_IMAGE.relative_to(REPO)} (virtio-blk, serial=scratch0)")
+    for host, guest, what in RUN_HOSTFWD:
+        say(f"forwarded: 127.0.0.1:{host} -> guest port {guest} ({what})")
+    say("quit with Ctrl-A X. Typing goes to the virtio console; Ctrl-A C moves the keyboard "
+        "to the QEMU monitor, then the serial port, then back; Ctrl-A H lists the keys")
+    print(flush=True)
+    proc = subprocess.Popen(plan.command, cwd=REPO)
+    # The terminal's Ctrl-C reaches QEMU directly (same process group); x.py
+    # only waits and reports.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        status = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    meaning = EXIT_MEANINGS.get(status, "see the log above")
+    say(f"QEMU exited with status {status} ({meaning})")
+    return 0 if status == qm.EXIT_SELFTEST_PASS else status
+
+
+def cmd_qemu_cmd(options: argparse.Namespace) -> int:
+    kernel = expected_kernel_path(options.release)
+    if not kernel.exists():
+        build = "./x.py build --release" if options.release else "./x.py build"
+        print(f"# note: {kernel} does not exist yet: run {build}", file=sys.stderr)
+    qm.create_raw_image(SCRATCH_IMAGE, SCRATCH_SIZE)
+    plan = plan_run(options, kernel)
+    print(shlex.join(plan.command))
+    return 0
+
+
+# ---------------------------------------------------------------- test
+
+
+@dataclass
+class StepResult:
+    """One row of the summary table."""
+
+    name: str
+    result: str  # PASS, FAIL or SKIP
+    seconds: float
+    boot: str = ""  # machine/firmware/accelerator of a QEMU scenario
+    first_line: str = ""
+    selftest_done: str = ""
+    note: str = ""
+
+
+def run_step(name: str, args: list[str], cwd: Path = REPO) -> StepResult:
+    """A non-QEMU step: its output goes straight to the terminal (and CI's log)."""
+    print(f"\n==> {name}: {shlex.join(args)}", flush=True)
+    start = time.monotonic()
+    status = run_cmd(args, cwd=cwd).returncode
+    seconds = time.monotonic() - start
+    if status == 0:
+        return StepResult(name, "PASS", seconds)
+    return StepResult(name, "FAIL", seconds, note=f"exit status {status} (output above)")
+
+
+def scenario_row(outcome: harness.Outcome) -> StepResult:
+    return StepResult(
+        outcome.scenario.name,
+        "PASS" if outcome.passed else "FAIL",
+        outcome.wall_s,
+        boot=outcome.scenario.label(outcome.accel),
+        first_line=harness.fmt_seconds(outcome.first_line_s),
+        selftest_done=harness.fmt_seconds(outcome.selftest_done_s),
+        note=outcome.note if outcome.passed else shorten("; ".join(outcome.problems), 110),
+    )
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def print_summary(results: list[StepResult]) -> None:
+    headers = ("step / scenario", "boot", "result", "time", "first line", "selftest done", "note")
+    rows = [(r.name, r.boot, r.result, f"{r.seconds:.2f}s", r.first_line, r.selftest_done, r.note)
+            for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    print("\n" + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def cmd_test(options: argparse.Namespace) -> int:
+    started = time.monotonic()
+    setup()
+
+    def selected(name: str) -> bool:
+        return options.filter is None or options.filter in name
+
+    steps = [
+        ("fmt", ["cargo", "fmt", "--all", "--", "--check"], REPO),
+        ("clippy-host", ["cargo", "clippy", "--all-targets", "--", "-D", "warnings"], REPO),
+        ("clippy-kernel",
+         ["cargo", "clippy", "-p", "kernel", "--target", KERNEL_TARGET, "--", "-D", "warnings"], REPO),
+        ("cargo-test", ["cargo", "test"], REPO),
+        # The harness's own unit tests import the `qemu` package from tests/.
+        ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness"], REPO / "tests"),
+    ]
+    chosen = [s for s in scenarios.SCENARIOS if selected(s.name)]
+    build_wanted = bool(chosen) or selected("build-kernel")
+    if not build_wanted and not any(selected(name) for name, _, _ in steps):
+        raise XError(f"--filter {options.filter!r} matches no step or scenario")
+
+    results = [run_step(name, args, cwd) for name, args, cwd in steps if selected(name)]
+    failed: list[harness.Outcome] = []
+    if build_wanted:
+        print("\n==> build-kernel", flush=True)
+        start = time.monotonic()
+        try:
+            kernel = build_kernel()
+        except XError as err:
+            results.append(StepResult("build-kernel", "FAIL", time.monotonic() - start, note=str(err)))
+            results += [StepResult(s.name, "SKIP", 0.0, note="the kernel did not build") for s in chosen]
+        else:
+            shown = kernel.relative_to(REPO) if kernel.is_relative_to(REPO) else kernel
+            results.append(StepResult("build-kernel", "PASS", time.monotonic() - start, note=str(shown)))
+            if chosen:
+                print(f"\n==> QEMU scenarios: {len(chosen)}, {options.jobs} at a time, serial logs in "
+                      f"{(BUILD_DIR / 'qemu-logs').relative_to(REPO)}/", flush=True)
+                outcomes = harness.run_scenarios(chosen, kernel, BUILD_DIR, jobs=options.jobs,
+                                                 tcg_only=options.tcg_only)
+                results += [scenario_row(outcome) for outcome in outcomes]
+                failed = [outcome for outcome in outcomes if not outcome.passed]
+
+    for outcome in failed:
+        print("\n" + harness.failure_report(outcome), flush=True)
+    print_summary(results)
+    prefix = "TCG instead of KVM: "
+    fell_back = [r.note.removeprefix(prefix) for r in results if r.note.startswith(prefix)]
+    for reason in sorted(set(fell_back)):
+        print(f"\nnote: {fell_back.count(reason)} scenario(s) meant for KVM ran under TCG: {reason}")
+    failures = [r for r in results if r.result == "FAIL"]
+    skipped = [r for r in results if r.result == "SKIP"]
+    total = time.monotonic() - started
+    if failures:
+        print(f"\nFAILED: {len(failures)} failed, {len(skipped)} skipped, "
+              f"{len(results) - len(failures) - len(skipped)} passed (total {total:.1f}s)")
+        return 1
+    print(f"\nPASSED: all {len(results)} passed (total {total:.1f}s)")
+    return 0
+
+
+# ---------------------------------------------------------------- bench
+
+
+def cmd_bench(_options: argparse.Namespace) -> int:
+    setup()
+    say("benchmarks arrive with the benchmark issue; nothing to measure yet")
+    return 2
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_boot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--machine", choices=qm.MACHINES, default="q35",
+                        help="QEMU machine type (default: q35)")
+    parser.add_argument("--accel", choices=("kvm", "tcg", "auto"), default="auto",
+                        help="accelerator (default: KVM when /dev/kvm opens read-write, else TCG)")
+    parser.add_argument("--firmware", choices=qm.FIRMWARES, default=None,
+                        help="firmware for pc/q35 (default: qboot, ~0.1 s to the kernel; "
+                             "SeaBIOS takes 3-4 s under KVM); microvm has its own")
+    parser.add_argument("--append", default="", metavar="CMDLINE",
+                        help='kernel command line, e.g. "mode=selftest log=debug"')
+    parser.add_argument("--release", action="store_true", help="use the release build")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    # Everything after a lone `--` goes to QEMU untouched.
+    qemu_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, qemu_args = argv[:split], argv[split + 1:]
+
+    parser = argparse.ArgumentParser(
+        prog="x.py",
+        description="Build, boot and test the virtio teaching kernel.",
+        epilog="Start with `./x.py run` (boot it) and `./x.py test` (test everything).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("setup", help="install QEMU and the Rust target if missing (idempotent)")
+
+    build = commands.add_parser("build", help="build the kernel and print the ELF's path")
+    build.add_argument("--release", action="store_true", help="optimised build")
+
+    run = commands.add_parser(
+        "run", help="build and boot the kernel in QEMU with a virtio disk, network and console",
+        description="Boot the kernel in QEMU. The terminal shows the serial log and the virtio "
+                    "console; Ctrl-A X quits. Arguments after `--` go to QEMU as they are.",
+        usage="x.py run [options] [-- extra QEMU args]")
+    add_boot_options(run)
+
+    qemu_cmd = commands.add_parser("qemu-cmd", help="print the QEMU command line `run` would use",
+                                   usage="x.py qemu-cmd [options] [-- extra QEMU args]")
+    add_boot_options(qemu_cmd)
+
+    test = commands.add_parser(
+        "test", help="fmt, clippy, host tests, kernel build and the QEMU scenarios",
+        description="Run every check; exit non-zero if any fails. A summary table comes last.")
+    test.add_argument("--tcg-only", action="store_true", help="run every scenario under TCG")
+    test.add_argument("--filter", metavar="SUBSTR",
+                      help="only steps and scenarios whose name contains SUBSTR "
+                           "(the kernel is built when any scenario is selected)")
+    test.add_argument("--jobs", type=int, default=2, metavar="N",
+                      help="QEMU scenarios run at once (default 2; each QEMU uses one CPU)")
+
+    commands.add_parser("bench", help="benchmarks (arrive with the benchmark issue)")
+
+    options = parser.parse_args(argv)
+    if qemu_args and options.command not in ("run", "qemu-cmd"):
+        parser.error("`-- extra QEMU args` only go with run and qemu-cmd")
+    if options.command == "test" and options.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    options.qemu_args = qemu_args
+    return options
+
+
+def main(argv: list[str]) -> int:
+    options = parse_args(argv)
+    handlers = {
+        "setup": lambda o: (setup(), 0)[1],
+        "build": cmd_build,
+        "run": cmd_run,
+        "qemu-cmd": cmd_qemu_cmd,
+        "test": cmd_test,
+        "bench": cmd_bench,
+    }
+    try:
+        return handlers[options.command](options)
+    except XError as err:
+        print(f"x.py: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nx.py: interrupted", file=sys.stderr)
+        return 130
+    except ValueError as err:  # bad machine/firmware combinations from machine.py
+        print(f"x.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
