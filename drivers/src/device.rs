@@ -12,20 +12,25 @@
 //!   queues), and then sets DRIVER_OK. If the closure fails, the device is
 //!   marked FAILED (dropping an unfinished [`crate::init::DeviceInit`] does
 //!   that) and the closure's error comes back.
-//! - [`setup_queue`] / [`setup_queue_with`]: one virtqueue (§2.7, §4.x
-//!   "Virtqueue Configuration"): read the device's maximum size, pick a size
-//!   ([`choose_queue_size`]), build a [`SplitQueue`] in the layout the
-//!   transport requires, with event indices and indirect tables exactly when
-//!   those features were negotiated, and program its addresses.
+//! - [`setup_queue`] / [`setup_queue_with`]: one virtqueue (§2.6-§2.8,
+//!   §4.x "Virtqueue Configuration"): read the device's maximum size, pick a
+//!   size ([`RingKind::choose_size`]), build a [`Virtqueue`] (split, or packed
+//!   when VIRTIO_F_RING_PACKED was negotiated) in the layout the transport
+//!   requires, with event indices and indirect tables exactly when those
+//!   features were negotiated, and program its addresses.
+//!   [`setup_split_queue`] / [`setup_split_queue_with`] do the same for
+//!   drivers that only use split rings (they refuse when a packed ring was
+//!   negotiated).
 //! - [`kick`]: publish what a queue has queued and notify the device only if
-//!   the queue says it must (§2.7.13.4).
+//!   the queue says it must (§2.7.13.4, §2.8.21.3); any ring ([`Publish`]).
 //! - [`Wait`] and [`BoundedWait`]: how a blocking helper waits for a device
 //!   without spinning forever. The caller decides what waiting *is*: the
 //!   kernel halts until the next interrupt (or spins, in polling mode), host
 //!   tests step a device model. Every wait can fail with [`WaitTimeout`],
 //!   which the helper turns into a timeout error after cleaning up. The
-//!   interrupt code plugs in here: a `Wait` that enables a queue's
-//!   interrupts and halts is all a driver needs to become interrupt-driven.
+//!   interrupt code plugs in here ([`crate::irq::InterruptWait`]): a `Wait`
+//!   whose [`Wait::sleeps_until_interrupt`] is `true` makes the helper
+//!   re-arm the queue's interrupts and re-check the ring before each wait.
 
 use core::fmt;
 
@@ -33,7 +38,10 @@ use hal::Hal;
 
 use crate::features;
 use crate::init::{self, InitError};
-use crate::queue::{choose_queue_size, NotifyDecision, QueueConfig, QueueError, SplitQueue};
+use crate::queue::{
+    NotifyDecision, PackedQueue, QueueAddresses, QueueConfig, QueueError, RingKind, SplitQueue,
+    Virtqueue,
+};
 use crate::transport::{DeviceType, Transport, TransportError};
 
 /// Entries per indirect descriptor table when the caller does not say
@@ -55,6 +63,13 @@ pub enum DeviceError {
     Init(InitError),
     /// A transport operation failed during device setup.
     Transport(TransportError),
+    /// VIRTIO_F_RING_PACKED was negotiated but the caller builds split
+    /// rings only ([`setup_split_queue`]); use [`setup_queue`], or leave
+    /// RING_PACKED out of the ring features.
+    SplitRingOnly {
+        /// The queue being set up.
+        queue: u16,
+    },
     /// Queue `queue` could not be created.
     Queue {
         /// The queue's index on its device.
@@ -84,6 +99,10 @@ impl fmt::Display for DeviceError {
             }
             DeviceError::Init(e) => write!(f, "initialisation: {e}"),
             DeviceError::Transport(e) => write!(f, "transport: {e}"),
+            DeviceError::SplitRingOnly { queue } => write!(
+                f,
+                "queue {queue}: a packed ring was negotiated, but this driver builds split rings"
+            ),
             DeviceError::Queue { queue, error } => write!(f, "queue {queue}: {error}"),
         }
     }
@@ -132,9 +151,7 @@ where
     let negotiated = device.features();
     // An error here drops `device` unfinished, which sets FAILED.
     let ready = setup(device.transport(), negotiated)?;
-    let negotiated = device
-        .finish()
-        .map_err(|e| E::from(DeviceError::Init(e)))?;
+    let negotiated = device.finish().map_err(|e| E::from(DeviceError::Init(e)))?;
     Ok((ready, negotiated))
 }
 
@@ -165,15 +182,17 @@ impl QueueSpec {
     }
 }
 
-/// Creates virtqueue `index` with at most `driver_cap` descriptors, with
-/// event indices and ([`DEFAULT_INDIRECT_CAPACITY`]-entry) indirect tables
-/// if `negotiated` says so, and programs it into the transport.
+/// Creates virtqueue `index` with at most `driver_cap` descriptors, in the
+/// ring layout `negotiated` calls for (packed with VIRTIO_F_RING_PACKED,
+/// split otherwise), with event indices and
+/// ([`DEFAULT_INDIRECT_CAPACITY`]-entry) indirect tables if `negotiated`
+/// says so, and programs it into the transport.
 pub fn setup_queue<H: Hal, T: Transport + ?Sized>(
     transport: &mut T,
     index: u16,
     driver_cap: u16,
     negotiated: u64,
-) -> Result<SplitQueue<H>, DeviceError> {
+) -> Result<Virtqueue<H>, DeviceError> {
     setup_queue_with(transport, index, QueueSpec::new(driver_cap), negotiated)
 }
 
@@ -181,23 +200,75 @@ pub fn setup_queue<H: Hal, T: Transport + ?Sized>(
 ///
 /// The steps are those of "Virtqueue Configuration" in each transport's
 /// chapter (§4.1.5.1.3, §4.2.3.2): select the queue and read its maximum
-/// size (0: no such queue), choose a size (legacy PCI cannot choose: the
-/// maximum is the size), allocate the rings in the layout the transport
-/// needs, and write their addresses (the transport also makes the queue
-/// live: queue_enable, QueueReady or QueuePFN).
+/// size (0: no such queue), choose a size (a power of two for the split
+/// ring; legacy PCI cannot choose: the maximum is the size), allocate the
+/// rings in the layout the transport needs, and write their addresses (the
+/// transport also makes the queue live: queue_enable, QueueReady or
+/// QueuePFN).
 pub fn setup_queue_with<H: Hal, T: Transport + ?Sized>(
     transport: &mut T,
     index: u16,
     spec: QueueSpec,
     negotiated: u64,
-) -> Result<SplitQueue<H>, DeviceError> {
-    let queue_error = |error| DeviceError::Queue {
+) -> Result<Virtqueue<H>, DeviceError> {
+    let kind = RingKind::from_features(negotiated);
+    let (config, device_max) = queue_config(transport, index, spec, negotiated, kind)?;
+    let queue = Virtqueue::<H>::new(kind, config).map_err(|error| DeviceError::Queue {
         queue: index,
         error,
-    };
+    })?;
+    program(transport, index, &queue.addresses(), kind, device_max, spec)?;
+    Ok(queue)
+}
+
+/// Creates split virtqueue `index` (see [`setup_queue`]), for drivers
+/// that only use split rings. Refuses with [`DeviceError::SplitRingOnly`]
+/// if VIRTIO_F_RING_PACKED was negotiated: the device would read the ring
+/// as packed.
+pub fn setup_split_queue<H: Hal, T: Transport + ?Sized>(
+    transport: &mut T,
+    index: u16,
+    driver_cap: u16,
+    negotiated: u64,
+) -> Result<SplitQueue<H>, DeviceError> {
+    setup_split_queue_with(transport, index, QueueSpec::new(driver_cap), negotiated)
+}
+
+/// [`setup_split_queue`] with an explicit [`QueueSpec`].
+pub fn setup_split_queue_with<H: Hal, T: Transport + ?Sized>(
+    transport: &mut T,
+    index: u16,
+    spec: QueueSpec,
+    negotiated: u64,
+) -> Result<SplitQueue<H>, DeviceError> {
+    let kind = RingKind::from_features(negotiated);
+    if kind != RingKind::Split {
+        return Err(DeviceError::SplitRingOnly { queue: index });
+    }
+    let (config, device_max) = queue_config(transport, index, spec, negotiated, kind)?;
+    let queue = SplitQueue::<H>::new(config).map_err(|error| DeviceError::Queue {
+        queue: index,
+        error,
+    })?;
+    program(transport, index, &queue.addresses(), kind, device_max, spec)?;
+    Ok(queue)
+}
+
+/// Reads the queue's maximum size and works out its configuration.
+fn queue_config<T: Transport + ?Sized>(
+    transport: &mut T,
+    index: u16,
+    spec: QueueSpec,
+    negotiated: u64,
+    kind: RingKind,
+) -> Result<(QueueConfig, u16), DeviceError> {
     let device_max = transport.max_queue_size(index)?;
-    let size = choose_queue_size(device_max, spec.max_size, transport.queue_size_is_fixed())
-        .map_err(queue_error)?;
+    let size = kind
+        .choose_size(device_max, spec.max_size, transport.queue_size_is_fixed())
+        .map_err(|error| DeviceError::Queue {
+            queue: index,
+            error,
+        })?;
     let event_idx = negotiated & features::RING_EVENT_IDX != 0;
     let indirect_capacity = if negotiated & features::RING_INDIRECT_DESC != 0 {
         spec.indirect_capacity.min(size)
@@ -207,24 +278,71 @@ pub fn setup_queue_with<H: Hal, T: Transport + ?Sized>(
     let config = QueueConfig::new(index, size, transport.ring_layout())
         .with_event_idx(event_idx)
         .with_indirect(indirect_capacity);
-    let queue = SplitQueue::<H>::new(config).map_err(queue_error)?;
-    transport.setup_queue(index, &queue.addresses())?;
+    Ok((config, device_max))
+}
+
+/// Gives the queue's addresses to the transport (which makes it live).
+fn program<T: Transport + ?Sized>(
+    transport: &mut T,
+    index: u16,
+    addresses: &QueueAddresses,
+    kind: RingKind,
+    device_max: u16,
+    spec: QueueSpec,
+) -> Result<(), DeviceError> {
+    transport.setup_queue(index, addresses)?;
     log::trace!(
-        "{}: queue {index}: device allows {device_max} descriptors, driver asked for at most {}, using {size}",
+        "{}: queue {index}: {kind} ring; device allows {device_max} descriptors, driver asked for at most {}, using {}",
         transport.location(),
-        spec.max_size
+        spec.max_size,
+        addresses.size
     );
-    Ok(queue)
+    Ok(())
+}
+
+/// A queue that can be published and notified: either ring layout.
+pub trait Publish {
+    /// The queue's number on its device (what `notify` takes).
+    fn queue_index(&self) -> u16;
+    /// Makes what was added visible and says whether to notify.
+    fn publish_added(&mut self) -> NotifyDecision;
+}
+
+impl<H: Hal> Publish for SplitQueue<H> {
+    fn queue_index(&self) -> u16 {
+        self.index()
+    }
+    fn publish_added(&mut self) -> NotifyDecision {
+        self.publish()
+    }
+}
+
+impl<H: Hal> Publish for PackedQueue<H> {
+    fn queue_index(&self) -> u16 {
+        self.index()
+    }
+    fn publish_added(&mut self) -> NotifyDecision {
+        self.publish()
+    }
+}
+
+impl<H: Hal> Publish for Virtqueue<H> {
+    fn queue_index(&self) -> u16 {
+        self.index()
+    }
+    fn publish_added(&mut self) -> NotifyDecision {
+        self.publish()
+    }
 }
 
 /// Publishes everything added to `queue` since its last publish and, if the
 /// queue decides the device must be told, notifies it through the
 /// transport. Returns `true` if a notification was sent.
 #[inline]
-pub fn kick<H: Hal, T: Transport + ?Sized>(transport: &mut T, queue: &mut SplitQueue<H>) -> bool {
-    match queue.publish() {
+pub fn kick<Q: Publish + ?Sized, T: Transport + ?Sized>(transport: &mut T, queue: &mut Q) -> bool {
+    match queue.publish_added() {
         NotifyDecision::Notify => {
-            transport.notify(queue.index());
+            transport.notify(queue.queue_index());
             true
         }
         NotifyDecision::Suppressed | NotifyDecision::NothingNew => false,
@@ -256,11 +374,26 @@ impl fmt::Display for WaitTimeout {
 pub trait Wait {
     /// Waits once. `Err` means: stop waiting, the device is not coming back.
     fn wait(&mut self) -> Result<(), WaitTimeout>;
+
+    /// `true` if [`Wait::wait`] sleeps until the device interrupts (see
+    /// [`crate::irq::InterruptWait`]). A helper then suppresses used-buffer
+    /// interrupts while it collects completions, and before each wait asks
+    /// for them again with the queue's `enable_interrupts`, collecting
+    /// instead of waiting if that re-check finds entries (virtio 1.2
+    /// §2.7.7: the device may have used them before it saw the request).
+    /// `false` (the default): the wait polls, and interrupts are not needed.
+    fn sleeps_until_interrupt(&self) -> bool {
+        false
+    }
 }
 
 impl<W: Wait + ?Sized> Wait for &mut W {
     fn wait(&mut self) -> Result<(), WaitTimeout> {
         (**self).wait()
+    }
+
+    fn sleeps_until_interrupt(&self) -> bool {
+        (**self).sleeps_until_interrupt()
     }
 }
 

@@ -56,7 +56,78 @@ pub const RING_RESET: u64 = 1 << 40;
 /// The ring features the shared queue code implements, added to whatever a
 /// device driver declares (the split ring supports indirect tables and event
 /// indices).
+///
+/// RING_PACKED is not in it: a driver opts into the packed ring through
+/// [`RingPreference::ring_features`], and then must build its queues with
+/// [`crate::queue::Virtqueue`] (which follows what was negotiated), not
+/// with `SplitQueue`.
 pub const SHARED_RING_FEATURES: u64 = RING_INDIRECT_DESC | RING_EVENT_IDX;
+
+/// Which ring layout a driver is willing to use: the kernel command line's
+/// `virtio.ring=split|packed|auto` ([`RingPreference::parse`]).
+///
+/// - `Split`: never accept VIRTIO_F_RING_PACKED; every queue is split.
+/// - `Packed`: accept it whenever the device offers it; a device that does
+///   not offer it still gets split queues (the layout is the device's to
+///   offer), which the caller may report ([`RingPreference::wanted_packed`]).
+/// - `Auto` (the default): accept it whenever offered, like `Packed`, but
+///   without reporting a device that lacks it.
+///
+/// Either way the bit is accepted only when offered ([`negotiate`] keeps
+/// the result a subset of the offer) and never on a legacy transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RingPreference {
+    /// Split rings only.
+    Split,
+    /// Packed rings where the device offers them, and say so where it does not.
+    Packed,
+    /// Packed rings where the device offers them.
+    #[default]
+    Auto,
+}
+
+impl RingPreference {
+    /// Parses the value of `virtio.ring=`: `split`, `packed` or `auto`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "split" => Some(RingPreference::Split),
+            "packed" => Some(RingPreference::Packed),
+            "auto" => Some(RingPreference::Auto),
+            _ => None,
+        }
+    }
+
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            RingPreference::Split => "split",
+            RingPreference::Packed => "packed",
+            RingPreference::Auto => "auto",
+        }
+    }
+
+    /// The ring features to pass as `shared_supported` to [`negotiate`]
+    /// (through `init::begin_with` or `device::bring_up`):
+    /// [`SHARED_RING_FEATURES`], plus [`RING_PACKED`] unless `Split`.
+    pub const fn ring_features(self) -> u64 {
+        match self {
+            RingPreference::Split => SHARED_RING_FEATURES,
+            RingPreference::Packed | RingPreference::Auto => SHARED_RING_FEATURES | RING_PACKED,
+        }
+    }
+
+    /// `true` for `Packed`: the user asked for packed rings explicitly, so a
+    /// device that ends up split is worth a warning.
+    pub fn wanted_packed(self) -> bool {
+        self == RingPreference::Packed
+    }
+}
+
+impl fmt::Display for RingPreference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Computes the features to accept.
 ///
@@ -67,7 +138,9 @@ pub const SHARED_RING_FEATURES: u64 = RING_INDIRECT_DESC | RING_EVENT_IDX;
 /// - `kind`: the transport, which decides `VERSION_1`: a modern transport (PCI
 ///   modern, MMIO v2) speaks the 1.0 interface and must accept it (§6.1 "A driver
 ///   MUST accept VIRTIO_F_VERSION_1 if it is offered"); a legacy one must not,
-///   because its registers are the pre-1.0 ones.
+///   because its registers are the pre-1.0 ones. For the same reason a legacy
+///   transport never gets [`RING_PACKED`]: the packed ring is a 1.1 format
+///   that only exists together with VERSION_1.
 ///
 /// The result is always a subset of `offered` and never contains [`BAD_FEATURE`].
 pub fn negotiate(
@@ -78,7 +151,7 @@ pub fn negotiate(
 ) -> u64 {
     let mut implemented = driver_supported | shared_supported;
     if kind.is_legacy() {
-        implemented &= !VERSION_1;
+        implemented &= !(VERSION_1 | RING_PACKED);
     } else {
         implemented |= VERSION_1;
     }

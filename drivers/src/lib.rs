@@ -10,10 +10,13 @@
 extern crate alloc;
 
 pub mod blk;
+pub mod console;
 pub mod device;
 pub mod features;
 pub mod init;
+pub mod irq;
 pub mod mmio_discovery;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod transport;

@@ -16,6 +16,7 @@
 //! memory      frames, the kernel's page tables, heap: `alloc` works after this
 //! acpi        RSDP -> MADT, MCFG
 //! interrupts  PIC masked, LAPIC, IOAPIC
+//! virtio      find every virtio device (PCI, virtio-mmio), bring it up
 //! then        mode=selftest: run the self-tests and exit QEMU
 //!             otherwise: print "kernel: ready" and idle
 //! ```
@@ -41,6 +42,7 @@ mod memory;
 mod selftest;
 mod selftest_api;
 mod serial;
+mod virtio;
 
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
@@ -86,6 +88,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     memory::init(boot_info);
     acpi_tables::init(boot_info.rsdp);
     interrupts::init();
+    virtio::probe();
 
     if cmdline::get("mode") == Some("selftest") {
         let tests: Vec<selftest_api::SelfTest> = [
@@ -95,6 +98,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
             clock::selftests(),
             memory::selftests(),
             interrupts::selftests(),
+            virtio::selftests(),
         ]
         .into_iter()
         .flatten()

@@ -6,7 +6,12 @@
 //!
 //! The QEMU scenarios that `x.py test` runs live in `tests/qemu/`.
 
+pub mod blk_model;
+pub mod console_model;
 pub mod host_hal;
 pub mod hostile;
+pub mod hostile_packed;
 pub mod models;
+pub mod net_model;
+pub mod packed_model;
 pub mod vq_model;

@@ -183,7 +183,8 @@ impl BlkInfo {
 
     /// Capacity in bytes.
     pub fn capacity_bytes(&self) -> u64 {
-        self.capacity_sectors.saturating_mul(super::SECTOR_SIZE as u64)
+        self.capacity_sectors
+            .saturating_mul(super::SECTOR_SIZE as u64)
     }
 }
 

@@ -14,7 +14,9 @@
 //! EVENT_IDX and, on modern transports, VERSION_1), then reads the
 //! configuration ([`BlkInfo`], one consistent read) and creates the request
 //! queues: one, or with VIRTIO_BLK_F_MQ as many as the device has up to
-//! [`BlkOptions::max_queues`].
+//! [`BlkOptions::max_queues`]. The queues are [`Virtqueue`]s: split rings,
+//! or packed ones when [`BlkOptions::ring_features`] includes
+//! VIRTIO_F_RING_PACKED and the device offers it.
 //!
 //! ## Two layers
 //!
@@ -67,8 +69,10 @@
 //! Per queue, created once: the ring, the indirect tables, and a
 //! [`request::RequestPool`] with one DMA slot (header, small payload,
 //! status) per queue descriptor. A request takes a pool slot from a free
-//! list when it is built and returns it when it completes; nothing is
-//! allocated per request.
+//! list when it is built (before the queue names its chain head, so the
+//! slot cannot simply be the head's index; a per-head table maps one to the
+//! other) and returns it when it completes; nothing is allocated per
+//! request.
 //!
 //! ## More than one queue
 //!
@@ -104,7 +108,7 @@ use log::{debug, log_enabled, trace, warn, Level};
 
 use crate::device::{self, DeviceError, QueueSpec, Wait};
 use crate::features;
-use crate::queue::{QueueCounters, QueueError, Segment, SplitQueue, Token};
+use crate::queue::{QueueCounters, QueueError, Segment, Token, Virtqueue};
 use crate::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport, TransportError};
 use plan::{Chunk, Cursor, SplitLimits};
 use request::{status, RequestPool, HEADER_BYTES, RANGE_BYTES, WRITE_ZEROES_FLAG_UNMAP};
@@ -359,9 +363,14 @@ impl fmt::Display for BlkError {
             BlkError::Transport(e) => write!(f, "transport: {e}"),
             BlkError::BadConfig(why) => write!(f, "unusable device configuration: {why}"),
             BlkError::ReadOnly => f.write_str("the disk is read-only"),
-            BlkError::NotNegotiated(r) => write!(f, "{r} needs a feature the device does not offer"),
+            BlkError::NotNegotiated(r) => {
+                write!(f, "{r} needs a feature the device does not offer")
+            }
             BlkError::BadBufferLength { len } => {
-                write!(f, "buffer of {len} bytes is not a non-empty multiple of 512")
+                write!(
+                    f,
+                    "buffer of {len} bytes is not a non-empty multiple of 512"
+                )
             }
             BlkError::EmptyRequest => f.write_str("request with no data"),
             BlkError::OutOfRange {
@@ -538,7 +547,7 @@ impl Slot {
 /// One request queue with its pool and per-request bookkeeping.
 struct RequestQueue<H: Hal> {
     index: u16,
-    ring: SplitQueue<H>,
+    ring: Virtqueue<H>,
     pool: RequestPool<H>,
     slots: Vec<Slot>,
     /// Pool slots not in use (a stack).
@@ -552,7 +561,7 @@ struct RequestQueue<H: Hal> {
 }
 
 impl<H: Hal> RequestQueue<H> {
-    fn new(index: u16, ring: SplitQueue<H>, max_shares: usize) -> Result<Self, BlkError> {
+    fn new(index: u16, ring: Virtqueue<H>, max_shares: usize) -> Result<Self, BlkError> {
         let size = ring.size() as usize;
         let pool = RequestPool::new(size).map_err(|e| {
             BlkError::Device(DeviceError::Queue {
@@ -622,7 +631,6 @@ enum Plan<'a> {
         request: RequestType,
         sector: u64,
         buffers: &'a [NonNull<[u8]>],
-        lens: [usize; VECTORED_GROUP],
         cursor: Cursor,
         remaining: usize,
     },
@@ -646,19 +654,17 @@ impl<'a> Plan<'a> {
                 request,
                 sector,
                 buffers,
-                ref lens,
                 cursor,
                 remaining,
             } => {
                 if remaining == 0 {
                     return None;
                 }
-                let lens = &lens[..buffers.len()];
                 let Chunk {
                     start,
                     bytes,
                     segments,
-                } = plan::next_chunk(lens, cursor, limits)?;
+                } = plan::next_chunk(buffers, cursor, limits)?;
                 Some(Job::Data {
                     request,
                     sector,
@@ -690,14 +696,13 @@ impl<'a> Plan<'a> {
                 Plan::Data {
                     sector,
                     buffers,
-                    lens,
                     cursor,
                     remaining,
                     ..
                 },
                 Job::Data { bytes, .. },
             ) => {
-                *cursor = plan::advance(&lens[..buffers.len()], *cursor, *bytes);
+                *cursor = plan::advance(*buffers, *cursor, *bytes);
                 *sector += (*bytes / SECTOR_SIZE) as u64;
                 *remaining -= *bytes;
             }
@@ -855,7 +860,10 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
 
     /// Requests in flight on all queues.
     pub fn in_flight(&self) -> usize {
-        self.queues.iter().map(|q| q.ring.in_flight() as usize).sum()
+        self.queues
+            .iter()
+            .map(|q| q.ring.in_flight() as usize)
+            .sum()
     }
 
     /// Counters of queue `queue`.
@@ -1144,21 +1152,21 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         wait: &mut W,
     ) -> Result<(), BlkError> {
         self.check_live()?;
-        let total = self.validate_data(
-            RequestType::Read,
-            sector,
-            buffers.iter().map(|b| b.len()),
-        )?;
+        let total =
+            self.validate_data(RequestType::Read, sector, buffers.iter().map(|b| b.len()))?;
         self.trace_blocking(RequestType::Read, sector, total, buffers.len());
         let mut sector = sector;
         for group in buffers.chunks_mut(VECTORED_GROUP) {
-            let mut pointers = [NonNull::<[u8]>::slice_from_raw_parts(NonNull::dangling(), 0);
-                VECTORED_GROUP];
+            let mut pointers =
+                [NonNull::<[u8]>::slice_from_raw_parts(NonNull::dangling(), 0); VECTORED_GROUP];
             for (pointer, buffer) in pointers.iter_mut().zip(group.iter_mut()) {
                 *pointer = NonNull::from(&mut **buffer);
             }
             let group_pointers = &pointers[..group.len()];
-            self.run(&mut data_plan(RequestType::Read, sector, group_pointers), wait)?;
+            self.run(
+                &mut data_plan(RequestType::Read, sector, group_pointers),
+                wait,
+            )?;
             sector += (group.iter().map(|b| b.len()).sum::<usize>() / SECTOR_SIZE) as u64;
         }
         Ok(())
@@ -1182,23 +1190,23 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         wait: &mut W,
     ) -> Result<(), BlkError> {
         self.check_live()?;
-        let total = self.validate_data(
-            RequestType::Write,
-            sector,
-            buffers.iter().map(|b| b.len()),
-        )?;
+        let total =
+            self.validate_data(RequestType::Write, sector, buffers.iter().map(|b| b.len()))?;
         self.trace_blocking(RequestType::Write, sector, total, buffers.len());
         let mut sector = sector;
         for group in buffers.chunks(VECTORED_GROUP) {
-            let mut pointers = [NonNull::<[u8]>::slice_from_raw_parts(NonNull::dangling(), 0);
-                VECTORED_GROUP];
+            let mut pointers =
+                [NonNull::<[u8]>::slice_from_raw_parts(NonNull::dangling(), 0); VECTORED_GROUP];
             for (pointer, buffer) in pointers.iter_mut().zip(group.iter()) {
                 // The device only reads these (Direction::ToDevice), so a
                 // pointer from a shared reference is never written through.
                 *pointer = NonNull::from(*buffer);
             }
             let group_pointers = &pointers[..group.len()];
-            self.run(&mut data_plan(RequestType::Write, sector, group_pointers), wait)?;
+            self.run(
+                &mut data_plan(RequestType::Write, sector, group_pointers),
+                wait,
+            )?;
             sector += (group.iter().map(|b| b.len()).sum::<usize>() / SECTOR_SIZE) as u64;
         }
         Ok(())
@@ -1514,6 +1522,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 buffers,
                 start,
                 bytes,
+                segments: planned,
                 ..
             } => {
                 let direction = if request == RequestType::Read {
@@ -1521,12 +1530,21 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 } else {
                     Direction::ToDevice
                 };
-                if let Err(e) =
-                    share_data(rq, slot, segments, buffers, start, bytes, direction, max_segment_bytes)
-                {
+                if let Err(e) = share_data(
+                    rq,
+                    slot,
+                    segments,
+                    buffers,
+                    start,
+                    bytes,
+                    direction,
+                    max_segment_bytes,
+                ) {
                     rq.release(slot);
                     return Err(e);
                 }
+                // The planner counted segments with the same cutting rule.
+                debug_assert_eq!(segments.len() - 1, planned);
                 data_bytes = bytes as u32;
             }
             Job::Range {
@@ -1625,10 +1643,14 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                     finished += 1;
                 }
                 Err(QueueError::UsedLengthTooLong { token, len, max }) => {
-                    self.finish(q, token, Err(BlkError::BadLength {
-                        written: len,
-                        expected: max,
-                    }));
+                    self.finish(
+                        q,
+                        token,
+                        Err(BlkError::BadLength {
+                            written: len,
+                            expected: max,
+                        }),
+                    );
                     finished += 1;
                 }
                 Err(error) => {
@@ -1694,12 +1716,15 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 ResultNote(&result),
             );
         }
-        self.deliver(Completion {
-            token,
-            request: record.request,
-            sector: record.sector,
-            result,
-        }, record.tag);
+        self.deliver(
+            Completion {
+                token,
+                request: record.request,
+                sector: record.sector,
+                result,
+            },
+            record.tag,
+        );
     }
 
     /// Hands a completion to the blocking call that owns it, or queues it for `poll`.
@@ -1759,12 +1784,15 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                     serial: record.serial,
                 };
                 trace!("blk {token}: {} aborted by the reset", record.request);
-                self.deliver(Completion {
-                    token,
-                    request: record.request,
-                    sector: record.sector,
-                    result: Err(BlkError::Aborted),
-                }, record.tag);
+                self.deliver(
+                    Completion {
+                        token,
+                        request: record.request,
+                        sector: record.sector,
+                        result: Err(BlkError::Aborted),
+                    },
+                    record.tag,
+                );
             }
         }
         self.failed = mark_failed;
@@ -1823,7 +1851,18 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             tag,
             ..Progress::IDLE
         };
-        let outcome = self.drive(plan, wait, tag);
+        // An interrupt-driven wait: no interrupts while this call collects
+        // completions itself; `drive` re-arms them right before each wait.
+        let sleeps = wait.sleeps_until_interrupt();
+        if sleeps {
+            self.disable_interrupts();
+        }
+        let outcome = self.drive(plan, wait, tag, sleeps);
+        if sleeps && !self.failed {
+            // Leave the device interrupting, as an interrupt-driven caller
+            // expects; what is pending now is collected by its next poll.
+            let _ = self.enable_interrupts();
+        }
         self.progress = Progress::IDLE;
         outcome
     }
@@ -1833,6 +1872,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         plan: &mut Plan<'_>,
         wait: &mut W,
         tag: u32,
+        sleeps: bool,
     ) -> Result<Option<Serial>, BlkError> {
         loop {
             // 1. Submit what fits, under one publish.
@@ -1885,12 +1925,22 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             if self.progress.completed != before {
                 continue;
             }
-            // 4. Nothing new: wait for the device.
+            // 4. Nothing new: wait for the device. Before sleeping until an
+            // interrupt, ask for one and look again (§2.7.7, §2.8.21.3): the
+            // device may have used entries before it saw the request, and
+            // would then not interrupt for them.
+            if sleeps && self.enable_interrupts() {
+                self.disable_interrupts();
+                continue;
+            }
             if let Err(timeout) = wait.wait() {
                 self.stop_device("a blocking request timed out", true);
                 return Err(BlkError::Timeout {
                     waits: timeout.waits,
                 });
+            }
+            if sleeps {
+                self.disable_interrupts();
             }
         }
         match self.progress.error.take() {
@@ -1926,17 +1976,12 @@ impl<H: Hal, T: Transport> fmt::Debug for BlkDevice<H, T> {
 
 /// A blocking read or write plan over one group of buffers.
 fn data_plan<'a>(request: RequestType, sector: u64, buffers: &'a [NonNull<[u8]>]) -> Plan<'a> {
-    let mut lens = [0usize; VECTORED_GROUP];
-    for (len, buffer) in lens.iter_mut().zip(buffers) {
-        *len = buffer.len();
-    }
     Plan::Data {
         request,
         sector,
         buffers,
-        lens,
         cursor: Cursor::default(),
-        remaining: lens.iter().sum(),
+        remaining: buffers.iter().map(|b| b.len()).sum(),
     }
 }
 
@@ -1986,11 +2031,12 @@ fn split_limits<H: Hal>(
         max_segments = max_segments.min((seg_max as usize).max(1));
     }
     let max_segment_bytes = match info.size_max {
+        // 0 cannot be meant literally (no request could carry data): no limit.
+        None | Some(0) => MAX_REQUEST_BYTES,
         Some(size_max) if (size_max as usize) < SECTOR_SIZE => {
             return Err(BlkError::BadConfig("size_max is smaller than a sector"))
         }
         Some(size_max) => (size_max as usize).min(MAX_REQUEST_BYTES),
-        None => MAX_REQUEST_BYTES,
     };
     Ok(SplitLimits {
         max_segment_bytes,

@@ -32,6 +32,24 @@
 //! `size_max` from where the part starts), so it produces exactly the
 //! segments counted here.
 
+/// A list of buffers, as far as the planner cares: their lengths.
+pub trait BufferLengths {
+    /// Length of buffer `index`, or `None` past the end of the list.
+    fn length(&self, index: usize) -> Option<usize>;
+}
+
+impl BufferLengths for [usize] {
+    fn length(&self, index: usize) -> Option<usize> {
+        self.get(index).copied()
+    }
+}
+
+impl BufferLengths for [core::ptr::NonNull<[u8]>] {
+    fn length(&self, index: usize) -> Option<usize> {
+        self.get(index).map(|buffer| buffer.len())
+    }
+}
+
 /// A position in a list of buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursor {
@@ -68,10 +86,14 @@ pub fn segments_for(len: usize, max_segment_bytes: usize) -> usize {
     len.div_ceil(max_segment_bytes)
 }
 
-/// Moves `cursor` forward by `bytes` through buffers of lengths `lens`,
-/// stepping over buffers it reaches the end of.
-pub fn advance(lens: &[usize], mut cursor: Cursor, mut bytes: usize) -> Cursor {
-    while let Some(&len) = lens.get(cursor.buffer) {
+/// Moves `cursor` forward by `bytes` through the buffers, stepping over
+/// buffers it reaches the end of.
+pub fn advance<L: BufferLengths + ?Sized>(
+    lens: &L,
+    mut cursor: Cursor,
+    mut bytes: usize,
+) -> Cursor {
+    while let Some(len) = lens.length(cursor.buffer) {
         let left = len - cursor.offset.min(len);
         if bytes < left {
             cursor.offset += bytes;
@@ -87,14 +109,18 @@ pub fn advance(lens: &[usize], mut cursor: Cursor, mut bytes: usize) -> Cursor {
 }
 
 /// The next request's chunk starting at `start`, or `None` when the
-/// buffers are used up. `lens` are the buffer lengths (multiples of 512).
-pub fn next_chunk(lens: &[usize], start: Cursor, limits: SplitLimits) -> Option<Chunk> {
+/// buffers (each a multiple of 512 bytes long) are used up.
+pub fn next_chunk<L: BufferLengths + ?Sized>(
+    lens: &L,
+    start: Cursor,
+    limits: SplitLimits,
+) -> Option<Chunk> {
     let start = advance(lens, start, 0);
     let mut cursor = start;
     let mut bytes = 0usize;
     let mut segments = 0usize;
     while segments < limits.max_segments && bytes < limits.max_bytes {
-        let Some(&len) = lens.get(cursor.buffer) else {
+        let Some(len) = lens.length(cursor.buffer) else {
             break;
         };
         let piece = (len - cursor.offset)

@@ -207,9 +207,7 @@ impl<H: Hal> RequestPool<H> {
             && self
                 .region
                 .write_bytes(base + PAYLOAD_OFFSET, &[0u8; PAYLOAD_BYTES])
-            && self
-                .region
-                .write(base + STATUS_OFFSET, status::NOT_WRITTEN)
+            && self.region.write(base + STATUS_OFFSET, status::NOT_WRITTEN)
     }
 
     /// Writes the driver-provided payload (at most 32 bytes).

@@ -34,6 +34,7 @@ mod bar;
 mod capability;
 mod config;
 mod enumerate;
+pub mod msix;
 
 pub use bar::{Bar, BarError, BarKind, BarOrigin, BarWindows};
 pub use capability::{capabilities, capability_list, Capabilities, Capability};

@@ -1,4 +1,4 @@
-//! # Virtqueues (virtio 1.2 §2.6 "Virtqueues", §2.7 "Split Virtqueues")
+//! # Virtqueues (virtio 1.2 §2.6 "Virtqueues", §2.7 "Split Virtqueues", §2.8 "Packed Virtqueues")
 //!
 //! A virtqueue is how a driver and a device exchange buffers: the driver makes
 //! a *chain* of buffers available (some the device reads, some it writes), the
@@ -20,13 +20,23 @@
 //! layout in [`layout`], the event-index arithmetic in [`event_idx`] and the
 //! pool of indirect descriptor tables in [`indirect`]. The chapter
 //! `docs/03-split-ring.md` walks through all of it with pictures.
+//!
+//! The packed ring (VIRTIO_F_RING_PACKED) is [`PackedQueue`] (module
+//! [`packed`], chapter `docs/07-packed-ring.md`), with the same methods.
+//! [`Virtqueue`] (module [`virtqueue`]) holds either, chosen by
+//! [`RingKind::from_features`], so a device driver runs on both layouts
+//! without knowing which.
 
 pub mod event_idx;
 pub mod indirect;
 pub mod layout;
+pub mod packed;
 pub mod split;
+pub mod virtqueue;
 
+pub use packed::PackedQueue;
 pub use split::{QueueConfig, SplitQueue};
+pub use virtqueue::{RingKind, Virtqueue};
 
 use hal::{DeviceAddr, HalError};
 
@@ -163,13 +173,18 @@ pub struct QueueCounters {
 /// Everything that can go wrong with a virtqueue.
 ///
 /// The `Used*` variants are device misbehaviour found while reading the used
-/// ring; see [`SplitQueue::pop_used`] for which of them are fatal.
+/// ring; see [`SplitQueue::pop_used`] and [`PackedQueue::pop_used`] for which
+/// of them are fatal (they differ: a bad id is fatal in the packed ring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueError {
     /// The transport reports no such queue (its maximum size is 0).
     NoSuchQueue,
-    /// A queue size that is zero, not a power of two or above 32768 (§2.7).
+    /// A queue size that is zero, above 32768, or (split ring only) not a
+    /// power of two (§2.7, §2.8).
     InvalidSize(u16),
+    /// A packed ring was asked for on a transport with the legacy contiguous
+    /// layout; the packed ring needs virtio 1.0+ (separate area addresses).
+    PackedRingNeedsSeparateLayout,
     /// A legacy ring alignment that is not a power of two of at least 4.
     InvalidAlignment(u32),
     /// An indirect table capacity larger than the queue size (§2.7.5.3.1:
@@ -221,6 +236,9 @@ impl core::fmt::Display for QueueError {
             QueueError::NoSuchQueue => write!(f, "the device has no such queue"),
             QueueError::InvalidSize(s) => write!(f, "invalid queue size {s}"),
             QueueError::InvalidAlignment(a) => write!(f, "invalid legacy ring alignment {a}"),
+            QueueError::PackedRingNeedsSeparateLayout => {
+                write!(f, "the packed ring needs a virtio 1.0+ transport")
+            }
             QueueError::InvalidIndirectCapacity(c) => {
                 write!(f, "indirect table capacity {c} exceeds the queue size")
             }

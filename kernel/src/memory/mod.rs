@@ -456,15 +456,41 @@ pub fn map_mmio(phys: u64, size: usize) -> Result<NonNull<u8>, HalError> {
                 .ok_or(FrameError::OutOfMemory)?
                 .allocate(1)
         };
-        for page in (first_page..end_page).step_by(PAGE_4K as usize) {
+        let mut page = first_page;
+        while page < end_page {
+            // A whole aligned 2 MiB of device registers takes one entry
+            // instead of 512: ECAM is 256 MiB, and under nested KVM every
+            // page-table update costs a VM exit. Where 4 KiB pages already
+            // cover part of it (a page table in the way), map_2m refuses and
+            // the 4 KiB path below takes over.
+            let chunk_end = page + PAGE_2M;
+            if page.is_multiple_of(PAGE_2M)
+                && chunk_end <= end_page
+                && !ram.iter().any(|(s, e)| s < chunk_end && page < e)
+            {
+                match tables.map_2m(page, page, flags, &mut source) {
+                    Ok(outcome) => {
+                        let pages = (PAGE_2M / PAGE_4K) as u32;
+                        match outcome {
+                            MapOutcome::AlreadyMapped => kept += pages,
+                            _ => mapped += pages,
+                        }
+                        page = chunk_end;
+                        continue;
+                    }
+                    Err(paging::MapError::Conflict) => {}
+                    Err(error) => return Err(error),
+                }
+            }
             if ram.contains(page, page + PAGE_4K) {
                 ram_pages += 1;
-                continue;
+            } else {
+                match tables.map_4k(page, page, flags, &mut source)? {
+                    MapOutcome::Mapped | MapOutcome::AttributesChanged => mapped += 1,
+                    MapOutcome::AlreadyMapped => kept += 1,
+                }
             }
-            match tables.map_4k(page, page, flags, &mut source)? {
-                MapOutcome::Mapped | MapOutcome::AttributesChanged => mapped += 1,
-                MapOutcome::AlreadyMapped => kept += 1,
-            }
+            page += PAGE_4K;
         }
         Ok(())
     });

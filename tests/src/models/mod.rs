@@ -19,6 +19,7 @@
 //! correct driver never does (a wrong access width, a write to a read-only
 //! register, an access nobody decodes). Tests assert it is empty.
 
+pub mod msix;
 pub mod pci;
 pub mod virtio;
 

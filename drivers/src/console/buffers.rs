@@ -1,0 +1,87 @@
+//! Fixed pools of DMA buffers for the console's queues.
+//!
+//! A console moves a byte stream, not requests, so the driver owns its
+//! buffers instead of sharing the caller's: received bytes land in pool
+//! slots the device filled, bytes to send are copied into free slots. Each
+//! slot goes to the device as one descriptor (virtio 1.2 §5.3.6: "each
+//! buffer ... one descriptor"), and which slot a used descriptor was is
+//! remembered per chain head, since the device may return them in any
+//! order (§2.7.14). Nothing is allocated after the pool is made.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use hal::{DeviceAddr, DmaRegion, Hal, HalError};
+
+use crate::queue::Token;
+
+/// Marks a chain head with no slot.
+const NO_SLOT: u16 = u16::MAX;
+
+/// `slots` buffers of `slot_bytes` each, in one DMA region.
+pub(crate) struct BufferPool<H: Hal> {
+    region: DmaRegion<H>,
+    slot_bytes: usize,
+    /// Per queue descriptor: the slot of the chain whose head it is.
+    slot_of_head: Vec<u16>,
+}
+
+impl<H: Hal> BufferPool<H> {
+    /// A pool for a queue of `queue_size` descriptors. `slots` must be
+    /// below `u16::MAX` and `slots * slot_bytes` non-zero.
+    pub(crate) fn new(slots: u16, slot_bytes: usize, queue_size: u16) -> Result<Self, HalError> {
+        let bytes = (slots as usize)
+            .checked_mul(slot_bytes)
+            .ok_or(HalError::InvalidArgument)?;
+        if slots == NO_SLOT || slot_bytes > u32::MAX as usize {
+            return Err(HalError::InvalidArgument);
+        }
+        Ok(Self {
+            region: DmaRegion::new(bytes)?,
+            slot_bytes,
+            slot_of_head: vec![NO_SLOT; queue_size as usize],
+        })
+    }
+
+    /// Bytes per slot.
+    pub(crate) fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    /// The device address of `slot`.
+    pub(crate) fn addr(&self, slot: u16) -> DeviceAddr {
+        self.region.device_addr() + (slot as usize * self.slot_bytes) as u64
+    }
+
+    /// Copies `data` (at most a slot) into `slot`.
+    pub(crate) fn fill(&self, slot: u16, data: &[u8]) -> bool {
+        data.len() <= self.slot_bytes
+            && self
+                .region
+                .write_bytes(slot as usize * self.slot_bytes, data)
+    }
+
+    /// Copies bytes `offset..offset + dst.len()` of `slot` out.
+    pub(crate) fn copy_out(&self, slot: u16, offset: usize, dst: &mut [u8]) -> bool {
+        match offset.checked_add(dst.len()) {
+            Some(end) if end <= self.slot_bytes => self
+                .region
+                .read_bytes(slot as usize * self.slot_bytes + offset, dst),
+            _ => false,
+        }
+    }
+
+    /// Remembers that the chain headed by `token` is `slot`.
+    pub(crate) fn bind(&mut self, token: Token, slot: u16) {
+        if let Some(entry) = self.slot_of_head.get_mut(token.index()) {
+            *entry = slot;
+        }
+    }
+
+    /// The slot of the chain headed by `token`, forgetting it.
+    pub(crate) fn take(&mut self, token: Token) -> Option<u16> {
+        let entry = self.slot_of_head.get_mut(token.index())?;
+        let slot = core::mem::replace(entry, NO_SLOT);
+        (slot != NO_SLOT).then_some(slot)
+    }
+}

@@ -1,0 +1,923 @@
+//! # virtio-net: the network card driver (virtio 1.2 §5.1)
+//!
+//! A virtio network device moves Ethernet frames through two queues: the
+//! driver gives it empty buffers on the **receive queue** (0) and full ones
+//! on the **transmit queue** (1); a third, the **control queue** (2), exists
+//! with VIRTIO_NET_F_CTRL_VQ for changing the receive filter and the MAC
+//! address. Every frame travels behind a small header ([`header`]) that
+//! describes offloads; this driver negotiates none, so the header it sends
+//! is zeroes and the one it receives must say "nothing to do".
+//!
+//! ## Bringing the device up (§5.1.5)
+//!
+//! [`NetDevice::new`] runs the initialisation sequence of §3.1.1 through
+//! [`crate::device::bring_up`], accepting what [`SUPPORTED_FEATURES`] lists
+//! (MAC, STATUS, MRG_RXBUF, CTRL_VQ, CTRL_RX, CTRL_MAC_ADDR, MTU, and on
+//! legacy devices ANY_LAYOUT) plus the ring features INDIRECT_DESC and
+//! EVENT_IDX. In step 7 it reads the configuration ([`NetInfo`]), decides
+//! the header length and buffer sizes, creates the queues and fills the
+//! receive queue with buffers; after DRIVER_OK it publishes them (a driver
+//! must not notify before DRIVER_OK, §3.1.1).
+//!
+//! ## Moving frames
+//!
+//! The two data queues are separate objects ([`RxQueue`], [`TxQueue`]) that
+//! a caller can hold at the same time ([`NetDevice::queues`]), which is what
+//! a network stack needs: smoltcp, for one, answers a received packet from
+//! inside the code that reads it.
+//!
+//! - **Receive** ([`RxQueue::receive`]) hands out an [`RxPacket`] that
+//!   borrows the DMA buffer the device wrote (no copy), or, for a packet
+//!   the device spread over several buffers (MRG_RXBUF), a frame assembled
+//!   once into a preallocated buffer. Dropping the packet reposts its buffer,
+//!   so the queue stays full.
+//! - **Transmit** ([`TxQueue::send_with`]) lets the caller write the frame
+//!   straight into a DMA transmit buffer. Sent buffers are reclaimed when
+//!   needed, never waited for.
+//! - **[`NetDevice::flush`]** publishes what both queues added since the
+//!   last flush and notifies the device only where it asked to be told:
+//!   one flush after a burst of sends is one notification at most.
+//!
+//! ## Link status and the control queue
+//!
+//! With VIRTIO_NET_F_STATUS the link state is in the configuration space,
+//! and a change raises a configuration interrupt
+//! ([`NetDevice::handle_interrupt`] → [`NetDevice::handle_config_change`]).
+//! Promiscuous and all-multicast modes and the MAC address go through the
+//! control queue ([`ctrl`]) when the device has one.
+//!
+//! ## Memory
+//!
+//! Per device, allocated once at bring-up: three rings, one receive buffer
+//! per receive descriptor, one transmit buffer per transmit descriptor, one
+//! page for control commands, and (with MRG_RXBUF) one assembly buffer. No
+//! allocation happens per packet.
+//!
+//! ## Narration
+//!
+//! At trace level each packet is narrated (its size, how many buffers, in
+//! place or assembled; each transmit buffer and its reclaim), next to the
+//! queue's own narration of descriptors, indices and notification decisions.
+//! Dropped packets are warnings, so a misbehaving device shows up in a
+//! normal log.
+
+pub mod buffers;
+pub mod config;
+pub mod ctrl;
+pub mod header;
+pub mod rx;
+pub mod tx;
+
+pub use config::{feature, MacAddress, NetInfo, SUPPORTED_FEATURES};
+pub use ctrl::{CtrlQueue, CtrlStats};
+pub use rx::{RxPacket, RxQueue, RxStats};
+pub use tx::{TxQueue, TxStats};
+
+use core::fmt;
+
+use hal::Hal;
+use log::{debug, info, warn};
+
+use crate::device::{self, DeviceError, QueueSpec, Wait};
+use crate::features::{self, FeatureNames};
+use crate::init::{self, InitError};
+use crate::queue::{QueueCounters, QueueError};
+use crate::transport::{
+    DeviceType, InterruptStatus, Location, Transport, TransportError, TransportKind,
+};
+
+use config::{offset, DEFAULT_MTU, MIN_MTU, NEEDS_CTRL_VQ};
+use rx::RxLayout;
+use tx::TxLayout;
+
+/// The receive queue's index (§5.1.2: receiveq1).
+pub const RX_QUEUE: u16 = 0;
+/// The transmit queue's index (transmitq1).
+pub const TX_QUEUE: u16 = 1;
+/// The control queue's index without VIRTIO_NET_F_MQ (controlq).
+pub const CTRL_QUEUE: u16 = 2;
+
+/// Bytes of an Ethernet header (destination, source, EtherType).
+pub const ETH_HEADER_LEN: usize = 14;
+/// Bytes of an 802.1Q VLAN tag a received frame may carry.
+pub const VLAN_TAG_LEN: usize = 4;
+/// The smallest receive buffer without MRG_RXBUF (§5.1.6.3.1: "at least
+/// 1526 bytes": a 12-byte header and a 1514-byte frame).
+pub const MIN_WHOLE_PACKET_BUFFER: usize = 1526;
+/// Receive buffer size with MRG_RXBUF unless the options say otherwise:
+/// a full 1500-byte-MTU frame and its header fit in one, so ordinary
+/// traffic is received in place; only larger packets are merged.
+pub const DEFAULT_MERGEABLE_BUFFER: usize = 1536;
+/// The smallest receive buffer the options may ask for with MRG_RXBUF
+/// (§5.1.6.3.1: each buffer must at least hold the header; this leaves
+/// room for some frame too).
+pub const MIN_MERGEABLE_BUFFER: usize = 64;
+
+/// Choices the driver makes that the device does not dictate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetOptions {
+    /// Device-specific features to accept when offered (a subset of
+    /// [`SUPPORTED_FEATURES`]; other bits are ignored).
+    pub features: u64,
+    /// Ring features to accept when offered (normally
+    /// [`features::SHARED_RING_FEATURES`]).
+    pub ring_features: u64,
+    /// Most descriptors for the receive queue.
+    pub rx_queue_size: u16,
+    /// Most descriptors for the transmit queue.
+    pub tx_queue_size: u16,
+    /// Most descriptors for the control queue.
+    pub ctrl_queue_size: u16,
+    /// Bytes per receive buffer with MRG_RXBUF (at least
+    /// [`MIN_MERGEABLE_BUFFER`]); smaller buffers make the device merge
+    /// more often. Ignored without MRG_RXBUF, where every buffer must hold
+    /// a whole packet.
+    pub mergeable_buffer_len: usize,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        Self {
+            features: SUPPORTED_FEATURES,
+            ring_features: features::SHARED_RING_FEATURES,
+            rx_queue_size: 256,
+            tx_queue_size: 256,
+            ctrl_queue_size: 16,
+            mergeable_buffer_len: DEFAULT_MERGEABLE_BUFFER,
+        }
+    }
+}
+
+/// Everything that can go wrong with the network device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetError {
+    /// Bringing the device up (or back up) failed.
+    Device(DeviceError),
+    /// A transport operation failed (a configuration read or write).
+    Transport(TransportError),
+    /// A queue failed; with an index error the ring is broken and the device
+    /// needs [`NetDevice::recover`].
+    Queue {
+        /// Which queue.
+        queue: u16,
+        /// What happened.
+        error: QueueError,
+    },
+    /// The device has a configuration this driver cannot work with.
+    BadConfig(&'static str),
+    /// The negotiated features break a dependency (CTRL_RX or CTRL_MAC_ADDR
+    /// without CTRL_VQ, §5.1.3.1). The driver retries without them.
+    FeatureDependency {
+        /// What was negotiated.
+        negotiated: u64,
+    },
+    /// The operation needs a feature that was not negotiated.
+    NotNegotiated(&'static str),
+    /// No transmit buffer or ring room is free right now: retry later.
+    TxQueueFull,
+    /// A frame (or control payload) that is empty or longer than allowed.
+    FrameTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The device answered a control command with VIRTIO_NET_ERR.
+    ControlRejected,
+    /// The device answered a control command with neither OK nor ERR, or
+    /// with a used length other than 1.
+    ControlBadReply {
+        /// The ack byte (`None` if unreadable).
+        ack: Option<u8>,
+        /// The used length.
+        len: u32,
+    },
+    /// An earlier control command that timed out is still unanswered.
+    ControlBusy,
+    /// The caller's wait gave up.
+    Timeout {
+        /// Waits made.
+        waits: u64,
+    },
+    /// After a reset the device negotiated other features than before.
+    FeaturesChanged {
+        /// Before the reset.
+        before: u64,
+        /// After it.
+        now: u64,
+    },
+    /// The device was reset after a failure; call [`NetDevice::recover`].
+    DeviceFailed,
+}
+
+impl From<DeviceError> for NetError {
+    fn from(e: DeviceError) -> Self {
+        NetError::Device(e)
+    }
+}
+
+impl From<TransportError> for NetError {
+    fn from(e: TransportError) -> Self {
+        NetError::Transport(e)
+    }
+}
+
+impl From<InitError> for NetError {
+    fn from(e: InitError) -> Self {
+        NetError::Device(DeviceError::Init(e))
+    }
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            NetError::Device(e) => write!(f, "{e}"),
+            NetError::Transport(e) => write!(f, "transport: {e}"),
+            NetError::Queue { queue, error } => write!(f, "queue {queue}: {error}"),
+            NetError::BadConfig(what) => write!(f, "unusable device configuration: {what}"),
+            NetError::FeatureDependency { negotiated } => write!(
+                f,
+                "CTRL_RX/CTRL_MAC_ADDR negotiated without CTRL_VQ ({})",
+                FeatureNames::new(DeviceType::Net, negotiated)
+            ),
+            NetError::NotNegotiated(what) => write!(f, "needs {what}, which was not negotiated"),
+            NetError::TxQueueFull => write!(f, "transmit queue full"),
+            NetError::FrameTooLong { len, max } => {
+                write!(f, "{len} bytes: empty or longer than the {max}-byte limit")
+            }
+            NetError::ControlRejected => write!(f, "the device rejected the control command"),
+            NetError::ControlBadReply { ack, len } => match ack {
+                Some(ack) => write!(
+                    f,
+                    "control command answered with ack {ack:#x}, length {len}"
+                ),
+                None => write!(f, "control command answered with length {len}"),
+            },
+            NetError::ControlBusy => write!(f, "an earlier control command is still unanswered"),
+            NetError::Timeout { waits } => write!(f, "no answer after {waits} waits"),
+            NetError::FeaturesChanged { before, now } => write!(
+                f,
+                "features changed across a reset: {before:#x} -> {now:#x}"
+            ),
+            NetError::DeviceFailed => write!(f, "the device was reset after a failure"),
+        }
+    }
+}
+
+/// All counters of one device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Receive queue.
+    pub rx: RxStats,
+    /// Its ring.
+    pub rx_ring: QueueCounters,
+    /// Transmit queue.
+    pub tx: TxStats,
+    /// Its ring.
+    pub tx_ring: QueueCounters,
+    /// Control queue, if there is one.
+    pub ctrl: Option<CtrlStats>,
+    /// Its ring.
+    pub ctrl_ring: Option<QueueCounters>,
+    /// Configuration-change interrupts handled.
+    pub config_changes: u64,
+}
+
+/// What step 7 builds.
+struct Parts<H: Hal> {
+    info: NetInfo,
+    mtu: u16,
+    mac: MacAddress,
+    header_len: usize,
+    rx: RxQueue<H>,
+    tx: TxQueue<H>,
+    ctrl: Option<CtrlQueue<H>>,
+}
+
+/// A virtio network device. See the module documentation.
+pub struct NetDevice<H: Hal, T: Transport> {
+    transport: T,
+    options: NetOptions,
+    /// The device-specific features asked for (after the dependency fix-up).
+    driver_features: u64,
+    features: u64,
+    info: NetInfo,
+    mac: MacAddress,
+    mtu: u16,
+    header_len: usize,
+    link_up: bool,
+    rx: RxQueue<H>,
+    tx: TxQueue<H>,
+    ctrl: Option<CtrlQueue<H>>,
+    config_changes: u64,
+    failed: bool,
+}
+
+impl<H: Hal, T: Transport> NetDevice<H, T> {
+    /// Brings up the network device behind `transport` with the default
+    /// [`NetOptions`].
+    pub fn new(transport: T) -> Result<Self, NetError> {
+        Self::with_options(transport, NetOptions::default())
+    }
+
+    /// Brings up the network device behind `transport` with `options`.
+    pub fn with_options(mut transport: T, options: NetOptions) -> Result<Self, NetError> {
+        device::expect_device_type(&transport, DeviceType::Net)?;
+        let mut driver_features = options.features & SUPPORTED_FEATURES;
+        let (parts, negotiated) =
+            match bring_up_once::<H, T>(&mut transport, driver_features, &options) {
+                Err(NetError::FeatureDependency { negotiated }) => {
+                    // The device offered CTRL_RX or CTRL_MAC_ADDR without
+                    // CTRL_VQ (§5.1.3.1 forbids that): start over without them.
+                    warn!(
+                    "{}: virtio-net: device offers {} without NET_CTRL_VQ; retrying without them",
+                    transport.location(),
+                    FeatureNames::new(DeviceType::Net, negotiated & NEEDS_CTRL_VQ)
+                );
+                    driver_features &= !NEEDS_CTRL_VQ;
+                    bring_up_once::<H, T>(&mut transport, driver_features, &options)?
+                }
+                other => other?,
+            };
+        let link_up = parts.info.link_up();
+        let mut device = Self {
+            transport,
+            options,
+            driver_features,
+            features: negotiated,
+            info: parts.info,
+            mac: parts.mac,
+            mtu: parts.mtu,
+            header_len: parts.header_len,
+            link_up,
+            rx: parts.rx,
+            tx: parts.tx,
+            ctrl: parts.ctrl,
+            config_changes: 0,
+            failed: false,
+        };
+        // DRIVER_OK is set: the device may now hear about the receive buffers.
+        device.flush();
+        debug!(
+            "{}: virtio-net: {}; mac {}, mtu {}, {}-byte header; rx: {} descriptors, {} buffers of {} bytes{}; tx: {} descriptors, {} buffers; {}",
+            device.transport.location(),
+            device.info,
+            device.mac,
+            device.mtu,
+            device.header_len,
+            device.rx.size(),
+            device.rx.buffer_count(),
+            device.rx.buffer_len(),
+            if device.features & feature::MRG_RXBUF != 0 { " (mergeable)" } else { "" },
+            device.tx.size(),
+            device.tx.buffer_count(),
+            match &device.ctrl {
+                Some(c) => ControlNote(Some(c.size())),
+                None => ControlNote(None),
+            }
+        );
+        Ok(device)
+    }
+
+    // ----- what the device is -----------------------------------------
+
+    /// The MAC address in use.
+    pub fn mac(&self) -> MacAddress {
+        self.mac
+    }
+
+    /// The MTU: the device's (VIRTIO_NET_F_MTU) or 1500.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    /// The longest frame that may be sent, Ethernet header included.
+    pub fn max_frame(&self) -> usize {
+        self.tx.max_frame()
+    }
+
+    /// The virtio-net header length in use (10 or 12).
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+
+    /// The negotiated feature bits.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The configuration as last read.
+    pub fn info(&self) -> &NetInfo {
+        &self.info
+    }
+
+    /// The options the device was brought up with.
+    pub fn options(&self) -> &NetOptions {
+        &self.options
+    }
+
+    /// `true` if the link is up (as of the last configuration read).
+    pub fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    /// The transport (for the interrupt code: MSI-X vectors, location).
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, mutably. Do not reset the device or touch its queues
+    /// through it; use [`NetDevice::recover`].
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Where the device is.
+    pub fn location(&self) -> Location {
+        self.transport.location()
+    }
+
+    /// `true` after the device was reset because of a failure, until
+    /// [`NetDevice::recover`].
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// All counters.
+    pub fn stats(&self) -> NetStats {
+        NetStats {
+            rx: self.rx.stats(),
+            rx_ring: self.rx.ring_counters(),
+            tx: self.tx.stats(),
+            tx_ring: self.tx.ring_counters(),
+            ctrl: self.ctrl.as_ref().map(|c| c.stats()),
+            ctrl_ring: self.ctrl.as_ref().map(|c| c.ring_counters()),
+            config_changes: self.config_changes,
+        }
+    }
+
+    /// The control queue, if the device has one.
+    pub fn ctrl(&self) -> Option<&CtrlQueue<H>> {
+        self.ctrl.as_ref()
+    }
+
+    // ----- moving frames ------------------------------------------------
+
+    /// The receive queue.
+    pub fn rx(&mut self) -> &mut RxQueue<H> {
+        &mut self.rx
+    }
+
+    /// The transmit queue.
+    pub fn tx(&mut self) -> &mut TxQueue<H> {
+        &mut self.tx
+    }
+
+    /// Both data queues at once (a network stack receives and answers in
+    /// one go). Call [`NetDevice::flush`] afterwards.
+    pub fn queues(&mut self) -> (&mut RxQueue<H>, &mut TxQueue<H>) {
+        (&mut self.rx, &mut self.tx)
+    }
+
+    /// Publishes what the queues added since the last flush (reposted
+    /// receive buffers, frames to send) and notifies the device for each
+    /// queue where it asked to be told. Returns the notifications sent.
+    pub fn flush(&mut self) -> usize {
+        if self.failed {
+            return 0;
+        }
+        self.rx.refill();
+        let rx = device::kick(&mut self.transport, self.rx.ring_mut());
+        let tx = device::kick(&mut self.transport, self.tx.ring_mut());
+        usize::from(rx) + usize::from(tx)
+    }
+
+    /// Sends a copy of `frame` and flushes: the simple, one-frame path.
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        self.check_live()?;
+        self.tx.send(frame)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Receives one frame into `buffer` (copying it) and flushes. Returns
+    /// its length, or `None` if nothing has arrived. A frame longer than
+    /// `buffer` is cut to fit; the returned length is the full one.
+    pub fn receive_into(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, NetError> {
+        self.check_live()?;
+        let received = self.rx.receive().map(|packet| {
+            packet.map(|packet| {
+                let data = packet.data();
+                let n = data.len().min(buffer.len());
+                buffer[..n].copy_from_slice(&data[..n]);
+                data.len()
+            })
+        });
+        if received.is_err() {
+            self.stop_device("the receive queue is broken");
+        }
+        self.flush();
+        received
+    }
+
+    // ----- interrupts and configuration ---------------------------------
+
+    /// Reads and acknowledges the interrupt status; on a configuration
+    /// change, handles it ([`NetDevice::handle_config_change`]). Returns
+    /// the status so the caller knows whether to look at the queues.
+    pub fn handle_interrupt(&mut self) -> Result<InterruptStatus, NetError> {
+        let status = self.transport.ack_interrupt();
+        if status.contains(InterruptStatus::CONFIG) {
+            self.handle_config_change()?;
+        }
+        Ok(status)
+    }
+
+    /// Re-reads the link status after a configuration-change interrupt (or
+    /// whenever the caller wants to know). Returns `Some(up)` if the link
+    /// state changed. A device that set DEVICE_NEEDS_RESET is reported as an
+    /// error (§2.1.2: it raises a configuration interrupt for that too).
+    pub fn handle_config_change(&mut self) -> Result<Option<bool>, NetError> {
+        self.config_changes += 1;
+        init::check_device_status(&self.transport)?;
+        let status = config::NetInfo::read_status(&mut self.transport, self.features)?;
+        self.info.status = status;
+        let up = self.info.link_up();
+        if up == self.link_up {
+            return Ok(None);
+        }
+        self.link_up = up;
+        info!(
+            "{}: virtio-net: link {}",
+            self.transport.location(),
+            if up { "up" } else { "down" }
+        );
+        Ok(Some(up))
+    }
+
+    // ----- control queue ------------------------------------------------
+
+    /// Turns promiscuous mode on or off (VIRTIO_NET_CTRL_RX_PROMISC; needs CTRL_RX).
+    pub fn set_promiscuous<W: Wait + ?Sized>(
+        &mut self,
+        on: bool,
+        wait: &mut W,
+    ) -> Result<(), NetError> {
+        self.rx_mode(ctrl::command::RX_PROMISC, on, wait)
+    }
+
+    /// Turns all-multicast mode on or off (VIRTIO_NET_CTRL_RX_ALLMULTI; needs CTRL_RX).
+    pub fn set_all_multicast<W: Wait + ?Sized>(
+        &mut self,
+        on: bool,
+        wait: &mut W,
+    ) -> Result<(), NetError> {
+        self.rx_mode(ctrl::command::RX_ALLMULTI, on, wait)
+    }
+
+    fn rx_mode<W: Wait + ?Sized>(
+        &mut self,
+        command: u8,
+        on: bool,
+        wait: &mut W,
+    ) -> Result<(), NetError> {
+        self.check_live()?;
+        if self.features & feature::CTRL_RX == 0 {
+            return Err(NetError::NotNegotiated("VIRTIO_NET_F_CTRL_RX"));
+        }
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            return Err(NetError::NotNegotiated("VIRTIO_NET_F_CTRL_VQ"));
+        };
+        ctrl.command(
+            &mut self.transport,
+            ctrl::command::CLASS_RX,
+            command,
+            &[u8::from(on)],
+            wait,
+        )
+    }
+
+    /// Sets the device's MAC address: through the control queue with
+    /// CTRL_MAC_ADDR (§5.1.6.5.2), or on a legacy device by writing the
+    /// `mac` configuration field (which legacy devices allow, §5.1.4.3).
+    pub fn set_mac<W: Wait + ?Sized>(
+        &mut self,
+        mac: MacAddress,
+        wait: &mut W,
+    ) -> Result<(), NetError> {
+        self.check_live()?;
+        if mac.is_multicast() {
+            return Err(NetError::BadConfig("a multicast MAC address"));
+        }
+        if self.features & feature::CTRL_MAC_ADDR != 0 {
+            let Some(ctrl) = self.ctrl.as_mut() else {
+                return Err(NetError::NotNegotiated("VIRTIO_NET_F_CTRL_VQ"));
+            };
+            ctrl.command(
+                &mut self.transport,
+                ctrl::command::CLASS_MAC,
+                ctrl::command::MAC_ADDR_SET,
+                &mac.0,
+                wait,
+            )?;
+        } else if self.transport.kind().is_legacy() {
+            self.transport.write_config(offset::MAC, &mac.0)?;
+        } else {
+            return Err(NetError::NotNegotiated("VIRTIO_NET_F_CTRL_MAC_ADDR"));
+        }
+        debug!(
+            "{}: virtio-net: mac {} -> {}",
+            self.transport.location(),
+            self.mac,
+            mac
+        );
+        self.mac = mac;
+        if self.info.mac.is_some() {
+            self.info.mac = Some(mac);
+        }
+        Ok(())
+    }
+
+    // ----- failure and recovery -------------------------------------------
+
+    /// Resets the device and brings it back with the same features, the
+    /// same (zeroed) queues and fresh receive buffers. Frames waiting to be
+    /// sent and any packet half received are lost.
+    pub fn recover(&mut self) -> Result<(), NetError> {
+        self.stop_device("recovery requested");
+        let before = self.features;
+        let addresses = [
+            (RX_QUEUE, self.rx.ring().addresses()),
+            (TX_QUEUE, self.tx.ring().addresses()),
+        ];
+        let ctrl = self.ctrl.as_ref().map(|c| c.ring().addresses());
+        let (info, now) = device::bring_up(
+            &mut self.transport,
+            self.driver_features,
+            self.options.ring_features,
+            |t: &mut T, negotiated| -> Result<_, NetError> {
+                if negotiated != before {
+                    return Err(NetError::FeaturesChanged {
+                        before,
+                        now: negotiated,
+                    });
+                }
+                let info = NetInfo::read(t, negotiated)?;
+                for (index, addrs) in addresses {
+                    t.setup_queue(index, &addrs)?;
+                }
+                if let Some(addrs) = ctrl {
+                    t.setup_queue(CTRL_QUEUE, &addrs)?;
+                }
+                Ok(info)
+            },
+        )?;
+        self.features = now;
+        self.info = NetInfo {
+            mac: info.mac.map(|_| self.mac),
+            ..info
+        };
+        self.link_up = self.info.link_up();
+        self.failed = false;
+        self.flush();
+        debug!(
+            "{}: virtio-net: recovered after a reset",
+            self.transport.location()
+        );
+        Ok(())
+    }
+
+    fn check_live(&self) -> Result<(), NetError> {
+        if self.failed {
+            Err(NetError::DeviceFailed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Resets the device (so it stops touching the buffers) and takes
+    /// every buffer back.
+    fn stop_device(&mut self, why: &str) {
+        if let Err(e) = self.transport.reset() {
+            warn!(
+                "{}: virtio-net: reset failed ({e}); the device may still hold buffers",
+                self.transport.location()
+            );
+        }
+        self.rx.reset();
+        self.tx.reset();
+        if let Some(ctrl) = self.ctrl.as_mut() {
+            ctrl.reset();
+        }
+        if !self.failed {
+            debug!(
+                "{}: virtio-net: device reset: {why}",
+                self.transport.location()
+            );
+        }
+        self.failed = true;
+    }
+}
+
+impl<H: Hal, T: Transport> Drop for NetDevice<H, T> {
+    /// Resets the device before its rings and buffers are freed: the device
+    /// must not write into freed memory.
+    fn drop(&mut self) {
+        if !self.failed {
+            self.stop_device("driver dropped");
+        }
+    }
+}
+
+impl<H: Hal, T: Transport> fmt::Debug for NetDevice<H, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetDevice")
+            .field("location", &self.transport.location())
+            .field("features", &format_args!("{:#x}", self.features))
+            .field("mac", &format_args!("{}", self.mac))
+            .field("mtu", &self.mtu)
+            .field("link_up", &self.link_up)
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .field("ctrl", &self.ctrl)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// One run of the §3.1.1 sequence with `driver_features`; step 7 builds the queues.
+fn bring_up_once<H: Hal, T: Transport>(
+    transport: &mut T,
+    driver_features: u64,
+    options: &NetOptions,
+) -> Result<(Parts<H>, u64), NetError> {
+    device::bring_up(
+        transport,
+        driver_features,
+        options.ring_features,
+        |t: &mut T, negotiated| setup(t, negotiated, options),
+    )
+}
+
+/// Step 7: configuration, layout decisions, queues, buffers.
+fn setup<H: Hal, T: Transport>(
+    t: &mut T,
+    negotiated: u64,
+    options: &NetOptions,
+) -> Result<Parts<H>, NetError> {
+    if negotiated & NEEDS_CTRL_VQ != 0 && negotiated & feature::CTRL_VQ == 0 {
+        return Err(NetError::FeatureDependency { negotiated });
+    }
+    let location = t.location();
+    let info = NetInfo::read(t, negotiated)?;
+    let mtu = match info.mtu {
+        Some(mtu) if mtu < MIN_MTU => return Err(NetError::BadConfig("mtu below 68")),
+        Some(mtu) => mtu,
+        None => DEFAULT_MTU,
+    };
+    let plan = Plan::new(negotiated, t.kind(), mtu, options);
+
+    let rx_ring = device::setup_queue_with::<H, T>(
+        t,
+        RX_QUEUE,
+        QueueSpec::new(options.rx_queue_size).with_indirect_capacity(plan.indirect),
+        negotiated,
+    )?;
+    let tx_ring = device::setup_queue_with::<H, T>(
+        t,
+        TX_QUEUE,
+        QueueSpec::new(options.tx_queue_size).with_indirect_capacity(plan.indirect),
+        negotiated,
+    )?;
+    let ctrl_ring = if negotiated & feature::CTRL_VQ != 0 {
+        Some(device::setup_queue_with::<H, T>(
+            t,
+            CTRL_QUEUE,
+            QueueSpec::new(options.ctrl_queue_size).with_indirect_capacity(3),
+            negotiated,
+        )?)
+    } else {
+        None
+    };
+
+    let rx_buffers = buffers_for(rx_ring.size(), plan.rx.split_header);
+    let tx_buffers = buffers_for(tx_ring.size(), plan.tx.split_header);
+    if rx_buffers == 0 || tx_buffers == 0 {
+        return Err(NetError::BadConfig(
+            "queues too small for a header and a frame in separate descriptors",
+        ));
+    }
+    let mut rx = RxQueue::new(rx_ring, rx_buffers, plan.rx, location)?;
+    // Posted now, published after DRIVER_OK (§5.1.5 step "fill the receive queues").
+    rx.refill();
+    let tx = TxQueue::new(tx_ring, tx_buffers, plan.tx, location)?;
+    let ctrl = match ctrl_ring {
+        Some(ring) => Some(CtrlQueue::new(ring)?),
+        None => None,
+    };
+
+    let mac = match info.mac {
+        Some(mac) => mac,
+        None => {
+            let mac = MacAddress::local_from_seed(location_seed(location));
+            if t.kind().is_legacy() {
+                // Legacy devices let the driver write `mac` (§5.1.4.3).
+                t.write_config(offset::MAC, &mac.0)?;
+            }
+            debug!("{location}: virtio-net: no MAC feature; using generated address {mac}");
+            mac
+        }
+    };
+    Ok(Parts {
+        info,
+        mtu,
+        mac,
+        header_len: plan.rx.header_len,
+        rx,
+        tx,
+        ctrl,
+    })
+}
+
+/// The sizes and layouts that follow from the negotiated features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    rx: RxLayout,
+    tx: TxLayout,
+    /// Entries per indirect table for the data queues (only useful when the
+    /// header needs its own descriptor).
+    indirect: u16,
+}
+
+impl Plan {
+    fn new(negotiated: u64, kind: TransportKind, mtu: u16, options: &NetOptions) -> Self {
+        let header_len = header::header_len(negotiated);
+        let mergeable = negotiated & feature::MRG_RXBUF != 0;
+        // Only a legacy device without ANY_LAYOUT insists on the header
+        // having a descriptor of its own (§5.1.6.6); with MRG_RXBUF each
+        // receive buffer is one descriptor whatever the layout.
+        let any_layout = !kind.is_legacy() || negotiated & features::ANY_LAYOUT != 0;
+        let max_frame = ETH_HEADER_LEN + mtu as usize;
+        let whole_packet = (header_len + max_frame + VLAN_TAG_LEN).max(MIN_WHOLE_PACKET_BUFFER);
+        let rx_buffer = if mergeable {
+            options.mergeable_buffer_len.max(MIN_MERGEABLE_BUFFER)
+        } else {
+            whole_packet
+        };
+        Self {
+            rx: RxLayout {
+                header_len,
+                mergeable,
+                split_header: !any_layout && !mergeable,
+                buffer_len: rx_buffer,
+                max_merged_frame: max_frame + VLAN_TAG_LEN,
+            },
+            tx: TxLayout {
+                header_len,
+                split_header: !any_layout,
+                max_frame,
+            },
+            indirect: if any_layout { 0 } else { 2 },
+        }
+    }
+}
+
+/// Buffers worth allocating for a ring of `size` descriptors: one per
+/// descriptor, or one per two when each buffer is a header descriptor and a
+/// frame descriptor (the queue writes such short chains directly while
+/// descriptors last, so half the ring is what fits).
+fn buffers_for(size: u16, split_header: bool) -> u16 {
+    if split_header {
+        size / 2
+    } else {
+        size
+    }
+}
+
+/// A number that identifies a device's location, to seed a generated MAC.
+fn location_seed(location: Location) -> u64 {
+    struct Fnv(u64);
+    impl fmt::Write for Fnv {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for byte in s.bytes() {
+                self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+            Ok(())
+        }
+    }
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    let _ = fmt::write(&mut hash, format_args!("{location}"));
+    hash.0
+}
+
+/// Formats the control-queue part of the bring-up summary.
+struct ControlNote(Option<u16>);
+
+impl fmt::Display for ControlNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(size) => write!(f, "ctrl: {size} descriptors"),
+            None => f.write_str("no control queue"),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! # Finding every virtio device and bringing it up
+//!
+//! After interrupts are set up, [`probe`] looks for virtio devices in the two
+//! places they can be on a QEMU machine and brings each one up through the
+//! shared code in `drivers/`:
+//!
+//! ```text
+//!  pci::probe  ── ECAM (ACPI MCFG) or ports 0xCF8/0xCFC ── drivers::pci::enumerate
+//!       │          (BAR windows from the memory map)          │ every function logged
+//!       │                                                      ▼
+//!       │                                  drivers::transport::pci::probe (modern first)
+//!  mmio::probe ── virtio_mmio.device= on the command line,     │
+//!       │          else the microvm window 0xfeb00000           │
+//!       ▼                                                      ▼
+//!  bringup::bring_up: drivers::init::begin → every queue (SplitQueue) → finish (DRIVER_OK)
+//!       │
+//!       ▼
+//!  one `virtio:` line per device, and the device in the registry ([`devices`])
+//! ```
+//!
+//! ## The `virtio:` line (stable; README "The stable contract")
+//!
+//! ```text
+//! virtio: <type> at <location> transport=<pci-modern|pci-legacy|mmio-v1|mmio-v2> ring=split queues=<n> features=<NAME|NAME|...>
+//! virtio: <type> at <location> FAILED: <error>
+//! ```
+//!
+//! `<type>` is `blk`, `net`, `console` (other types by their spec name, or
+//! `type<id>`), `<location>` is `pci 0000:00:03.0` or `mmio@0xfeb00e00`,
+//! `features` lists the negotiated feature bits by name, highest bit first
+//! (`none` when nothing was negotiated). A device that fails to come up is
+//! left with FAILED in its status byte and the boot continues.
+//!
+//! ## What "brought up" means here
+//!
+//! There is no device driver yet for any type, so the bring-up is the
+//! generic one of [`bringup`]: the initialisation sequence of virtio 1.2
+//! §3.1.1 accepting only the shared ring features (indirect descriptors,
+//! event index, and VERSION_1 on modern transports), no device-specific
+//! feature, and every queue the device has with those features (net: rx and
+//! tx; blk: one; console: receive and transmit of port 0). The queues are
+//! live and kept in the registry with the transport, so later code (the
+//! device drivers, the shell, the self-tests) can reach them. The device
+//! drivers plug in at the hook in [`bringup::bring_up`].
+
+pub mod bringup;
+pub mod mmio;
+pub mod pci;
+mod selftests;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use drivers::features;
+use drivers::queue::SplitQueue;
+use drivers::transport::{AnyTransport, DeviceType, Location, Transport, TransportKind};
+use spin::{Mutex, MutexGuard};
+
+use crate::hal_impl::KernelHal;
+use crate::println;
+
+pub use selftests::selftests;
+
+/// The transport type the kernel stores (any flavour, on the kernel's Hal).
+pub type KernelTransport = AnyTransport<KernelHal>;
+/// A split virtqueue on the kernel's Hal.
+pub type KernelQueue = SplitQueue<KernelHal>;
+
+/// How a device can interrupt, as far as discovery knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptLine {
+    /// A PCI function's INTx pin (1 = INTA .. 4 = INTD) and the line the
+    /// firmware routed it to (0 or 0xff: not routed). MSI-X comes later.
+    PciIntx { pin: u8, line: u8 },
+    /// The GSI of a virtio-mmio device, from `virtio_mmio.device=`.
+    Gsi(u32),
+    /// Not known (a virtio-mmio slot found by probing the window: the GSI is
+    /// only in the ACPI DSDT, which the kernel does not parse).
+    Unknown,
+}
+
+/// A device that came up: its transport, its live queues and what was negotiated.
+pub struct LiveDevice {
+    /// The transport, status DRIVER_OK.
+    pub transport: KernelTransport,
+    /// Every queue set up, by queue index.
+    pub queues: Vec<KernelQueue>,
+    /// The negotiated feature bits.
+    pub features: u64,
+}
+
+/// Where a device's bring-up ended.
+pub enum DeviceState {
+    /// DRIVER_OK, queues live; no device driver has claimed it yet.
+    Live(LiveDevice),
+    /// Bring-up failed; the transport (if one could be made) has FAILED set.
+    Failed {
+        /// The transport, if discovery got that far.
+        transport: Option<KernelTransport>,
+        /// Why, as printed on the `virtio:` line.
+        error: String,
+    },
+}
+
+/// One virtio device found at boot.
+pub struct VirtioDevice {
+    /// Its type (net, blk, console, ...).
+    pub device_type: DeviceType,
+    /// Where it is.
+    pub location: Location,
+    /// The transport flavour; `None` if no transport could be made.
+    pub transport_kind: Option<TransportKind>,
+    /// How it can interrupt.
+    pub interrupt: InterruptLine,
+    /// Live or failed.
+    pub state: DeviceState,
+}
+
+impl VirtioDevice {
+    /// The live part, if the device came up.
+    pub fn live(&mut self) -> Option<&mut LiveDevice> {
+        match &mut self.state {
+            DeviceState::Live(live) => Some(live),
+            DeviceState::Failed { .. } => None,
+        }
+    }
+
+    /// The error its bring-up failed with, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        match &self.state {
+            DeviceState::Live(_) => None,
+            DeviceState::Failed { error, .. } => Some(error),
+        }
+    }
+}
+
+/// Every virtio device found at boot, in discovery order (PCI, then MMIO).
+static REGISTRY: Mutex<Vec<VirtioDevice>> = Mutex::new(Vec::new());
+
+/// The registry of devices [`probe`] found, locked. Device drivers take
+/// their device out of it (`swap_remove`) or drive it in place; the shell
+/// and the self-tests walk it. Do not hold the guard across a wait.
+pub fn devices() -> MutexGuard<'static, Vec<VirtioDevice>> {
+    REGISTRY.lock()
+}
+
+/// The short name of a device type on the `virtio:` line and in
+/// `expect.virtio=`: the names Linux and QEMU use (`blk`, `net`, `console`).
+pub fn type_name(device_type: DeviceType) -> TypeName {
+    TypeName(device_type)
+}
+
+/// Display wrapper for [`type_name`]: never contains a space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeName(DeviceType);
+
+impl fmt::Display for TypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            DeviceType::Block => f.write_str("blk"),
+            DeviceType::Entropy => f.write_str("rng"),
+            DeviceType::Other(id) => write!(f, "type{id}"),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// Feature bits as `NAME|NAME|...`, highest bit first, `none` for no bits;
+/// bits without a name print as `bit<n>`.
+pub struct FeatureList {
+    /// The device type that names bits 0-23.
+    pub device_type: DeviceType,
+    /// The bits.
+    pub bits: u64,
+}
+
+impl fmt::Display for FeatureList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.bits == 0 {
+            return f.write_str("none");
+        }
+        let mut first = true;
+        for bit in (0..64u32).rev().filter(|bit| self.bits & (1 << bit) != 0) {
+            if !first {
+                f.write_str("|")?;
+            }
+            first = false;
+            match features::feature_name(self.device_type, bit) {
+                Some(name) => f.write_str(name)?,
+                None => write!(f, "bit{bit}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds every virtio device (PCI first, then virtio-mmio), brings each up,
+/// prints its `virtio:` line and records it in the registry. Call once,
+/// after `interrupts::init`. Never panics on what a device does.
+pub fn probe() {
+    let started = crate::clock::uptime_ns();
+    let pci_found = pci::probe();
+    let mmio_found = mmio::probe(pci_found.host_bridge_present);
+    let found = pci_found.devices.into_iter().chain(mmio_found);
+    let mut registry = REGISTRY.lock();
+    for discovered in found {
+        let device = bringup::bring_up(discovered);
+        print_line(&device);
+        log::debug!(
+            "{} at {}: interrupt {:?}",
+            type_name(device.device_type),
+            device.location,
+            device.interrupt
+        );
+        registry.push(device);
+    }
+    let live = registry
+        .iter()
+        .filter(|d| matches!(d.state, DeviceState::Live(_)))
+        .count();
+    log::info!(
+        "virtio: {} device(s) found, {} live, {} failed, in {} us",
+        registry.len(),
+        live,
+        registry.len() - live,
+        (crate::clock::uptime_ns() - started) / 1000
+    );
+}
+
+/// A device discovery found, before bring-up.
+pub struct Discovered {
+    /// Its type, as far as discovery could tell.
+    pub device_type: DeviceType,
+    /// Where it is.
+    pub location: Location,
+    /// How it can interrupt.
+    pub interrupt: InterruptLine,
+    /// The transport, or why none could be made.
+    pub transport: Result<KernelTransport, String>,
+}
+
+/// Prints the device's `virtio:` line (see the module docs).
+fn print_line(device: &VirtioDevice) {
+    let name = type_name(device.device_type);
+    match &device.state {
+        DeviceState::Live(live) => println!(
+            "virtio: {name} at {} transport={} ring=split queues={} features={}",
+            device.location,
+            live.transport.kind(),
+            live.queues.len(),
+            FeatureList {
+                device_type: device.device_type,
+                bits: live.features,
+            }
+        ),
+        DeviceState::Failed { error, .. } => {
+            println!("virtio: {name} at {} FAILED: {error}", device.location)
+        }
+    }
+}

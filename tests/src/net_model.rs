@@ -1,0 +1,535 @@
+//! A virtio-net device for host tests (virtio 1.2 §5.1), built from the
+//! register-level core in [`crate::models::virtio`] and, for the data path,
+//! one [`VqModel`] per queue (rust-vmm's `virtio-queue`: an implementation of
+//! the ring that shares no code with the driver).
+//!
+//! The model behaves like QEMU's device where it matters to the driver:
+//!
+//! - **Receive**: it takes the driver's available receive buffers when it has
+//!   a packet to deliver (not only after a notification: QEMU looks at the
+//!   ring whenever a packet arrives), writes the virtio-net header and the
+//!   frame, and with MRG_RXBUF spreads a long frame over as many buffers as it
+//!   needs, with `num_buffers` in the first header. [`NetModel::deliver`] is the
+//!   correct device; [`NetModel::deliver_raw`] writes whatever a test asks
+//!   (lengths past the buffer, bogus `num_buffers`) for the hostile tests.
+//! - **Transmit** and **control**: the device only looks at these queues when
+//!   it is awake, i.e. after a notification, like a real device that sleeps
+//!   until it is kicked. Work published while it sleeps without a
+//!   notification stays there, and is counted in
+//!   [`NetModel::missed_notifications`]: a driver that forgets to notify
+//!   loses frames here, as it would on QEMU.
+//! - **Configuration**: MAC, status and MTU at their §5.1.4 offsets;
+//!   [`NetModel::set_link`] changes the status and raises the configuration
+//!   interrupt bit.
+//!
+//! Queue addresses are read back from the register core after the driver set
+//! them up, for every transport flavour (separate areas, or the legacy
+//! contiguous block at `pfn * page size`).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use drivers::pci::{self, PortIoConfig};
+use drivers::queue::QueueAddresses;
+use drivers::transport::mmio::MmioTransport;
+use drivers::transport::pci::{probe_with, TransportPreference};
+use drivers::transport::AnyTransport;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::host_hal::HostHal;
+use crate::models::pci::{
+    attach, virtio_legacy, virtio_modern, Attach, PciPlatform, PlatformLayout,
+};
+use crate::models::virtio::{MmioWindow, ModernLayout, SharedCore, VirtioCore, DRIVER_OK};
+use crate::models::{contiguous_addresses, test_windows};
+use crate::vq_model::{device_memory, Chain, VqModel};
+
+/// virtio device id of a network card.
+pub const NET_DEVICE_ID: u32 = 1;
+/// Receive, transmit, control.
+pub const QUEUES: u16 = 3;
+/// The feature bits QEMU 7.2 offers for a modern virtio-net device on the
+/// user backend (shared/QEMU.md): low word 0x30bf8024, high word 0x101.
+pub const QEMU_MODERN_FEATURES: u64 = 0x101_30bf_8024;
+/// The same for a legacy device (with BAD_FEATURE, bit 30).
+pub const QEMU_LEGACY_FEATURES: u64 = 0x39bf_8064;
+/// Where the model's MMIO window is.
+pub const MMIO_BASE: u64 = 0xfeb0_0e00;
+
+/// Feature bits, spelled out here independently of the driver's constants.
+pub mod bits {
+    /// VIRTIO_NET_F_MTU.
+    pub const MTU: u64 = 1 << 3;
+    /// VIRTIO_NET_F_MAC.
+    pub const MAC: u64 = 1 << 5;
+    /// VIRTIO_NET_F_MRG_RXBUF.
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    /// VIRTIO_NET_F_STATUS.
+    pub const STATUS: u64 = 1 << 16;
+    /// VIRTIO_NET_F_CTRL_VQ.
+    pub const CTRL_VQ: u64 = 1 << 17;
+    /// VIRTIO_NET_F_CTRL_RX.
+    pub const CTRL_RX: u64 = 1 << 18;
+    /// VIRTIO_NET_F_CTRL_MAC_ADDR.
+    pub const CTRL_MAC_ADDR: u64 = 1 << 23;
+    /// VIRTIO_F_ANY_LAYOUT.
+    pub const ANY_LAYOUT: u64 = 1 << 27;
+    /// VIRTIO_F_INDIRECT_DESC.
+    pub const INDIRECT_DESC: u64 = 1 << 28;
+    /// VIRTIO_F_EVENT_IDX.
+    pub const EVENT_IDX: u64 = 1 << 29;
+    /// VIRTIO_F_VERSION_1.
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// The device configuration bytes (§5.1.4): mac, status, max_virtqueue_pairs, mtu.
+pub fn net_config(mac: [u8; 6], status: u16, mtu: u16) -> Vec<u8> {
+    let mut config = Vec::with_capacity(12);
+    config.extend_from_slice(&mac);
+    config.extend_from_slice(&status.to_le_bytes());
+    config.extend_from_slice(&1u16.to_le_bytes());
+    config.extend_from_slice(&mtu.to_le_bytes());
+    config
+}
+
+/// A frame the driver sent, as the device read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentFrame {
+    /// The virtio-net header bytes.
+    pub header: Vec<u8>,
+    /// The Ethernet frame.
+    pub frame: Vec<u8>,
+    /// Descriptors in the chain (table entries for an indirect one).
+    pub descriptors: usize,
+}
+
+/// A control command the driver sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtrlCommand {
+    /// Class.
+    pub class: u8,
+    /// Command.
+    pub command: u8,
+    /// Command-specific data.
+    pub data: Vec<u8>,
+}
+
+/// The device refused to deliver: no receive buffer (or not enough) was available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Starved {
+    /// Buffers the frame needed.
+    pub needed: usize,
+    /// Buffers available.
+    pub available: usize,
+}
+
+/// One part of a hostile delivery: bytes to write into the next receive
+/// buffer (cut to fit) and the length to claim in its used entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPart {
+    /// What to write into the buffer (header and/or frame bytes).
+    pub bytes: Vec<u8>,
+    /// The used length to report, true or not.
+    pub claimed_len: u32,
+}
+
+/// A queue as the device sees it, with the device's sleep state.
+struct DeviceQueue {
+    vq: VqModel,
+}
+
+/// A virtio-net device model. See the module documentation.
+pub struct NetModel {
+    /// The register core (status, features, config, ISR, access log).
+    pub core: SharedCore,
+    queues: Vec<Option<DeviceQueue>>,
+    /// Receive buffers taken from the ring and not yet used.
+    rx_chains: VecDeque<Chain>,
+    /// Frames the driver sent.
+    pub sent: Vec<SentFrame>,
+    /// Control commands the driver sent.
+    pub commands: Vec<CtrlCommand>,
+    /// The ack the device answers control commands with (0 OK, 1 ERR).
+    pub ctrl_ack: u8,
+    /// Notifications already looked at (index into `core.notifications`).
+    notifications_seen: usize,
+    /// Publishes found while the device slept without a notification.
+    pub missed_notifications: u64,
+    /// Used-buffer interrupts the device would have raised, per queue.
+    pub interrupts: [u64; 3],
+}
+
+impl NetModel {
+    /// A device offering `features` with `config`, queues of at most `queue_max`.
+    pub fn new(features: u64, config: Vec<u8>, queue_max: u16) -> Self {
+        let core = VirtioCore::new(NET_DEVICE_ID, features, QUEUES, queue_max, config).shared();
+        Self {
+            core,
+            queues: Vec::new(),
+            rx_chains: VecDeque::new(),
+            sent: Vec::new(),
+            commands: Vec::new(),
+            ctrl_ack: 0,
+            notifications_seen: 0,
+            missed_notifications: 0,
+            interrupts: [0; 3],
+        }
+    }
+
+    /// Attaches the device as virtio-mmio `version` (1 or 2) and returns the transport.
+    pub fn mmio(&self, version: u32) -> MmioTransport<HostHal> {
+        HostHal::clear_devices();
+        HostHal::map_mmio(
+            MMIO_BASE,
+            0x200,
+            MmioWindow::new(self.core.clone(), version),
+        );
+        MmioTransport::<HostHal>::new(MMIO_BASE, 0x200).expect("the model is a virtio-mmio device")
+    }
+
+    /// Attaches the device as virtio-pci (modern-only, or legacy-only) and
+    /// returns the transport the PCI probe finds.
+    pub fn pci(&self, modern: bool) -> AnyTransport<HostHal> {
+        HostHal::clear_devices();
+        let platform = PciPlatform::new();
+        let function = if modern {
+            virtio_modern(&self.core, ModernLayout::default())
+        } else {
+            virtio_legacy(0x1000, &self.core)
+        };
+        platform.borrow_mut().add(Attach::Root, 3, 0, function);
+        attach(&platform, &PlatformLayout::default());
+        // SAFETY: the test thread owns the modelled 0xCF8/0xCFC ports.
+        let access = unsafe { PortIoConfig::<HostHal>::new() };
+        let functions = pci::enumerate(&access, &test_windows()).expect("enumeration");
+        probe_with::<HostHal, _>(&access, &functions[0], TransportPreference::PreferModern)
+            .expect("the model is a virtio-pci device")
+    }
+
+    /// The features the driver accepted.
+    pub fn negotiated(&self) -> u64 {
+        self.core.borrow().driver_features
+    }
+
+    /// The header length the negotiated features imply (§5.1.6.1).
+    pub fn header_len(&self) -> usize {
+        if self.negotiated() & (bits::VERSION_1 | bits::MRG_RXBUF) != 0 {
+            12
+        } else {
+            10
+        }
+    }
+
+    fn mergeable(&self) -> bool {
+        self.negotiated() & bits::MRG_RXBUF != 0
+    }
+
+    /// The addresses the driver programmed for queue `q`, however the
+    /// transport expressed them; `None` if the queue is not live.
+    pub fn queue_addresses(&self, q: u16) -> Option<QueueAddresses> {
+        let core = self.core.borrow();
+        let state = core.queues.get(q as usize)?;
+        if state.pfn != 0 {
+            // Legacy: one block at pfn * page size. virtio-mmio v1 says its
+            // page size and alignment; legacy PCI's are both 4096.
+            let page = if core.guest_page_size != 0 {
+                u64::from(core.guest_page_size)
+            } else {
+                4096
+            };
+            let align = if state.align != 0 {
+                u64::from(state.align)
+            } else {
+                4096
+            };
+            return Some(contiguous_addresses(
+                u64::from(state.pfn) * page,
+                state.size,
+                align,
+            ));
+        }
+        if state.enabled && state.desc != 0 {
+            return Some(QueueAddresses {
+                size: state.size,
+                desc: state.desc,
+                driver: state.driver,
+                device: state.device,
+            });
+        }
+        None
+    }
+
+    /// Builds the device side of every live queue. Call after the driver
+    /// brought the device up (DRIVER_OK must be set).
+    pub fn attach_queues(&mut self) {
+        assert!(
+            self.core.borrow().status & DRIVER_OK != 0,
+            "the driver has not set DRIVER_OK"
+        );
+        let event_idx = self.negotiated() & bits::EVENT_IDX != 0;
+        self.queues = (0..QUEUES)
+            .map(|q| {
+                self.queue_addresses(q).map(|addrs| DeviceQueue {
+                    vq: VqModel::new(addrs, event_idx),
+                })
+            })
+            .collect();
+        self.rx_chains.clear();
+        self.notifications_seen = 0;
+    }
+
+    /// The device side of queue `q`.
+    pub fn vq(&mut self, q: u16) -> &mut VqModel {
+        &mut self
+            .queues
+            .get_mut(q as usize)
+            .and_then(Option::as_mut)
+            .unwrap_or_else(|| panic!("queue {q} is not live"))
+            .vq
+    }
+
+    /// `true` if queue `q` was set up by the driver.
+    pub fn has_queue(&self, q: u16) -> bool {
+        self.queues.get(q as usize).is_some_and(Option::is_some)
+    }
+
+    /// Takes newly published receive buffers; returns how many the device holds.
+    pub fn rx_available(&mut self) -> usize {
+        let chains = self.vq(0).take_available();
+        self.rx_chains.extend(chains);
+        self.rx_chains.len()
+    }
+
+    /// Lengths of the receive buffers the device holds, in ring order.
+    pub fn rx_buffer_lens(&mut self) -> Vec<u32> {
+        self.rx_available();
+        self.rx_chains.iter().map(Chain::writable_len).collect()
+    }
+
+    /// Descriptors per receive chain the device holds, in ring order.
+    pub fn rx_chain_descriptors(&mut self) -> Vec<usize> {
+        self.rx_available();
+        self.rx_chains.iter().map(|c| c.descriptors).collect()
+    }
+
+    /// Delivers `frame` as a correct device: header + frame in one buffer,
+    /// or (MRG_RXBUF) spread over as many as needed. Returns the buffers used.
+    pub fn deliver(&mut self, frame: &[u8]) -> Result<usize, Starved> {
+        self.rx_available();
+        let header_len = self.header_len();
+        let mut packet = vec![0u8; header_len];
+        packet.extend_from_slice(frame);
+        let mergeable = self.mergeable();
+        // How many buffers, and what goes in each.
+        let mut pieces: Vec<usize> = Vec::new();
+        let mut rest = packet.len();
+        for chain in &self.rx_chains {
+            if rest == 0 {
+                break;
+            }
+            let room = chain.writable_len() as usize;
+            if !mergeable {
+                if room < rest {
+                    // A correct device does not truncate: it waits for a big enough buffer.
+                    return Err(Starved {
+                        needed: 1,
+                        available: 0,
+                    });
+                }
+                pieces.push(rest);
+                rest = 0;
+                break;
+            }
+            let n = room.min(rest);
+            pieces.push(n);
+            rest -= n;
+        }
+        if rest > 0 {
+            return Err(Starved {
+                needed: pieces.len() + 1,
+                available: self.rx_chains.len(),
+            });
+        }
+        if header_len >= 12 {
+            let n = pieces.len() as u16;
+            packet[10..12].copy_from_slice(&n.to_le_bytes());
+        }
+        let mut offset = 0;
+        let used = pieces.len();
+        for len in pieces {
+            let chain = self.rx_chains.pop_front().expect("counted above");
+            let chunk = &packet[offset..offset + len];
+            self.vq(0).complete(&chain, chunk);
+            offset += len;
+        }
+        self.signal(0);
+        Ok(used)
+    }
+
+    /// Delivers whatever the test says: each part goes into the next
+    /// receive buffer (cut to fit) and its used entry claims `claimed_len`.
+    /// Returns `Err` if fewer buffers are available than parts.
+    pub fn deliver_raw(&mut self, parts: &[RawPart]) -> Result<(), Starved> {
+        self.rx_available();
+        if self.rx_chains.len() < parts.len() {
+            return Err(Starved {
+                needed: parts.len(),
+                available: self.rx_chains.len(),
+            });
+        }
+        for part in parts {
+            let chain = self.rx_chains.pop_front().expect("counted above");
+            write_chain(&chain, &part.bytes);
+            self.vq(0).complete_with_len(chain.head, part.claimed_len);
+        }
+        self.signal(0);
+        Ok(())
+    }
+
+    /// A packet header for `deliver_raw`: `flags`, `gso_type`, `num_buffers`.
+    pub fn header(&self, flags: u8, gso_type: u8, num_buffers: u16) -> Vec<u8> {
+        let mut header = vec![0u8; self.header_len()];
+        header[0] = flags;
+        header[1] = gso_type;
+        if header.len() >= 12 {
+            header[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        }
+        header
+    }
+
+    /// Looks at new notifications: wakes the queues they name. A queue with
+    /// published work that is asleep and was not notified counts a miss.
+    fn look_at_notifications(&mut self) {
+        let new: Vec<u16> = {
+            let core = self.core.borrow();
+            core.notifications[self.notifications_seen..].to_vec()
+        };
+        self.notifications_seen += new.len();
+        for q in new {
+            if self.has_queue(q) {
+                self.vq(q).driver_published(true);
+            }
+        }
+    }
+
+    /// Runs the transmit queue once: if the device is awake, it reads every
+    /// published frame, completes it (used length 0) and goes back to sleep.
+    /// Returns the frames read.
+    pub fn process_tx(&mut self) -> usize {
+        self.look_at_notifications();
+        let header_len = self.header_len();
+        self.run_queue(1, |model, chain| {
+            let header = chain.readable[..header_len.min(chain.readable.len())].to_vec();
+            let frame = chain.readable[header.len()..].to_vec();
+            model.sent.push(SentFrame {
+                header,
+                frame,
+                descriptors: chain.descriptors,
+            });
+            Vec::new()
+        })
+    }
+
+    /// Runs the control queue once, answering each command with `ctrl_ack`.
+    pub fn process_ctrl(&mut self) -> usize {
+        self.look_at_notifications();
+        if !self.has_queue(2) {
+            return 0;
+        }
+        self.run_queue(2, |model, chain| {
+            let bytes = &chain.readable;
+            model.commands.push(CtrlCommand {
+                class: bytes.first().copied().unwrap_or(0xff),
+                command: bytes.get(1).copied().unwrap_or(0xff),
+                data: bytes.get(2..).map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+            vec![model.ctrl_ack]
+        })
+    }
+
+    /// Runs transmit and control once.
+    pub fn step(&mut self) {
+        self.process_tx();
+        self.process_ctrl();
+    }
+
+    /// The device side of a driver-to-device queue: process while awake.
+    fn run_queue(&mut self, q: u16, mut handle: impl FnMut(&mut Self, &Chain) -> Vec<u8>) -> usize {
+        let mut done = 0;
+        loop {
+            if self.vq(q).is_asleep() {
+                let pending = self.vq(q).avail_idx() != self.vq(q).next_avail();
+                if pending {
+                    // Published, but nobody woke the device.
+                    self.missed_notifications += 1;
+                }
+                return done;
+            }
+            let chains = self.vq(q).take_available();
+            for chain in &chains {
+                let reply = handle(self, chain);
+                self.vq(q).complete(chain, &reply);
+                done += 1;
+            }
+            if !chains.is_empty() {
+                self.signal(q);
+            }
+            if self.vq(q).try_sleep() {
+                return done;
+            }
+        }
+    }
+
+    fn signal(&mut self, q: u16) {
+        if self.vq(q).signal_used() {
+            self.interrupts[q as usize] += 1;
+            self.core.borrow_mut().isr |= 1;
+        }
+    }
+
+    /// Changes the link status bit and raises the configuration interrupt.
+    pub fn set_link(&self, up: bool) {
+        let mut core = self.core.borrow_mut();
+        let status = u16::from(up);
+        if core.config.len() >= 8 {
+            core.config[6..8].copy_from_slice(&status.to_le_bytes());
+        }
+        core.generation += 1;
+        core.isr |= 2;
+    }
+}
+
+/// Writes `data` across a chain's writable buffers (as much as fits).
+pub fn write_chain(chain: &Chain, data: &[u8]) {
+    let mem = device_memory();
+    let mut rest = data;
+    for &(addr, len) in &chain.writable {
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(len as usize);
+        mem.write_slice(&rest[..n], GuestAddress(addr))
+            .expect("receive buffer reachable");
+        rest = &rest[n..];
+    }
+}
+
+/// An Ethernet frame of `len` bytes: broadcast destination, source
+/// 52:54:00:00:00:02, EtherType 0x88b5 (local experimental), then a
+/// payload pattern derived from `seed`.
+pub fn test_frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x52, 0x54, 0x00, 0x00, 0x00, 0x02]);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    let mut x = u32::from(seed) | 0x100;
+    while frame.len() < len {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        frame.push((x >> 16) as u8);
+    }
+    frame.truncate(len);
+    frame
+}
+
+/// A shareable handle, for tests that want the model inside a `Wait` closure.
+pub type SharedNetModel = Rc<RefCell<NetModel>>;
