@@ -44,6 +44,7 @@ EXIT_MEANINGS = {
     qm.EXIT_SELFTEST_FAIL: "self-test failed",
     qm.EXIT_PANIC: "kernel panic",
     qm.EXIT_EXCEPTION: "CPU exception",
+    qm.EXIT_POWEROFF: "powered off from the shell",
     0: "QEMU quit",
 }
 
@@ -225,7 +226,7 @@ def cmd_run(options: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
     meaning = EXIT_MEANINGS.get(status, "see the log above")
     say(f"QEMU exited with status {status} ({meaning})")
-    return 0 if status == qm.EXIT_SELFTEST_PASS else status
+    return 0 if status in (qm.EXIT_SELFTEST_PASS, qm.EXIT_POWEROFF) else status
 
 
 def cmd_qemu_cmd(options: argparse.Namespace) -> int:

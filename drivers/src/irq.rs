@@ -54,8 +54,8 @@ use crate::pci::{regs, Command, ConfigAccess, PciAddress, PciError, PciFunction}
 use crate::queue::QueueAddresses;
 use crate::transport::pci::{map_structure, PciTransportError, VirtioCaps};
 use crate::transport::{
-    mmio, AnyTransport, ConfigConsistency, DeviceStatus, DeviceType, FieldWidth, InterruptStatus, Location,
-    RegisterWindow, RingLayout, Transport, TransportError, TransportKind,
+    mmio, AnyTransport, ConfigConsistency, DeviceStatus, DeviceType, FieldWidth, InterruptStatus,
+    Location, RegisterWindow, RingLayout, Transport, TransportError, TransportKind,
 };
 
 /// The most queues per device whose interrupts are tracked (one bit each in

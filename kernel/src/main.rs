@@ -18,7 +18,9 @@
 //! interrupts  PIC masked, LAPIC, IOAPIC
 //! virtio      find every virtio device (PCI, virtio-mmio), bring it up
 //! then        mode=selftest: run the self-tests and exit QEMU
-//!             otherwise: print "kernel: ready" and idle
+//!             mode=bench: run the benchmarks (bench.rs) and exit QEMU
+//! block       name the disks vda, vdb, ... (block/mod.rs)
+//!             then print "kernel: ready" and idle
 //! ```
 //!
 //! docs/01-boot.md walks through the first half of this in detail.
@@ -29,6 +31,8 @@
 extern crate alloc;
 
 mod acpi_tables;
+mod bench;
+mod block;
 mod boot;
 mod bootinfo;
 mod clock;
@@ -39,9 +43,11 @@ mod hal_impl;
 mod interrupts;
 mod logger;
 mod memory;
+mod net;
 mod selftest;
 mod selftest_api;
 mod serial;
+mod shell;
 mod virtio;
 
 use alloc::vec::Vec;
@@ -89,6 +95,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     acpi_tables::init(boot_info.rsdp);
     interrupts::init();
     virtio::probe();
+    net::claim_devices();
 
     if cmdline::get("mode") == Some("selftest") {
         let tests: Vec<selftest_api::SelfTest> = [
@@ -99,17 +106,31 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
             memory::selftests(),
             interrupts::selftests(),
             virtio::selftests(),
+            // The first block test claims the blk devices from the virtio
+            // registry, after the raw-ring tests above have used them.
+            block::selftests(),
+            net::selftests(),
+            shell::selftests(),
         ]
         .into_iter()
         .flatten()
         .collect();
         selftest::run(&tests);
     }
-
-    println!("kernel: ready");
-    loop {
-        interrupts::wait_for_interrupt();
+    if cmdline::get("mode") == Some("bench") {
+        bench::run();
     }
+    block::init();
+
+    net::start();
+    println!("kernel: ready");
+    // With a virtio console, the shell takes the CPU (it runs the network
+    // rounds itself); it returns only if the console has no port to use.
+    if shell::console::init() {
+        shell::run();
+    }
+    // The idle loop: runs the network stack, halts between interrupts.
+    net::run()
 }
 
 /// Set by the first panic; a panic while reporting one must not recurse.
@@ -129,6 +150,8 @@ fn panic(info: &PanicInfo<'_>) -> ! {
         .location()
         .map_or(("<unknown>", 0), |l| (l.file(), l.line()));
     let _ = writeln!(out, "\nPANIC at {file}:{line}: {}", info.message());
+    // The person at the virtio console sees it too (EMERG_WRITE, no queues).
+    shell::console::emergency_print(format_args!("\nPANIC at {file}:{line}: {}\n", info.message()));
     let _ = write!(out, "  backtrace:");
     let _ = cpu::backtrace::write(&mut out, cpu::backtrace::current_rbp());
     let _ = writeln!(out);

@@ -125,6 +125,14 @@ class Scenario:
     memory: str = "256M"
     #: Add `-device isa-debug-exit` (without it the kernel can only halt).
     debug_exit: bool = True
+    #: Run while QEMU runs, in a thread of its own, once `interact_after`
+    #: has appeared in the serial log (at once if it is None): talks to the
+    #: guest (e.g. through socket chardevs in the work directory) and returns
+    #: problems (strings), or raises AssertionError. It should end the run
+    #: itself (a `poweroff` in the shell); QEMU's exit or timeout ends the
+    #: scenario either way, and the interaction gets a few seconds more.
+    interact: Callable[[RunContext], Iterable[str] | None] | None = None
+    interact_after: str | None = None
 
     def label(self, accel: qm.AccelChoice) -> str:
         """machine/firmware/accel, as shown in the summary."""
@@ -258,6 +266,29 @@ def run_scenario(scenario: Scenario, kernel: Path, build_dir: Path, tcg_only: bo
     stop_on = re.compile(scenario.stop_on, re.MULTILINE) if scenario.stop_on else None
     collected = bytearray()
     scanned = 0  # bytes of `collected` already searched line by line
+    interact_after = (
+        re.compile(scenario.interact_after, re.MULTILINE) if scenario.interact_after else None
+    )
+    interaction: threading.Thread | None = None
+    interaction_problems: list[str] = []
+
+    def start_interaction() -> threading.Thread:
+        def body() -> None:
+            assert scenario.interact is not None
+            name = getattr(scenario.interact, "__name__", "interact")
+            try:
+                found = scenario.interact(ctx)
+            except AssertionError as err:
+                interaction_problems.append(f"interact {name}: {err}")
+                return
+            except Exception as err:  # a broken interaction fails the scenario
+                interaction_problems.append(f"interact {name} raised {type(err).__name__}: {err}")
+                return
+            interaction_problems.extend(f"interact {name}: {p}" for p in (found or []))
+
+        thread = threading.Thread(target=body, name=f"interact-{scenario.name}", daemon=True)
+        thread.start()
+        return thread
 
     def scan_new_lines(now: float) -> bool:
         """Time the boot's milestones in newly completed lines; True if `stop_on` matched."""
@@ -305,6 +336,13 @@ def run_scenario(scenario: Scenario, kernel: Path, build_dir: Path, tcg_only: bo
                             proc.wait()
                             outcome.status = KILLED
                             break
+                if (
+                    scenario.interact is not None
+                    and interaction is None
+                    and (interact_after is None or interact_after.search(
+                        collected.decode("utf-8", "replace")))
+                ):
+                    interaction = start_interaction()
                 status = proc.poll()
                 if status is not None:
                     outcome.status = status
@@ -328,9 +366,17 @@ def run_scenario(scenario: Scenario, kernel: Path, build_dir: Path, tcg_only: bo
             if log_file is not None:
                 log_file.close()
 
+    if interaction is not None:
+        interaction.join(timeout=5.0)
+        if interaction.is_alive():
+            interaction_problems.append("the interaction was still running when QEMU ended")
+    elif scenario.interact is not None:
+        interaction_problems.append(
+            f"the interaction never started (/{scenario.interact_after}/ not in the serial log)")
     outcome.log_text = collected.decode("utf-8", "replace").replace("\r", "")
     outcome.stderr_text = stderr_path.read_text("utf-8", "replace")
     outcome.problems = evaluate(scenario, outcome.status, outcome.log_text)
+    outcome.problems += interaction_problems
     if outcome.status not in (TIMEOUT, NOT_STARTED):
         outcome.problems += _run_check(outcome)
     return outcome

@@ -36,6 +36,7 @@ EXIT_SELFTEST_PASS = 33  # 0x10
 EXIT_SELFTEST_FAIL = 35  # 0x11
 EXIT_PANIC = 37  # 0x12
 EXIT_EXCEPTION = 39  # 0x13
+EXIT_POWEROFF = 41  # 0x14: the shell's `poweroff`
 
 DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=4"
 

@@ -14,8 +14,9 @@ Adding a scenario is a few lines: see README.md, "Adding a QEMU scenario".
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import machine as qm
@@ -302,6 +303,132 @@ VIRTIO_SCENARIOS: list[Scenario] = [
                  [VirtioDev("blk", "mmio-v1"), VirtioDev("console", "mmio-v1")]),
 ]
 
+
+# ---------------------------------------------------------------- interrupts
+#
+# The same devices, with the interrupt path checked: the kernel is told with
+# `expect.irq=` which mode each device must end up in (msix, intx, mmio or
+# polled, as a sorted multiset); the in-guest self-tests then make a request
+# on every device and check that it completed by its interrupt (counted per
+# queue) while the CPU halted, or, for polled devices, without interrupts.
+# The check below reads the `virtio-irq:` lines (kernel/src/virtio/irq.rs).
+
+#: One `virtio-irq:` route line per device.
+IRQ_LINE = re.compile(
+    r"virtio-irq: (?P<type>\S+) at (?P<location>pci \S+|mmio@0x[0-9a-f]+): "
+    r"(?P<mode>MSI-X|INTx pin [A-D]|microvm slot GSI|GSI|polling)",
+)
+IRQ_MODE_OF_LINE = {"MSI-X": "msix", "GSI": "mmio", "microvm slot GSI": "mmio", "polling": "polled"}
+IRQ_INTERRUPT_DRIVEN_PASSES = [
+    r"^selftest: PASS virtio-irq: a request on each interrupt-driven device completes by its interrupt$",
+    r"^selftest: PASS virtio-irq: the waiting CPU halts until the completion interrupt$",
+    r"^selftest: PASS virtio-irq: stray interrupts on device vectors are counted, not fatal$",
+]
+
+
+def check_irq_lines(devs: Sequence[VirtioDev], modes: Sequence[str]) -> Callable[[Outcome], Iterable[str]]:
+    """One `virtio-irq:` route line per device, in the expected modes; the
+    per-queue counter lines are there; consoles got the interrupt round trip's line."""
+    probe_check = check_virtio_lines(devs)
+
+    def check(outcome: Outcome) -> Iterable[str]:
+        problems = list(probe_check(outcome) or [])
+        routes = list(IRQ_LINE.finditer(outcome.log_text))
+        got = sorted(
+            "intx" if m["mode"].startswith("INTx") else IRQ_MODE_OF_LINE[m["mode"]] for m in routes
+        )
+        if got != sorted(modes):
+            problems.append(f"virtio-irq: route lines say {got}, expected {sorted(modes)}")
+        counters = re.findall(
+            r"virtio-irq: \S+ at (?:pci \S+|mmio@\S+) \((\w+)\) queue \d+: notifications \d+", outcome.log_text
+        )
+        if len(counters) < len(devs):
+            problems.append(f"only {len(counters)} per-queue counter lines for {len(devs)} devices")
+        assert outcome.ctx is not None
+        for i, dev in enumerate(devs):
+            path = outcome.ctx.file(f"console{i}.log")
+            if dev.kind == "console" and "interrupt round trip" not in path.read_text("utf-8", "replace"):
+                problems.append(f"console{i}.log lacks the interrupt round trip's line")
+        return problems
+
+    return check
+
+
+def irq_scenario(
+    name: str,
+    machine: str,
+    firmware: str | None,
+    accel: str,
+    devs: Sequence[VirtioDev],
+    modes: Sequence[str],
+    extra_args: Sequence[str] = (),
+    extra_append: str = "",
+    must_log: Sequence[str] = (),
+) -> Scenario:
+    """`virtio_probe` plus `expect.irq=`: every device must come up in `modes`."""
+    base = virtio_probe(name, machine, firmware, accel, devs, extra_args)
+    passes = [r"^selftest: PASS virtio-irq: every live device has an interrupt route or a logged polling reason$"]
+    if any(m != "polled" for m in modes):
+        passes += IRQ_INTERRUPT_DRIVEN_PASSES
+    if "msix" in modes:
+        passes.append(r"^selftest: PASS virtio-irq: MSI-X entries hold this CPU's messages")
+    if "polled" in modes:
+        passes.append(r"^selftest: PASS virtio-irq: polled devices complete requests without interrupts$")
+    append = f"{base.append} expect.irq={','.join(sorted(modes))} {extra_append}".strip()
+    return replace(
+        base,
+        append=append,
+        expect_anywhere=[*base.expect_anywhere, *passes, *must_log],
+        check=check_irq_lines(devs, modes),
+    )
+
+
+IRQ_SCENARIOS: list[Scenario] = [
+    # MSI-X, transitional devices on pc under KVM: each queue its own vector
+    # where the table allows (net: 4 entries), shared otherwise (console: 2).
+    irq_scenario("irq-pc-msix-transitional-kvm", "pc", "qboot", "kvm",
+                 all_three("pci-modern"), ["msix"] * 3),
+    # MSI-X, modern-only devices on q35 (ECAM).
+    irq_scenario("irq-q35-msix-modern", "q35", "qboot", "tcg",
+                 all_three("pci-modern", ",disable-legacy=on"), ["msix"] * 3),
+    # MSI-X on the legacy interface: its device configuration moves to 24.
+    irq_scenario("irq-pc-msix-legacy", "pc", "qboot", "tcg",
+                 all_three("pci-legacy", ",disable-modern=on"), ["msix"] * 3),
+    # No MSI-X (vectors=0): INTx on the IRQ SeaBIOS routed, level-triggered
+    # through the I/O APIC, the ISR read in the handler; modern and legacy ISR.
+    irq_scenario("irq-q35-intx-seabios", "q35", "seabios", "tcg",
+                 all_three("pci-modern", ",vectors=0"), ["intx"] * 3,
+                 must_log=[r"virtio-irq: blk at pci \S+: INTx pin A, IRQ \d+ -> GSI \d+ \(level"]),
+    irq_scenario("irq-pc-intx-legacy-seabios", "pc", "seabios", "tcg",
+                 all_three("pci-legacy", ",vectors=0,disable-modern=on"), ["intx"] * 3),
+    # No MSI-X and qboot: qboot writes interrupt lines, but one slot off
+    # (blk in slot 1 is said to be on IRQ 11 and interrupts on IRQ 10); the
+    # kernel listens on every IRQ the chipset routes PCI to and follows the
+    # device that claims the interrupt, saying so.
+    irq_scenario("irq-q35-intx-qboot", "q35", "qboot", "tcg",
+                 all_three("pci-modern", ",vectors=0"), ["intx"] * 3,
+                 must_log=[r"virtio-irq: blk at pci 0000:00:01\.0: the firmware routed it to GSI 11, "
+                           r"but it interrupts on GSI 10: following the hardware"]),
+    # Firmware that routes nothing (virtio.intx=unrouted pretends so): every
+    # device without MSI-X is polled, and the log says why.
+    irq_scenario("irq-q35-intx-unrouted-polls", "q35", "qboot", "tcg",
+                 all_three("pci-modern", ",vectors=0"), ["polled"] * 3, extra_append="virtio.intx=unrouted",
+                 must_log=[r"virtio-irq: blk at pci \S+: polling: INTx pin A not routed by the firmware "
+                           r"\(interrupt line 0xff, as virtio\.intx=unrouted pretends\)"]),
+    # virtio-mmio through the I/O APIC on the GSI from virtio_mmio.device=.
+    irq_scenario("irq-microvm-mmio-v1-kvm", "microvm", None, "kvm", all_three("mmio-v1"), ["mmio"] * 3,
+                 extra_args=["-M", "acpi=off"]),
+    irq_scenario("irq-microvm-mmio-v2", "microvm", None, "tcg", all_three("mmio-v2"), ["mmio"] * 3,
+                 extra_args=["-M", "acpi=off", "-global", "virtio-mmio.force-legacy=false"]),
+    # virtio.poll=1: MSI-X is left off and every device is polled, by request.
+    irq_scenario("irq-q35-poll-requested-kvm", "q35", "qboot", "kvm",
+                 all_three("pci-modern"), ["polled"] * 3, extra_append="virtio.poll=1",
+                 must_log=[r"virtio-irq: blk at pci \S+: polling: virtio\.poll=1"]),
+    irq_scenario("irq-microvm-poll-requested", "microvm", None, "tcg", all_three("mmio-v2"), ["polled"] * 3,
+                 extra_args=["-M", "acpi=off", "-global", "virtio-mmio.force-legacy=false"],
+                 extra_append="virtio.poll=1"),
+]
+
 SCENARIOS: list[Scenario] = [
     # KVM with qboot: the fast path `x.py run` uses, with its devices attached.
     selftest("q35", "qboot", "kvm", with_devices=True),
@@ -353,4 +480,262 @@ SCENARIOS: list[Scenario] = [
         forbid=[r"^PANIC at ", r"^selftest: ", r"^kernel: ready"],
     ),
     *VIRTIO_SCENARIOS,
+    *IRQ_SCENARIOS,
 ]
+
+
+# ---------------------------------------------------------------- the shell on the virtio console
+#
+# These boot normally (no mode=selftest): the kernel claims the console with
+# its virtio-console driver and runs the shell on it. The console port and a
+# named serial port are socket chardevs in the work directory; the
+# interaction (tests/qemu/console_session.py) types commands as a user would
+# and checks the answers against what QEMU was configured with, moves 1 MiB
+# each way through the named port, and ends with `poweroff` (status 41).
+
+CONSOLE_NAMED_PORT = "org.test.one"
+SHELL_COMMANDS = ("devices", "disks", "blk read", "net", "ping", "ports", "write", "read",
+                  "log", "uptime", "poweroff")
+
+
+def console_devices(
+    machine: str,
+    serial_props: str = "",
+    named_port: bool = True,
+    disks: int = 0,
+    net: bool = False,
+) -> Callable[[RunContext], list[str]]:
+    """A virtio-serial controller with the console on `console.sock` and, with
+    `named_port`, `org.test.one` on `port1.sock`; `disks` virtio-blk disks
+    (serials `disk<i>`) and a user-mode NIC with the standard MAC."""
+
+    def devices(ctx: RunContext) -> list[str]:
+        args: list[str] = []
+        for i in range(disks):
+            args += ["-drive", f"if=none,id=d{i},format=raw,file={ctx.file(f'disk{i}.img')}"]
+            args += ["-device", f"{qm.virtio_device('virtio-blk', machine)},drive=d{i},serial=disk{i}"]
+        if net:
+            args += qm.user_net_args(machine)
+        args += ["-chardev", f"socket,id=con,path={ctx.file('console.sock')},server=on,wait=off"]
+        args += ["-device", f"{qm.virtio_device('virtio-serial', machine)},id=vser0{serial_props}"]
+        args += ["-device", "virtconsole,chardev=con,bus=vser0.0"]
+        if named_port:
+            args += ["-chardev", f"socket,id=p1,path={ctx.file('port1.sock')},server=on,wait=off"]
+            args += ["-device", f"virtserialport,chardev=p1,bus=vser0.0,name={CONSOLE_NAMED_PORT}"]
+        return args
+
+    return devices
+
+
+def expect(condition: bool, problems: list[str], message: str) -> None:
+    if not condition:
+        problems.append(message)
+
+
+def shell_session(
+    transport: str,
+    multiport: bool = True,
+    stream_bytes: int = 1 * MiB,
+    disks: int = 0,
+    net: bool = False,
+) -> Callable[[RunContext], list[str]]:
+    """What a user does at the shell, checked step by step (see above)."""
+    from .console_session import Port, Shell, fnv1a64, in_background, pattern
+
+    def interact(ctx: RunContext) -> list[str]:
+        problems: list[str] = []
+        shell = Shell(ctx.file("console.sock"))
+        try:
+            shell.wait_prompt(timeout_s=30)
+        except AssertionError:
+            shell.type(b"\r", timeout_s=10)  # the banner went out before we listened
+        port = Port(ctx.file("port1.sock")) if multiport else None
+
+        # help, and line editing: backspace, Ctrl-U, Ctrl-C.
+        text = shell.run("help")
+        for command in SHELL_COMMANDS:
+            expect(command in text, problems, f"help does not mention {command!r}")
+        text = shell.type(b"hlep\x7f\x7f\x7felp\r")
+        expect("hlep\x08 \x08\x08 \x08\x08 \x08elp\n" in text and "commands:" in text, problems,
+               f"backspace editing: {text[:120]!r}")
+        text = shell.type(b"garbage\x15uptime\r")
+        expect(re.search(r"up \d+\.\d{6} s", text) is not None and "error" not in text, problems,
+               f"Ctrl-U then uptime: {text!r}")
+        text = shell.type(b"oops\x03")
+        expect(text.startswith("oops^C\n") and "error" not in text, problems, f"Ctrl-C: {text!r}")
+        text = shell.run("frobnicate")
+        expect("error: unknown command" in text, problems, f"unknown command: {text!r}")
+
+        # devices: the console with its driver, transport, ring, features, queue counters.
+        text = shell.run("devices")
+        console_line = re.search(r"^console at (\S+ \S+|\S+): transport=(\S+) ring=(\S+) irq=\S+ features=(\S+)$",
+                                 text, re.MULTILINE)
+        if console_line is None:
+            problems.append(f"devices has no console line: {text!r}")
+        else:
+            features = console_line[4].split("|")
+            expect(console_line[2] == transport, problems, f"console transport {console_line[2]}, want {transport}")
+            expect(console_line[3] == "split", problems, f"console ring {console_line[3]}")
+            expect(("CONSOLE_MULTIPORT" in features) == multiport, problems, f"features {features}")
+            expect("CONSOLE_EMERG_WRITE" in features, problems, f"features {features}")
+        expect("driver: console" in text, problems, "devices does not name the console driver")
+        expect(re.search(r"queue  1 port0-tx\s+size\s+\d+: added [1-9]\d*, notifications [1-9]", text)
+               is not None, problems, f"no counters for port 0's transmit queue: {text!r}")
+        expect(("control-rx" in text) == multiport, problems, "control queues listed iff MULTIPORT")
+        expect(text.count("blk at ") == disks, problems, f"devices lists {text.count('blk at ')} disks, want {disks}")
+
+        # ports: names and states as QEMU was configured.
+        text = shell.run("ports")
+        rows = {m[1]: m for m in re.finditer(r"^\s*(\d+)\s+(\S+)\s+(yes|no)\s+(open|closed)\s+(open|closed)",
+                                             text, re.MULTILINE)}
+        expect("0" in rows and rows["0"][3] == "yes", problems, f"port 0 is not a console: {text!r}")
+        if multiport:
+            named = [m for m in rows.values() if m[2] == CONSOLE_NAMED_PORT]
+            expect(len(named) == 1 and named[0][4] == "open" and named[0][5] == "open", problems,
+                   f"ports: {CONSOLE_NAMED_PORT} missing or not open on both sides: {text!r}")
+        else:
+            expect(list(rows) == ["0"], problems, f"max_ports=1 must show port 0 only: {text!r}")
+
+        if port is not None:
+            # write / read on the named port.
+            text = shell.run(f"write {CONSOLE_NAMED_PORT} hello from the shell")
+            expect("wrote 21 bytes" in text, problems, f"write: {text!r}")
+            got = port.read_until(b"\n")
+            expect(got == b"hello from the shell\n", problems, f"host got {got!r}")
+            port.send(b"hello from the host\n")
+            text = shell.run(f"read {CONSOLE_NAMED_PORT}")
+            expect("hello from the host" in text, problems, f"read: {text!r}")
+
+            # stream_bytes each way, intact (FNV-1a over the pattern).
+            inbound = pattern(stream_bytes, 3)
+            sender, _ = in_background(port.send, inbound)
+            text = shell.run(f"recv {CONSOLE_NAMED_PORT} {stream_bytes}", timeout_s=120)
+            sender.join(timeout=10)
+            want = f"received {stream_bytes} bytes from port 1 in"
+            expect(want in text and f"fnv1a64={fnv1a64(inbound):#018x}" in text, problems,
+                   f"recv: {text!r} (want hash {fnv1a64(inbound):#018x})")
+            reader, got = in_background(port.read_exactly, stream_bytes, 120.0)
+            text = shell.run(f"send {CONSOLE_NAMED_PORT} {stream_bytes} 5", timeout_s=120)
+            reader.join(timeout=30)
+            expect(f"sent {stream_bytes} bytes to port 1" in text, problems, f"send: {text!r}")
+            outbound = got[0] if got else None
+            if isinstance(outbound, BaseException):
+                problems.append(f"host side of send: {outbound}")
+            elif outbound != pattern(stream_bytes, 5):
+                problems.append("the bytes `send` wrote differ from the pattern")
+
+        # disks and net, against what QEMU was given.
+        text = shell.run("disks")
+        expect(text.count("blk at ") == disks or all(f"disk{i}" in text for i in range(disks)), problems,
+               f"disks: {text!r}")
+        if net:
+            text = ""
+            for _ in range(40):
+                text = shell.run("net")
+                if "address 10.0.2.15" in text:
+                    break
+                time.sleep(0.25)
+            expect(qm.STANDARD_MAC in text and "link up" in text, problems, f"net: {text!r}")
+            expect("address 10.0.2.15" in text, problems, f"net: no DHCP address: {text!r}")
+            text = shell.run("ping 10.0.2.2", timeout_s=20)
+            expect("reply from 10.0.2.2" in text, problems, f"ping: {text!r}")
+        else:
+            text = shell.run("net")
+            expect("error:" in text, problems, f"net without a card: {text!r}")
+
+        text = shell.run("log debug")
+        expect("log level is now DEBUG" in text, problems, f"log: {text!r}")
+        shell.run("log info")
+
+        shell.send(b"poweroff\r")
+        shell.read_until(b"powering off")
+        return problems
+
+    interact.__name__ = f"shell_session_{transport.replace('-', '_')}"
+    return interact
+
+
+def console_shell(
+    name: str,
+    machine: str,
+    firmware: str | None,
+    accel: str,
+    transport: str,
+    serial_props: str = "",
+    extra_args: Sequence[str] = (),
+    multiport: bool = True,
+    stream_bytes: int = 1 * MiB,
+    disks: int = 0,
+    net: bool = False,
+    timeout_s: float = 120.0,
+) -> Scenario:
+    """A normal boot with the shell on the console, driven through sockets; ends in `poweroff`."""
+    base_devices = console_devices(machine, serial_props, multiport, disks, net)
+    return Scenario(
+        name=name,
+        machine=machine,
+        firmware=firmware,
+        accel=accel,
+        devices=lambda ctx: list(extra_args) + base_devices(ctx),
+        files={f"disk{i}.img": probe_image(f"disk{i}") for i in range(disks)},
+        append="log=info",
+        expect_status=qm.EXIT_POWEROFF,
+        expect_in_order=[BOOT_BANNER, r"^kernel: ready$", r"^shell: ready on virtio console port 0 ",
+                         r"^shell: poweroff$"],
+        timeout_s=timeout_s,
+        interact=shell_session(transport, multiport, stream_bytes, disks, net),
+    )
+
+
+def panic_reaches_the_console(ctx: RunContext) -> list[str]:
+    """`panic` at the shell: the report arrives on the console through EMERG_WRITE."""
+    from .console_session import Shell
+
+    shell = Shell(ctx.file("console.sock"))
+    try:
+        shell.wait_prompt(timeout_s=30)
+    except AssertionError:
+        shell.type(b"\r", timeout_s=10)
+    shell.send(b"panic boom-from-the-shell\r")
+    got = shell.read_until(b"boom-from-the-shell\r\n", timeout_s=20).decode("utf-8", "replace")
+    # The echo of the typed line comes first; the report after it.
+    report = got.split("panic boom-from-the-shell\r\n", 1)[-1]
+    if re.search(r"PANIC at \S+:\d+: shell: deliberate panic: boom-from-the-shell", report) is None:
+        return [f"no panic report on the console: {got!r}"]
+    return []
+
+
+CONSOLE_SCENARIOS: list[Scenario] = [
+    # The full session on q35 (transitional device, modern interface, MSI-X),
+    # with disks and a NIC for `disks`, `net` and `ping`.
+    console_shell("console-shell-q35-kvm", "q35", "qboot", "kvm", "pci-modern", disks=2, net=True),
+    # Legacy virtio-pci (QUEUE_PFN, fixed queue size, MSI-X moves the config).
+    console_shell("console-shell-pc-legacy", "pc", "qboot", "kvm", "pci-legacy",
+                  serial_props=",disable-modern=on", stream_bytes=256 * 1024),
+    # virtio-mmio version 1 and 2 on microvm.
+    console_shell("console-shell-microvm-mmio-v1", "microvm", None, "kvm", "mmio-v1",
+                  extra_args=["-M", "acpi=off"], stream_bytes=256 * 1024),
+    console_shell("console-shell-microvm-mmio-v2", "microvm", None, "kvm", "mmio-v2",
+                  extra_args=["-M", "acpi=off", "-global", "virtio-mmio.force-legacy=false"],
+                  stream_bytes=256 * 1024),
+    # max_ports=1: no MULTIPORT, port 0 only, no control queues.
+    console_shell("console-shell-single-port", "q35", "qboot", "kvm", "pci-modern",
+                  serial_props=",max_ports=1,disable-legacy=on", multiport=False),
+    # A panic after the shell is up reaches the console through EMERG_WRITE.
+    Scenario(
+        name="console-panic-emerg-write",
+        machine="pc",
+        firmware="qboot",
+        accel="kvm",
+        devices=console_devices("pc", named_port=False),
+        append="log=info",
+        expect_status=qm.EXIT_PANIC,
+        expect_in_order=[BOOT_BANNER, r"^shell: ready on virtio console port 0 ",
+                         r"^PANIC at \S+:\d+: shell: deliberate panic: boom-from-the-shell$"],
+        forbid=[r"^EXCEPTION ", r"^selftest: "],
+        timeout_s=60,
+        interact=panic_reaches_the_console,
+    ),
+]
+
+SCENARIOS += CONSOLE_SCENARIOS

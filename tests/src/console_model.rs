@@ -244,7 +244,7 @@ pub fn role(q: u16) -> Role {
         3 => Role::ControlTransmit,
         _ => {
             let port = u32::from(q / 2) - 1;
-            if q % 2 == 0 {
+            if q.is_multiple_of(2) {
                 Role::Receive(port)
             } else {
                 Role::Transmit(port)
@@ -535,7 +535,7 @@ impl ConsoleModel {
                 Role::Receive(_) | Role::ControlReceive => {
                     let chains = vq.take_available();
                     for chain in &chains {
-                        if chain.readable.len() > 0 || chain.writable.len() != 1 {
+                        if !chain.readable.is_empty() || chain.writable.len() != 1 {
                             self.violations.push(format!(
                                 "queue {q}: receive chain {} is not one device-writable buffer",
                                 chain.head
@@ -566,6 +566,10 @@ impl ConsoleModel {
         }
         self.deliver_control();
         self.deliver_data();
+        let waiting: Vec<u32> = self.held.keys().copied().collect();
+        for id in waiting {
+            self.release_transmit(id);
+        }
     }
 
     fn serve_transmit(&mut self, q: u16, id: u32) {
@@ -687,8 +691,7 @@ impl ConsoleModel {
                 if value != 1 {
                     return;
                 }
-                let (console, name, host_open) =
-                    (port.console, port.name.clone(), port.host_open);
+                let (console, name, host_open) = (port.console, port.name.clone(), port.host_open);
                 if console {
                     self.send_control(control_bytes(id, event::CONSOLE_PORT, 1), None);
                 }

@@ -20,7 +20,7 @@
 //! - **Chains** (§2.8.6): NEXT on all but the last descriptor; the buffer id
 //!   is taken from the *last* one ("Buffer ID is included in the last
 //!   descriptor in the list"); at most `size` descriptors; readable before
-//!   writable (§2.8.15 driver requirements).
+//!   writable (§2.8.17, driver requirements for scatter-gather).
 //! - **Indirect** (§2.8.7): an INDIRECT descriptor without NEXT and not inside
 //!   a chain; its table is `len / 16` entries in which WRITE is the only flag
 //!   the driver may set.

@@ -173,7 +173,10 @@ fn multiport_handshake_sends_ready_and_open_and_learns_names() {
         ConsoleEvent::PortAdded { id: 2 },
         ConsoleEvent::PortNamed { id: 1 },
     ] {
-        assert!(seen.contains(&expected), "{expected:?} missing from {seen:?}");
+        assert!(
+            seen.contains(&expected),
+            "{expected:?} missing from {seen:?}"
+        );
     }
     assert!(bad_controls(&seen).is_empty());
     // Every control receive buffer is back with the device.
@@ -188,7 +191,9 @@ fn multiport_handshake_sends_ready_and_open_and_learns_names() {
     assert_eq!(model.borrow().port(1).received, b"to the host");
     model.borrow_mut().send_to_guest(1, b"to the guest");
     let mut buf = [0u8; 32];
-    let n = console.read_wait(1, &mut buf, &mut stepping(&model, 10)).unwrap();
+    let n = console
+        .read_wait(1, &mut buf, &mut stepping(&model, 10))
+        .unwrap();
     assert_eq!(&buf[..n], b"to the guest");
     // Port 2's host side is closed: writing would be thrown away, so it is refused.
     assert_eq!(console.write(2, b"x"), Err(ConsoleError::PortClosed(2)));
@@ -198,13 +203,14 @@ fn multiport_handshake_sends_ready_and_open_and_learns_names() {
 
 #[test]
 fn port_ready_is_paced_so_no_answer_is_dropped() {
-    // Four control receive buffers and six ports: answering every PORT_ADD
-    // at once would bring up to 18 answers for 4 buffers, and QEMU drops
-    // what it has no buffer for.
+    // Eight control receive buffers and six ports that each draw three
+    // answers to PORT_READY (CONSOLE_PORT, PORT_NAME, PORT_OPEN): sending
+    // the PORT_READYs as fast as transmit slots allow would bring 12
+    // answers for 8 buffers, and QEMU drops what it has no buffer for.
     let ports: Vec<HostPortConfig> = (0..6)
-        .map(|id| match id {
-            0 => HostPortConfig::console(0),
-            _ => HostPortConfig::named(id, &format!("port-{id}")),
+        .map(|id| HostPortConfig {
+            console: true,
+            ..HostPortConfig::named(id, &format!("port-{id}"))
         })
         .collect();
     let options = ConsoleOptions {
@@ -218,12 +224,14 @@ fn port_ready_is_paced_so_no_answer_is_dropped() {
     );
     console
         .wait_until(&mut stepping(&model, 20), |c| {
-            Ok((1..6).all(|id| c.port_by_name(&format!("port-{id}")) == Some(id)))
+            Ok((0..6).all(|id| c.port_by_name(&format!("port-{id}")) == Some(id)))
         })
         .unwrap();
     assert_eq!(model.borrow().control_dropped, 0);
-    assert!(console.port(0).unwrap().console);
-    assert!((0..6).all(|id| console.port(id).unwrap().host_open));
+    assert!((0..6).all(|id| {
+        let port = console.port(id).unwrap();
+        port.console && port.host_open
+    }));
     assert_clean(&model);
 }
 
@@ -354,12 +362,12 @@ fn hostile_control_messages_are_refused_one_by_one() {
     // spec's form; a RESIZE with its payload is fine too.
     model
         .borrow_mut()
-        .inject_control(name_message(2, b"spec-form"), None);
+        .inject_control(name_message(0, b"spec-form"), None);
     let mut resize = control_bytes(0, event::RESIZE, 0);
     resize.extend_from_slice(&[132, 0, 43, 0]);
     model.borrow_mut().inject_control(resize, None);
     console.poll().unwrap();
-    assert_eq!(console.port_by_name("spec-form"), Some(2));
+    assert_eq!(console.port_by_name("spec-form"), Some(0));
     assert_eq!(console.port(0).unwrap().size, Some((132, 43)));
     assert!(events(&mut console).contains(&ConsoleEvent::Resized {
         id: 0,
@@ -417,7 +425,9 @@ fn random_control_garbage_never_panics_and_the_console_survives() {
     // Port 0 may have been removed and re-added by the garbage; make sure it
     // is there and open, then talk through it.
     if console.port(0).is_none() {
-        model.borrow_mut().inject_control(control_bytes(0, event::PORT_ADD, 1), None);
+        model
+            .borrow_mut()
+            .inject_control(control_bytes(0, event::PORT_ADD, 1), None);
         console.poll().unwrap();
     }
     model.borrow_mut().host_open(0, true);
@@ -462,7 +472,7 @@ fn a_full_transmit_queue_pushes_back_instead_of_dropping() {
     let mut wait = unthrottle;
     console.write_all(1, &data[first..], &mut wait).unwrap();
     console.flush(1, &mut wait).unwrap();
-    assert_eq!(model.borrow().port(1).received, data);
+    assert!(model.borrow().port(1).received == data);
     assert_eq!(console.port(1).unwrap().stats.bytes_sent, data.len() as u64);
     assert_clean(&model);
 }
@@ -480,7 +490,7 @@ fn a_timed_out_write_delivers_exactly_what_it_reported() {
     };
     assert_eq!(done, 128 * KIB);
     model.borrow_mut().throttle(1, false);
-    assert_eq!(model.borrow().port(1).received, &data[..done]);
+    assert!(model.borrow().port(1).received == data[..done]);
 }
 
 #[test]
@@ -499,7 +509,7 @@ fn large_writes_put_many_descriptors_under_each_notification() {
         notifications * 16 <= buffers as usize,
         "{notifications} notifications for {buffers} descriptors"
     );
-    assert_eq!(model.borrow().port(1).received, data);
+    assert!(model.borrow().port(1).received == data);
     assert_clean(&model);
 }
 
@@ -520,7 +530,10 @@ fn one_mebibyte_each_way_through_a_named_port_arrives_intact() {
     assert!(got == inbound, "inbound data differs");
     console.write_all(id, &outbound, &mut wait).unwrap();
     console.flush(id, &mut wait).unwrap();
-    assert!(model.borrow().port(id).received == outbound, "outbound data differs");
+    assert!(
+        model.borrow().port(id).received == outbound,
+        "outbound data differs"
+    );
     let stats = console.port(id).unwrap().stats;
     assert_eq!(stats.bytes_received, inbound.len() as u64);
     assert_eq!(stats.bytes_sent, outbound.len() as u64);
@@ -556,7 +569,10 @@ fn ports_come_and_go_as_the_device_says() {
     assert!(console.port(3).is_none());
     assert_eq!(console.port_by_name("late"), None);
     assert_eq!(console.write(3, b"x"), Err(ConsoleError::NoSuchPort(3)));
-    assert_eq!(console.read(3, &mut [0u8; 4]), Err(ConsoleError::NoSuchPort(3)));
+    assert_eq!(
+        console.read(3, &mut [0u8; 4]),
+        Err(ConsoleError::NoSuchPort(3))
+    );
     let seen = events(&mut console);
     assert!(seen.contains(&ConsoleEvent::PortRemoved { id: 3 }));
     assert!(seen.contains(&ConsoleEvent::HostConnection { id: 3, open: false }));
@@ -570,7 +586,9 @@ fn ports_come_and_go_as_the_device_says() {
     assert_eq!(console.readable(3), 0);
     model.borrow_mut().send_to_guest(3, b"fresh");
     let mut buf = [0u8; 8];
-    let n = console.read_wait(3, &mut buf, &mut stepping(&model, 5)).unwrap();
+    let n = console
+        .read_wait(3, &mut buf, &mut stepping(&model, 5))
+        .unwrap();
     assert_eq!(&buf[..n], b"fresh");
     assert_clean(&model);
 }
@@ -586,7 +604,10 @@ fn emergency_write_reaches_the_device_without_any_queue() {
     // The free function needs nothing but a transport: usable before bring-up.
     let fresh = ConsoleModel::new(ConsoleModelConfig::single_port(None)).shared();
     let mut transport = ConsoleModelTransport::new(fresh.clone(), TransportKind::PciLegacy);
-    assert_eq!(config::emergency_write(&mut transport, b"early").unwrap(), 5);
+    assert_eq!(
+        config::emergency_write(&mut transport, b"early").unwrap(),
+        5
+    );
     assert_eq!(fresh.borrow().emergency, b"early");
 
     // Not offered, not used.
@@ -637,8 +658,8 @@ fn register_level_mmio_v1_and_v2_bring_up_and_talk() {
             offered &= 0xffff_ffff;
         }
         let base = 0xfeb0_0000 + 0x200 * u64::from(version);
-        let core = VirtioCore::new(3, offered, config.queue_count(), 128, config.config_bytes())
-            .shared();
+        let core =
+            VirtioCore::new(3, offered, config.queue_count(), 128, config.config_bytes()).shared();
         HostHal::map_mmio(base, 0x200, MmioWindow::new(core.clone(), version));
         let model = ConsoleModel::new(config).shared();
         model.borrow_mut().synchronous = false;
@@ -660,10 +681,18 @@ fn register_level_mmio_v1_and_v2_bring_up_and_talk() {
         let mut buf = [0u8; 8];
         let n = console.read_wait(1, &mut buf, &mut wait).unwrap();
         assert_eq!(&buf[..n], b"back");
-        assert!(core.borrow().violations.is_empty(), "{:?}", core.borrow().violations);
+        assert!(
+            core.borrow().violations.is_empty(),
+            "{:?}",
+            core.borrow().violations
+        );
         assert_clean(&model);
         drop(console);
-        assert_eq!(core.borrow().status, 0, "dropping the driver resets the device");
+        assert_eq!(
+            core.borrow().status,
+            0,
+            "dropping the driver resets the device"
+        );
         HostHal::clear_devices();
     }
 }
@@ -694,7 +723,12 @@ fn a_receive_length_larger_than_the_buffer_is_refused() {
     assert_eq!(model.borrow().posted_on(0), 16);
     model.borrow_mut().send_to_guest(0, b"ok");
     let mut buf = [0u8; 4];
-    assert_eq!(console.read_wait(0, &mut buf, &mut stepping(&model, 5)).unwrap(), 2);
+    assert_eq!(
+        console
+            .read_wait(0, &mut buf, &mut stepping(&model, 5))
+            .unwrap(),
+        2
+    );
     assert_eq!(&buf[..2], b"ok");
 }
 

@@ -12,8 +12,8 @@ use drivers::device::{self, DeviceError, Wait, WaitTimeout};
 use drivers::features;
 use drivers::irq::{
     intx_line, set_intx_disabled, wait_for_used, DeviceInterrupts, EntryUse, Idle,
-    InterruptStatusRegister, InterruptWait, IntxLine, MsixEvent, MsixLayout, MsixRouted,
-    QueueSet, WaitMode,
+    InterruptStatusRegister, InterruptWait, IntxLine, MsixEvent, MsixLayout, MsixRouted, QueueSet,
+    WaitMode,
 };
 use drivers::pci::msix::{MsixCapability, MsixError, CONTROL_ENABLE, CONTROL_FUNCTION_MASK};
 use drivers::pci::{self, ConfigAccess, PciFunction, PortIoConfig};
@@ -166,7 +166,11 @@ fn msix_enable_sequence_masks_the_function_until_the_entries_are_ready() {
     rig.table.borrow_mut().pending = 0b10;
     assert!(table.is_pending(1).unwrap());
     assert!(!table.is_pending(0).unwrap());
-    assert!(rig.table.borrow().violations.is_empty(), "{:?}", rig.table.borrow().violations);
+    assert!(
+        rig.table.borrow().violations.is_empty(),
+        "{:?}",
+        rig.table.borrow().violations
+    );
     // Every table write was a dword: address low, high, data, then the
     // unmask (the entry was masked from reset, so no mask write was needed;
     // the vector control word is read-modify-written to keep its reserved bits).
@@ -366,7 +370,10 @@ fn modern_vectors_are_written_and_checked_before_queue_enable_and_driver_ok() {
         let core = rig.core.borrow();
         assert_eq!(core.config_msix_vector, 0);
         assert_eq!(core.queues[0].msix_vector, 1);
-        assert_eq!(core.queues[1].msix_vector, 1, "2 entries: queues share entry 1");
+        assert_eq!(
+            core.queues[1].msix_vector, 1,
+            "2 entries: queues share entry 1"
+        );
         assert!(core.violations.is_empty(), "{:?}", core.violations);
     }
     let log = rig.core.borrow().log_of(Region::Common);
@@ -379,7 +386,9 @@ fn modern_vectors_are_written_and_checked_before_queue_enable_and_driver_ok() {
         let rest = &log[select..];
         let vector = position(rest, |a| a.dir == Dir::W && a.offset == 0x1a);
         let read_back = position(rest, |a| a.dir == Dir::R && a.offset == 0x1a);
-        let enable = position(rest, |a| a.dir == Dir::W && a.offset == 0x1c && a.value == 1);
+        let enable = position(rest, |a| {
+            a.dir == Dir::W && a.offset == 0x1c && a.value == 1
+        });
         assert!(
             vector < read_back && read_back < enable,
             "queue {queue}: vector write {vector}, read-back {read_back}, enable {enable}"
@@ -390,7 +399,10 @@ fn modern_vectors_are_written_and_checked_before_queue_enable_and_driver_ok() {
         a.dir == Dir::W && a.offset == 0x14 && a.value & 4 != 0
     });
     assert!(config_vector < driver_ok);
-    assert_eq!(log[config_vector + 1], Access::r(Region::Common, 0x10, 2, 0));
+    assert_eq!(
+        log[config_vector + 1],
+        Access::r(Region::Common, 0x10, 2, 0)
+    );
 }
 
 #[test]
@@ -454,11 +466,16 @@ fn legacy_vectors_use_the_msix_registers_and_config_moves_to_24() {
     assert!(t.config_routed());
     let core = rig.core.borrow();
     assert_eq!(core.config_msix_vector, 0);
-    assert_eq!((core.queues[0].msix_vector, core.queues[1].msix_vector), (1, 1));
+    assert_eq!(
+        (core.queues[0].msix_vector, core.queues[1].msix_vector),
+        (1, 1)
+    );
     let log = core.log_of(Region::Legacy);
     // Queue vectors (0x16) are written before the queue's PFN (0x08) makes it live.
     for queue in 0..2u64 {
-        let select = position(&log, |a| a.dir == Dir::W && a.offset == 0x0e && a.value == queue);
+        let select = position(&log, |a| {
+            a.dir == Dir::W && a.offset == 0x0e && a.value == queue
+        });
         let rest = &log[select..];
         let vector = position(rest, |a| a.dir == Dir::W && a.offset == 0x16);
         let pfn = position(rest, |a| a.dir == Dir::W && a.offset == 0x08);
@@ -477,9 +494,21 @@ fn legacy_vectors_use_the_msix_registers_and_config_moves_to_24() {
 #[test]
 fn pci_isr_is_read_once_and_cleared_by_the_read() {
     for (preset, preference, kind) in [
-        (Preset::Modern, TransportPreference::PreferModern, TransportKind::PciModern),
-        (Preset::Transitional, TransportPreference::ForceLegacy, TransportKind::PciLegacy),
-        (Preset::Legacy, TransportPreference::PreferModern, TransportKind::PciLegacy),
+        (
+            Preset::Modern,
+            TransportPreference::PreferModern,
+            TransportKind::PciModern,
+        ),
+        (
+            Preset::Transitional,
+            TransportPreference::ForceLegacy,
+            TransportKind::PciLegacy,
+        ),
+        (
+            Preset::Legacy,
+            TransportPreference::PreferModern,
+            TransportKind::PciLegacy,
+        ),
     ] {
         let rig = pci_rig(preset, 1, features::VERSION_1);
         let t = rig.transport(preference);
@@ -493,7 +522,11 @@ fn pci_isr_is_read_once_and_cleared_by_the_read() {
             InterruptStatus::QUEUE | InterruptStatus::CONFIG,
             "{preset:?}"
         );
-        assert_eq!(rig.core.borrow().isr, 0, "{preset:?}: the read clears the ISR");
+        assert_eq!(
+            rig.core.borrow().isr,
+            0,
+            "{preset:?}: the read clears the ISR"
+        );
         assert_eq!(isr.read_and_acknowledge(), InterruptStatus::empty());
         let log = rig.core.borrow().log.clone();
         let expected = match kind {
@@ -508,8 +541,14 @@ fn pci_isr_is_read_once_and_cleared_by_the_read() {
         };
         assert_eq!(log, expected, "{preset:?}: one byte read, nothing written");
         assert!(matches!(
-            InterruptStatusRegister::<HostHal>::pci(&rig.access, &rig.function, TransportKind::MmioV2),
-            Err(drivers::irq::IrqSetupError::WrongTransport(TransportKind::MmioV2))
+            InterruptStatusRegister::<HostHal>::pci(
+                &rig.access,
+                &rig.function,
+                TransportKind::MmioV2
+            ),
+            Err(drivers::irq::IrqSetupError::WrongTransport(
+                TransportKind::MmioV2
+            ))
         ));
     }
 }
@@ -570,13 +609,18 @@ fn line_interrupts_wake_every_queue_and_flag_config_changes() {
     assert!(device.line_interrupt(InterruptStatus::QUEUE, queues));
     assert_eq!(device.pending(queues), queues);
     assert_eq!(
-        (0..3).map(|q| device.queue_interrupt_count(q)).collect::<Vec<_>>(),
+        (0..3)
+            .map(|q| device.queue_interrupt_count(q))
+            .collect::<Vec<_>>(),
         vec![1, 1, 1]
     );
     assert!(!device.take_config_change());
 
     // Taking one queue's bit leaves the others.
-    assert_eq!(device.take_pending(QueueSet::single(1)), QueueSet::single(1));
+    assert_eq!(
+        device.take_pending(QueueSet::single(1)),
+        QueueSet::single(1)
+    );
     assert_eq!(device.pending(queues), QueueSet::from_bits(0b101));
     assert_eq!(device.take_pending(QueueSet::single(1)), QueueSet::EMPTY);
 
@@ -584,7 +628,11 @@ fn line_interrupts_wake_every_queue_and_flag_config_changes() {
     assert!(device.take_config_change());
     assert!(!device.take_config_change(), "consumed once");
     assert_eq!(device.config_interrupt_count(), 1);
-    assert_eq!(device.queue_interrupt_count(0), 1, "a config change is no queue event");
+    assert_eq!(
+        device.queue_interrupt_count(0),
+        1,
+        "a config change is no queue event"
+    );
 
     // MSI-X: an entry shared by queues 0 and 2.
     device.queue_interrupt(QueueSet::from_bits(0b101));
@@ -592,7 +640,12 @@ fn line_interrupts_wake_every_queue_and_flag_config_changes() {
     assert_eq!(device.queue_interrupt_count(1), 1);
     let c = device.counters();
     assert_eq!(
-        (c.queue_interrupts, c.config_interrupts, c.line_claimed, c.line_unclaimed),
+        (
+            c.queue_interrupts,
+            c.config_interrupts,
+            c.line_claimed,
+            c.line_unclaimed
+        ),
         (5, 1, 2, 1)
     );
     device.reset();
@@ -636,7 +689,10 @@ impl Idle for SimCpu<'_> {
         self.interrupts_on = true;
     }
     fn enable_interrupts_and_halt(&mut self) {
-        assert!(!self.interrupts_on, "halting with interrupts on can miss a wake-up");
+        assert!(
+            !self.interrupts_on,
+            "halting with interrupts on can miss a wake-up"
+        );
         self.calls.borrow_mut().push("sti;hlt");
         self.interrupts_on = true;
         (self.on_halt)();
@@ -683,7 +739,11 @@ fn another_queues_interrupt_does_not_count_as_ours() {
     assert_eq!(wait.stats().woken_by_queue, 0);
     drop(wait);
     assert_eq!(halts, 1);
-    assert_eq!(device.pending(QueueSet::single(1)), QueueSet::single(1), "left for its owner");
+    assert_eq!(
+        device.pending(QueueSet::single(1)),
+        QueueSet::single(1),
+        "left for its owner"
+    );
 }
 
 #[test]
@@ -761,7 +821,11 @@ fn queue_and_model(event_idx: bool) -> (SplitQueue<HostHal>, VqModel) {
     (queue, model)
 }
 
-fn one_request(queue: &mut SplitQueue<HostHal>, model: &mut VqModel, buffer: &hal::DmaRegion<HostHal>) {
+fn one_request(
+    queue: &mut SplitQueue<HostHal>,
+    model: &mut VqModel,
+    buffer: &hal::DmaRegion<HostHal>,
+) {
     queue
         .add(&[Segment::writable(buffer.device_addr(), 16)])
         .expect("room");
@@ -782,7 +846,10 @@ fn entries_used_while_interrupts_were_off_are_found_by_the_recheck_not_by_haltin
         for chain in model.take_available() {
             model.complete(&chain, &[7; 16]);
         }
-        assert!(!model.signal_used(), "event_idx={event_idx}: no interrupt wanted");
+        assert!(
+            !model.signal_used(),
+            "event_idx={event_idx}: no interrupt wanted"
+        );
         // Before waiting the driver re-arms and re-checks: the entry is found
         // and the wait never happens (the device will not interrupt for it).
         let (cpu, calls) = SimCpu::new(5, || panic!("would sleep forever"));
@@ -831,9 +898,17 @@ fn a_completion_after_the_recheck_interrupts_and_ends_the_halt() {
             |q| q.disable_interrupts(),
         );
         assert_eq!(waited, Ok(true));
-        assert_eq!(*calls.borrow(), vec!["cli", "sti;hlt"], "event_idx={event_idx}");
+        assert_eq!(
+            *calls.borrow(),
+            vec!["cli", "sti;hlt"],
+            "event_idx={event_idx}"
+        );
         assert_eq!(wait.stats().woken_by_queue, 1);
-        assert_eq!(*interrupts_sent.borrow(), 1, "the re-armed queue asked for one");
+        assert_eq!(
+            *interrupts_sent.borrow(),
+            1,
+            "the re-armed queue asked for one"
+        );
         drop(wait);
         assert_eq!(queue.pop_used().unwrap().map(|u| u.len), Some(16));
         // Collecting again: interrupts are suppressed once more.
@@ -842,7 +917,10 @@ fn a_completion_after_the_recheck_interrupts_and_ends_the_halt() {
         for chain in m.take_available() {
             m.complete(&chain, &[1; 16]);
         }
-        assert!(!m.signal_used(), "event_idx={event_idx}: suppressed after the wait");
+        assert!(
+            !m.signal_used(),
+            "event_idx={event_idx}: suppressed after the wait"
+        );
         assert_eq!(device.counters().queue_interrupts, 1);
     }
 }
@@ -854,10 +932,15 @@ fn a_polling_wait_needs_no_interrupts_armed() {
     let (cpu, calls) = SimCpu::new(5, || {});
     let mut wait = InterruptWait::new(&device, QueueSet::single(0), cpu);
     let mut armed = 0;
-    let waited = wait_for_used(&mut wait, &mut armed, |a| {
-        *a += 1;
-        true
-    }, |a| *a += 10);
+    let waited = wait_for_used(
+        &mut wait,
+        &mut armed,
+        |a| {
+            *a += 1;
+            true
+        },
+        |a| *a += 10,
+    );
     assert_eq!(waited, Ok(true));
     assert_eq!(armed, 0, "polling never arms or disarms");
     assert_eq!(*calls.borrow(), vec!["pause"]);
@@ -869,7 +952,14 @@ fn a_polling_wait_needs_no_interrupts_armed() {
 fn intx_lines_firmware_did_not_route_are_recognised() {
     let mut function = pci_rig(Preset::Legacy, 1, 0).function;
     let cases = [
-        (1, 11, IntxLine::Routed { pin: 1, isa_irq: 11 }),
+        (
+            1,
+            11,
+            IntxLine::Routed {
+                pin: 1,
+                isa_irq: 11,
+            },
+        ),
         (2, 5, IntxLine::Routed { pin: 2, isa_irq: 5 }),
         // qboot leaves the line at its reset value; 0xff is "not connected".
         (1, 0, IntxLine::NotRouted { pin: 1, line: 0 }),

@@ -864,3 +864,24 @@ fn dropping_the_driver_resets_the_device_and_frees_all_dma_memory() {
     assert!(HostHal::live_dma_pages() >= rx_pool_pages);
     drop(net);
 }
+
+#[test]
+fn a_reserved_transmit_buffer_dropped_unsent_goes_back() {
+    let mut model = modern_model(16);
+    let mut net = modern_mmio(&mut model, NetOptions::default());
+    let free = net.tx().buffers_free();
+    {
+        let mut slot = net.tx().reserve(100).unwrap();
+        assert_eq!(slot.buffer().len(), 100);
+        slot.buffer().fill(0x42);
+    }
+    assert_eq!(net.tx().buffers_free(), free);
+    assert_eq!(net.tx().in_flight(), 0);
+    let mut slot = net.tx().reserve(64).unwrap();
+    slot.buffer().copy_from_slice(&test_frame(64, 1));
+    slot.send().unwrap();
+    assert_eq!(net.flush(), 1);
+    assert_eq!(model.process_tx(), 1);
+    assert_eq!(model.sent[0].frame, test_frame(64, 1));
+    assert_eq!(model.sent[0].header, vec![0u8; 12]);
+}

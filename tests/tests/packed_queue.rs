@@ -1252,28 +1252,79 @@ fn exactly_a_full_ring_of_completions_in_reverse_is_accepted() {
     );
 }
 
+/// The driver's reading of the device event suppression structure, value by
+/// value: exact at the edges of the batch just published, and notifying
+/// whenever the value is not a well-formed DISABLE or DESC.
 #[test]
-fn garbage_in_the_device_event_structure_never_suppresses_wrongly() {
-    let cases: [(bool, u16, u16, NotifyDecision); 7] = [
+fn device_event_values_decide_exactly_and_err_on_the_side_of_notifying() {
+    // Each publish makes slots 0 and 1 (wrap 1) available on a 7-slot ring.
+    let cases: [(bool, u16, u16, NotifyDecision, &str); 10] = [
+        (
+            true,
+            0x8000,
+            event_flags::DESC,
+            NotifyDecision::Notify,
+            "first slot of the batch",
+        ),
+        (
+            true,
+            0x8000 | 1,
+            event_flags::DESC,
+            NotifyDecision::Notify,
+            "last slot of the batch",
+        ),
+        (
+            true,
+            0x8000 | 2,
+            event_flags::DESC,
+            NotifyDecision::Suppressed,
+            "not reached yet",
+        ),
+        (
+            true,
+            6,
+            event_flags::DESC,
+            NotifyDecision::Suppressed,
+            "slot 6 of the lap before: passed",
+        ),
+        (
+            true,
+            0,
+            event_flags::DESC,
+            NotifyDecision::Suppressed,
+            "slot 0 of the next lap",
+        ),
         (
             true,
             0x8000 | 100,
             event_flags::DESC,
             NotifyDecision::Notify,
-        ), // offset outside the ring
-        (true, 0, 3, NotifyDecision::Notify), // reserved value
-        (false, 0x8000 | 3, event_flags::DESC, NotifyDecision::Notify), // DESC without EVENT_IDX
-        (true, 0xffff, 0xfffd, NotifyDecision::Suppressed), // DISABLE with reserved bits set
+            "offset outside the ring",
+        ),
+        (true, 0, 3, NotifyDecision::Notify, "reserved value"),
         (
-            true,
+            false,
             0x8000 | 3,
             event_flags::DESC,
+            NotifyDecision::Notify,
+            "DESC without EVENT_IDX",
+        ),
+        (
+            true,
+            0xffff,
+            0xfffd,
             NotifyDecision::Suppressed,
-        ), // not reached
-        (true, 0x8000, event_flags::DESC, NotifyDecision::Notify), // slot 0 wrap 1: reached
-        (true, 0, event_flags::DESC, NotifyDecision::Suppressed), // slot 0 of the next lap
+            "DISABLE with reserved bits set",
+        ),
+        (
+            false,
+            0,
+            event_flags::ENABLE,
+            NotifyDecision::Notify,
+            "ENABLE",
+        ),
     ];
-    for (event_idx, off_wrap, flags, expected) in cases {
+    for (event_idx, off_wrap, flags, expected, what) in cases {
         let mut b = Bench::new(event_idx, 0);
         b.device.set_device_event(off_wrap, flags);
         b.add(0);
@@ -1281,7 +1332,7 @@ fn garbage_in_the_device_event_structure_never_suppresses_wrongly() {
         assert_eq!(
             b.queue.publish(),
             expected,
-            "event_idx {event_idx}, off_wrap {off_wrap:#06x}, flags {flags:#06x}"
+            "{what}: event_idx {event_idx}, off_wrap {off_wrap:#06x}, flags {flags:#06x}"
         );
     }
 }
@@ -1483,7 +1534,7 @@ fn the_queue_narrates_the_wrap_counters_and_the_desc_event_arithmetic() {
     );
     let text = lines.join("\n");
     for expected in [
-        "vq3: publish: 4 buffer(s) made available, slots 3 (wrap 0) .. 2 (wrap 1); device event suppression = DESC at 0 (wrap 1); as positions mod 2*size = 10 (offset, + size when the wrap counter is 0): old 8, new 2, event 0; need_event: (new - event - 1) mod 10 = (2 - 0 - 1) mod 10 = 1 < (new - old) mod 10 = (2 - 8) mod 10 = 4 -> notify",
+        "vq3: publish: 4 buffer(s) made available, driver position 3 (wrap 0) -> 2 (wrap 1); device event suppression = DESC at 0 (wrap 1); as positions mod 2*size = 10 (offset, + size when the wrap counter is 0): old 8, new 2, event 0; need_event: (new - event - 1) mod 10 = (2 - 0 - 1) mod 10 = 1 < (new - old) mod 10 = (2 - 8) mod 10 = 4 -> notify",
         "(new - event - 1) mod 10 = (3 - 4 - 1) mod 10 = 8 >= (new - old) mod 10 = (3 - 2) mod 10 = 1 -> suppressed",
         "desc[4 (wrap 0)]: addr",
         "flags 0x8000 = AVAIL=0 USED=1 (head: flags held back until publish)",
@@ -1542,7 +1593,7 @@ fn the_same_block_read_narrated_through_both_rings() {
         "len 16, device-readable, id 0, flags 0x0081 = AVAIL=1 USED=0 | NEXT (head: flags held back until publish)",
         "len 512, device-writable, id 0, flags 0x0083 = AVAIL=1 USED=0 | NEXT | WRITE",
         "len 1, device-writable, id 0, flags 0x0082 = AVAIL=1 USED=0 | WRITE",
-        "vq0: publish: 1 buffer(s) made available, slots 0 (wrap 1) .. 3 (wrap 1); device event suppression flags = 0x0 (ENABLE) -> notify",
+        "vq0: publish: 1 buffer(s) made available, driver position 0 (wrap 1) -> 3 (wrap 1); device event suppression flags = 0x0 (ENABLE) -> notify",
         "vq0: desc[0 (wrap 1)]: flags 0x8082 = AVAIL=1 USED=1 | WRITE: AVAIL = USED = 1 = the device wrap counter we expect, so used: id 0, len 513: request #0 done; skip its 3 descriptor(s): next used position 3 (wrap 1)",
     ] {
         assert!(

@@ -438,6 +438,8 @@ fn the_driver_never_accepts_more_than_offered() {
             );
             if kind.is_legacy() {
                 assert_eq!(accepted & features::VERSION_1, 0);
+                // The packed ring needs VERSION_1: never on a legacy transport.
+                assert_eq!(accepted & features::RING_PACKED, 0);
             } else {
                 assert_eq!(
                     accepted & features::VERSION_1,
@@ -448,7 +450,12 @@ fn the_driver_never_accepts_more_than_offered() {
             let wanted = offered
                 & (driver | features::SHARED_RING_FEATURES)
                 & !features::BAD_FEATURE
-                & !features::VERSION_1;
+                & !features::VERSION_1
+                & if kind.is_legacy() {
+                    !features::RING_PACKED
+                } else {
+                    !0
+                };
             assert_eq!(accepted & wanted, wanted);
         }
     }

@@ -249,10 +249,8 @@ impl<H: Hal> fmt::Debug for RequestPool<H> {
     }
 }
 
-/// A device serial number from GET_ID: up to 20 bytes, NUL-padded by the
-/// device when shorter (§5.2.6: "the device ... MUST write ... the serial
-/// number ... NUL-padded ... if it is shorter than 20 bytes"; a 20-byte
-/// serial has no NUL at all).
+/// A device serial number from GET_ID (§5.2.6): an ID string of up to 20
+/// bytes, padded with NULs when shorter; a 20-byte serial has no NUL at all.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Serial {
     bytes: [u8; ID_BYTES],

@@ -1070,6 +1070,9 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
                 self.report.push(ConsoleEvent::PortRejected { id });
                 return Ok(());
             }
+            // The receive buffers go to the device before PORT_READY says
+            // the port can take data.
+            device::kick(&mut self.transport, &mut port.receive);
             control
                 .pending
                 .push_back(DriverMessage::port_ready(id, true));

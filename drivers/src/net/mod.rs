@@ -71,7 +71,7 @@ pub mod tx;
 pub use config::{feature, MacAddress, NetInfo, SUPPORTED_FEATURES};
 pub use ctrl::{CtrlQueue, CtrlStats};
 pub use rx::{RxPacket, RxQueue, RxStats};
-pub use tx::{TxQueue, TxStats};
+pub use tx::{TxQueue, TxSlot, TxStats};
 
 use core::fmt;
 

@@ -4,8 +4,8 @@
 //! writes an all-zero header (no checksum or segmentation offload) and the
 //! frame behind it, and adds the buffer to the ring as one device-readable
 //! chain. The caller writes the frame *directly into the DMA buffer*
-//! ([`TxQueue::send_with`]), so a network stack that builds its packets in
-//! place costs no copy at all.
+//! ([`TxQueue::reserve`] and [`TxSlot`], or [`TxQueue::send_with`]), so a
+//! network stack that builds its packets in place costs no copy at all.
 //!
 //! ## Batching
 //!
@@ -189,20 +189,17 @@ impl<H: Hal> TxQueue<H> {
             && self.ring.free_descriptors() >= self.descriptors_per_frame()
     }
 
-    /// Sends a frame of `len` bytes that `fill` writes straight into a DMA
-    /// transmit buffer (Ethernet header first, no virtio header: the driver
-    /// adds that). Returns what `fill` returned.
+    /// Reserves a transmit buffer for a frame of `len` bytes (Ethernet
+    /// header included, no virtio header: the driver adds that). The caller
+    /// writes the frame straight into the DMA buffer
+    /// ([`TxSlot::buffer`]) and then [`TxSlot::send`]s it; dropping the
+    /// slot instead gives the buffer back unsent.
     ///
-    /// The frame is added to the ring but not published: call
-    /// `NetDevice::flush` after a batch. `fill` is only called once a buffer
-    /// and ring room are secured, so an error means the frame was not
-    /// built: [`NetError::TxQueueFull`] (retry after the device caught up)
-    /// or [`NetError::FrameTooLong`].
-    pub fn send_with<R>(
-        &mut self,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]) -> R,
-    ) -> Result<R, NetError> {
+    /// Errors: [`NetError::TxQueueFull`] at once when no buffer or ring room
+    /// is free even after reclaiming (retry after the device caught up),
+    /// [`NetError::FrameTooLong`] for an empty frame or one longer than
+    /// [`TxQueue::max_frame`].
+    pub fn reserve(&mut self, len: usize) -> Result<TxSlot<'_, H>, NetError> {
         if len == 0 || len > self.layout.max_frame {
             self.stats.too_long += 1;
             return Err(NetError::FrameTooLong {
@@ -218,21 +215,34 @@ impl<H: Hal> TxQueue<H> {
             self.stats.full += 1;
             return Err(NetError::TxQueueFull);
         };
-        let header_len = self.layout.header_len;
-        // SAFETY: `id` came off the free list, so the device does not own
-        // it (it was never posted, or came back through the used ring), and
-        // the slice ends before the buffer is posted below.
-        let buffer = unsafe { self.pool.bytes_mut(id, 0, header_len + len) };
-        let Some(buffer) = buffer else {
-            self.free.put(id);
-            return Err(NetError::FrameTooLong {
-                len,
-                max: self.layout.max_frame,
-            });
-        };
-        // No offloads: flags 0, GSO_NONE, num_buffers 0 (§5.1.6.2).
-        buffer[..header_len].fill(0);
-        let result = fill(&mut buffer[header_len..]);
+        Ok(TxSlot {
+            queue: self,
+            id,
+            len,
+            sent: false,
+        })
+    }
+
+    /// Sends a frame of `len` bytes that `fill` writes straight into a DMA
+    /// transmit buffer, and returns what `fill` returned (see
+    /// [`TxQueue::reserve`]).
+    ///
+    /// The frame is added to the ring but not published: call
+    /// `NetDevice::flush` after a batch. `fill` is only called once a buffer
+    /// and ring room are secured, so an error means the frame was not built.
+    pub fn send_with<R>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, NetError> {
+        let mut slot = self.reserve(len)?;
+        let result = fill(slot.buffer());
+        slot.send()?;
+        Ok(result)
+    }
+
+    /// Adds buffer `id` holding a `len`-byte frame to the ring.
+    fn submit(&mut self, id: u16, len: usize) -> Result<(), NetError> {
         match self.post(id, len) {
             Ok(token) => {
                 self.by_token[token.index()] = id;
@@ -244,7 +254,7 @@ impl<H: Hal> TxQueue<H> {
                         self.location
                     );
                 }
-                Ok(result)
+                Ok(())
             }
             Err(error) => {
                 // Room was checked, so only a ring that broke in between gets here.
@@ -352,6 +362,59 @@ impl<H: Hal> TxQueue<H> {
     /// buffers are reclaimed when needed).
     pub fn disable_interrupts(&mut self) {
         self.ring.disable_interrupts();
+    }
+}
+
+/// A transmit buffer reserved for one frame ([`TxQueue::reserve`]).
+pub struct TxSlot<'a, H: Hal> {
+    queue: &'a mut TxQueue<H>,
+    id: u16,
+    len: usize,
+    sent: bool,
+}
+
+impl<H: Hal> TxSlot<'_, H> {
+    /// The frame's bytes, to be written in place (`len` bytes, Ethernet
+    /// header first). Whatever was there before is garbage.
+    pub fn buffer(&mut self) -> &mut [u8] {
+        let header_len = self.queue.layout.header_len;
+        // SAFETY: the buffer came off the free list, so the device does not
+        // own it, and it is posted only by `send`, which consumes the slot
+        // (ending this borrow first).
+        match unsafe { self.queue.pool.bytes_mut(self.id, header_len, self.len) } {
+            Some(bytes) => bytes,
+            // `reserve` checked `len` against the buffer size.
+            None => &mut [],
+        }
+    }
+
+    /// Writes the (all-zero) virtio-net header and adds the frame to the ring.
+    pub fn send(mut self) -> Result<(), NetError> {
+        self.sent = true;
+        let header_len = self.queue.layout.header_len;
+        // SAFETY: as in `buffer`: driver-owned until `submit` posts it below.
+        if let Some(header) = unsafe { self.queue.pool.bytes_mut(self.id, 0, header_len) } {
+            // No offloads: flags 0, GSO_NONE, num_buffers 0 (§5.1.6.2).
+            header.fill(0);
+        }
+        self.queue.submit(self.id, self.len)
+    }
+}
+
+impl<H: Hal> Drop for TxSlot<'_, H> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.queue.free.put(self.id);
+        }
+    }
+}
+
+impl<H: Hal> fmt::Debug for TxSlot<'_, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxSlot")
+            .field("buffer", &self.id)
+            .field("len", &self.len)
+            .finish()
     }
 }
 

@@ -50,7 +50,7 @@
 //!    with the flipped counter), but hold back the *head* descriptor's flags.
 //!    The device cannot see the request: it only looks at the head slot.
 //! 2. **`publish`**: after a write barrier, write the held-back head flags,
-//!    the batch's first head last (§2.8.21.1: "the driver always makes the
+//!    the batch's first head last (§2.8.6: "the driver always makes the
 //!    first descriptor in the list available after the rest"), so one store
 //!    exposes the whole batch, exactly like the split ring's `avail.idx`
 //!    store. Then a full barrier, and the device event suppression structure
@@ -861,7 +861,7 @@ impl<H: Hal> PackedQueue<H> {
         }
         let old = self.published;
         let new = self.next_avail;
-        // §2.8.21.1.1: the descriptors must be visible before the flags that
+        // §2.8.21.1.1 "Updating flags": the descriptors must be visible before the flags that
         // expose them.
         fence(Ordering::Release);
         let (first, rest) = self.pending.split_at(1);
@@ -889,7 +889,8 @@ impl<H: Hal> PackedQueue<H> {
         self.pending.clear();
         self.published = new;
         self.published_in_flight += published_now;
-        // §2.8.21.3.1: a full barrier between exposing the flags and reading
+        // §2.8.21.3.1 (driver requirements, "Sending Available Buffer
+        // Notifications"): a full barrier between exposing the flags and reading
         // the device's suppression state, or both sides may decide to wait
         // for the other.
         fence(Ordering::SeqCst);
@@ -1209,14 +1210,14 @@ fn trace_publish<H: Hal>(
     let verdict = if notify { "notify" } else { "suppressed" };
     match mode {
         event_flags::DISABLE => trace!(
-            "vq{}: publish: {} buffer(s) made available, slots {} .. {}; device event suppression flags = DISABLE -> {verdict} (the device is busy and will look itself)",
+            "vq{}: publish: {} buffer(s) made available, driver position {} -> {}; device event suppression flags = DISABLE -> {verdict} (the device is busy and will look itself)",
             queue.index, buffers, old, new
         ),
         event_flags::DESC if queue.event_idx => {
             let event = RingPosition::from_event_word(off_wrap);
             if event.offset >= size {
                 trace!(
-                    "vq{}: publish: {} buffer(s) made available, slots {} .. {}; device event suppression = DESC at offset {} (not a slot of a {}-entry ring) -> {verdict}, to be safe",
+                    "vq{}: publish: {} buffer(s) made available, driver position {} -> {}; device event suppression = DESC at offset {} (not a slot of a {}-entry ring) -> {verdict}, to be safe",
                     queue.index, buffers, old, new, event.offset, size
                 );
                 return;
@@ -1226,7 +1227,7 @@ fn trace_publish<H: Hal>(
             let behind = (n + 2 * modulus - e - 1) % modulus;
             let published = (n + modulus - o) % modulus;
             trace!(
-                "vq{}: publish: {} buffer(s) made available, slots {} .. {}; device event suppression = DESC at {}; as positions mod 2*size = {} (offset, + size when the wrap counter is 0): old {}, new {}, event {}; need_event: (new - event - 1) mod {} = ({} - {} - 1) mod {} = {} {} (new - old) mod {} = ({} - {}) mod {} = {} -> {}",
+                "vq{}: publish: {} buffer(s) made available, driver position {} -> {}; device event suppression = DESC at {}; as positions mod 2*size = {} (offset, + size when the wrap counter is 0): old {}, new {}, event {}; need_event: (new - event - 1) mod {} = ({} - {} - 1) mod {} = {} {} (new - old) mod {} = ({} - {}) mod {} = {} -> {}",
                 queue.index,
                 buffers,
                 old,
@@ -1255,7 +1256,7 @@ fn trace_publish<H: Hal>(
             );
         }
         _ => trace!(
-            "vq{}: publish: {} buffer(s) made available, slots {} .. {}; device event suppression flags = {:#x} ({}) -> {verdict}",
+            "vq{}: publish: {} buffer(s) made available, driver position {} -> {}; device event suppression flags = {:#x} ({}) -> {verdict}",
             queue.index,
             buffers,
             old,

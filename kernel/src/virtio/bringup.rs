@@ -121,7 +121,7 @@ pub fn bring_up(discovered: Discovered) -> VirtioDevice {
         DeviceState::Failed {
             transport: Some(t), ..
         } => Some(t.kind()),
-        DeviceState::Failed { .. } => None,
+        DeviceState::Claimed { .. } | DeviceState::Failed { .. } => None,
     };
     VirtioDevice {
         device_type,

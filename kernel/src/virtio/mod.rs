@@ -44,6 +44,7 @@
 //! drivers plug in at the hook in [`bringup::bring_up`].
 
 pub mod bringup;
+pub mod irq;
 pub mod mmio;
 pub mod pci;
 mod selftests;
@@ -53,6 +54,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use drivers::features;
+use drivers::irq::MsixRouted;
 use drivers::queue::SplitQueue;
 use drivers::transport::{AnyTransport, DeviceType, Location, Transport, TransportKind};
 use spin::{Mutex, MutexGuard};
@@ -62,8 +64,10 @@ use crate::println;
 
 pub use selftests::selftests;
 
-/// The transport type the kernel stores (any flavour, on the kernel's Hal).
-pub type KernelTransport = AnyTransport<KernelHal>;
+/// The transport type the kernel stores (any flavour, on the kernel's Hal),
+/// wrapped so that MSI-X entry numbers reach the device at the moments the
+/// spec asks for during any bring-up (see [`irq`]).
+pub type KernelTransport = MsixRouted<AnyTransport<KernelHal>>;
 /// A split virtqueue on the kernel's Hal.
 pub type KernelQueue = SplitQueue<KernelHal>;
 
@@ -94,6 +98,12 @@ pub struct LiveDevice {
 pub enum DeviceState {
     /// DRIVER_OK, queues live; no device driver has claimed it yet.
     Live(LiveDevice),
+    /// A device driver took the transport and queues ([`VirtioDevice::claim`])
+    /// and drives the device from its own registry (blk: `crate::block`).
+    Claimed {
+        /// Which driver (`blk`, ...).
+        driver: &'static str,
+    },
     /// Bring-up failed; the transport (if one could be made) has FAILED set.
     Failed {
         /// The transport, if discovery got that far.
@@ -118,19 +128,39 @@ pub struct VirtioDevice {
 }
 
 impl VirtioDevice {
-    /// The live part, if the device came up.
+    /// The live part, if the device came up and no driver claimed it.
     pub fn live(&mut self) -> Option<&mut LiveDevice> {
         match &mut self.state {
             DeviceState::Live(live) => Some(live),
-            DeviceState::Failed { .. } => None,
+            DeviceState::Claimed { .. } | DeviceState::Failed { .. } => None,
         }
     }
 
     /// The error its bring-up failed with, if it did.
     pub fn failure(&self) -> Option<&str> {
         match &self.state {
-            DeviceState::Live(_) => None,
+            DeviceState::Live(_) | DeviceState::Claimed { .. } => None,
             DeviceState::Failed { error, .. } => Some(error),
+        }
+    }
+
+    /// Hands the live device (transport and generic queues) to the device
+    /// driver `driver`, leaving [`DeviceState::Claimed`] behind; `None` if it
+    /// is not live. The driver resets the device before building its own
+    /// queues, and only then drops the generic ones (the device must not
+    /// touch ring memory that is being freed). The interrupt route set up
+    /// by [`irq`] stays with the device's location.
+    pub fn claim(&mut self, driver: &'static str) -> Option<LiveDevice> {
+        if !matches!(self.state, DeviceState::Live(_)) {
+            return None;
+        }
+        match core::mem::replace(&mut self.state, DeviceState::Claimed { driver }) {
+            DeviceState::Live(live) => Some(live),
+            // Checked just above; put back whatever it was.
+            other => {
+                self.state = other;
+                None
+            }
         }
     }
 }
@@ -204,9 +234,11 @@ pub fn probe() {
     let mmio_found = mmio::probe(pci_found.host_bridge_present);
     let found = pci_found.devices.into_iter().chain(mmio_found);
     let mut registry = REGISTRY.lock();
-    for discovered in found {
-        let device = bringup::bring_up(discovered);
+    for mut discovered in found {
+        irq::before_bring_up(&mut discovered);
+        let mut device = bringup::bring_up(discovered);
         print_line(&device);
+        irq::after_bring_up(&mut device);
         log::debug!(
             "{} at {}: interrupt {:?}",
             type_name(device.device_type),
@@ -254,6 +286,9 @@ fn print_line(device: &VirtioDevice) {
                 bits: live.features,
             }
         ),
+        DeviceState::Claimed { driver } => {
+            println!("virtio: {name} at {} claimed by {driver}", device.location)
+        }
         DeviceState::Failed { error, .. } => {
             println!("virtio: {name} at {} FAILED: {error}", device.location)
         }

@@ -223,6 +223,7 @@ pub fn probe() -> PciProbe {
                     line: function.interrupt_line,
                 },
                 transport: virtio_pci::probe::<KernelHal, _>(&config, function)
+                    .map(super::KernelTransport::from)
                     .map_err(|e| e.to_string()),
             });
         } else if function.vendor_id == pci::VIRTIO_VENDOR_ID

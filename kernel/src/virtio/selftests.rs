@@ -94,6 +94,8 @@ pub fn selftests() -> Vec<SelfTest> {
             run: test_console_round_trip,
         });
     }
+    // Interrupts: routes, round trips that complete by interrupt, halts.
+    tests.extend(super::irq::selftests());
     tests
 }
 

@@ -62,9 +62,10 @@ impl MsixTableModel {
     }
 
     fn locate(&mut self, offset: u64, width: usize, write: bool) -> Option<(usize, usize)> {
-        if width != 4 || offset % 4 != 0 {
-            self.violations
-                .push(format!("{width}-byte access at {offset:#x}: MSI-X wants aligned dwords"));
+        if width != 4 || !offset.is_multiple_of(4) {
+            self.violations.push(format!(
+                "{width}-byte access at {offset:#x}: MSI-X wants aligned dwords"
+            ));
             return None;
         }
         if offset >= PBA_OFFSET {
@@ -86,7 +87,7 @@ impl MsixTableModel {
 
 impl RegisterDevice for MsixTableModel {
     fn read(&mut self, offset: u64, width: usize) -> u64 {
-        let value = if offset >= PBA_OFFSET && width == 4 && offset % 4 == 0 {
+        let value = if offset >= PBA_OFFSET && width == 4 && offset.is_multiple_of(4) {
             let word = (offset - PBA_OFFSET) / 4;
             if word < 2 {
                 (self.pending >> (32 * word)) as u32

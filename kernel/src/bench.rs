@@ -1,0 +1,47 @@
+//! `mode=bench`: run the benchmark sections the command line names and
+//! leave QEMU.
+//!
+//! `bench=blk[,...]` (default `blk`) picks the sections; each prints
+//! machine-readable lines of the form
+//!
+//! ```text
+//! bench: <section>.<workload>[.<mode>] key=value key=value ...
+//! ```
+//!
+//! that `x.py bench` parses, and the run ends with `bench: done` (QEMU exit
+//! status 33) or `bench: error <section>: <why>` (status 35). Sections:
+//!
+//! - `blk`: [`crate::block::bench`] (IOPS, throughput, notifications and
+//!   interrupts per request, interrupt-driven and polling).
+//!
+//! Network and console sections plug in here the same way.
+
+use crate::println;
+
+/// Runs the sections `bench=` names and exits QEMU.
+pub fn run() -> ! {
+    let sections = crate::cmdline::get("bench").unwrap_or("blk");
+    let mut failed = false;
+    for section in sections.split(',').filter(|s| !s.is_empty()) {
+        let started = crate::clock::uptime_ns();
+        let result = match section {
+            "blk" => crate::block::bench::run(),
+            other => Err(alloc::format!("unknown section {other:?} (known: blk)")),
+        };
+        match result {
+            Ok(()) => log::info!(
+                "bench: section {section} took {} ms",
+                (crate::clock::uptime_ns() - started) / 1_000_000
+            ),
+            Err(why) => {
+                println!("bench: error {section}: {why}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        crate::exit::qemu_exit(crate::exit::EXIT_SELFTEST_FAILED)
+    }
+    println!("bench: done");
+    crate::exit::qemu_exit(crate::exit::EXIT_SELFTEST_PASSED)
+}

@@ -1,0 +1,335 @@
+//! The block benchmark (`mode=bench bench=blk`), measured in the guest with
+//! the TSC.
+//!
+//! On one disk (the first, or the one whose serial `bench.disk=` names) it
+//! runs each workload for `bench.seconds=` seconds (default 1), once with
+//! the driver waiting for interrupts and once polling:
+//!
+//! | name | requests | in flight | offsets |
+//! | --- | --- | --- | --- |
+//! | `blk.randread.qd1` | 4 KiB reads | 1 | random, 4 KiB aligned |
+//! | `blk.randread.qd32` | 4 KiB reads | 32 | random, 4 KiB aligned |
+//! | `blk.seqread.128k` | 128 KiB reads | 8 | consecutive, wrapping |
+//! | `blk.seqwrite.128k` | 128 KiB writes | 8 | consecutive (scratch disks only) |
+//!
+//! The engine keeps the queue at its depth with the non-blocking core:
+//! every completion collected is replaced by a new request, all those of
+//! one collection under one publish ([`drivers::blk::BlkDevice::start_batch`]),
+//! so the device hears at most one notification per batch, and with
+//! VIRTIO_F_RING_EVENT_IDX often none. Each result is one line:
+//!
+//! ```text
+//! bench: blk.randread.qd1.irq iops=21034 mib_per_s=82.16 notifications_per_req=1.000 interrupts_per_req=0.999 halts_per_req=0.998 requests=21034 seconds=1.000
+//! ```
+//!
+//! plus one `bench: blk.setup ...` line saying what was measured (disk,
+//! transport, interrupt mode, queue size, features). `x.py bench` parses
+//! these lines. Timings are reported, never judged.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use drivers::blk::BlkError;
+use drivers::device::Wait;
+use drivers::irq::{wait_for_used, WaitMode};
+
+use super::pattern::Rng;
+use super::{Disk, DiskWait, IoBuffer, SECTOR};
+use crate::println;
+
+/// One workload.
+struct Workload {
+    name: &'static str,
+    request_bytes: usize,
+    depth: usize,
+    write: bool,
+    random: bool,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "blk.randread.qd1",
+        request_bytes: 4096,
+        depth: 1,
+        write: false,
+        random: true,
+    },
+    Workload {
+        name: "blk.randread.qd32",
+        request_bytes: 4096,
+        depth: 32,
+        write: false,
+        random: true,
+    },
+    Workload {
+        name: "blk.seqread.128k",
+        request_bytes: 128 * 1024,
+        depth: 8,
+        write: false,
+        random: false,
+    },
+    Workload {
+        name: "blk.seqwrite.128k",
+        request_bytes: 128 * 1024,
+        depth: 8,
+        write: true,
+        random: false,
+    },
+];
+
+/// Requests completed before the clock starts (caches, first interrupts).
+const WARMUP_REQUESTS: u64 = 64;
+
+/// What one run measured.
+struct Measured {
+    requests: u64,
+    ticks: u64,
+    notifications: u64,
+    interrupts: u64,
+    halts: u64,
+}
+
+/// Runs the block benchmark and prints its `bench:` lines.
+pub fn run() -> Result<(), String> {
+    super::init();
+    let seconds = crate::cmdline::get("bench.seconds")
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0 && *s <= 60.0)
+        .unwrap_or(1.0);
+    if crate::clock::tsc_hz() == 0 {
+        return Err("the TSC is not calibrated: nothing can be timed".into());
+    }
+    let wanted = crate::cmdline::get("bench.disk");
+    super::with_disks(|disks| {
+        let disk = match wanted {
+            Some(serial) => disks.iter_mut().find(|d| d.serial() == serial),
+            None => disks.first_mut(),
+        }
+        .ok_or_else(|| format!("no disk to measure (bench.disk={wanted:?})"))?;
+        let info = disk.info();
+        println!(
+            "bench: blk.setup disk={} serial={} transport={} irq={} queue_size={} max_segments={} sectors={} seconds={seconds:.3} features={}",
+            info.name,
+            if info.serial.is_empty() { "-" } else { &info.serial },
+            info.transport,
+            disk.irq().map_or("none", |irq| irq.mode_name()),
+            info.queue_size,
+            info.max_segments,
+            info.capacity_sectors,
+            crate::virtio::FeatureList {
+                device_type: drivers::transport::DeviceType::Block,
+                bits: info.features
+            }
+        );
+        for mode in [WaitMode::Interrupt, WaitMode::Poll] {
+            disk.set_wait_mode(mode);
+            let suffix = match mode {
+                WaitMode::Interrupt => "irq",
+                WaitMode::Poll => "poll",
+            };
+            for workload in &WORKLOADS {
+                if workload.write && !disk.writable() {
+                    log::info!("bench: {} skipped: {} is not a writable scratch disk", workload.name, disk.name());
+                    continue;
+                }
+                let measured = measure(disk, workload, seconds)
+                    .map_err(|e| format!("{}.{suffix}: {e}", workload.name))?;
+                report(workload, suffix, &measured);
+            }
+        }
+        disk.set_wait_mode(WaitMode::Interrupt);
+        Ok(())
+    })
+}
+
+fn report(workload: &Workload, suffix: &str, m: &Measured) {
+    let seconds = m.ticks as f64 / crate::clock::tsc_hz() as f64;
+    let per_req = |count: u64| count as f64 / m.requests.max(1) as f64;
+    let iops = m.requests as f64 / seconds;
+    println!(
+        "bench: {}.{suffix} iops={iops:.0} mib_per_s={:.2} notifications_per_req={:.3} interrupts_per_req={:.3} halts_per_req={:.3} requests={} seconds={seconds:.3} depth={} request_bytes={}",
+        workload.name,
+        iops * workload.request_bytes as f64 / (1024.0 * 1024.0),
+        per_req(m.notifications),
+        per_req(m.interrupts),
+        per_req(m.halts),
+        m.requests,
+        workload.depth,
+        workload.request_bytes
+    );
+}
+
+/// Where requests go.
+struct Offsets {
+    random: bool,
+    rng: Rng,
+    next: u64,
+    sectors_per_request: u64,
+    slots: u64,
+}
+
+impl Offsets {
+    fn next(&mut self) -> u64 {
+        let slot = if self.random {
+            self.rng.below(self.slots)
+        } else {
+            let slot = self.next % self.slots;
+            self.next += 1;
+            slot
+        };
+        slot * self.sectors_per_request
+    }
+}
+
+/// Runs one workload for `seconds` after a warm-up; see the module docs.
+fn measure(disk: &mut Disk, workload: &Workload, seconds: f64) -> Result<Measured, String> {
+    let sectors_per_request = (workload.request_bytes / SECTOR) as u64;
+    let slots = disk.capacity_sectors() / sectors_per_request;
+    if slots < workload.depth as u64 {
+        return Err("disk too small".into());
+    }
+    let mut buffer = IoBuffer::new(workload.depth * workload.request_bytes)?;
+    let pieces: Vec<NonNull<[u8]>> = buffer
+        .as_mut_slice()
+        .chunks_exact_mut(workload.request_bytes)
+        .map(NonNull::from)
+        .collect();
+    let mut offsets = Offsets {
+        random: workload.random,
+        rng: Rng::new(0xbe9c4),
+        next: 0,
+        sectors_per_request,
+        slots,
+    };
+    let duration = (seconds * crate::clock::tsc_hz() as f64) as u64;
+    // The whole run may take the measured time plus a generous margin.
+    let mut wait = disk.new_wait_for((seconds * 1e9) as u64 + 10_000_000_000);
+    let outcome = drive(disk, workload, &pieces, &mut offsets, duration, &mut wait);
+    if disk.device().in_flight() > 0 {
+        // The buffer must not be freed under the device.
+        log::warn!("bench: {}: requests left in flight; resetting the device", disk.name());
+        let _ = disk.device().recover();
+    }
+    drop(buffer);
+    outcome
+}
+
+/// Submits request number `piece` (its buffer) at the next offset.
+fn submit(
+    disk: &mut Disk,
+    workload: &Workload,
+    pieces: &[NonNull<[u8]>],
+    piece: usize,
+    offsets: &mut Offsets,
+    piece_of_slot: &mut [usize],
+) -> Result<(), BlkError> {
+    let sector = offsets.next();
+    let buffer = core::slice::from_ref(&pieces[piece]);
+    // SAFETY: each piece is a distinct part of the benchmark's buffer, in at
+    // most one request at a time (it is resubmitted only after its
+    // completion was collected), and the buffer outlives every request:
+    // `measure` resets the device before freeing it if any is left.
+    let token = unsafe {
+        if workload.write {
+            disk.device().submit_write(sector, buffer)
+        } else {
+            disk.device().submit_read(sector, buffer)
+        }
+    }?;
+    piece_of_slot[token.slot()] = piece;
+    Ok(())
+}
+
+fn drive(
+    disk: &mut Disk,
+    workload: &Workload,
+    pieces: &[NonNull<[u8]>],
+    offsets: &mut Offsets,
+    duration: u64,
+    wait: &mut DiskWait,
+) -> Result<Measured, String> {
+    let queue_size = usize::from(disk.device().queue_size(0).unwrap_or(0));
+    let mut piece_of_slot = vec![0usize; queue_size];
+    let mut done: Vec<usize> = Vec::with_capacity(workload.depth);
+    disk.device().start_batch();
+    for piece in 0..workload.depth {
+        submit(disk, workload, pieces, piece, offsets, &mut piece_of_slot)
+            .map_err(|e| format!("first submissions: {e}"))?;
+    }
+    disk.device().finish_batch();
+
+    let mut completed = 0u64;
+    let mut start: Option<(u64, Measured)> = None;
+    let mut stop_at = u64::MAX;
+    let mut in_flight = workload.depth;
+    while in_flight > 0 {
+        // Collect everything that is there.
+        done.clear();
+        loop {
+            match disk.device().poll() {
+                Ok(Some(completion)) => {
+                    completion
+                        .result
+                        .map_err(|e| format!("request at sector {}: {e}", completion.sector))?;
+                    done.push(piece_of_slot[completion.token.slot()]);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+        }
+        if done.is_empty() {
+            let waited = if wait.sleeps_until_interrupt() {
+                wait_for_used(wait, disk.device(), |d| d.enable_interrupts(), |d| d.disable_interrupts())
+                    .map(|_| ())
+            } else {
+                wait.wait()
+            };
+            waited.map_err(|t| format!("{completed} requests done, then the wait gave up ({t})"))?;
+            continue;
+        }
+        completed += done.len() as u64;
+        in_flight -= done.len();
+        let now = crate::clock::tsc();
+        if start.is_none() && completed >= WARMUP_REQUESTS {
+            start = Some((now, snapshot(disk, wait, completed)));
+            stop_at = now.saturating_add(duration);
+        }
+        if now >= stop_at {
+            continue; // drain: no new requests
+        }
+        // Replace them, under one publish.
+        disk.device().start_batch();
+        for &piece in &done {
+            if let Err(e) = submit(disk, workload, pieces, piece, offsets, &mut piece_of_slot) {
+                disk.device().finish_batch();
+                return Err(format!("resubmitting: {e}"));
+            }
+            in_flight += 1;
+        }
+        disk.device().finish_batch();
+    }
+    let end = crate::clock::tsc();
+    let (started, before) = start.ok_or("the run ended during the warm-up")?;
+    let after = snapshot(disk, wait, completed);
+    Ok(Measured {
+        requests: after.requests - before.requests,
+        ticks: end - started,
+        notifications: after.notifications - before.notifications,
+        interrupts: after.interrupts - before.interrupts,
+        halts: after.halts - before.halts,
+    })
+}
+
+/// The counters at one moment (`ticks` unused).
+fn snapshot(disk: &mut Disk, wait: &DiskWait, completed: u64) -> Measured {
+    Measured {
+        requests: completed,
+        ticks: 0,
+        notifications: disk.device().stats().ring.notifications,
+        interrupts: disk.interrupt_count(),
+        halts: wait.stats().halts,
+    }
+}

@@ -1,0 +1,633 @@
+//! # The block layer: named disks on top of the virtio-blk driver
+//!
+//! `drivers::blk::BlkDevice` knows one device and speaks virtio 1.2 §5.2
+//! (requests of a header, data and a status byte). This module turns every
+//! virtio-blk device the kernel found into a [`Disk`] with a name, the way
+//! Linux does:
+//!
+//! ```text
+//!  virtio::probe         generic bring-up of every device, interrupt routes (virtio::irq)
+//!        │
+//!  block::init           for each blk device, in discovery order (PCI, then virtio-mmio):
+//!        │                 claim it from the virtio registry (VirtioDevice::claim),
+//!        │                 BlkDevice::with_options: reset, §3.1.1 again with the blk
+//!        │                 features, one request queue of up to 1024 descriptors,
+//!        │                 GET_ID for the serial,
+//!        ▼                 name it vda, vdb, ... and print its `block:` line
+//!  DISKS: vda vdb ...    read / write / flush / discard / write-zeroes, blocking,
+//!                        waiting through the device's interrupt (or polling)
+//! ```
+//!
+//! ## What a disk knows
+//!
+//! Its name, capacity (in 512-byte sectors, virtio 1.2 §5.2.4 `capacity`),
+//! logical block size (`blk_size`, else 512), serial (VIRTIO_BLK_T_GET_ID),
+//! whether it is read-only (VIRTIO_BLK_F_RO), where it is and on which
+//! transport. One line per disk, at the moment it is claimed:
+//!
+//! ```text
+//! block: vda at pci 0000:00:03.0 transport=pci-modern serial=scratch0 sectors=32768 block_size=512 read_only=no queue_size=256 max_segments=32 features=VERSION_1|...|FLUSH|SEG_MAX
+//! block: vdb at mmio@0xfeb00e00 FAILED: <error>
+//! ```
+//!
+//! (stable: README "The stable contract", parsed by `tests/qemu/blk.py`.)
+//!
+//! ## Why the driver re-initialises the device
+//!
+//! Probing brings every device to DRIVER_OK with the generic bring-up so
+//! that the interrupt code can route it and its self-tests can exercise the
+//! raw rings; only afterwards does [`init`] hand blk devices to the driver,
+//! which resets the device and negotiates again, now with the blk features
+//! (FLUSH, SEG_MAX, DISCARD, ...). A reset is the one safe way to take a
+//! device over (§3.1.1 starts with it); the MSI-X entries stay programmed
+//! and `MsixRouted` tells the device its entry numbers again as its queue
+//! comes up. The driver uses one request queue: the interrupt route was set
+//! up for the queues of the generic bring-up, which for blk is one.
+//!
+//! In `mode=selftest` the claim happens in the first block self-test, after
+//! the virtio and interrupt self-tests have used the raw rings; in every
+//! other mode `main` calls [`init`] right after probing.
+//!
+//! ## Writes only to scratch disks
+//!
+//! The kernel writes only to disks whose serial starts with `scratch`
+//! (README): [`Disk::write`] and friends refuse other disks with
+//! [`BlockError::WriteProtected`], whatever the device would allow. This
+//! keeps a test run from damaging a disk image someone attached to look at.
+//!
+//! ## Errors
+//!
+//! A failed request is logged (`block: vda: read of 1 sector(s) at 2048
+//! failed: device reported an I/O error (IOERR)`) and returned as a typed
+//! [`BlockError`]; the disk keeps working. If the driver had to reset the
+//! device (a request timed out, a ring broke), the next call on the disk
+//! brings it back first (`BlkDevice::recover`).
+
+pub mod bench;
+pub mod pattern;
+mod selftests;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use drivers::blk::{BlkDevice, BlkError, BlkOptions};
+use drivers::device::{Wait, WaitTimeout};
+use drivers::irq::{QueueSet, WaitMode, WaitStats};
+use drivers::transport::{DeviceType, Location, Transport, TransportKind};
+use hal::DmaRegion;
+use spin::{Mutex, Once};
+
+use crate::hal_impl::KernelHal;
+use crate::println;
+use crate::virtio::irq::{DeviceIrq, KernelWait};
+use crate::virtio::{self, DeviceState, FeatureList, KernelTransport, LiveDevice};
+
+pub use selftests::selftests;
+
+/// The virtio-blk driver on the kernel's Hal and transport.
+pub type KernelBlk = BlkDevice<KernelHal, KernelTransport>;
+
+/// Serials starting with this mark disks the kernel may write to.
+pub const SCRATCH_PREFIX: &str = "scratch";
+/// The most descriptors the request queue gets (QEMU allows up to 1024).
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// How long one blocking call may wait for the device before the driver
+/// gives up and resets it.
+pub const CALL_TIMEOUT_NS: u64 = 10_000_000_000;
+/// Bytes per sector (the unit of every block address, §5.2.6).
+pub const SECTOR: usize = drivers::blk::SECTOR_SIZE;
+
+/// Why a block-layer call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockError {
+    /// No disk of that name.
+    NoSuchDisk(String),
+    /// The disk's serial does not start with `scratch`: the kernel does
+    /// not write to it.
+    WriteProtected {
+        /// The disk's name.
+        disk: String,
+    },
+    /// The driver or the device refused or failed the request.
+    Device(BlkError),
+}
+
+impl From<BlkError> for BlockError {
+    fn from(e: BlkError) -> Self {
+        BlockError::Device(e)
+    }
+}
+
+impl fmt::Display for BlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockError::NoSuchDisk(name) => write!(f, "no disk named {name:?}"),
+            BlockError::WriteProtected { disk } => write!(
+                f,
+                "{disk} is not a scratch disk (serial not starting with {SCRATCH_PREFIX:?}): not written"
+            ),
+            BlockError::Device(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The name of the `index`-th disk (0-based), as Linux names virtio disks:
+/// vda .. vdz, then vdaa .. vdaz, vdba, ...
+pub fn disk_name(index: usize) -> String {
+    // Bijective base 26: 0 -> a, 25 -> z, 26 -> aa.
+    let mut letters = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        letters.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    letters.reverse();
+    let mut name = String::from("vd");
+    name.extend(letters.iter().map(|&b| b as char));
+    name
+}
+
+/// How a disk's blocking calls wait: the interrupt code's wait (which
+/// halts until the queue's interrupt, or polls a polled device), or a
+/// plain timed spin for a device without an interrupt slot.
+pub enum DiskWait {
+    /// Through `virtio::irq` (interrupts, or polling when forced or unrouted).
+    Device(KernelWait),
+    /// Spinning until a deadline.
+    Spin {
+        /// Uptime at which to give up.
+        deadline_ns: u64,
+        /// Waits so far.
+        waits: u64,
+    },
+}
+
+impl DiskWait {
+    /// What the waits did (halts, polls), for benchmarks.
+    pub fn stats(&self) -> WaitStats {
+        match self {
+            DiskWait::Device(wait) => wait.stats(),
+            DiskWait::Spin { waits, .. } => WaitStats {
+                waits: *waits,
+                polls: *waits,
+                ..WaitStats::default()
+            },
+        }
+    }
+}
+
+impl Wait for DiskWait {
+    fn wait(&mut self) -> Result<(), WaitTimeout> {
+        match self {
+            DiskWait::Device(wait) => wait.wait(),
+            DiskWait::Spin { deadline_ns, waits } => {
+                if crate::clock::uptime_ns() >= *deadline_ns {
+                    return Err(WaitTimeout { waits: *waits });
+                }
+                *waits += 1;
+                core::hint::spin_loop();
+                Ok(())
+            }
+        }
+    }
+
+    fn sleeps_until_interrupt(&self) -> bool {
+        match self {
+            DiskWait::Device(wait) => wait.sleeps_until_interrupt(),
+            DiskWait::Spin { .. } => false,
+        }
+    }
+}
+
+/// What describes a disk, without the driver (for listings such as the
+/// shell's `disks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// `vda`, `vdb`, ...
+    pub name: String,
+    /// Where the device is.
+    pub location: Location,
+    /// Which transport it is on.
+    pub transport: TransportKind,
+    /// The GET_ID serial (empty if the device gave none).
+    pub serial: String,
+    /// Size in 512-byte sectors.
+    pub capacity_sectors: u64,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+    /// The kernel may write to it (serial starts with `scratch`, not read-only).
+    pub writable: bool,
+    /// Negotiated feature bits.
+    pub features: u64,
+    /// Descriptors in the request queue.
+    pub queue_size: u16,
+    /// Most data segments per request.
+    pub max_segments: usize,
+}
+
+impl DiskInfo {
+    /// Capacity in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_sectors.saturating_mul(SECTOR as u64)
+    }
+}
+
+impl fmt::Display for DiskInfo {
+    /// The body of the `block:` line (see the module docs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at {} transport={} serial={} sectors={} block_size={} read_only={} queue_size={} max_segments={} features={}",
+            self.name,
+            self.location,
+            self.transport,
+            if self.serial.is_empty() { "-" } else { &self.serial },
+            self.capacity_sectors,
+            self.block_size,
+            if self.read_only { "yes" } else { "no" },
+            self.queue_size,
+            self.max_segments,
+            FeatureList {
+                device_type: DeviceType::Block,
+                bits: self.features,
+            }
+        )
+    }
+}
+
+/// One disk: a name and the driver of its device.
+pub struct Disk {
+    name: String,
+    location: Location,
+    transport: TransportKind,
+    serial: String,
+    device: KernelBlk,
+    irq: Option<DeviceIrq>,
+    wait_mode: WaitMode,
+    /// Requests the self-tests made fail on purpose (injected errors).
+    expected_failures: u64,
+}
+
+impl Disk {
+    /// Takes over a live virtio-blk device (see the module docs) and names it.
+    fn bring_up(name: String, location: Location, live: LiveDevice) -> Result<Disk, BlkError> {
+        let LiveDevice {
+            transport, queues, ..
+        } = live;
+        let transport_kind = transport.kind();
+        let options = BlkOptions {
+            max_queue_size: MAX_QUEUE_SIZE,
+            max_queues: 1,
+            ..BlkOptions::default()
+        };
+        // The driver resets the device first, so the generic queues are no
+        // longer in the device's hands when they are freed below.
+        let device = KernelBlk::with_options(transport, options)?;
+        drop(queues);
+        let mut disk = Disk {
+            name,
+            location,
+            transport: transport_kind,
+            serial: String::new(),
+            device,
+            irq: virtio::irq::of(location),
+            wait_mode: WaitMode::Interrupt,
+            expected_failures: 0,
+        };
+        let mut wait = disk.new_wait();
+        match disk.device.get_id(&mut wait) {
+            Ok(serial) => disk.serial = serial.to_string(),
+            // A device may not implement GET_ID (UNSUPP): the disk works without.
+            Err(error) => log::warn!("block: {}: GET_ID failed: {error}", disk.name),
+        }
+        Ok(disk)
+    }
+
+    /// `vda`, `vdb`, ...
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The serial the device reported (empty if none).
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// Where the device is.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    /// Size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.device.capacity_sectors()
+    }
+
+    /// `true` for a read-only disk (VIRTIO_BLK_F_RO).
+    pub fn read_only(&self) -> bool {
+        self.device.read_only()
+    }
+
+    /// `true` if the kernel writes to this disk: serial starts with
+    /// `scratch` and the device is not read-only.
+    pub fn writable(&self) -> bool {
+        self.is_scratch() && !self.read_only()
+    }
+
+    /// `true` if the serial starts with `scratch`.
+    pub fn is_scratch(&self) -> bool {
+        self.serial.starts_with(SCRATCH_PREFIX)
+    }
+
+    /// A description of the disk.
+    pub fn info(&self) -> DiskInfo {
+        DiskInfo {
+            name: self.name.clone(),
+            location: self.location,
+            transport: self.transport,
+            serial: self.serial.clone(),
+            capacity_sectors: self.device.capacity_sectors(),
+            block_size: self.device.logical_block_size(),
+            read_only: self.device.read_only(),
+            writable: self.writable(),
+            features: self.device.features(),
+            queue_size: self.device.queue_size(0).unwrap_or(0),
+            max_segments: self.device.max_data_segments(),
+        }
+    }
+
+    /// The driver, for the non-blocking core (`submit_*`, `poll`) and its
+    /// counters. The caller keeps the rules of `BlkDevice::submit`.
+    pub fn device(&mut self) -> &mut KernelBlk {
+        &mut self.device
+    }
+
+    /// The device's interrupt slot, if the interrupt code tracks it.
+    pub fn irq(&self) -> Option<DeviceIrq> {
+        self.irq
+    }
+
+    /// Used-buffer interrupts counted for the request queue so far.
+    pub fn interrupt_count(&self) -> u64 {
+        self.irq
+            .map_or(0, |irq| irq.state().queue_interrupt_count(0))
+    }
+
+    /// How blocking calls wait from now on: [`WaitMode::Interrupt`] (the
+    /// default; polling anyway if the device has no interrupt route) or
+    /// [`WaitMode::Poll`].
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.wait_mode = mode;
+        if mode == WaitMode::Poll {
+            // Nobody sleeps on them: ask the device not to send any.
+            self.device.disable_interrupts();
+        }
+    }
+
+    /// A fresh wait for one blocking call (its deadline starts now).
+    pub fn new_wait(&self) -> DiskWait {
+        self.new_wait_for(CALL_TIMEOUT_NS)
+    }
+
+    /// A fresh wait that gives up after `timeout_ns`.
+    pub fn new_wait_for(&self, timeout_ns: u64) -> DiskWait {
+        match self.irq {
+            Some(irq) => DiskWait::Device(
+                irq.wait(QueueSet::single(0), timeout_ns)
+                    .with_mode(self.wait_mode),
+            ),
+            None => DiskWait::Spin {
+                deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
+                waits: 0,
+            },
+        }
+    }
+
+    /// Notes that the self-tests made a request fail on purpose.
+    pub(crate) fn expect_failure(&mut self) {
+        self.expected_failures += 1;
+    }
+
+    /// Requests that failed on purpose so far.
+    pub fn expected_failures(&self) -> u64 {
+        self.expected_failures
+    }
+
+    /// Brings the device back if the driver had to reset it.
+    fn ensure_live(&mut self) -> Result<(), BlockError> {
+        if self.device.is_failed() {
+            log::warn!("block: {}: device was reset after a failure; recovering", self.name);
+            self.device.recover().map_err(|e| self.report("recovery", 0, 0, e))?;
+            log::info!("block: {}: device recovered", self.name);
+        }
+        Ok(())
+    }
+
+    fn ensure_writable(&self) -> Result<(), BlockError> {
+        if self.is_scratch() {
+            Ok(())
+        } else {
+            Err(BlockError::WriteProtected {
+                disk: self.name.clone(),
+            })
+        }
+    }
+
+    /// Logs a failed request and wraps its error.
+    fn report(&self, what: &str, sector: u64, sectors: u64, error: BlkError) -> BlockError {
+        if sectors == 0 {
+            log::warn!("block: {}: {what} failed: {error}", self.name);
+        } else {
+            log::warn!(
+                "block: {}: {what} of {sectors} sector(s) at {sector} failed: {error}",
+                self.name
+            );
+        }
+        BlockError::Device(error)
+    }
+
+    /// Reads `buffer.len() / 512` sectors starting at `sector`.
+    pub fn read(&mut self, sector: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        let sectors = (buffer.len() / SECTOR) as u64;
+        self.device
+            .read_blocks(sector, buffer, &mut wait)
+            .map_err(|e| self.report("read", sector, sectors, e))
+    }
+
+    /// Reads consecutive sectors into `buffers`, in order.
+    pub fn read_vectored(&mut self, sector: u64, buffers: &mut [&mut [u8]]) -> Result<(), BlockError> {
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        let sectors = buffers.iter().map(|b| b.len() / SECTOR).sum::<usize>() as u64;
+        self.device
+            .read_blocks_vectored(sector, buffers, &mut wait)
+            .map_err(|e| self.report("read", sector, sectors, e))
+    }
+
+    /// Writes `data` to consecutive sectors starting at `sector` (scratch
+    /// disks only).
+    pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        self.ensure_writable()?;
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        let sectors = (data.len() / SECTOR) as u64;
+        self.device
+            .write_blocks(sector, data, &mut wait)
+            .map_err(|e| self.report("write", sector, sectors, e))
+    }
+
+    /// Writes `buffers`, in order, to consecutive sectors (scratch disks only).
+    pub fn write_vectored(&mut self, sector: u64, buffers: &[&[u8]]) -> Result<(), BlockError> {
+        self.ensure_writable()?;
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        let sectors = buffers.iter().map(|b| b.len() / SECTOR).sum::<usize>() as u64;
+        self.device
+            .write_blocks_vectored(sector, buffers, &mut wait)
+            .map_err(|e| self.report("write", sector, sectors, e))
+    }
+
+    /// Commits the device's write cache (VIRTIO_BLK_T_FLUSH).
+    pub fn flush(&mut self) -> Result<(), BlockError> {
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        self.device
+            .flush(&mut wait)
+            .map_err(|e| self.report("flush", 0, 0, e))
+    }
+
+    /// Tells the device that `sectors` sectors at `sector` are no longer
+    /// needed (VIRTIO_BLK_T_DISCARD; scratch disks only). What they read
+    /// afterwards is up to the device.
+    pub fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), BlockError> {
+        self.ensure_writable()?;
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        self.device
+            .discard(sector, sectors, &mut wait)
+            .map_err(|e| self.report("discard", sector, sectors, e))
+    }
+
+    /// Makes `sectors` sectors at `sector` read as zeroes
+    /// (VIRTIO_BLK_T_WRITE_ZEROES; scratch disks only); `unmap` lets the
+    /// device deallocate them.
+    pub fn write_zeroes(&mut self, sector: u64, sectors: u64, unmap: bool) -> Result<(), BlockError> {
+        self.ensure_writable()?;
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        self.device
+            .write_zeroes(sector, sectors, unmap, &mut wait)
+            .map_err(|e| self.report("write-zeroes", sector, sectors, e))
+    }
+}
+
+/// Every disk, in name order (vda first).
+static DISKS: Mutex<Vec<Disk>> = Mutex::new(Vec::new());
+static CLAIMED: Once<()> = Once::new();
+
+/// Claims every live virtio-blk device and names it (once; later calls do
+/// nothing). See the module docs for when it runs.
+pub fn init() {
+    CLAIMED.call_once(claim_all);
+}
+
+fn claim_all() {
+    let mut devices = virtio::devices();
+    let mut disks = DISKS.lock();
+    for device in devices
+        .iter_mut()
+        .filter(|d| d.device_type == DeviceType::Block)
+    {
+        let location = device.location;
+        let Some(live) = device.claim("blk") else {
+            // Failed at probe time: its `virtio:` line already said why.
+            continue;
+        };
+        let name = disk_name(disks.len());
+        match Disk::bring_up(name.clone(), location, live) {
+            Ok(disk) => {
+                println!("block: {}", disk.info());
+                disks.push(disk);
+            }
+            Err(error) => {
+                println!("block: {name} at {location} FAILED: {error}");
+                // The driver consumed the transport and left FAILED set.
+                device.state = DeviceState::Failed {
+                    transport: None,
+                    error: format!("blk driver: {error}"),
+                };
+            }
+        }
+    }
+    let total: u64 = disks.iter().map(|d| d.info().capacity_bytes()).sum();
+    log::info!("block: {} disk(s), {} MiB in all", disks.len(), total >> 20);
+}
+
+/// Descriptions of every disk (claims the devices first if nobody has).
+pub fn disks() -> Vec<DiskInfo> {
+    init();
+    DISKS.lock().iter().map(Disk::info).collect()
+}
+
+/// Runs `f` on the disk named `name`. The disk list is locked meanwhile;
+/// `f` must not call back into this module's other functions.
+pub fn with_disk<R>(name: &str, f: impl FnOnce(&mut Disk) -> R) -> Result<R, BlockError> {
+    init();
+    let mut disks = DISKS.lock();
+    let disk = disks
+        .iter_mut()
+        .find(|d| d.name == name)
+        .ok_or_else(|| BlockError::NoSuchDisk(name.to_string()))?;
+    Ok(f(disk))
+}
+
+/// Runs `f` on every disk at once (for self-tests and benchmarks).
+pub fn with_disks<R>(f: impl FnOnce(&mut [Disk]) -> R) -> R {
+    init();
+    let mut disks = DISKS.lock();
+    f(&mut disks)
+}
+
+/// Reads sectors from the disk named `name` into `buffer` (whose length
+/// is a multiple of 512): the shell's `blk read`.
+pub fn read(name: &str, sector: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
+    with_disk(name, |disk| disk.read(sector, buffer))?
+}
+
+/// A page-aligned, physically contiguous buffer from DMA memory, for
+/// transfers too large for the kernel heap (the self-tests and the
+/// benchmark move several MiB at once). Zeroed when made.
+pub struct IoBuffer {
+    region: DmaRegion<KernelHal>,
+    len: usize,
+}
+
+impl IoBuffer {
+    /// A buffer of `len` bytes.
+    pub fn new(len: usize) -> Result<Self, String> {
+        let region = DmaRegion::<KernelHal>::new(len.max(1))
+            .map_err(|e| format!("{len} bytes of DMA memory: {e}"))?;
+        Ok(Self { region, len })
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the region is `len` (or more) bytes of RAM owned by this
+        // buffer alone, mapped for the CPU; a device only touches it while a
+        // driver call borrows it (the borrow checker then forbids this one).
+        unsafe { core::slice::from_raw_parts(self.region.as_ptr().as_ptr(), self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only view.
+        unsafe { core::slice::from_raw_parts_mut(self.region.as_ptr().as_ptr(), self.len) }
+    }
+}

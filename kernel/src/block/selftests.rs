@@ -1,0 +1,1113 @@
+//! Self-tests of the block layer on the disks QEMU attached.
+//!
+//! Which tests run depends on what was found and on the command line:
+//!
+//! | test | runs when | does |
+//! | --- | --- | --- |
+//! | pattern | always | known answers of the data generator and CRC-32 ([`super::pattern`]) |
+//! | disks | a blk device came up | claims the devices ([`super::init`]): one disk per device, named vda.. in discovery order, sane geometry |
+//! | serials | `expect.blk.serial=` | the GET_ID serials are exactly those |
+//! | read-only | `expect.blk.ro=<serial>,..\|none` | exactly those disks are read-only, and they refuse writes, discards and write-zeroes without a request reaching the device |
+//! | reads | a blk device came up | every disk reads its first, last and some random sectors; requests past the end or of a bad length are refused before they reach the device |
+//! | host-filled | `blk.verify=<serial>:<seed>[:<first>],..` | the disk, from sector `first` (default 0) to the end, holds the pattern of that seed (written by the host) |
+//! | scratch: offsets and sizes | a blk device came up | on each writable scratch disk: random offsets, sizes from 1 sector to the largest test buffer, each written, read back and compared |
+//! | scratch: queue depths | idem | 1, 2, 4, .. up to the most requests the queue holds, all in flight at once, completed in any order; one more is refused (queue full) |
+//! | scratch: segments | idem | vectored transfers of exactly the segment limit go out as one request, one more buffer as two |
+//! | scratch: flush, zeroes, discard | idem | FLUSH succeeds; WRITE_ZEROES reads back as zeroes; DISCARD leaves old data or zeroes and nothing outside the range changes |
+//! | injected errors | `expect.blk.ioerr=<serial>:<read\|write>:<sector>,..` | those requests fail with IOERR, the error is logged, the disk keeps working |
+//! | counters | a blk device came up | per disk: completions = requests, nothing in flight, failures = the ones caused on purpose |
+//!
+//! Writes happen only on disks whose serial starts with `scratch` (and that
+//! are not read-only, and not named in `expect.blk.ioerr=`, which get the
+//! injected-error test instead). A scratch disk must have at least
+//! [`MIN_SCRATCH_SECTORS`] sectors; its layout:
+//!
+//! ```text
+//! sector 0 .. 64            never written (the probe scenarios keep a marker in sector 0)
+//! 64 .. capacity/2          random writes of many sizes (may overlap: the last one wins)
+//! capacity/2 ..             queue-depth regions, one per depth
+//!   + QD_AREA               segment-limit regions
+//!   + 4096                  write-zeroes region, then discard region
+//! ```
+//!
+//! Every region written is announced on the serial port, so `x.py test` can
+//! check the image afterwards (`tests/qemu/blk.py`):
+//!
+//! ```text
+//! blk: wrote serial=<serial> sector=<first> count=<sectors> seed=<hex> crc32=<hex>
+//! blk: zeroed serial=<serial> sector=<first> count=<sectors>
+//! blk: discarded serial=<serial> sector=<first> count=<sectors>
+//! blk: write-failed serial=<serial> sector=<first> count=<sectors>
+//! ```
+//!
+//! in the order the writes happened. `wrote` regions hold the pattern of
+//! `seed` ([`super::pattern`]) whose CRC-32 is `crc32`; `zeroed` ones read
+//! as zeroes; `discarded` ones hold their previous contents or zeroes;
+//! `write-failed` ones were not changed. The base seed is `blk.seed=`
+//! (default 1); each region's seed is derived from it.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use drivers::blk::{BlkError, BlkToken};
+use drivers::irq::wait_for_used;
+use drivers::transport::DeviceType;
+
+use super::pattern::{self, Rng};
+use super::{Disk, IoBuffer, SECTOR};
+use crate::println;
+use crate::selftest_api::SelfTest;
+use crate::virtio::{self, DeviceState};
+
+/// The smallest scratch disk the write tests accept (8 MiB + the low area).
+pub const MIN_SCRATCH_SECTORS: u64 = 16_640;
+/// Sectors never written at the start of a scratch disk.
+const LOW_RESERVED: u64 = 64;
+/// The largest single transfer of the offsets-and-sizes test (4 MiB).
+const LARGEST_TRANSFER_SECTORS: u64 = 8192;
+/// Room for the queue-depth regions: every depth up to 1024, one sector per request.
+const QD_AREA: u64 = 2048;
+/// Transfer sizes (in sectors) besides the largest: around 1, a page, and
+/// powers of two, so that every kind of boundary is crossed.
+const SIZES: [u64; 20] = [
+    1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 127, 128, 129, 255, 256, 511, 2048,
+];
+/// Sectors of the write-zeroes and discard regions.
+const RANGE_REGION: u64 = 256;
+
+/// Seed tags (see `pattern::derive_seed`): one family per test.
+const TAG_RANDOM: u64 = 0x1_0000;
+const TAG_DEPTH: u64 = 0x2_0000;
+const TAG_SEGMENTS: u64 = 0x3_0000;
+const TAG_RANGES: u64 = 0x4_0000;
+const TAG_FAULT: u64 = 0x5_0000;
+const TAG_CHOICES: u64 = 0x6_0000;
+
+/// The block self-tests (see the module docs).
+pub fn selftests() -> Vec<SelfTest> {
+    let mut tests = vec![SelfTest {
+        name: "block: data pattern and CRC-32 known answers",
+        run: test_pattern,
+    }];
+    let any_blk = virtio::devices().iter().any(|d| {
+        d.device_type == DeviceType::Block
+            && matches!(d.state, DeviceState::Live(_) | DeviceState::Claimed { .. })
+    });
+    if !any_blk {
+        return tests;
+    }
+    tests.push(SelfTest {
+        name: "block: one disk per virtio-blk device, named vda.. in discovery order",
+        run: test_disks,
+    });
+    if crate::cmdline::get("expect.blk.serial").is_some() {
+        tests.push(SelfTest {
+            name: "block: disk serials (GET_ID) match expect.blk.serial=",
+            run: test_serials,
+        });
+    }
+    if crate::cmdline::get("expect.blk.ro").is_some() {
+        tests.push(SelfTest {
+            name: "block: read-only disks are exactly expect.blk.ro= and refuse writes",
+            run: test_read_only,
+        });
+    }
+    tests.push(SelfTest {
+        name: "block: every disk reads; bad requests are refused before the device",
+        run: test_reads,
+    });
+    if crate::cmdline::get("blk.verify").is_some() {
+        tests.push(SelfTest {
+            name: "block: host-filled disks hold the pattern blk.verify= names",
+            run: test_host_filled,
+        });
+    }
+    tests.extend([
+        SelfTest {
+            name: "block: scratch: write, read back, verify at many offsets and sizes",
+            run: test_offsets_and_sizes,
+        },
+        SelfTest {
+            name: "block: scratch: queue depths from 1 to the queue size",
+            run: test_queue_depths,
+        },
+        SelfTest {
+            name: "block: scratch: vectored transfers split at the segment limit",
+            run: test_segment_limit,
+        },
+        SelfTest {
+            name: "block: scratch: flush, write-zeroes and discard",
+            run: test_flush_zeroes_discard,
+        },
+    ]);
+    if crate::cmdline::get("expect.blk.ioerr").is_some() {
+        tests.push(SelfTest {
+            name: "block: injected I/O errors are reported (IOERR) and the disk keeps working",
+            run: test_injected_errors,
+        });
+    }
+    tests.push(SelfTest {
+        name: "block: request counters agree (completions, failures, nothing in flight)",
+        run: test_counters,
+    });
+    tests
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// `blk.seed=` (decimal or 0x-hex), default 1.
+fn base_seed() -> u64 {
+    crate::cmdline::get("blk.seed")
+        .and_then(parse_u64)
+        .unwrap_or(1)
+}
+
+fn parse_u64(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// `expect.blk.ioerr=` entries: (serial, is_write, sector).
+fn injected_errors() -> Result<Vec<(String, bool, u64)>, String> {
+    let Some(value) = crate::cmdline::get("expect.blk.ioerr") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in value.split(',') {
+        let mut parts = entry.split(':');
+        let (Some(serial), Some(op), Some(sector), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("expect.blk.ioerr entry {entry:?} is not <serial>:<read|write>:<sector>"));
+        };
+        let is_write = match op {
+            "read" => false,
+            "write" => true,
+            _ => return Err(format!("expect.blk.ioerr entry {entry:?}: op must be read or write")),
+        };
+        let sector = parse_u64(sector)
+            .ok_or_else(|| format!("expect.blk.ioerr entry {entry:?}: bad sector"))?;
+        out.push((serial.to_string(), is_write, sector));
+    }
+    Ok(out)
+}
+
+/// Disks the write workload runs on: writable scratch disks that are not
+/// the target of injected errors.
+fn is_workload_disk(disk: &Disk, faulty: &[(String, bool, u64)]) -> bool {
+    disk.writable() && !faulty.iter().any(|(serial, _, _)| serial == disk.serial())
+}
+
+/// Runs `test` on every workload disk; `Ok` with a log line if there is none.
+fn for_each_scratch(
+    what: &str,
+    mut test: impl FnMut(&mut Disk) -> Result<(), String>,
+) -> Result<(), String> {
+    let faulty = injected_errors()?;
+    super::with_disks(|disks| {
+        let mut tested = 0;
+        for disk in disks.iter_mut().filter(|d| is_workload_disk(d, &faulty)) {
+            if disk.capacity_sectors() < MIN_SCRATCH_SECTORS {
+                return Err(format!(
+                    "{} ({}): scratch disk of {} sectors is too small, need {MIN_SCRATCH_SECTORS}",
+                    disk.name(),
+                    disk.serial(),
+                    disk.capacity_sectors()
+                ));
+            }
+            test(disk).map_err(|e| format!("{} ({}): {e}", disk.name(), disk.serial()))?;
+            tested += 1;
+        }
+        if tested == 0 {
+            log::info!("block: {what}: no writable scratch disk, nothing written");
+        }
+        Ok(())
+    })
+}
+
+/// Writes the pattern of `seed` to `sectors` sectors at `sector`, reads it
+/// back into a poisoned buffer, compares, and announces the region.
+fn write_verified(disk: &mut Disk, sector: u64, sectors: u64, seed: u64) -> Result<(), String> {
+    let bytes = sectors as usize * SECTOR;
+    let mut data = IoBuffer::new(bytes)?;
+    pattern::fill(seed, sector * SECTOR as u64, data.as_mut_slice());
+    let crc = pattern::crc32(data.as_slice());
+    disk.write(sector, data.as_slice())
+        .map_err(|e| format!("write of {sectors} sector(s) at {sector}: {e}"))?;
+    announce_wrote(disk, sector, sectors, seed, crc);
+    let mut back = IoBuffer::new(bytes)?;
+    back.as_mut_slice().fill(0xa5);
+    disk.read(sector, back.as_mut_slice())
+        .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"))?;
+    check_pattern(back.as_slice(), seed, sector)
+        .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"))
+}
+
+fn announce_wrote(disk: &Disk, sector: u64, sectors: u64, seed: u64, crc: u32) {
+    println!(
+        "blk: wrote serial={} sector={sector} count={sectors} seed={seed:#x} crc32={crc:#010x}",
+        disk.serial()
+    );
+}
+
+fn announce(disk: &Disk, what: &str, sector: u64, sectors: u64) {
+    println!(
+        "blk: {what} serial={} sector={sector} count={sectors}",
+        disk.serial()
+    );
+}
+
+/// `data`, read from `sector` on, holds the pattern of `seed`.
+fn check_pattern(data: &[u8], seed: u64, sector: u64) -> Result<(), String> {
+    match pattern::first_mismatch(seed, sector * SECTOR as u64, data) {
+        None => Ok(()),
+        Some((at, found, expected)) => Err(format!(
+            "byte {at} (sector {}, offset {}) is {found:#04x}, expected {expected:#04x}",
+            sector + (at / SECTOR) as u64,
+            at % SECTOR
+        )),
+    }
+}
+
+fn check_zero(data: &[u8], sector: u64) -> Result<(), String> {
+    match pattern::first_nonzero(data) {
+        None => Ok(()),
+        Some((at, found)) => Err(format!(
+            "byte {at} (sector {}, offset {}) is {found:#04x}, expected 0",
+            sector + (at / SECTOR) as u64,
+            at % SECTOR
+        )),
+    }
+}
+
+/// Requests the device has seen on this disk so far.
+fn requests(disk: &mut Disk) -> u64 {
+    disk.device().stats().requests
+}
+
+// ---------------------------------------------------------------- always
+
+fn test_pattern() -> Result<(), String> {
+    pattern::self_check()?;
+    let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52, 701, 702]
+        .iter()
+        .map(|&i| super::disk_name(i))
+        .collect();
+    let want = [
+        "vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba", "vdzz", "vdaaa",
+    ];
+    if names != want {
+        return Err(format!("disk names {names:?}, want {want:?}"));
+    }
+    Ok(())
+}
+
+fn test_disks() -> Result<(), String> {
+    // What probing found, in discovery order, before the claim.
+    let found: Vec<(drivers::transport::Location, bool)> = virtio::devices()
+        .iter()
+        .filter(|d| d.device_type == DeviceType::Block)
+        .map(|d| {
+            (
+                d.location,
+                matches!(d.state, DeviceState::Live(_) | DeviceState::Claimed { .. }),
+            )
+        })
+        .collect();
+    super::init();
+    let infos = super::disks();
+    let expected: Vec<_> = found.iter().filter(|(_, up)| *up).map(|(l, _)| *l).collect();
+    let got: Vec<_> = infos.iter().map(|d| d.location).collect();
+    if got != expected {
+        return Err(format!(
+            "disks at {got:?}, but the live blk devices were {expected:?} (in that order)"
+        ));
+    }
+    for (index, info) in infos.iter().enumerate() {
+        let name = super::disk_name(index);
+        if info.name != name {
+            return Err(format!("disk {index} is named {}, want {name}", info.name));
+        }
+        if info.capacity_sectors == 0 {
+            return Err(format!("{name}: capacity 0"));
+        }
+        if info.block_size < SECTOR as u32 || !info.block_size.is_power_of_two() {
+            return Err(format!("{name}: block size {}", info.block_size));
+        }
+        if info.queue_size == 0 || info.max_segments == 0 {
+            return Err(format!(
+                "{name}: queue size {}, {} segments per request",
+                info.queue_size, info.max_segments
+            ));
+        }
+    }
+    super::with_disks(|disks| {
+        for (disk, info) in disks.iter_mut().zip(&infos) {
+            if disk.location() != info.location || disk.name() != info.name {
+                return Err(format!("{}: registry and description disagree", disk.name()));
+            }
+            if disk.device().is_failed() {
+                return Err(format!("{}: device failed", disk.name()));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn test_serials() -> Result<(), String> {
+    let value = crate::cmdline::get("expect.blk.serial").unwrap_or("");
+    let mut expected: Vec<&str> = value.split(',').filter(|s| !s.is_empty()).collect();
+    expected.sort_unstable();
+    // Ask the device again (GET_ID through the driver), not the cached value.
+    let mut found = super::with_disks(|disks| {
+        disks
+            .iter_mut()
+            .map(|disk| {
+                let mut wait = disk.new_wait();
+                let serial = disk
+                    .device()
+                    .get_id(&mut wait)
+                    .map_err(|e| format!("{}: GET_ID: {e}", disk.name()))?
+                    .to_string();
+                if serial != disk.serial() {
+                    return Err(format!(
+                        "{}: GET_ID says {serial:?} now, {:?} at claim time",
+                        disk.name(),
+                        disk.serial()
+                    ));
+                }
+                Ok(serial)
+            })
+            .collect::<Result<Vec<String>, String>>()
+    })?;
+    found.sort_unstable();
+    if found != expected {
+        return Err(format!("serials {found:?}, expect.blk.serial= says {expected:?}"));
+    }
+    Ok(())
+}
+
+fn test_read_only() -> Result<(), String> {
+    let value = crate::cmdline::get("expect.blk.ro").unwrap_or("");
+    let expected: Vec<&str> = if value == "none" {
+        Vec::new()
+    } else {
+        value.split(',').filter(|s| !s.is_empty()).collect()
+    };
+    super::with_disks(|disks| {
+        for disk in disks.iter_mut() {
+            let want = expected.contains(&disk.serial());
+            if disk.read_only() != want {
+                return Err(format!(
+                    "{} ({}): read_only={}, expected {want}",
+                    disk.name(),
+                    disk.serial(),
+                    disk.read_only()
+                ));
+            }
+            if !want {
+                continue;
+            }
+            refuses_writes(disk).map_err(|e| format!("{} ({}): {e}", disk.name(), disk.serial()))?;
+        }
+        Ok(())
+    })
+}
+
+/// A read-only disk: every modifying request is refused with `ReadOnly`
+/// before it reaches the device, and reads still work.
+fn refuses_writes(disk: &mut Disk) -> Result<(), String> {
+    let before = requests(disk);
+    let data = vec![0x5au8; SECTOR];
+    let mut wait = disk.new_wait();
+    let device = disk.device();
+    let results = [
+        ("write", device.write_blocks(1, &data, &mut wait)),
+        ("discard", device.discard(1, 1, &mut wait)),
+        ("write-zeroes", device.write_zeroes(1, 1, false, &mut wait)),
+    ];
+    for (what, result) in results {
+        if result != Err(BlkError::ReadOnly) {
+            return Err(format!("{what} returned {result:?}, expected ReadOnly"));
+        }
+    }
+    if requests(disk) != before {
+        return Err("a refused request reached the device".into());
+    }
+    // The block layer refuses too (scratch or not), with the driver's error.
+    if disk.is_scratch() {
+        match disk.write(1, &data) {
+            Err(super::BlockError::Device(BlkError::ReadOnly)) => {}
+            other => return Err(format!("Disk::write returned {other:?}, expected ReadOnly")),
+        }
+    }
+    let mut sector = vec![0u8; SECTOR];
+    disk.read(0, &mut sector).map_err(|e| format!("read: {e}"))?;
+    log::info!(
+        "block: {}: read-only: write, discard and write-zeroes refused, reads work",
+        disk.name()
+    );
+    Ok(())
+}
+
+fn test_reads() -> Result<(), String> {
+    let mut rng = Rng::new(pattern::derive_seed(base_seed(), TAG_CHOICES));
+    let first_sectors = super::with_disks(|disks| {
+        let mut first_sectors = Vec::new();
+        for disk in disks.iter_mut() {
+            reads_work(disk, &mut rng)
+                .map_err(|e| format!("{} ({}): {e}", disk.name(), disk.serial()))?;
+            let mut sector = vec![0u8; SECTOR];
+            disk.read(0, &mut sector)
+                .map_err(|e| format!("{}: read of sector 0: {e}", disk.name()))?;
+            first_sectors.push((disk.name().to_string(), sector));
+        }
+        Ok::<_, String>(first_sectors)
+    })?;
+    // The by-name entry point (the shell's `blk read`) reads the same data.
+    for (name, expected) in &first_sectors {
+        let mut sector = vec![0xa5u8; SECTOR];
+        super::read(name, 0, &mut sector).map_err(|e| format!("block::read({name}): {e}"))?;
+        if &sector != expected {
+            return Err(format!("block::read({name}, 0) differs from the disk's own read"));
+        }
+    }
+    let missing = super::disk_name(first_sectors.len());
+    match super::read(&missing, 0, &mut [0u8; SECTOR]) {
+        Err(super::BlockError::NoSuchDisk(name)) if name == missing => Ok(()),
+        other => Err(format!("block::read({missing}) returned {other:?}, expected NoSuchDisk")),
+    }
+}
+
+fn reads_work(disk: &mut Disk, rng: &mut Rng) -> Result<(), String> {
+    let capacity = disk.capacity_sectors();
+    let mut buffer = IoBuffer::new(8 * SECTOR)?;
+    let mut sectors = vec![0, capacity - 1];
+    for _ in 0..6 {
+        sectors.push(rng.below(capacity));
+    }
+    for sector in sectors {
+        let count = 8.min(capacity - sector) as usize;
+        disk.read(sector, &mut buffer.as_mut_slice()[..count * SECTOR])
+            .map_err(|e| format!("read of {count} sector(s) at {sector}: {e}"))?;
+    }
+    // Requests the driver must refuse without bothering the device.
+    let before = requests(disk);
+    let mut one = vec![0u8; SECTOR];
+    match disk.read(capacity, &mut one) {
+        Err(super::BlockError::Device(BlkError::OutOfRange { .. })) => {}
+        other => return Err(format!("read past the end returned {other:?}, expected OutOfRange")),
+    }
+    let mut odd = vec![0u8; SECTOR + 1];
+    match disk.read(0, &mut odd) {
+        Err(super::BlockError::Device(BlkError::BadBufferLength { len })) if len == SECTOR + 1 => {}
+        other => return Err(format!("read into 513 bytes returned {other:?}, expected BadBufferLength")),
+    }
+    if requests(disk) != before {
+        return Err("a refused request reached the device".into());
+    }
+    if !disk.is_scratch() {
+        match disk.write(0, &one) {
+            Err(super::BlockError::WriteProtected { .. }) => {}
+            other => return Err(format!("write to a non-scratch disk returned {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn test_host_filled() -> Result<(), String> {
+    let value = crate::cmdline::get("blk.verify").unwrap_or("");
+    for entry in value.split(',') {
+        let mut fields = entry.split(':');
+        let parsed = match (fields.next(), fields.next(), fields.next(), fields.next()) {
+            (Some(serial), Some(seed), first, None) => parse_u64(seed).and_then(|seed| {
+                Some((serial, seed, first.map_or(Some(0), parse_u64)?))
+            }),
+            _ => None,
+        };
+        let (serial, seed, first) = parsed.ok_or_else(|| {
+            format!("blk.verify entry {entry:?} is not <serial>:<seed>[:<first sector>]")
+        })?;
+        super::with_disks(|disks| {
+            let disk = disks
+                .iter_mut()
+                .find(|d| d.serial() == serial)
+                .ok_or_else(|| format!("no disk with serial {serial:?}"))?;
+            verify_whole_disk(disk, seed, first)
+                .map_err(|e| format!("{} ({serial}): {e}", disk.name()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads the disk from sector `first` to the end in chunks of changing
+/// sizes and compares each with the pattern of `seed`.
+fn verify_whole_disk(disk: &mut Disk, seed: u64, first: u64) -> Result<(), String> {
+    let capacity = disk.capacity_sectors();
+    if first >= capacity {
+        return Err(format!("first sector {first} is past the end ({capacity} sectors)"));
+    }
+    let chunk_sizes = [1u64, 7, 8, 64, 255, 1024, 2048];
+    let mut buffer = IoBuffer::new(2048 * SECTOR)?;
+    let mut sector = first;
+    let mut reads = 0u64;
+    let mut crc = 0u32;
+    while sector < capacity {
+        let count = chunk_sizes[(reads % chunk_sizes.len() as u64) as usize].min(capacity - sector);
+        let data = &mut buffer.as_mut_slice()[..count as usize * SECTOR];
+        data.fill(0xa5);
+        disk.read(sector, data)
+            .map_err(|e| format!("read of {count} sector(s) at {sector}: {e}"))?;
+        check_pattern(data, seed, sector)?;
+        crc = pattern::crc32_update(crc, data);
+        sector += count;
+        reads += 1;
+    }
+    println!(
+        "blk: verified serial={} sector={first} count={} seed={seed:#x} crc32={crc:#010x}",
+        disk.serial(),
+        capacity - first
+    );
+    log::info!(
+        "block: {}: sectors {first} to {} hold pattern {seed:#x} ({reads} reads)",
+        disk.name(),
+        capacity - 1
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- scratch
+
+fn test_offsets_and_sizes() -> Result<(), String> {
+    let base = base_seed();
+    for_each_scratch("offsets and sizes", |disk| {
+        let capacity = disk.capacity_sectors();
+        let area_end = capacity / 2;
+        let largest = LARGEST_TRANSFER_SECTORS.min(area_end - LOW_RESERVED);
+        let mut sizes: Vec<u64> = SIZES.iter().copied().filter(|&s| s < largest).collect();
+        sizes.push(largest);
+        let mut rng = Rng::new(pattern::derive_seed(base, TAG_CHOICES + 1));
+        rng.shuffle(&mut sizes);
+        for (i, &sectors) in sizes.iter().enumerate() {
+            let sector = LOW_RESERVED + rng.below(area_end - LOW_RESERVED - sectors + 1);
+            let seed = pattern::derive_seed(base, TAG_RANDOM + i as u64);
+            write_verified(disk, sector, sectors, seed)?;
+        }
+        log::info!(
+            "block: {}: {} transfers of 1 to {largest} sectors written and read back",
+            disk.name(),
+            sizes.len()
+        );
+        Ok(())
+    })
+}
+
+fn test_queue_depths() -> Result<(), String> {
+    let base = base_seed();
+    for_each_scratch("queue depths", |disk| {
+        let queue_size = u64::from(disk.device().queue_size(0).unwrap_or(0));
+        // A one-sector request is three descriptors (header, data, status):
+        // one ring slot through an indirect table, three without.
+        let indirect = disk.device().features() & drivers::features::RING_INDIRECT_DESC != 0;
+        let deepest = if indirect { queue_size } else { queue_size / 3 };
+        if deepest == 0 || 2 * deepest > QD_AREA {
+            return Err(format!("queue of {queue_size} descriptors: cannot test depth {deepest}"));
+        }
+        let mut depths = Vec::new();
+        let mut depth = 1;
+        while depth < deepest {
+            depths.push(depth);
+            depth *= 2;
+        }
+        depths.push(deepest);
+        let mut sector = disk.capacity_sectors() / 2;
+        let mut rng = Rng::new(pattern::derive_seed(base, TAG_CHOICES + 2));
+        for (i, &depth) in depths.iter().enumerate() {
+            let seed = pattern::derive_seed(base, TAG_DEPTH + i as u64);
+            let full = depth == deepest;
+            at_depth(disk, sector, depth, seed, full, i % 2 == 1, &mut rng)
+                .map_err(|e| format!("depth {depth}: {e}"))?;
+            sector += depth;
+        }
+        log::info!(
+            "block: {}: depths {:?} of {queue_size} descriptors (indirect {}), completed in any order",
+            disk.name(),
+            depths,
+            if indirect { "on" } else { "off" }
+        );
+        Ok(())
+    })
+}
+
+/// Writes `depth` one-sector requests (in a shuffled order, all in flight
+/// at once; under one notification when `batch`), collects them, then reads
+/// them back the same way and compares. With `full`, one more request must
+/// be refused with `QueueFull` while they are in flight.
+fn at_depth(
+    disk: &mut Disk,
+    first: u64,
+    depth: u64,
+    seed: u64,
+    full: bool,
+    batch: bool,
+    rng: &mut Rng,
+) -> Result<(), String> {
+    let bytes = depth as usize * SECTOR;
+    let mut data = IoBuffer::new(bytes)?;
+    pattern::fill(seed, first * SECTOR as u64, data.as_mut_slice());
+    let crc = pattern::crc32(data.as_slice());
+    let mut order: Vec<u64> = (0..depth).collect();
+    rng.shuffle(&mut order);
+    in_flight_together(disk, first, &order, data.as_mut_slice(), true, full, batch)?;
+    announce_wrote(disk, first, depth, seed, crc);
+    let mut back = IoBuffer::new(bytes)?;
+    back.as_mut_slice().fill(0xa5);
+    rng.shuffle(&mut order);
+    in_flight_together(disk, first, &order, back.as_mut_slice(), false, full, batch)?;
+    check_pattern(back.as_slice(), seed, first)
+}
+
+/// Submits one one-sector request per entry of `order` (sector `first +
+/// entry`, buffer sector `entry` of `buffer`) without collecting anything,
+/// then collects every completion. On any failure with requests still in
+/// flight the device is reset (`recover`) before `buffer` can be freed.
+fn in_flight_together(
+    disk: &mut Disk,
+    first: u64,
+    order: &[u64],
+    buffer: &mut [u8],
+    write: bool,
+    full: bool,
+    batch: bool,
+) -> Result<(), String> {
+    let pieces: Vec<NonNull<[u8]>> = buffer.chunks_exact_mut(SECTOR).map(NonNull::from).collect();
+    let outcome = submit_and_collect(disk, first, order, &pieces, write, full, batch);
+    if disk.device().in_flight() > 0 {
+        log::warn!("block: {}: requests left in flight; resetting the device", disk.name());
+        let _ = disk.device().recover();
+    }
+    outcome
+}
+
+fn submit_and_collect(
+    disk: &mut Disk,
+    first: u64,
+    order: &[u64],
+    pieces: &[NonNull<[u8]>],
+    write: bool,
+    full: bool,
+    batch: bool,
+) -> Result<(), String> {
+    let depth = order.len();
+    let mut wait = disk.new_wait();
+    let device = disk.device();
+    let queue_size = usize::from(device.queue_size(0).unwrap_or(0));
+    let notifications_before = device.stats().ring.notifications;
+    // Which entry of `order` each pool slot carries (slots are unique in flight).
+    let mut entry_of_slot: Vec<Option<u64>> = vec![None; queue_size];
+    let mut tokens: Vec<BlkToken> = Vec::with_capacity(depth);
+    if batch {
+        device.start_batch();
+    }
+    for &entry in order {
+        let piece = core::slice::from_ref(&pieces[entry as usize]);
+        let sector = first + entry;
+        // SAFETY: each piece is a distinct sector of the caller's buffer,
+        // which is neither touched nor freed until every request has been
+        // collected below or the device reset (`in_flight_together`).
+        let submitted = unsafe {
+            if write {
+                device.submit_write(sector, piece)
+            } else {
+                device.submit_read(sector, piece)
+            }
+        };
+        match submitted {
+            Ok(token) => {
+                entry_of_slot[token.slot()] = Some(entry);
+                tokens.push(token);
+            }
+            Err(e) => {
+                if batch {
+                    device.finish_batch();
+                }
+                return Err(format!("submitting request {} of {depth}: {e}", tokens.len() + 1));
+            }
+        }
+    }
+    if batch {
+        device.finish_batch();
+    }
+    if device.in_flight() != depth {
+        return Err(format!("{} requests in flight, expected {depth}", device.in_flight()));
+    }
+    if full {
+        let probe = core::slice::from_ref(&pieces[0]);
+        // SAFETY: the request is refused before anything is shared (the
+        // queue has no room); if it were accepted, the piece is collected
+        // like the others before the buffer goes away.
+        let extra = unsafe { device.submit_read(first, probe) };
+        if extra != Err(BlkError::QueueFull) {
+            return Err(format!(
+                "request {} on a full queue of {queue_size} returned {extra:?}, expected QueueFull",
+                depth + 1
+            ));
+        }
+    }
+    if batch {
+        let sent = device.stats().ring.notifications - notifications_before;
+        if sent > 1 {
+            return Err(format!("one batch of {depth} requests sent {sent} notifications"));
+        }
+    }
+    let mut seen = vec![false; depth];
+    let mut collected = 0;
+    while collected < depth {
+        match device.poll() {
+            Ok(Some(completion)) => {
+                let entry = entry_of_slot
+                    .get(completion.token.slot())
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| format!("completion for unknown token {}", completion.token))?;
+                if !tokens.contains(&completion.token) || seen[entry as usize] {
+                    return Err(format!("completion for {} twice or never sent", completion.token));
+                }
+                seen[entry as usize] = true;
+                entry_of_slot[completion.token.slot()] = None;
+                collected += 1;
+                if let Err(e) = completion.result {
+                    return Err(format!(
+                        "{} of sector {}: {e}",
+                        if write { "write" } else { "read" },
+                        completion.sector
+                    ));
+                }
+                if completion.sector != first + entry {
+                    return Err(format!(
+                        "completion says sector {}, the request was for {}",
+                        completion.sector,
+                        first + entry
+                    ));
+                }
+            }
+            Ok(None) => {
+                let waited = wait_for_used(
+                    &mut wait,
+                    device,
+                    |d| d.enable_interrupts(),
+                    |d| d.disable_interrupts(),
+                );
+                if let Err(timeout) = waited {
+                    return Err(format!(
+                        "{collected} of {depth} completions, then the wait gave up ({timeout})"
+                    ));
+                }
+            }
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn test_segment_limit() -> Result<(), String> {
+    let base = base_seed();
+    for_each_scratch("segment limit", |disk| {
+        let max = disk.device().max_data_segments();
+        let mut sector = disk.capacity_sectors() / 2 + QD_AREA;
+        for (i, buffers) in [max, max + 1].into_iter().enumerate() {
+            let expected_requests = if buffers == max { 1 } else { 2 };
+            let seed = pattern::derive_seed(base, TAG_SEGMENTS + i as u64);
+            vectored(disk, sector, buffers, seed, expected_requests)
+                .map_err(|e| format!("{buffers} buffers (limit {max}): {e}"))?;
+            sector += buffers as u64;
+        }
+        log::info!(
+            "block: {}: {max} one-sector buffers went out as 1 request, {} as 2",
+            disk.name(),
+            max + 1
+        );
+        Ok(())
+    })
+}
+
+/// Writes `buffers` separate one-sector buffers (every other sector of one
+/// allocation, so none is contiguous with the next) with one vectored call,
+/// checks how many requests that took, and reads them back the same way.
+fn vectored(
+    disk: &mut Disk,
+    first: u64,
+    buffers: usize,
+    seed: u64,
+    expected_requests: u64,
+) -> Result<(), String> {
+    let mut data = IoBuffer::new(2 * buffers * SECTOR)?;
+    for (i, piece) in data.as_mut_slice().chunks_exact_mut(2 * SECTOR).enumerate() {
+        pattern::fill(seed, (first + i as u64) * SECTOR as u64, &mut piece[..SECTOR]);
+        piece[SECTOR..].fill(0xee);
+    }
+    let pieces: Vec<&[u8]> = data.as_slice().chunks_exact(2 * SECTOR).map(|p| &p[..SECTOR]).collect();
+    let crc = pieces.iter().fold(0, |crc, p| pattern::crc32_update(crc, p));
+    let before = requests(disk);
+    disk.write_vectored(first, &pieces).map_err(|e| format!("write: {e}"))?;
+    announce_wrote(disk, first, buffers as u64, seed, crc);
+    let sent = requests(disk) - before;
+    if sent != expected_requests {
+        return Err(format!("write took {sent} requests, expected {expected_requests}"));
+    }
+    let mut back = IoBuffer::new(2 * buffers * SECTOR)?;
+    back.as_mut_slice().fill(0xa5);
+    let before = requests(disk);
+    {
+        let mut pieces: Vec<&mut [u8]> = back
+            .as_mut_slice()
+            .chunks_exact_mut(2 * SECTOR)
+            .map(|p| &mut p[..SECTOR])
+            .collect();
+        disk.read_vectored(first, &mut pieces).map_err(|e| format!("read: {e}"))?;
+    }
+    let sent = requests(disk) - before;
+    if sent != expected_requests {
+        return Err(format!("read took {sent} requests, expected {expected_requests}"));
+    }
+    for (i, piece) in back.as_slice().chunks_exact(2 * SECTOR).enumerate() {
+        check_pattern(&piece[..SECTOR], seed, first + i as u64)?;
+        if piece[SECTOR..].iter().any(|&b| b != 0xa5) {
+            return Err(format!("the gap after buffer {i} was written"));
+        }
+    }
+    Ok(())
+}
+
+fn test_flush_zeroes_discard() -> Result<(), String> {
+    let base = base_seed();
+    for_each_scratch("flush, write-zeroes, discard", |disk| {
+        let zeroes_at = disk.capacity_sectors() / 2 + QD_AREA + 2048;
+        let discard_at = zeroes_at + RANGE_REGION;
+        flush(disk)?;
+        write_zeroes(disk, zeroes_at, pattern::derive_seed(base, TAG_RANGES))?;
+        discard(disk, discard_at, pattern::derive_seed(base, TAG_RANGES + 1))?;
+        Ok(())
+    })
+}
+
+fn flush(disk: &mut Disk) -> Result<(), String> {
+    let flush_supported = disk.device().info().flush;
+    let before = requests(disk);
+    match (disk.flush(), flush_supported) {
+        (Ok(()), true) => {
+            if requests(disk) != before + 1 {
+                return Err("flush did not send exactly one request".into());
+            }
+            Ok(())
+        }
+        (Err(super::BlockError::Device(BlkError::NotNegotiated(_))), false) => Ok(()),
+        (result, supported) => Err(format!("flush (FLUSH negotiated: {supported}) returned {result:?}")),
+    }
+}
+
+/// Fills the region with a pattern, zeroes a part of it in the middle
+/// (and, if the device may unmap, another part with UNMAP), and checks
+/// that exactly those parts read back as zeroes.
+fn write_zeroes(disk: &mut Disk, region: u64, seed: u64) -> Result<(), String> {
+    let Some(limits) = disk.device().info().write_zeroes else {
+        return match disk.write_zeroes(region, 1, false) {
+            Err(super::BlockError::Device(BlkError::NotNegotiated(_))) => Ok(()),
+            other => Err(format!("write-zeroes without WRITE_ZEROES returned {other:?}")),
+        };
+    };
+    write_verified(disk, region, RANGE_REGION, seed)?;
+    let mut zeroed = vec![(64, 64, false)];
+    if limits.may_unmap {
+        zeroed.push((160, 32, true));
+    }
+    for &(offset, sectors, unmap) in &zeroed {
+        disk.write_zeroes(region + offset, sectors, unmap)
+            .map_err(|e| format!("write-zeroes (unmap {unmap}): {e}"))?;
+        announce(disk, "zeroed", region + offset, sectors);
+    }
+    let mut back = IoBuffer::new(RANGE_REGION as usize * SECTOR)?;
+    back.as_mut_slice().fill(0xa5);
+    disk.read(region, back.as_mut_slice()).map_err(|e| format!("read-back: {e}"))?;
+    for s in 0..RANGE_REGION {
+        let data = &back.as_slice()[s as usize * SECTOR..(s as usize + 1) * SECTOR];
+        let in_zeroed = zeroed.iter().any(|&(o, n, _)| s >= o && s < o + n);
+        if in_zeroed {
+            check_zero(data, region + s).map_err(|e| format!("after write-zeroes: {e}"))?;
+        } else {
+            check_pattern(data, seed, region + s).map_err(|e| format!("outside write-zeroes: {e}"))?;
+        }
+    }
+    log::info!(
+        "block: {}: write-zeroes read back as zeroes ({} range(s), UNMAP {}), neighbours intact",
+        disk.name(),
+        zeroed.len(),
+        if limits.may_unmap { "tried" } else { "not offered" }
+    );
+    Ok(())
+}
+
+/// Fills the region with a pattern and discards an aligned part of it.
+/// virtio promises nothing about what discarded sectors read (§5.2.6.2), so
+/// each must hold either its old data or zeroes; everything else is intact.
+fn discard(disk: &mut Disk, region: u64, seed: u64) -> Result<(), String> {
+    let Some(limits) = disk.device().info().discard else {
+        return match disk.discard(region, 1) {
+            Err(super::BlockError::Device(BlkError::NotNegotiated(_))) => Ok(()),
+            other => Err(format!("discard without DISCARD returned {other:?}")),
+        };
+    };
+    write_verified(disk, region, RANGE_REGION, seed)?;
+    let align = u64::from(limits.sector_alignment).clamp(1, 64);
+    let offset = 64u64.next_multiple_of(align);
+    let sectors = 128u64.next_multiple_of(align).min(RANGE_REGION - offset);
+    disk.discard(region + offset, sectors).map_err(|e| format!("discard: {e}"))?;
+    announce(disk, "discarded", region + offset, sectors);
+    let mut back = IoBuffer::new(RANGE_REGION as usize * SECTOR)?;
+    back.as_mut_slice().fill(0xa5);
+    disk.read(region, back.as_mut_slice()).map_err(|e| format!("read-back: {e}"))?;
+    let mut zeroes = 0;
+    for s in 0..RANGE_REGION {
+        let data = &back.as_slice()[s as usize * SECTOR..(s as usize + 1) * SECTOR];
+        let kept = check_pattern(data, seed, region + s);
+        if s >= offset && s < offset + sectors {
+            if kept.is_err() {
+                check_zero(data, region + s)
+                    .map_err(|e| format!("discarded sector is neither old data nor zeroes: {e}"))?;
+                zeroes += 1;
+            }
+        } else {
+            kept.map_err(|e| format!("outside the discard: {e}"))?;
+        }
+    }
+    log::info!(
+        "block: {}: discard of {sectors} sectors: {zeroes} read back as zeroes, the rest kept its data; neighbours intact",
+        disk.name()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- injected errors
+
+fn test_injected_errors() -> Result<(), String> {
+    let faults = injected_errors()?;
+    let base = base_seed();
+    for (i, (serial, is_write, sector)) in faults.iter().enumerate() {
+        super::with_disks(|disks| {
+            let disk = disks
+                .iter_mut()
+                .find(|d| d.serial() == serial)
+                .ok_or_else(|| format!("no disk with serial {serial:?}"))?;
+            let seed = pattern::derive_seed(base, TAG_FAULT + i as u64);
+            injected(disk, *is_write, *sector, seed)
+                .map_err(|e| format!("{} ({serial}): {e}", disk.name()))
+        })?;
+    }
+    Ok(())
+}
+
+/// The request at `sector` must fail with IOERR (twice: the fault stays),
+/// a request spanning it too, and the disk must go on working next to it.
+fn injected(disk: &mut Disk, is_write: bool, sector: u64, seed: u64) -> Result<(), String> {
+    let capacity = disk.capacity_sectors();
+    if sector + 64 + 8 > capacity || sector < 8 {
+        return Err(format!("sector {sector} is too close to an end of the disk"));
+    }
+    let failed_before = disk.device().stats().failed;
+    let what = if is_write { "write" } else { "read" };
+    let mut buffer = IoBuffer::new(8 * SECTOR)?;
+    for (first, count) in [(sector, 1u64), (sector, 1), (sector - 4, 8)] {
+        let data = &mut buffer.as_mut_slice()[..count as usize * SECTOR];
+        let result = if is_write {
+            pattern::fill(seed, first * SECTOR as u64, data);
+            disk.write(first, data)
+        } else {
+            disk.read(first, data)
+        };
+        match result {
+            Err(super::BlockError::Device(BlkError::IoError)) => {
+                disk.expect_failure();
+                if is_write {
+                    announce(disk, "write-failed", first, count);
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{what} of {count} sector(s) at {first} returned {other:?}, expected an I/O error"
+                ))
+            }
+        }
+    }
+    let failed = disk.device().stats().failed - failed_before;
+    if failed != 3 {
+        return Err(format!("{failed} requests counted as failed, expected 3"));
+    }
+    if disk.device().is_failed() {
+        return Err("an I/O error took the whole device down".into());
+    }
+    // Keeps working: right next to the bad sector, and far from it.
+    let mut one = vec![0u8; SECTOR];
+    for other in [sector + 1, sector + 64, 0] {
+        disk.read(other, &mut one)
+            .map_err(|e| format!("read at {other} after the error: {e}"))?;
+    }
+    if disk.writable() {
+        write_verified(disk, sector + 64, 8, seed)
+            .map_err(|e| format!("after the error: {e}"))?;
+    }
+    log::info!(
+        "block: {}: {what} at sector {sector} failed with IOERR as injected (3 times); the disk keeps working",
+        disk.name()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- counters
+
+fn test_counters() -> Result<(), String> {
+    super::with_disks(|disks| {
+        for disk in disks.iter_mut() {
+            let expected_failures = disk.expected_failures();
+            let name = disk.name().to_string();
+            let device = disk.device();
+            let stats = device.stats();
+            if device.in_flight() != 0 {
+                return Err(format!("{name}: {} requests still in flight", device.in_flight()));
+            }
+            if stats.completions != stats.requests {
+                return Err(format!(
+                    "{name}: {} requests but {} completions",
+                    stats.requests, stats.completions
+                ));
+            }
+            if stats.failed != expected_failures {
+                return Err(format!(
+                    "{name}: {} failed requests, {expected_failures} failed on purpose",
+                    stats.failed
+                ));
+            }
+            if stats.ring.completions != stats.completions {
+                return Err(format!(
+                    "{name}: the ring returned {} chains for {} completions",
+                    stats.ring.completions, stats.completions
+                ));
+            }
+            log::info!(
+                "block: {name}: {} requests, {} failed on purpose, {} KiB read, {} KiB written, {} notifications ({} suppressed), {} interrupts",
+                stats.requests,
+                stats.failed,
+                stats.bytes_read / 1024,
+                stats.bytes_written / 1024,
+                stats.ring.notifications,
+                stats.ring.notifications_suppressed,
+                disk.interrupt_count()
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,226 @@
+//! The status page the HTTP server returns for `GET /`: every virtio device
+//! the kernel found (type, location, transport, negotiated features, state)
+//! and, per queue, its counters: for the network cards the driver's own
+//! (packets, bytes, drops, buffers, notifications sent and suppressed,
+//! interrupts), for devices without a driver yet the bare queues'.
+//!
+//! Plain HTML, no scripts; every value is the kernel's own text, so nothing
+//! needs escaping beyond what [`escape`] does for safety.
+
+use alloc::string::String;
+use core::fmt::Write;
+
+use drivers::net::NetStats;
+use drivers::queue::QueueCounters;
+use drivers::transport::{DeviceType, Transport};
+
+use super::nic::Nic;
+use crate::virtio::{self, DeviceState, FeatureList};
+
+/// Renders the page.
+pub fn render(nics: &[Nic]) -> String {
+    let mut page = String::with_capacity(8192);
+    // Writing to a String cannot fail.
+    let _ = write_page(&mut page, nics);
+    page
+}
+
+fn write_page(out: &mut String, nics: &[Nic]) -> core::fmt::Result {
+    let uptime_ms = crate::clock::uptime_ns() / 1_000_000;
+    writeln!(out, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>virtio teaching kernel</title>")?;
+    writeln!(out, "<style>body{{font-family:monospace}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:2px 6px;text-align:left}}</style></head><body>")?;
+    writeln!(out, "<h1>virtio teaching kernel</h1>")?;
+    writeln!(out, "<p>uptime {}.{:03} s</p>", uptime_ms / 1000, uptime_ms % 1000)?;
+
+    writeln!(out, "<h2>Devices</h2>\n<table>")?;
+    writeln!(out, "<tr><th>type</th><th>location</th><th>transport</th><th>state</th><th>features</th></tr>")?;
+    {
+        let devices = virtio::devices();
+        for device in devices.iter() {
+            let name = virtio::type_name(device.device_type);
+            let transport = device
+                .transport_kind
+                .map_or("none", |k| k.name());
+            write!(out, "<tr><td>{name}</td><td>{}</td><td>{transport}</td>", device.location)?;
+            match &device.state {
+                DeviceState::Live(live) => writeln!(
+                    out,
+                    "<td>live (generic)</td><td>{}</td></tr>",
+                    FeatureList {
+                        device_type: device.device_type,
+                        bits: live.features
+                    }
+                )?,
+                DeviceState::Claimed { driver } => {
+                    // A network card's negotiated features are the driver's.
+                    let features = nics
+                        .iter()
+                        .find(|n| n.location == device.location)
+                        .map(|n| n.device.features());
+                    match features {
+                        Some(bits) => writeln!(
+                            out,
+                            "<td>driven by {driver}</td><td>{}</td></tr>",
+                            FeatureList {
+                                device_type: device.device_type,
+                                bits
+                            }
+                        )?,
+                        None => writeln!(
+                            out,
+                            "<td>driven by {driver}</td><td>(see the driver)</td></tr>"
+                        )?,
+                    }
+                }
+                DeviceState::Failed { error, .. } => {
+                    writeln!(out, "<td>FAILED: {}</td><td></td></tr>", escape(error))?
+                }
+            }
+        }
+        writeln!(out, "</table>")?;
+
+        writeln!(out, "<h2>Queues of devices without a driver</h2>\n<table>")?;
+        queue_header(out)?;
+        for device in devices.iter() {
+            if let DeviceState::Live(live) = &device.state {
+                for queue in &live.queues {
+                    write!(
+                        out,
+                        "<tr><td>{} at {}</td><td>{}</td>",
+                        virtio::type_name(device.device_type),
+                        device.location,
+                        queue.index()
+                    )?;
+                    queue_cells(out, &queue.counters())?;
+                    writeln!(out, "</tr>")?;
+                }
+            }
+        }
+        writeln!(out, "</table>")?;
+    }
+
+    writeln!(out, "<h2>Network cards</h2>")?;
+    for nic in nics {
+        write_nic(out, nic)?;
+    }
+    writeln!(out, "</body></html>")
+}
+
+fn write_nic(out: &mut String, nic: &Nic) -> core::fmt::Result {
+    let device = &nic.device;
+    writeln!(out, "<h3>{} at {}</h3>\n<table>", nic.name, nic.location)?;
+    row(out, "transport", device.transport().kind().name())?;
+    writeln!(out, "<tr><th>mac</th><td>{}</td></tr>", device.mac())?;
+    writeln!(out, "<tr><th>mtu</th><td>{}</td></tr>", device.mtu())?;
+    row(out, "link", if device.link_up() { "up" } else { "down" })?;
+    writeln!(
+        out,
+        "<tr><th>features</th><td>{}</td></tr>",
+        FeatureList {
+            device_type: DeviceType::Net,
+            bits: device.features()
+        }
+    )?;
+    writeln!(
+        out,
+        "<tr><th>header</th><td>{} bytes</td></tr>",
+        device.header_len()
+    )?;
+    writeln!(out, "<tr><th>interrupt line</th><td>{:?}</td></tr>", nic.interrupt)?;
+    row(
+        out,
+        "interrupts",
+        match crate::virtio::irq::of(nic.location) {
+            Some(irq) => irq.mode_name(),
+            None => "polled",
+        },
+    )?;
+    match nic.stack.as_ref().and_then(|s| s.lease.as_ref()) {
+        Some(lease) => writeln!(
+            out,
+            "<tr><th>address</th><td>{} (gateway {})</td></tr>",
+            lease.address,
+            lease.gateway.map_or(String::from("none"), |g| alloc::format!("{g}"))
+        )?,
+        None => row(out, "address", "none (no DHCP lease)")?,
+    }
+    writeln!(
+        out,
+        "<tr><th>bridge</th><td>tx dropped {}, recoveries {}, config events {}</td></tr>",
+        nic.counters.tx_dropped, nic.counters.recoveries, nic.counters.config_events
+    )?;
+    writeln!(out, "</table>")?;
+
+    let stats: NetStats = device.stats();
+    let interrupts = crate::virtio::irq::of(nic.location).map(|irq| irq.state());
+    writeln!(out, "<table>")?;
+    writeln!(out, "<tr><th>queue</th><th>packets</th><th>bytes</th><th>driver detail</th><th>added</th><th>notifications</th><th>suppressed</th><th>completions</th><th>device errors</th><th>interrupts</th></tr>")?;
+    let irq_count = |q: u16| interrupts.map_or(0, |s| s.queue_interrupt_count(q));
+    let rx = stats.rx;
+    write!(out, "<tr><td>0 rx</td><td>{}</td><td>{}</td><td>merged {}, buffers posted {}, used {}, dropped {} (length {}, num_buffers {}, header {}, runt {}, too long {})</td>",
+        rx.packets, rx.bytes, rx.merged, rx.buffers_posted, rx.buffers_used, rx.dropped(),
+        rx.dropped_bad_length, rx.dropped_bad_num_buffers, rx.dropped_bad_header, rx.dropped_runt, rx.dropped_too_long)?;
+    ring_cells(out, &stats.rx_ring, irq_count(0))?;
+    let tx = stats.tx;
+    write!(
+        out,
+        "<tr><td>1 tx</td><td>{}</td><td>{}</td><td>reclaimed {}, full {}, too long {}</td>",
+        tx.packets, tx.bytes, tx.reclaimed, tx.full, tx.too_long
+    )?;
+    ring_cells(out, &stats.tx_ring, irq_count(1))?;
+    if let (Some(ctrl), Some(ring)) = (stats.ctrl, stats.ctrl_ring) {
+        write!(
+            out,
+            "<tr><td>2 ctrl</td><td>{}</td><td></td><td>ok {}, rejected {}, bad replies {}, timeouts {}</td>",
+            ctrl.commands, ctrl.ok, ctrl.rejected, ctrl.bad_replies, ctrl.timeouts
+        )?;
+        ring_cells(out, &ring, irq_count(2))?;
+    }
+    writeln!(out, "</table>")
+}
+
+fn row(out: &mut String, name: &str, value: &str) -> core::fmt::Result {
+    writeln!(out, "<tr><th>{name}</th><td>{}</td></tr>", escape(value))
+}
+
+fn ring_cells(out: &mut String, c: &QueueCounters, interrupts: u64) -> core::fmt::Result {
+    writeln!(
+        out,
+        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{interrupts}</td></tr>",
+        c.added, c.notifications, c.notifications_suppressed, c.completions, c.device_errors
+    )
+}
+
+fn queue_header(out: &mut String) -> core::fmt::Result {
+    writeln!(out, "<tr><th>device</th><th>queue</th><th>added</th><th>notifications</th><th>suppressed</th><th>completions</th><th>device errors</th></tr>")
+}
+
+fn queue_cells(out: &mut String, c: &QueueCounters) -> core::fmt::Result {
+    write!(
+        out,
+        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+        c.added, c.notifications, c.notifications_suppressed, c.completions, c.device_errors
+    )
+}
+
+/// Escapes the HTML special characters of `text`.
+fn escape(text: &str) -> Escaped<'_> {
+    Escaped(text)
+}
+
+struct Escaped<'a>(&'a str);
+
+impl core::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '<' => f.write_str("&lt;")?,
+                '>' => f.write_str("&gt;")?,
+                '&' => f.write_str("&amp;")?,
+                '"' => f.write_str("&quot;")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,459 @@
+//! Network cards: the virtio-net driver brought up by the kernel, and the
+//! bridge between it and smoltcp.
+//!
+//! ## Bring-up
+//!
+//! [`claim_all`] takes each network device the virtio probe brought up
+//! generically out of the registry and brings it up again with the
+//! [`drivers::net::NetDevice`] driver (options from the command line, see
+//! [`options_from_cmdline`]), keeping it in the card list ([`NICS`], named
+//! `net0`, `net1`, ... in discovery order). It prints one line per card:
+//!
+//! ```text
+//! net0: virtio-net at pci 0000:00:03.0 transport=pci-modern ring=split queues=3 mac=52:54:00:12:34:56 features=VERSION_1|...
+//! ```
+//!
+//! ## smoltcp's `Device`, without copies
+//!
+//! smoltcp asks a device for *tokens* (smoltcp 0.14 `phy::Device`):
+//!
+//! - a receive token is consumed with a closure that reads the frame. Here
+//!   it carries the driver's [`RxPacket`], which borrows the DMA buffer the
+//!   device wrote: the closure reads the frame where the device put it, and
+//!   dropping the packet afterwards reposts the buffer.
+//! - a transmit token is consumed with a length and a closure that writes
+//!   the frame. Here it reserves a DMA transmit buffer ([`TxSlot`]) of that
+//!   length and hands the closure the buffer itself: the frame is built
+//!   where the device will read it.
+//!
+//! smoltcp answers a received packet (an ARP reply, a TCP ACK) from inside
+//! the receive closure, so it needs both tokens at once: the receive and
+//! transmit queues are separate objects in the driver
+//! (`NetDevice::queues`), each token borrows one of them.
+//!
+//! Tokens only add to the rings; [`Nic::flush`] after a whole
+//! `Interface::poll` publishes everything at once, so a poll that answers
+//! twenty packets costs at most one notification per queue.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use drivers::device::{Wait, WaitTimeout};
+use drivers::features::RingPreference;
+use drivers::net::{NetDevice, NetError, NetOptions, RxPacket, TxQueue, SUPPORTED_FEATURES};
+use drivers::transport::{DeviceType, InterruptStatus, Location, Transport};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use spin::{Mutex, MutexGuard};
+
+use crate::hal_impl::KernelHal;
+use crate::virtio::{DeviceState, FeatureList, InterruptLine, KernelTransport, LiveDevice};
+
+/// The driver on the kernel's Hal and transport.
+pub type KernelNetDevice = NetDevice<KernelHal, KernelTransport>;
+
+/// Counters of the bridge to smoltcp (the driver keeps its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeCounters {
+    /// Frames smoltcp built that could not be sent (no room, too long).
+    pub tx_dropped: u64,
+    /// Times the device was reset and brought back after a broken ring.
+    pub recoveries: u64,
+    /// Configuration-change events handled.
+    pub config_events: u64,
+}
+
+/// One network card.
+pub struct Nic {
+    /// `net0`, `net1`, ... in discovery order.
+    pub name: String,
+    /// Where the device is.
+    pub location: Location,
+    /// How it can interrupt (from discovery).
+    pub interrupt: InterruptLine,
+    /// The driver.
+    pub device: KernelNetDevice,
+    /// The bridge's counters.
+    pub counters: BridgeCounters,
+    /// The smoltcp interface and sockets, once [`super::start`] (or a
+    /// self-test) gave the card one.
+    pub stack: Option<super::stack::Stack>,
+    /// When the configuration was last looked at (polled cards only).
+    last_config_check_ns: u64,
+}
+
+/// Every network card brought up, in discovery order.
+static NICS: Mutex<Vec<Nic>> = Mutex::new(Vec::new());
+
+/// The card list, locked. Interrupt handlers never take it; do not hold it
+/// across a wait on another device.
+pub fn nics() -> MutexGuard<'static, Vec<Nic>> {
+    NICS.lock()
+}
+
+/// Driver options from the kernel command line:
+///
+/// - `net.qsize=N`: at most N descriptors per data queue (default 256; legacy
+///   PCI cannot choose and ignores it);
+/// - `net.rxbuf=N`: receive buffer size with MRG_RXBUF (default 1536; a
+///   small value makes the device merge buffers for ordinary frames);
+/// - `net.features=0xMASK`: device-specific features to offer to accept
+///   (default: all the driver implements);
+/// - `virtio.ring=split|packed|auto`: the ring layout, as for every device.
+pub fn options_from_cmdline() -> NetOptions {
+    let mut options = NetOptions::default();
+    let number = |key: &str| crate::cmdline::get(key).and_then(parse_number);
+    if let Some(size) = number("net.qsize").and_then(|n| u16::try_from(n).ok()) {
+        options.rx_queue_size = size.max(1);
+        options.tx_queue_size = size.max(1);
+    }
+    if let Some(len) = number("net.rxbuf").and_then(|n| usize::try_from(n).ok()) {
+        options.mergeable_buffer_len = len;
+    }
+    if let Some(mask) = number("net.features") {
+        options.features = mask & SUPPORTED_FEATURES;
+    }
+    let ring = crate::cmdline::get("virtio.ring")
+        .and_then(RingPreference::parse)
+        .unwrap_or_default();
+    options.ring_features = ring.ring_features();
+    options
+}
+
+/// Decimal, or hexadecimal with `0x`.
+fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// Takes every live network device out of the virtio registry
+/// (`VirtioDevice::claim`) and brings it up again with the virtio-net
+/// driver: the driver resets the device and builds its own queues (with
+/// the features the generic bring-up did not take), and only then are the
+/// generic queues dropped. The interrupt route `virtio::irq` set up stays
+/// with the device's location. Call once, after `virtio::probe`.
+pub fn claim_all() {
+    let options = options_from_cmdline();
+    let mut registry = crate::virtio::devices();
+    let mut nics = NICS.lock();
+    for entry in registry.iter_mut() {
+        if entry.device_type != DeviceType::Net {
+            continue;
+        }
+        let location = entry.location;
+        let interrupt = entry.interrupt;
+        let Some(live) = entry.claim(DRIVER_NAME) else {
+            continue;
+        };
+        let LiveDevice {
+            transport,
+            queues: generic_queues,
+            ..
+        } = live;
+        let kind = transport.kind();
+        let result = NetDevice::with_options(transport, options);
+        // The device was reset by the driver: the generic rings are unused now.
+        drop(generic_queues);
+        let mut device = match result {
+            Ok(device) => device,
+            Err(error) => {
+                crate::println!("virtio: net at {location} FAILED: virtio-net driver: {error}");
+                entry.state = DeviceState::Failed {
+                    transport: None,
+                    error: alloc::format!("virtio-net driver: {error}"),
+                };
+                continue;
+            }
+        };
+        let name = format!("net{}", nics.len());
+        let features = device.features();
+        let ring = if features & drivers::features::RING_PACKED != 0 {
+            "packed"
+        } else {
+            "split"
+        };
+        crate::println!(
+            "{name}: virtio-net at {location} transport={kind} ring={ring} queues={} mac={} features={}",
+            2 + u8::from(device.ctrl().is_some()),
+            device.mac(),
+            FeatureList {
+                device_type: DeviceType::Net,
+                bits: features,
+            }
+        );
+        log::info!(
+            "{name}: mtu {}, link {}, {}-byte header, rx {} descriptors with {} buffers of {} bytes, tx {} descriptors",
+            device.mtu(),
+            if device.link_up() { "up" } else { "down" },
+            device.header_len(),
+            device.rx().size(),
+            device.rx().buffer_count(),
+            device.rx().buffer_len(),
+            device.tx().size(),
+        );
+        nics.push(Nic {
+            name,
+            location,
+            interrupt,
+            device,
+            counters: BridgeCounters::default(),
+            stack: None,
+            last_config_check_ns: 0,
+        });
+    }
+}
+
+/// What the registry says owns the network devices.
+pub const DRIVER_NAME: &str = "virtio-net";
+
+impl Nic {
+    /// Publishes what the queues gathered and notifies where needed.
+    pub fn flush(&mut self) -> usize {
+        self.device.flush()
+    }
+
+    /// The bridge to smoltcp for this card.
+    pub fn phy(&mut self) -> Phy<'_> {
+        Phy::new(&mut self.device, &mut self.counters)
+    }
+
+    /// The card's interrupt slot, if `virtio::irq` wired one.
+    fn irq(&self) -> Option<crate::virtio::irq::DeviceIrq> {
+        crate::virtio::irq::of(self.location)
+    }
+
+    /// `true` if the card wakes the CPU when packets arrive (MSI-X or a
+    /// line); `false` if it must be polled.
+    pub fn interrupt_driven(&self) -> bool {
+        self.irq().is_some_and(|irq| !irq.state().is_polled())
+    }
+
+    /// Looks for a configuration change: the interrupt handler's flag on an
+    /// interrupt-driven card; on a polled one, the interrupt status register
+    /// itself, at most every [`CONFIG_POLL_NS`].
+    pub fn check_config(&mut self) {
+        match self.irq() {
+            Some(irq) if !irq.state().is_polled() => {
+                if irq.state().take_config_change() {
+                    self.config_changed();
+                }
+            }
+            _ => {
+                let now = crate::clock::uptime_ns();
+                if now.saturating_sub(self.last_config_check_ns) < CONFIG_POLL_NS {
+                    return;
+                }
+                self.last_config_check_ns = now;
+                match self.device.handle_interrupt() {
+                    Ok(status) if status.contains(InterruptStatus::CONFIG) => {
+                        self.counters.config_events += 1;
+                        log::info!(
+                            "{}: configuration changed: link {}",
+                            self.name,
+                            if self.device.link_up() { "up" } else { "down" }
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => log::warn!("{}: configuration change: {error}", self.name),
+                }
+            }
+        }
+    }
+
+    /// A [`Wait`] for the control queue. QEMU answers a control command
+    /// while it handles the notification, so the answer is normally there
+    /// before the first wait; a bounded spin is all it takes, and it does
+    /// not depend on the control queue having an interrupt route (the
+    /// generic bring-up that `virtio::irq` wired had no control queue).
+    pub fn ctrl_wait(&self, timeout_ns: u64) -> SpinWait {
+        SpinWait::new(timeout_ns)
+    }
+
+    /// After a broken ring: reset the device and bring it back.
+    pub fn recover(&mut self, why: NetError) {
+        log::warn!("{}: {why}; resetting the device", self.name);
+        self.counters.recoveries += 1;
+        if let Err(error) = self.device.recover() {
+            log::error!("{}: recovery failed: {error}", self.name);
+        }
+    }
+
+    /// Handles a configuration change (link status): logs a new link state.
+    pub fn config_changed(&mut self) {
+        self.counters.config_events += 1;
+        match self.device.handle_config_change() {
+            Ok(Some(up)) => log::info!(
+                "{}: link {}",
+                self.name,
+                if up { "up" } else { "down" }
+            ),
+            Ok(None) => {}
+            Err(error) => log::warn!("{}: configuration change: {error}", self.name),
+        }
+    }
+}
+
+/// smoltcp's view of one card (see the module docs).
+pub struct Phy<'a> {
+    device: &'a mut KernelNetDevice,
+    counters: &'a mut BridgeCounters,
+    /// A ring broke while smoltcp polled: the caller recovers afterwards.
+    pub broken: Option<NetError>,
+}
+
+impl<'a> Phy<'a> {
+    /// The bridge for `device`, counting into `counters`.
+    pub fn new(device: &'a mut KernelNetDevice, counters: &'a mut BridgeCounters) -> Self {
+        Phy {
+            device,
+            counters,
+            broken: None,
+        }
+    }
+
+    /// The MTU smoltcp must respect: the whole Ethernet frame.
+    fn max_frame(&self) -> usize {
+        self.device.max_frame()
+    }
+}
+
+impl phy::Device for Phy<'_> {
+    type RxToken<'a>
+        = RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let (rx, tx) = self.device.queues();
+        // smoltcp may answer from inside the receive token: only hand out a
+        // packet when there is room to answer it, and leave it in the ring
+        // otherwise (the next poll gets it).
+        if !tx.can_send() {
+            return None;
+        }
+        match rx.receive() {
+            Ok(Some(packet)) => Some((
+                RxToken { packet },
+                TxToken {
+                    tx,
+                    dropped: &mut self.counters.tx_dropped,
+                },
+            )),
+            Ok(None) => None,
+            Err(error) => {
+                self.broken = Some(error);
+                None
+            }
+        }
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        let tx = self.device.tx();
+        if !tx.can_send() {
+            return None;
+        }
+        Some(TxToken {
+            tx,
+            dropped: &mut self.counters.tx_dropped,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.max_frame();
+        // No checksum offload was negotiated: smoltcp computes and checks
+        // every checksum itself (the default capabilities say so).
+        caps
+    }
+}
+
+/// A received frame, still in the device's DMA buffer.
+pub struct RxToken<'a> {
+    packet: RxPacket<'a, KernelHal>,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        // The frame is read in place; dropping `self.packet` at the end of
+        // this function reposts its buffer.
+        f(self.packet.data())
+    }
+}
+
+/// Room for one frame in the transmit queue.
+pub struct TxToken<'a> {
+    tx: &'a mut TxQueue<KernelHal>,
+    dropped: &'a mut u64,
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        match self.tx.reserve(len) {
+            Ok(mut slot) => {
+                let result = f(slot.buffer());
+                if slot.send().is_err() {
+                    *self.dropped += 1;
+                }
+                result
+            }
+            Err(_) => {
+                // Room was checked when the token was made, so only a frame
+                // longer than the MTU smoltcp was given gets here. smoltcp
+                // still wants its closure run: build the frame aside, drop it.
+                *self.dropped += 1;
+                let mut aside = vec![0u8; len];
+                f(&mut aside)
+            }
+        }
+    }
+}
+
+/// How often a polled card's interrupt status is read for configuration changes.
+const CONFIG_POLL_NS: u64 = 100_000_000;
+
+/// A [`Wait`] that spins until a deadline (for a card without an interrupt slot).
+pub struct SpinWait {
+    deadline_ns: u64,
+    waits: u64,
+}
+
+impl SpinWait {
+    /// Gives up `timeout_ns` from now.
+    pub fn new(timeout_ns: u64) -> Self {
+        SpinWait {
+            deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
+            waits: 0,
+        }
+    }
+}
+
+impl Wait for SpinWait {
+    fn wait(&mut self) -> Result<(), WaitTimeout> {
+        if crate::clock::uptime_ns() >= self.deadline_ns {
+            return Err(WaitTimeout { waits: self.waits });
+        }
+        self.waits += 1;
+        core::hint::spin_loop();
+        Ok(())
+    }
+}
+
+/// Counts the cards the registry gave this driver, for the self-tests.
+pub fn count() -> usize {
+    NICS.lock().len()
+}

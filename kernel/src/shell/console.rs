@@ -1,0 +1,306 @@
+//! The kernel's virtio console: the device the shell talks through, and the
+//! panic path's last resort (virtio 1.2 §5.3).
+//!
+//! ## Bring-up
+//!
+//! [`virtio::probe`](crate::virtio::probe) brings every device up
+//! generically (port 0's two queues, no console features) and wires its
+//! interrupts. [`init`] then *claims* the first live console from the
+//! registry ([`crate::virtio::VirtioDevice::claim`]) and hands its transport
+//! to [`drivers::console::ConsoleDevice`], which resets the device and
+//! brings it up again with MULTIPORT, EMERG_WRITE and SIZE where offered
+//! (and the multiport handshake). Only then are the generic queues dropped:
+//! the device no longer uses their memory. The interrupt route stays with
+//! the device's location, so [`waiter`] halts until the console interrupts.
+//!
+//! ## Sharing
+//!
+//! The driver lives in [`CONSOLE`]. The shell takes the lock for each
+//! operation, and keeps it while the driver waits for the device (nothing
+//! else needs the console meanwhile). Interrupt handlers never take it. The
+//! panic handler ([`emergency_write`]) may find it held by the code that
+//! panicked: it then breaks the lock, which is sound only because the
+//! kernel runs on one CPU, interrupts are off by then, and the holder will
+//! never run again; and EMERG_WRITE touches nothing but one configuration
+//! register.
+//!
+//! Command line: `console.ports=N` caps the ports the driver sets queues
+//! up for (default 16); `virtio.ring=split|packed|auto` chooses the ring.
+
+use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
+
+use drivers::console::{ConsoleDevice, ConsoleError, ConsoleOptions};
+use drivers::device::{Wait, WaitTimeout};
+use drivers::features::{self, RingPreference};
+use drivers::irq::QueueSet;
+use drivers::transport::{DeviceType, Location, Transport};
+use spin::{Mutex, MutexGuard};
+
+use crate::hal_impl::KernelHal;
+use crate::virtio::{self, KernelTransport};
+
+/// The console driver on the kernel's Hal and transport.
+pub type KernelConsole = ConsoleDevice<KernelHal, KernelTransport>;
+
+/// The console the shell uses.
+pub struct Console {
+    /// Where the device is.
+    pub location: Location,
+    /// The driver.
+    pub device: KernelConsole,
+}
+
+/// The claimed console, if any.
+static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
+
+/// Default for `console.ports=`.
+const DEFAULT_MAX_PORTS: u32 = 16;
+
+/// The console, locked (`None` inside if there is none).
+pub fn lock() -> MutexGuard<'static, Option<Console>> {
+    CONSOLE.lock()
+}
+
+/// Driver options from the command line (see the module docs).
+pub fn options_from_cmdline() -> ConsoleOptions {
+    let mut options = ConsoleOptions::default();
+    if let Some(ports) = crate::cmdline::get("console.ports").and_then(|v| v.parse::<u32>().ok()) {
+        options.max_ports = ports.clamp(1, 31);
+    } else {
+        options.max_ports = DEFAULT_MAX_PORTS;
+    }
+    let ring = crate::cmdline::get("virtio.ring")
+        .and_then(RingPreference::parse)
+        .unwrap_or_default();
+    options.ring_features = ring.ring_features() & !features::RING_INDIRECT_DESC;
+    options
+}
+
+/// Claims the first live console and brings the console driver up on it.
+/// Returns `true` if a console is ready for the shell. Logs why not
+/// otherwise; never panics on what the device does.
+pub fn init() -> bool {
+    if lock().is_some() {
+        return true;
+    }
+    let claimed = {
+        let mut devices = virtio::devices();
+        devices
+            .iter_mut()
+            .filter(|d| d.device_type == DeviceType::Console)
+            .find_map(|d| d.claim("console").map(|live| (d.location, live)))
+    };
+    let Some((location, live)) = claimed else {
+        log::info!("console: no live virtio console to claim");
+        return false;
+    };
+    let generic_queues = live.queues;
+    // The driver resets the device first thing, so after this the device
+    // no longer touches the generic queues' memory and they may go.
+    let result = ConsoleDevice::with_options(live.transport, options_from_cmdline());
+    drop(generic_queues);
+    match result {
+        Ok(device) => {
+            log::info!(
+                "console: {} at {location}: {}, {} port(s) now: {}",
+                device.transport().kind(),
+                device.config(),
+                device.ports().count(),
+                PortList(&device)
+            );
+            *lock() = Some(Console { location, device });
+            true
+        }
+        Err(error) => {
+            log::error!("console: {location}: driver bring-up failed: {error}");
+            false
+        }
+    }
+}
+
+/// Ports as `0 (console), 1 "org.test.one"`.
+struct PortList<'a>(&'a KernelConsole);
+
+impl fmt::Display for PortList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, port) in self.0.ports().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", port.id)?;
+            if port.console {
+                f.write_str(" (console)")?;
+            }
+            if let Some(name) = port.name {
+                write!(f, " {name:?}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the shell waits for the console: halting until its interrupt (with
+/// the interrupt code's watchdog), or spinning when it is polled.
+pub enum ConsoleWait {
+    /// Interrupt-driven (or polled through the same type).
+    Irq(virtio::irq::KernelWait),
+    /// No interrupt slot at all: spin until a deadline.
+    Spin {
+        /// When to give up.
+        deadline_ns: u64,
+        /// Waits so far.
+        waits: u64,
+    },
+}
+
+impl Wait for ConsoleWait {
+    fn wait(&mut self) -> Result<(), WaitTimeout> {
+        match self {
+            ConsoleWait::Irq(wait) => wait.wait(),
+            ConsoleWait::Spin { deadline_ns, waits } => {
+                if crate::clock::uptime_ns() >= *deadline_ns {
+                    return Err(WaitTimeout { waits: *waits });
+                }
+                *waits += 1;
+                for _ in 0..1000 {
+                    core::hint::spin_loop();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn sleeps_until_interrupt(&self) -> bool {
+        match self {
+            ConsoleWait::Irq(wait) => wait.sleeps_until_interrupt(),
+            ConsoleWait::Spin { .. } => false,
+        }
+    }
+}
+
+/// A wait on the console at `location` that gives up after `timeout_ns`.
+pub fn waiter(location: Location, timeout_ns: u64) -> ConsoleWait {
+    match virtio::irq::of(location) {
+        // Every queue: the interrupt code marks the queues it knew at
+        // probe time; any of them pending is a reason to look again.
+        Some(irq) => ConsoleWait::Irq(irq.wait(QueueSet::from_bits(u64::MAX), timeout_ns)),
+        None => ConsoleWait::Spin {
+            deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
+            waits: 0,
+        },
+    }
+}
+
+/// Writes all of `bytes` to port `port`, waiting up to `timeout_ns` for
+/// room (the driver's [`ConsoleDevice::write_all`], which turns transmit
+/// interrupts on only while it waits). A timeout says how much went.
+pub fn write_all(port: u32, bytes: &[u8], timeout_ns: u64) -> Result<(), ConsoleError> {
+    let mut guard = lock();
+    let Some(console) = guard.as_mut() else {
+        return Err(ConsoleError::DeviceFailed);
+    };
+    let mut wait = waiter(console.location, timeout_ns);
+    console.device.write_all(port, bytes, &mut wait)
+}
+
+/// The panic path: writes `message` to the console through EMERG_WRITE if
+/// a console with that feature is up. Allocates nothing. See the module
+/// docs for why breaking the lock is sound here.
+pub fn emergency_write(message: &[u8]) {
+    let guard = match CONSOLE.try_lock() {
+        Some(guard) => guard,
+        None => {
+            // SAFETY: one CPU, interrupts off, and the holder (the code
+            // that panicked) never resumes: nobody else uses the console
+            // any more. EMERG_WRITE only writes one configuration field.
+            unsafe { CONSOLE.force_unlock() };
+            match CONSOLE.try_lock() {
+                Some(guard) => guard,
+                None => return,
+            }
+        }
+    };
+    let mut guard = guard;
+    if let Some(console) = guard.as_mut() {
+        let _ = console.device.emergency_write(message);
+    }
+}
+
+/// A fixed buffer for formatting the panic message without allocating.
+pub struct StackBuffer<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackBuffer<N> {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        Self {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    /// What was written (cut at `N` bytes).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl<const N: usize> Default for StackBuffer<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> fmt::Write for StackBuffer<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == N {
+                break;
+            }
+            // Terminals want CR LF.
+            if b == b'\n' && self.len + 1 < N {
+                self.bytes[self.len] = b'\r';
+                self.len += 1;
+            }
+            self.bytes[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Formats `args` into a stack buffer and emergency-writes it.
+pub fn emergency_print(args: fmt::Arguments<'_>) {
+    let mut buffer = StackBuffer::<512>::new();
+    let _ = buffer.write_fmt(args);
+    emergency_write(buffer.as_bytes());
+}
+
+/// Bytes as text for the shell: printable ASCII as is, the rest escaped.
+pub fn escaped(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => {}
+            0x20..=0x7e | b'\t' => out.push(b),
+            _ => {
+                let _ = write!(Hex(&mut out), "\\x{b:02x}");
+            }
+        }
+    }
+    out
+}
+
+/// `fmt::Write` into a byte vector.
+pub struct Hex<'a>(pub &'a mut Vec<u8>);
+
+impl fmt::Write for Hex<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}

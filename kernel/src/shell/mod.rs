@@ -1,0 +1,909 @@
+//! # The interactive shell on the virtio console
+//!
+//! When the kernel is not in `mode=selftest` and a virtio console came up,
+//! `main` hands the CPU to [`run`] instead of idling. The shell reads the
+//! console's port (the first console port the device announced, port 0
+//! without MULTIPORT), edits lines as a terminal user expects ([`line`]),
+//! and runs commands that show the system:
+//!
+//! | command                        | what it shows or does                                     |
+//! |--------------------------------|-----------------------------------------------------------|
+//! | `help`                         | this list                                                 |
+//! | `devices`                      | every virtio device: location, transport, ring, negotiated features, per-queue counters |
+//! | `disks`                        | block devices (see "Placeholders")                        |
+//! | `blk read <disk> <lba> [n]`    | a hex dump of `n` sectors (see "Placeholders")            |
+//! | `net`, `ping <ip>`             | the network card and an ICMP echo (see "Placeholders")    |
+//! | `ports`                        | console ports: names, console or not, host/guest open, counters |
+//! | `write <port> <text>`          | sends the text and a newline on a named port (or by number) |
+//! | `read <port>`                  | shows what arrived on a port (waits up to 2 s for the first byte) |
+//! | `send <port> <n> [seed]`       | sends `n` pattern bytes (for throughput and integrity tests) |
+//! | `recv <port> <n>`              | reads `n` bytes and prints their FNV-1a 64 hash           |
+//! | `log <level>`                  | sets the log level (`off`, `error` ... `trace`)           |
+//! | `uptime`                       | time since boot                                           |
+//! | `poweroff`                     | leaves QEMU (isa-debug-exit, status 41)                   |
+//! | `panic <text>`                 | a deliberate panic, to show the panic path                |
+//!
+//! The kernel log keeps going to the serial port from the first line on;
+//! the console carries only the shell. A panic's report goes to the serial
+//! port and, through VIRTIO_CONSOLE_F_EMERG_WRITE, to the console as well
+//! ([`console::emergency_write`]), so the person at the shell sees it.
+//!
+//! The pattern `send` writes and the host checks is byte `i` =
+//! `(i * 131 + seed + (i >> 8)) mod 256` ([`pattern_byte`]).
+//!
+//! ## Placeholders
+//!
+//! `disks` and `blk read` need the block driver in the kernel. Until it is
+//! wired in, they list what the registry knows about block devices and say
+//! that no driver drives them. `net` and `ping` use the network driver and
+//! smoltcp (`crate::net`); the shell owns the CPU loop, so it runs a
+//! network round ([`crate::net::poll`]) whenever it idles.
+
+pub mod console;
+pub mod line;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
+
+use drivers::console::{ConsoleError, QueueRole};
+use drivers::features;
+use drivers::transport::{DeviceType, Transport};
+
+use crate::selftest_api::SelfTest;
+use crate::virtio::{self, DeviceState, FeatureList};
+use line::{Action, LineEditor};
+
+/// The prompt.
+pub const PROMPT: &str = "kernel> ";
+
+/// Value written to isa-debug-exit by `poweroff` (QEMU status 41).
+pub const EXIT_POWEROFF: u32 = 0x14;
+
+/// How long shell output may wait for room in the transmit queue.
+const OUTPUT_TIMEOUT_NS: u64 = 5_000_000_000;
+/// How long `read` waits for the first byte.
+const READ_TIMEOUT_NS: u64 = 2_000_000_000;
+/// How long `send`/`recv` wait without progress before giving up.
+const STREAM_TIMEOUT_NS: u64 = 10_000_000_000;
+/// How much `send` hands the driver at a time.
+const SEND_CHUNK: usize = 64 * 1024;
+
+/// Output of one command: text with `\n` turned into CR LF for the terminal.
+#[derive(Default)]
+pub struct Output {
+    bytes: Vec<u8>,
+}
+
+impl Output {
+    /// Raw bytes (already terminal-ready).
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+}
+
+impl fmt::Write for Output {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if b == b'\n' {
+                self.bytes.push(b'\r');
+            }
+            self.bytes.push(b);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the shell on the claimed console for good. Returns only if there
+/// is no console (the caller then idles).
+pub fn run() {
+    let Some((location, port)) = wait_for_console_port() else {
+        log::warn!("shell: no console port appeared; not starting the shell");
+        return;
+    };
+    crate::println!("shell: ready on virtio console port {port} at {location}");
+    let mut out = Output::default();
+    let _ = write!(
+        out,
+        "\nteaching kernel shell on the virtio console (port {port}). Type `help`.\n{PROMPT}"
+    );
+    flush(port, &mut out);
+    let mut editor = LineEditor::new();
+    let mut input = vec![0u8; 256];
+    loop {
+        let received = {
+            let mut guard = console::lock();
+            let Some(c) = guard.as_mut() else { return };
+            if let Err(error) = c.device.poll() {
+                log::error!("shell: console: {error}");
+            }
+            while let Some(event) = c.device.next_event() {
+                log::info!("console: {event}");
+            }
+            c.device.read(port, &mut input).unwrap_or(0)
+        };
+        if received == 0 {
+            idle(location);
+            continue;
+        }
+        let mut echo = Vec::new();
+        for &byte in &input[..received] {
+            match editor.feed(byte, &mut echo) {
+                Action::Editing => {}
+                Action::Cancel => {
+                    out.raw(&echo);
+                    echo.clear();
+                    let _ = write!(out, "{PROMPT}");
+                }
+                Action::Submit(line) => {
+                    out.raw(&echo);
+                    echo.clear();
+                    flush(port, &mut out);
+                    execute(line.trim(), &mut out);
+                    let _ = write!(out, "{PROMPT}");
+                }
+            }
+        }
+        out.raw(&echo);
+        flush(port, &mut out);
+    }
+}
+
+/// The console's location and shell port, once the device has announced one.
+fn wait_for_console_port() -> Option<(drivers::transport::Location, u32)> {
+    let deadline = crate::clock::uptime_ns().saturating_add(2_000_000_000);
+    loop {
+        let location = {
+            let mut guard = console::lock();
+            let c = guard.as_mut()?;
+            let _ = c.device.poll();
+            if let Some(port) = c.device.console_port() {
+                return Some((c.location, port));
+            }
+            c.location
+        };
+        if crate::clock::uptime_ns() >= deadline {
+            return None;
+        }
+        idle(location);
+    }
+}
+
+/// Services the network, then sleeps until the console interrupts (or the
+/// interrupt code's 10 ms watchdog, or any other interrupt, ends the halt).
+fn idle(location: drivers::transport::Location) {
+    use drivers::device::Wait;
+    crate::net::poll();
+    let mut wait = console::waiter(location, 1_000_000_000);
+    let pending = console::lock()
+        .as_mut()
+        .is_some_and(|c| c.device.enable_interrupts());
+    if !pending {
+        let _ = wait.wait();
+    }
+}
+
+/// Sends what a command printed.
+fn flush(port: u32, out: &mut Output) {
+    if out.bytes.is_empty() {
+        return;
+    }
+    if let Err(error) = console::write_all(port, &out.bytes, OUTPUT_TIMEOUT_NS) {
+        log::warn!("shell: output lost: {error}");
+    }
+    out.bytes.clear();
+}
+
+/// Runs one command line.
+pub fn execute(line: &str, out: &mut Output) {
+    let mut words = line.split_whitespace();
+    let Some(command) = words.next() else { return };
+    let args: Vec<&str> = words.collect();
+    let result = match command {
+        "help" => help(out),
+        "devices" => devices(out),
+        "disks" => disks(out),
+        "blk" => blk(&args, out),
+        "net" => net(out),
+        "ping" => ping(&args, out),
+        "ports" => ports(out),
+        "write" => write_port(line, &args, out),
+        "read" => read_port(&args, out),
+        "send" => send(&args, out),
+        "recv" => recv(&args, out),
+        "log" => set_log(&args, out),
+        "uptime" => uptime(out),
+        "poweroff" => poweroff(out),
+        "panic" => deliberate_panic(line),
+        other => Err(format!("unknown command `{other}`; try `help`")),
+    };
+    if let Err(message) = result {
+        let _ = writeln!(out, "error: {message}");
+    }
+}
+
+type CommandResult = Result<(), String>;
+
+fn help(out: &mut Output) -> CommandResult {
+    let _ = write!(
+        out,
+        "commands:\n\
+         \x20 help                      this list\n\
+         \x20 devices                   virtio devices: location, transport, ring, features, queue counters\n\
+         \x20 disks                     block devices\n\
+         \x20 blk read <disk> <lba> [n] hex dump of n sectors (default 1)\n\
+         \x20 net                       network card: address, MAC, link\n\
+         \x20 ping <ip>                 ICMP echo\n\
+         \x20 ports                     console ports and their state\n\
+         \x20 write <port> <text>       send a line on a port (name or number)\n\
+         \x20 read <port>               show what arrived on a port\n\
+         \x20 send <port> <n> [seed]    send n pattern bytes on a port\n\
+         \x20 recv <port> <n>           receive n bytes, print their FNV-1a 64 hash\n\
+         \x20 log <level>               off|error|warn|info|debug|trace\n\
+         \x20 uptime                    time since boot\n\
+         \x20 poweroff                  leave QEMU\n\
+         \x20 panic <text>              a deliberate panic (shows the panic path)\n\
+         editing: Backspace, Ctrl-U (erase line), Ctrl-C (abandon line)\n"
+    );
+    Ok(())
+}
+
+fn counters_line(out: &mut Output, index: u16, role: &str, size: u16, c: &drivers::queue::QueueCounters) {
+    let _ = writeln!(
+        out,
+        "    queue {index:>2} {role:<11} size {size:>4}: added {}, notifications {} (suppressed {}), completions {}, device errors {}",
+        c.added, c.notifications, c.notifications_suppressed, c.completions, c.device_errors
+    );
+}
+
+fn ring_name(features: u64) -> &'static str {
+    if features & features::RING_PACKED != 0 {
+        "packed"
+    } else {
+        "split"
+    }
+}
+
+fn devices(out: &mut Output) -> CommandResult {
+    // The registry first (its lock is released before the console's is taken).
+    let mut claimed_console = None;
+    {
+        let mut registry = virtio::devices();
+        if registry.is_empty() {
+            let _ = writeln!(out, "no virtio devices");
+        }
+        for device in registry.iter_mut() {
+            let name = virtio::type_name(device.device_type);
+            let irq = virtio::irq::of(device.location).map_or("none", |i| i.mode_name());
+            match &mut device.state {
+                DeviceState::Live(live) => {
+                    let _ = writeln!(
+                        out,
+                        "{name} at {}: transport={} ring={} irq={irq} features={}\n  driver: none (generic bring-up)",
+                        device.location,
+                        live.transport.kind(),
+                        ring_name(live.features),
+                        FeatureList {
+                            device_type: device.device_type,
+                            bits: live.features
+                        }
+                    );
+                    for queue in &live.queues {
+                        counters_line(out, queue.index(), "", queue.size(), &queue.counters());
+                    }
+                }
+                DeviceState::Failed { error, .. } => {
+                    let _ = writeln!(out, "{name} at {}: FAILED: {error}", device.location);
+                }
+                DeviceState::Claimed { driver } => {
+                    if device.device_type == DeviceType::Console && *driver == "console" {
+                        claimed_console = Some((device.location, irq));
+                    } else {
+                        let _ = writeln!(
+                            out,
+                            "{name} at {}: transport={} irq={irq}\n  driver: {driver}",
+                            device.location,
+                            device.transport_kind.map_or("?", |k| k.name())
+                        );
+                    }
+                }
+                #[allow(unreachable_patterns)]
+                _ => {
+                    let _ = writeln!(out, "{name} at {}: driven by another driver", device.location);
+                }
+            }
+        }
+    }
+    if let Some((location, irq)) = claimed_console {
+        let guard = console::lock();
+        if let Some(c) = guard.as_ref().filter(|c| c.location == location) {
+            let d = &c.device;
+            let _ = writeln!(
+                out,
+                "console at {location}: transport={} ring={} irq={irq} features={}\n  driver: console ({}, {} port(s) up)",
+                d.transport().kind(),
+                ring_name(d.features()),
+                FeatureList {
+                    device_type: DeviceType::Console,
+                    bits: d.features()
+                },
+                d.config(),
+                d.ports().count()
+            );
+            // Queues of ports that exist now, the control queues, and a
+            // count of the rest (set up for ports the device may add later).
+            let mut idle = 0;
+            for q in d.queues() {
+                let role = match q.role {
+                    QueueRole::Receive(p) | QueueRole::Transmit(p) if d.port(p).is_none() => {
+                        idle += 1;
+                        continue;
+                    }
+                    QueueRole::Receive(p) => format!("port{p}-rx"),
+                    QueueRole::Transmit(p) => format!("port{p}-tx"),
+                    QueueRole::ControlReceive => "control-rx".to_string(),
+                    QueueRole::ControlTransmit => "control-tx".to_string(),
+                };
+                counters_line(out, q.index, &role, q.size, &q.counters);
+            }
+            if idle > 0 {
+                let _ = writeln!(out, "    ({idle} more queues, set up for ports the device has not added)");
+            }
+            let s = d.stats();
+            let _ = writeln!(
+                out,
+                "    control messages: {} received, {} sent, {} refused; used-ring entries refused: {}",
+                s.control_received, s.control_sent, s.control_errors, s.queue_errors
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Lists the devices of `device_type` the registry knows, for the placeholders.
+fn registry_devices(device_type: DeviceType, out: &mut Output) -> usize {
+    let registry = virtio::devices();
+    let mut count = 0;
+    for device in registry.iter().filter(|d| d.device_type == device_type) {
+        count += 1;
+        let state = match &device.state {
+            DeviceState::Live(_) => "live, generic bring-up",
+            DeviceState::Failed { .. } => "FAILED",
+            DeviceState::Claimed { .. } => "claimed by a driver",
+            #[allow(unreachable_patterns)]
+            _ => "driven",
+        };
+        let _ = writeln!(
+            out,
+            "  {} at {} ({}): {state}",
+            virtio::type_name(device.device_type),
+            device.location,
+            device.transport_kind.map_or("?", |k| k.name())
+        );
+    }
+    count
+}
+
+fn disks(out: &mut Output) -> CommandResult {
+    let _ = writeln!(out, "block devices found:");
+    if registry_devices(DeviceType::Block, out) == 0 {
+        let _ = writeln!(out, "  none");
+    }
+    Err("no block driver in this kernel yet: serials and capacities need it".into())
+}
+
+fn blk(args: &[&str], out: &mut Output) -> CommandResult {
+    match args {
+        ["read", _disk, _lba] | ["read", _disk, _lba, _] => {
+            let _ = out;
+            Err("no block driver in this kernel yet: cannot read sectors".into())
+        }
+        _ => Err("usage: blk read <disk> <lba> [count]".into()),
+    }
+}
+
+fn net(out: &mut Output) -> CommandResult {
+    let nics = crate::net::nic::nics();
+    if nics.is_empty() {
+        let _ = writeln!(out, "network devices found:");
+        drop(nics);
+        if registry_devices(DeviceType::Net, out) == 0 {
+            let _ = writeln!(out, "  none");
+        }
+        return Err("no network card is driven by the network driver".into());
+    }
+    for nic in nics.iter() {
+        let lease = nic.stack.as_ref().and_then(|s| s.lease.as_ref());
+        let _ = writeln!(
+            out,
+            "{}: {} mac {} mtu {} link {}",
+            nic.name,
+            nic.location,
+            nic.device.mac(),
+            nic.device.mtu(),
+            if nic.device.link_up() { "up" } else { "down" }
+        );
+        match lease {
+            Some(lease) => {
+                let _ = write!(out, "  address {}", lease.address);
+                if let Some(gateway) = lease.gateway {
+                    let _ = write!(out, " gateway {gateway}");
+                }
+                let _ = writeln!(out);
+            }
+            None => {
+                let _ = writeln!(out, "  address none (no DHCP lease yet)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ping(args: &[&str], out: &mut Output) -> CommandResult {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::socket::icmp;
+    use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, Ipv4Address};
+
+    let [target] = args else {
+        return Err("usage: ping <ip>".into());
+    };
+    let target: Ipv4Address = target
+        .parse()
+        .map_err(|_| format!("`{target}` is not an IPv4 address"))?;
+    let ident = 0x5e11;
+    let payload: Vec<u8> = (0..32u8).map(|i| i ^ 0xa5).collect();
+    let caps = ChecksumCapabilities::default();
+    // The ICMP socket goes on the first card with an interface.
+    let (index, handle) = {
+        let mut nics = crate::net::nic::nics();
+        let Some((index, stack)) = nics
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, n)| n.stack.as_mut().map(|s| (i, s)))
+        else {
+            return Err("no network card with an interface (no network driver?)".into());
+        };
+        if stack.lease.is_none() {
+            return Err("no address yet (DHCP has not answered)".into());
+        }
+        let socket = icmp::Socket::new(
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 512]),
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 512]),
+        );
+        let handle = stack.sockets.add(socket);
+        stack
+            .sockets
+            .get_mut::<icmp::Socket>(handle)
+            .bind(icmp::Endpoint::Ident(ident))
+            .map_err(|e| format!("bind: {e:?}"))?;
+        (index, handle)
+    };
+    let with_socket = |f: &mut dyn FnMut(&mut icmp::Socket<'static>) -> CommandResult| {
+        let mut nics = crate::net::nic::nics();
+        let stack = nics
+            .get_mut(index)
+            .and_then(|n| n.stack.as_mut())
+            .ok_or("the card lost its interface")?;
+        f(stack.sockets.get_mut::<icmp::Socket>(handle))
+    };
+    let mut replies = 0;
+    for seq_no in 1..=3u16 {
+        let sent_ns = crate::clock::uptime_ns();
+        with_socket(&mut |socket| {
+            let repr = Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data: &payload,
+            };
+            let buffer = socket
+                .send(repr.buffer_len(), IpAddress::Ipv4(target))
+                .map_err(|e| format!("send: {e:?}"))?;
+            repr.emit(&mut Icmpv4Packet::new_unchecked(buffer), &caps);
+            Ok(())
+        })?;
+        let deadline = sent_ns.saturating_add(1_000_000_000);
+        let mut answered = false;
+        while !answered && crate::clock::uptime_ns() < deadline {
+            crate::net::poll();
+            with_socket(&mut |socket| {
+                while socket.can_recv() {
+                    let (bytes, from) = socket.recv().map_err(|e| format!("recv: {e:?}"))?;
+                    let Ok(packet) = Icmpv4Packet::new_checked(bytes) else {
+                        continue;
+                    };
+                    if let Ok(Icmpv4Repr::EchoReply {
+                        ident: i,
+                        seq_no: s,
+                        data,
+                    }) = Icmpv4Repr::parse(&packet, &caps)
+                    {
+                        if i == ident && s == seq_no && from == IpAddress::Ipv4(target) && data == payload.as_slice() {
+                            answered = true;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            if !answered {
+                for _ in 0..10_000 {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+        if answered {
+            replies += 1;
+            let us = crate::clock::uptime_ns().saturating_sub(sent_ns) / 1000;
+            let _ = writeln!(out, "reply from {target}: seq {seq_no} time {us} us");
+        } else {
+            let _ = writeln!(out, "no reply from {target}: seq {seq_no}");
+        }
+    }
+    if let Some(stack) = crate::net::nic::nics().get_mut(index).and_then(|n| n.stack.as_mut()) {
+        stack.sockets.remove(handle);
+    }
+    let _ = writeln!(out, "{target}: 3 sent, {replies} received");
+    Ok(())
+}
+
+fn ports(out: &mut Output) -> CommandResult {
+    let guard = console::lock();
+    let Some(c) = guard.as_ref() else {
+        return Err("no console".into());
+    };
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<24} {:<7} {:<6} {:<6} {:>10} {:>10} {:>7}",
+        "port", "name", "console", "host", "guest", "received", "sent", "unread"
+    );
+    for p in c.device.ports() {
+        let open = |b: bool| if b { "open" } else { "closed" };
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<24} {:<7} {:<6} {:<6} {:>10} {:>10} {:>7}",
+            p.id,
+            p.name.unwrap_or("-"),
+            if p.console { "yes" } else { "no" },
+            open(p.host_open),
+            open(p.guest_open),
+            p.stats.bytes_received,
+            p.stats.bytes_sent,
+            p.readable
+        );
+    }
+    Ok(())
+}
+
+/// A port by name or number.
+fn resolve_port(spec: &str) -> Result<u32, String> {
+    let guard = console::lock();
+    let c = guard.as_ref().ok_or("no console")?;
+    if let Some(id) = c.device.port_by_name(spec) {
+        return Ok(id);
+    }
+    match spec.parse::<u32>() {
+        Ok(id) if c.device.port(id).is_some() => Ok(id),
+        _ => Err(format!("no port `{spec}` (see `ports`)")),
+    }
+}
+
+fn console_error(error: ConsoleError) -> String {
+    error.to_string()
+}
+
+fn write_port(line: &str, args: &[&str], out: &mut Output) -> CommandResult {
+    let [spec, ..] = args else {
+        return Err("usage: write <port> <text>".into());
+    };
+    let port = resolve_port(spec)?;
+    // The text is everything after the port word, spaces kept.
+    let rest = line
+        .trim_start()
+        .strip_prefix("write")
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix(spec))
+        .map(|r| r.strip_prefix(' ').unwrap_or(r))
+        .unwrap_or("");
+    let mut bytes = Vec::with_capacity(rest.len() + 1);
+    bytes.extend_from_slice(rest.as_bytes());
+    bytes.push(b'\n');
+    console::write_all(port, &bytes, OUTPUT_TIMEOUT_NS).map_err(console_error)?;
+    let _ = writeln!(out, "wrote {} bytes to port {port}", bytes.len());
+    Ok(())
+}
+
+/// Polls the console and reads what is there on `port` into `buf`.
+fn read_some(port: u32, buf: &mut [u8]) -> Result<usize, String> {
+    let mut guard = console::lock();
+    let c = guard.as_mut().ok_or("no console")?;
+    c.device.poll().map_err(console_error)?;
+    c.device.read(port, buf).map_err(console_error)
+}
+
+fn location() -> Result<drivers::transport::Location, String> {
+    console::lock()
+        .as_ref()
+        .map(|c| c.location)
+        .ok_or_else(|| "no console".into())
+}
+
+fn read_port(args: &[&str], out: &mut Output) -> CommandResult {
+    let [spec] = args else {
+        return Err("usage: read <port>".into());
+    };
+    let port = resolve_port(spec)?;
+    let location = location()?;
+    let deadline = crate::clock::uptime_ns().saturating_add(READ_TIMEOUT_NS);
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = read_some(port, &mut buf)?;
+        data.extend_from_slice(&buf[..n]);
+        if n == 0 {
+            // Stop once something arrived and the line went quiet, or at the deadline.
+            if !data.is_empty() || crate::clock::uptime_ns() >= deadline {
+                break;
+            }
+            idle(location);
+        }
+    }
+    if data.is_empty() {
+        let _ = writeln!(out, "(nothing received on port {port})");
+    } else {
+        let _ = writeln!(out, "{} bytes from port {port}:", data.len());
+        out.raw(&console::escaped(&data));
+        if !data.ends_with(b"\n") {
+            let _ = writeln!(out);
+        }
+    }
+    Ok(())
+}
+
+/// Byte `i` of the pattern `send` writes (the host computes the same).
+pub fn pattern_byte(i: usize, seed: u8) -> u8 {
+    (i.wrapping_mul(131).wrapping_add(usize::from(seed)).wrapping_add(i >> 8)) as u8
+}
+
+/// FNV-1a, 64 bits.
+pub struct Fnv1a(u64);
+
+impl Fnv1a {
+    /// The offset basis.
+    pub const fn new() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Hashes `bytes` in.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// The hash so far.
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn parse_count(text: &str) -> Result<usize, String> {
+    let (digits, scale) = match text.as_bytes().last() {
+        Some(b'k' | b'K') => (&text[..text.len() - 1], 1024),
+        Some(b'm' | b'M') => (&text[..text.len() - 1], 1024 * 1024),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&n| n <= 1 << 30)
+        .ok_or_else(|| format!("`{text}` is not a byte count (up to 1G; k and M suffixes)"))
+}
+
+fn send(args: &[&str], out: &mut Output) -> CommandResult {
+    let (spec, count, seed) = match args {
+        [spec, count] => (spec, count, "0"),
+        [spec, count, seed] => (spec, count, *seed),
+        _ => return Err("usage: send <port> <count> [seed]".into()),
+    };
+    let port = resolve_port(spec)?;
+    let count = parse_count(count)?;
+    let seed = seed.parse::<u8>().map_err(|_| "seed must be 0-255")?;
+    let started = crate::clock::uptime_ns();
+    let mut chunk = Vec::with_capacity(SEND_CHUNK);
+    let mut sent = 0;
+    let mut hash = Fnv1a::new();
+    while sent < count {
+        let n = SEND_CHUNK.min(count - sent);
+        chunk.clear();
+        chunk.extend((sent..sent + n).map(|i| pattern_byte(i, seed)));
+        hash.update(&chunk);
+        console::write_all(port, &chunk, STREAM_TIMEOUT_NS)
+            .map_err(|e| format!("after {sent} bytes: {e}"))?;
+        sent += n;
+    }
+    let ns = crate::clock::uptime_ns().saturating_sub(started).max(1);
+    let _ = writeln!(
+        out,
+        "sent {sent} bytes to port {port} in {} us ({} KiB/s), fnv1a64={:#018x}",
+        ns / 1000,
+        (sent as u64).saturating_mul(1_000_000_000) / ns / 1024,
+        hash.value()
+    );
+    Ok(())
+}
+
+fn recv(args: &[&str], out: &mut Output) -> CommandResult {
+    let [spec, count] = args else {
+        return Err("usage: recv <port> <count>".into());
+    };
+    let port = resolve_port(spec)?;
+    let count = parse_count(count)?;
+    let location = location()?;
+    let started = crate::clock::uptime_ns();
+    let mut deadline = started.saturating_add(STREAM_TIMEOUT_NS);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut got = 0;
+    let mut hash = Fnv1a::new();
+    while got < count {
+        let want = buf.len().min(count - got);
+        let n = read_some(port, &mut buf[..want])?;
+        if n > 0 {
+            hash.update(&buf[..n]);
+            got += n;
+            deadline = crate::clock::uptime_ns().saturating_add(STREAM_TIMEOUT_NS);
+            continue;
+        }
+        if crate::clock::uptime_ns() >= deadline {
+            return Err(format!("only {got} of {count} bytes arrived on port {port}"));
+        }
+        idle(location);
+    }
+    let ns = crate::clock::uptime_ns().saturating_sub(started).max(1);
+    let _ = writeln!(
+        out,
+        "received {got} bytes from port {port} in {} us, fnv1a64={:#018x}",
+        ns / 1000,
+        hash.value()
+    );
+    Ok(())
+}
+
+fn set_log(args: &[&str], out: &mut Output) -> CommandResult {
+    let [level] = args else {
+        return Err("usage: log <off|error|warn|info|debug|trace>".into());
+    };
+    let filter = crate::logger::parse_level(level).ok_or_else(|| format!("unknown level `{level}`"))?;
+    log::set_max_level(filter);
+    let _ = writeln!(out, "log level is now {filter}");
+    Ok(())
+}
+
+fn uptime(out: &mut Output) -> CommandResult {
+    let ns = crate::clock::uptime_ns();
+    let _ = writeln!(out, "up {}.{:06} s", ns / 1_000_000_000, (ns % 1_000_000_000) / 1000);
+    Ok(())
+}
+
+fn poweroff(out: &mut Output) -> CommandResult {
+    let _ = writeln!(out, "powering off");
+    // (Not `if let` on the lock: its guard would live through the block.)
+    let port = console::lock()
+        .as_ref()
+        .and_then(|c| c.device.console_port());
+    if let Some(port) = port {
+        let bytes = core::mem::take(&mut out.bytes);
+        let _ = console::write_all(port, &bytes, OUTPUT_TIMEOUT_NS);
+        if let Some(c) = console::lock().as_mut() {
+            let _ = c.device.flush(port, &mut console::waiter(c.location, OUTPUT_TIMEOUT_NS));
+        }
+    }
+    crate::println!("shell: poweroff");
+    crate::exit::qemu_exit(EXIT_POWEROFF)
+}
+
+fn deliberate_panic(line: &str) -> CommandResult {
+    let text = line.trim_start().strip_prefix("panic").unwrap_or("").trim();
+    // Deliberate, like `fail=panic`: the user asked to see the panic path.
+    panic!("shell: deliberate panic: {text}");
+}
+
+// ------------------------------------------------------------- self-tests
+
+/// The shell's self-tests, and, if a console came up, one of the console
+/// driver on it (which claims the device: register it after the generic
+/// virtio tests, which use the generic queues).
+pub fn selftests() -> Vec<SelfTest> {
+    let mut tests = vec![
+        SelfTest {
+            name: "shell: line editing (backspace, Ctrl-U, Ctrl-C, CR LF, escapes)",
+            run: line::selftest,
+        },
+        SelfTest {
+            name: "shell: pattern and FNV-1a hash match their definitions",
+            run: test_pattern_and_hash,
+        },
+    ];
+    let console = virtio::devices()
+        .iter()
+        .any(|d| d.device_type == DeviceType::Console && matches!(d.state, DeviceState::Live(_)));
+    if console {
+        tests.push(SelfTest {
+            name: "console: the driver claims the console, runs the handshake and writes port 0",
+            run: test_console_driver,
+        });
+    }
+    tests
+}
+
+/// Claims the console, checks what the driver negotiated and found, and
+/// writes one line through the console port (and one through EMERG_WRITE
+/// when negotiated), waiting until the device has taken it.
+fn test_console_driver() -> Result<(), String> {
+    if !console::init() {
+        return Err("the console driver did not come up (see the log)".into());
+    }
+    let mut guard = console::lock();
+    let c = guard.as_mut().ok_or("no console after init")?;
+    let mut wait = console::waiter(c.location, 2_000_000_000);
+    c.device
+        .wait_until(&mut wait, |d| Ok(d.console_port().is_some()))
+        .map_err(|e| format!("no console port: {e}"))?;
+    let port = c.device.console_port().ok_or("no console port")?;
+    let line = format!(
+        "console: driver self-test on port {port} ({} port(s), {})\n",
+        c.device.ports().count(),
+        c.device.config()
+    );
+    c.device
+        .write_all(port, line.as_bytes(), &mut wait)
+        .map_err(|e| format!("write: {e}"))?;
+    c.device
+        .flush(port, &mut wait)
+        .map_err(|e| format!("flush: {e}"))?;
+    let sent = c.device.port(port).map_or(0, |p| p.stats.bytes_sent);
+    if sent != line.len() as u64 {
+        return Err(format!("port {port} counted {sent} bytes sent, wrote {}", line.len()));
+    }
+    if c.device.config().emergency_write {
+        let n = c
+            .device
+            .emergency_write(b"console: emergency write self-test\r\n")
+            .map_err(|e| format!("emergency write: {e}"))?;
+        if n != 36 {
+            return Err(format!("emergency write took {n} of 36 bytes"));
+        }
+    }
+    let stats = c.device.stats();
+    if stats.control_errors != 0 || stats.queue_errors != 0 || c.device.is_failed() {
+        return Err(format!("device misbehaved: {stats:?}"));
+    }
+    Ok(())
+}
+
+fn test_pattern_and_hash() -> Result<(), String> {
+    // FNV-1a 64 test vectors (from the algorithm's reference).
+    let mut h = Fnv1a::new();
+    h.update(b"");
+    if h.value() != 0xcbf2_9ce4_8422_2325 {
+        return Err(format!("fnv1a64(\"\") = {:#x}", h.value()));
+    }
+    let mut h = Fnv1a::new();
+    h.update(b"a");
+    if h.value() != 0xaf63_dc4c_8601_ec8c {
+        return Err(format!("fnv1a64(\"a\") = {:#x}", h.value()));
+    }
+    let first: Vec<u8> = (0..4).map(|i| pattern_byte(i, 7)).collect();
+    if first != [7, 138, 13, 144] || pattern_byte(256, 0) != ((256 * 131 + 1) % 256) as u8 {
+        return Err(format!("pattern starts {first:?}"));
+    }
+    Ok(())
+}
