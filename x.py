@@ -6,7 +6,7 @@
     ./x.py qemu-cmd     print the QEMU command line `run` would use
     ./x.py build        build the kernel ELF and print its path
     ./x.py setup        install what is missing (QEMU, the Rust target)
-    ./x.py bench        benchmarks (not yet)
+    ./x.py bench        benchmarks under KVM: a table and build/bench/<section>.json
 
 Python 3.11 standard library only. The QEMU scenarios live in tests/qemu/.
 """
@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,7 +309,8 @@ def cmd_test(options: argparse.Namespace) -> int:
          ["cargo", "clippy", "-p", "kernel", "--target", KERNEL_TARGET, "--", "-D", "warnings"], REPO),
         ("cargo-test", ["cargo", "test"], REPO),
         # The harness's own unit tests import the `qemu` package from tests/.
-        ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness"], REPO / "tests"),
+        ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk"],
+         REPO / "tests"),
     ]
     chosen = [s for s in scenarios.SCENARIOS if selected(s.name)]
     build_wanted = bool(chosen) or selected("build-kernel")
@@ -355,12 +357,175 @@ def cmd_test(options: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- bench
+#
+# `x.py bench` boots the kernel under KVM in `mode=bench` once per section,
+# with the devices that section measures, and reads back the `bench:` lines
+# the kernel prints (kernel/src/bench.rs):
+#
+#     bench: <section>.<workload>[.<mode>] key=value key=value ...
+#     bench: done                      (or: bench: error <section>: <why>)
+#
+# Each section is a `BenchSection` in `BENCH_SECTIONS`: its devices, extra
+# kernel words and the columns of its table. Results go to the terminal as
+# a table and to build/bench/<section>.json. Rows carry a `driver` field
+# ("ours") so that a comparison with another driver stack (virtio-drivers)
+# can add its own rows for the same workloads. Nothing is judged: numbers
+# are reported, never asserted.
+
+BENCH_DIR = BUILD_DIR / "bench"
+BENCH_LINE_PREFIX = "bench: "
 
 
-def cmd_bench(_options: argparse.Namespace) -> int:
+@dataclass
+class BenchSection:
+    """One benchmark section: what to attach and how to show the results."""
+
+    name: str
+    description: str
+    #: QEMU devices (the harness's `RunContext` gives paths and ports).
+    devices: Callable[[harness.RunContext], list[str]]
+    #: Extra kernel command-line words.
+    append: str = ""
+    #: (key in the `bench:` line, column header, format) for the table.
+    columns: Sequence[tuple[str, str, str]] = ()
+    machine: str = "q35"
+    timeout_s: float = 180.0
+
+
+def blk_bench_devices(ctx: harness.RunContext) -> list[str]:
+    """A 1 GiB null-co disk (no host I/O at all: pure virtio overhead),
+    modern virtio-pci, serial `scratch-null0` so the write workload may run."""
+    return [
+        "-drive", "if=none,id=bench0,driver=null-co,size=1073741824",
+        "-device", "virtio-blk-pci,drive=bench0,serial=scratch-null0,disable-legacy=on",
+    ]  # fmt: skip
+
+
+BENCH_SECTIONS: dict[str, BenchSection] = {
+    "blk": BenchSection(
+        name="blk",
+        description="virtio-blk on a null-co drive: 4 KiB random reads at queue depth 1 and 32, "
+                    "128 KiB sequential reads and writes (depth 8); interrupt-driven and polling",
+        devices=blk_bench_devices,
+        columns=[
+            ("iops", "IOPS", "{:.0f}"),
+            ("mib_per_s", "MiB/s", "{:.1f}"),
+            ("notifications_per_req", "notify/req", "{:.3f}"),
+            ("interrupts_per_req", "irq/req", "{:.3f}"),
+            ("halts_per_req", "halts/req", "{:.3f}"),
+            ("requests", "requests", "{:.0f}"),
+        ],
+    ),
+}
+
+
+def parse_bench_lines(log: str) -> tuple[dict[str, dict[str, str]], list[dict[str, object]], list[str], bool]:
+    """(setup lines by name, result rows, errors, done) from a bench boot's serial log."""
+    setups: dict[str, dict[str, str]] = {}
+    rows: list[dict[str, object]] = []
+    errors: list[str] = []
+    done = False
+    for line in log.splitlines():
+        if not line.startswith(BENCH_LINE_PREFIX):
+            continue
+        body = line[len(BENCH_LINE_PREFIX):].strip()
+        if body == "done":
+            done = True
+            continue
+        if body.startswith("error "):
+            errors.append(body[len("error "):])
+            continue
+        name, _, rest = body.partition(" ")
+        fields = dict(word.split("=", 1) for word in rest.split() if "=" in word)
+        if name.endswith(".setup"):
+            setups[name] = fields
+            continue
+        workload, mode = name, ""
+        if name.rsplit(".", 1)[-1] in ("irq", "poll"):
+            workload, mode = name.rsplit(".", 1)
+        row: dict[str, object] = {"name": name, "workload": workload, "mode": mode, "driver": "ours"}
+        for key, value in fields.items():
+            try:
+                row[key] = float(value) if any(c in value for c in ".e") else int(value)
+            except ValueError:
+                row[key] = value
+        rows.append(row)
+    return setups, rows, errors, done
+
+
+def print_bench_table(section: BenchSection, rows: Sequence[dict[str, object]]) -> None:
+    headers = ["workload", "mode", *(header for _, header, _ in section.columns)]
+    table = []
+    for row in rows:
+        cells = [str(row["workload"]), str(row["mode"])]
+        for key, _, fmt in section.columns:
+            value = row.get(key)
+            cells.append(fmt.format(value) if isinstance(value, (int, float)) else "-")
+        table.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in table)) if table else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for cells in table:
+        print("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+
+
+def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """Boots the kernel for one section; returns the JSON record (raises XError on failure)."""
+    words = ["mode=bench", f"bench={section.name}", f"bench.seconds={options.seconds:g}"]
+    if section.append:
+        words.append(section.append)
+    scenario = harness.Scenario(
+        name=f"bench-{section.name}",
+        machine=section.machine,
+        firmware=qm.default_firmware(section.machine),
+        accel=options.accel,
+        devices=section.devices,
+        append=" ".join(words),
+        expect_status=qm.EXIT_SELFTEST_PASS,
+        expect_in_order=[r"^bench: done$"],
+        timeout_s=section.timeout_s + 10 * options.seconds,
+    )
+    say(f"{section.name}: {section.description}")
+    outcome = harness.run_scenario(scenario, kernel, BUILD_DIR)
+    setups, rows, errors, done = parse_bench_lines(outcome.log_text)
+    if errors or not done or not outcome.passed:
+        print(harness.failure_report(outcome), flush=True)
+        raise XError(f"benchmark section {section.name} failed: "
+                     + "; ".join(errors or outcome.problems or ["no `bench: done`"]))
+    if outcome.accel.name != "kvm":
+        say(f"note: ran under TCG ({outcome.accel.reason}): the numbers say little about real speed")
+    print()
+    print_bench_table(section, rows)
+    print()
+    return {
+        "section": section.name,
+        "description": section.description,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "accel": outcome.accel.name,
+        "machine": section.machine,
+        "seconds_per_workload": options.seconds,
+        "kernel": str(kernel),
+        "qemu": outcome.command,
+        "setup": setups,
+        "results": rows,
+        "serial_log": str(outcome.log_path),
+    }
+
+
+def cmd_bench(options: argparse.Namespace) -> int:
+    chosen = options.section or list(BENCH_SECTIONS)
+    unknown = [s for s in chosen if s not in BENCH_SECTIONS]
+    if unknown:
+        raise XError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(BENCH_SECTIONS)})")
     setup()
-    say("benchmarks arrive with the benchmark issue; nothing to measure yet")
-    return 2
+    kernel = build_kernel(release=not options.debug)
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    for name in chosen:
+        record = run_bench_section(BENCH_SECTIONS[name], kernel, options)
+        path = BENCH_DIR / f"{name}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        say(f"{name}: results in {path.relative_to(REPO)}")
+    return 0
 
 
 # ---------------------------------------------------------------- command line
@@ -419,13 +584,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     test.add_argument("--jobs", type=int, default=2, metavar="N",
                       help="QEMU scenarios run at once (default 2; each QEMU uses one CPU)")
 
-    commands.add_parser("bench", help="benchmarks (arrive with the benchmark issue)")
+    bench = commands.add_parser(
+        "bench", help="measure the drivers under KVM (table + build/bench/<section>.json)",
+        description="Boot the kernel in mode=bench under KVM, once per section, and report what it "
+                    "measured with the TSC. Sections: "
+                    + "; ".join(f"{s.name}: {s.description}" for s in BENCH_SECTIONS.values()))
+    bench.add_argument("--section", action="append", choices=sorted(BENCH_SECTIONS), metavar="NAME",
+                       help=f"only this section (repeatable; default all: {', '.join(BENCH_SECTIONS)})")
+    bench.add_argument("--seconds", type=float, default=1.0, metavar="S",
+                       help="time per workload and mode (default 1)")
+    bench.add_argument("--accel", choices=("kvm", "tcg", "auto"), default="kvm",
+                       help="accelerator (default kvm; falls back to TCG, with a note, without /dev/kvm)")
+    bench.add_argument("--debug", action="store_true", help="use the debug build instead of release")
 
     options = parser.parse_args(argv)
     if qemu_args and options.command not in ("run", "qemu-cmd"):
         parser.error("`-- extra QEMU args` only go with run and qemu-cmd")
     if options.command == "test" and options.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if options.command == "bench" and not 0 < options.seconds <= 60:
+        parser.error("--seconds must be in (0, 60]")
     options.qemu_args = qemu_args
     return options
 

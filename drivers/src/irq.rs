@@ -38,6 +38,7 @@
 //!   off look at the pending bits, and only if nothing is pending enable
 //!   interrupts and halt *in one step*. The CPU side of that ([`Idle`]) is
 //!   the kernel's; host tests supply a simulated one.
+//!   [`wait_for_used`] is the helper's side of that rhythm in one call.
 //! - **Which INTx line firmware routed** ([`intx_line`]) and switching INTx
 //!   off while MSI-X is used ([`set_intx_disabled`]).
 //!
@@ -69,6 +70,8 @@ pub struct QueueSet(u64);
 impl QueueSet {
     /// No queue.
     pub const EMPTY: QueueSet = QueueSet(0);
+    /// Every queue index below [`MAX_QUEUES`].
+    pub const ALL: QueueSet = QueueSet(u64::MAX);
 
     /// The set with the given bits (bit `q` = queue `q`).
     pub const fn from_bits(bits: u64) -> Self {
@@ -796,10 +799,19 @@ impl DeviceInterrupts {
         self.config_changed.store(true, Ordering::Release);
     }
 
+    /// Marks `queues` pending without counting an interrupt for them: for
+    /// queues that share an MSI-X entry or a line with the counted ones but
+    /// that nobody set up yet when the route was made (a driver may add
+    /// queues later: a network card's control queue).
+    pub fn wake(&self, queues: QueueSet) {
+        self.pending.fetch_or(queues.bits(), Ordering::Release);
+    }
+
     /// A line (INTx / virtio-mmio) interrupt: `status` is what the status
-    /// register read returned (and acknowledged), `queues` the device's live
-    /// queues (a line interrupt does not say which queue). Returns whether
-    /// it was this device's.
+    /// register read returned (and acknowledged), `queues` the device's
+    /// queues in use. A line interrupt does not say which queue: every
+    /// queue's waiter is woken, and one interrupt is counted for each queue
+    /// in `queues`. Returns whether it was this device's.
     pub fn line_interrupt(&self, status: InterruptStatus, queues: QueueSet) -> bool {
         if status.is_empty() {
             self.line_unclaimed.fetch_add(1, Ordering::Relaxed);
@@ -808,6 +820,7 @@ impl DeviceInterrupts {
         self.line_claimed.fetch_add(1, Ordering::Relaxed);
         if status.contains(InterruptStatus::QUEUE) {
             self.queue_interrupt(queues);
+            self.wake(QueueSet::ALL);
         }
         if status.contains(InterruptStatus::CONFIG) {
             self.config_interrupt();

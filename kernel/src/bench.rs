@@ -13,6 +13,9 @@
 //!
 //! - `blk`: [`crate::block::bench`] (IOPS, throughput, notifications and
 //!   interrupts per request, interrupt-driven and polling).
+//! - `peer`: [`crate::peer::bench`], the same block workloads on the
+//!   `virtio-drivers` crate after our driver reset the device (run it after
+//!   `blk`: `bench=blk,peer`).
 //!
 //! Network and console sections plug in here the same way.
 
@@ -25,8 +28,10 @@ pub fn run() -> ! {
     for section in sections.split(',').filter(|s| !s.is_empty()) {
         let started = crate::clock::uptime_ns();
         let result = match section {
-            "blk" => crate::block::bench::run(),
-            other => Err(alloc::format!("unknown section {other:?} (known: blk)")),
+            // `bench.repeat=` runs of every workload, for min / median / max.
+            "blk" => (0..crate::peer::repeat_count()).try_for_each(|_| crate::block::bench::run()),
+            "peer" => crate::peer::bench::run(),
+            other => Err(alloc::format!("unknown section {other:?} (known: blk, peer)")),
         };
         match result {
             Ok(()) => log::info!(

@@ -44,6 +44,7 @@ mod interrupts;
 mod logger;
 mod memory;
 mod net;
+mod peer;
 mod selftest;
 mod selftest_api;
 mod serial;
@@ -151,7 +152,10 @@ fn panic(info: &PanicInfo<'_>) -> ! {
         .map_or(("<unknown>", 0), |l| (l.file(), l.line()));
     let _ = writeln!(out, "\nPANIC at {file}:{line}: {}", info.message());
     // The person at the virtio console sees it too (EMERG_WRITE, no queues).
-    shell::console::emergency_print(format_args!("\nPANIC at {file}:{line}: {}\n", info.message()));
+    shell::console::emergency_print(format_args!(
+        "\nPANIC at {file}:{line}: {}\n",
+        info.message()
+    ));
     let _ = write!(out, "  backtrace:");
     let _ = cpu::backtrace::write(&mut out, cpu::backtrace::current_rbp());
     let _ = writeln!(out);

@@ -57,7 +57,10 @@ class Port:
         self.sock = connect(path)
         self.buffer = bytearray()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, timeout_s: float = 120.0) -> None:
+        # A read may have left a short timeout on the socket; a large send
+        # blocks for as long as the guest pushes back, so give it its own.
+        self.sock.settimeout(timeout_s)
         self.sock.sendall(data)
 
     def read_exactly(self, n: int, timeout_s: float = 20.0) -> bytes:

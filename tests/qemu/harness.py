@@ -133,6 +133,9 @@ class Scenario:
     #: scenario either way, and the interaction gets a few seconds more.
     interact: Callable[[RunContext], Iterable[str] | None] | None = None
     interact_after: str | None = None
+    #: End the run (status `KILLED`) as soon as `interact` has returned: for
+    #: a kernel that serves the host until stopped (the network services).
+    stop_after_interact: bool = False
 
     def label(self, accel: qm.AccelChoice) -> str:
         """machine/firmware/accel, as shown in the summary."""
@@ -343,6 +346,15 @@ def run_scenario(scenario: Scenario, kernel: Path, build_dir: Path, tcg_only: bo
                         collected.decode("utf-8", "replace")))
                 ):
                     interaction = start_interaction()
+                if (
+                    scenario.stop_after_interact
+                    and interaction is not None
+                    and not interaction.is_alive()
+                ):
+                    proc.kill()
+                    proc.wait()
+                    outcome.status = KILLED
+                    break
                 status = proc.poll()
                 if status is not None:
                     outcome.status = status

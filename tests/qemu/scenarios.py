@@ -13,12 +13,15 @@ Adding a scenario is a few lines: see README.md, "Adding a QEMU scenario".
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import blk
 from . import machine as qm
 from .harness import DEFAULT_FORBID, KILLED, SELFTEST_SUMMARY, Outcome, RunContext, Scenario  # noqa: F401
 
@@ -378,6 +381,8 @@ def irq_scenario(
     return replace(
         base,
         append=append,
+        # Nested KVM boots take seconds when the machine is busy; TCG ones do not.
+        timeout_s=60.0 if accel == "kvm" else base.timeout_s,
         expect_anywhere=[*base.expect_anywhere, *passes, *must_log],
         check=check_irq_lines(devs, modes),
     )
@@ -608,9 +613,11 @@ def shell_session(
 
             # stream_bytes each way, intact (FNV-1a over the pattern).
             inbound = pattern(stream_bytes, 3)
-            sender, _ = in_background(port.send, inbound)
+            sender, sent = in_background(port.send, inbound)
             text = shell.run(f"recv {CONSOLE_NAMED_PORT} {stream_bytes}", timeout_s=120)
             sender.join(timeout=10)
+            if sent and isinstance(sent[0], BaseException):
+                problems.append(f"host side of recv: {sent[0]}")
             want = f"received {stream_bytes} bytes from port 1 in"
             expect(want in text and f"fnv1a64={fnv1a64(inbound):#018x}" in text, problems,
                    f"recv: {text!r} (want hash {fnv1a64(inbound):#018x})")
@@ -624,10 +631,16 @@ def shell_session(
             elif outbound != pattern(stream_bytes, 5):
                 problems.append("the bytes `send` wrote differ from the pattern")
 
-        # disks and net, against what QEMU was given.
+        # disks, blk read and net, against what QEMU was given.
         text = shell.run("disks")
-        expect(text.count("blk at ") == disks or all(f"disk{i}" in text for i in range(disks)), problems,
-               f"disks: {text!r}")
+        for i in range(disks):
+            expect(f'serial "disk{i}", 2048 sectors' in text, problems, f"disks: no disk{i}: {text!r}")
+        if disks:
+            text = shell.run("blk read vda 0")
+            expect("|virtio-probe:dis|" in text and text.count("\n") == 32, problems,
+                   f"blk read vda 0: {text[:300]!r}")
+            text = shell.run("blk read vdz 0")
+            expect("error:" in text, problems, f"blk read of a missing disk: {text!r}")
         if net:
             text = ""
             for _ in range(40):
@@ -708,7 +721,8 @@ def panic_reaches_the_console(ctx: RunContext) -> list[str]:
 CONSOLE_SCENARIOS: list[Scenario] = [
     # The full session on q35 (transitional device, modern interface, MSI-X),
     # with disks and a NIC for `disks`, `net` and `ping`.
-    console_shell("console-shell-q35-kvm", "q35", "qboot", "kvm", "pci-modern", disks=2, net=True),
+    console_shell("console-shell-q35-kvm", "q35", "qboot", "kvm", "pci-modern", disks=2, net=True,
+                  timeout_s=300.0),
     # Legacy virtio-pci (QUEUE_PFN, fixed queue size, MSI-X moves the config).
     console_shell("console-shell-pc-legacy", "pc", "qboot", "kvm", "pci-legacy",
                   serial_props=",disable-modern=on", stream_bytes=256 * 1024),
@@ -739,3 +753,496 @@ CONSOLE_SCENARIOS: list[Scenario] = [
 ]
 
 SCENARIOS += CONSOLE_SCENARIOS
+
+
+# ---------------------------------------------------------------- virtio-blk
+#
+# Each scenario attaches disks and runs the block self-tests
+# (kernel/src/block/selftests.rs). Scratch disks (serial `scratch...`) are
+# written at many offsets, sizes and queue depths; afterwards the check
+# replays the guest's `blk: wrote/zeroed/discarded/...` lines over a copy of
+# the image's initial contents and compares every byte of the image
+# (tests/qemu/blk.py), and each disk's `block:` line must show what QEMU was
+# told (transport, queue size, features, read-only). Host-filled disks are
+# read whole by the guest and compared with the pattern named in
+# `blk.verify=`. All TCG: the work is I/O, and TCG boots fast here.
+
+
+@dataclass(frozen=True)
+class BlkDrive:
+    """One disk of a blk scenario."""
+
+    serial: str
+    #: Image size in bytes.
+    size: int = 16 * MiB
+    #: The host fills the image with the pattern of this seed (after sector 0).
+    fill_seed: int | None = None
+    #: Extra `-drive` options.
+    drive_opts: str = ",discard=unmap"
+    #: Extra `-device` properties.
+    props: str = ""
+    #: A blkdebug rule file's text: the image is reached through blkdebug.
+    blkdebug: str | None = None
+    #: `block:` line attributes that must hold (see `blk.disk_problems`).
+    want: Mapping[str, object] = field(default_factory=dict)
+    #: The transport it must come up on, if not the scenario's.
+    transport: str | None = None
+
+    @property
+    def image(self) -> str:
+        return f"{self.serial}.img"
+
+    @property
+    def writable(self) -> bool:
+        return self.serial.startswith("scratch") and "readonly=on" not in self.drive_opts
+
+
+def blk_drive_args(ctx: RunContext, machine: str, index: int, drive: BlkDrive) -> list[str]:
+    image = ctx.file(drive.image)
+    if drive.blkdebug is not None:
+        rules = ctx.file(f"{drive.serial}.blkdebug.conf")
+        rules.write_text(drive.blkdebug)
+        target = f"blkdebug:{rules}:{image}"
+    else:
+        target = str(image)
+    return [
+        "-drive", f"if=none,id=blk{index},format=raw,file={target}{drive.drive_opts}",
+        "-device", f"{qm.virtio_device('virtio-blk', machine)},drive=blk{index},serial={drive.serial}{drive.props}",
+    ]  # fmt: skip
+
+
+def blk_scenario(
+    name: str,
+    machine: str,
+    transport: str,
+    drives: Sequence[BlkDrive],
+    firmware: str | None = "qboot",
+    accel: str = "tcg",
+    extra_args: Sequence[str] = (),
+    append: str = "",
+    ordered: bool = True,
+    expect_anywhere: Sequence[str] = (),
+) -> Scenario:
+    """Boot with `drives` (on `transport` unless they say); the block self-tests must pass,
+    every image must hold exactly what the guest announced, and each `block:`
+    line must match its drive. With `ordered`, the disks must be named vda,
+    vdb, ... in the order of `drives` (PCI: the order of their slots)."""
+    seed = zlib.crc32(name.encode())
+    serials = ",".join(d.serial for d in drives)
+    read_only = ",".join(d.serial for d in drives if "readonly=on" in d.drive_opts) or "none"
+    verify = ",".join(f"{d.serial}:{d.fill_seed:#x}:1" for d in drives if d.fill_seed is not None)
+    words = [
+        "mode=selftest",
+        f"blk.seed={seed}",
+        f"expect.virtio={','.join(f'blk:{d.transport or transport}' for d in drives)}",
+        f"expect.blk.serial={serials}",
+        f"expect.blk.ro={read_only}",
+    ]
+    if verify:
+        words.append(f"blk.verify={verify}")
+    if append:
+        words.append(append)
+    must_pass = [r"^selftest: PASS block: one disk per virtio-blk device"]
+    if any(d.writable and d.blkdebug is None for d in drives):
+        must_pass += [
+            r"^selftest: PASS block: scratch: write, read back, verify",
+            r"^selftest: PASS block: scratch: queue depths from 1 to the queue size$",
+            r"^selftest: PASS block: scratch: vectored transfers split",
+            r"^selftest: PASS block: scratch: flush, write-zeroes and discard$",
+        ]
+    if verify:
+        must_pass.append(r"^selftest: PASS block: host-filled disks hold the pattern")
+
+    def devices(ctx: RunContext) -> list[str]:
+        args = list(extra_args)
+        for index, drive in enumerate(drives):
+            args += blk_drive_args(ctx, machine, index, drive)
+        return args
+
+    def check_disks(outcome: Outcome) -> Iterable[str]:
+        assert outcome.ctx is not None
+        log = outcome.log_text
+        problems = list(selftest_summary_consistent(outcome))
+        lines = blk.disk_lines(log)
+        if [line.name for line in lines] != [blk_name(i) for i in range(len(lines))]:
+            problems.append(f"disks named {[line.name for line in lines]}, not vda, vdb, ...")
+        if ordered and [line.serial for line in lines] != [d.serial for d in drives]:
+            problems.append(f"disks in order {[line.serial for line in lines]}, "
+                            f"expected {[d.serial for d in drives]}")
+        want = {
+            d.serial: {"transport": d.transport or transport, "sectors": d.size // blk.SECTOR,
+                       "read_only": "readonly=on" in d.drive_opts, **d.want}
+            for d in drives
+        }  # fmt: skip
+        problems += blk.disk_problems(lines, want)
+        for drive in drives:
+            image = outcome.ctx.file(drive.image)
+            initial = blk.original(image).read_bytes()
+            must_write = drive.writable
+            problems += blk.check_image(image, initial, log, drive.serial, must_write=must_write)
+        return problems
+
+    return Scenario(
+        name=name,
+        machine=machine,
+        firmware=firmware,
+        accel=accel,
+        devices=devices,
+        files={d.image: blk.disk_image(d.serial, d.size, d.fill_seed) for d in drives},
+        append=" ".join(words),
+        expect_status=qm.EXIT_SELFTEST_PASS,
+        expect_in_order=SELFTEST_OK,
+        expect_anywhere=[*must_pass, *expect_anywhere],
+        forbid=[*DEFAULT_FORBID, r"^virtio: .* FAILED: ", r"^block: .* FAILED: "],
+        check=check_disks,
+    )
+
+
+def blk_name(index: int) -> str:
+    """vda, vdb, ..., vdz, vdaa, ... (kernel/src/block/mod.rs `disk_name`)."""
+    letters = ""
+    n = index + 1
+    while n > 0:
+        n -= 1
+        letters = chr(ord("a") + n % 26) + letters
+        n //= 26
+    return "vd" + letters
+
+
+#: blkdebug rules: reads of sector 1000 and writes of sector 3000 fail with EIO.
+BLKDEBUG_EIO = """\
+[inject-error]
+event = "read_aio"
+iotype = "read"
+errno = "5"
+sector = "1000"
+
+[inject-error]
+event = "write_aio"
+iotype = "write"
+errno = "5"
+sector = "3000"
+"""
+
+MODERN = ",disable-legacy=on"
+LEGACY = ",disable-modern=on"
+NO_INDIRECT = {"features_absent": ("RING_INDIRECT_DESC",)}
+NO_EVENT_IDX = {"features_absent": ("RING_EVENT_IDX",)}
+
+BLK_SCENARIOS: list[Scenario] = [
+    # The three transports, each with one scratch disk written and checked.
+    blk_scenario("blk-modern-q35", "q35", "pci-modern",
+                 [BlkDrive("scratch0", props=MODERN,
+                           want={"features": ("VERSION_1", "BLK_FLUSH", "RING_INDIRECT_DESC", "RING_EVENT_IDX")})]),
+    blk_scenario("blk-legacy-pc", "pc", "pci-legacy",
+                 [BlkDrive("scratch0", props=LEGACY, want={"features_absent": ("VERSION_1",)})]),
+    blk_scenario("blk-mmio-v1", "microvm", "mmio-v1", [BlkDrive("scratch0")],
+                 firmware=None, extra_args=["-M", "acpi=off"]),
+    blk_scenario("blk-mmio-v2", "microvm", "mmio-v2", [BlkDrive("scratch0")],
+                 firmware=None, extra_args=["-M", "acpi=off", "-global", "virtio-mmio.force-legacy=false"]),
+    # Two disks at once, on different transports; named in slot order.
+    blk_scenario("blk-two-disks", "pc", "pci-modern",
+                 [BlkDrive("scratch0", props=MODERN + ",addr=0x4"),
+                  BlkDrive("scratch1", size=12 * MiB, props=LEGACY + ",addr=0x5", transport="pci-legacy")]),
+    # Queue sizes: the smallest and largest QEMU allows (seg_max follows).
+    blk_scenario("blk-queue-16", "q35", "pci-modern",
+                 [BlkDrive("scratch0", props=",queue-size=16", want={"queue_size": 16, "max_segments": 14})]),
+    blk_scenario("blk-queue-1024", "q35", "pci-modern",
+                 [BlkDrive("scratch0", props=",queue-size=1024", want={"queue_size": 1024})]),
+    # Ring features off: direct chains only (queue depth size/3), no event index.
+    blk_scenario("blk-no-indirect", "q35", "pci-modern",
+                 [BlkDrive("scratch0", props=",indirect_desc=off", want=NO_INDIRECT)],
+                 expect_anywhere=[r"block: vda: depths \[.*\b85\] of 256 descriptors \(indirect off\)"]),
+    blk_scenario("blk-no-event-idx-legacy", "q35", "pci-legacy",
+                 [BlkDrive("scratch0", props=LEGACY + ",event_idx=off", want=NO_EVENT_IDX)]),
+    # A disk the host filled: the guest reads it all and compares; no writes.
+    blk_scenario("blk-host-filled", "q35", "pci-modern",
+                 [BlkDrive("golden0", size=4 * MiB, fill_seed=0x60_1de2, props=MODERN)]),
+    # readonly=on: VIRTIO_BLK_F_RO; every write is refused, the image is untouched.
+    blk_scenario("blk-read-only", "q35", "pci-modern",
+                 [BlkDrive("scratch-ro0", size=4 * MiB, fill_seed=0x2ead_0417,
+                           drive_opts=",readonly=on", props=MODERN,
+                           want={"features": ("BLK_RO",)})],
+                 expect_anywhere=[r"^selftest: PASS block: read-only disks are exactly expect\.blk\.ro="]),
+    # blkdebug makes the host's I/O fail: the guest sees IOERR, says so, keeps going.
+    blk_scenario("blk-ioerr-blkdebug", "q35", "pci-modern",
+                 [BlkDrive("scratch-faulty0", drive_opts="", props=MODERN, blkdebug=BLKDEBUG_EIO)],
+                 append="expect.blk.ioerr=scratch-faulty0:read:1000,scratch-faulty0:write:3000",
+                 expect_anywhere=[
+                     r"^selftest: PASS block: injected I/O errors are reported",
+                     r"block: vda: read of 1 sector\(s\) at 1000 failed: device reported an I/O error \(IOERR\)$",
+                     r"block: vda: write of 1 sector\(s\) at 3000 failed: device reported an I/O error \(IOERR\)$",
+                 ]),
+]
+
+SCENARIOS += BLK_SCENARIOS
+
+
+# ---------------------------------------------------------------- virtio-net
+#
+# The kernel claims every NIC with its virtio-net driver and runs smoltcp on
+# it (kernel/src/net/). Two kinds of scenario:
+#
+# - services (normal boot): QEMU's user network with `hostfwd=` rules to the
+#   guest's TCP echo (port 7) and HTTP (port 80) servers. Once the guest logs
+#   its DHCP lease, the host sends 1 MiB of random bytes through the echo
+#   server and compares what comes back, fetches the status page (200, the
+#   MAC address QEMU was given, the transport, the per-queue counters) and a
+#   missing page (404); then the run is stopped. Afterwards the check reads
+#   the capture QEMU's filter-dump wrote and finds the guest's DHCP exchange
+#   under the right MAC address.
+# - self-test: DHCP, ARP and ping to the gateway in the guest, and with two
+#   NICs on one QEMU hub, frames between them and the control queue
+#   (promiscuous, all-multicast, MAC address).
+#
+# These run under TCG: a network round trip is many small steps, and TCG is
+# the predictable accelerator on this (nested) machine. Hub NICs sit on the
+# pc machine: q35 with qboot does not start with a hubport NIC (QEMU 7.2).
+
+#: One line per card from the driver (kernel/src/net/nic.rs).
+NET_CARD_LINE = re.compile(
+    r"^(?P<name>net\d+): virtio-net at (?P<location>pci \S+|mmio@0x[0-9a-f]+) "
+    r"transport=(?P<transport>\S+) ring=(?P<ring>\S+) queues=(?P<queues>\d+) "
+    r"mac=(?P<mac>\S+) features=(?P<features>\S+)$",
+    re.MULTILINE,
+)
+#: The DHCP lease line of the first card (QEMU's user network always gives these).
+NET_DHCP_LINE = r"net0: dhcp: address 10\.0\.2\.15/24 gateway 10\.0\.2\.2 dns 10\.0\.2\.3$"
+NET_GUEST_ADDRESS = "10.0.2.15"
+NET_SELFTESTS_BASIC = [
+    r"^selftest: PASS net: every card is live with a full receive queue$",
+    r"^selftest: PASS net: DHCP lease from QEMU's user network$",
+    r"^selftest: PASS net: the gateway answers ARP$",
+    r"^selftest: PASS net: the gateway answers ping$",
+]
+NET_SELFTESTS_HUB = [
+    r"^selftest: PASS net: frames sent on one card arrive intact on the other \(hub\)$",
+    r"^selftest: PASS net: promiscuous mode and MAC address through the control queue$",
+]
+
+
+@dataclass(frozen=True)
+class NetCard:
+    """What one card's line must say: transport, queues, features there and not there."""
+
+    transport: str
+    mac: str = qm.STANDARD_MAC
+    queues: int = 3
+    features: tuple[str, ...] = ()
+    features_absent: tuple[str, ...] = ()
+    header_len: int = 12
+
+
+def net_nic_args(machine: str, netdev: str, mac: str, props: str = "") -> list[str]:
+    rom = ",romfile=" if machine != "microvm" else ""
+    return ["-device", f"{qm.virtio_device('virtio-net', machine)},netdev={netdev},mac={mac}{rom}{props}"]
+
+
+def check_net_cards(cards: Sequence[NetCard], pcap: str | None = "net0.pcap") -> Callable[[Outcome], Iterable[str]]:
+    """The card lines match `cards` (in order), each card's header length is
+    logged as expected, and (with `pcap`) the capture holds net0's DHCP
+    exchange: DISCOVER/REQUEST from its MAC, OFFER/ACK of 10.0.2.15 to it."""
+    from . import net
+
+    def check_net(outcome: Outcome) -> Iterable[str]:
+        problems = []
+        lines = list(NET_CARD_LINE.finditer(outcome.log_text))
+        if len(lines) != len(cards):
+            problems.append(f"{len(lines)} card lines, expected {len(cards)}")
+        for line, card in zip(lines, cards):
+            features = line["features"].split("|")
+            name = line["name"]
+            expect(line["transport"] == card.transport, problems,
+                   f"{name}: transport {line['transport']}, expected {card.transport}")
+            expect(line["mac"] == card.mac, problems, f"{name}: mac {line['mac']}, expected {card.mac}")
+            expect(int(line["queues"]) == card.queues, problems, f"{name}: {line['queues']} queues, expected {card.queues}")
+            expect(("VERSION_1" in features) == (card.transport in MODERN_TRANSPORTS), problems,
+                   f"{name}: VERSION_1 must be negotiated exactly on modern transports: {features}")
+            for feature in card.features:
+                expect(feature in features, problems, f"{name}: {feature} not negotiated: {features}")
+            for feature in card.features_absent:
+                expect(feature not in features, problems, f"{name}: {feature} negotiated: {features}")
+            header = re.search(rf"{name}: mtu \d+, link up, (\d+)-byte header", outcome.log_text)
+            expect(header is not None and int(header[1]) == card.header_len, problems,
+                   f"{name}: header length {header[1] if header else '?'}, expected {card.header_len}")
+        if pcap is not None:
+            assert outcome.ctx is not None
+            frames = net.read_pcap(outcome.ctx.file(pcap))
+            problems += [f"{pcap}: {p}" for p in
+                         net.check_dhcp_exchange(net.dhcp_messages(frames), cards[0].mac, NET_GUEST_ADDRESS)]
+        return problems
+
+    return check_net
+
+
+def net_services_session(card: NetCard, echo_bytes: int, expect_merged: bool) -> Callable[[RunContext], list[str]]:
+    """Echo `echo_bytes` random bytes, GET / and GET /missing (see above)."""
+    from . import net
+
+    def interact(ctx: RunContext) -> list[str]:
+        problems: list[str] = []
+        data = os.urandom(echo_bytes)
+        back, seconds = net.echo_round_trip(ctx.port("echo"), data, timeout_s=120.0)
+        if back != data:
+            same = next((i for i, (a, b) in enumerate(zip(back, data)) if a != b), min(len(back), len(data)))
+            problems.append(f"echo: {len(back)} of {len(data)} bytes came back in {seconds:.1f} s, "
+                            f"first difference at byte {same}")
+        status, headers, body = net.http_get(ctx.port("http"), "/")
+        expect(status == 200, problems, f"GET /: status {status}")
+        expect(headers.get("content-type", "").startswith("text/html"), problems, f"GET /: headers {headers}")
+        expect(card.mac in body, problems, f"GET /: the page does not list the MAC {card.mac}")
+        expect(card.transport in body, problems, f"GET /: the page does not name the transport {card.transport}")
+        rx_row = re.search(r"<td>0 rx</td><td>(\d+)</td><td>(\d+)</td><td>merged (\d+),", body)
+        if rx_row is None:
+            problems.append("GET /: no receive-queue counters on the page")
+        else:
+            packets, merged = int(rx_row[1]), int(rx_row[3])
+            expect(packets >= echo_bytes // 1514, problems, f"GET /: {packets} packets received, too few")
+            expect((merged > 0) == expect_merged, problems,
+                   f"GET /: {merged} merged packets, expected {'some' if expect_merged else 'none'}")
+        expect(re.search(r"<td>1 tx</td><td>[1-9]\d*</td>", body) is not None, problems,
+               "GET /: no transmitted packets counted")
+        status, _, _ = net.http_get(ctx.port("http"), "/missing")
+        expect(status == 404, problems, f"GET /missing: status {status}")
+
+        # Link status: QEMU's set_link changes the status field and raises
+        # the configuration interrupt; the kernel logs each change, and the
+        # page shows it.
+        monitor = net.Monitor(ctx.file("monitor.sock"))
+        try:
+            mark = len(ctx.log.read_bytes())
+            monitor.command("set_link n0 off")
+            down = net.wait_for_line(ctx.log, r"net0: link down$", after=mark)
+            expect(down is not None, problems, "set_link n0 off: the kernel did not log `net0: link down`")
+            monitor.command("set_link n0 on")
+            up = net.wait_for_line(ctx.log, r"net0: link up$", after=down or mark)
+            expect(up is not None, problems, "set_link n0 on: the kernel did not log `net0: link up`")
+        finally:
+            monitor.close()
+        status, _, body = net.http_get(ctx.port("http"), "/")
+        expect(status == 200 and "<th>link</th><td>up</td>" in body, problems,
+               "GET / after the link came back: not up on the page")
+        return problems
+
+    interact.__name__ = f"net_services_{card.transport.replace('-', '_')}"
+    return interact
+
+
+def net_services(
+    name: str,
+    machine: str,
+    firmware: str | None,
+    card: NetCard,
+    props: str = "",
+    extra_args: Sequence[str] = (),
+    append: str = "",
+    echo_bytes: int = 1 * MiB,
+    expect_merged: bool = False,
+    accel: str = "tcg",
+) -> Scenario:
+    """A normal boot serving echo and HTTP through hostfwd (see above)."""
+
+    def devices(ctx: RunContext) -> list[str]:
+        netdev = (f"user,id=n0,hostfwd=tcp:127.0.0.1:{ctx.port('echo')}-:7,"
+                  f"hostfwd=tcp:127.0.0.1:{ctx.port('http')}-:80")
+        args = list(extra_args) + ["-netdev", netdev]
+        args += ["-object", f"filter-dump,id=dump0,netdev=n0,file={ctx.file('net0.pcap')}"]
+        args += net_nic_args(machine, "n0", card.mac, props)
+        args += ["-monitor", f"unix:{ctx.file('monitor.sock')},server=on,wait=off"]
+        return args
+
+    return Scenario(
+        name=name,
+        machine=machine,
+        firmware=firmware,
+        accel=accel,
+        devices=devices,
+        append=append,
+        expect_status=KILLED,
+        expect_in_order=[BOOT_BANNER, r"^net0: virtio-net at ", r"^kernel: ready$", NET_DHCP_LINE],
+        forbid=[*DEFAULT_FORBID, r"^selftest: ", r"WARN kernel::net", r"WARN drivers::net"],
+        timeout_s=180.0,
+        interact=net_services_session(card, echo_bytes, expect_merged),
+        interact_after=NET_DHCP_LINE,
+        stop_after_interact=True,
+        check=check_net_cards([card]),
+    )
+
+
+def net_selftest(
+    name: str,
+    machine: str,
+    firmware: str | None,
+    cards: Sequence[tuple[NetCard, str]],
+    hub_pairs: int = 0,
+    extra_args: Sequence[str] = (),
+    append: str = "",
+    accel: str = "tcg",
+    expect_anywhere: Sequence[str] = (),
+    forbid: Sequence[str] = (),
+) -> Scenario:
+    """`mode=selftest` with `cards` (card, -device props); the first is on
+    QEMU's user network (captured), the next `2 * hub_pairs` on hubs."""
+
+    def devices(ctx: RunContext) -> list[str]:
+        args = list(extra_args) + ["-netdev", "user,id=n0"]
+        args += ["-object", f"filter-dump,id=dump0,netdev=n0,file={ctx.file('net0.pcap')}"]
+        for i, (card, props) in enumerate(cards):
+            if i > 0:
+                hub = 1 + (i - 1) // 2
+                args += ["-netdev", f"hubport,id=n{i},hubid={hub}"]
+            args += net_nic_args(machine, f"n{i}", card.mac, props)
+        return args
+
+    passes = list(NET_SELFTESTS_BASIC) + (NET_SELFTESTS_HUB if hub_pairs else [])
+    return Scenario(
+        name=name,
+        machine=machine,
+        firmware=firmware,
+        accel=accel,
+        devices=devices,
+        append=f"mode=selftest {append}".strip(),
+        expect_status=qm.EXIT_SELFTEST_PASS,
+        expect_in_order=SELFTEST_OK,
+        expect_anywhere=[*passes, *expect_anywhere],
+        forbid=[*DEFAULT_FORBID, *forbid],
+        timeout_s=120.0,
+        check=check_net_cards([card for card, _ in cards]),
+    )
+
+
+NET_MODERN_FEATURES = ("NET_MAC", "NET_STATUS", "NET_MRG_RXBUF", "NET_CTRL_VQ", "NET_CTRL_RX",
+                       "NET_CTRL_MAC_ADDR", "RING_EVENT_IDX", "RING_INDIRECT_DESC")
+
+NET_SCENARIOS: list[Scenario] = [
+    # Modern PCI (the transitional device's modern interface), MSI-X.
+    net_services("net-services-q35-modern", "q35", "qboot",
+                 NetCard("pci-modern", features=NET_MODERN_FEATURES)),
+    # Legacy PCI without MRG_RXBUF: the 10-byte header, QUEUE_PFN rings.
+    net_services("net-services-pc-legacy-no-mrg", "pc", "qboot",
+                 NetCard("pci-legacy", features=("NET_MAC", "ANY_LAYOUT"),
+                         features_absent=("NET_MRG_RXBUF", "VERSION_1", "BAD_FEATURE"), header_len=10),
+                 props=",disable-modern=on,mrg_rxbuf=off"),
+    # virtio-mmio v1 with small rings and 256-byte receive buffers: every
+    # full-size frame arrives merged from several buffers (num_buffers).
+    net_services("net-services-microvm-mmio-v1-small", "microvm", None,
+                 NetCard("mmio-v1", features=("NET_MRG_RXBUF",)),
+                 extra_args=["-M", "acpi=off"], append="net.qsize=8 net.rxbuf=256",
+                 expect_merged=True),
+    # virtio-mmio v2 without the control queue (ctrl_vq=off): two queues.
+    net_selftest("net-selftest-microvm-mmio-v2-no-ctrl", "microvm", None,
+                 [(NetCard("mmio-v2", queues=2, features_absent=("NET_CTRL_VQ", "NET_CTRL_RX")),
+                   ",ctrl_vq=off")],
+                 extra_args=["-M", "acpi=off", "-global", "virtio-mmio.force-legacy=false"],
+                 forbid=[r"^selftest: \S+ net: promiscuous"]),
+    # A user-network NIC and two NICs on one hub (one without MRG_RXBUF):
+    # DHCP, ARP, ping, frames across the hub, the control queue.
+    net_selftest("net-selftest-pc-hub", "pc", "qboot",
+                 [(NetCard("pci-modern", features=NET_MODERN_FEATURES), ""),
+                  (NetCard("pci-modern", mac="52:54:00:00:00:11"), ""),
+                  (NetCard("pci-modern", mac="52:54:00:00:00:12", features_absent=("NET_MRG_RXBUF",)),
+                   ",mrg_rxbuf=off")],
+                 hub_pairs=1),
+]
+
+SCENARIOS += NET_SCENARIOS

@@ -170,10 +170,10 @@ impl HostilePackedDevice {
     }
 
     /// The flags a correct device writes for a used descriptor at `slot`,
-    /// with WRITE when `len > 0`.
-    pub fn used_flags(slot: Slot, len: u32) -> u16 {
+    /// with WRITE when `write` (the spec sets it when data was written).
+    pub fn used_flags(slot: Slot, write: bool) -> u16 {
         let bits = if slot.wrap { F_AVAIL | F_USED } else { 0 };
-        if len > 0 {
+        if write {
             bits | F_WRITE
         } else {
             bits
@@ -190,8 +190,19 @@ impl HostilePackedDevice {
 
     /// [`HostilePackedDevice::push_used`] with an explicit skip.
     pub fn push_used_skipping(&mut self, id: u16, len: u32, skip: u16) {
+        self.push_used_flagged(id, len, skip, len > 0);
+    }
+
+    /// [`HostilePackedDevice::push_used`] without the WRITE flag, whatever
+    /// the length: what QEMU 7.2 writes.
+    pub fn push_used_without_write_flag(&mut self, id: u16, len: u32) {
+        let skip = self.descriptors.get(&id).copied().unwrap_or(1);
+        self.push_used_flagged(id, len, skip, false);
+    }
+
+    fn push_used_flagged(&mut self, id: u16, len: u32, skip: u16, write: bool) {
         let at = self.next_used;
-        self.write_used_at(at.offset, id, len, Self::used_flags(at, len));
+        self.write_used_at(at.offset, id, len, Self::used_flags(at, write));
         self.next_used = at.advance(skip.min(self.addrs.size), self.addrs.size);
     }
 

@@ -26,8 +26,10 @@
 //!   the driver may set.
 //! - **Used** (§2.8.1, §2.8.6, §2.8.13): the device writes `{id, len}` at its
 //!   next used slot, then the flags with AVAIL = USED = its wrap counter
-//!   (plus WRITE when it wrote data), and moves on by the number of ring
-//!   descriptors the buffer occupied. Buffers complete in any order.
+//!   (plus WRITE when it wrote data, §2.8.3; [`PackedModel::omit_write_flag`]
+//!   makes it behave like QEMU 7.2, which never sets WRITE in a used
+//!   descriptor), and moves on by the number of ring descriptors the buffer
+//!   occupied. Buffers complete in any order.
 //! - **Driver event suppression** (§2.8.10, read by the device): ENABLE,
 //!   DISABLE, or DESC (only with EVENT_IDX): interrupt only if the used
 //!   descriptors written since the last interrupt decision cover the slot
@@ -111,6 +113,8 @@ pub struct PackedModel {
     /// yet returned.
     outstanding: HashMap<u16, u64>,
     asleep: bool,
+    /// Set WRITE in used descriptors that report data (the spec's way).
+    write_flag_in_used: bool,
     /// What the model saw and did.
     pub stats: PackedModelStats,
 }
@@ -154,8 +158,15 @@ impl PackedModel {
             // Zeroed memory: device event flags ENABLE, i.e. waiting for a
             // notification.
             asleep: true,
+            write_flag_in_used: true,
             stats: PackedModelStats::default(),
         }
+    }
+
+    /// Never set WRITE in used descriptors, as QEMU 7.2 does (the driver
+    /// must take the length anyway).
+    pub fn omit_write_flag(&mut self) {
+        self.write_flag_in_used = false;
     }
 
     /// The addresses the model was given.
@@ -402,7 +413,7 @@ impl PackedModel {
         } else {
             0
         };
-        if len > 0 {
+        if len > 0 && self.write_flag_in_used {
             flags |= F_WRITE;
         }
         // The id and length before the flags that make them valid.

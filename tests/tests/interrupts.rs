@@ -608,6 +608,12 @@ fn line_interrupts_wake_every_queue_and_flag_config_changes() {
 
     assert!(device.line_interrupt(InterruptStatus::QUEUE, queues));
     assert_eq!(device.pending(queues), queues);
+    // A queue set up later (not in `queues`) is woken too, but not counted.
+    assert_eq!(
+        device.take_pending(QueueSet::single(5)),
+        QueueSet::single(5)
+    );
+    assert_eq!(device.queue_interrupt_count(5), 0);
     assert_eq!(
         (0..3)
             .map(|q| device.queue_interrupt_count(q))
@@ -634,8 +640,14 @@ fn line_interrupts_wake_every_queue_and_flag_config_changes() {
         "a config change is no queue event"
     );
 
-    // MSI-X: an entry shared by queues 0 and 2.
+    // MSI-X: an entry shared by queues 0 and 2 (and 4, not set up yet).
     device.queue_interrupt(QueueSet::from_bits(0b101));
+    device.wake(QueueSet::from_bits(0b10101));
+    assert_eq!(
+        device.take_pending(QueueSet::single(4)),
+        QueueSet::single(4)
+    );
+    assert_eq!(device.queue_interrupt_count(4), 0);
     assert_eq!(device.queue_interrupt_count(2), 2);
     assert_eq!(device.queue_interrupt_count(1), 1);
     let c = device.counters();

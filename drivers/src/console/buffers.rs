@@ -56,17 +56,15 @@ impl<H: Hal> BufferPool<H> {
     /// Copies `data` (at most a slot) into `slot`.
     pub(crate) fn fill(&self, slot: u16, data: &[u8]) -> bool {
         data.len() <= self.slot_bytes
-            && self
-                .region
-                .write_bytes(slot as usize * self.slot_bytes, data)
+            && write_wide(&self.region, slot as usize * self.slot_bytes, data)
     }
 
     /// Copies bytes `offset..offset + dst.len()` of `slot` out.
     pub(crate) fn copy_out(&self, slot: u16, offset: usize, dst: &mut [u8]) -> bool {
         match offset.checked_add(dst.len()) {
-            Some(end) if end <= self.slot_bytes => self
-                .region
-                .read_bytes(slot as usize * self.slot_bytes + offset, dst),
+            Some(end) if end <= self.slot_bytes => {
+                read_wide(&self.region, slot as usize * self.slot_bytes + offset, dst)
+            }
             _ => false,
         }
     }
@@ -84,4 +82,55 @@ impl<H: Hal> BufferPool<H> {
         let slot = core::mem::replace(entry, NO_SLOT);
         (slot != NO_SLOT).then_some(slot)
     }
+}
+
+/// Bytes moved per volatile access in the middle of a copy.
+const WORD: usize = core::mem::size_of::<u64>();
+
+/// Copies `src` into `region` at `offset` with volatile accesses, eight
+/// bytes at a time where the region offset is 8-aligned (a 4 KiB buffer is
+/// 512 accesses, not 4096: each access to memory the device can see is
+/// volatile, so the compiler cannot merge them itself).
+fn write_wide<H: Hal>(region: &DmaRegion<H>, offset: usize, src: &[u8]) -> bool {
+    let head = offset
+        .next_multiple_of(WORD)
+        .saturating_sub(offset)
+        .min(src.len());
+    let (start, rest) = src.split_at(head);
+    if !region.write_bytes(offset, start) {
+        return false;
+    }
+    let mut at = offset + head;
+    let mut words = rest.chunks_exact(WORD);
+    for word in &mut words {
+        let mut bytes = [0u8; WORD];
+        bytes.copy_from_slice(word);
+        if !region.write::<u64>(at, u64::from_ne_bytes(bytes)) {
+            return false;
+        }
+        at += WORD;
+    }
+    region.write_bytes(at, words.remainder())
+}
+
+/// Copies `dst.len()` bytes out of `region` at `offset`, like [`write_wide`].
+fn read_wide<H: Hal>(region: &DmaRegion<H>, offset: usize, dst: &mut [u8]) -> bool {
+    let head = offset
+        .next_multiple_of(WORD)
+        .saturating_sub(offset)
+        .min(dst.len());
+    let (start, rest) = dst.split_at_mut(head);
+    if !region.read_bytes(offset, start) {
+        return false;
+    }
+    let mut at = offset + head;
+    let mut words = rest.chunks_exact_mut(WORD);
+    for word in &mut words {
+        let Some(value) = region.read::<u64>(at) else {
+            return false;
+        };
+        word.copy_from_slice(&value.to_ne_bytes());
+        at += WORD;
+    }
+    region.read_bytes(at, words.into_remainder())
 }

@@ -76,7 +76,7 @@ pub use tx::{TxQueue, TxSlot, TxStats};
 use core::fmt;
 
 use hal::Hal;
-use log::{debug, info, warn};
+use log::{debug, warn};
 
 use crate::device::{self, DeviceError, QueueSpec, Wait};
 use crate::features::{self, FeatureNames};
@@ -547,7 +547,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             return Ok(None);
         }
         self.link_up = up;
-        info!(
+        debug!(
             "{}: virtio-net: link {}",
             self.transport.location(),
             if up { "up" } else { "down" }

@@ -85,8 +85,12 @@
 //!
 //! - A length above the buffer's writable bytes: [`QueueError::UsedLengthTooLong`],
 //!   the buffer is freed (the token is in the error) and the queue goes on,
-//!   as for the split ring. A used descriptor without the WRITE flag reports
-//!   length 0 (§2.8.4: the length "is reserved ... and is ignored by drivers").
+//!   as for the split ring. The length is read whether or not the used
+//!   descriptor has the WRITE flag: §2.8.4 says it "is reserved for used
+//!   descriptors without the VIRTQ_DESC_F_WRITE flag", but QEMU (checked
+//!   with 7.2) never sets WRITE in a used descriptor, and Linux reads the
+//!   length regardless. A device that means "nothing written" writes 0; any
+//!   other value is still bounded by the buffer's writable bytes.
 //! - An id that is out of range, free, or not yet published: the queue is
 //!   **broken** ([`QueueError::UsedIdOutOfRange`] /
 //!   [`QueueError::UsedIdNotInFlight`], then [`QueueError::DeviceBroken`]
@@ -125,7 +129,7 @@ pub mod desc_flags {
     /// The buffer continues in the next ring slot.
     pub const NEXT: u16 = 1;
     /// Available: the device writes this element. Used: the device wrote data
-    /// (the used length is meaningful only with this bit).
+    /// (§2.8.3; QEMU does not set it, so the driver does not rely on it).
     pub const WRITE: u16 = 2;
     /// The element is a table of descriptors (§2.8.7).
     pub const INDIRECT: u16 = 4;
@@ -964,12 +968,7 @@ impl<H: Hal> PackedQueue<H> {
         // Read id and length only after the flags that cover them (the
         // device writes them first, then a barrier, then the flags).
         fence(Ordering::Acquire);
-        let (id, raw_len) = self.read_descriptor_id_len(at.offset);
-        let len = if flags & desc_flags::WRITE != 0 {
-            raw_len
-        } else {
-            0
-        };
+        let (id, len) = self.read_descriptor_id_len(at.offset);
         let (descriptors, writable_len) = match self.buffers.get(id as usize) {
             None => {
                 return Err(self.break_queue(QueueError::UsedIdOutOfRange {

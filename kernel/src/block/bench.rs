@@ -9,6 +9,7 @@
 //! | --- | --- | --- | --- |
 //! | `blk.randread.qd1` | 4 KiB reads | 1 | random, 4 KiB aligned |
 //! | `blk.randread.qd32` | 4 KiB reads | 32 | random, 4 KiB aligned |
+//! | `blk.randwrite.qd1` | 4 KiB writes | 1 | random, 4 KiB aligned (scratch disks only) |
 //! | `blk.seqread.128k` | 128 KiB reads | 8 | consecutive, wrapping |
 //! | `blk.seqwrite.128k` | 128 KiB writes | 8 | consecutive (scratch disks only) |
 //!
@@ -49,7 +50,7 @@ struct Workload {
     random: bool,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "blk.randread.qd1",
         request_bytes: 4096,
@@ -62,6 +63,13 @@ const WORKLOADS: [Workload; 4] = [
         request_bytes: 4096,
         depth: 32,
         write: false,
+        random: true,
+    },
+    Workload {
+        name: "blk.randwrite.qd1",
+        request_bytes: 4096,
+        depth: 1,
+        write: true,
         random: true,
     },
     Workload {
@@ -132,7 +140,11 @@ pub fn run() -> Result<(), String> {
             };
             for workload in &WORKLOADS {
                 if workload.write && !disk.writable() {
-                    log::info!("bench: {} skipped: {} is not a writable scratch disk", workload.name, disk.name());
+                    log::info!(
+                        "bench: {} skipped: {} is not a writable scratch disk",
+                        workload.name,
+                        disk.name()
+                    );
                     continue;
                 }
                 let measured = measure(disk, workload, seconds)
@@ -150,7 +162,7 @@ fn report(workload: &Workload, suffix: &str, m: &Measured) {
     let per_req = |count: u64| count as f64 / m.requests.max(1) as f64;
     let iops = m.requests as f64 / seconds;
     println!(
-        "bench: {}.{suffix} iops={iops:.0} mib_per_s={:.2} notifications_per_req={:.3} interrupts_per_req={:.3} halts_per_req={:.3} requests={} seconds={seconds:.3} depth={} request_bytes={}",
+        "bench: {}.{suffix} stack=ours iops={iops:.0} mib_per_s={:.2} notifications_per_req={:.3} interrupts_per_req={:.3} halts_per_req={:.3} requests={} seconds={seconds:.3} depth={} request_bytes={}",
         workload.name,
         iops * workload.request_bytes as f64 / (1024.0 * 1024.0),
         per_req(m.notifications),
@@ -210,7 +222,10 @@ fn measure(disk: &mut Disk, workload: &Workload, seconds: f64) -> Result<Measure
     let outcome = drive(disk, workload, &pieces, &mut offsets, duration, &mut wait);
     if disk.device().in_flight() > 0 {
         // The buffer must not be freed under the device.
-        log::warn!("bench: {}: requests left in flight; resetting the device", disk.name());
+        log::warn!(
+            "bench: {}: requests left in flight; resetting the device",
+            disk.name()
+        );
         let _ = disk.device().recover();
     }
     drop(buffer);
@@ -282,12 +297,18 @@ fn drive(
         }
         if done.is_empty() {
             let waited = if wait.sleeps_until_interrupt() {
-                wait_for_used(wait, disk.device(), |d| d.enable_interrupts(), |d| d.disable_interrupts())
-                    .map(|_| ())
+                wait_for_used(
+                    wait,
+                    disk.device(),
+                    |d| d.enable_interrupts(),
+                    |d| d.disable_interrupts(),
+                )
+                .map(|_| ())
             } else {
                 wait.wait()
             };
-            waited.map_err(|t| format!("{completed} requests done, then the wait gave up ({t})"))?;
+            waited
+                .map_err(|t| format!("{completed} requests done, then the wait gave up ({t})"))?;
             continue;
         }
         completed += done.len() as u64;

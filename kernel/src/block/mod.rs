@@ -421,8 +421,13 @@ impl Disk {
     /// Brings the device back if the driver had to reset it.
     fn ensure_live(&mut self) -> Result<(), BlockError> {
         if self.device.is_failed() {
-            log::warn!("block: {}: device was reset after a failure; recovering", self.name);
-            self.device.recover().map_err(|e| self.report("recovery", 0, 0, e))?;
+            log::warn!(
+                "block: {}: device was reset after a failure; recovering",
+                self.name
+            );
+            self.device
+                .recover()
+                .map_err(|e| self.report("recovery", 0, 0, e))?;
             log::info!("block: {}: device recovered", self.name);
         }
         Ok(())
@@ -462,7 +467,11 @@ impl Disk {
     }
 
     /// Reads consecutive sectors into `buffers`, in order.
-    pub fn read_vectored(&mut self, sector: u64, buffers: &mut [&mut [u8]]) -> Result<(), BlockError> {
+    pub fn read_vectored(
+        &mut self,
+        sector: u64,
+        buffers: &mut [&mut [u8]],
+    ) -> Result<(), BlockError> {
         self.ensure_live()?;
         let mut wait = self.new_wait();
         let sectors = buffers.iter().map(|b| b.len() / SECTOR).sum::<usize>() as u64;
@@ -518,7 +527,12 @@ impl Disk {
     /// Makes `sectors` sectors at `sector` read as zeroes
     /// (VIRTIO_BLK_T_WRITE_ZEROES; scratch disks only); `unmap` lets the
     /// device deallocate them.
-    pub fn write_zeroes(&mut self, sector: u64, sectors: u64, unmap: bool) -> Result<(), BlockError> {
+    pub fn write_zeroes(
+        &mut self,
+        sector: u64,
+        sectors: u64,
+        unmap: bool,
+    ) -> Result<(), BlockError> {
         self.ensure_writable()?;
         self.ensure_live()?;
         let mut wait = self.new_wait();

@@ -68,10 +68,7 @@ pub fn first_mismatch(seed: u64, disk_offset: u64, buffer: &[u8]) -> Option<(usi
 
 /// The first non-zero byte of `buffer`, as (index, value).
 pub fn first_nonzero(buffer: &[u8]) -> Option<(usize, u8)> {
-    buffer
-        .iter()
-        .position(|&b| b != 0)
-        .map(|i| (i, buffer[i]))
+    buffer.iter().position(|&b| b != 0).map(|i| (i, buffer[i]))
 }
 
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xedb88320, initial and final
@@ -158,13 +155,17 @@ pub fn self_check() -> Result<(), alloc::string::String> {
     for (k, want) in expected.iter().enumerate() {
         let got = word(0, k as u64);
         if got != *want {
-            return Err(format!("splitmix64(0, {k}) = {got:#018x}, want {want:#018x}"));
+            return Err(format!(
+                "splitmix64(0, {k}) = {got:#018x}, want {want:#018x}"
+            ));
         }
     }
     // CRC-32 check value of the standard test string.
     let crc = crc32(b"123456789");
     if crc != 0xcbf4_3926 {
-        return Err(format!("crc32(\"123456789\") = {crc:#010x}, want 0xcbf43926"));
+        return Err(format!(
+            "crc32(\"123456789\") = {crc:#010x}, want 0xcbf43926"
+        ));
     }
     if crc32_update(crc32(b"1234"), b"56789") != crc {
         return Err("crc32 does not continue across pieces".into());

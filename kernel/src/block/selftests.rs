@@ -183,12 +183,18 @@ fn injected_errors() -> Result<Vec<(String, bool, u64)>, String> {
         let (Some(serial), Some(op), Some(sector), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!("expect.blk.ioerr entry {entry:?} is not <serial>:<read|write>:<sector>"));
+            return Err(format!(
+                "expect.blk.ioerr entry {entry:?} is not <serial>:<read|write>:<sector>"
+            ));
         };
         let is_write = match op {
             "read" => false,
             "write" => true,
-            _ => return Err(format!("expect.blk.ioerr entry {entry:?}: op must be read or write")),
+            _ => {
+                return Err(format!(
+                    "expect.blk.ioerr entry {entry:?}: op must be read or write"
+                ))
+            }
         };
         let sector = parse_u64(sector)
             .ok_or_else(|| format!("expect.blk.ioerr entry {entry:?}: bad sector"))?;
@@ -234,18 +240,27 @@ fn for_each_scratch(
 /// back into a poisoned buffer, compares, and announces the region.
 fn write_verified(disk: &mut Disk, sector: u64, sectors: u64, seed: u64) -> Result<(), String> {
     let bytes = sectors as usize * SECTOR;
+    let t0 = crate::clock::uptime_ns();
     let mut data = IoBuffer::new(bytes)?;
+    let t1 = crate::clock::uptime_ns();
     pattern::fill(seed, sector * SECTOR as u64, data.as_mut_slice());
     let crc = pattern::crc32(data.as_slice());
+    let t2 = crate::clock::uptime_ns();
     disk.write(sector, data.as_slice())
         .map_err(|e| format!("write of {sectors} sector(s) at {sector}: {e}"))?;
+    let t3 = crate::clock::uptime_ns();
     announce_wrote(disk, sector, sectors, seed, crc);
     let mut back = IoBuffer::new(bytes)?;
     back.as_mut_slice().fill(0xa5);
+    let t4 = crate::clock::uptime_ns();
     disk.read(sector, back.as_mut_slice())
         .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"))?;
-    check_pattern(back.as_slice(), seed, sector)
-        .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"))
+    let t5 = crate::clock::uptime_ns();
+    let r = check_pattern(back.as_slice(), seed, sector)
+        .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"));
+    let t6 = crate::clock::uptime_ns();
+    log::info!("TIMING {sectors}: alloc {} fill {} write {} alloc2 {} read {} check {} us", (t1-t0)/1000, (t2-t1)/1000, (t3-t2)/1000, (t4-t3)/1000, (t5-t4)/1000, (t6-t5)/1000);
+    r
 }
 
 fn announce_wrote(disk: &Disk, sector: u64, sectors: u64, seed: u64, crc: u32) {
@@ -321,7 +336,11 @@ fn test_disks() -> Result<(), String> {
         .collect();
     super::init();
     let infos = super::disks();
-    let expected: Vec<_> = found.iter().filter(|(_, up)| *up).map(|(l, _)| *l).collect();
+    let expected: Vec<_> = found
+        .iter()
+        .filter(|(_, up)| *up)
+        .map(|(l, _)| *l)
+        .collect();
     let got: Vec<_> = infos.iter().map(|d| d.location).collect();
     if got != expected {
         return Err(format!(
@@ -349,7 +368,10 @@ fn test_disks() -> Result<(), String> {
     super::with_disks(|disks| {
         for (disk, info) in disks.iter_mut().zip(&infos) {
             if disk.location() != info.location || disk.name() != info.name {
-                return Err(format!("{}: registry and description disagree", disk.name()));
+                return Err(format!(
+                    "{}: registry and description disagree",
+                    disk.name()
+                ));
             }
             if disk.device().is_failed() {
                 return Err(format!("{}: device failed", disk.name()));
@@ -387,7 +409,9 @@ fn test_serials() -> Result<(), String> {
     })?;
     found.sort_unstable();
     if found != expected {
-        return Err(format!("serials {found:?}, expect.blk.serial= says {expected:?}"));
+        return Err(format!(
+            "serials {found:?}, expect.blk.serial= says {expected:?}"
+        ));
     }
     Ok(())
 }
@@ -413,7 +437,8 @@ fn test_read_only() -> Result<(), String> {
             if !want {
                 continue;
             }
-            refuses_writes(disk).map_err(|e| format!("{} ({}): {e}", disk.name(), disk.serial()))?;
+            refuses_writes(disk)
+                .map_err(|e| format!("{} ({}): {e}", disk.name(), disk.serial()))?;
         }
         Ok(())
     })
@@ -447,7 +472,8 @@ fn refuses_writes(disk: &mut Disk) -> Result<(), String> {
         }
     }
     let mut sector = vec![0u8; SECTOR];
-    disk.read(0, &mut sector).map_err(|e| format!("read: {e}"))?;
+    disk.read(0, &mut sector)
+        .map_err(|e| format!("read: {e}"))?;
     log::info!(
         "block: {}: read-only: write, discard and write-zeroes refused, reads work",
         disk.name()
@@ -474,13 +500,17 @@ fn test_reads() -> Result<(), String> {
         let mut sector = vec![0xa5u8; SECTOR];
         super::read(name, 0, &mut sector).map_err(|e| format!("block::read({name}): {e}"))?;
         if &sector != expected {
-            return Err(format!("block::read({name}, 0) differs from the disk's own read"));
+            return Err(format!(
+                "block::read({name}, 0) differs from the disk's own read"
+            ));
         }
     }
     let missing = super::disk_name(first_sectors.len());
     match super::read(&missing, 0, &mut [0u8; SECTOR]) {
         Err(super::BlockError::NoSuchDisk(name)) if name == missing => Ok(()),
-        other => Err(format!("block::read({missing}) returned {other:?}, expected NoSuchDisk")),
+        other => Err(format!(
+            "block::read({missing}) returned {other:?}, expected NoSuchDisk"
+        )),
     }
 }
 
@@ -501,12 +531,20 @@ fn reads_work(disk: &mut Disk, rng: &mut Rng) -> Result<(), String> {
     let mut one = vec![0u8; SECTOR];
     match disk.read(capacity, &mut one) {
         Err(super::BlockError::Device(BlkError::OutOfRange { .. })) => {}
-        other => return Err(format!("read past the end returned {other:?}, expected OutOfRange")),
+        other => {
+            return Err(format!(
+                "read past the end returned {other:?}, expected OutOfRange"
+            ))
+        }
     }
     let mut odd = vec![0u8; SECTOR + 1];
     match disk.read(0, &mut odd) {
         Err(super::BlockError::Device(BlkError::BadBufferLength { len })) if len == SECTOR + 1 => {}
-        other => return Err(format!("read into 513 bytes returned {other:?}, expected BadBufferLength")),
+        other => {
+            return Err(format!(
+                "read into 513 bytes returned {other:?}, expected BadBufferLength"
+            ))
+        }
     }
     if requests(disk) != before {
         return Err("a refused request reached the device".into());
@@ -525,9 +563,8 @@ fn test_host_filled() -> Result<(), String> {
     for entry in value.split(',') {
         let mut fields = entry.split(':');
         let parsed = match (fields.next(), fields.next(), fields.next(), fields.next()) {
-            (Some(serial), Some(seed), first, None) => parse_u64(seed).and_then(|seed| {
-                Some((serial, seed, first.map_or(Some(0), parse_u64)?))
-            }),
+            (Some(serial), Some(seed), first, None) => parse_u64(seed)
+                .and_then(|seed| Some((serial, seed, first.map_or(Some(0), parse_u64)?))),
             _ => None,
         };
         let (serial, seed, first) = parsed.ok_or_else(|| {
@@ -550,7 +587,9 @@ fn test_host_filled() -> Result<(), String> {
 fn verify_whole_disk(disk: &mut Disk, seed: u64, first: u64) -> Result<(), String> {
     let capacity = disk.capacity_sectors();
     if first >= capacity {
-        return Err(format!("first sector {first} is past the end ({capacity} sectors)"));
+        return Err(format!(
+            "first sector {first} is past the end ({capacity} sectors)"
+        ));
     }
     let chunk_sizes = [1u64, 7, 8, 64, 255, 1024, 2048];
     let mut buffer = IoBuffer::new(2048 * SECTOR)?;
@@ -616,7 +655,9 @@ fn test_queue_depths() -> Result<(), String> {
         let indirect = disk.device().features() & drivers::features::RING_INDIRECT_DESC != 0;
         let deepest = if indirect { queue_size } else { queue_size / 3 };
         if deepest == 0 || 2 * deepest > QD_AREA {
-            return Err(format!("queue of {queue_size} descriptors: cannot test depth {deepest}"));
+            return Err(format!(
+                "queue of {queue_size} descriptors: cannot test depth {deepest}"
+            ));
         }
         let mut depths = Vec::new();
         let mut depth = 1;
@@ -688,7 +729,10 @@ fn in_flight_together(
     let pieces: Vec<NonNull<[u8]>> = buffer.chunks_exact_mut(SECTOR).map(NonNull::from).collect();
     let outcome = submit_and_collect(disk, first, order, &pieces, write, full, batch);
     if disk.device().in_flight() > 0 {
-        log::warn!("block: {}: requests left in flight; resetting the device", disk.name());
+        log::warn!(
+            "block: {}: requests left in flight; resetting the device",
+            disk.name()
+        );
         let _ = disk.device().recover();
     }
     outcome
@@ -736,7 +780,10 @@ fn submit_and_collect(
                 if batch {
                     device.finish_batch();
                 }
-                return Err(format!("submitting request {} of {depth}: {e}", tokens.len() + 1));
+                return Err(format!(
+                    "submitting request {} of {depth}: {e}",
+                    tokens.len() + 1
+                ));
             }
         }
     }
@@ -744,7 +791,10 @@ fn submit_and_collect(
         device.finish_batch();
     }
     if device.in_flight() != depth {
-        return Err(format!("{} requests in flight, expected {depth}", device.in_flight()));
+        return Err(format!(
+            "{} requests in flight, expected {depth}",
+            device.in_flight()
+        ));
     }
     if full {
         let probe = core::slice::from_ref(&pieces[0]);
@@ -762,7 +812,9 @@ fn submit_and_collect(
     if batch {
         let sent = device.stats().ring.notifications - notifications_before;
         if sent > 1 {
-            return Err(format!("one batch of {depth} requests sent {sent} notifications"));
+            return Err(format!(
+                "one batch of {depth} requests sent {sent} notifications"
+            ));
         }
     }
     let mut seen = vec![false; depth];
@@ -776,7 +828,10 @@ fn submit_and_collect(
                     .flatten()
                     .ok_or_else(|| format!("completion for unknown token {}", completion.token))?;
                 if !tokens.contains(&completion.token) || seen[entry as usize] {
-                    return Err(format!("completion for {} twice or never sent", completion.token));
+                    return Err(format!(
+                        "completion for {} twice or never sent",
+                        completion.token
+                    ));
                 }
                 seen[entry as usize] = true;
                 entry_of_slot[completion.token.slot()] = None;
@@ -848,17 +903,30 @@ fn vectored(
 ) -> Result<(), String> {
     let mut data = IoBuffer::new(2 * buffers * SECTOR)?;
     for (i, piece) in data.as_mut_slice().chunks_exact_mut(2 * SECTOR).enumerate() {
-        pattern::fill(seed, (first + i as u64) * SECTOR as u64, &mut piece[..SECTOR]);
+        pattern::fill(
+            seed,
+            (first + i as u64) * SECTOR as u64,
+            &mut piece[..SECTOR],
+        );
         piece[SECTOR..].fill(0xee);
     }
-    let pieces: Vec<&[u8]> = data.as_slice().chunks_exact(2 * SECTOR).map(|p| &p[..SECTOR]).collect();
-    let crc = pieces.iter().fold(0, |crc, p| pattern::crc32_update(crc, p));
+    let pieces: Vec<&[u8]> = data
+        .as_slice()
+        .chunks_exact(2 * SECTOR)
+        .map(|p| &p[..SECTOR])
+        .collect();
+    let crc = pieces
+        .iter()
+        .fold(0, |crc, p| pattern::crc32_update(crc, p));
     let before = requests(disk);
-    disk.write_vectored(first, &pieces).map_err(|e| format!("write: {e}"))?;
+    disk.write_vectored(first, &pieces)
+        .map_err(|e| format!("write: {e}"))?;
     announce_wrote(disk, first, buffers as u64, seed, crc);
     let sent = requests(disk) - before;
     if sent != expected_requests {
-        return Err(format!("write took {sent} requests, expected {expected_requests}"));
+        return Err(format!(
+            "write took {sent} requests, expected {expected_requests}"
+        ));
     }
     let mut back = IoBuffer::new(2 * buffers * SECTOR)?;
     back.as_mut_slice().fill(0xa5);
@@ -869,11 +937,14 @@ fn vectored(
             .chunks_exact_mut(2 * SECTOR)
             .map(|p| &mut p[..SECTOR])
             .collect();
-        disk.read_vectored(first, &mut pieces).map_err(|e| format!("read: {e}"))?;
+        disk.read_vectored(first, &mut pieces)
+            .map_err(|e| format!("read: {e}"))?;
     }
     let sent = requests(disk) - before;
     if sent != expected_requests {
-        return Err(format!("read took {sent} requests, expected {expected_requests}"));
+        return Err(format!(
+            "read took {sent} requests, expected {expected_requests}"
+        ));
     }
     for (i, piece) in back.as_slice().chunks_exact(2 * SECTOR).enumerate() {
         check_pattern(&piece[..SECTOR], seed, first + i as u64)?;
@@ -907,7 +978,9 @@ fn flush(disk: &mut Disk) -> Result<(), String> {
             Ok(())
         }
         (Err(super::BlockError::Device(BlkError::NotNegotiated(_))), false) => Ok(()),
-        (result, supported) => Err(format!("flush (FLUSH negotiated: {supported}) returned {result:?}")),
+        (result, supported) => Err(format!(
+            "flush (FLUSH negotiated: {supported}) returned {result:?}"
+        )),
     }
 }
 
@@ -918,7 +991,9 @@ fn write_zeroes(disk: &mut Disk, region: u64, seed: u64) -> Result<(), String> {
     let Some(limits) = disk.device().info().write_zeroes else {
         return match disk.write_zeroes(region, 1, false) {
             Err(super::BlockError::Device(BlkError::NotNegotiated(_))) => Ok(()),
-            other => Err(format!("write-zeroes without WRITE_ZEROES returned {other:?}")),
+            other => Err(format!(
+                "write-zeroes without WRITE_ZEROES returned {other:?}"
+            )),
         };
     };
     write_verified(disk, region, RANGE_REGION, seed)?;
@@ -933,21 +1008,27 @@ fn write_zeroes(disk: &mut Disk, region: u64, seed: u64) -> Result<(), String> {
     }
     let mut back = IoBuffer::new(RANGE_REGION as usize * SECTOR)?;
     back.as_mut_slice().fill(0xa5);
-    disk.read(region, back.as_mut_slice()).map_err(|e| format!("read-back: {e}"))?;
+    disk.read(region, back.as_mut_slice())
+        .map_err(|e| format!("read-back: {e}"))?;
     for s in 0..RANGE_REGION {
         let data = &back.as_slice()[s as usize * SECTOR..(s as usize + 1) * SECTOR];
         let in_zeroed = zeroed.iter().any(|&(o, n, _)| s >= o && s < o + n);
         if in_zeroed {
             check_zero(data, region + s).map_err(|e| format!("after write-zeroes: {e}"))?;
         } else {
-            check_pattern(data, seed, region + s).map_err(|e| format!("outside write-zeroes: {e}"))?;
+            check_pattern(data, seed, region + s)
+                .map_err(|e| format!("outside write-zeroes: {e}"))?;
         }
     }
     log::info!(
         "block: {}: write-zeroes read back as zeroes ({} range(s), UNMAP {}), neighbours intact",
         disk.name(),
         zeroed.len(),
-        if limits.may_unmap { "tried" } else { "not offered" }
+        if limits.may_unmap {
+            "tried"
+        } else {
+            "not offered"
+        }
     );
     Ok(())
 }
@@ -966,11 +1047,13 @@ fn discard(disk: &mut Disk, region: u64, seed: u64) -> Result<(), String> {
     let align = u64::from(limits.sector_alignment).clamp(1, 64);
     let offset = 64u64.next_multiple_of(align);
     let sectors = 128u64.next_multiple_of(align).min(RANGE_REGION - offset);
-    disk.discard(region + offset, sectors).map_err(|e| format!("discard: {e}"))?;
+    disk.discard(region + offset, sectors)
+        .map_err(|e| format!("discard: {e}"))?;
     announce(disk, "discarded", region + offset, sectors);
     let mut back = IoBuffer::new(RANGE_REGION as usize * SECTOR)?;
     back.as_mut_slice().fill(0xa5);
-    disk.read(region, back.as_mut_slice()).map_err(|e| format!("read-back: {e}"))?;
+    disk.read(region, back.as_mut_slice())
+        .map_err(|e| format!("read-back: {e}"))?;
     let mut zeroes = 0;
     for s in 0..RANGE_REGION {
         let data = &back.as_slice()[s as usize * SECTOR..(s as usize + 1) * SECTOR];
@@ -1016,7 +1099,9 @@ fn test_injected_errors() -> Result<(), String> {
 fn injected(disk: &mut Disk, is_write: bool, sector: u64, seed: u64) -> Result<(), String> {
     let capacity = disk.capacity_sectors();
     if sector + 64 + 8 > capacity || sector < 8 {
-        return Err(format!("sector {sector} is too close to an end of the disk"));
+        return Err(format!(
+            "sector {sector} is too close to an end of the disk"
+        ));
     }
     let failed_before = disk.device().stats().failed;
     let what = if is_write { "write" } else { "read" };
@@ -1038,8 +1123,8 @@ fn injected(disk: &mut Disk, is_write: bool, sector: u64, seed: u64) -> Result<(
             }
             other => {
                 return Err(format!(
-                    "{what} of {count} sector(s) at {first} returned {other:?}, expected an I/O error"
-                ))
+                "{what} of {count} sector(s) at {first} returned {other:?}, expected an I/O error"
+            ))
             }
         }
     }
@@ -1057,8 +1142,7 @@ fn injected(disk: &mut Disk, is_write: bool, sector: u64, seed: u64) -> Result<(
             .map_err(|e| format!("read at {other} after the error: {e}"))?;
     }
     if disk.writable() {
-        write_verified(disk, sector + 64, 8, seed)
-            .map_err(|e| format!("after the error: {e}"))?;
+        write_verified(disk, sector + 64, 8, seed).map_err(|e| format!("after the error: {e}"))?;
     }
     log::info!(
         "block: {}: {what} at sector {sector} failed with IOERR as injected (3 times); the disk keeps working",
@@ -1077,7 +1161,10 @@ fn test_counters() -> Result<(), String> {
             let device = disk.device();
             let stats = device.stats();
             if device.in_flight() != 0 {
-                return Err(format!("{name}: {} requests still in flight", device.in_flight()));
+                return Err(format!(
+                    "{name}: {} requests still in flight",
+                    device.in_flight()
+                ));
             }
             if stats.completions != stats.requests {
                 return Err(format!(

@@ -30,18 +30,28 @@ fn write_page(out: &mut String, nics: &[Nic]) -> core::fmt::Result {
     writeln!(out, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>virtio teaching kernel</title>")?;
     writeln!(out, "<style>body{{font-family:monospace}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:2px 6px;text-align:left}}</style></head><body>")?;
     writeln!(out, "<h1>virtio teaching kernel</h1>")?;
-    writeln!(out, "<p>uptime {}.{:03} s</p>", uptime_ms / 1000, uptime_ms % 1000)?;
+    writeln!(
+        out,
+        "<p>uptime {}.{:03} s</p>",
+        uptime_ms / 1000,
+        uptime_ms % 1000
+    )?;
 
     writeln!(out, "<h2>Devices</h2>\n<table>")?;
-    writeln!(out, "<tr><th>type</th><th>location</th><th>transport</th><th>state</th><th>features</th></tr>")?;
+    writeln!(
+        out,
+        "<tr><th>type</th><th>location</th><th>transport</th><th>state</th><th>features</th></tr>"
+    )?;
     {
         let devices = virtio::devices();
         for device in devices.iter() {
             let name = virtio::type_name(device.device_type);
-            let transport = device
-                .transport_kind
-                .map_or("none", |k| k.name());
-            write!(out, "<tr><td>{name}</td><td>{}</td><td>{transport}</td>", device.location)?;
+            let transport = device.transport_kind.map_or("none", |k| k.name());
+            write!(
+                out,
+                "<tr><td>{name}</td><td>{}</td><td>{transport}</td>",
+                device.location
+            )?;
             match &device.state {
                 DeviceState::Live(live) => writeln!(
                     out,
@@ -126,7 +136,11 @@ fn write_nic(out: &mut String, nic: &Nic) -> core::fmt::Result {
         "<tr><th>header</th><td>{} bytes</td></tr>",
         device.header_len()
     )?;
-    writeln!(out, "<tr><th>interrupt line</th><td>{:?}</td></tr>", nic.interrupt)?;
+    writeln!(
+        out,
+        "<tr><th>interrupt line</th><td>{:?}</td></tr>",
+        nic.interrupt
+    )?;
     row(
         out,
         "interrupts",
@@ -140,7 +154,9 @@ fn write_nic(out: &mut String, nic: &Nic) -> core::fmt::Result {
             out,
             "<tr><th>address</th><td>{} (gateway {})</td></tr>",
             lease.address,
-            lease.gateway.map_or(String::from("none"), |g| alloc::format!("{g}"))
+            lease
+                .gateway
+                .map_or(String::from("none"), |g| alloc::format!("{g}"))
         )?,
         None => row(out, "address", "none (no DHCP lease)")?,
     }

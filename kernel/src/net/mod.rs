@@ -114,9 +114,7 @@ pub fn run() -> ! {
                 let sleep = stack::sleep_limit(&nics, next);
                 // Ask for receive interrupts, and look once more: packets that
                 // arrived before the request will not interrupt (§2.7.7).
-                let pending = nics
-                    .iter_mut()
-                    .any(|n| n.device.rx().enable_interrupts());
+                let pending = nics.iter_mut().any(|n| n.device.rx().enable_interrupts());
                 (!pending).then_some(sleep)
             }
         };

@@ -286,11 +286,7 @@ impl Nic {
     pub fn config_changed(&mut self) {
         self.counters.config_events += 1;
         match self.device.handle_config_change() {
-            Ok(Some(up)) => log::info!(
-                "{}: link {}",
-                self.name,
-                if up { "up" } else { "down" }
-            ),
+            Ok(Some(up)) => log::info!("{}: link {}", self.name, if up { "up" } else { "down" }),
             Ok(None) => {}
             Err(error) => log::warn!("{}: configuration change: {error}", self.name),
         }

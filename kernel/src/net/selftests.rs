@@ -24,8 +24,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use drivers::net::{feature, MacAddress};
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::iface::SocketHandle;
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::icmp;
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, Ipv4Address};
 use spin::Mutex;
@@ -158,7 +158,10 @@ fn test_dhcp() -> Result<(), String> {
                 return Err("lease vanished".into());
             };
             if lease.gateway.is_none() {
-                return Err(format!("{}: lease {} without a gateway", nics[i].name, lease.address));
+                return Err(format!(
+                    "{}: lease {} without a gateway",
+                    nics[i].name, lease.address
+                ));
             }
             return Ok(());
         }
@@ -214,7 +217,11 @@ fn test_arp() -> Result<(), String> {
     let mut frame = vec![0u8; 2048];
     let mut seen = 0;
     while !expired(until) {
-        let Some(len) = nic.device.receive_into(&mut frame).map_err(|e| e.to_string())? else {
+        let Some(len) = nic
+            .device
+            .receive_into(&mut frame)
+            .map_err(|e| e.to_string())?
+        else {
             core::hint::spin_loop();
             continue;
         };
@@ -230,7 +237,14 @@ fn test_arp() -> Result<(), String> {
         if is_reply {
             log::info!(
                 "{}: ARP: {} is at {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                nic.name, gateway, f[22], f[23], f[24], f[25], f[26], f[27]
+                nic.name,
+                gateway,
+                f[22],
+                f[23],
+                f[24],
+                f[25],
+                f[26],
+                f[27]
             );
             return Ok(());
         }
@@ -353,7 +367,11 @@ fn collect_test_frames(nic: &mut Nic, wanted: usize) -> Result<Vec<Vec<u8>>, Str
     let mut frames = Vec::new();
     let mut buffer = vec![0u8; 2048];
     while frames.len() < wanted && !expired(until) {
-        match nic.device.receive_into(&mut buffer).map_err(|e| e.to_string())? {
+        match nic
+            .device
+            .receive_into(&mut buffer)
+            .map_err(|e| e.to_string())?
+        {
             Some(len) if len >= 14 && buffer[12..14] == TEST_ETHERTYPE => {
                 frames.push(buffer[..len.min(buffer.len())].to_vec());
             }
@@ -445,7 +463,13 @@ fn test_hub() -> Result<(), String> {
 
 /// Sends one test frame to `to` from card `from` and says whether card
 /// `receiver` got it.
-fn delivered(nics: &mut [Nic], from: usize, receiver: usize, to: MacAddress, tag: u32) -> Result<bool, String> {
+fn delivered(
+    nics: &mut [Nic],
+    from: usize,
+    receiver: usize,
+    to: MacAddress,
+    tag: u32,
+) -> Result<bool, String> {
     drain(&mut nics[receiver]);
     let frame = hub_frame(to, nics[from].device.mac(), 64, tag);
     nics[from].device.send(&frame).map_err(|e| e.to_string())?;
@@ -531,6 +555,10 @@ fn test_control_queue() -> Result<(), String> {
         }
         steps.push("mac address");
     }
-    log::info!("{}: control queue: {} work", nics[to].name, steps.join(", "));
+    log::info!(
+        "{}: control queue: {} work",
+        nics[to].name,
+        steps.join(", ")
+    );
     Ok(())
 }

@@ -170,7 +170,9 @@ impl HttpConnection {
         while socket.can_recv() {
             let request = &mut self.request;
             let got = socket.recv(|data| {
-                let n = data.len().min(MAX_REQUEST + 1 - request.len().min(MAX_REQUEST));
+                let n = data
+                    .len()
+                    .min(MAX_REQUEST + 1 - request.len().min(MAX_REQUEST));
                 request.extend_from_slice(&data[..n]);
                 (n, n)
             });

@@ -70,9 +70,10 @@ pub fn attach(nic: &mut Nic, role: Role) {
     let mac = nic.device.mac();
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
     // Different on every boot (TCP initial sequence numbers, DHCP ids).
-    config.random_seed = crate::clock::tsc() ^ u64::from_le_bytes([
-        mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0,
-    ]);
+    config.random_seed = crate::clock::tsc()
+        ^ u64::from_le_bytes([
+            mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0,
+        ]);
     let iface = Interface::new(config, &mut nic.phy(), now());
     let mut sockets = SocketSet::new(vec![]);
     let dhcp = sockets.add(dhcpv4::Socket::new());
@@ -187,7 +188,10 @@ fn dhcp_events(name: &str, stack: &mut Stack) {
             stack.lease = Some(lease);
         }
         Some(dhcpv4::Event::Deconfigured) => {
-            log::warn!("{name}: dhcp: lease lost");
+            // smoltcp also reports this once at the start, before any lease.
+            if stack.lease.is_some() {
+                log::warn!("{name}: dhcp: lease lost");
+            }
             stack.iface.update_ip_addrs(|addrs| addrs.clear());
             stack.iface.routes_mut().remove_default_ipv4_route();
             stack.lease = None;

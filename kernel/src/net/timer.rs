@@ -57,7 +57,11 @@ pub fn init() {
             u32::MAX - left
         })
     };
-    let ticks = if ticks == 0 { FALLBACK_TICKS_PER_MS } else { ticks };
+    let ticks = if ticks == 0 {
+        FALLBACK_TICKS_PER_MS
+    } else {
+        ticks
+    };
     TICKS_PER_MS.store(ticks, Ordering::Relaxed);
     log::debug!("net: idle alarm on vector {vector:#04x}, APIC timer {ticks} ticks/ms");
 }

@@ -159,11 +159,23 @@ pub fn selftest() -> Result<(), String> {
     let submit = |s: &str| Action::Submit(String::from(s));
     let cases: [(&[u8], Vec<Action>, &[u8]); 7] = [
         (b"help\r", alloc::vec![submit("help")], b"help\r\n"),
-        (b"ab\x7fc\r\n", alloc::vec![submit("ac")], b"ab\x08 \x08c\r\n"),
-        (b"xy\x15ok\n", alloc::vec![submit("ok")], b"xy\x08 \x08\x08 \x08ok\r\n"),
+        (
+            b"ab\x7fc\r\n",
+            alloc::vec![submit("ac")],
+            b"ab\x08 \x08c\r\n",
+        ),
+        (
+            b"xy\x15ok\n",
+            alloc::vec![submit("ok")],
+            b"xy\x08 \x08\x08 \x08ok\r\n",
+        ),
         (b"oops\x03", alloc::vec![Action::Cancel], b"oops^C\r\n"),
         (b"\x1b[Aup\x1bOP\r", alloc::vec![submit("up")], b"up\r\n"),
-        (b"\x7f\r\r", alloc::vec![submit(""), submit("")], b"\r\n\r\n"),
+        (
+            b"\x7f\r\r",
+            alloc::vec![submit(""), submit("")],
+            b"\r\n\r\n",
+        ),
         (b"a\x01\xffb\r", alloc::vec![submit("ab")], b"ab\r\n"),
     ];
     for (input, actions, echo) in cases {

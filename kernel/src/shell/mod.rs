@@ -10,9 +10,9 @@
 //! |--------------------------------|-----------------------------------------------------------|
 //! | `help`                         | this list                                                 |
 //! | `devices`                      | every virtio device: location, transport, ring, negotiated features, per-queue counters |
-//! | `disks`                        | block devices (see "Placeholders")                        |
-//! | `blk read <disk> <lba> [n]`    | a hex dump of `n` sectors (see "Placeholders")            |
-//! | `net`, `ping <ip>`             | the network card and an ICMP echo (see "Placeholders")    |
+//! | `disks`                        | disks: name, location, transport, serial, size            |
+//! | `blk read <disk> <lba> [n]`    | a hex dump of `n` (1-16) sectors                          |
+//! | `net`, `ping <ip>`             | the network card (address, MAC, link) and an ICMP echo    |
 //! | `ports`                        | console ports: names, console or not, host/guest open, counters |
 //! | `write <port> <text>`          | sends the text and a newline on a named port (or by number) |
 //! | `read <port>`                  | shows what arrived on a port (waits up to 2 s for the first byte) |
@@ -31,13 +31,12 @@
 //! The pattern `send` writes and the host checks is byte `i` =
 //! `(i * 131 + seed + (i >> 8)) mod 256` ([`pattern_byte`]).
 //!
-//! ## Placeholders
+//! ## Other subsystems
 //!
-//! `disks` and `blk read` need the block driver in the kernel. Until it is
-//! wired in, they list what the registry knows about block devices and say
-//! that no driver drives them. `net` and `ping` use the network driver and
-//! smoltcp (`crate::net`); the shell owns the CPU loop, so it runs a
-//! network round ([`crate::net::poll`]) whenever it idles.
+//! `disks` and `blk read` use the block layer (`crate::block`); `net` and
+//! `ping` the network driver and smoltcp (`crate::net`). The shell owns the
+//! CPU loop while it runs, so it runs a network round
+//! ([`crate::net::poll`]) whenever it idles.
 
 pub mod console;
 pub mod line;
@@ -250,7 +249,13 @@ fn help(out: &mut Output) -> CommandResult {
     Ok(())
 }
 
-fn counters_line(out: &mut Output, index: u16, role: &str, size: u16, c: &drivers::queue::QueueCounters) {
+fn counters_line(
+    out: &mut Output,
+    index: u16,
+    role: &str,
+    size: u16,
+    c: &drivers::queue::QueueCounters,
+) {
     let _ = writeln!(
         out,
         "    queue {index:>2} {role:<11} size {size:>4}: added {}, notifications {} (suppressed {}), completions {}, device errors {}",
@@ -311,7 +316,11 @@ fn devices(out: &mut Output) -> CommandResult {
                 }
                 #[allow(unreachable_patterns)]
                 _ => {
-                    let _ = writeln!(out, "{name} at {}: driven by another driver", device.location);
+                    let _ = writeln!(
+                        out,
+                        "{name} at {}: driven by another driver",
+                        device.location
+                    );
                 }
             }
         }
@@ -349,7 +358,10 @@ fn devices(out: &mut Output) -> CommandResult {
                 counters_line(out, q.index, &role, q.size, &q.counters);
             }
             if idle > 0 {
-                let _ = writeln!(out, "    ({idle} more queues, set up for ports the device has not added)");
+                let _ = writeln!(
+                    out,
+                    "    ({idle} more queues, set up for ports the device has not added)"
+                );
             }
             let s = d.stats();
             let _ = writeln!(
@@ -387,21 +399,77 @@ fn registry_devices(device_type: DeviceType, out: &mut Output) -> usize {
 }
 
 fn disks(out: &mut Output) -> CommandResult {
-    let _ = writeln!(out, "block devices found:");
-    if registry_devices(DeviceType::Block, out) == 0 {
-        let _ = writeln!(out, "  none");
+    let disks = crate::block::disks();
+    if disks.is_empty() {
+        let _ = writeln!(out, "no disks; block devices the probe found:");
+        if registry_devices(DeviceType::Block, out) == 0 {
+            let _ = writeln!(out, "  none");
+        }
+        return Ok(());
     }
-    Err("no block driver in this kernel yet: serials and capacities need it".into())
+    for disk in &disks {
+        let _ = writeln!(
+            out,
+            "{} at {} ({}): serial {:?}, {} sectors ({} KiB), block size {}, {}{}",
+            disk.name,
+            disk.location,
+            disk.transport,
+            disk.serial,
+            disk.capacity_sectors,
+            disk.capacity_bytes() / 1024,
+            disk.block_size,
+            if disk.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
+            if disk.writable {
+                ", the kernel may write it"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
+/// The most sectors `blk read` dumps at once.
+const MAX_DUMP_SECTORS: u64 = 16;
+
 fn blk(args: &[&str], out: &mut Output) -> CommandResult {
-    match args {
-        ["read", _disk, _lba] | ["read", _disk, _lba, _] => {
-            let _ = out;
-            Err("no block driver in this kernel yet: cannot read sectors".into())
+    let (disk, lba, count) = match args {
+        ["read", disk, lba] => (*disk, *lba, "1"),
+        ["read", disk, lba, count] => (*disk, *lba, *count),
+        _ => return Err("usage: blk read <disk> <lba> [count]".into()),
+    };
+    let lba = lba
+        .parse::<u64>()
+        .map_err(|_| format!("`{lba}` is not a sector number"))?;
+    let count = count
+        .parse::<u64>()
+        .ok()
+        .filter(|c| (1..=MAX_DUMP_SECTORS).contains(c))
+        .ok_or_else(|| format!("count must be 1..={MAX_DUMP_SECTORS}"))?;
+    let mut buffer = vec![0u8; count as usize * 512];
+    crate::block::read(disk, lba, &mut buffer).map_err(|e| e.to_string())?;
+    for (i, line) in buffer.chunks(16).enumerate() {
+        let offset = lba * 512 + (i * 16) as u64;
+        let _ = write!(out, "{offset:08x} ");
+        for (j, byte) in line.iter().enumerate() {
+            let _ = write!(out, "{}{byte:02x}", if j == 8 { "  " } else { " " });
         }
-        _ => Err("usage: blk read <disk> <lba> [count]".into()),
+        let _ = write!(out, "  |");
+        for &byte in line {
+            let c = if (0x20..0x7f).contains(&byte) {
+                char::from(byte)
+            } else {
+                '.'
+            };
+            let _ = write!(out, "{c}");
+        }
+        let _ = writeln!(out, "|");
     }
+    Ok(())
 }
 
 fn net(out: &mut Output) -> CommandResult {
@@ -519,7 +587,11 @@ fn ping(args: &[&str], out: &mut Output) -> CommandResult {
                         data,
                     }) = Icmpv4Repr::parse(&packet, &caps)
                     {
-                        if i == ident && s == seq_no && from == IpAddress::Ipv4(target) && data == payload.as_slice() {
+                        if i == ident
+                            && s == seq_no
+                            && from == IpAddress::Ipv4(target)
+                            && data == payload.as_slice()
+                        {
                             answered = true;
                         }
                     }
@@ -540,7 +612,10 @@ fn ping(args: &[&str], out: &mut Output) -> CommandResult {
             let _ = writeln!(out, "no reply from {target}: seq {seq_no}");
         }
     }
-    if let Some(stack) = crate::net::nic::nics().get_mut(index).and_then(|n| n.stack.as_mut()) {
+    if let Some(stack) = crate::net::nic::nics()
+        .get_mut(index)
+        .and_then(|n| n.stack.as_mut())
+    {
         stack.sockets.remove(handle);
     }
     let _ = writeln!(out, "{target}: 3 sent, {replies} received");
@@ -662,7 +737,9 @@ fn read_port(args: &[&str], out: &mut Output) -> CommandResult {
 
 /// Byte `i` of the pattern `send` writes (the host computes the same).
 pub fn pattern_byte(i: usize, seed: u8) -> u8 {
-    (i.wrapping_mul(131).wrapping_add(usize::from(seed)).wrapping_add(i >> 8)) as u8
+    (i.wrapping_mul(131)
+        .wrapping_add(usize::from(seed))
+        .wrapping_add(i >> 8)) as u8
 }
 
 /// FNV-1a, 64 bits.
@@ -763,7 +840,9 @@ fn recv(args: &[&str], out: &mut Output) -> CommandResult {
             continue;
         }
         if crate::clock::uptime_ns() >= deadline {
-            return Err(format!("only {got} of {count} bytes arrived on port {port}"));
+            return Err(format!(
+                "only {got} of {count} bytes arrived on port {port}"
+            ));
         }
         idle(location);
     }
@@ -781,7 +860,8 @@ fn set_log(args: &[&str], out: &mut Output) -> CommandResult {
     let [level] = args else {
         return Err("usage: log <off|error|warn|info|debug|trace>".into());
     };
-    let filter = crate::logger::parse_level(level).ok_or_else(|| format!("unknown level `{level}`"))?;
+    let filter =
+        crate::logger::parse_level(level).ok_or_else(|| format!("unknown level `{level}`"))?;
     log::set_max_level(filter);
     let _ = writeln!(out, "log level is now {filter}");
     Ok(())
@@ -789,7 +869,12 @@ fn set_log(args: &[&str], out: &mut Output) -> CommandResult {
 
 fn uptime(out: &mut Output) -> CommandResult {
     let ns = crate::clock::uptime_ns();
-    let _ = writeln!(out, "up {}.{:06} s", ns / 1_000_000_000, (ns % 1_000_000_000) / 1000);
+    let _ = writeln!(
+        out,
+        "up {}.{:06} s",
+        ns / 1_000_000_000,
+        (ns % 1_000_000_000) / 1000
+    );
     Ok(())
 }
 
@@ -803,7 +888,9 @@ fn poweroff(out: &mut Output) -> CommandResult {
         let bytes = core::mem::take(&mut out.bytes);
         let _ = console::write_all(port, &bytes, OUTPUT_TIMEOUT_NS);
         if let Some(c) = console::lock().as_mut() {
-            let _ = c.device.flush(port, &mut console::waiter(c.location, OUTPUT_TIMEOUT_NS));
+            let _ = c
+                .device
+                .flush(port, &mut console::waiter(c.location, OUTPUT_TIMEOUT_NS));
         }
     }
     crate::println!("shell: poweroff");
@@ -871,7 +958,10 @@ fn test_console_driver() -> Result<(), String> {
         .map_err(|e| format!("flush: {e}"))?;
     let sent = c.device.port(port).map_or(0, |p| p.stats.bytes_sent);
     if sent != line.len() as u64 {
-        return Err(format!("port {port} counted {sent} bytes sent, wrote {}", line.len()));
+        return Err(format!(
+            "port {port} counted {sent} bytes sent, wrote {}",
+            line.len()
+        ));
     }
     if c.device.config().emergency_write {
         let n = c

@@ -23,10 +23,13 @@
 //! unfinished `DeviceInit` does that) and the device in the registry as
 //! failed; the boot goes on.
 //!
-//! **Where device drivers plug in**: [`bring_up`] matches on the device
-//! type. When `drivers::blk` (and later net and console) are wired into the
-//! kernel, their constructors replace the generic path for their type in
-//! that match, and the registry keeps the driver instead of bare queues.
+//! **Where device drivers plug in**: after probing (and after the interrupt
+//! code has routed the device), a device driver *claims* the live device
+//! from the registry (`VirtioDevice::claim`), which leaves
+//! `DeviceState::Claimed` behind, and brings it up again with its own
+//! features: blk in `crate::block` (disks vda, vdb, ...). Claiming later
+//! rather than replacing this path keeps one interrupt set-up for every
+//! device and lets the raw-ring self-tests run before the driver takes over.
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -100,9 +103,7 @@ pub fn bring_up(discovered: Discovered) -> VirtioDevice {
             error,
         },
         Ok(mut transport) => {
-            // Hook for device drivers: e.g. `DeviceType::Block =>
-            // drivers::blk::BlkDevice::new(transport, ..)` goes here, in
-            // front of the generic path, once the kernel uses that driver.
+            // Device drivers claim the device afterwards (module docs).
             match generic(&mut transport) {
                 Ok((queues, features)) => DeviceState::Live(LiveDevice {
                     transport,

@@ -33,15 +33,17 @@
 //!
 //! ## What "brought up" means here
 //!
-//! There is no device driver yet for any type, so the bring-up is the
+//! Probing knows no device driver, so the bring-up is the
 //! generic one of [`bringup`]: the initialisation sequence of virtio 1.2
 //! §3.1.1 accepting only the shared ring features (indirect descriptors,
 //! event index, and VERSION_1 on modern transports), no device-specific
 //! feature, and every queue the device has with those features (net: rx and
 //! tx; blk: one; console: receive and transmit of port 0). The queues are
 //! live and kept in the registry with the transport, so later code (the
-//! device drivers, the shell, the self-tests) can reach them. The device
-//! drivers plug in at the hook in [`bringup::bring_up`].
+//! device drivers, the shell, the self-tests) can reach them. A device
+//! driver then claims its device ([`VirtioDevice::claim`], leaving
+//! [`DeviceState::Claimed`]) and brings it up again with its own features
+//! (blk: `crate::block`).
 
 pub mod bringup;
 pub mod irq;

@@ -1,0 +1,352 @@
+//! The block workloads on the peer stack (`mode=bench bench=blk,peer`):
+//! the same disk, the same workloads, the same clock as
+//! [`crate::block::bench`], driven through `virtio_drivers::device::blk`.
+//!
+//! Run it after the `blk` section: it takes the disk `blk` measured (the
+//! first, or the one whose serial `bench.disk=` names), resets the device
+//! through our driver's transport (virtio 1.2 §3.1.1 step 1: from then on
+//! the device holds none of our rings or buffers), and hands the PCI
+//! function to the peer ([`super::pci::take_over`]). The disk is of no use
+//! to our driver afterwards; `mode=bench` leaves QEMU when it is done.
+//!
+//! ## How the peer is driven
+//!
+//! `VirtIOBlk` has a fixed 16-entry queue and no interrupt handling of its
+//! own, so it is driven the way its API invites: non-blocking submissions
+//! (`read_blocks_nb` / `write_blocks_nb`, each notifying the device when
+//! VIRTIO_F_RING_EVENT_IDX says to) and polling the used ring
+//! (`peek_used`, then `complete_*_blocks`). That is compared with our
+//! driver's polling mode. Depth 32 does not fit in 16 descriptors: the
+//! engine keeps as many requests in flight as the queue takes and says so
+//! (`depth=16 depth_wanted=32`).
+//!
+//! ## Output
+//!
+//! ```text
+//! bench: blk.peer.setup stack=peer bringup_us=812 queue_size=16 sectors=2097152
+//! bench: blk.randread.qd1.peer stack=peer iops=20512 mib_per_s=80.12 requests=20512 seconds=1.000 depth=1 depth_wanted=1 request_bytes=4096
+//! ```
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use drivers::transport::Transport;
+use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
+use virtio_drivers::transport::pci::PciTransport;
+
+use super::hal::PeerHal;
+use super::pci::{take_over, PeerError};
+use crate::block::pattern::Rng;
+use crate::block::SECTOR;
+use crate::println;
+
+/// The peer's block driver on our machine.
+type PeerBlk = VirtIOBlk<PeerHal, PciTransport>;
+
+/// One workload; names and shapes match `crate::block::bench`.
+struct Workload {
+    name: &'static str,
+    request_bytes: usize,
+    depth: usize,
+    write: bool,
+    random: bool,
+}
+
+const WORKLOADS: [Workload; 5] = [
+    Workload {
+        name: "blk.randread.qd1",
+        request_bytes: 4096,
+        depth: 1,
+        write: false,
+        random: true,
+    },
+    Workload {
+        name: "blk.randread.qd32",
+        request_bytes: 4096,
+        depth: 32,
+        write: false,
+        random: true,
+    },
+    Workload {
+        name: "blk.randwrite.qd1",
+        request_bytes: 4096,
+        depth: 1,
+        write: true,
+        random: true,
+    },
+    Workload {
+        name: "blk.seqread.128k",
+        request_bytes: 128 * 1024,
+        depth: 8,
+        write: false,
+        random: false,
+    },
+    Workload {
+        name: "blk.seqwrite.128k",
+        request_bytes: 128 * 1024,
+        depth: 8,
+        write: true,
+        random: false,
+    },
+];
+
+/// Requests completed before the clock starts, as in `block::bench`.
+const WARMUP_REQUESTS: u64 = 64;
+/// Extra seconds a run may take beyond its measured time before the device
+/// is declared stuck.
+const STUCK_AFTER_SECONDS: u64 = 10;
+
+/// What one run measured.
+struct Measured {
+    requests: u64,
+    ticks: u64,
+    depth: usize,
+}
+
+/// Runs the peer's block workloads (`bench.repeat=` times each) and prints
+/// their `bench:` lines.
+pub fn run() -> Result<(), String> {
+    crate::block::init();
+    let seconds = crate::cmdline::get("bench.seconds")
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0 && *s <= 60.0)
+        .unwrap_or(1.0);
+    let repeat = super::repeat_count();
+    if crate::clock::tsc_hz() == 0 {
+        return Err("the TSC is not calibrated: nothing can be timed".into());
+    }
+    let wanted = crate::cmdline::get("bench.disk");
+    let (location, writable) = crate::block::with_disks(|disks| {
+        let disk = match wanted {
+            Some(serial) => disks.iter_mut().find(|d| d.serial() == serial),
+            None => disks.first_mut(),
+        }
+        .ok_or_else(|| format!("no disk to measure (bench.disk={wanted:?})"))?;
+        // Our driver lets go: after the reset the device owns nothing of ours.
+        disk.device()
+            .transport_mut()
+            .reset()
+            .map_err(|e| format!("resetting {} for the peer: {e}", disk.name()))?;
+        Ok::<_, String>((disk.location(), disk.writable()))
+    })?;
+
+    let started = crate::clock::tsc();
+    let mut blk = take_over(location)
+        .and_then(|transport| PeerBlk::new(transport).map_err(PeerError::Device))
+        .map_err(|e| format!("handing {location} to virtio-drivers: {e}"))?;
+    let bringup_us = crate::clock::ticks_to_ns(crate::clock::tsc() - started) / 1000;
+    // It polls: the device need not interrupt (as ours in polling mode).
+    blk.disable_interrupts();
+    println!(
+        "bench: blk.peer.setup stack=peer location={location} bringup_us={bringup_us} queue_size={} sectors={} read_only={} repeat={repeat} seconds={seconds:.3}",
+        blk.virt_queue_size(),
+        blk.capacity(),
+        if blk.readonly() { "yes" } else { "no" }
+    );
+    for workload in &WORKLOADS {
+        if workload.write && (!writable || blk.readonly()) {
+            log::info!("bench: {} skipped on the peer: not a scratch disk", workload.name);
+            continue;
+        }
+        for _ in 0..repeat {
+            let measured = measure(&mut blk, workload, seconds)
+                .map_err(|e| format!("{}.peer: {e}", workload.name))?;
+            report(workload, &measured);
+        }
+    }
+    Ok(())
+}
+
+fn report(workload: &Workload, m: &Measured) {
+    let seconds = m.ticks as f64 / crate::clock::tsc_hz() as f64;
+    let iops = m.requests as f64 / seconds;
+    println!(
+        "bench: {}.peer stack=peer iops={iops:.0} mib_per_s={:.2} requests={} seconds={seconds:.3} depth={} depth_wanted={} request_bytes={}",
+        workload.name,
+        iops * workload.request_bytes as f64 / (1024.0 * 1024.0),
+        m.requests,
+        m.depth,
+        workload.depth,
+        workload.request_bytes
+    );
+}
+
+/// The buffers of one request, which must stay put while it is in flight.
+struct Slot {
+    request: BlkReq,
+    response: BlkResp,
+}
+
+/// Runs one workload for `seconds` after the warm-up: keeps up to
+/// `workload.depth` requests in flight (fewer if the peer's queue is full
+/// earlier), polling the used ring.
+fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measured, String> {
+    let sectors_per_request = (workload.request_bytes / SECTOR) as u64;
+    let slots_on_disk = blk.capacity() / sectors_per_request;
+    if slots_on_disk < workload.depth as u64 {
+        return Err("disk too small".into());
+    }
+    let mut buffer = crate::block::IoBuffer::new(workload.depth * workload.request_bytes)?;
+    let mut pieces: Vec<&mut [u8]> = buffer
+        .as_mut_slice()
+        .chunks_exact_mut(workload.request_bytes)
+        .collect();
+    let mut slots: Vec<Slot> = (0..workload.depth)
+        .map(|_| Slot {
+            request: BlkReq::default(),
+            response: BlkResp::default(),
+        })
+        .collect();
+    let mut piece_of_token = vec![usize::MAX; usize::from(blk.virt_queue_size())];
+    let mut rng = Rng::new(0xbe9c4);
+    let mut sequential = 0u64;
+    let mut next_block = || {
+        let slot = if workload.random {
+            rng.below(slots_on_disk)
+        } else {
+            let slot = sequential % slots_on_disk;
+            sequential += 1;
+            slot
+        };
+        (slot * sectors_per_request) as usize
+    };
+
+    // Fill the queue: as many as the workload wants and the queue holds.
+    let mut in_flight = 0usize;
+    for piece in 0..workload.depth {
+        // SAFETY: the slot and the piece of the buffer belong to this
+        // request alone until its completion is collected below; the
+        // buffer and slots outlive every request (they are leaked, never
+        // freed, if a request is left in flight).
+        match unsafe { submit(blk, workload, next_block(), &mut slots[piece], &mut *pieces[piece]) } {
+            Ok(token) => {
+                record(&mut piece_of_token, token, piece)?;
+                in_flight += 1;
+            }
+            Err(virtio_drivers::Error::QueueFull) if in_flight > 0 => break,
+            Err(e) => return Err(format!("first submissions: {e}")),
+        }
+    }
+    let depth = in_flight;
+
+    let hz = crate::clock::tsc_hz();
+    let duration = (seconds * hz as f64) as u64;
+    let give_up_at = crate::clock::tsc()
+        .saturating_add(duration)
+        .saturating_add(STUCK_AFTER_SECONDS.saturating_mul(hz));
+    let mut completed = 0u64;
+    let mut start: Option<(u64, u64)> = None;
+    let mut stop_at = u64::MAX;
+    let mut outcome = Ok(());
+    while in_flight > 0 {
+        let Some(token) = blk.peek_used() else {
+            if crate::clock::tsc() > give_up_at {
+                outcome = Err(format!("{completed} requests done, then the device went quiet"));
+                break;
+            }
+            core::hint::spin_loop();
+            continue;
+        };
+        let piece = match piece_of_token.get(usize::from(token)).copied() {
+            Some(piece) if piece < slots.len() => piece,
+            _ => {
+                outcome = Err(format!("the device completed unknown token {token}"));
+                break;
+            }
+        };
+        piece_of_token[usize::from(token)] = usize::MAX;
+        let slot = &mut slots[piece];
+        // SAFETY: the same request, buffer and response that were submitted
+        // with this token (recorded in `piece_of_token`).
+        let result = unsafe {
+            if workload.write {
+                blk.complete_write_blocks(token, &slot.request, &*pieces[piece], &mut slot.response)
+            } else {
+                blk.complete_read_blocks(token, &slot.request, &mut *pieces[piece], &mut slot.response)
+            }
+        };
+        in_flight -= 1;
+        if let Err(e) = result {
+            outcome = Err(format!("request failed: {e}"));
+            break;
+        }
+        completed += 1;
+        let now = crate::clock::tsc();
+        if start.is_none() && completed >= WARMUP_REQUESTS {
+            start = Some((now, completed));
+            stop_at = now.saturating_add(duration);
+        }
+        if now >= stop_at {
+            continue; // drain
+        }
+        // SAFETY: as for the first submissions; this piece's previous
+        // request was just completed.
+        match unsafe { submit(blk, workload, next_block(), &mut slots[piece], &mut *pieces[piece]) } {
+            Ok(token) => {
+                if let Err(e) = record(&mut piece_of_token, token, piece) {
+                    outcome = Err(e);
+                    break;
+                }
+                in_flight += 1;
+            }
+            Err(e) => {
+                outcome = Err(format!("resubmitting: {e}"));
+                break;
+            }
+        }
+    }
+    let end = crate::clock::tsc();
+    if in_flight > 0 {
+        // Requests are left in the device's hands and the peer offers no
+        // way to take them back short of dropping the driver: the device
+        // may still write into these buffers, so they are leaked rather
+        // than handed back to the allocator. Only a failed run gets here.
+        log::warn!("bench: peer: {in_flight} request(s) left in flight; leaking their buffers");
+        drop(pieces);
+        core::mem::forget(buffer);
+        core::mem::forget(slots);
+    }
+    outcome?;
+    let (started, before) = start.ok_or("the run ended during the warm-up")?;
+    Ok(Measured {
+        requests: completed - before,
+        ticks: end - started,
+        depth,
+    })
+}
+
+/// Notes which piece of the buffer the request `token` uses.
+fn record(piece_of_token: &mut [usize], token: u16, piece: usize) -> Result<(), String> {
+    match piece_of_token.get_mut(usize::from(token)) {
+        Some(entry) => {
+            *entry = piece;
+            Ok(())
+        }
+        None => Err(format!("the peer returned token {token} beyond its queue")),
+    }
+}
+
+/// Submits one request of the workload at `block` (in 512-byte sectors).
+///
+/// # Safety
+///
+/// `slot` and `buffer` must stay valid and untouched until the request's
+/// completion has been collected (or the device reset).
+unsafe fn submit(
+    blk: &mut PeerBlk,
+    workload: &Workload,
+    block: usize,
+    slot: &mut Slot,
+    buffer: &mut [u8],
+) -> virtio_drivers::Result<u16> {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        if workload.write {
+            blk.write_blocks_nb(block, &mut slot.request, buffer, &mut slot.response)
+        } else {
+            blk.read_blocks_nb(block, &mut slot.request, buffer, &mut slot.response)
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! # The peer stack: the `virtio-drivers` crate, for side-by-side benchmarks
+//!
+//! `x.py bench` compares our drivers with an independent implementation of
+//! the same specification, in the same boot, on the same device, host,
+//! QEMU and backend: the rcore-os `virtio-drivers` crate (crates.io,
+//! version 0.13). This module is all the glue it needs:
+//!
+//! - [`hal`]: its `Hal` trait on our frame allocator, identity mapping and
+//!   `memory::map_mmio` (virtio 1.2 §2.7: the rings live in memory both the
+//!   driver and the device reach);
+//! - [`pci`]: its modern virtio-pci transport (§4.1) on a PCI function our
+//!   enumeration already found and placed, through our configuration access;
+//! - [`bench`]: the block workloads of `crate::block::bench`, run on its
+//!   `VirtIOBlk` after our driver has reset the device.
+//!
+//! The peer is used only in `mode=bench`; nothing else in the kernel
+//! depends on it.
+
+pub mod bench;
+pub mod hal;
+pub mod pci;
+
+/// How often each workload runs (`bench.repeat=`, 1..=20, default 1), so
+/// that `x.py bench` can report min / median / max.
+pub fn repeat_count() -> usize {
+    crate::cmdline::get("bench.repeat")
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|n| (1..=20).contains(n))
+        .unwrap_or(1)
+}
