@@ -31,7 +31,7 @@ BUILD_DIR = REPO / "build"
 KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
-from qemu import harness, scenarios  # noqa: E402  (needs the path above)
+from qemu import bench_compare, harness, scenarios  # noqa: E402  (needs the path above)
 from qemu import machine as qm  # noqa: E402
 
 #: The interactive boot's scratch disk (created on first use).
@@ -309,7 +309,7 @@ def cmd_test(options: argparse.Namespace) -> int:
          ["cargo", "clippy", "-p", "kernel", "--target", KERNEL_TARGET, "--", "-D", "warnings"], REPO),
         ("cargo-test", ["cargo", "test"], REPO),
         # The harness's own unit tests import the `qemu` package from tests/.
-        ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk"],
+        ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net"],
          REPO / "tests"),
     ]
     chosen = [s for s in scenarios.SCENARIOS if selected(s.name)]
@@ -390,6 +390,9 @@ class BenchSection:
     columns: Sequence[tuple[str, str, str]] = ()
     machine: str = "q35"
     timeout_s: float = 180.0
+    #: The kernel's `bench=` sections (default: `name`). `compare` alternates
+    #: the block workloads on our stack and on virtio-drivers, in one boot.
+    kernel_sections: str = ""
 
 
 def blk_bench_devices(ctx: harness.RunContext) -> list[str]:
@@ -407,6 +410,7 @@ BENCH_SECTIONS: dict[str, BenchSection] = {
         description="virtio-blk on a null-co drive: 4 KiB random reads at queue depth 1 and 32, "
                     "128 KiB sequential reads and writes (depth 8); interrupt-driven and polling",
         devices=blk_bench_devices,
+        kernel_sections="compare",
         columns=[
             ("iops", "IOPS", "{:.0f}"),
             ("mib_per_s", "MiB/s", "{:.1f}"),
@@ -441,9 +445,10 @@ def parse_bench_lines(log: str) -> tuple[dict[str, dict[str, str]], list[dict[st
             setups[name] = fields
             continue
         workload, mode = name, ""
-        if name.rsplit(".", 1)[-1] in ("irq", "poll"):
+        if name.rsplit(".", 1)[-1] in ("irq", "poll", "peer"):
             workload, mode = name.rsplit(".", 1)
-        row: dict[str, object] = {"name": name, "workload": workload, "mode": mode, "driver": "ours"}
+        driver = "virtio-drivers" if fields.get("stack") == "peer" else "ours"
+        row: dict[str, object] = {"name": name, "workload": workload, "mode": mode, "driver": driver}
         for key, value in fields.items():
             try:
                 row[key] = float(value) if any(c in value for c in ".e") else int(value)
@@ -471,7 +476,8 @@ def print_bench_table(section: BenchSection, rows: Sequence[dict[str, object]]) 
 
 def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Namespace) -> dict[str, object]:
     """Boots the kernel for one section; returns the JSON record (raises XError on failure)."""
-    words = ["mode=bench", f"bench={section.name}", f"bench.seconds={options.seconds:g}"]
+    words = ["mode=bench", f"bench={section.kernel_sections or section.name}",
+             f"bench.seconds={options.seconds:g}", f"bench.repeat={options.repeat}"]
     if section.append:
         words.append(section.append)
     scenario = harness.Scenario(
@@ -483,10 +489,11 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
         append=" ".join(words),
         expect_status=qm.EXIT_SELFTEST_PASS,
         expect_in_order=[r"^bench: done$"],
-        timeout_s=section.timeout_s + 10 * options.seconds,
+        timeout_s=section.timeout_s + 20 * options.seconds * options.repeat,
     )
     say(f"{section.name}: {section.description}")
-    outcome = harness.run_scenario(scenario, kernel, BUILD_DIR)
+    with bench_progress(section.name):
+        outcome = harness.run_scenario(scenario, kernel, BUILD_DIR)
     setups, rows, errors, done = parse_bench_lines(outcome.log_text)
     if errors or not done or not outcome.passed:
         print(harness.failure_report(outcome), flush=True)
@@ -495,7 +502,7 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
     if outcome.accel.name != "kvm":
         say(f"note: ran under TCG ({outcome.accel.reason}): the numbers say little about real speed")
     print()
-    print_bench_table(section, rows)
+    print_bench_table(section, median_rows(rows))
     print()
     return {
         "section": section.name,
@@ -504,6 +511,7 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
         "accel": outcome.accel.name,
         "machine": section.machine,
         "seconds_per_workload": options.seconds,
+        "runs_per_workload": options.repeat,
         "kernel": str(kernel),
         "qemu": outcome.command,
         "setup": setups,
@@ -520,12 +528,100 @@ def cmd_bench(options: argparse.Namespace) -> int:
     setup()
     kernel = build_kernel(release=not options.debug)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    records = []
     for name in chosen:
         record = run_bench_section(BENCH_SECTIONS[name], kernel, options)
         path = BENCH_DIR / f"{name}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
         say(f"{name}: results in {path.relative_to(REPO)}")
+        records.append(record)
+    write_comparison(records, options)
     return 0
+
+
+def median_rows(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """One row per name: the run with the median IOPS (rows repeat with `--repeat`)."""
+    by_name: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_name.setdefault(str(row["name"]), []).append(row)
+    picked = []
+    for runs in by_name.values():
+        runs = sorted(runs, key=lambda r: float(r.get("iops", 0) or 0))  # type: ignore[arg-type]
+        picked.append(runs[(len(runs) - 1) // 2])
+    return picked
+
+
+class bench_progress:
+    """A one-line `elapsed` counter on the terminal while a bench boot runs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stop = None
+
+    def __enter__(self) -> "bench_progress":
+        import threading
+        self.stop = threading.Event()
+        started = time.monotonic()
+        tty = sys.stdout.isatty()
+
+        def tick() -> None:
+            assert self.stop is not None
+            while not self.stop.wait(1.0 if tty else 15.0):
+                line = f"x.py: {self.name}: running in QEMU, {time.monotonic() - started:.0f}s"
+                print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
+            if tty:
+                print("\r\033[K", end="", flush=True)
+
+        self.thread = threading.Thread(target=tick, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.stop is not None
+        self.stop.set()
+        self.thread.join()
+
+
+def write_comparison(records: Sequence[dict[str, object]], options: argparse.Namespace) -> None:
+    """Ours against virtio-drivers: table, build/bench/results.json, build/bench/ratios.svg."""
+    rows = [row for record in records for row in record["results"]]  # type: ignore[union-attr]
+    summary = bench_compare.summarize(rows)
+    if not any("peer" in entry for entry in summary):
+        return
+    host = host_description()
+    accel = ", ".join(sorted({str(r["accel"]) for r in records}))
+    print(f"Ours vs virtio-drivers (median [min-max] of {options.repeat} runs x {options.seconds:g}s, "
+          f"accel {accel}, {host}):")
+    for line in bench_compare.table_lines(summary):
+        print(line)
+    results = BENCH_DIR / "results.json"
+    results.write_text(json.dumps({
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": host,
+        "accel": accel,
+        "command": "./x.py bench" + "".join(f" --section {s}" for s in options.section or []),
+        "runs_per_workload": options.repeat,
+        "seconds_per_run": options.seconds,
+        "comparison": summary,
+        "markdown": bench_compare.markdown_table(summary),
+        "sections": [str(r["section"]) for r in records],
+    }, indent=2) + "\n")
+    plot = BENCH_DIR / "ratios.svg"
+    bench_compare.write_svg(summary, plot, f"virtio-blk null-co, {accel}, {host}")
+    say(f"comparison in {results.relative_to(REPO)}, plot in {plot.relative_to(REPO)}")
+
+
+def host_description() -> str:
+    """CPU model and core count of the machine the benchmark ran on."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = " ".join(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs"
 
 
 # ---------------------------------------------------------------- command line
@@ -596,6 +692,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("--accel", choices=("kvm", "tcg", "auto"), default="kvm",
                        help="accelerator (default kvm; falls back to TCG, with a note, without /dev/kvm)")
     bench.add_argument("--debug", action="store_true", help="use the debug build instead of release")
+    bench.add_argument("--repeat", type=int, default=5, metavar="N",
+                       help="runs of every workload, for min / median / max (default 5)")
 
     options = parser.parse_args(argv)
     if qemu_args and options.command not in ("run", "qemu-cmd"):
@@ -604,6 +702,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if options.command == "bench" and not 0 < options.seconds <= 60:
         parser.error("--seconds must be in (0, 60]")
+    if options.command == "bench" and not 1 <= options.repeat <= 20:
+        parser.error("--repeat must be in 1..20")
     options.qemu_args = qemu_args
     return options
 

@@ -13,9 +13,9 @@
 //!
 //! - `blk`: [`crate::block::bench`] (IOPS, throughput, notifications and
 //!   interrupts per request, interrupt-driven and polling).
-//! - `peer`: [`crate::peer::bench`], the same block workloads on the
-//!   `virtio-drivers` crate after our driver reset the device (run it after
-//!   `blk`: `bench=blk,peer`).
+//! - `compare`: [`crate::peer::bench::compare`], `bench.repeat=` rounds of
+//!   the `blk` workloads on our stack and then on the `virtio-drivers`
+//!   crate, on the same device, handed over with a reset each way.
 //!
 //! Network and console sections plug in here the same way.
 
@@ -30,8 +30,10 @@ pub fn run() -> ! {
         let result = match section {
             // `bench.repeat=` runs of every workload, for min / median / max.
             "blk" => (0..crate::peer::repeat_count()).try_for_each(|_| crate::block::bench::run()),
-            "peer" => crate::peer::bench::run(),
-            other => Err(alloc::format!("unknown section {other:?} (known: blk, peer)")),
+            "compare" => crate::peer::bench::compare(),
+            other => Err(alloc::format!(
+                "unknown section {other:?} (known: blk, compare)"
+            )),
         };
         match result {
             Ok(()) => log::info!(

@@ -96,7 +96,10 @@ def selftest(machine: str, firmware: str | None, accel: str, with_devices: bool 
         accel=accel,
         devices=standard_devices(machine) if with_devices else (),
         files={"scratch.img": raw_image(64 * MiB)} if with_devices else {},
-        append="mode=selftest",
+        # Guest CPU time is dear under this host's nested KVM: the block
+        # tests' scratch write workload is left out there (the blk-*
+        # scenarios run it in full under TCG, and so does the TCG one here).
+        append="mode=selftest" + (" blk.workload=none" if accel == "kvm" and with_devices else ""),
         expect_status=qm.EXIT_SELFTEST_PASS,
         expect_in_order=SELFTEST_OK,
         check=selftest_summary_consistent,
@@ -588,6 +591,11 @@ def shell_session(
                is not None, problems, f"no counters for port 0's transmit queue: {text!r}")
         expect(("control-rx" in text) == multiport, problems, "control queues listed iff MULTIPORT")
         expect(text.count("blk at ") == disks, problems, f"devices lists {text.count('blk at ')} disks, want {disks}")
+        for i in range(disks):
+            expect(f"driver: blk (vd{chr(ord('a') + i)})" in text, problems, f"devices: no blk driver line for disk {i}")
+        if net:
+            expect("driver: virtio-net (net0)" in text and "NET_MAC" in text, problems,
+                   "devices: the NIC's driver or features are missing")
 
         # ports: names and states as QEMU was configured.
         text = shell.run("ports")
@@ -710,11 +718,14 @@ def panic_reaches_the_console(ctx: RunContext) -> list[str]:
     except AssertionError:
         shell.type(b"\r", timeout_s=10)
     shell.send(b"panic boom-from-the-shell\r")
-    got = shell.read_until(b"boom-from-the-shell\r\n", timeout_s=20).decode("utf-8", "replace")
     # The echo of the typed line comes first; the report after it.
-    report = got.split("panic boom-from-the-shell\r\n", 1)[-1]
+    shell.read_until(b"panic boom-from-the-shell\r\n", timeout_s=10)
+    try:
+        report = shell.read_until(b"boom-from-the-shell\r\n", timeout_s=20).decode("utf-8", "replace")
+    except AssertionError as err:
+        return [f"no panic report on the console: {err}"]
     if re.search(r"PANIC at \S+:\d+: shell: deliberate panic: boom-from-the-shell", report) is None:
-        return [f"no panic report on the console: {got!r}"]
+        return [f"the console got {report!r}, not the panic report"]
     return []
 
 
@@ -847,7 +858,7 @@ def blk_scenario(
         must_pass += [
             r"^selftest: PASS block: scratch: write, read back, verify",
             r"^selftest: PASS block: scratch: queue depths from 1 to the queue size$",
-            r"^selftest: PASS block: scratch: vectored transfers split",
+            r"^selftest: PASS block: scratch: the largest request \(seg_max page segments\) is one request",
             r"^selftest: PASS block: scratch: flush, write-zeroes and discard$",
         ]
     if verify:
@@ -1027,6 +1038,7 @@ class NetCard:
 
     transport: str
     mac: str = qm.STANDARD_MAC
+    ring: str = "split"
     queues: int = 3
     features: tuple[str, ...] = ()
     features_absent: tuple[str, ...] = ()
@@ -1055,6 +1067,7 @@ def check_net_cards(cards: Sequence[NetCard], pcap: str | None = "net0.pcap") ->
             expect(line["transport"] == card.transport, problems,
                    f"{name}: transport {line['transport']}, expected {card.transport}")
             expect(line["mac"] == card.mac, problems, f"{name}: mac {line['mac']}, expected {card.mac}")
+            expect(line["ring"] == card.ring, problems, f"{name}: ring {line['ring']}, expected {card.ring}")
             expect(int(line["queues"]) == card.queues, problems, f"{name}: {line['queues']} queues, expected {card.queues}")
             expect(("VERSION_1" in features) == (card.transport in MODERN_TRANSPORTS), problems,
                    f"{name}: VERSION_1 must be negotiated exactly on modern transports: {features}")
@@ -1218,6 +1231,10 @@ NET_SCENARIOS: list[Scenario] = [
     # Modern PCI (the transitional device's modern interface), MSI-X.
     net_services("net-services-q35-modern", "q35", "qboot",
                  NetCard("pci-modern", features=NET_MODERN_FEATURES)),
+    # The packed ring (packed=on), chosen because the device offers it.
+    net_services("net-services-pc-packed", "pc", "qboot",
+                 NetCard("pci-modern", ring="packed", features=("RING_PACKED", "NET_MRG_RXBUF")),
+                 props=",disable-legacy=on,packed=on"),
     # Legacy PCI without MRG_RXBUF: the 10-byte header, QUEUE_PFN rings.
     net_services("net-services-pc-legacy-no-mrg", "pc", "qboot",
                  NetCard("pci-legacy", features=("NET_MAC", "ANY_LAYOUT"),

@@ -359,7 +359,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         // DRIVER_OK is set: the device may now hear about the receive buffers.
         device.flush();
         debug!(
-            "{}: virtio-net: {}; mac {}, mtu {}, {}-byte header; rx: {} descriptors, {} buffers of {} bytes{}; tx: {} descriptors, {} buffers; {}",
+            "{}: virtio-net: {}; using mac {}, mtu {}, {}-byte header; rx: {} descriptors, {} buffers of {} bytes{}; tx: {} descriptors, {} buffers; {}",
             device.transport.location(),
             device.info,
             device.mac,

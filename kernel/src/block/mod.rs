@@ -44,9 +44,9 @@
 //! comes up. The driver uses one request queue: the interrupt route was set
 //! up for the queues of the generic bring-up, which for blk is one.
 //!
-//! In `mode=selftest` the claim happens in the first block self-test, after
-//! the virtio and interrupt self-tests have used the raw rings; in every
-//! other mode `main` calls [`init`] right after probing.
+//! In `mode=selftest` the claim happens in the block self-tests, which run
+//! after the virtio and interrupt self-tests have used the raw rings; in
+//! every other mode `main` calls [`init`] right after probing.
 //!
 //! ## Writes only to scratch disks
 //!

@@ -10,12 +10,17 @@
 //! | read-only | `expect.blk.ro=<serial>,..\|none` | exactly those disks are read-only, and they refuse writes, discards and write-zeroes without a request reaching the device |
 //! | reads | a blk device came up | every disk reads its first, last and some random sectors; requests past the end or of a bad length are refused before they reach the device |
 //! | host-filled | `blk.verify=<serial>:<seed>[:<first>],..` | the disk, from sector `first` (default 0) to the end, holds the pattern of that seed (written by the host) |
-//! | scratch: offsets and sizes | a blk device came up | on each writable scratch disk: random offsets, sizes from 1 sector to the largest test buffer, each written, read back and compared |
+//! | scratch: offsets and sizes | a blk device came up | on each writable scratch disk: random offsets, sizes from 1 sector to 4 MiB in one buffer, each written, read back and compared |
 //! | scratch: queue depths | idem | 1, 2, 4, .. up to the most requests the queue holds, all in flight at once, completed in any order; one more is refused (queue full) |
-//! | scratch: segments | idem | vectored transfers of exactly the segment limit go out as one request, one more buffer as two |
+//! | scratch: largest request | idem | the largest request the device allows for page-sized buffers (`seg_max` segments of 4 KiB) goes out as one request, one page more as two |
 //! | scratch: flush, zeroes, discard | idem | FLUSH succeeds; WRITE_ZEROES reads back as zeroes; DISCARD leaves old data or zeroes and nothing outside the range changes |
 //! | injected errors | `expect.blk.ioerr=<serial>:<read\|write>:<sector>,..` | those requests fail with IOERR, the error is logged, the disk keeps working |
 //! | counters | a blk device came up | per disk: completions = requests, nothing in flight, failures = the ones caused on purpose |
+//!
+//! `blk.workload=quick` makes the scratch tests lighter for slow
+//! accelerators (transfer sizes 1, 9 and 64 sectors, and only the depths 1
+//! and the deepest; every kind of check still runs); `blk.workload=none`
+//! leaves them out.
 //!
 //! Writes happen only on disks whose serial starts with `scratch` (and that
 //! are not read-only, and not named in `expect.blk.ioerr=`, which get the
@@ -26,7 +31,7 @@
 //! sector 0 .. 64            never written (the probe scenarios keep a marker in sector 0)
 //! 64 .. capacity/2          random writes of many sizes (may overlap: the last one wins)
 //! capacity/2 ..             queue-depth regions, one per depth
-//!   + QD_AREA               segment-limit regions
+//!   + QD_AREA               largest-request regions
 //!   + 4096                  write-zeroes region, then discard region
 //! ```
 //!
@@ -66,15 +71,18 @@ use crate::virtio::{self, DeviceState};
 pub const MIN_SCRATCH_SECTORS: u64 = 16_640;
 /// Sectors never written at the start of a scratch disk.
 const LOW_RESERVED: u64 = 64;
-/// The largest single transfer of the offsets-and-sizes test (4 MiB).
-const LARGEST_TRANSFER_SECTORS: u64 = 8192;
 /// Room for the queue-depth regions: every depth up to 1024, one sector per request.
 const QD_AREA: u64 = 2048;
-/// Transfer sizes (in sectors) besides the largest: around 1, a page, and
-/// powers of two, so that every kind of boundary is crossed.
-const SIZES: [u64; 20] = [
-    1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 127, 128, 129, 255, 256, 511, 2048,
+/// Sectors per page: the segment size of the largest-request test.
+const PAGE_SECTORS: u64 = 8;
+/// Transfer sizes (in sectors) of the full workload: around 1, a page, and
+/// powers of two, so that every kind of boundary is crossed, up to 4 MiB in
+/// one contiguous buffer (one request: QEMU sets no `size_max`).
+const FULL_SIZES: [u64; 21] = [
+    1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 127, 128, 129, 255, 256, 511, 2048, 8192,
 ];
+/// The quick workload's sizes (`blk.workload=quick`).
+const QUICK_SIZES: [u64; 3] = [1, 9, 64];
 /// Sectors of the write-zeroes and discard regions.
 const RANGE_REGION: u64 = 256;
 
@@ -125,24 +133,11 @@ pub fn selftests() -> Vec<SelfTest> {
             run: test_host_filled,
         });
     }
-    tests.extend([
-        SelfTest {
-            name: "block: scratch: write, read back, verify at many offsets and sizes",
-            run: test_offsets_and_sizes,
-        },
-        SelfTest {
-            name: "block: scratch: queue depths from 1 to the queue size",
-            run: test_queue_depths,
-        },
-        SelfTest {
-            name: "block: scratch: vectored transfers split at the segment limit",
-            run: test_segment_limit,
-        },
-        SelfTest {
-            name: "block: scratch: flush, write-zeroes and discard",
-            run: test_flush_zeroes_discard,
-        },
-    ]);
+    if workload() == Workload::None {
+        log::info!("block: blk.workload=none: the scratch write tests are left out");
+    } else {
+        tests.extend(scratch_tests());
+    }
     if crate::cmdline::get("expect.blk.ioerr").is_some() {
         tests.push(SelfTest {
             name: "block: injected I/O errors are reported (IOERR) and the disk keeps working",
@@ -154,6 +149,28 @@ pub fn selftests() -> Vec<SelfTest> {
         run: test_counters,
     });
     tests
+}
+
+/// The write workload on scratch disks.
+fn scratch_tests() -> [SelfTest; 4] {
+    [
+        SelfTest {
+            name: "block: scratch: write, read back, verify at many offsets and sizes",
+            run: test_offsets_and_sizes,
+        },
+        SelfTest {
+            name: "block: scratch: queue depths from 1 to the queue size",
+            run: test_queue_depths,
+        },
+        SelfTest {
+            name: "block: scratch: the largest request (seg_max page segments) is one request, one page more is two",
+            run: test_segment_limit,
+        },
+        SelfTest {
+            name: "block: scratch: flush, write-zeroes and discard",
+            run: test_flush_zeroes_discard,
+        },
+    ]
 }
 
 // ---------------------------------------------------------------- helpers
@@ -169,6 +186,27 @@ fn parse_u64(text: &str) -> Option<u64> {
     match text.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),
+    }
+}
+
+/// How much the scratch tests do: `blk.workload=full` (the default),
+/// `quick` or `none`, for accelerators on which guest CPU time is dear
+/// (this project's nested KVM runs this code far slower than TCG). Quick
+/// keeps every kind of check with fewer sizes and only the smallest and
+/// deepest queue depths; none leaves the scratch tests out (disks are
+/// still claimed, read and checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Full,
+    Quick,
+    None,
+}
+
+fn workload() -> Workload {
+    match crate::cmdline::get("blk.workload") {
+        Some("quick") => Workload::Quick,
+        Some("none") => Workload::None,
+        _ => Workload::Full,
     }
 }
 
@@ -240,27 +278,18 @@ fn for_each_scratch(
 /// back into a poisoned buffer, compares, and announces the region.
 fn write_verified(disk: &mut Disk, sector: u64, sectors: u64, seed: u64) -> Result<(), String> {
     let bytes = sectors as usize * SECTOR;
-    let t0 = crate::clock::uptime_ns();
     let mut data = IoBuffer::new(bytes)?;
-    let t1 = crate::clock::uptime_ns();
     pattern::fill(seed, sector * SECTOR as u64, data.as_mut_slice());
     let crc = pattern::crc32(data.as_slice());
-    let t2 = crate::clock::uptime_ns();
     disk.write(sector, data.as_slice())
         .map_err(|e| format!("write of {sectors} sector(s) at {sector}: {e}"))?;
-    let t3 = crate::clock::uptime_ns();
     announce_wrote(disk, sector, sectors, seed, crc);
     let mut back = IoBuffer::new(bytes)?;
     back.as_mut_slice().fill(0xa5);
-    let t4 = crate::clock::uptime_ns();
     disk.read(sector, back.as_mut_slice())
         .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"))?;
-    let t5 = crate::clock::uptime_ns();
-    let r = check_pattern(back.as_slice(), seed, sector)
-        .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"));
-    let t6 = crate::clock::uptime_ns();
-    log::info!("TIMING {sectors}: alloc {} fill {} write {} alloc2 {} read {} check {} us", (t1-t0)/1000, (t2-t1)/1000, (t3-t2)/1000, (t4-t3)/1000, (t5-t4)/1000, (t6-t5)/1000);
-    r
+    check_pattern(back.as_slice(), seed, sector)
+        .map_err(|e| format!("read-back of {sectors} sector(s) at {sector}: {e}"))
 }
 
 fn announce_wrote(disk: &Disk, sector: u64, sectors: u64, seed: u64, crc: u32) {
@@ -627,9 +656,16 @@ fn test_offsets_and_sizes() -> Result<(), String> {
     for_each_scratch("offsets and sizes", |disk| {
         let capacity = disk.capacity_sectors();
         let area_end = capacity / 2;
-        let largest = LARGEST_TRANSFER_SECTORS.min(area_end - LOW_RESERVED);
-        let mut sizes: Vec<u64> = SIZES.iter().copied().filter(|&s| s < largest).collect();
-        sizes.push(largest);
+        let sizes: &[u64] = match workload() {
+            Workload::Full => &FULL_SIZES,
+            Workload::Quick | Workload::None => &QUICK_SIZES,
+        };
+        let mut sizes: Vec<u64> = sizes
+            .iter()
+            .copied()
+            .filter(|&s| s <= area_end - LOW_RESERVED)
+            .collect();
+        let largest = sizes.iter().copied().max().unwrap_or(1);
         let mut rng = Rng::new(pattern::derive_seed(base, TAG_CHOICES + 1));
         rng.shuffle(&mut sizes);
         for (i, &sectors) in sizes.iter().enumerate() {
@@ -662,7 +698,9 @@ fn test_queue_depths() -> Result<(), String> {
         let mut depths = Vec::new();
         let mut depth = 1;
         while depth < deepest {
-            depths.push(depth);
+            if workload() == Workload::Full || depth == 1 {
+                depths.push(depth);
+            }
             depth *= 2;
         }
         depths.push(deepest);
@@ -872,28 +910,35 @@ fn submit_and_collect(
 
 fn test_segment_limit() -> Result<(), String> {
     let base = base_seed();
-    for_each_scratch("segment limit", |disk| {
+    for_each_scratch("largest request", |disk| {
         let max = disk.device().max_data_segments();
+        if (2 * max as u64 + 1) * PAGE_SECTORS > 2048 {
+            return Err(format!(
+                "{max} segments per request: no room for the test region"
+            ));
+        }
         let mut sector = disk.capacity_sectors() / 2 + QD_AREA;
         for (i, buffers) in [max, max + 1].into_iter().enumerate() {
             let expected_requests = if buffers == max { 1 } else { 2 };
             let seed = pattern::derive_seed(base, TAG_SEGMENTS + i as u64);
             vectored(disk, sector, buffers, seed, expected_requests)
-                .map_err(|e| format!("{buffers} buffers (limit {max}): {e}"))?;
-            sector += buffers as u64;
+                .map_err(|e| format!("{buffers} page buffers (limit {max}): {e}"))?;
+            sector += buffers as u64 * PAGE_SECTORS;
         }
         log::info!(
-            "block: {}: {max} one-sector buffers went out as 1 request, {} as 2",
+            "block: {}: the largest request, {max} page segments ({} KiB), went out as 1 request; {} pages as 2",
             disk.name(),
+            max as u64 * PAGE_SECTORS * SECTOR as u64 / 1024,
             max + 1
         );
         Ok(())
     })
 }
 
-/// Writes `buffers` separate one-sector buffers (every other sector of one
-/// allocation, so none is contiguous with the next) with one vectored call,
-/// checks how many requests that took, and reads them back the same way.
+/// Writes `buffers` separate one-page buffers (every other page of one
+/// allocation, so none is contiguous with the next and each is one
+/// segment) with one vectored call, checks how many requests that took,
+/// and reads them back the same way.
 fn vectored(
     disk: &mut Disk,
     first: u64,
@@ -901,41 +946,40 @@ fn vectored(
     seed: u64,
     expected_requests: u64,
 ) -> Result<(), String> {
-    let mut data = IoBuffer::new(2 * buffers * SECTOR)?;
-    for (i, piece) in data.as_mut_slice().chunks_exact_mut(2 * SECTOR).enumerate() {
-        pattern::fill(
-            seed,
-            (first + i as u64) * SECTOR as u64,
-            &mut piece[..SECTOR],
-        );
-        piece[SECTOR..].fill(0xee);
+    let page = PAGE_SECTORS as usize * SECTOR;
+    let mut data = IoBuffer::new(2 * buffers * page)?;
+    for (i, piece) in data.as_mut_slice().chunks_exact_mut(2 * page).enumerate() {
+        let at = (first + i as u64 * PAGE_SECTORS) * SECTOR as u64;
+        pattern::fill(seed, at, &mut piece[..page]);
+        piece[page..].fill(0xee);
     }
     let pieces: Vec<&[u8]> = data
         .as_slice()
-        .chunks_exact(2 * SECTOR)
-        .map(|p| &p[..SECTOR])
+        .chunks_exact(2 * page)
+        .map(|p| &p[..page])
         .collect();
     let crc = pieces
         .iter()
         .fold(0, |crc, p| pattern::crc32_update(crc, p));
+    let sectors = buffers as u64 * PAGE_SECTORS;
     let before = requests(disk);
     disk.write_vectored(first, &pieces)
         .map_err(|e| format!("write: {e}"))?;
-    announce_wrote(disk, first, buffers as u64, seed, crc);
+    announce_wrote(disk, first, sectors, seed, crc);
     let sent = requests(disk) - before;
     if sent != expected_requests {
         return Err(format!(
             "write took {sent} requests, expected {expected_requests}"
         ));
     }
-    let mut back = IoBuffer::new(2 * buffers * SECTOR)?;
+    let mut back = IoBuffer::new(2 * buffers * page)?;
     back.as_mut_slice().fill(0xa5);
     let before = requests(disk);
     {
         let mut pieces: Vec<&mut [u8]> = back
             .as_mut_slice()
-            .chunks_exact_mut(2 * SECTOR)
-            .map(|p| &mut p[..SECTOR])
+            .chunks_exact_mut(2 * page)
+            .map(|p| &mut p[..page])
             .collect();
         disk.read_vectored(first, &mut pieces)
             .map_err(|e| format!("read: {e}"))?;
@@ -946,9 +990,9 @@ fn vectored(
             "read took {sent} requests, expected {expected_requests}"
         ));
     }
-    for (i, piece) in back.as_slice().chunks_exact(2 * SECTOR).enumerate() {
-        check_pattern(&piece[..SECTOR], seed, first + i as u64)?;
-        if piece[SECTOR..].iter().any(|&b| b != 0xa5) {
+    for (i, piece) in back.as_slice().chunks_exact(2 * page).enumerate() {
+        check_pattern(&piece[..page], seed, first + i as u64 * PAGE_SECTORS)?;
+        if piece[page..].iter().any(|&b| b != 0xa5) {
             return Err(format!("the gap after buffer {i} was written"));
         }
     }

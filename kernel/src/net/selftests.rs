@@ -38,6 +38,9 @@ use crate::selftest_api::SelfTest;
 const DHCP_TIMEOUT_NS: u64 = 10_000_000_000;
 /// How long one reply (ARP, ping, a hub frame) may take.
 const REPLY_TIMEOUT_NS: u64 = 2_000_000_000;
+/// How long a card waits for the first frame from a card that may not be
+/// on its hub (QEMU's hub forwards at once).
+const FIRST_FRAME_NS: u64 = 500_000_000;
 /// EtherType of the test frames (IEEE 802 "local experimental").
 const TEST_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// A unicast address no card has.
@@ -361,12 +364,14 @@ fn hub_frame(to: MacAddress, from: MacAddress, len: usize, tag: u32) -> Vec<u8> 
 }
 
 /// The test frames `receiver` got within the timeout (other traffic, such
-/// as DHCP discovers on the hub, is skipped).
+/// as DHCP discovers on the hub, is skipped). A card not on the sender's hub
+/// gets nothing: if no test frame came within [`FIRST_FRAME_NS`], none will.
 fn collect_test_frames(nic: &mut Nic, wanted: usize) -> Result<Vec<Vec<u8>>, String> {
     let until = deadline(REPLY_TIMEOUT_NS);
+    let first_until = deadline(FIRST_FRAME_NS);
     let mut frames = Vec::new();
     let mut buffer = vec![0u8; 2048];
-    while frames.len() < wanted && !expired(until) {
+    while frames.len() < wanted && !expired(until) && !(frames.is_empty() && expired(first_until)) {
         match nic
             .device
             .receive_into(&mut buffer)

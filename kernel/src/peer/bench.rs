@@ -1,13 +1,14 @@
-//! The block workloads on the peer stack (`mode=bench bench=blk,peer`):
+//! The block workloads on the peer stack (`mode=bench bench=compare`):
 //! the same disk, the same workloads, the same clock as
 //! [`crate::block::bench`], driven through `virtio_drivers::device::blk`.
 //!
-//! Run it after the `blk` section: it takes the disk `blk` measured (the
-//! first, or the one whose serial `bench.disk=` names), resets the device
-//! through our driver's transport (virtio 1.2 §3.1.1 step 1: from then on
-//! the device holds none of our rings or buffers), and hands the PCI
-//! function to the peer ([`super::pci::take_over`]). The disk is of no use
-//! to our driver afterwards; `mode=bench` leaves QEMU when it is done.
+//! [`compare`] alternates: each round runs the block workloads on our
+//! driver, then takes the disk they measured (the first, or the one whose
+//! serial `bench.disk=` names), resets the device through our driver's
+//! transport (virtio 1.2 §3.1.1 step 1: from then on the device holds none
+//! of our rings or buffers), hands the PCI function to the peer
+//! ([`super::pci::take_over`]), measures, drops the peer (which resets the
+//! device) and gives the device back to our driver.
 //!
 //! ## How the peer is driven
 //!
@@ -23,7 +24,7 @@
 //! ## Output
 //!
 //! ```text
-//! bench: blk.peer.setup stack=peer bringup_us=812 queue_size=16 sectors=2097152
+//! bench: blk.peer.setup stack=peer bringup_us=812 queue_size=16 sectors=2097152 read_only=no seconds=1.000
 //! bench: blk.randread.qd1.peer stack=peer iops=20512 mib_per_s=80.12 requests=20512 seconds=1.000 depth=1 depth_wanted=1 request_bytes=4096
 //! ```
 
@@ -105,25 +106,42 @@ struct Measured {
     depth: usize,
 }
 
-/// Runs the peer's block workloads (`bench.repeat=` times each) and prints
-/// their `bench:` lines.
-pub fn run() -> Result<(), String> {
+/// `bench=compare`: `bench.repeat=` rounds, each running every block
+/// workload on our stack ([`crate::block::bench::run`], both wait modes)
+/// and then on the peer, handing the device over and back in between.
+/// Alternating keeps slow drift on the host (other load, frequency) from
+/// favouring whichever stack happened to run first.
+pub fn compare() -> Result<(), String> {
+    for round in 0..super::repeat_count() {
+        crate::block::bench::run()?;
+        run_peer_round(round == 0)?;
+    }
+    Ok(())
+}
+
+/// Runs every workload once on the peer: takes the bench disk's device
+/// from our driver (reset), measures, drops the peer (its `Drop` resets the
+/// device again) and lets our driver bring the device back
+/// (`BlkDevice::recover`: a fresh §3.1.1 initialisation on its own rings).
+fn run_peer_round(print_setup: bool) -> Result<(), String> {
     crate::block::init();
     let seconds = crate::cmdline::get("bench.seconds")
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|s| *s > 0.0 && *s <= 60.0)
         .unwrap_or(1.0);
-    let repeat = super::repeat_count();
     if crate::clock::tsc_hz() == 0 {
         return Err("the TSC is not calibrated: nothing can be timed".into());
     }
     let wanted = crate::cmdline::get("bench.disk");
-    let (location, writable) = crate::block::with_disks(|disks| {
-        let disk = match wanted {
-            Some(serial) => disks.iter_mut().find(|d| d.serial() == serial),
-            None => disks.first_mut(),
+    let pick = |disks: &mut [crate::block::Disk]| -> Result<usize, String> {
+        match wanted {
+            Some(serial) => disks.iter().position(|d| d.serial() == serial),
+            None => (!disks.is_empty()).then_some(0),
         }
-        .ok_or_else(|| format!("no disk to measure (bench.disk={wanted:?})"))?;
+        .ok_or_else(|| format!("no disk to measure (bench.disk={wanted:?})"))
+    };
+    let (location, writable) = crate::block::with_disks(|disks| {
+        let disk = &mut disks[pick(disks)?];
         // Our driver lets go: after the reset the device owns nothing of ours.
         disk.device()
             .transport_mut()
@@ -139,24 +157,37 @@ pub fn run() -> Result<(), String> {
     let bringup_us = crate::clock::ticks_to_ns(crate::clock::tsc() - started) / 1000;
     // It polls: the device need not interrupt (as ours in polling mode).
     blk.disable_interrupts();
-    println!(
-        "bench: blk.peer.setup stack=peer location={location} bringup_us={bringup_us} queue_size={} sectors={} read_only={} repeat={repeat} seconds={seconds:.3}",
-        blk.virt_queue_size(),
-        blk.capacity(),
-        if blk.readonly() { "yes" } else { "no" }
-    );
+    if print_setup {
+        println!(
+            "bench: blk.peer.setup stack=peer location={location} bringup_us={bringup_us} queue_size={} sectors={} read_only={} seconds={seconds:.3}",
+            blk.virt_queue_size(),
+            blk.capacity(),
+            if blk.readonly() { "yes" } else { "no" }
+        );
+    }
+    let mut outcome = Ok(());
     for workload in &WORKLOADS {
         if workload.write && (!writable || blk.readonly()) {
             log::info!("bench: {} skipped on the peer: not a scratch disk", workload.name);
             continue;
         }
-        for _ in 0..repeat {
-            let measured = measure(&mut blk, workload, seconds)
-                .map_err(|e| format!("{}.peer: {e}", workload.name))?;
-            report(workload, &measured);
+        match measure(&mut blk, workload, seconds) {
+            Ok(measured) => report(workload, &measured),
+            Err(e) => {
+                outcome = Err(format!("{}.peer: {e}", workload.name));
+                break;
+            }
         }
     }
-    Ok(())
+    // The peer's `Drop` resets the device (status 0) and frees its ring.
+    drop(blk);
+    outcome?;
+    crate::block::with_disks(|disks| {
+        let disk = &mut disks[pick(disks)?];
+        disk.device()
+            .recover()
+            .map_err(|e| format!("{}: taking the device back from the peer: {e}", disk.name()))
+    })
 }
 
 fn report(workload: &Workload, m: &Measured) {
@@ -220,7 +251,15 @@ fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measu
         // request alone until its completion is collected below; the
         // buffer and slots outlive every request (they are leaked, never
         // freed, if a request is left in flight).
-        match unsafe { submit(blk, workload, next_block(), &mut slots[piece], &mut *pieces[piece]) } {
+        match unsafe {
+            submit(
+                blk,
+                workload,
+                next_block(),
+                &mut slots[piece],
+                &mut *pieces[piece],
+            )
+        } {
             Ok(token) => {
                 record(&mut piece_of_token, token, piece)?;
                 in_flight += 1;
@@ -243,7 +282,9 @@ fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measu
     while in_flight > 0 {
         let Some(token) = blk.peek_used() else {
             if crate::clock::tsc() > give_up_at {
-                outcome = Err(format!("{completed} requests done, then the device went quiet"));
+                outcome = Err(format!(
+                    "{completed} requests done, then the device went quiet"
+                ));
                 break;
             }
             core::hint::spin_loop();
@@ -264,7 +305,12 @@ fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measu
             if workload.write {
                 blk.complete_write_blocks(token, &slot.request, &*pieces[piece], &mut slot.response)
             } else {
-                blk.complete_read_blocks(token, &slot.request, &mut *pieces[piece], &mut slot.response)
+                blk.complete_read_blocks(
+                    token,
+                    &slot.request,
+                    &mut *pieces[piece],
+                    &mut slot.response,
+                )
             }
         };
         in_flight -= 1;
@@ -283,7 +329,15 @@ fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measu
         }
         // SAFETY: as for the first submissions; this piece's previous
         // request was just completed.
-        match unsafe { submit(blk, workload, next_block(), &mut slots[piece], &mut *pieces[piece]) } {
+        match unsafe {
+            submit(
+                blk,
+                workload,
+                next_block(),
+                &mut slots[piece],
+                &mut *pieces[piece],
+            )
+        } {
             Ok(token) => {
                 if let Err(e) = record(&mut piece_of_token, token, piece) {
                     outcome = Err(e);

@@ -84,10 +84,12 @@ impl ConfigurationAccess for KernelCam {
     fn write_word(&mut self, function: DeviceFunction, register_offset: u8, data: u32) {
         let address = self.address(function);
         if let Some(bus) = crate::virtio::pci::bus().as_ref() {
-            if let Err(error) =
-                bus.config
-                    .write(address, u16::from(register_offset), ConfigWidth::Dword, data)
-            {
+            if let Err(error) = bus.config.write(
+                address,
+                u16::from(register_offset),
+                ConfigWidth::Dword,
+                data,
+            ) {
                 log::warn!("peer: config write {address} +{register_offset:#x}: {error}");
             }
         }
@@ -123,7 +125,8 @@ pub fn take_over(location: Location) -> Result<PciTransport, PeerError> {
     };
     for (base, size) in bars {
         // `PeerHal::mmio_phys_to_virt` cannot fail; mapping here can.
-        let size = usize::try_from(size).map_err(|_| PeerError::Map(hal::HalError::InvalidArgument))?;
+        let size =
+            usize::try_from(size).map_err(|_| PeerError::Map(hal::HalError::InvalidArgument))?;
         crate::memory::map_mmio(base, size).map_err(PeerError::Map)?;
     }
     let mut root = PciRoot::new(KernelCam {

@@ -271,21 +271,31 @@ fn ring_name(features: u64) -> &'static str {
     }
 }
 
+/// One registry entry, noted while the registry is locked and printed after
+/// (a driver's own lock is never taken while the registry's is held).
+enum DeviceRow {
+    Text(String),
+    Claimed {
+        device_type: DeviceType,
+        location: drivers::transport::Location,
+        driver: &'static str,
+        irq: &'static str,
+        kind: Option<drivers::transport::TransportKind>,
+    },
+}
+
 fn devices(out: &mut Output) -> CommandResult {
-    // The registry first (its lock is released before the console's is taken).
-    let mut claimed_console = None;
+    let mut rows = Vec::new();
     {
         let mut registry = virtio::devices();
-        if registry.is_empty() {
-            let _ = writeln!(out, "no virtio devices");
-        }
         for device in registry.iter_mut() {
             let name = virtio::type_name(device.device_type);
             let irq = virtio::irq::of(device.location).map_or("none", |i| i.mode_name());
+            let mut text = Output::default();
             match &mut device.state {
                 DeviceState::Live(live) => {
                     let _ = writeln!(
-                        out,
+                        text,
                         "{name} at {}: transport={} ring={} irq={irq} features={}\n  driver: none (generic bring-up)",
                         device.location,
                         live.transport.kind(),
@@ -296,82 +306,179 @@ fn devices(out: &mut Output) -> CommandResult {
                         }
                     );
                     for queue in &live.queues {
-                        counters_line(out, queue.index(), "", queue.size(), &queue.counters());
+                        counters_line(
+                            &mut text,
+                            queue.index(),
+                            "",
+                            queue.size(),
+                            &queue.counters(),
+                        );
                     }
                 }
                 DeviceState::Failed { error, .. } => {
-                    let _ = writeln!(out, "{name} at {}: FAILED: {error}", device.location);
+                    let _ = writeln!(text, "{name} at {}: FAILED: {error}", device.location);
                 }
                 DeviceState::Claimed { driver } => {
-                    if device.device_type == DeviceType::Console && *driver == "console" {
-                        claimed_console = Some((device.location, irq));
-                    } else {
-                        let _ = writeln!(
-                            out,
-                            "{name} at {}: transport={} irq={irq}\n  driver: {driver}",
-                            device.location,
-                            device.transport_kind.map_or("?", |k| k.name())
-                        );
-                    }
+                    rows.push(DeviceRow::Claimed {
+                        device_type: device.device_type,
+                        location: device.location,
+                        driver,
+                        irq,
+                        kind: device.transport_kind,
+                    });
+                    continue;
                 }
                 #[allow(unreachable_patterns)]
                 _ => {
                     let _ = writeln!(
-                        out,
+                        text,
                         "{name} at {}: driven by another driver",
                         device.location
                     );
                 }
             }
+            rows.push(DeviceRow::Text(
+                String::from_utf8_lossy(&text.bytes).into_owned(),
+            ));
         }
     }
-    if let Some((location, irq)) = claimed_console {
-        let guard = console::lock();
-        if let Some(c) = guard.as_ref().filter(|c| c.location == location) {
-            let d = &c.device;
-            let _ = writeln!(
-                out,
-                "console at {location}: transport={} ring={} irq={irq} features={}\n  driver: console ({}, {} port(s) up)",
-                d.transport().kind(),
-                ring_name(d.features()),
-                FeatureList {
-                    device_type: DeviceType::Console,
-                    bits: d.features()
-                },
-                d.config(),
-                d.ports().count()
-            );
-            // Queues of ports that exist now, the control queues, and a
-            // count of the rest (set up for ports the device may add later).
-            let mut idle = 0;
-            for q in d.queues() {
-                let role = match q.role {
-                    QueueRole::Receive(p) | QueueRole::Transmit(p) if d.port(p).is_none() => {
-                        idle += 1;
-                        continue;
-                    }
-                    QueueRole::Receive(p) => format!("port{p}-rx"),
-                    QueueRole::Transmit(p) => format!("port{p}-tx"),
-                    QueueRole::ControlReceive => "control-rx".to_string(),
-                    QueueRole::ControlTransmit => "control-tx".to_string(),
+    if rows.is_empty() {
+        let _ = writeln!(out, "no virtio devices");
+    }
+    for row in rows {
+        match row {
+            DeviceRow::Text(text) => out.raw(text.as_bytes()),
+            DeviceRow::Claimed {
+                device_type,
+                location,
+                driver,
+                irq,
+                kind,
+            } => {
+                let shown = match device_type {
+                    DeviceType::Console => console_details(out, location, irq),
+                    DeviceType::Block => blk_details(out, location, irq),
+                    DeviceType::Net => net_details(out, location, irq),
+                    _ => false,
                 };
-                counters_line(out, q.index, &role, q.size, &q.counters);
+                if !shown {
+                    let _ = writeln!(
+                        out,
+                        "{} at {location}: transport={} irq={irq}\n  driver: {driver}",
+                        virtio::type_name(device_type),
+                        kind.map_or("?", |k| k.name())
+                    );
+                }
             }
-            if idle > 0 {
-                let _ = writeln!(
-                    out,
-                    "    ({idle} more queues, set up for ports the device has not added)"
-                );
-            }
-            let s = d.stats();
-            let _ = writeln!(
-                out,
-                "    control messages: {} received, {} sent, {} refused; used-ring entries refused: {}",
-                s.control_received, s.control_sent, s.control_errors, s.queue_errors
-            );
         }
     }
     Ok(())
+}
+
+/// The console driver's view of the console at `location`.
+fn console_details(out: &mut Output, location: drivers::transport::Location, irq: &str) -> bool {
+    let guard = console::lock();
+    let Some(c) = guard.as_ref().filter(|c| c.location == location) else {
+        return false;
+    };
+    let d = &c.device;
+    let _ = writeln!(
+        out,
+        "console at {location}: transport={} ring={} irq={irq} features={}\n  driver: console ({}, {} port(s) up)",
+        d.transport().kind(),
+        ring_name(d.features()),
+        FeatureList {
+            device_type: DeviceType::Console,
+            bits: d.features()
+        },
+        d.config(),
+        d.ports().count()
+    );
+    // Queues of ports that exist now, the control queues, and a count of
+    // the rest (set up for ports the device may add later).
+    let mut idle = 0;
+    for q in d.queues() {
+        let role = match q.role {
+            QueueRole::Receive(p) | QueueRole::Transmit(p) if d.port(p).is_none() => {
+                idle += 1;
+                continue;
+            }
+            QueueRole::Receive(p) => format!("port{p}-rx"),
+            QueueRole::Transmit(p) => format!("port{p}-tx"),
+            QueueRole::ControlReceive => "control-rx".to_string(),
+            QueueRole::ControlTransmit => "control-tx".to_string(),
+        };
+        counters_line(out, q.index, &role, q.size, &q.counters);
+    }
+    if idle > 0 {
+        let _ = writeln!(
+            out,
+            "    ({idle} more queues, set up for ports the device has not added)"
+        );
+    }
+    let s = d.stats();
+    let _ = writeln!(
+        out,
+        "    control messages: {} received, {} sent, {} refused; used-ring entries refused: {}",
+        s.control_received, s.control_sent, s.control_errors, s.queue_errors
+    );
+    true
+}
+
+/// The block driver's view of the disk at `location`.
+fn blk_details(out: &mut Output, location: drivers::transport::Location, irq: &str) -> bool {
+    crate::block::with_disks(|disks| {
+        let Some(disk) = disks.iter_mut().find(|d| d.location() == location) else {
+            return false;
+        };
+        let name = disk.name().to_string();
+        let device = disk.device();
+        let features = device.features();
+        let _ = writeln!(
+            out,
+            "blk at {location}: transport={} ring={} irq={irq} features={}\n  driver: blk ({name})",
+            device.transport().kind(),
+            ring_name(features),
+            FeatureList {
+                device_type: DeviceType::Block,
+                bits: features
+            }
+        );
+        for q in 0..device.queue_count() as u16 {
+            if let (Some(stats), Some(size)) = (device.queue_stats(q), device.queue_size(q)) {
+                counters_line(out, q, "requests", size, &stats.ring);
+            }
+        }
+        true
+    })
+}
+
+/// The network driver's view of the card at `location`.
+fn net_details(out: &mut Output, location: drivers::transport::Location, irq: &str) -> bool {
+    let mut nics = crate::net::nic::nics();
+    let Some(nic) = nics.iter_mut().find(|n| n.location == location) else {
+        return false;
+    };
+    let features = nic.device.features();
+    let _ = writeln!(
+        out,
+        "net at {location}: transport={} ring={} irq={irq} features={}\n  driver: virtio-net ({})",
+        nic.device.transport().kind(),
+        ring_name(features),
+        FeatureList {
+            device_type: DeviceType::Net,
+            bits: features
+        },
+        nic.name
+    );
+    let (rx_size, rx) = (nic.device.rx().size(), nic.device.rx().ring_counters());
+    counters_line(out, 0, "receiveq", rx_size, &rx);
+    let (tx_size, tx) = (nic.device.tx().size(), nic.device.tx().ring_counters());
+    counters_line(out, 1, "transmitq", tx_size, &tx);
+    if let Some(ctrl) = nic.device.ctrl() {
+        counters_line(out, 2, "controlq", ctrl.size(), &ctrl.ring_counters());
+    }
+    true
 }
 
 /// Lists the devices of `device_type` the registry knows, for the placeholders.
