@@ -621,7 +621,8 @@ def host_description() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} CPUs"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} CPUs, load average {load} at the end"
 
 
 # ---------------------------------------------------------------- command line
