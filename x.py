@@ -483,7 +483,7 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
     scenario = harness.Scenario(
         name=f"bench-{section.name}",
         machine=section.machine,
-        firmware=qm.default_firmware(section.machine),
+        firmware=options.firmware or qm.default_firmware(section.machine),
         accel=options.accel,
         devices=section.devices,
         append=" ".join(words),
@@ -521,8 +521,8 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
 
 
 def cmd_bench(options: argparse.Namespace) -> int:
-    chosen = options.section or list(BENCH_SECTIONS)
-    unknown = [s for s in chosen if s not in BENCH_SECTIONS]
+    chosen = options.section or [*BENCH_SECTIONS, "boot"]
+    unknown = [s for s in chosen if s not in BENCH_SECTIONS and s != "boot"]
     if unknown:
         raise XError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(BENCH_SECTIONS)})")
     setup()
@@ -530,6 +530,9 @@ def cmd_bench(options: argparse.Namespace) -> int:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     records = []
     for name in chosen:
+        if name == "boot":
+            records.append(run_boot_bench(kernel, options))
+            continue
         record = run_bench_section(BENCH_SECTIONS[name], kernel, options)
         path = BENCH_DIR / f"{name}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
@@ -537,6 +540,67 @@ def cmd_bench(options: argparse.Namespace) -> int:
         records.append(record)
     write_comparison(records, options)
     return 0
+
+
+#: Boot-time rows: (machine, devices). Time is QEMU start to the kernel's
+#: `bench: boot.ready` (every device probed, brought up and claimed) and exit.
+BOOT_MACHINES: list[tuple[str, list[str]]] = [
+    ("q35", ["-drive", "if=none,id=b0,driver=null-co,size=1073741824",
+             "-device", "virtio-blk-pci,drive=b0,disable-legacy=on",
+             "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+             "-device", "virtio-serial-pci,disable-legacy=on"]),
+    ("pc", ["-drive", "if=none,id=b0,driver=null-co,size=1073741824",
+            "-device", "virtio-blk-pci,drive=b0,disable-legacy=on",
+            "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+            "-device", "virtio-serial-pci,disable-legacy=on"]),
+    ("microvm", ["-global", "virtio-mmio.force-legacy=false",
+                 "-drive", "if=none,id=b0,driver=null-co,size=1073741824",
+                 "-device", "virtio-blk-device,drive=b0",
+                 "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-device,netdev=n0",
+                 "-device", "virtio-serial-device"]),
+]  # fmt: skip
+
+
+def run_boot_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """Boot time per machine type (blk + net + console), `--repeat` boots each."""
+    rows: list[dict[str, object]] = []
+    say("boot: QEMU start to every virtio device ready, per machine type (ours only: virtio-drivers "
+        "is measured on the blk device's bring-up inside the compare boot, see blk.peer.setup)")
+    for machine, devices in BOOT_MACHINES:
+        for run in range(options.repeat):
+            scenario = harness.Scenario(
+                name=f"bench-boot-{machine}", machine=machine, firmware=qm.default_firmware(machine),
+                accel=options.accel, devices=list(devices), append="mode=bench bench=ready",
+                expect_status=qm.EXIT_SELFTEST_PASS, expect_in_order=[r"^bench: boot\.ready", r"^bench: done$"],
+                timeout_s=60.0,
+            )
+            print(f"\rx.py: boot: {machine} run {run + 1}/{options.repeat}", end="", flush=True)
+            outcome = harness.run_scenario(scenario, kernel, BUILD_DIR)
+            if not outcome.passed:
+                print()
+                print(harness.failure_report(outcome), flush=True)
+                raise XError(f"boot benchmark on {machine} failed: " + "; ".join(outcome.problems))
+            _, found, _, _ = parse_bench_lines(outcome.log_text)
+            guest_us = next((r.get("uptime_us") for r in found if r["name"] == "boot.ready"), None)
+            rows.append({"name": f"boot.{machine}", "workload": f"boot.{machine}", "mode": "boot",
+                         "driver": "ours", "accel": outcome.accel.name, "wall_ms": outcome.wall_s * 1000,
+                         "first_line_ms": (outcome.first_line_s or 0) * 1000, "guest_ready_us": guest_us})
+    print()
+    for machine, _ in BOOT_MACHINES:
+        wall = [float(r["wall_ms"]) for r in rows if r["workload"] == f"boot.{machine}"]  # type: ignore[arg-type]
+        guest = [float(r["guest_ready_us"]) / 1000 for r in rows  # type: ignore[arg-type]
+                 if r["workload"] == f"boot.{machine}" and isinstance(r["guest_ready_us"], (int, float))]
+        print(f"  boot.{machine:8} QEMU start to exit {statistics_line(wall)} ms; "
+              f"kernel clock at ready {statistics_line(guest)} ms")
+    return {"section": "boot", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows,
+            "accel": ", ".join(sorted({str(r["accel"]) for r in rows}))}
+
+
+def statistics_line(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    ordered = sorted(values)
+    return f"{ordered[(len(ordered) - 1) // 2]:.0f} [{ordered[0]:.0f}-{ordered[-1]:.0f}]"
 
 
 def median_rows(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
@@ -586,13 +650,14 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
     """Ours against virtio-drivers: table, build/bench/results.json, build/bench/ratios.svg."""
     rows = [row for record in records for row in record["results"]]  # type: ignore[union-attr]
     summary = bench_compare.summarize(rows)
-    if not any("peer" in entry for entry in summary):
+    boot = bench_compare.boot_summary(rows)
+    if not summary and not boot:
         return
     host = host_description()
     accel = ", ".join(sorted({str(r["accel"]) for r in records}))
     print(f"Ours vs virtio-drivers (median [min-max] of {options.repeat} runs x {options.seconds:g}s, "
           f"accel {accel}, {host}):")
-    for line in bench_compare.table_lines(summary):
+    for line in bench_compare.table_lines(summary + boot):
         print(line)
     results = BENCH_DIR / "results.json"
     results.write_text(json.dumps({
@@ -602,8 +667,8 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
         "command": "./x.py bench" + "".join(f" --section {s}" for s in options.section or []),
         "runs_per_workload": options.repeat,
         "seconds_per_run": options.seconds,
-        "comparison": summary,
-        "markdown": bench_compare.markdown_table(summary),
+        "comparison": summary + boot,
+        "markdown": bench_compare.markdown_table(summary + boot),
         "sections": [str(r["section"]) for r in records],
     }, indent=2) + "\n")
     plot = BENCH_DIR / "ratios.svg"
@@ -686,13 +751,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Boot the kernel in mode=bench under KVM, once per section, and report what it "
                     "measured with the TSC. Sections: "
                     + "; ".join(f"{s.name}: {s.description}" for s in BENCH_SECTIONS.values()))
-    bench.add_argument("--section", action="append", choices=sorted(BENCH_SECTIONS), metavar="NAME",
-                       help=f"only this section (repeatable; default all: {', '.join(BENCH_SECTIONS)})")
+    bench.add_argument("--section", action="append", choices=sorted([*BENCH_SECTIONS, "boot"]), metavar="NAME",
+                       help=f"only this section (repeatable; default all: {', '.join([*BENCH_SECTIONS, 'boot'])})")
     bench.add_argument("--seconds", type=float, default=1.0, metavar="S",
                        help="time per workload and mode (default 1)")
     bench.add_argument("--accel", choices=("kvm", "tcg", "auto"), default="kvm",
                        help="accelerator (default kvm; falls back to TCG, with a note, without /dev/kvm)")
     bench.add_argument("--debug", action="store_true", help="use the debug build instead of release")
+    bench.add_argument("--firmware", choices=qm.FIRMWARES, default=None,
+                       help="firmware for the pc/q35 boots (default qboot)")
     bench.add_argument("--repeat", type=int, default=5, metavar="N",
                        help="runs of every workload, for min / median / max (default 5)")
 

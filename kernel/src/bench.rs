@@ -16,6 +16,8 @@
 //! - `compare`: [`crate::peer::bench::compare`], `bench.repeat=` rounds of
 //!   the `blk` workloads on our stack and then on the `virtio-drivers`
 //!   crate, on the same device, handed over with a reset each way.
+//! - `ready`: claims the disks and prints `bench: boot.ready uptime_us=`,
+//!   for `x.py bench`'s boot-time rows (it times QEMU from the host).
 //!
 //! Network and console sections plug in here the same way.
 
@@ -31,8 +33,17 @@ pub fn run() -> ! {
             // `bench.repeat=` runs of every workload, for min / median / max.
             "blk" => (0..crate::peer::repeat_count()).try_for_each(|_| crate::block::bench::run()),
             "compare" => crate::peer::bench::compare(),
+            // Boot time: every device up (probe and net ran before `bench`).
+            "ready" => {
+                crate::block::init();
+                println!(
+                    "bench: boot.ready stack=ours uptime_us={}",
+                    crate::clock::uptime_ns() / 1000
+                );
+                Ok(())
+            }
             other => Err(alloc::format!(
-                "unknown section {other:?} (known: blk, compare)"
+                "unknown section {other:?} (known: blk, compare, ready)"
             )),
         };
         match result {

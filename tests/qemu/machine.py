@@ -74,11 +74,28 @@ def kvm_usable() -> tuple[bool, str]:
         return _kvm_probe_result
 
 
+def kvm_emulates_ring0() -> str | None:
+    """Why this host's KVM cannot run our kernel at speed, or None if it can.
+
+    The nested `kvm_pvm` module (PVM, "Pagetable-based Virtual Machine") has
+    no VMX/SVM underneath: it runs guest user mode (CPL 3) on the CPU, but
+    a guest kernel that does not speak the PVM paravirtual ABI executes at
+    CPL 0 instruction by instruction in KVM's x86 emulator (about one
+    million instructions per second here, several hundred times slower than
+    TCG). Cache and MTRR settings in the guest make no difference.
+    """
+    if os.path.isdir("/sys/module/kvm_pvm"):
+        return "host KVM is kvm_pvm, which emulates every ring-0 guest instruction"
+    return None
+
+
 def choose_accel(requested: str, tcg_only: bool = False) -> AccelChoice:
     """Resolve "kvm" / "tcg" / "auto" to what will run on this machine.
 
     KVM is used only when /dev/kvm opens read-write; otherwise TCG, with the
-    reason recorded so that the caller can say so.
+    reason recorded so that the caller can say so. "auto" also prefers TCG
+    when the host's KVM would emulate the kernel (see `kvm_emulates_ring0`);
+    an explicit "kvm" is still honoured.
     """
     if requested not in ("kvm", "tcg", "auto"):
         raise ValueError(f"unknown accelerator {requested!r}")
@@ -86,6 +103,9 @@ def choose_accel(requested: str, tcg_only: bool = False) -> AccelChoice:
         return AccelChoice("tcg", requested, "TCG requested")
     if tcg_only:
         return AccelChoice("tcg", requested, "--tcg-only")
+    slow_kvm = kvm_emulates_ring0()
+    if requested == "auto" and slow_kvm is not None:
+        return AccelChoice("tcg", requested, slow_kvm, fell_back=True)
     ok, why = kvm_usable()
     if ok:
         return AccelChoice("kvm", requested, why)

@@ -98,6 +98,11 @@ struct Measured {
     notifications: u64,
     interrupts: u64,
     halts: u64,
+    /// TSC ticks the guest spent turning completions into new requests
+    /// (reaping, resubmitting, notifying), measured part only.
+    turnaround: u64,
+    /// The part of `turnaround` spent in `finish_batch` (publish + notify).
+    publish: u64,
 }
 
 /// Runs the block benchmark and prints its `bench:` lines.
@@ -162,12 +167,14 @@ fn report(workload: &Workload, suffix: &str, m: &Measured) {
     let per_req = |count: u64| count as f64 / m.requests.max(1) as f64;
     let iops = m.requests as f64 / seconds;
     println!(
-        "bench: {}.{suffix} stack=ours iops={iops:.0} mib_per_s={:.2} notifications_per_req={:.3} interrupts_per_req={:.3} halts_per_req={:.3} requests={} seconds={seconds:.3} depth={} request_bytes={}",
+        "bench: {}.{suffix} stack=ours iops={iops:.0} mib_per_s={:.2} notifications_per_req={:.3} interrupts_per_req={:.3} halts_per_req={:.3} guest_us_per_req={:.2} publish_us_per_req={:.2} requests={} seconds={seconds:.3} depth={} request_bytes={}",
         workload.name,
         iops * workload.request_bytes as f64 / (1024.0 * 1024.0),
         per_req(m.notifications),
         per_req(m.interrupts),
         per_req(m.halts),
+        crate::clock::ticks_to_ns(m.turnaround) as f64 / 1000.0 / m.requests.max(1) as f64,
+        crate::clock::ticks_to_ns(m.publish) as f64 / 1000.0 / m.requests.max(1) as f64,
         m.requests,
         workload.depth,
         workload.request_bytes
@@ -280,7 +287,10 @@ fn drive(
     let mut start: Option<(u64, Measured)> = None;
     let mut stop_at = u64::MAX;
     let mut in_flight = workload.depth;
+    let mut turnaround = 0u64;
+    let mut publish = 0u64;
     while in_flight > 0 {
+        let turn_started = crate::clock::tsc();
         // Collect everything that is there.
         done.clear();
         loop {
@@ -330,7 +340,13 @@ fn drive(
             }
             in_flight += 1;
         }
+        let publish_started = crate::clock::tsc();
         disk.device().finish_batch();
+        if start.is_some() {
+            let now = crate::clock::tsc();
+            turnaround += now - turn_started;
+            publish += now - publish_started;
+        }
     }
     let end = crate::clock::tsc();
     let (started, before) = start.ok_or("the run ended during the warm-up")?;
@@ -341,6 +357,8 @@ fn drive(
         notifications: after.notifications - before.notifications,
         interrupts: after.interrupts - before.interrupts,
         halts: after.halts - before.halts,
+        turnaround,
+        publish,
     })
 }
 
@@ -352,5 +370,7 @@ fn snapshot(disk: &mut Disk, wait: &DiskWait, completed: u64) -> Measured {
         notifications: disk.device().stats().ring.notifications,
         interrupts: disk.interrupt_count(),
         halts: wait.stats().halts,
+        turnaround: 0,
+        publish: 0,
     }
 }

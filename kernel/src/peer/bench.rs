@@ -104,6 +104,9 @@ struct Measured {
     requests: u64,
     ticks: u64,
     depth: usize,
+    /// TSC ticks spent turning a completion into the next request
+    /// (collecting it, resubmitting, notifying), measured part only.
+    turnaround: u64,
 }
 
 /// `bench=compare`: `bench.repeat=` rounds, each running every block
@@ -112,11 +115,63 @@ struct Measured {
 /// Alternating keeps slow drift on the host (other load, frequency) from
 /// favouring whichever stack happened to run first.
 pub fn compare() -> Result<(), String> {
+    costs();
     for round in 0..super::repeat_count() {
         crate::block::bench::run()?;
         run_peer_round(round == 0)?;
     }
     Ok(())
+}
+
+/// Prints what single CPU operations cost in this guest
+/// (`bench: cost.<op> ns=<per operation>`): under nested, software-assisted
+/// virtualisation (this project's `kvm_pvm` host) instructions that trap
+/// cost as much as a device access, so the count of them per request
+/// decides a driver's speed as much as its notifications do.
+fn costs() {
+    const ROUNDS: u64 = 2000;
+    fn time(name: &str, mut op: impl FnMut()) {
+        let started = crate::clock::tsc();
+        for _ in 0..ROUNDS {
+            op();
+        }
+        let ns = crate::clock::ticks_to_ns(crate::clock::tsc() - started) as f64 / ROUNDS as f64;
+        println!("bench: cost.{name} stack=none ns={ns:.1}");
+    }
+    // SAFETY: reading IA32_MTRR_DEF_TYPE (0x2ff) and IA32_PAT (0x277) has
+    // no side effects; every x86_64 CPU QEMU models has both.
+    let (mtrr_def_type, pat) = unsafe {
+        (
+            x86_64::registers::model_specific::Msr::new(0x2ff).read(),
+            x86_64::registers::model_specific::Msr::new(0x277).read(),
+        )
+    };
+    println!("bench: cost.memory_types stack=none mtrr_def_type={mtrr_def_type:#x} pat={pat:#x}");
+    let mut sink = 0u64;
+    time("loop_1000_adds", || {
+        for i in 0..1000u64 {
+            sink = core::hint::black_box(sink.wrapping_add(i));
+        }
+    });
+    time("rdtsc", || sink = sink.wrapping_add(crate::clock::tsc()));
+    time("cli_sti", || x86_64::instructions::interrupts::without_interrupts(|| {}));
+    time("pushf", || {
+        sink = sink.wrapping_add(u64::from(x86_64::instructions::interrupts::are_enabled()));
+    });
+    let lock = spin::Mutex::new(0u64);
+    time("spin_lock", || *lock.lock() += 1);
+    time("log_enabled_trace", || {
+        sink = sink.wrapping_add(u64::from(log::log_enabled!(log::Level::Trace)));
+    });
+    time("fence_seqcst", || core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst));
+    let mut page = alloc::vec![0u8; 4096];
+    time("memset_4k", || {
+        core::hint::black_box(&mut page).fill(0x5a);
+    });
+    time("heap_alloc_free_64", || {
+        core::hint::black_box(alloc::vec![0u8; 64]);
+    });
+    core::hint::black_box(sink);
 }
 
 /// Runs every workload once on the peer: takes the bench disk's device
@@ -194,9 +249,10 @@ fn report(workload: &Workload, m: &Measured) {
     let seconds = m.ticks as f64 / crate::clock::tsc_hz() as f64;
     let iops = m.requests as f64 / seconds;
     println!(
-        "bench: {}.peer stack=peer iops={iops:.0} mib_per_s={:.2} requests={} seconds={seconds:.3} depth={} depth_wanted={} request_bytes={}",
+        "bench: {}.peer stack=peer iops={iops:.0} mib_per_s={:.2} guest_us_per_req={:.2} requests={} seconds={seconds:.3} depth={} depth_wanted={} request_bytes={}",
         workload.name,
         iops * workload.request_bytes as f64 / (1024.0 * 1024.0),
+        crate::clock::ticks_to_ns(m.turnaround) as f64 / 1000.0 / m.requests.max(1) as f64,
         m.requests,
         m.depth,
         workload.depth,
@@ -279,7 +335,9 @@ fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measu
     let mut start: Option<(u64, u64)> = None;
     let mut stop_at = u64::MAX;
     let mut outcome = Ok(());
+    let mut turnaround = 0u64;
     while in_flight > 0 {
+        let turn_started = crate::clock::tsc();
         let Some(token) = blk.peek_used() else {
             if crate::clock::tsc() > give_up_at {
                 outcome = Err(format!(
@@ -350,6 +408,9 @@ fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measu
                 break;
             }
         }
+        if start.is_some() {
+            turnaround += crate::clock::tsc() - turn_started;
+        }
     }
     let end = crate::clock::tsc();
     if in_flight > 0 {
@@ -368,6 +429,7 @@ fn measure(blk: &mut PeerBlk, workload: &Workload, seconds: f64) -> Result<Measu
         requests: completed - before,
         ticks: end - started,
         depth,
+        turnaround,
     })
 }
 
