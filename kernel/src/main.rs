@@ -119,15 +119,23 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
         selftest::run(&tests);
     }
     if cmdline::get("mode") == Some("bench") {
+        // The benchmarks drive the disks only: claim them, and give every
+        // other device the `virtio:` line of its generic bring-up.
+        block::init();
+        virtio::report_unclaimed(None);
         bench::run();
     }
     block::init();
 
     net::start();
+    // Claimed before `kernel: ready`, so that every `virtio:` line (the
+    // console's comes from its driver) precedes it.
+    let console_ready = shell::console::init();
+    virtio::report_unclaimed(None);
     println!("kernel: ready");
     // With a virtio console, the shell takes the CPU (it runs the network
     // rounds itself); it returns only if the console has no port to use.
-    if shell::console::init() {
+    if console_ready {
         shell::run();
     }
     // The idle loop: runs the network stack, halts between interrupts.

@@ -142,18 +142,28 @@ VIRTIO_LINE = re.compile(
     r"transport=(?P<transport>\S+) ring=(?P<ring>\S+) queues=(?P<queues>\d+) features=(?P<features>\S+)$",
     re.MULTILINE,
 )
-#: Queues the kernel's generic bring-up sets up per type (no device-specific features).
-GENERIC_QUEUES = {"blk": 1, "net": 2, "console": 2}
+#: Queues each type's kernel driver sets up with QEMU's default device
+#: options: blk one request queue (the block layer asks for one); net
+#: receive, transmit and control (CTRL_VQ); console 16 ports (the driver's
+#: default `console.ports=`, below QEMU's 31) of two queues plus the two
+#: control queues (MULTIPORT).
+DRIVER_QUEUES = {"blk": 1, "net": 3, "console": 34}
+#: A device-specific feature each driver accepts whenever QEMU offers it:
+#: its presence shows the line is the driver's, not the generic bring-up's.
+DRIVER_FEATURE = {"blk": "BLK_FLUSH", "net": "NET_MAC", "console": "CONSOLE_EMERG_WRITE"}
 MODERN_TRANSPORTS = ("pci-modern", "mmio-v2")
 
 
 @dataclass(frozen=True)
 class VirtioDev:
-    """One virtio device of a probe scenario and the transport it must come up on."""
+    """One virtio device of a probe scenario and what its `virtio:` line must say."""
 
     kind: str  # "blk", "net" or "console"
     transport: str  # "pci-modern", "pci-legacy", "mmio-v1" or "mmio-v2"
     props: str = ""  # extra -device properties, e.g. ",disable-legacy=on" or ",bus=br0"
+    ring: str = "split"  # the ring layout the driver must end up with
+    features: tuple[str, ...] = ()  # features that must be negotiated
+    features_absent: tuple[str, ...] = ()  # features that must not be
 
 
 def probe_image(serial: str) -> Callable[[Path], None]:
@@ -191,27 +201,51 @@ def virtio_device_args(ctx: RunContext, machine: str, devs: Sequence[VirtioDev])
 
 
 def check_virtio_lines(devs: Sequence[VirtioDev]) -> Callable[[Outcome], Iterable[str]]:
-    """The `virtio:` lines name exactly `devs` (type and transport), each with
-    the split ring, its type's queue count and VERSION_1 exactly on modern
-    transports; each console's output file has the line the kernel sent."""
+    """Exactly one `virtio:` line per device of `devs` (type and transport), and
+    none for anything else; each line is its driver's (a device-specific
+    feature, the driver's queue count), with the ring layout and features the
+    device asks for and VERSION_1 exactly on modern transports; each
+    console's output file has the line the kernel sent."""
 
     def check_virtio(outcome: Outcome) -> Iterable[str]:
         problems = []
+        every_line = re.findall(r"^virtio: .*$", outcome.log_text, re.MULTILINE)
         lines = list(VIRTIO_LINE.finditer(outcome.log_text))
+        if len(every_line) != len(lines):
+            problems.append(f"`virtio:` lines not in the contract's format: {every_line}")
+        locations = [m["location"] for m in lines]
+        if len(set(locations)) != len(locations):
+            problems.append(f"more than one `virtio:` line for a device: {locations}")
         found = sorted((m["type"], m["transport"]) for m in lines)
         expected = sorted((d.kind, d.transport) for d in devs)
         if found != expected:
             problems.append(f"virtio: lines name {found}, expected {expected}")
+        # Pair lines with devices of the same (type, transport), in order.
+        unmatched = list(devs)
         for m in lines:
+            dev = next((d for d in unmatched if (d.kind, d.transport) == (m["type"], m["transport"])), None)
+            if dev is None:
+                continue
+            unmatched.remove(dev)
             features = m["features"].split("|")
-            if m["ring"] != "split":
-                problems.append(f"{m[0]!r}: ring is not split")
-            if int(m["queues"]) != GENERIC_QUEUES.get(m["type"], -1):
-                problems.append(f"{m[0]!r}: expected {GENERIC_QUEUES.get(m['type'])} queues")
+            if m["ring"] != dev.ring:
+                problems.append(f"{m[0]!r}: ring is not {dev.ring}")
+            if ("RING_PACKED" in features) != (m["ring"] == "packed"):
+                problems.append(f"{m[0]!r}: RING_PACKED negotiated iff ring=packed")
+            if int(m["queues"]) != DRIVER_QUEUES.get(m["type"], -1):
+                problems.append(f"{m[0]!r}: expected {DRIVER_QUEUES.get(m['type'])} queues")
+            if DRIVER_FEATURE[m["type"]] not in features:
+                problems.append(f"{m[0]!r}: no {DRIVER_FEATURE[m['type']]}: not the driver's line")
             if ("VERSION_1" in features) != (m["transport"] in MODERN_TRANSPORTS):
                 problems.append(f"{m[0]!r}: VERSION_1 must be negotiated exactly on modern transports")
             if "BAD_FEATURE" in features:
                 problems.append(f"{m[0]!r}: BAD_FEATURE accepted")
+            for feature in dev.features:
+                if feature not in features:
+                    problems.append(f"{m[0]!r}: {feature} not negotiated")
+            for feature in dev.features_absent:
+                if feature in features:
+                    problems.append(f"{m[0]!r}: {feature} negotiated")
         assert outcome.ctx is not None
         console_output = "".join(
             outcome.ctx.file(f"console{i}.log").read_text("utf-8", "replace")
@@ -436,6 +470,8 @@ IRQ_SCENARIOS: list[Scenario] = [
                  extra_args=["-M", "acpi=off", "-global", "virtio-mmio.force-legacy=false"],
                  extra_append="virtio.poll=1"),
 ]
+
+
 
 SCENARIOS: list[Scenario] = [
     # KVM with qboot: the fast path `x.py run` uses, with its devices attached.
@@ -1263,3 +1299,133 @@ NET_SCENARIOS: list[Scenario] = [
 ]
 
 SCENARIOS += NET_SCENARIOS
+
+
+# ---------------------------------------------------------------- the packed ring
+#
+# `packed=on` on modern-only PCI devices (`disable-legacy=on`): the device
+# drivers (blk, net, console) accept VIRTIO_F_RING_PACKED and build packed
+# queues unless `virtio.ring=split` on the command line says otherwise
+# (docs/07-packed-ring.md). Their self-tests must pass over those rings: the
+# disks' GET_ID serials and reads, DHCP / ARP / ping through the NIC, the
+# console handshake and a line on port 0 (found in the console's output
+# file). Each device's one `virtio:` line must name the ring layout the
+# driver really used, and the ring features the device options leave. The
+# raw-ring self-tests before the drivers claim the devices still use split
+# rings (the generic bring-up never accepts RING_PACKED).
+
+PACKED = ",disable-legacy=on,packed=on"
+#: The device-driver self-tests that run over the driver's rings.
+DRIVER_SELFTESTS = [
+    r"^selftest: PASS block: disk serials \(GET_ID\) match expect\.blk\.serial=$",
+    r"^selftest: PASS block: every disk reads; bad requests are refused before the device$",
+    r"^selftest: PASS block: request counters agree ",
+    *NET_SELFTESTS_BASIC,
+    r"^selftest: PASS console: the driver claims the console, runs the handshake and writes port 0$",
+]
+
+
+def packed_devs(
+    ring: str,
+    props: str = PACKED,
+    blk_props: str = "",
+    net_props: str = "",
+    console_props: str = "",
+    present: Mapping[str, tuple[str, ...]] | None = None,
+    absent: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[VirtioDev]:
+    """blk, net and console on modern PCI with `props` (plus per-device extras);
+    each must come up with `ring` and the features in `present` / not in `absent`."""
+    present = present or {}
+    absent = absent or {}
+    ring_feature = ("RING_PACKED",) if ring == "packed" else ()
+    no_ring_feature = ("RING_PACKED",) if ring == "split" else ()
+    extra = {"blk": blk_props, "net": net_props, "console": console_props}
+    return [
+        VirtioDev(kind, "pci-modern", props + extra[kind], ring=ring,
+                  features=ring_feature + present.get(kind, ()),
+                  features_absent=no_ring_feature + absent.get(kind, ()))
+        for kind in ("blk", "net", "console")
+    ]
+
+
+def packed_scenario(name: str, devs: Sequence[VirtioDev], ring_choice: str | None,
+                    machine: str = "q35") -> Scenario:
+    """`virtio_probe` with `virtio.ring=<ring_choice>` (none: the default) and
+    the drivers' self-tests required; the console driver's line must reach
+    the console's output file."""
+    base = virtio_probe(name, machine, "qboot", "tcg", devs)
+    probe_check = check_virtio_lines(devs)
+
+    def check(outcome: Outcome) -> Iterable[str]:
+        problems = list(probe_check(outcome) or [])
+        assert outcome.ctx is not None
+        for i, dev in enumerate(devs):
+            path = outcome.ctx.file(f"console{i}.log")
+            if dev.kind == "console":
+                text = path.read_text("utf-8", "replace") if path.exists() else ""
+                if re.search(r"^console: driver self-test on port 0 ", text, re.MULTILINE) is None:
+                    problems.append(f"console{i}.log lacks the console driver's line: {text!r}")
+        return problems
+
+    append = base.append + (f" virtio.ring={ring_choice}" if ring_choice else "")
+    return replace(base, append=append, expect_anywhere=[*base.expect_anywhere, *DRIVER_SELFTESTS],
+                   check=check)
+
+
+#: Ring features each driver accepts when offered (console: never indirect).
+EVENT_IDX_ALL = {"blk": ("RING_EVENT_IDX",), "net": ("RING_EVENT_IDX",), "console": ("RING_EVENT_IDX",)}
+INDIRECT_OFF_ALL = {"blk": ("RING_INDIRECT_DESC",), "net": ("RING_INDIRECT_DESC",),
+                    "console": ("RING_INDIRECT_DESC",)}
+
+PACKED_SCENARIOS: list[Scenario] = [
+    # virtio.ring=packed, event index and indirect descriptors on (QEMU's default).
+    packed_scenario("packed-q35-ring-packed",
+                    packed_devs("packed", present={**EVENT_IDX_ALL, "blk": ("RING_EVENT_IDX", "RING_INDIRECT_DESC"),
+                                                   "net": ("RING_EVENT_IDX", "RING_INDIRECT_DESC")}),
+                    "packed"),
+    # The same device options with virtio.ring=split: every driver stays split.
+    packed_scenario("packed-q35-ring-split",
+                    packed_devs("split", present={**EVENT_IDX_ALL, "blk": ("RING_EVENT_IDX", "RING_INDIRECT_DESC"),
+                                                  "net": ("RING_EVENT_IDX", "RING_INDIRECT_DESC")}),
+                    "split"),
+    # Event index and indirect descriptors both off: plain packed rings.
+    packed_scenario("packed-q35-no-event-idx-no-indirect",
+                    packed_devs("packed", props=PACKED + ",event_idx=off,indirect_desc=off",
+                                absent={k: ("RING_EVENT_IDX", "RING_INDIRECT_DESC") for k in DRIVER_QUEUES}),
+                    "packed"),
+    # One of the two on each (blk: indirect only, net: event index only,
+    # console: neither), with the default virtio.ring=auto, on pc.
+    packed_scenario("packed-pc-mixed-auto",
+                    packed_devs("packed", blk_props=",event_idx=off", net_props=",indirect_desc=off",
+                                console_props=",event_idx=off",
+                                present={"blk": ("RING_INDIRECT_DESC",), "net": ("RING_EVENT_IDX",)},
+                                absent={"blk": ("RING_EVENT_IDX",), "net": ("RING_INDIRECT_DESC",),
+                                        "console": ("RING_EVENT_IDX", "RING_INDIRECT_DESC")}),
+                    None, machine="pc"),
+]
+
+
+def with_virtio_lines(scenario: Scenario, devs: Sequence[VirtioDev]) -> Scenario:
+    """`scenario` whose check also holds its `virtio:` lines to `devs`."""
+    first, lines = scenario.check, check_virtio_lines(devs)
+
+    def check(outcome: Outcome) -> Iterable[str]:
+        return [*(first(outcome) if first else []), *lines(outcome)]
+
+    return replace(scenario, check=check)
+
+
+PACKED_SCENARIOS += [
+    # The block layer's scratch workload (offsets, sizes, queue depths up to
+    # the queue size, the largest request, flush / write-zeroes / discard)
+    # over a packed ring, the image checked byte for byte afterwards.
+    with_virtio_lines(
+        blk_scenario("blk-packed-scratch", "q35", "pci-modern",
+                     [BlkDrive("scratch0", props=PACKED, want={"features": ("RING_PACKED", "RING_EVENT_IDX")})],
+                     append="virtio.ring=packed blk.workload=quick"),
+        [VirtioDev("blk", "pci-modern", ring="packed", features=("RING_PACKED",))],
+    ),
+]
+
+SCENARIOS += PACKED_SCENARIOS

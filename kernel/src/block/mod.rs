@@ -42,7 +42,10 @@
 //! device over (§3.1.1 starts with it); the MSI-X entries stay programmed
 //! and `MsixRouted` tells the device its entry numbers again as its queue
 //! comes up. The driver uses one request queue: the interrupt route was set
-//! up for the queues of the generic bring-up, which for blk is one.
+//! up for the queues of the generic bring-up, which for blk is one. The
+//! ring layout follows `virtio.ring=split|packed|auto` like every driver's
+//! (`virtio::ring_preference`), and once the disk is up the device's one
+//! `virtio:` line is printed with what the driver negotiated.
 //!
 //! In `mode=selftest` the claim happens in the block self-tests, which run
 //! after the virtio and interrupt self-tests have used the raw rings; in
@@ -82,7 +85,7 @@ use spin::{Mutex, Once};
 use crate::hal_impl::KernelHal;
 use crate::println;
 use crate::virtio::irq::{DeviceIrq, KernelWait};
-use crate::virtio::{self, DeviceState, FeatureList, KernelTransport, LiveDevice};
+use crate::virtio::{self, BroughtUp, FeatureList, KernelTransport, LiveDevice};
 
 pub use selftests::selftests;
 
@@ -283,6 +286,8 @@ impl Disk {
         let options = BlkOptions {
             max_queue_size: MAX_QUEUE_SIZE,
             max_queues: 1,
+            // `virtio.ring=split|packed|auto`, as for every driver.
+            ring_features: virtio::ring_preference().ring_features(),
             ..BlkOptions::default()
         };
         // The driver resets the device first, so the generic queues are no
@@ -567,16 +572,19 @@ fn claim_all() {
         let name = disk_name(disks.len());
         match Disk::bring_up(name.clone(), location, live) {
             Ok(disk) => {
+                // The device's one `virtio:` line, now that the driver owns it.
+                device.report_up(&BroughtUp::new(
+                    disk.transport,
+                    disk.device.queue_count(),
+                    disk.device.features(),
+                ));
                 println!("block: {}", disk.info());
                 disks.push(disk);
             }
             Err(error) => {
-                println!("block: {name} at {location} FAILED: {error}");
                 // The driver consumed the transport and left FAILED set.
-                device.state = DeviceState::Failed {
-                    transport: None,
-                    error: format!("blk driver: {error}"),
-                };
+                device.fail(format!("blk driver: {error}"));
+                println!("block: {name} at {location} FAILED: {error}");
             }
         }
     }

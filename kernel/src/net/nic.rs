@@ -7,9 +7,12 @@
 //! generically out of the registry and brings it up again with the
 //! [`drivers::net::NetDevice`] driver (options from the command line, see
 //! [`options_from_cmdline`]), keeping it in the card list ([`NICS`], named
-//! `net0`, `net1`, ... in discovery order). It prints one line per card:
+//! `net0`, `net1`, ... in discovery order). It prints the device's one
+//! `virtio:` line (`crate::virtio`, with the driver's features, ring layout
+//! and queues) and one line per card:
 //!
 //! ```text
+//! virtio: net at pci 0000:00:03.0 transport=pci-modern ring=split queues=3 features=VERSION_1|...
 //! net0: virtio-net at pci 0000:00:03.0 transport=pci-modern ring=split queues=3 mac=52:54:00:12:34:56 features=VERSION_1|...
 //! ```
 //!
@@ -41,7 +44,6 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use drivers::device::{Wait, WaitTimeout};
-use drivers::features::RingPreference;
 use drivers::net::{NetDevice, NetError, NetOptions, RxPacket, TxQueue, SUPPORTED_FEATURES};
 use drivers::transport::{DeviceType, InterruptStatus, Location, Transport};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -49,7 +51,7 @@ use smoltcp::time::Instant;
 use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
-use crate::virtio::{DeviceState, FeatureList, InterruptLine, KernelTransport, LiveDevice};
+use crate::virtio::{BroughtUp, FeatureList, InterruptLine, KernelTransport, LiveDevice};
 
 /// The driver on the kernel's Hal and transport.
 pub type KernelNetDevice = NetDevice<KernelHal, KernelTransport>;
@@ -115,10 +117,7 @@ pub fn options_from_cmdline() -> NetOptions {
     if let Some(mask) = number("net.features") {
         options.features = mask & SUPPORTED_FEATURES;
     }
-    let ring = crate::cmdline::get("virtio.ring")
-        .and_then(RingPreference::parse)
-        .unwrap_or_default();
-    options.ring_features = ring.ring_features();
+    options.ring_features = crate::virtio::ring_preference().ring_features();
     options
 }
 
@@ -161,24 +160,19 @@ pub fn claim_all() {
         let mut device = match result {
             Ok(device) => device,
             Err(error) => {
-                crate::println!("virtio: net at {location} FAILED: virtio-net driver: {error}");
-                entry.state = DeviceState::Failed {
-                    transport: None,
-                    error: alloc::format!("virtio-net driver: {error}"),
-                };
+                entry.fail(format!("virtio-net driver: {error}"));
                 continue;
             }
         };
         let name = format!("net{}", nics.len());
         let features = device.features();
-        let ring = if features & drivers::features::RING_PACKED != 0 {
-            "packed"
-        } else {
-            "split"
-        };
+        let up = BroughtUp::new(kind, 2 + usize::from(device.ctrl().is_some()), features);
+        // The device's one `virtio:` line, with what the driver negotiated.
+        entry.report_up(&up);
         crate::println!(
-            "{name}: virtio-net at {location} transport={kind} ring={ring} queues={} mac={} features={}",
-            2 + u8::from(device.ctrl().is_some()),
+            "{name}: virtio-net at {location} transport={kind} ring={} queues={} mac={} features={}",
+            up.ring,
+            up.queues,
             device.mac(),
             FeatureList {
                 device_type: DeviceType::Net,

@@ -129,7 +129,7 @@ pub fn compare() -> Result<(), String> {
 /// cost as much as a device access, so the count of them per request
 /// decides a driver's speed as much as its notifications do.
 fn costs() {
-    const ROUNDS: u64 = 2000;
+    const ROUNDS: u64 = 200;
     fn time(name: &str, mut op: impl FnMut()) {
         let started = crate::clock::tsc();
         for _ in 0..ROUNDS {
@@ -148,13 +148,15 @@ fn costs() {
     };
     println!("bench: cost.memory_types stack=none mtrr_def_type={mtrr_def_type:#x} pat={pat:#x}");
     let mut sink = 0u64;
-    time("loop_1000_adds", || {
-        for i in 0..1000u64 {
+    time("loop_100_adds", || {
+        for i in 0..100u64 {
             sink = core::hint::black_box(sink.wrapping_add(i));
         }
     });
     time("rdtsc", || sink = sink.wrapping_add(crate::clock::tsc()));
-    time("cli_sti", || x86_64::instructions::interrupts::without_interrupts(|| {}));
+    time("cli_sti", || {
+        x86_64::instructions::interrupts::without_interrupts(|| {})
+    });
     time("pushf", || {
         sink = sink.wrapping_add(u64::from(x86_64::instructions::interrupts::are_enabled()));
     });
@@ -163,7 +165,9 @@ fn costs() {
     time("log_enabled_trace", || {
         sink = sink.wrapping_add(u64::from(log::log_enabled!(log::Level::Trace)));
     });
-    time("fence_seqcst", || core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst));
+    time("fence_seqcst", || {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst)
+    });
     let mut page = alloc::vec![0u8; 4096];
     time("memset_4k", || {
         core::hint::black_box(&mut page).fill(0x5a);
@@ -171,6 +175,34 @@ fn costs() {
     time("heap_alloc_free_64", || {
         core::hint::black_box(alloc::vec![0u8; 64]);
     });
+    // 100 volatile stores to one word, in memory of each kind: where the
+    // word lives decides what a store costs.
+    fn stores(name: &str, word: *mut u64) {
+        time(name, || {
+            for i in 0..100u64 {
+                // SAFETY: `word` points at a live, aligned u64 the caller owns.
+                unsafe { core::ptr::write_volatile(word, i) };
+            }
+        });
+    }
+    let mut on_stack = [0u64; 8];
+    stores("store_x100_stack", on_stack.as_mut_ptr());
+    let mut on_heap = alloc::boxed::Box::new([0u64; 8]);
+    stores("store_x100_heap", on_heap.as_mut_ptr());
+    if let Ok(mut dma) = crate::block::IoBuffer::new(8 << 20) {
+        let base = dma.as_mut_slice().as_mut_ptr();
+        let phys = crate::memory::virt_to_phys(base);
+        println!("bench: cost.dma_buffer stack=none phys={phys:#x}");
+        stores("store_x100_dma_first_page", base.cast());
+        // SAFETY: 7 MiB into an 8 MiB buffer, 8-aligned.
+        stores(
+            "store_x100_dma_7mib_in",
+            unsafe { base.add(7 << 20) }.cast(),
+        );
+    }
+    let stack_phys = crate::memory::virt_to_phys(on_stack.as_ptr().cast());
+    let heap_phys = crate::memory::virt_to_phys(on_heap.as_ptr().cast());
+    println!("bench: cost.where stack=none stack_phys={stack_phys:#x} heap_phys={heap_phys:#x}");
     core::hint::black_box(sink);
 }
 
@@ -223,7 +255,10 @@ fn run_peer_round(print_setup: bool) -> Result<(), String> {
     let mut outcome = Ok(());
     for workload in &WORKLOADS {
         if workload.write && (!writable || blk.readonly()) {
-            log::info!("bench: {} skipped on the peer: not a scratch disk", workload.name);
+            log::info!(
+                "bench: {} skipped on the peer: not a scratch disk",
+                workload.name
+            );
             continue;
         }
         match measure(&mut blk, workload, seconds) {

@@ -12,6 +12,8 @@
 //! (and the multiport handshake). Only then are the generic queues dropped:
 //! the device no longer uses their memory. The interrupt route stays with
 //! the device's location, so [`waiter`] halts until the console interrupts.
+//! Once the driver is up (or has failed), [`init`] prints the device's one
+//! `virtio:` line (`crate::virtio`) with what the driver negotiated.
 //!
 //! ## Sharing
 //!
@@ -32,13 +34,13 @@ use core::fmt::{self, Write as _};
 
 use drivers::console::{ConsoleDevice, ConsoleError, ConsoleOptions};
 use drivers::device::{Wait, WaitTimeout};
-use drivers::features::{self, RingPreference};
+use drivers::features;
 use drivers::irq::QueueSet;
 use drivers::transport::{DeviceType, Location, Transport};
 use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
-use crate::virtio::{self, KernelTransport};
+use crate::virtio::{self, BroughtUp, KernelTransport};
 
 /// The console driver on the kernel's Hal and transport.
 pub type KernelConsole = ConsoleDevice<KernelHal, KernelTransport>;
@@ -70,10 +72,8 @@ pub fn options_from_cmdline() -> ConsoleOptions {
     } else {
         options.max_ports = DEFAULT_MAX_PORTS;
     }
-    let ring = crate::cmdline::get("virtio.ring")
-        .and_then(RingPreference::parse)
-        .unwrap_or_default();
-    options.ring_features = ring.ring_features() & !features::RING_INDIRECT_DESC;
+    options.ring_features =
+        virtio::ring_preference().ring_features() & !features::RING_INDIRECT_DESC;
     options
 }
 
@@ -100,8 +100,14 @@ pub fn init() -> bool {
     // no longer touches the generic queues' memory and they may go.
     let result = ConsoleDevice::with_options(live.transport, options_from_cmdline());
     drop(generic_queues);
-    match result {
+    let ready = match result {
         Ok(device) => {
+            let up = BroughtUp::new(
+                device.transport().kind(),
+                device.queues().len(),
+                device.features(),
+            );
+            report(location, |entry| entry.report_up(&up));
             log::info!(
                 "console: {} at {location}: {}, {} port(s) now: {}",
                 device.transport().kind(),
@@ -114,8 +120,26 @@ pub fn init() -> bool {
         }
         Err(error) => {
             log::error!("console: {location}: driver bring-up failed: {error}");
+            report(location, |entry| {
+                entry.fail(alloc::format!("console driver: {error}"))
+            });
             false
         }
+    };
+    // The driver takes one console; any other stays on its generic
+    // bring-up and gets that `virtio:` line.
+    virtio::report_unclaimed(Some(DeviceType::Console));
+    ready
+}
+
+/// Prints the `virtio:` line of the console at `location` through `line`
+/// (the registry is not held while the driver comes up).
+fn report(location: Location, line: impl FnOnce(&mut virtio::VirtioDevice)) {
+    if let Some(entry) = virtio::devices()
+        .iter_mut()
+        .find(|d| d.location == location)
+    {
+        line(entry);
     }
 }
 

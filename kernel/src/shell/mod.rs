@@ -1048,9 +1048,16 @@ fn test_console_driver() -> Result<(), String> {
     let mut guard = console::lock();
     let c = guard.as_mut().ok_or("no console after init")?;
     let mut wait = console::waiter(c.location, 2_000_000_000);
+    // The host's PORT_OPEN comes after the port's PORT_ADD and
+    // CONSOLE_PORT, in a later control message: wait for it too.
     c.device
-        .wait_until(&mut wait, |d| Ok(d.console_port().is_some()))
-        .map_err(|e| format!("no console port: {e}"))?;
+        .wait_until(&mut wait, |d| {
+            Ok(d
+                .console_port()
+                .and_then(|p| d.port(p))
+                .is_some_and(|p| p.host_open))
+        })
+        .map_err(|e| format!("no console port open on the host side: {e}"))?;
     let port = c.device.console_port().ok_or("no console port")?;
     let line = format!(
         "console: driver self-test on port {port} ({} port(s), {})\n",

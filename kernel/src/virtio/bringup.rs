@@ -27,7 +27,9 @@
 //! code has routed the device), a device driver *claims* the live device
 //! from the registry (`VirtioDevice::claim`), which leaves
 //! `DeviceState::Claimed` behind, and brings it up again with its own
-//! features: blk in `crate::block` (disks vda, vdb, ...). Claiming later
+//! features: blk in `crate::block` (disks vda, vdb, ...), net in
+//! `crate::net`, the console in `crate::shell::console`; the driver then
+//! prints the device's `virtio:` line (`super` module docs). Claiming later
 //! rather than replacing this path keeps one interrupt set-up for every
 //! device and lets the raw-ring self-tests run before the driver takes over.
 
@@ -130,6 +132,7 @@ pub fn bring_up(discovered: Discovered) -> VirtioDevice {
         transport_kind,
         interrupt,
         state,
+        reported: false,
     }
 }
 

@@ -21,7 +21,7 @@
 //! ## The `virtio:` line (stable; README "The stable contract")
 //!
 //! ```text
-//! virtio: <type> at <location> transport=<pci-modern|pci-legacy|mmio-v1|mmio-v2> ring=split queues=<n> features=<NAME|NAME|...>
+//! virtio: <type> at <location> transport=<pci-modern|pci-legacy|mmio-v1|mmio-v2> ring=<split|packed> queues=<n> features=<NAME|NAME|...>
 //! virtio: <type> at <location> FAILED: <error>
 //! ```
 //!
@@ -30,6 +30,24 @@
 //! `features` lists the negotiated feature bits by name, highest bit first
 //! (`none` when nothing was negotiated). A device that fails to come up is
 //! left with FAILED in its status byte and the boot continues.
+//!
+//! Every device prints **exactly one** such line, describing the state it
+//! ends up in, through one function ([`VirtioDevice::report_up`],
+//! [`VirtioDevice::fail`], [`VirtioDevice::report_generic`]; a second call
+//! is refused with a warning):
+//!
+//! - a device the generic bring-up could not bring up: its FAILED line, at
+//!   probe time;
+//! - a device of a type no kernel driver takes ([`driver_for`] is `None`):
+//!   the generic bring-up's line, at probe time (`ring=split`, no
+//!   device-specific feature);
+//! - a blk, net or console device: the line of its **driver**, when the
+//!   driver has brought it up (its features, its ring layout, its queue
+//!   count) or failed to. The network driver claims at boot; the block
+//!   layer and the console driver after the raw-ring self-tests in
+//!   `mode=selftest` and before `kernel: ready` otherwise. A device of such
+//!   a type that no driver ends up claiming (a second console, the console
+//!   in `mode=bench`) gets the generic line from [`report_unclaimed`].
 //!
 //! ## What "brought up" means here
 //!
@@ -44,6 +62,21 @@
 //! driver then claims its device ([`VirtioDevice::claim`], leaving
 //! [`DeviceState::Claimed`]) and brings it up again with its own features
 //! (blk: `crate::block`).
+//!
+//! ## Why blk, net and console are initialised twice
+//!
+//! Skipping the generic bring-up for types a driver will claim would save
+//! one reset and one §3.1.1 sequence per device, but it is not simple:
+//! the interrupt set-up ([`irq::after_bring_up`]) programs MSI-X vectors
+//! and line routes through a live device and its queue count, which only
+//! exists after a bring-up; and in `mode=selftest` the raw-ring self-tests
+//! (the blk and console round trips here, the interrupt round trips of
+//! [`irq`]) run on the generic queues *before* the drivers claim the
+//! devices, which is what lets them test the queue and interrupt code
+//! independently of any driver. So the generic bring-up stays, and only
+//! its `virtio:` line is left to the driver. The driver's reset (§3.1.1
+//! step 1) is the one safe way to take a device over; the MSI-X entries
+//! stay programmed across it.
 
 pub mod bringup;
 pub mod irq;
@@ -56,8 +89,9 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use drivers::features;
+use drivers::features::RingPreference;
 use drivers::irq::MsixRouted;
-use drivers::queue::SplitQueue;
+use drivers::queue::{RingKind, SplitQueue};
 use drivers::transport::{AnyTransport, DeviceType, Location, Transport, TransportKind};
 use spin::{Mutex, MutexGuard};
 
@@ -127,6 +161,34 @@ pub struct VirtioDevice {
     pub interrupt: InterruptLine,
     /// Live or failed.
     pub state: DeviceState,
+    /// Its `virtio:` line has been printed (see the module docs: once).
+    reported: bool,
+}
+
+/// What a device's `virtio:` line says once a driver has brought it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BroughtUp {
+    /// The transport flavour.
+    pub transport: TransportKind,
+    /// The ring layout of its queues (packed exactly when RING_PACKED was negotiated).
+    pub ring: RingKind,
+    /// How many queues the driver set up.
+    pub queues: usize,
+    /// The negotiated feature bits.
+    pub features: u64,
+}
+
+impl BroughtUp {
+    /// The facts for a device whose driver negotiated `features` and set up
+    /// `queues` queues on `transport` (the ring layout follows from the features).
+    pub fn new(transport: TransportKind, queues: usize, features: u64) -> Self {
+        Self {
+            transport,
+            ring: RingKind::from_features(features),
+            queues,
+            features,
+        }
+    }
 }
 
 impl VirtioDevice {
@@ -164,6 +226,112 @@ impl VirtioDevice {
                 None
             }
         }
+    }
+
+    /// Prints the device's one `virtio:` line for a driver that brought it
+    /// up (see the module docs).
+    pub fn report_up(&mut self, up: &BroughtUp) {
+        let name = type_name(self.device_type);
+        let location = self.location;
+        self.emit(format_args!(
+            "virtio: {name} at {location} transport={} ring={} queues={} features={}",
+            up.transport,
+            up.ring,
+            up.queues,
+            FeatureList {
+                device_type: self.device_type,
+                bits: up.features,
+            }
+        ));
+    }
+
+    /// Marks the device failed with `error` (its transport, if any, is
+    /// gone with the driver that failed) and prints its FAILED line.
+    pub fn fail(&mut self, error: String) {
+        let name = type_name(self.device_type);
+        let location = self.location;
+        self.emit(format_args!("virtio: {name} at {location} FAILED: {error}"));
+        self.state = DeviceState::Failed {
+            transport: None,
+            error,
+        };
+    }
+
+    /// Prints the line for the state the generic bring-up left: the
+    /// generic features and split rings, or FAILED. Nothing for a device a
+    /// driver claimed (its driver reports it).
+    pub fn report_generic(&mut self) {
+        let name = type_name(self.device_type);
+        let location = self.location;
+        match &self.state {
+            DeviceState::Live(live) => {
+                let up = BroughtUp {
+                    transport: live.transport.kind(),
+                    // The generic bring-up builds `SplitQueue`s only and
+                    // never accepts RING_PACKED.
+                    ring: RingKind::Split,
+                    queues: live.queues.len(),
+                    features: live.features,
+                };
+                self.report_up(&up);
+            }
+            DeviceState::Failed { error, .. } => {
+                let error = error.clone();
+                self.emit(format_args!("virtio: {name} at {location} FAILED: {error}"));
+            }
+            DeviceState::Claimed { .. } => {}
+        }
+    }
+
+    /// Prints a `virtio:` line unless the device already has one.
+    fn emit(&mut self, line: fmt::Arguments<'_>) {
+        if self.reported {
+            log::warn!(
+                "virtio: {} at {}: a second `virtio:` line was not printed: {line}",
+                type_name(self.device_type),
+                self.location
+            );
+            return;
+        }
+        self.reported = true;
+        println!("{line}");
+    }
+}
+
+/// The kernel driver that claims devices of `device_type`, if there is
+/// one (`crate::block`, `crate::net`, `crate::shell::console`). Probing
+/// leaves the `virtio:` line of such devices to the driver.
+pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
+    match device_type {
+        DeviceType::Block => Some("blk"),
+        DeviceType::Net => Some("virtio-net"),
+        DeviceType::Console => Some("console"),
+        _ => None,
+    }
+}
+
+/// Prints the generic `virtio:` line of every device (of `only`, if
+/// given) that has none yet and that no driver claimed: for code that
+/// knows no driver will claim them any more (see the module docs).
+pub fn report_unclaimed(only: Option<DeviceType>) {
+    for device in devices()
+        .iter_mut()
+        .filter(|d| !d.reported && only.is_none_or(|t| t == d.device_type))
+    {
+        device.report_generic();
+    }
+}
+
+/// The ring layout the command line asks every driver for
+/// (`virtio.ring=split|packed|auto`, default `auto`); an unknown value is
+/// reported and ignored.
+pub fn ring_preference() -> RingPreference {
+    match crate::cmdline::get("virtio.ring") {
+        None => RingPreference::default(),
+        Some(text) => RingPreference::parse(text).unwrap_or_else(|| {
+            log::warn!("virtio.ring={text:?} is not split, packed or auto: using auto");
+            RingPreference::default()
+        }),
     }
 }
 
@@ -239,7 +407,10 @@ pub fn probe() {
     for mut discovered in found {
         irq::before_bring_up(&mut discovered);
         let mut device = bringup::bring_up(discovered);
-        print_line(&device);
+        // A driver's device gets its line from the driver (module docs).
+        if device.failure().is_some() || driver_for(device.device_type).is_none() {
+            device.report_generic();
+        }
         irq::after_bring_up(&mut device);
         log::debug!(
             "{} at {}: interrupt {:?}",
@@ -272,27 +443,4 @@ pub struct Discovered {
     pub interrupt: InterruptLine,
     /// The transport, or why none could be made.
     pub transport: Result<KernelTransport, String>,
-}
-
-/// Prints the device's `virtio:` line (see the module docs).
-fn print_line(device: &VirtioDevice) {
-    let name = type_name(device.device_type);
-    match &device.state {
-        DeviceState::Live(live) => println!(
-            "virtio: {name} at {} transport={} ring=split queues={} features={}",
-            device.location,
-            live.transport.kind(),
-            live.queues.len(),
-            FeatureList {
-                device_type: device.device_type,
-                bits: live.features,
-            }
-        ),
-        DeviceState::Claimed { driver } => {
-            println!("virtio: {name} at {} claimed by {driver}", device.location)
-        }
-        DeviceState::Failed { error, .. } => {
-            println!("virtio: {name} at {} FAILED: {error}", device.location)
-        }
-    }
 }
