@@ -547,16 +547,16 @@ def cmd_bench(options: argparse.Namespace) -> int:
 BOOT_MACHINES: list[tuple[str, list[str]]] = [
     ("q35", ["-drive", "if=none,id=b0,driver=null-co,size=1073741824",
              "-device", "virtio-blk-pci,drive=b0,disable-legacy=on",
-             "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+             "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
              "-device", "virtio-serial-pci,disable-legacy=on"]),
     ("pc", ["-drive", "if=none,id=b0,driver=null-co,size=1073741824",
             "-device", "virtio-blk-pci,drive=b0,disable-legacy=on",
-            "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+            "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
             "-device", "virtio-serial-pci,disable-legacy=on"]),
     ("microvm", ["-global", "virtio-mmio.force-legacy=false",
                  "-drive", "if=none,id=b0,driver=null-co,size=1073741824",
                  "-device", "virtio-blk-device,drive=b0",
-                 "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-device,netdev=n0",
+                 "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0",
                  "-device", "virtio-serial-device"]),
 ]  # fmt: skip
 

@@ -781,7 +781,7 @@ fn run_packed(size: u16, event_idx: bool, indirect: u16, total: u64, seed: u64) 
     install_logger();
     let mut queue = Vq::new(RingKind::Packed, config(size, event_idx, indirect)).unwrap();
     let mut model = PackedModel::new(queue.addresses(), event_idx);
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         // Half the runs with a device that never sets WRITE in used
         // descriptors, as QEMU 7.2 does.
         model.omit_write_flag();

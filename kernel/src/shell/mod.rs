@@ -1052,8 +1052,7 @@ fn test_console_driver() -> Result<(), String> {
     // CONSOLE_PORT, in a later control message: wait for it too.
     c.device
         .wait_until(&mut wait, |d| {
-            Ok(d
-                .console_port()
+            Ok(d.console_port()
                 .and_then(|p| d.port(p))
                 .is_some_and(|p| p.host_open))
         })
