@@ -575,7 +575,9 @@ def run_boot_bench(kernel: Path, options: argparse.Namespace) -> dict[str, objec
                 expect_status=qm.EXIT_SELFTEST_PASS, expect_in_order=[r"^bench: boot\.ready", r"^bench: done$"],
                 timeout_s=60.0,
             )
-            print(f"\rx.py: boot: {machine} run {run + 1}/{boots}", end="", flush=True)
+            tty = sys.stdout.isatty()
+            line = f"x.py: boot: {machine} run {run + 1}/{boots}"
+            print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
             outcome = harness.run_scenario(scenario, kernel, BUILD_DIR)
             if not outcome.passed:
                 print()

@@ -11,6 +11,7 @@ pub mod console_model;
 pub mod host_hal;
 pub mod hostile;
 pub mod hostile_packed;
+pub mod log_capture;
 pub mod models;
 pub mod net_model;
 pub mod packed_model;

@@ -5,9 +5,7 @@
 //!
 //! Set `RUST_LOG=trace` to see the queue narrate itself on stderr.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Once, OnceLock};
 
 use drivers::features::{self, RingPreference};
 use drivers::queue::packed::{desc_flags, event_flags, RingPosition};
@@ -1448,57 +1446,7 @@ fn random_garbage_never_panics_or_leaks() {
 
 // ---- trace narration ------------------------------------------------------
 
-struct CaptureLogger;
-
-thread_local! {
-    static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
-}
-
-fn print_traces() -> bool {
-    static PRINT: OnceLock<bool> = OnceLock::new();
-    *PRINT.get_or_init(|| std::env::var("RUST_LOG").is_ok_and(|v| v.contains("trace")))
-}
-
-impl log::Log for CaptureLogger {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        print_traces() || CAPTURED.with(|c| c.borrow().is_some())
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let line = record.args().to_string();
-        if print_traces() {
-            eprintln!("[{}] {}", record.level(), line);
-        }
-        CAPTURED.with(|c| {
-            if let Some(lines) = c.borrow_mut().as_mut() {
-                lines.push(line);
-            }
-        });
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: CaptureLogger = CaptureLogger;
-
-fn install_logger() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        log::set_logger(&LOGGER).expect("no other logger in this test binary");
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
-fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
-    install_logger();
-    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-    let result = f();
-    let lines = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
-    (result, lines)
-}
+use tests::log_capture::{capture, install_logger};
 
 #[test]
 fn the_queue_narrates_the_wrap_counters_and_the_desc_event_arithmetic() {
