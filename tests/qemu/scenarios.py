@@ -1306,7 +1306,7 @@ SCENARIOS += NET_SCENARIOS
 # `packed=on` on modern-only PCI devices (`disable-legacy=on`): the device
 # drivers (blk, net, console) accept VIRTIO_F_RING_PACKED and build packed
 # queues unless `virtio.ring=split` on the command line says otherwise
-# (docs/07-packed-ring.md). Their self-tests must pass over those rings: the
+# (docs/08-packed-ring.md). Their self-tests must pass over those rings: the
 # disks' GET_ID serials and reads, DHCP / ARP / ping through the NIC, the
 # console handshake and a line on port 0 (found in the console's output
 # file). Each device's one `virtio:` line must name the ring layout the

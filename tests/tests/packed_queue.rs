@@ -1472,7 +1472,7 @@ fn the_queue_narrates_the_wrap_counters_and_the_desc_event_arithmetic() {
         }
     );
 
-    // The worked example of docs/07-packed-ring.md.
+    // The worked example of docs/08-packed-ring.md.
     let (decisions, lines) = capture(|| {
         for _ in 0..4 {
             queue.add(&[seg]).unwrap();

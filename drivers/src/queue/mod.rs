@@ -22,7 +22,7 @@
 //! `docs/03-split-ring.md` walks through all of it with pictures.
 //!
 //! The packed ring (VIRTIO_F_RING_PACKED) is [`PackedQueue`] (module
-//! [`packed`], chapter `docs/07-packed-ring.md`), with the same methods.
+//! [`packed`], chapter `docs/08-packed-ring.md`), with the same methods.
 //! [`Virtqueue`] (module [`virtqueue`]) holds either, chosen by
 //! [`RingKind::from_features`], so a device driver runs on both layouts
 //! without knowing which.
