@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -31,7 +32,7 @@ BUILD_DIR = REPO / "build"
 KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
-from qemu import bench_compare, harness, scenarios  # noqa: E402  (needs the path above)
+from qemu import bench_compare, bench_echo, harness, scenarios  # noqa: E402  (needs the path above)
 from qemu import machine as qm  # noqa: E402
 
 #: The interactive boot's scratch disk (created on first use).
@@ -420,6 +421,29 @@ BENCH_SECTIONS: dict[str, BenchSection] = {
             ("requests", "requests", "{:.0f}"),
         ],
     ),
+    # Two cards on one QEMU hub (pc: q35 with qboot never starts with a hubport NIC).
+    "net": BenchSection(
+        name="net",
+        description="virtio-net, 64-byte frames from net0 to net1 through one QEMU hub, batches of 32 "
+                    "per flush, polled: transmit and receive packets per second, loss, notify and irq per "
+                    "packet (TCP echo to the host and virtio-drivers' VirtIONet: not measured)",
+        devices=lambda ctx: [
+            "-netdev", "hubport,id=h0,hubid=0", "-netdev", "hubport,id=h1,hubid=0",
+            "-device", "virtio-net-pci,netdev=h0,mac=52:54:00:00:00:21,disable-legacy=on,romfile=",
+            "-device", "virtio-net-pci,netdev=h1,mac=52:54:00:00:00:22,disable-legacy=on,romfile=",
+        ],
+        machine="pc",
+        columns=[
+            ("tx_pps", "tx pps", "{:.0f}"),
+            ("rx_pps", "rx pps", "{:.0f}"),
+            ("loss_pct", "loss %", "{:.3f}"),
+            ("tx_notifications_per_pkt", "tx notify/pkt", "{:.4f}"),
+            ("rx_notifications_per_pkt", "rx notify/pkt", "{:.4f}"),
+            ("tx_interrupts_per_pkt", "tx irq/pkt", "{:.4f}"),
+            ("rx_interrupts_per_pkt", "rx irq/pkt", "{:.4f}"),
+            ("sent", "sent", "{:.0f}"),
+        ],
+    ),
 }
 
 
@@ -520,9 +544,173 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
     }
 
 
+# --- split vs packed ---------------------------------------------------------
+# `ring` boots the `blk` workloads of our stack twice on a device that offers
+# VIRTIO_F_RING_PACKED, once with `virtio.ring=split` and once with
+# `virtio.ring=packed`, and checks the `virtio: blk ... ring=` line of each
+# serial log so that a silent fall-back cannot pass for a packed result.
+
+RING_LAYOUTS = ("split", "packed")
+RING_LINE = re.compile(r"^virtio: blk at \S+ \S+ transport=\S+ ring=(\w+)", re.MULTILINE)
+
+
+def ring_bench_devices(ctx: harness.RunContext) -> list[str]:
+    """`blk_bench_devices`, with the packed ring offered (`packed=on`)."""
+    return [
+        "-drive", "if=none,id=bench0,driver=null-co,size=1073741824",
+        "-device", "virtio-blk-pci,drive=bench0,serial=scratch-null0,disable-legacy=on,packed=on",
+    ]  # fmt: skip
+
+
+def rings_in_log(log: str) -> list[str]:
+    """The `ring=` of every `virtio: blk at ...` line in a serial log."""
+    return RING_LINE.findall(log)
+
+
+def ring_rows(split: Sequence[dict[str, object]], packed: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Per workload and mode: the median figure of merit on each layout, their
+    ratio (packed / split), and notifications and interrupts per request."""
+    def medians(rows: Sequence[dict[str, object]]) -> dict[str, dict[str, object]]:
+        return {str(r["name"]): r for r in median_rows([r for r in rows if r.get("mode") in ("irq", "poll")])}
+
+    by_split, by_packed = medians(split), medians(packed)
+    table = []
+    for name, s in by_split.items():
+        p = by_packed.get(name)
+        if p is None:
+            continue
+        unit = "iops" if isinstance(s.get("iops"), (int, float)) and float(s["iops"]) > 0 else "mib_per_s"  # type: ignore[arg-type]
+        sv, pv = float(s.get(unit, 0) or 0), float(p.get(unit, 0) or 0)  # type: ignore[arg-type]
+        table.append({
+            "workload": s["workload"], "mode": s["mode"], "unit": "IOPS" if unit == "iops" else "MiB/s",
+            "split": sv, "packed": pv, "ratio": pv / sv if sv else None,
+            "split_notify_per_req": s.get("notifications_per_req"),
+            "packed_notify_per_req": p.get("notifications_per_req"),
+            "split_irq_per_req": s.get("interrupts_per_req"),
+            "packed_irq_per_req": p.get("interrupts_per_req"),
+        })
+    return table
+
+
+def ring_table_lines(table: Sequence[dict[str, object]]) -> list[str]:
+    """A Markdown table of `ring_rows` (fits a terminal and the README)."""
+    def num(value: object, fmt: str) -> str:
+        return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+    lines = ["| workload | mode | unit | split | packed | packed/split | notify/req split | notify/req packed "
+             "| irq/req split | irq/req packed |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in table:
+        lines.append(
+            f"| {r['workload']} | {r['mode']} | {r['unit']} | {num(r['split'], '{:.1f}')} | "
+            f"{num(r['packed'], '{:.1f}')} | {num(r['ratio'], '{:.2f}')} | "
+            f"{num(r['split_notify_per_req'], '{:.3f}')} | {num(r['packed_notify_per_req'], '{:.3f}')} | "
+            f"{num(r['split_irq_per_req'], '{:.3f}')} | {num(r['packed_irq_per_req'], '{:.3f}')} |")
+    return lines
+
+
+def run_ring_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """Two boots of the `blk` workloads (ours), split then packed ring."""
+    per_layout: dict[str, dict[str, object]] = {}
+    for layout in RING_LAYOUTS:
+        section = BenchSection(
+            name=f"ring-{layout}",
+            description=f"virtio-blk null-co, our stack, virtio.ring={layout} (packed offered)",
+            devices=ring_bench_devices, append=f"virtio.ring={layout}", kernel_sections="blk",
+            columns=BENCH_SECTIONS["blk"].columns,
+        )
+        record = run_bench_section(section, kernel, options)
+        used = rings_in_log(Path(str(record["serial_log"])).read_text(errors="replace"))
+        if not used or any(ring != layout for ring in used):
+            raise XError(f"ring: the boot with virtio.ring={layout} brought blk up with ring={used or 'nothing'}")
+        record["ring_used"] = used
+        per_layout[layout] = record
+    table = ring_rows(per_layout["split"]["results"], per_layout["packed"]["results"])  # type: ignore[arg-type]
+    print(f"Split vs packed, our stack (median of {options.repeat} runs x {options.seconds:g}s):")
+    for line in ring_table_lines(table):
+        print(line)
+    print()
+    return {"section": "ring", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "accel": per_layout["split"]["accel"], "ring": table, "results": [],
+            "boots": per_layout}
+
+
+# --- console -----------------------------------------------------------------
+# `console` writes `bench.console_mib=` MiB per run through virtio-console
+# port 0 into a `-chardev file`, and the host checks that the file holds
+# exactly what the guest says it wrote (size and FNV-1a).
+
+CONSOLE_OUT = "console.out"
+
+
+def console_bench_devices(ctx: harness.RunContext) -> list[str]:
+    return [
+        "-device", "virtio-serial-pci,disable-legacy=on",
+        "-chardev", f"file,id=benchcon,path={ctx.file(CONSOLE_OUT)}",
+        "-device", "virtconsole,chardev=benchcon",
+    ]  # fmt: skip
+
+
+def fnv1a64(data: bytes, value: int = 0xCBF29CE484222325) -> int:
+    """The guest's checksum (kernel/src/bench.rs `fnv1a`)."""
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def run_console_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """One boot: MB/s of our console's transmit path, and the bytes checked."""
+    section = BenchSection(
+        name="console", description="virtio-console port 0 into a -chardev file, our stack "
+                                    "(peer: not measured)",
+        devices=console_bench_devices, append=f"bench.console_mib={options.console_mib}",
+        columns=[("mb_per_s", "MB/s", "{:.2f}"), ("bytes", "bytes", "{:.0f}"), ("elapsed_us", "us", "{:.0f}")],
+    )
+    record = run_bench_section(section, kernel, options)
+    runs = [r for r in record["results"] if r["name"] == "console.write"]  # type: ignore[union-attr, index]
+    total = next((r for r in record["results"] if r["name"] == "console.total"), None)  # type: ignore[union-attr, index]
+    if not runs or total is None:
+        raise XError("console: the guest printed no console.write / console.total lines")
+    out = BUILD_DIR / "qemu-work" / "bench-console" / CONSOLE_OUT
+    data = out.read_bytes() if out.exists() else b""
+    host_sum = f"0x{fnv1a64(data):016x}"
+    if len(data) != total["bytes"] or host_sum != str(total["fnv1a"]):
+        raise XError(f"console: {out} holds {len(data)} bytes, FNV-1a {host_sum}; the guest wrote "
+                     f"{total['bytes']} bytes, FNV-1a {total['fnv1a']}")
+    speeds = sorted(float(r["mb_per_s"]) for r in runs)  # type: ignore[arg-type]
+    median = speeds[(len(speeds) - 1) // 2]
+    print(f"console: {len(runs)} run(s) x {options.console_mib} MiB; median {median:.2f} MB/s "
+          f"[{speeds[0]:.2f}-{speeds[-1]:.2f}]; host file {len(data)} bytes, FNV-1a {host_sum} matches; "
+          "peer (virtio-drivers VirtIOConsole): not measured")
+    print()
+    record["console"] = {"mib_per_run": options.console_mib, "runs": len(runs), "median_mb_per_s": median,
+                         "min_mb_per_s": speeds[0], "max_mb_per_s": speeds[-1], "file_bytes": len(data),
+                         "fnv1a": host_sum, "checked": True, "peer": "not measured"}
+    return record
+
+
+#: Sections with their own runner instead of a `BenchSection` entry.
+BENCH_EXTRA_SECTIONS = ["ring", "console", "net-echo", "boot"]
+
+
+def run_echo_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """TCP echo throughput from the host through hostfwd (tests/qemu/bench_echo.py)."""
+    say("net-echo: TCP echo to the guest's port 7 through QEMU user networking, bytes checked")
+    try:
+        record = bench_echo.run(kernel, BUILD_DIR, options.accel, mib=1, repeat=options.repeat)
+    except RuntimeError as err:
+        raise XError(str(err)) from err
+    print(f"net-echo: {len(record['results'])} round(s) x 1 MiB; median {record['median_mb_per_s']:.2f} MB/s "
+          f"[{record['min_mb_per_s']:.2f}-{record['max_mb_per_s']:.2f}]; every echo checked byte for byte; "
+          f"peer: {record['peer']}")
+    print()
+    return record
+
+
 def cmd_bench(options: argparse.Namespace) -> int:
-    chosen = options.section or [*BENCH_SECTIONS, "boot"]
-    unknown = [s for s in chosen if s not in BENCH_SECTIONS and s != "boot"]
+    extra = BENCH_EXTRA_SECTIONS
+    chosen = options.section or [*BENCH_SECTIONS, *extra]
+    unknown = [s for s in chosen if s not in BENCH_SECTIONS and s not in extra]
     if unknown:
         raise XError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(BENCH_SECTIONS)})")
     setup()
@@ -532,6 +720,18 @@ def cmd_bench(options: argparse.Namespace) -> int:
     for name in chosen:
         if name == "boot":
             records.append(run_boot_bench(kernel, options))
+            continue
+        if name == "net-echo":
+            record = run_echo_bench(kernel, options)
+            (BENCH_DIR / "net-echo.json").write_text(json.dumps(record, indent=2) + "\n")
+            say(f"net-echo: results in {(BENCH_DIR / 'net-echo.json').relative_to(REPO)}")
+            records.append(record)
+            continue
+        if name in ("ring", "console"):
+            record = run_ring_bench(kernel, options) if name == "ring" else run_console_bench(kernel, options)
+            (BENCH_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+            say(f"{name}: results in {(BENCH_DIR / f'{name}.json').relative_to(REPO)}")
+            records.append(record)
             continue
         record = run_bench_section(BENCH_SECTIONS[name], kernel, options)
         path = BENCH_DIR / f"{name}.json"
@@ -654,14 +854,16 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
     rows = [row for record in records for row in record["results"]]  # type: ignore[union-attr]
     summary = bench_compare.summarize(rows)
     boot = bench_compare.boot_summary(rows)
-    if not summary and not boot:
+    ring = [r for record in records for r in record.get("ring", [])]  # type: ignore[union-attr]
+    if not summary and not boot and not ring:
         return
     host = host_description()
     accel = ", ".join(sorted({str(r["accel"]) for r in records}))
-    print(f"Ours vs virtio-drivers (median [min-max] of {options.repeat} runs x {options.seconds:g}s, "
-          f"accel {accel}, {host}):")
-    for line in bench_compare.table_lines(summary + boot):
-        print(line)
+    if summary or boot:
+        print(f"Ours vs virtio-drivers (median [min-max] of {options.repeat} runs x {options.seconds:g}s, "
+              f"accel {accel}, {host}):")
+        for line in bench_compare.table_lines(summary + boot):
+            print(line)
     results = BENCH_DIR / "results.json"
     results.write_text(json.dumps({
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -673,7 +875,12 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
         "comparison": summary + boot,
         "markdown": bench_compare.markdown_table(summary + boot),
         "sections": [str(r["section"]) for r in records],
+        "ring": ring,
+        "ring_markdown": "\n".join(ring_table_lines(ring)) if ring else "",
     }, indent=2) + "\n")
+    if not summary:
+        say(f"results in {results.relative_to(REPO)} (no ours-vs-virtio-drivers rows: plot left as it was)")
+        return
     plot = BENCH_DIR / "ratios.svg"
     bench_compare.write_svg(summary, plot, f"virtio-blk null-co, {accel}, {host}")
     say(f"comparison in {results.relative_to(REPO)}, plot in {plot.relative_to(REPO)}")
@@ -754,8 +961,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Boot the kernel in mode=bench under KVM, once per section, and report what it "
                     "measured with the TSC. Sections: "
                     + "; ".join(f"{s.name}: {s.description}" for s in BENCH_SECTIONS.values()))
-    bench.add_argument("--section", action="append", choices=sorted([*BENCH_SECTIONS, "boot"]), metavar="NAME",
-                       help=f"only this section (repeatable; default all: {', '.join([*BENCH_SECTIONS, 'boot'])})")
+    bench.add_argument("--section", action="append", choices=sorted([*BENCH_SECTIONS, *BENCH_EXTRA_SECTIONS]), metavar="NAME",
+                       help=f"only this section (repeatable; default all: "
+                            f"{', '.join([*BENCH_SECTIONS, *BENCH_EXTRA_SECTIONS])})")
     bench.add_argument("--seconds", type=float, default=1.0, metavar="S",
                        help="time per workload and mode (default 1)")
     bench.add_argument("--accel", choices=("kvm", "tcg", "auto"), default="kvm",
@@ -763,6 +971,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("--debug", action="store_true", help="use the debug build instead of release")
     bench.add_argument("--firmware", choices=qm.FIRMWARES, default=None,
                        help="firmware for the pc/q35 boots (default qboot)")
+    bench.add_argument("--console-mib", type=int, default=1, metavar="M",
+                       help="MiB per run for the console section (1-256, default 1)")
     bench.add_argument("--repeat", type=int, default=5, metavar="N",
                        help="runs of every workload, for min / median / max (default 5)")
 

@@ -8,6 +8,9 @@ use core::ptr::NonNull;
 
 use crate::{pages_for, DeviceAddr, Hal, HalError, PAGE_SIZE};
 
+/// The widest access [`DmaRegion::read_bytes`] and [`DmaRegion::write_bytes`] use.
+const WORD: usize = core::mem::size_of::<u64>();
+
 /// Physically contiguous, page-aligned, zeroed memory shared with a device.
 /// Freed (through the Hal that allocated it) when dropped.
 pub struct DmaRegion<H: Hal> {
@@ -96,6 +99,11 @@ impl<H: Hal> DmaRegion<H> {
     }
 
     /// Copies `dst.len()` bytes starting at `offset` out of the region.
+    ///
+    /// Word-sized volatile loads where the region offset is 8-aligned, byte
+    /// loads only for the unaligned edges: a request header or status copy
+    /// then costs a handful of memory accesses instead of one per byte, which
+    /// matters on hot paths (every block request copies its header).
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> bool {
         let Some(end) = offset.checked_add(dst.len()) else {
             return false;
@@ -103,14 +111,27 @@ impl<H: Hal> DmaRegion<H> {
         if end > self.len() {
             return false;
         }
-        for (i, byte) in dst.iter_mut().enumerate() {
-            // SAFETY: `offset + i < end <= len` (checked above).
-            *byte = unsafe { self.vaddr.as_ptr().add(offset + i).read_volatile() };
+        let base = self.vaddr.as_ptr();
+        let mut at = 0;
+        while at < dst.len() {
+            let here = offset + at;
+            if here.is_multiple_of(WORD) && dst.len() - at >= WORD {
+                // SAFETY: `here + WORD <= end <= len` (checked above) and `here`
+                // is 8-aligned within a page-aligned allocation.
+                let word = unsafe { base.add(here).cast::<u64>().read_volatile() };
+                dst[at..at + WORD].copy_from_slice(&word.to_ne_bytes());
+                at += WORD;
+            } else {
+                // SAFETY: `here < end <= len` (checked above).
+                dst[at] = unsafe { base.add(here).read_volatile() };
+                at += 1;
+            }
         }
         true
     }
 
-    /// Copies `src` into the region starting at `offset`.
+    /// Copies `src` into the region starting at `offset`, with word-sized
+    /// volatile stores where aligned (see [`DmaRegion::read_bytes`]).
     pub fn write_bytes(&self, offset: usize, src: &[u8]) -> bool {
         let Some(end) = offset.checked_add(src.len()) else {
             return false;
@@ -118,9 +139,28 @@ impl<H: Hal> DmaRegion<H> {
         if end > self.len() {
             return false;
         }
-        for (i, byte) in src.iter().enumerate() {
-            // SAFETY: `offset + i < end <= len` (checked above).
-            unsafe { self.vaddr.as_ptr().add(offset + i).write_volatile(*byte) };
+        let base = self.vaddr.as_ptr();
+        let mut at = 0;
+        while at < src.len() {
+            let here = offset + at;
+            if let (true, Some(chunk)) = (
+                here.is_multiple_of(WORD),
+                src.get(at..at + WORD)
+                    .and_then(|c| <[u8; WORD]>::try_from(c).ok()),
+            ) {
+                // SAFETY: `here + WORD <= end <= len` (checked above) and `here`
+                // is 8-aligned within a page-aligned allocation.
+                unsafe {
+                    base.add(here)
+                        .cast::<u64>()
+                        .write_volatile(u64::from_ne_bytes(chunk))
+                };
+                at += WORD;
+            } else {
+                // SAFETY: `here < end <= len` (checked above).
+                unsafe { base.add(here).write_volatile(src[at]) };
+                at += 1;
+            }
         }
         true
     }

@@ -36,6 +36,7 @@
 //! - **Self-tests** ([`selftests`], `mode=selftest`): DHCP, ARP and ping to
 //!   the gateway, and frames between two cards on one QEMU hub.
 
+pub mod bench;
 mod http;
 pub mod nic;
 mod selftests;

@@ -413,7 +413,17 @@ pub struct KernelIdle {
     deadline_ns: u64,
     /// Used instead of the deadline when the TSC is not calibrated.
     steps_left: u64,
+    /// Polls since the clock was last read. Reading the clock (`rdtsc`) is
+    /// the dearest thing a poll does (microseconds under an emulating
+    /// hypervisor), so a polling wait reads it only every
+    /// [`POLLS_PER_CLOCK_READ`] polls; a halting wait never calls `pause`
+    /// and so reads it on every step.
+    polls_since_clock: u32,
 }
+
+/// How many polls share one clock read: a timeout is noticed at most this
+/// many `spin_loop` hints late, which is far below any timeout we use.
+const POLLS_PER_CLOCK_READ: u32 = 64;
 
 impl KernelIdle {
     /// Gives up `timeout_ns` from now.
@@ -422,6 +432,7 @@ impl KernelIdle {
             deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
             // A halt lasts at most one watchdog period (10 ms).
             steps_left: (timeout_ns / 10_000_000).max(1) * 100,
+            polls_since_clock: 0,
         }
     }
 }
@@ -446,10 +457,15 @@ impl Idle for KernelIdle {
     }
 
     fn pause(&mut self) {
+        self.polls_since_clock = self.polls_since_clock.wrapping_add(1);
         core::hint::spin_loop();
     }
 
     fn expired(&mut self) -> bool {
+        if self.polls_since_clock != 0 && self.polls_since_clock < POLLS_PER_CLOCK_READ {
+            return false;
+        }
+        self.polls_since_clock = 0;
         if crate::clock::tsc_hz() != 0 {
             return crate::clock::uptime_ns() >= self.deadline_ns;
         }
