@@ -41,16 +41,17 @@ use super::pattern::Rng;
 use super::{Disk, DiskWait, IoBuffer, SECTOR};
 use crate::println;
 
-/// One workload.
-struct Workload {
-    name: &'static str,
-    request_bytes: usize,
-    depth: usize,
-    write: bool,
-    random: bool,
+/// One workload. The peer stack (`crate::peer::bench`) runs the same list,
+/// so both stacks are always measured on identical shapes.
+pub(crate) struct Workload {
+    pub(crate) name: &'static str,
+    pub(crate) request_bytes: usize,
+    pub(crate) depth: usize,
+    pub(crate) write: bool,
+    pub(crate) random: bool,
 }
 
-const WORKLOADS: [Workload; 5] = [
+pub(crate) const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "blk.randread.qd1",
         request_bytes: 4096,
@@ -89,7 +90,7 @@ const WORKLOADS: [Workload; 5] = [
 ];
 
 /// Requests completed before the clock starts (caches, first interrupts).
-const WARMUP_REQUESTS: u64 = 64;
+pub(crate) const WARMUP_REQUESTS: u64 = 64;
 
 /// What one run measured.
 struct Measured {

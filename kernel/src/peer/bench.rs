@@ -46,55 +46,9 @@ use crate::println;
 /// The peer's block driver on our machine.
 type PeerBlk = VirtIOBlk<PeerHal, PciTransport>;
 
-/// One workload; names and shapes match `crate::block::bench`.
-struct Workload {
-    name: &'static str,
-    request_bytes: usize,
-    depth: usize,
-    write: bool,
-    random: bool,
-}
-
-const WORKLOADS: [Workload; 5] = [
-    Workload {
-        name: "blk.randread.qd1",
-        request_bytes: 4096,
-        depth: 1,
-        write: false,
-        random: true,
-    },
-    Workload {
-        name: "blk.randread.qd32",
-        request_bytes: 4096,
-        depth: 32,
-        write: false,
-        random: true,
-    },
-    Workload {
-        name: "blk.randwrite.qd1",
-        request_bytes: 4096,
-        depth: 1,
-        write: true,
-        random: true,
-    },
-    Workload {
-        name: "blk.seqread.128k",
-        request_bytes: 128 * 1024,
-        depth: 8,
-        write: false,
-        random: false,
-    },
-    Workload {
-        name: "blk.seqwrite.128k",
-        request_bytes: 128 * 1024,
-        depth: 8,
-        write: true,
-        random: false,
-    },
-];
-
-/// Requests completed before the clock starts, as in `block::bench`.
-const WARMUP_REQUESTS: u64 = 64;
+// The workload list and warm-up are `crate::block::bench`'s, so both stacks
+// run exactly the same shapes.
+use crate::block::bench::{Workload, WARMUP_REQUESTS, WORKLOADS};
 /// Extra seconds a run may take beyond its measured time before the device
 /// is declared stuck.
 const STUCK_AFTER_SECONDS: u64 = 10;
