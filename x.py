@@ -310,7 +310,8 @@ def cmd_test(options: argparse.Namespace) -> int:
          ["cargo", "clippy", "-p", "kernel", "--target", KERNEL_TARGET, "--", "-D", "warnings"], REPO),
         ("cargo-test", ["cargo", "test"], REPO),
         # The harness's own unit tests import the `qemu` package from tests/.
-        ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net"],
+        ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net",
+                          "qemu.test_bench_compare"],
          REPO / "tests"),
     ]
     chosen = [s for s in scenarios.SCENARIOS if selected(s.name)]
@@ -374,7 +375,6 @@ def cmd_test(options: argparse.Namespace) -> int:
 # are reported, never asserted.
 
 BENCH_DIR = BUILD_DIR / "bench"
-BENCH_LINE_PREFIX = "bench: "
 
 
 @dataclass
@@ -426,7 +426,8 @@ BENCH_SECTIONS: dict[str, BenchSection] = {
         name="net",
         description="virtio-net, 64-byte frames from net0 to net1 through one QEMU hub, batches of 32 "
                     "per flush, polled: transmit and receive packets per second, loss, notify and irq per "
-                    "packet (TCP echo to the host and virtio-drivers' VirtIONet: not measured)",
+                    "packet; each round ours, then virtio-drivers' VirtIONetRaw on the same two cards "
+                    "(net.pps.peer)",
         devices=lambda ctx: [
             "-netdev", "hubport,id=h0,hubid=0", "-netdev", "hubport,id=h1,hubid=0",
             "-device", "virtio-net-pci,netdev=h0,mac=52:54:00:00:00:21,disable-legacy=on,romfile=",
@@ -445,41 +446,6 @@ BENCH_SECTIONS: dict[str, BenchSection] = {
         ],
     ),
 }
-
-
-def parse_bench_lines(log: str) -> tuple[dict[str, dict[str, str]], list[dict[str, object]], list[str], bool]:
-    """(setup lines by name, result rows, errors, done) from a bench boot's serial log."""
-    setups: dict[str, dict[str, str]] = {}
-    rows: list[dict[str, object]] = []
-    errors: list[str] = []
-    done = False
-    for line in log.splitlines():
-        if not line.startswith(BENCH_LINE_PREFIX):
-            continue
-        body = line[len(BENCH_LINE_PREFIX):].strip()
-        if body == "done":
-            done = True
-            continue
-        if body.startswith("error "):
-            errors.append(body[len("error "):])
-            continue
-        name, _, rest = body.partition(" ")
-        fields = dict(word.split("=", 1) for word in rest.split() if "=" in word)
-        if name.endswith(".setup"):
-            setups[name] = fields
-            continue
-        workload, mode = name, ""
-        if name.rsplit(".", 1)[-1] in ("irq", "poll", "peer"):
-            workload, mode = name.rsplit(".", 1)
-        driver = "virtio-drivers" if fields.get("stack") == "peer" else "ours"
-        row: dict[str, object] = {"name": name, "workload": workload, "mode": mode, "driver": driver}
-        for key, value in fields.items():
-            try:
-                row[key] = float(value) if any(c in value for c in ".e") else int(value)
-            except ValueError:
-                row[key] = value
-        rows.append(row)
-    return setups, rows, errors, done
 
 
 def print_bench_table(section: BenchSection, rows: Sequence[dict[str, object]]) -> None:
@@ -518,7 +484,7 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
     say(f"{section.name}: {section.description}")
     with bench_progress(section.name):
         outcome = harness.run_scenario(scenario, kernel, BUILD_DIR)
-    setups, rows, errors, done = parse_bench_lines(outcome.log_text)
+    setups, rows, errors, done = bench_compare.parse_bench_lines(outcome.log_text)
     if errors or not done or not outcome.passed:
         print(harness.failure_report(outcome), flush=True)
         raise XError(f"benchmark section {section.name} failed: "
@@ -651,41 +617,38 @@ def console_bench_devices(ctx: harness.RunContext) -> list[str]:
     ]  # fmt: skip
 
 
-def fnv1a64(data: bytes, value: int = 0xCBF29CE484222325) -> int:
-    """The guest's checksum (kernel/src/bench.rs `fnv1a`)."""
-    for byte in data:
-        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return value
-
-
 def run_console_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
-    """One boot: MB/s of our console's transmit path, and the bytes checked."""
+    """One boot: MB/s of our console's transmit path and of virtio-drivers'
+    VirtIOConsole on the same device, in turn, and every byte checked."""
     section = BenchSection(
-        name="console", description="virtio-console port 0 into a -chardev file, our stack "
-                                    "(peer: not measured)",
+        name="console", description="virtio-console port 0 into a -chardev file; each round ours "
+                                    "(MULTIPORT), then virtio-drivers' VirtIOConsole (port 0 without "
+                                    "MULTIPORT) on the same device and file",
         devices=console_bench_devices, append=f"bench.console_mib={options.console_mib}",
-        columns=[("mb_per_s", "MB/s", "{:.2f}"), ("bytes", "bytes", "{:.0f}"), ("elapsed_us", "us", "{:.0f}")],
+        columns=[("mb_per_s", "MB/s", "{:.2f}"), ("bytes", "bytes", "{:.0f}"), ("elapsed_us", "us", "{:.0f}"),
+                 ("notifications_per_chunk", "notify/chunk", "{:.3f}")],
     )
     record = run_bench_section(section, kernel, options)
-    runs = [r for r in record["results"] if r["name"] == "console.write"]  # type: ignore[union-attr, index]
-    total = next((r for r in record["results"] if r["name"] == "console.total"), None)  # type: ignore[union-attr, index]
-    if not runs or total is None:
-        raise XError("console: the guest printed no console.write / console.total lines")
+    rows = record["results"]
     out = BUILD_DIR / "qemu-work" / "bench-console" / CONSOLE_OUT
     data = out.read_bytes() if out.exists() else b""
-    host_sum = f"0x{fnv1a64(data):016x}"
-    if len(data) != total["bytes"] or host_sum != str(total["fnv1a"]):
-        raise XError(f"console: {out} holds {len(data)} bytes, FNV-1a {host_sum}; the guest wrote "
-                     f"{total['bytes']} bytes, FNV-1a {total['fnv1a']}")
-    speeds = sorted(float(r["mb_per_s"]) for r in runs)  # type: ignore[arg-type]
-    median = speeds[(len(speeds) - 1) // 2]
-    print(f"console: {len(runs)} run(s) x {options.console_mib} MiB; median {median:.2f} MB/s "
-          f"[{speeds[0]:.2f}-{speeds[-1]:.2f}]; host file {len(data)} bytes, FNV-1a {host_sum} matches; "
-          "peer (virtio-drivers VirtIOConsole): not measured")
+    problems = bench_compare.check_console_file(data, rows)  # type: ignore[arg-type]
+    if problems:
+        raise XError(f"console: {out}: " + "; ".join(problems))
+    host_sum = f"0x{bench_compare.fnv1a64(data):016x}"
+    speeds: dict[str, dict[str, float] | None] = {}
+    for stack, name in (("ours", "console.write"), ("peer", "console.write.peer")):
+        values = sorted(float(r["mb_per_s"]) for r in rows if r["name"] == name)  # type: ignore[union-attr, index, arg-type]
+        speeds[stack] = {"runs": len(values), "median_mb_per_s": values[(len(values) - 1) // 2],
+                         "min_mb_per_s": values[0], "max_mb_per_s": values[-1]} if values else None
+    summary = "; ".join(
+        f"{label} median {s['median_mb_per_s']:.2f} MB/s [{s['min_mb_per_s']:.2f}-{s['max_mb_per_s']:.2f}]"
+        for label, s in (("ours", speeds["ours"]), ("virtio-drivers", speeds["peer"])) if s)
+    print(f"console: {options.repeat} round(s) x {options.console_mib} MiB per stack; {summary}; "
+          f"host file {len(data)} bytes, FNV-1a {host_sum} matches both stacks' bytes")
     print()
-    record["console"] = {"mib_per_run": options.console_mib, "runs": len(runs), "median_mb_per_s": median,
-                         "min_mb_per_s": speeds[0], "max_mb_per_s": speeds[-1], "file_bytes": len(data),
-                         "fnv1a": host_sum, "checked": True, "peer": "not measured"}
+    record["console"] = {"mib_per_run": options.console_mib, "ours": speeds["ours"], "peer": speeds["peer"],
+                         "file_bytes": len(data), "fnv1a": host_sum, "checked": True}
     return record
 
 
@@ -783,7 +746,7 @@ def run_boot_bench(kernel: Path, options: argparse.Namespace) -> dict[str, objec
                 print()
                 print(harness.failure_report(outcome), flush=True)
                 raise XError(f"boot benchmark on {machine} failed: " + "; ".join(outcome.problems))
-            _, found, _, _ = parse_bench_lines(outcome.log_text)
+            _, found, _, _ = bench_compare.parse_bench_lines(outcome.log_text)
             guest_us = next((r.get("uptime_us") for r in found if r["name"] == "boot.ready"), None)
             rows.append({"name": f"boot.{machine}", "workload": f"boot.{machine}", "mode": "boot",
                          "driver": "ours", "accel": outcome.accel.name, "wall_ms": outcome.wall_s * 1000,
@@ -807,13 +770,14 @@ def statistics_line(values: Sequence[float]) -> str:
 
 
 def median_rows(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
-    """One row per name: the run with the median IOPS (rows repeat with `--repeat`)."""
+    """One row per name: the run with the median figure of merit (IOPS,
+    packets or MB/s: `bench_compare.merit`; rows repeat with `--repeat`)."""
     by_name: dict[str, list[dict[str, object]]] = {}
     for row in rows:
         by_name.setdefault(str(row["name"]), []).append(row)
     picked = []
     for runs in by_name.values():
-        runs = sorted(runs, key=lambda r: float(r.get("iops", 0) or 0))  # type: ignore[arg-type]
+        runs = sorted(runs, key=lambda r: (bench_compare.merit(r) or ("", 0.0))[1])
         picked.append(runs[(len(runs) - 1) // 2])
     return picked
 
@@ -882,7 +846,9 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
         say(f"results in {results.relative_to(REPO)} (no ours-vs-virtio-drivers rows: plot left as it was)")
         return
     plot = BENCH_DIR / "ratios.svg"
-    bench_compare.write_svg(summary, plot, f"virtio-blk null-co, {accel}, {host}")
+    devices = {"blk": "virtio-blk null-co", "net": "virtio-net hub", "console": "virtio-console file"}
+    measured = sorted({str(e["workload"]).split(".")[0] for e in summary})
+    bench_compare.write_svg(summary, plot, f"{', '.join(devices.get(m, m) for m in measured)}, {accel}, {host}")
     say(f"comparison in {results.relative_to(REPO)}, plot in {plot.relative_to(REPO)}")
 
 
@@ -972,7 +938,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("--firmware", choices=qm.FIRMWARES, default=None,
                        help="firmware for the pc/q35 boots (default qboot)")
     bench.add_argument("--console-mib", type=int, default=1, metavar="M",
-                       help="MiB per run for the console section (1-256, default 1)")
+                       help="MiB per run and stack for the console section (1-256, default 1)")
     bench.add_argument("--repeat", type=int, default=5, metavar="N",
                        help="runs of every workload, for min / median / max (default 5)")
 

@@ -1,17 +1,28 @@
 """Our drivers against the virtio-drivers crate: the comparison `x.py bench` prints.
 
-The kernel's `mode=bench bench=compare` boot runs `bench.repeat` rounds; each
-round measures every workload on our stack (lines `bench: <workload>.poll ...`
-and `.irq`, field `stack=ours`) and then, after resetting the device, on
-virtio-drivers (`bench: <workload>.peer ... stack=peer`).
+Three kernel sections alternate our stack and virtio-drivers in one boot,
+on the same device, `bench.repeat` rounds each (the peer gets the device
+after our driver reset it, and gives it back the same way):
+
+- `bench=compare` (blk): every block workload on our stack (lines
+  `bench: <workload>.poll ...` and `.irq`, field `stack=ours`), then on
+  virtio-drivers (`bench: <workload>.peer ... stack=peer`);
+- `bench=net`: `bench: net.pps.poll` (ours, polled) then `net.pps.peer`;
+- `bench=console`: `bench: console.write` (ours: no wait-mode suffix, it
+  waits for transmit room by interrupt) then `console.write.peer`.
+
 This module reduces those rows to min / median / max per workload and
 stack, prints the table (workload, ours, virtio-drivers, ratio), and draws
 the ratios as an SVG with the standard library only.
 
-The ratio is ours / virtio-drivers on the workload's figure of merit (IOPS,
-or MB/s for the 128 KiB workloads): above 1 means our stack is faster.
-"ours" is our polling mode, because virtio-drivers' block driver only polls;
-our interrupt-driven figures are shown beside it.
+The ratio is ours / virtio-drivers on the workload's figure of merit:
+IOPS (MB/s for the 128 KiB block workloads), received packets per second
+for net (a frame counts once it has arrived), MB/s for console. Above 1
+means our stack is faster. "ours" is our polling mode where there is one,
+because virtio-drivers' block and net drivers only poll; our
+interrupt-driven block figures are shown beside it. A row without a wait
+mode (console) is ours' only figure for its workload and is compared when
+the same workload has a peer row.
 """
 
 from __future__ import annotations
@@ -21,19 +32,78 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-#: Our wait modes and the peer, in the order the table shows them.
-STACKS = ("poll", "irq", "peer")
+#: What starts every line the kernel's `mode=bench` prints (kernel/src/bench.rs).
+LINE_PREFIX = "bench: "
+
+
+def parse_bench_lines(log: str) -> tuple[dict[str, dict[str, str]], list[dict[str, object]], list[str], bool]:
+    """(setup lines by name, result rows, errors, done) from a bench boot's serial log."""
+    setups: dict[str, dict[str, str]] = {}
+    rows: list[dict[str, object]] = []
+    errors: list[str] = []
+    done = False
+    for line in log.splitlines():
+        if not line.startswith(LINE_PREFIX):
+            continue
+        body = line[len(LINE_PREFIX):].strip()
+        if body == "done":
+            done = True
+            continue
+        if body.startswith("error "):
+            errors.append(body[len("error "):])
+            continue
+        name, _, rest = body.partition(" ")
+        fields = dict(word.split("=", 1) for word in rest.split() if "=" in word)
+        if name.endswith(".setup"):
+            setups[name] = fields
+            continue
+        workload, mode = name, ""
+        if name.rsplit(".", 1)[-1] in ("irq", "poll", "peer"):
+            workload, mode = name.rsplit(".", 1)
+        driver = "virtio-drivers" if fields.get("stack") == "peer" else "ours"
+        row: dict[str, object] = {"name": name, "workload": workload, "mode": mode, "driver": driver}
+        for key, value in fields.items():
+            try:
+                row[key] = float(value) if any(c in value for c in ".e") else int(value)
+            except ValueError:
+                row[key] = value
+        rows.append(row)
+    return setups, rows, errors, done
+
+
+#: Our wait modes, ours without one, and the peer, in the order the table shows them.
+STACKS = ("poll", "irq", "ours", "peer")
 
 
 def merit(row: dict[str, object]) -> tuple[str, float] | None:
-    """(unit, value) a row is judged by: MB/s for large requests, else IOPS."""
+    """(unit, value) a row is judged by: received packets per second (net),
+    MB/s (console, and block requests of 64 KiB and more), else IOPS."""
+    if isinstance(row.get("rx_pps"), (int, float)):
+        return "pps", float(row["rx_pps"])  # type: ignore[arg-type]
     iops = row.get("iops")
     size = row.get("request_bytes")
     if not isinstance(iops, (int, float)):
+        if isinstance(row.get("mb_per_s"), (int, float)):
+            return "MB/s", float(row["mb_per_s"])  # type: ignore[arg-type]
         return None
     if isinstance(size, int) and size >= 64 * 1024:
         return "MB/s", float(iops) * size / 1e6
     return "IOPS", float(iops)
+
+
+def stack_of(row: dict[str, object], peered: set[str]) -> str:
+    """Which column a row belongs to: its wait mode (`poll`, `irq`, `peer`),
+    or `ours` for our row without one whose workload has a peer row."""
+    mode = str(row.get("mode", ""))
+    if mode in STACKS:
+        return mode
+    if mode == "" and row.get("driver", "ours") == "ours" and str(row.get("workload")) in peered:
+        return "ours"
+    return ""
+
+
+#: Notifications per packet or chunk, by the key each section prints.
+NOTIFY_KEYS = ("tx_notifications_per_pkt", "notifications_per_chunk")
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -44,18 +114,21 @@ def summarize(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     """One entry per workload: unit, and per stack the spread of the figure
     of merit plus (ours) notifications and interrupts per request."""
     by_workload: dict[str, dict[str, object]] = {}
+    peered = {str(row.get("workload")) for row in rows if row.get("mode") == "peer"}
     for row in rows:
-        mode = str(row.get("mode", ""))
-        if mode not in STACKS:
+        mode = stack_of(row, peered)
+        if not mode:
             continue
         judged = merit(row)
         if judged is None:
             continue
         unit, value = judged
         entry = by_workload.setdefault(str(row["workload"]), {"workload": row["workload"], "unit": unit})
-        stack = entry.setdefault(mode, {"values": [], "notify": [], "irq": [], "depth": row.get("depth")})
+        stack = entry.setdefault(mode, {"values": [], "notify": [], "irq": [], "notify_out": [],
+                                        "depth": row.get("depth")})
         stack["values"].append(value)
-        for key, out in (("notifications_per_req", "notify"), ("interrupts_per_req", "irq")):
+        for key, out in (("notifications_per_req", "notify"), ("interrupts_per_req", "irq"),
+                         *((k, "notify_out") for k in NOTIFY_KEYS)):
             if isinstance(row.get(key), (int, float)):
                 stack[out].append(float(row[key]))
         if mode == "peer":
@@ -71,7 +144,10 @@ def summarize(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
                 values = stack.pop(key)
                 if values:
                     stack[f"{key}_per_req"] = statistics.median(values)
-        ours, peer = entry.get("poll"), entry.get("peer")
+            sent = stack.pop("notify_out")
+            if sent:
+                stack["notify_per_unit"] = statistics.median(sent)
+        ours, peer = entry.get("poll") or entry.get("ours"), entry.get("peer")
         if isinstance(ours, dict) and isinstance(peer, dict) and peer["median"] > 0:
             entry["ratio"] = ours["median"] / peer["median"]
         summary.append(entry)
@@ -91,7 +167,9 @@ def boot_summary(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
 def _cell(stack: object, unit: str) -> str:
     if not isinstance(stack, dict):
         return "n/a"
-    digits = 1 if unit == "MB/s" else 0
+    # MB/s with one decimal, or three below 10 MB/s (the console under
+    # nested KVM moves a few tens of kB/s); counts and ms as integers.
+    digits = (1 if stack["median"] >= 10 else 3) if unit == "MB/s" else 0
     return f"{stack['median']:.{digits}f} [{stack['min']:.{digits}f}-{stack['max']:.{digits}f}]"
 
 
@@ -102,8 +180,12 @@ def table_lines(summary: Sequence[dict[str, object]]) -> list[str]:
     table = []
     for entry in summary:
         unit = str(entry["unit"])
-        peer, irq, poll = entry.get("peer"), entry.get("irq"), entry.get("poll") or entry.get("boot")
+        peer, irq = entry.get("peer"), entry.get("irq")
+        poll = entry.get("poll") or entry.get("ours") or entry.get("boot")
         notes = ["QEMU start to all devices ready (lower is better)"] if "boot" in entry else []
+        if "poll" not in entry and isinstance(entry.get("ours"), dict):
+            notes.append("ours has no polling mode: it waits for room by interrupt")
+        notes += notification_notes(entry)
         if isinstance(peer, dict) and peer.get("depth_wanted") not in (None, peer.get("depth")):
             notes.append(f"peer depth {peer.get('depth')} (its queue has 16 entries)")
         if not isinstance(peer, dict):
@@ -125,6 +207,21 @@ def table_lines(summary: Sequence[dict[str, object]]) -> list[str]:
     return lines
 
 
+def notification_notes(entry: dict[str, object]) -> list[str]:
+    """Notifications per packet (net, transmit) or per chunk (console) of
+    each stack, where the rows carry them."""
+    ours = entry.get("poll") or entry.get("ours")
+    peer = entry.get("peer")
+    if not isinstance(ours, dict) or not isinstance(peer, dict):
+        return []
+    if "notify_per_unit" not in ours and "notify_per_unit" not in peer:
+        return []
+    unit = "pkt" if entry.get("unit") == "pps" else "chunk"
+    cells = [f"{name} {stack['notify_per_unit']:.3f}" for name, stack in (("ours", ours), ("peer", peer))
+             if "notify_per_unit" in stack]
+    return [f"notify/{unit}: " + ", ".join(cells)]
+
+
 def markdown_table(summary: Sequence[dict[str, object]]) -> str:
     """The comparison as a Markdown table."""
     out = ["| workload | unit | ours (poll) median [min-max] | virtio-drivers | ratio | ours (irq) | notify/req (irq) | irq/req |",
@@ -134,7 +231,8 @@ def markdown_table(summary: Sequence[dict[str, object]]) -> str:
         irq = entry.get("irq")
         ratio = entry.get("ratio")
         out.append("| " + " | ".join([
-            f"`{entry['workload']}`", unit, _cell(entry.get("poll") or entry.get("boot"), unit),
+            f"`{entry['workload']}`", unit,
+            _cell(entry.get("poll") or entry.get("ours") or entry.get("boot"), unit),
             _cell(entry.get("peer"), unit),
             f"{ratio:.2f}" if isinstance(ratio, float) else "n/a", _cell(irq, unit),
             f"{irq['notify_per_req']:.3f}" if isinstance(irq, dict) and "notify_per_req" in irq else "-",
@@ -155,7 +253,7 @@ def write_svg(summary: Sequence[dict[str, object]], path: Path, title: str) -> N
         f'font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="10" y="20" font-size="14">{escape(title)}</text>',
-        f'<text x="10" y="38" fill="#555">ours (polling) / virtio-drivers, median of runs; '
+        f'<text x="10" y="38" fill="#555">ours (polling where it can) / virtio-drivers, median of runs; '
         f'&gt; 1 means ours is faster</text>',
     ]
     for i, (name, ratio) in enumerate(entries):
@@ -171,3 +269,53 @@ def write_svg(summary: Sequence[dict[str, object]], path: Path, title: str) -> N
     parts.append(f'<text x="{one:.1f}" y="{bottom + 18}" text-anchor="middle">1.0</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
+
+
+# --- console: the host's copy of the stream both stacks wrote -------------------
+
+
+def fnv1a64(data: bytes, value: int = 0xCBF29CE484222325) -> int:
+    """The guest's checksum (kernel/src/bench.rs `fnv1a`)."""
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def console_segments(rows: Sequence[dict[str, object]]) -> list[tuple[str, int]]:
+    """(stack, bytes) of every console run, in the order the guest wrote them."""
+    return [(str(r.get("stack")), int(r["bytes"]))  # type: ignore[call-overload]
+            for r in rows if r["name"] in ("console.write", "console.write.peer")]
+
+
+def check_console_file(data: bytes, rows: Sequence[dict[str, object]]) -> list[str]:
+    """What is wrong with the host's copy of the console stream (empty: all
+    good). The guest wrote byte `i` as `i % 251`, our stack and the peer in
+    turn (`console_segments`); the file must hold exactly those bytes, and
+    match the guest's `console.total` (size, per-stack counts and FNV-1a)."""
+    total = next((r for r in rows if r["name"] == "console.total"), None)
+    segments = console_segments(rows)
+    if total is None or not segments:
+        return ["the guest printed no console.write / console.total lines"]
+    problems = []
+    per_stack = {stack: sum(n for s, n in segments if s == stack) for stack in ("ours", "peer")}
+    for stack, key in (("ours", "ours_bytes"), ("peer", "peer_bytes")):
+        if total.get(key) != per_stack[stack]:
+            problems.append(f"the guest's total says {key}={total.get(key)}, its {stack} runs add up to "
+                            f"{per_stack[stack]}")
+    expected_len = sum(n for _, n in segments)
+    if total.get("bytes") != expected_len:
+        problems.append(f"the guest's total says bytes={total.get('bytes')}, its runs add up to {expected_len}")
+    host_sum = f"0x{fnv1a64(data):016x}"
+    if len(data) != expected_len or host_sum != str(total.get("fnv1a")):
+        pattern = bytes(range(251)) * (len(data) // 251 + 1)
+        first_bad = next((i for i, (a, b) in enumerate(zip(data, pattern)) if a != b), min(len(data), expected_len))
+        offset, where = 0, "past the end of the stream"
+        for stack, length in segments:
+            if offset <= first_bad < offset + length:
+                where = f"in a run of {stack} (bytes {offset}..{offset + length})"
+                break
+            offset += length
+        problems.append(f"the host file holds {len(data)} bytes, FNV-1a {host_sum}; the guest wrote "
+                        f"{expected_len} bytes, FNV-1a {total.get('fnv1a')}; first wrong or missing byte at "
+                        f"{first_bad}, {where}")
+    return problems

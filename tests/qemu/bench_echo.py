@@ -62,7 +62,7 @@ def run(kernel: Path, build_dir: Path, accel: str, mib: int, repeat: int) -> dic
     return {
         "section": "net-echo",
         "description": "TCP echo to the host through QEMU user networking (hostfwd), bytes checked",
-        "accelerator": outcome.accel.name,
+        "accel": outcome.accel.name,
         "machine": "q35",
         "results": rounds,
         "median_mb_per_s": speeds[(len(speeds) - 1) // 2],

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import blk
+from . import bench_compare, blk
 from . import machine as qm
 from .harness import DEFAULT_FORBID, KILLED, SELFTEST_SUMMARY, Outcome, RunContext, Scenario  # noqa: F401
 
@@ -1429,3 +1429,60 @@ PACKED_SCENARIOS += [
 ]
 
 SCENARIOS += PACKED_SCENARIOS
+
+
+# ---------------------------------------------------------------- the benchmark's peer hand-overs
+#
+# `x.py bench` measures; this only checks, briefly, that `bench=net` and
+# `bench=console` hand their devices to virtio-drivers and back: two rounds
+# (so our drivers run again on devices that went through the peer), 0.1 s of
+# frames and 1 MiB per stack and round, under TCG. Every frame sent by
+# either stack must arrive, and the console file must hold exactly both
+# stacks' bytes. Speeds are not looked at.
+
+BENCH_CONSOLE_FILE = "bench-console.out"
+
+
+def bench_peer_devices(ctx: RunContext) -> list[str]:
+    return [
+        "-netdev", "hubport,id=h0,hubid=0", "-netdev", "hubport,id=h1,hubid=0",
+        "-device", "virtio-net-pci,netdev=h0,mac=52:54:00:00:00:21,disable-legacy=on,romfile=",
+        "-device", "virtio-net-pci,netdev=h1,mac=52:54:00:00:00:22,disable-legacy=on,romfile=",
+        "-device", "virtio-serial-pci,disable-legacy=on",
+        "-chardev", f"file,id=benchcon,path={ctx.file(BENCH_CONSOLE_FILE)}",
+        "-device", "virtconsole,chardev=benchcon",
+    ]  # fmt: skip
+
+
+def check_bench_peer(outcome: Outcome) -> list[str]:
+    """Both stacks ran twice on each device; nothing lost, every byte in place."""
+    _, rows, errors, done = bench_compare.parse_bench_lines(outcome.log_text)
+    problems = [f"bench: error {e}" for e in errors] + ([] if done else ["no `bench: done`"])
+    for name in ("net.pps.poll", "net.pps.peer", "console.write", "console.write.peer"):
+        runs = [r for r in rows if r["name"] == name]
+        if len(runs) != 2:
+            problems.append(f"{len(runs)} `{name}` line(s), 2 expected")
+    for run in (r for r in rows if str(r["name"]).startswith("net.pps.")):
+        sent, received = run.get("sent"), run.get("received")
+        if not isinstance(sent, int) or sent <= 0 or received != sent or run.get("lost") != 0:
+            problems.append(f"{run['name']}: sent={sent} received={received} lost={run.get('lost')}")
+    assert outcome.ctx is not None
+    out = outcome.ctx.file(BENCH_CONSOLE_FILE)
+    problems += bench_compare.check_console_file(out.read_bytes() if out.exists() else b"", rows)
+    return problems
+
+
+SCENARIOS += [
+    Scenario(
+        name="bench-peer-net-console-tcg",
+        machine="pc",
+        accel="tcg",
+        devices=bench_peer_devices,
+        append="mode=bench bench=net,console bench.seconds=0.1 bench.repeat=2 bench.console_mib=1",
+        expect_status=qm.EXIT_SELFTEST_PASS,
+        expect_in_order=[r"^bench: net\.peer\.setup ", r"^bench: console\.peer\.setup ",
+                         r"^bench: console\.total stack=both ", r"^bench: done$"],
+        timeout_s=60.0,
+        check=check_bench_peer,
+    ),
+]

@@ -12,7 +12,7 @@ use drivers::device::BoundedWait;
 use drivers::features;
 use drivers::queue::QueueError;
 use drivers::transport::mmio::MmioTransport;
-use drivers::transport::TransportKind;
+use drivers::transport::{Transport, TransportKind};
 use tests::console_model::{
     control_bytes, event, ConsoleModel, ConsoleModelConfig, ConsoleModelTransport, HostPortConfig,
     SharedConsoleModel,
@@ -198,6 +198,65 @@ fn multiport_handshake_sends_ready_and_open_and_learns_names() {
     // Port 2's host side is closed: writing would be thrown away, so it is refused.
     assert_eq!(console.write(2, b"x"), Err(ConsoleError::PortClosed(2)));
     assert_eq!(model.borrow().port(2).discarded, 0);
+    assert_clean(&model);
+}
+
+#[test]
+fn recover_after_a_reset_behind_the_drivers_back_runs_the_handshake_again() {
+    let (model, mut console) = multiport(TransportKind::PciModern);
+    assert_eq!(console.write(0, b"before").unwrap(), 6);
+    let sent_before = console.stats().control_sent;
+    // Someone else resets the device (the benchmark lends it to another
+    // driver this way) and then hands it back.
+    console.transport_mut().reset().unwrap();
+    assert_eq!(model.borrow().live_queues(), 0);
+    model.borrow_mut().control_received.clear();
+    console.recover().expect("recover");
+    assert!(!console.is_failed());
+    use event::{DEVICE_READY, PORT_OPEN, PORT_READY};
+    {
+        let m = model.borrow();
+        assert_eq!(m.control_received.first(), Some(&(0, DEVICE_READY, 1)));
+        for id in 0..3 {
+            assert!(
+                m.control_received.contains(&(id, PORT_READY, 1)),
+                "port {id}"
+            );
+            assert!(
+                m.control_received.contains(&(id, PORT_OPEN, 1)),
+                "port {id}"
+            );
+        }
+    }
+    // The counters carry on across the recovery.
+    assert_eq!(console.stats().control_sent, sent_before + 7);
+    assert_eq!(console.console_port(), Some(0));
+    assert!(console.port(0).unwrap().host_open);
+    assert_eq!(console.port_by_name("org.test.one"), Some(1));
+    assert_eq!(console.write(0, b" after").unwrap(), 6);
+    assert_eq!(model.borrow().port(0).received, b"before after");
+    model.borrow_mut().send_to_guest(0, b"typed");
+    let mut buf = [0u8; 8];
+    let n = console
+        .read_wait(0, &mut buf, &mut stepping(&model, 10))
+        .unwrap();
+    assert_eq!(&buf[..n], b"typed");
+    assert_clean(&model);
+}
+
+#[test]
+fn recover_without_multiport_gives_port_0_back_at_once() {
+    let (model, mut console) = bring_up(
+        ConsoleModelConfig::single_port(None),
+        TransportKind::MmioV2,
+        ConsoleOptions::default(),
+    );
+    console.transport_mut().reset().unwrap();
+    console.recover().expect("recover");
+    assert_eq!(model.borrow().live_queues(), 2);
+    assert_eq!(model.borrow().posted_on(0), 16);
+    assert_eq!(console.write(0, b"again").unwrap(), 5);
+    assert_eq!(model.borrow().port(0).received, b"again");
     assert_clean(&model);
 }
 

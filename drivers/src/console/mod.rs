@@ -83,6 +83,10 @@
 //! [`ConsoleDevice::read_wait`], [`ConsoleDevice::wait_until`]) wait
 //! through the caller's [`Wait`] and give up with
 //! [`ConsoleError::Timeout`], which says how far they got.
+//!
+//! [`ConsoleDevice::recover`] resets the device and brings it up from the
+//! start (new queues and buffers, the handshake again), for a device that
+//! was reset or used by another driver meanwhile.
 
 mod buffers;
 pub mod config;
@@ -523,68 +527,89 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
     pub fn with_options(mut transport: T, options: ConsoleOptions) -> Result<Self, ConsoleError> {
         device::expect_device_type(&transport, DeviceType::Console)?;
         check_options(&options)?;
-        let driver_features = options.features & SUPPORTED_FEATURES;
-        let ((config, ports, control), negotiated) = device::bring_up(
-            &mut transport,
-            driver_features,
-            options.ring_features,
-            |t: &mut T, negotiated| -> Result<_, ConsoleError> {
-                let config = ConsoleConfig::read(t, negotiated)?;
-                let multiport = negotiated & feature::MULTIPORT != 0;
-                if multiport && config.max_nr_ports == 0 {
-                    return Err(ConsoleError::BadConfig("MULTIPORT with max_nr_ports = 0"));
-                }
-                let control = if multiport {
-                    Some(create_control::<H, T>(t, &options, negotiated)?)
-                } else {
-                    None
-                };
-                let ports = create_ports::<H, T>(t, &options, &config, negotiated)?;
-                Ok((config, ports, control))
-            },
-        )?;
+        let (parts, negotiated) = bring_up_parts::<H, T>(&mut transport, &options)?;
         let mut console = Self {
             transport,
             options,
             features: negotiated,
-            config,
-            ports,
-            control,
+            config: parts.config,
+            ports: parts.ports,
+            control: parts.control,
             report: Reporter {
                 events: VecDeque::with_capacity(MAX_PENDING_EVENTS),
                 stats: ConsoleStats::default(),
             },
             failed: false,
         };
+        console.start()?;
+        Ok(console)
+    }
+
+    /// Resets the device and brings it up again from the start with the
+    /// same features: new queues and buffers, and with MULTIPORT the
+    /// handshake again (ports reappear through PORT_ADD). Bytes not yet
+    /// read, or written but not yet taken by the device, are lost; the
+    /// counters carry on. For a device that was reset, or used by someone
+    /// else, behind the driver's back (the benchmark lends it to another
+    /// driver and takes it back this way).
+    pub fn recover(&mut self) -> Result<(), ConsoleError> {
+        debug!(
+            "{}: virtio-console: recovery requested",
+            self.transport.location()
+        );
+        // The device lets go of the old rings and buffers before they are
+        // replaced (and freed) below.
+        self.halt();
+        let before = self.features;
+        let (parts, negotiated) = bring_up_parts::<H, T>(&mut self.transport, &self.options)?;
+        if negotiated != before {
+            // Drop the new parts only after the device has let go of them.
+            let _ = self.transport.reset();
+            self.transport.set_status(DeviceStatus::FAILED);
+            drop(parts);
+            return Err(ConsoleError::BadConfig(
+                "the device offers other features after a reset",
+            ));
+        }
+        self.config = parts.config;
+        self.ports = parts.ports;
+        self.control = parts.control;
+        self.failed = false;
+        self.start()
+    }
+
+    /// The end of every bring-up, once DRIVER_OK is set: transmit
+    /// interrupts off, receive buffers published, DEVICE_READY queued and
+    /// the handshake run as far as the device answers at once.
+    fn start(&mut self) -> Result<(), ConsoleError> {
         // Transmit completions are collected lazily; no interrupts for them.
-        for port in &mut console.ports {
+        for port in &mut self.ports {
             port.transmit.disable_interrupts();
         }
-        if let Some(control) = &mut console.control {
+        if let Some(control) = &mut self.control {
             control.transmit.disable_interrupts();
         }
-        let location = console.transport.location();
+        let location = self.transport.location();
         debug!(
             "{location}: virtio-console: {}; {}; queues for {} port(s)",
-            console.config,
-            if console.control.is_some() {
+            self.config,
+            if self.control.is_some() {
                 "multiport"
             } else {
                 "single port"
             },
-            console.ports.len()
+            self.ports.len()
         );
         // The buffers posted during setup become visible now (no
         // notification may precede DRIVER_OK, §3.1.1).
-        for port in &mut console.ports {
-            device::kick(&mut console.transport, &mut port.receive);
+        for port in &mut self.ports {
+            device::kick(&mut self.transport, &mut port.receive);
         }
-        if let Some(control) = &mut console.control {
-            device::kick(&mut console.transport, &mut control.receive);
+        if let Some(control) = &mut self.control {
+            device::kick(&mut self.transport, &mut control.receive);
             control.pending.push_back(DriverMessage::device_ready(true));
         }
-        console.poll()?;
-        Ok(console)
+        self.poll()
     }
 
     // ----- what the device is --------------------------------------------
@@ -629,7 +654,8 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
         &self.transport
     }
 
-    /// The transport, mutably (MSI-X set-up). Do not reset the device through it.
+    /// The transport, mutably (MSI-X set-up). A reset through it must be
+    /// followed by [`Self::recover`] before the driver is used again.
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport
     }
@@ -1190,6 +1216,12 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
     fn stop_device(&mut self, why: &str) {
         let location = self.transport.location();
         warn!("{location}: virtio-console: resetting the device: {why}");
+        self.halt();
+    }
+
+    /// [`Self::stop_device`] without the warning.
+    fn halt(&mut self) {
+        let location = self.transport.location();
         if let Err(e) = self.transport.reset() {
             warn!("{location}: virtio-console: reset failed: {e}");
         }
@@ -1257,6 +1289,46 @@ fn check_options(options: &ConsoleOptions) -> Result<(), ConsoleError> {
 
 fn queue_error(queue: u16, error: QueueError) -> ConsoleError {
     ConsoleError::Queue { queue, error }
+}
+
+/// What a bring-up builds between FEATURES_OK and DRIVER_OK.
+struct Parts<H: Hal> {
+    config: ConsoleConfig,
+    ports: Vec<Port<H>>,
+    control: Option<Control<H>>,
+}
+
+/// Steps 1 to 8 of §3.1.1 for a console (§5.3.5): negotiate, read the
+/// configuration, set up the port queues (and the control queues with
+/// MULTIPORT), post receive buffers, DRIVER_OK.
+fn bring_up_parts<H: Hal, T: Transport>(
+    transport: &mut T,
+    options: &ConsoleOptions,
+) -> Result<(Parts<H>, u64), ConsoleError> {
+    let driver_features = options.features & SUPPORTED_FEATURES;
+    device::bring_up(
+        transport,
+        driver_features,
+        options.ring_features,
+        |t: &mut T, negotiated| -> Result<_, ConsoleError> {
+            let config = ConsoleConfig::read(t, negotiated)?;
+            let multiport = negotiated & feature::MULTIPORT != 0;
+            if multiport && config.max_nr_ports == 0 {
+                return Err(ConsoleError::BadConfig("MULTIPORT with max_nr_ports = 0"));
+            }
+            let control = if multiport {
+                Some(create_control::<H, T>(t, options, negotiated)?)
+            } else {
+                None
+            };
+            let ports = create_ports::<H, T>(t, options, &config, negotiated)?;
+            Ok(Parts {
+                config,
+                ports,
+                control,
+            })
+        },
+    )
 }
 
 fn spec(options: &ConsoleOptions) -> QueueSpec {

@@ -18,11 +18,18 @@
 //! flight when the clock stops are collected for a short grace period, so
 //! `lost` counts frames the hub or the receiver really dropped (a receive
 //! queue out of buffers). Timings are reported, never judged.
+//!
+//! Each round then runs the same workload on the peer stack
+//! ([`crate::peer::net::round`], `bench: net.pps.peer stack=peer ...`):
+//! both cards are reset through our drivers, handed to virtio-drivers'
+//! `VirtIONetRaw`, measured, and brought back up by our drivers, so the
+//! next round of ours runs on cards that went through the peer.
 
 use alloc::format;
 use alloc::string::String;
 
 use drivers::net::NetError;
+use drivers::transport::Location;
 
 use super::nic::{self, Nic};
 use crate::println;
@@ -30,14 +37,14 @@ use crate::println;
 /// Frame length without the virtio header: the 64-byte minimum Ethernet
 /// frame less its 4-byte FCS, which QEMU never carries, plus those 4 bytes
 /// of payload: 64 bytes handed to the device.
-const FRAME_LEN: usize = 64;
+pub(crate) const FRAME_LEN: usize = 64;
 /// Frames added to the transmit queue before one publish.
-const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// An EtherType from the IEEE "local experimental" range, so that the
 /// receiver counts only benchmark frames (not DHCP or ARP on the hub).
-const BENCH_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+pub(crate) const BENCH_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// How long the receiver is drained after the clock stops.
-const GRACE_NS: u64 = 50_000_000;
+pub(crate) const GRACE_NS: u64 = 50_000_000;
 
 /// The counters of the pair at one moment.
 #[derive(Clone, Copy)]
@@ -51,11 +58,12 @@ struct Counters {
 }
 
 /// The virtio-net receive queue is queue 0, transmit queue 1 (§5.1.2).
-const RX_QUEUE: u16 = 0;
-const TX_QUEUE: u16 = 1;
+pub(crate) const RX_QUEUE: u16 = 0;
+pub(crate) const TX_QUEUE: u16 = 1;
 
-fn interrupts(nic: &Nic, queue: u16) -> u64 {
-    crate::virtio::irq::of(nic.location).map_or(0, |irq| irq.state().queue_interrupt_count(queue))
+/// Interrupts the kernel counted for `queue` of the card at `location`.
+pub(crate) fn interrupts(location: Location, queue: u16) -> u64 {
+    crate::virtio::irq::of(location).map_or(0, |irq| irq.state().queue_interrupt_count(queue))
 }
 
 fn counters(sender: &Nic, receiver: &Nic) -> Counters {
@@ -64,10 +72,10 @@ fn counters(sender: &Nic, receiver: &Nic) -> Counters {
     Counters {
         tx_packets: tx.tx.packets,
         tx_notifications: tx.tx_ring.notifications,
-        tx_interrupts: interrupts(sender, TX_QUEUE),
+        tx_interrupts: interrupts(sender.location, TX_QUEUE),
         rx_packets: rx.rx.packets,
         rx_notifications: rx.rx_ring.notifications,
-        rx_interrupts: interrupts(receiver, RX_QUEUE),
+        rx_interrupts: interrupts(receiver.location, RX_QUEUE),
     }
 }
 
@@ -96,14 +104,17 @@ pub fn run() -> Result<(), String> {
         sender.interrupt_driven(),
         receiver.interrupt_driven(),
     );
-    for _ in 0..crate::peer::repeat_count() {
+    // Alternating keeps slow drift on the host from favouring one stack.
+    for round in 0..crate::peer::repeat_count() {
         measure(sender, receiver, seconds)?;
+        crate::peer::net::round(sender, receiver, seconds, round == 0)
+            .map_err(|e| format!("peer (virtio-drivers): {e}"))?;
     }
     Ok(())
 }
 
 /// Fills `buffer` with one benchmark frame carrying `sequence`.
-fn build_frame(buffer: &mut [u8], to: [u8; 6], from: [u8; 6], sequence: u64) {
+pub(crate) fn build_frame(buffer: &mut [u8], to: [u8; 6], from: [u8; 6], sequence: u64) {
     buffer[..6].copy_from_slice(&to);
     buffer[6..12].copy_from_slice(&from);
     buffer[12..14].copy_from_slice(&BENCH_ETHERTYPE);

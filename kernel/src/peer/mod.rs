@@ -11,13 +11,25 @@
 //! - [`pci`]: its modern virtio-pci transport (§4.1) on a PCI function our
 //!   enumeration already found and placed, through our configuration access;
 //! - [`bench`]: the block workloads of `crate::block::bench`, run on its
-//!   `VirtIOBlk` after our driver has reset the device.
+//!   `VirtIOBlk` after our driver has reset the device;
+//! - [`net`]: the frames of `crate::net::bench` between the same two cards,
+//!   on its `VirtIONetRaw`;
+//! - [`console`]: the byte stream of `crate::bench`'s console section, on
+//!   its `VirtIOConsole` (port 0, without MULTIPORT);
+//! - [`counted`]: a transport wrapper that counts the peer's notifications.
+//!
+//! Every hand-over goes the same way: our driver resets the device, the
+//! peer brings it up on its own rings and measures, dropping the peer
+//! resets the device again, and our driver brings it back up.
 //!
 //! The peer is used only in `mode=bench`; nothing else in the kernel
 //! depends on it.
 
 pub mod bench;
+pub mod console;
+pub mod counted;
 pub mod hal;
+pub mod net;
 pub mod pci;
 
 /// How often each workload runs (`bench.repeat=`, 1..=20, default 1), so
