@@ -266,6 +266,9 @@ pub struct BlkModel {
     pub skip_status: bool,
     /// Lie about the used length.
     pub len_override: Option<LenOverride>,
+    /// Write only this many bytes of the GET_ID answer and leave the rest
+    /// of the buffer alone (a serial shorter than 20 bytes, not padded).
+    pub id_bytes: Option<usize>,
 
     /// Every request taken, in order.
     pub seen: Vec<SeenRequest>,
@@ -306,6 +309,7 @@ impl BlkModel {
             force_status: None,
             skip_status: false,
             len_override: None,
+            id_bytes: None,
             seen: Vec::new(),
             flushes: 0,
             missed_notifications: 0,
@@ -440,6 +444,18 @@ impl BlkModel {
         }
     }
 
+    /// Puts descriptor `id` in the used ring of queue `queue` although no
+    /// request is waiting for it there (a broken or hostile device), and
+    /// signals it like a real completion.
+    pub fn forge_used(&mut self, queue: usize, id: u16, len: u32) {
+        if let Some(vq) = self.queues[queue].as_mut() {
+            vq.complete_with_len(id, len);
+            if vq.signal_used() {
+                self.isr |= 1;
+            }
+        }
+    }
+
     /// Completes every held request, in the order `order` gives (indices
     /// into the held list, which is in arrival order).
     pub fn release_held_in(&mut self, order: &[usize]) {
@@ -551,6 +567,9 @@ impl BlkModel {
                 }
                 let mut id = self.config.serial.to_vec();
                 id.resize(data_in, 0);
+                if let Some(written) = self.id_bytes {
+                    id.truncate(written);
+                }
                 (id, status::OK)
             }
             req::DISCARD | req::WRITE_ZEROES => self.ranges(request_type, payload, seen),

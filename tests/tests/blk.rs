@@ -909,6 +909,65 @@ fn get_id_returns_the_serial_without_padding() {
 }
 
 #[test]
+fn a_short_get_id_answer_reads_as_padding_not_as_an_earlier_range() {
+    // A request's pool slot is its token's slot, so a write-zeroes and the
+    // GET_ID after it share a slot; the write-zeroes leaves its range in
+    // the payload area (flags, UNMAP = 1, at byte 12), and a device that
+    // writes only 12 bytes of the serial must not make that byte part of it.
+    let config = BlkModelConfig {
+        serial: *b"abcdefghijklmnopqrst",
+        ..BlkModelConfig::default()
+    };
+    let (mut blk, model) = device(config);
+    model.borrow_mut().id_bytes = Some(12);
+    let zeroes = blk.submit_write_zeroes(8, 0x0101, true).unwrap();
+    let done = collect(&mut blk, &model, 1);
+    assert_eq!((done[0].token, done[0].result), (zeroes, Ok(Reply::Done)));
+    assert_eq!(model.borrow().seen[0].ranges, [(8, 0x0101, 1)]);
+
+    let get_id = blk.submit_get_id().unwrap();
+    assert_eq!(get_id.slot(), zeroes.slot(), "the same pool slot");
+    let done = collect(&mut blk, &model, 1);
+    let Ok(Reply::Serial(serial)) = done[0].result else {
+        panic!("GET_ID answers with a serial: {:?}", done[0].result);
+    };
+    assert_eq!(
+        serial.as_bytes(),
+        b"abcdefghijkl",
+        "the rest of the buffer is padding"
+    );
+    assert_model_clean(&model);
+}
+
+#[test]
+fn a_used_entry_for_a_descriptor_not_in_flight_is_rejected_and_the_disk_goes_on() {
+    let (mut blk, model) = device(BlkModelConfig::default());
+    // Nothing in flight: descriptor 5 is free.
+    model.borrow_mut().forge_used(0, 5, 513);
+    assert_eq!(
+        blk.poll(),
+        Err(BlkError::Queue {
+            queue: 0,
+            error: drivers::queue::QueueError::UsedIdNotInFlight { id: 5 }
+        })
+    );
+    assert_eq!(blk.poll(), Ok(None), "the bad entry was consumed");
+    assert_eq!(blk.stats().ring.device_errors, 1);
+    assert_eq!(blk.stats().completions, 0, "no request was completed by it");
+
+    // The same slot's real request still works and lands in its buffer.
+    let mut data = buffer(512);
+    let ptr = NonNull::from(&mut data[..]);
+    // SAFETY: `data` outlives the request and is only read after its completion.
+    let token = unsafe { blk.submit_read(40, &[ptr]) }.unwrap();
+    let done = collect(&mut blk, &model, 1);
+    assert_eq!((done[0].token, done[0].result), (token, Ok(Reply::Done)));
+    assert_eq!(&data[..], &expected(40, 512)[..]);
+    assert_eq!(HostHal::live_shares(), 0);
+    assert!(!blk.is_failed());
+}
+
+#[test]
 fn flush_discard_and_write_zeroes_reach_the_device_with_the_right_ranges() {
     let config = BlkModelConfig {
         discard: (8, 1, 1),

@@ -763,3 +763,54 @@ fn the_queue_narrates_the_event_index_arithmetic_across_the_wrap() {
         "used_event narrated: {text}"
     );
 }
+
+#[test]
+fn next_token_names_the_token_the_next_add_returns() {
+    // One-, two- and three-segment requests (direct chains and indirect
+    // tables) in a small queue, half of them completed in a shuffled order
+    // each round, so the free list is reshuffled over and over.
+    let (mut queue, mut model) = setup(8, MODERN, true, 4);
+    let mut rng = Rng::new(5);
+    let mut live: HashMap<Token, (SharedBuffer, SharedBuffer)> = HashMap::new();
+    let mut pending: Vec<Chain> = Vec::new();
+    let mut added = 0usize;
+    let mut saw_full = false;
+    for round in 0..40usize {
+        loop {
+            let promised = queue.next_token();
+            if queue.free_descriptors() == 0 {
+                assert_eq!(promised, None, "no free descriptor, no token");
+                saw_full = true;
+                break;
+            }
+            let out = SharedBuffer::new(vec![round as u8; 8], Direction::ToDevice);
+            let back = SharedBuffer::for_device(8);
+            let mut segments = vec![out.segment(); (round + added) % 3];
+            segments.push(back.segment());
+            match queue.add(&segments) {
+                Ok(token) => {
+                    assert_eq!(promised, Some(token), "round {round}, request {added}");
+                    added += 1;
+                    live.insert(token, (out, back));
+                }
+                Err(QueueError::QueueFull { .. }) => break,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        let _ = publish(&mut queue, &mut model);
+        pending.extend(model.take_available());
+        rng.shuffle(&mut pending);
+        let finish = pending.len().div_ceil(2);
+        for chain in pending.drain(..finish) {
+            model.complete(&chain, &[0xaa; 8]);
+        }
+        model.signal_used();
+        for used in pop_all(&mut queue) {
+            let (out, back) = live.remove(&used.token).expect("a token we issued");
+            out.finish();
+            assert_eq!(back.finish(), [0xaa; 8]);
+        }
+    }
+    assert!(saw_full, "the queue filled up at least once");
+    assert!(added > 100, "{added} requests added");
+}

@@ -68,11 +68,11 @@
 //!
 //! Per queue, created once: the ring, the indirect tables, and a
 //! [`request::RequestPool`] with one DMA slot (header, small payload,
-//! status) per queue descriptor. A request takes a pool slot from a free
-//! list when it is built (before the queue names its chain head, so the
-//! slot cannot simply be the head's index; a per-head table maps one to the
-//! other) and returns it when it completes; nothing is allocated per
-//! request.
+//! status) per queue descriptor. A request uses the slot numbered like the
+//! token the queue is about to give it ([`Virtqueue::next_token`]: the chain
+//! head of a split ring, the buffer id of a packed one), unique while the
+//! request is in flight, so a completion's token names its slot directly;
+//! nothing is allocated per request.
 //!
 //! ## More than one queue
 //!
@@ -549,11 +549,8 @@ struct RequestQueue<H: Hal> {
     index: u16,
     ring: Virtqueue<H>,
     pool: RequestPool<H>,
+    /// Per pool slot, which is also the [`Token::index`] of its request.
     slots: Vec<Slot>,
-    /// Pool slots not in use (a stack).
-    free_slots: Vec<u16>,
-    /// The pool slot of the request whose chain head is descriptor `i`.
-    slot_of_head: Vec<u16>,
     /// `max_shares` entries per slot.
     shares: Vec<Option<Share>>,
     max_shares: usize,
@@ -574,8 +571,6 @@ impl<H: Hal> RequestQueue<H> {
             ring,
             pool,
             slots: vec![Slot::FREE; size],
-            free_slots: (0..size as u16).rev().collect(),
-            slot_of_head: vec![0; size],
             shares: vec![None; size * max_shares],
             max_shares,
             stats: BlkQueueStats::default(),
@@ -586,21 +581,23 @@ impl<H: Hal> RequestQueue<H> {
     fn unshare_all(&mut self, slot: usize) {
         let first = slot * self.max_shares;
         let count = self.slots[slot].shares as usize;
-        for entry in &mut self.shares[first..first + count] {
-            if let Some(share) = entry.take() {
-                // SAFETY: these are the arguments and result of one earlier
-                // `H::share`; the device has finished with the buffer (its
-                // chain came back in the used ring, or the device was reset).
-                unsafe { H::unshare(share.addr, share.buffer, share.direction) };
-            }
+        // Entries past `count` are stale; the count says which are live, so
+        // they need not be cleared one by one.
+        for share in self.shares[first..first + count].iter().flatten() {
+            // SAFETY: these are the arguments and result of one earlier
+            // `H::share`; the device has finished with the buffer (its
+            // chain came back in the used ring, or the device was reset),
+            // and the count drops to 0 below, so no share ends twice.
+            unsafe { H::unshare(share.addr, share.buffer, share.direction) };
         }
         self.slots[slot].shares = 0;
     }
 
+    /// Ends the shares of `slot` and marks it free (its request is over or
+    /// never reached the ring).
     fn release(&mut self, slot: usize) {
         self.unshare_all(slot);
         self.slots[slot] = Slot::FREE;
-        self.free_slots.push(slot as u16);
     }
 }
 
@@ -1089,14 +1086,22 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// `Err` reports device misbehaviour on a ring that no request can be
     /// blamed for ([`BlkError::Queue`]); polling again continues after it,
     /// unless the queue is broken, which needs [`BlkDevice::recover`].
+    #[inline]
     pub fn poll(&mut self) -> Result<Option<Completion>, BlkError> {
         if let Some(done) = self.finished.pop_front() {
             return Ok(Some(done));
         }
+        // Straight from the ring to the caller: what is still in the used
+        // ring stays there, in order, for the next call. (The answer is
+        // passed on as it is, not unpacked and rebuilt: a completion is
+        // several words, and every copy of it is memory traffic.)
         for q in 0..self.queues.len() {
-            self.reap(q)?;
+            match self.next_unclaimed(q) {
+                Ok(None) => continue,
+                answer => return answer,
+            }
         }
-        Ok(self.finished.pop_front())
+        Ok(None)
     }
 
     /// Like [`BlkDevice::poll`], but only for requests of queue `queue`
@@ -1384,6 +1389,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     }
 
     /// Validates one request of the non-blocking API and turns it into a job.
+    #[inline(always)]
     fn validate<'a>(&self, op: Op<'a>) -> Result<Job<'a>, BlkError> {
         match op {
             Op::Read { sector, buffers } | Op::Write { sector, buffers } => {
@@ -1465,6 +1471,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     }
 
     /// Puts a validated job on `queue` (or the next queue with room).
+    #[inline]
     fn submit_job(
         &mut self,
         queue: Option<u16>,
@@ -1503,10 +1510,13 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             ..
         } = self;
         let rq = &mut queues[q];
-        let Some(slot) = rq.free_slots.pop() else {
+        // The slot is the token `add` is about to return; a queue without a
+        // free token has no room either.
+        let Some(next) = rq.ring.next_token() else {
             return Err(BlkError::QueueFull);
         };
-        let slot = slot as usize;
+        // Below the queue's size, which is the number of slots.
+        let slot = next.index();
         let request = job.request();
         let sector = job.sector();
         rq.pool.prepare(slot, request, sector);
@@ -1562,6 +1572,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             }
             Job::Command { request } => {
                 if request == RequestType::GetId {
+                    rq.pool.clear_payload(slot);
                     segments.push(Segment::writable(
                         rq.pool.payload_addr(slot),
                         ID_BYTES as u32,
@@ -1588,7 +1599,13 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 });
             }
         };
-        rq.slot_of_head[token.index()] = slot as u16;
+        // `next_token` promised this token; the slot's header already says
+        // what the request is.
+        debug_assert_eq!(
+            token.index(),
+            slot,
+            "the queue broke its next_token promise"
+        );
         let serial = *next_serial;
         *next_serial = next_serial.wrapping_add(1);
         let shares = rq.slots[slot].shares;
@@ -1630,52 +1647,63 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         sent
     }
 
-    /// Collects every used entry of queue `q` into finished requests.
-    /// Returns how many requests finished.
-    fn reap(&mut self, q: usize) -> Result<usize, BlkError> {
-        let mut finished = 0;
+    /// Collects every used entry of queue `q`: completions a blocking call
+    /// owns go to it, the others wait in `finished` for `poll`.
+    fn reap(&mut self, q: usize) -> Result<(), BlkError> {
+        while let Some(done) = self.next_unclaimed(q)? {
+            self.finished.push_back(done);
+        }
+        Ok(())
+    }
+
+    /// Takes used entries of queue `q` until one finishes a request that no
+    /// blocking call owns, and returns its completion; `Ok(None)` once the
+    /// used ring is empty.
+    #[inline(always)]
+    fn next_unclaimed(&mut self, q: usize) -> Result<Option<Completion>, BlkError> {
         loop {
-            let popped = self.queues[q].ring.pop_used();
-            match popped {
-                Ok(None) => return Ok(finished),
-                Ok(Some(used)) => {
-                    self.finish(q, used.token, Ok(used.len));
-                    finished += 1;
-                }
-                Err(QueueError::UsedLengthTooLong { token, len, max }) => {
-                    self.finish(
-                        q,
-                        token,
-                        Err(BlkError::BadLength {
-                            written: len,
-                            expected: max,
-                        }),
-                    );
-                    finished += 1;
-                }
+            let (token, used) = match self.queues[q].ring.pop_used() {
+                Ok(None) => return Ok(None),
+                Ok(Some(used)) => (used.token, Ok(used.len)),
+                Err(QueueError::UsedLengthTooLong { token, len, max }) => (
+                    token,
+                    Err(BlkError::BadLength {
+                        written: len,
+                        expected: max,
+                    }),
+                ),
                 Err(error) => {
                     return Err(BlkError::Queue {
                         queue: q as u16,
                         error,
                     })
                 }
+            };
+            let done = self.finish(q, token, used);
+            if done.is_some() {
+                return Ok(done);
             }
         }
     }
 
-    /// Finishes the request whose chain head is `head` on queue `q`: ends
+    /// Finishes the request of `token` (its pool slot) on queue `q`: ends
     /// its shares, reads its status, frees its slot, and hands the result
-    /// to its owner.
-    fn finish(&mut self, q: usize, head: Token, used: Result<u32, BlkError>) {
+    /// to the blocking call that owns it, or returns it.
+    #[inline(always)]
+    fn finish(
+        &mut self,
+        q: usize,
+        token: Token,
+        used: Result<u32, BlkError>,
+    ) -> Option<Completion> {
         let rq = &mut self.queues[q];
-        let slot = rq.slot_of_head[head.index()] as usize;
-        let record = rq.slots[slot];
-        if !record.in_flight {
-            // The queue only returns heads it has in flight, and every one
-            // of those has a slot; this cannot happen unless the two disagree.
-            warn!("blk q{q}: completion for chain head {head} with no request; ignored");
-            return;
-        }
+        let slot = token.index();
+        let Some(&record) = rq.slots.get(slot).filter(|s| s.in_flight) else {
+            // The queue only returns tokens it has in flight, and every one
+            // of those has a request; this cannot happen unless the two disagree.
+            warn!("blk q{q}: completion for token {token} with no request; ignored");
+            return None;
+        };
         // The device is done with the buffers: end the shares first, so the
         // data is in the caller's memory before anyone hears of it.
         rq.unshare_all(slot);
@@ -1699,7 +1727,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             Ok(_) => {}
             Err(_) => rq.stats.failed += 1,
         }
-        rq.release(slot);
+        // The shares ended above (the count is 0 again); the rest of the
+        // record is rewritten by the next request in this slot.
+        rq.slots[slot].in_flight = false;
         let token = BlkToken {
             queue: q as u16,
             slot: slot as u16,
@@ -1716,19 +1746,22 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 ResultNote(&result),
             );
         }
-        self.deliver(
-            Completion {
-                token,
-                request: record.request,
-                sector: record.sector,
-                result,
-            },
-            record.tag,
-        );
+        let completion = Completion {
+            token,
+            request: record.request,
+            sector: record.sector,
+            result,
+        };
+        if self.claim(&completion, record.tag) {
+            None
+        } else {
+            Some(completion)
+        }
     }
 
-    /// Hands a completion to the blocking call that owns it, or queues it for `poll`.
-    fn deliver(&mut self, completion: Completion, tag: u32) {
+    /// Hands a completion to the blocking call that owns it (`true`);
+    /// `false`: nobody did, it is for `poll`.
+    fn claim(&mut self, completion: &Completion, tag: u32) -> bool {
         if tag != 0 && tag == self.progress.tag {
             let p = &mut self.progress;
             p.outstanding = p.outstanding.saturating_sub(1);
@@ -1740,8 +1773,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                     p.error.get_or_insert(e);
                 }
             }
+            true
         } else {
-            self.finished.push_back(completion);
+            false
         }
     }
 
@@ -1784,15 +1818,15 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                     serial: record.serial,
                 };
                 trace!("blk {token}: {} aborted by the reset", record.request);
-                self.deliver(
-                    Completion {
-                        token,
-                        request: record.request,
-                        sector: record.sector,
-                        result: Err(BlkError::Aborted),
-                    },
-                    record.tag,
-                );
+                let aborted = Completion {
+                    token,
+                    request: record.request,
+                    sector: record.sector,
+                    result: Err(BlkError::Aborted),
+                };
+                if !self.claim(&aborted, record.tag) {
+                    self.finished.push_back(aborted);
+                }
             }
         }
         self.failed = mark_failed;

@@ -194,20 +194,35 @@ impl<H: Hal> RequestPool<H> {
         self.header_addr(slot) + STATUS_OFFSET as u64
     }
 
-    /// Fills the header, clears the payload area to zeroes, and presets the
+    /// Fills the header (the bytes of [`encode_header`]) and presets the
     /// status byte to [`status::NOT_WRITTEN`]. Returns `false` if `slot` is
     /// out of range (nothing written).
+    ///
+    /// Three stores, because this runs for every request: the header as
+    /// two little-endian words (`type` with `reserved` = 0 above it, then
+    /// `sector`) and the status byte. The payload area is left as the last
+    /// request in this slot left it; the requests that use it fill it first
+    /// ([`RequestPool::write_payload`] for a range, [`RequestPool::clear_payload`]
+    /// before GET_ID).
     pub fn prepare(&self, slot: usize, request: RequestType, sector: u64) -> bool {
         if slot >= self.slots {
             return false;
         }
         let base = self.base(slot);
-        self.region
-            .write_bytes(base, &encode_header(request, sector))
+        self.region.write(base, u64::from(request.code()).to_le())
+            && self.region.write(base + 8, sector.to_le())
+            && self.region.write(base + STATUS_OFFSET, status::NOT_WRITTEN)
+    }
+
+    /// Zeroes the payload area. GET_ID needs it: a device may write a
+    /// serial shorter than 20 bytes without the NUL padding, and what it
+    /// leaves alone must read as padding, not as the range of an earlier
+    /// discard in the same slot.
+    pub fn clear_payload(&self, slot: usize) -> bool {
+        slot < self.slots
             && self
                 .region
-                .write_bytes(base + PAYLOAD_OFFSET, &[0u8; PAYLOAD_BYTES])
-            && self.region.write(base + STATUS_OFFSET, status::NOT_WRITTEN)
+                .write_bytes(self.base(slot) + PAYLOAD_OFFSET, &[0u8; PAYLOAD_BYTES])
     }
 
     /// Writes the driver-provided payload (at most 32 bytes).

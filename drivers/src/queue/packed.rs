@@ -556,6 +556,15 @@ impl<H: Hal> PackedQueue<H> {
         self.in_flight
     }
 
+    /// The token the next successful [`PackedQueue::add`] will return (the
+    /// buffer id on top of the free list), or `None` if no id is free. A
+    /// driver that keeps per-request state in an array indexed by
+    /// [`Token::index`] can fill its entry before adding, without a table
+    /// mapping tokens to its own slots.
+    pub fn next_token(&self) -> Option<Token> {
+        self.free_ids.last().map(|&id| Token(id))
+    }
+
     /// Requests added since the last `publish` (invisible to the device).
     pub fn unpublished(&self) -> u16 {
         self.pending.len() as u16

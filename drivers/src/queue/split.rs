@@ -362,6 +362,16 @@ impl<H: Hal> SplitQueue<H> {
         self.in_flight
     }
 
+    /// The token the next successful [`SplitQueue::add`] will return: a
+    /// chain, direct or indirect, always starts at the head of the free
+    /// list. `None` if no descriptor is free. A driver that keeps
+    /// per-request state in an array indexed by [`Token::index`] can fill
+    /// its entry before adding, without a table mapping chain heads to its
+    /// own slots.
+    pub fn next_token(&self) -> Option<Token> {
+        (self.free_count > 0).then_some(Token(self.free_head))
+    }
+
     /// Requests added since the last `publish` (invisible to the device).
     pub fn unpublished(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.published_idx)
@@ -628,6 +638,11 @@ impl<H: Hal> SplitQueue<H> {
             return Err(QueueError::DeviceBroken);
         }
         let device_idx = self.rings.read_used_idx();
+        if device_idx == self.last_used && device_idx == self.used_idx_seen {
+            // Nothing new, and nothing `check_used_idx` could object to (the
+            // index is where it was): the usual answer of a poll, cheaply.
+            return Ok(None);
+        }
         self.check_used_idx(device_idx)?;
         if device_idx == self.last_used {
             return Ok(None);

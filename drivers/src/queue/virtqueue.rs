@@ -173,6 +173,12 @@ impl<H: Hal> Virtqueue<H> {
         on_ring!(self, q => q.in_flight())
     }
 
+    /// The token the next successful `add` will return, if one is free.
+    #[inline]
+    pub fn next_token(&self) -> Option<Token> {
+        on_ring!(self, q => q.next_token())
+    }
+
     /// Requests added since the last `publish` (invisible to the device).
     #[inline]
     pub fn unpublished(&self) -> u16 {

@@ -292,14 +292,16 @@ fn drive(
     let mut publish = 0u64;
     while in_flight > 0 {
         let turn_started = crate::clock::tsc();
-        // Collect everything that is there.
+        // Collect everything that is there; once every request in flight
+        // is back there is nothing left to look for (at depth 1 that saves
+        // a poll of an empty ring per request).
         done.clear();
-        loop {
+        while done.len() < in_flight {
             match disk.device().poll() {
                 Ok(Some(completion)) => {
-                    completion
-                        .result
-                        .map_err(|e| format!("request at sector {}: {e}", completion.sector))?;
+                    if let Err(e) = completion.result {
+                        return Err(format!("request at sector {}: {e}", completion.sector));
+                    }
                     done.push(piece_of_slot[completion.token.slot()]);
                 }
                 Ok(None) => break,
