@@ -122,6 +122,17 @@ pub unsafe trait Hal: 'static {
     /// uncached, and returns the CPU pointer to the first byte.
     fn mmio_map(phys: PhysAddr, size: usize) -> Result<NonNull<u8>, HalError>;
 
+    /// `true` if [`Hal::share`] is zero-copy and [`Hal::unshare`] has nothing
+    /// to do: the device works on the caller's buffer itself (identity-mapped
+    /// DMA, coherent caches), so when the device says it is done the data is
+    /// already in place. A driver may then skip `unshare`, and the records it
+    /// keeps only to call it, provided it reads the device's "done" (a used
+    /// ring entry) with acquire ordering before handing the buffer back.
+    ///
+    /// `false` (the default) for a Hal that bounces or maps buffers: every
+    /// share must be ended by its own `unshare`.
+    const UNSHARE_IS_NOOP: bool = false;
+
     /// Makes `buffer` visible to the device for one request and returns the
     /// address the device must use.
     ///

@@ -405,3 +405,70 @@ mod self_tests {
         HostHal::clear_devices();
     }
 }
+
+/// [`HostHal`] without the bounce buffers: only buffers inside a DMA
+/// allocation can be shared, at their own device address (the device
+/// reaches the caller's buffer itself), and the Hal says
+/// [`Hal::UNSHARE_IS_NOOP`], as the kernel's identity-mapped Hal does, so
+/// drivers may skip `unshare`. Tests the drivers' zero-copy path: data
+/// must arrive without an `unshare` copying it back.
+#[derive(Debug)]
+pub struct ZeroCopyHostHal;
+
+// SAFETY: as for `HostHal`, except that a share is the caller's buffer
+// itself, inside a live DMA allocation.
+unsafe impl Hal for ZeroCopyHostHal {
+    const UNSHARE_IS_NOOP: bool = true;
+
+    fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
+        HostHal::dma_alloc(pages)
+    }
+
+    unsafe fn dma_dealloc(device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize) {
+        // SAFETY: passed on from the caller.
+        unsafe { HostHal::dma_dealloc(device_addr, vaddr, pages) }
+    }
+
+    fn mmio_map(phys: PhysAddr, size: usize) -> Result<NonNull<u8>, HalError> {
+        HostHal::mmio_map(phys, size)
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: Direction) -> Result<DeviceAddr, HalError> {
+        // Like the kernel's identity map: only memory the device can reach
+        // (here, a DMA allocation) can be shared, at its own device address.
+        let (start, len) = (buffer.as_ptr() as *mut u8 as usize, buffer.len());
+        if len == 0 {
+            return Err(HalError::InvalidArgument);
+        }
+        lock()
+            .by_device_addr
+            .iter()
+            .find(|(_, a)| a.kind == Kind::Dma && start >= a.cpu && start + len <= a.cpu + a.len)
+            .map(|(&device_addr, a)| device_addr + (start - a.cpu) as u64)
+            .ok_or(HalError::InvalidArgument)
+    }
+
+    unsafe fn unshare(device_addr: DeviceAddr, _buffer: NonNull<[u8]>, _direction: Direction) {
+        panic!("unshare({device_addr:#x}) on a Hal that said it need not be called");
+    }
+
+    unsafe fn port_read(port: u16, width: PortWidth) -> Result<u32, HalError> {
+        // SAFETY: passed on from the caller.
+        unsafe { HostHal::port_read(port, width) }
+    }
+
+    unsafe fn port_write(port: u16, width: PortWidth, value: u32) -> Result<(), HalError> {
+        // SAFETY: passed on from the caller.
+        unsafe { HostHal::port_write(port, width, value) }
+    }
+
+    unsafe fn mmio_read<T: Register>(addr: NonNull<T>) -> T {
+        // SAFETY: passed on from the caller.
+        unsafe { HostHal::mmio_read(addr) }
+    }
+
+    unsafe fn mmio_write<T: Register>(addr: NonNull<T>, value: T) {
+        // SAFETY: passed on from the caller.
+        unsafe { HostHal::mmio_write(addr, value) }
+    }
+}

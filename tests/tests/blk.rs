@@ -16,11 +16,12 @@ use drivers::device::{BoundedWait, DeviceError, Wait, WaitTimeout};
 use drivers::features;
 use drivers::transport::mmio::MmioTransport;
 use drivers::transport::{InterruptStatus, TransportKind};
+use hal::Hal;
 use tests::blk_model::{
     pattern_byte, req, status, BlkModel, BlkModelConfig, LenOverride, ModelTransport,
     SharedBlkModel, OFFER_EVERYTHING,
 };
-use tests::host_hal::HostHal;
+use tests::host_hal::{HostHal, ZeroCopyHostHal};
 use tests::models::virtio::{MmioWindow, SharedCore, VirtioCore};
 use tests::vq_model::Rng;
 
@@ -1471,3 +1472,57 @@ fn the_driver_works_over_virtio_mmio_registers_version_1_and_2() {
 // ---- trace capture ---------------------------------------------------------------------
 
 use tests::log_capture::{capture, install_logger};
+
+#[test]
+fn with_a_zero_copy_hal_data_arrives_without_unshare() {
+    // `ZeroCopyHostHal` panics in `unshare`, and the device writes the
+    // caller's buffer itself: the driver must skip the share records and
+    // still hand back the device's data (and take the written data).
+    install_logger();
+    let model = BlkModel::new(BlkModelConfig::default()).shared();
+    model.borrow_mut().fill_pattern();
+    let mut blk = BlkDevice::<ZeroCopyHostHal, ModelTransport>::with_options(
+        ModelTransport::new(model.clone(), TransportKind::MmioV2),
+        BlkOptions::default(),
+    )
+    .expect("the device comes up");
+    let mut w = wait(&model);
+    // Buffers the device can reach as they are: inside DMA memory.
+    let (device_addr, pages) = ZeroCopyHostHal::dma_alloc(2).unwrap();
+    // SAFETY: two zeroed pages, ours until freed below.
+    let memory = unsafe { std::slice::from_raw_parts_mut(pages.as_ptr(), 2 * 4096) };
+    let (data, rest) = memory.split_at_mut(4096);
+
+    let token = unsafe { blk.submit_read(40, &[NonNull::from(&mut data[..])]) }.unwrap();
+    let done = loop {
+        match blk.poll().expect("no ring errors") {
+            Some(c) => break c,
+            None => w.wait().expect("the read completes"),
+        }
+    };
+    assert_eq!(done.token, token);
+    assert_eq!(done.result, Ok(Reply::Done));
+    assert_eq!(&data[..], &expected(40, 4096)[..]);
+
+    let (written, back) = rest.split_at_mut(2 * 512);
+    for (i, byte) in written.iter_mut().enumerate() {
+        *byte = (i % 253) as u8;
+    }
+    blk.write_blocks(300, written, &mut w).unwrap();
+    assert_eq!(disk(&model, 300, 2 * 512), written);
+    let back = &mut back[..3 * 512];
+    blk.read_blocks(299, back, &mut w).unwrap();
+    assert_eq!(&back[..512], &expected(299, 512)[..]);
+    assert_eq!(&back[512..], &written[..]);
+    // A buffer the device cannot reach is refused, not handed over.
+    let mut outside = vec![0u8; 512];
+    assert!(matches!(
+        unsafe { blk.submit_read(0, &[NonNull::from(&mut outside[..])]) },
+        Err(BlkError::Share(_))
+    ));
+    assert_eq!(blk.stats().bytes_read, 4096 + 3 * 512);
+    assert_model_clean(&model);
+    drop(blk);
+    // SAFETY: what dma_alloc returned; the device is gone.
+    unsafe { ZeroCopyHostHal::dma_dealloc(device_addr, pages, 2) };
+}

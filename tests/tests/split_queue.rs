@@ -814,3 +814,22 @@ fn next_token_names_the_token_the_next_add_returns() {
     assert!(saw_full, "the queue filled up at least once");
     assert!(added > 100, "{added} requests added");
 }
+
+#[test]
+fn a_descriptor_as_words_has_the_same_bytes_as_the_struct() {
+    // Descriptors are stored as two words (`Descriptor::to_words`); the
+    // device reads the `struct virtq_desc` layout, so the bytes must match.
+    let d =
+        drivers::queue::layout::Descriptor::new(0x1122_3344_5566_7788, 0x99aa_bbcc, 0xddee, 0x0f1e);
+    let words = d.to_words();
+    let mut from_words = [0u8; 16];
+    from_words[..8].copy_from_slice(&words[0].to_ne_bytes());
+    from_words[8..].copy_from_slice(&words[1].to_ne_bytes());
+    let expected: [u8; 16] = [
+        0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // addr, little-endian
+        0xcc, 0xbb, 0xaa, 0x99, // len
+        0xee, 0xdd, // flags
+        0x1e, 0x0f, // next
+    ];
+    assert_eq!(from_words, expected);
+}

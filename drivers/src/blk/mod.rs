@@ -571,14 +571,33 @@ impl<H: Hal> RequestQueue<H> {
             ring,
             pool,
             slots: vec![Slot::FREE; size],
-            shares: vec![None; size * max_shares],
+            // A zero-copy Hal needs no share records (`share_data`).
+            shares: vec![
+                None;
+                if H::UNSHARE_IS_NOOP {
+                    0
+                } else {
+                    size * max_shares
+                }
+            ],
             max_shares,
             stats: BlkQueueStats::default(),
         })
     }
 
     /// Ends the shares of `slot` (the device is done with its buffers).
+    #[inline(always)]
     fn unshare_all(&mut self, slot: usize) {
+        if H::UNSHARE_IS_NOOP {
+            // Nothing was recorded (`share_data`): a zero-copy Hal's unshare
+            // does nothing the used ring's acquire read has not done.
+            return;
+        }
+        self.unshare_each(slot);
+    }
+
+    #[inline(never)]
+    fn unshare_each(&mut self, slot: usize) {
         let first = slot * self.max_shares;
         let count = self.slots[slot].shares as usize;
         // Entries past `count` are stale; the count says which are live, so
@@ -991,6 +1010,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// [`BlkDevice::complete`]), the device was reset by this driver
     /// (timeout, [`BlkDevice::recover`]), or the driver was dropped. Other
     /// operations have no requirement.
+    // Inlined into `submit_read` & co., so the request is not copied into
+    // a call frame and out again on its way to `submit_on`.
+    #[inline(always)]
     pub unsafe fn submit(&mut self, request: Request<'_>) -> Result<BlkToken, BlkError> {
         self.check_live()?;
         let job = self.validate(request.op)?;
@@ -1007,6 +1029,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// # Safety
     ///
     /// As for [`BlkDevice::submit`].
+    #[inline]
     pub unsafe fn submit_read(
         &mut self,
         sector: u64,
@@ -1021,6 +1044,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// # Safety
     ///
     /// As for [`BlkDevice::submit`].
+    #[inline]
     pub unsafe fn submit_write(
         &mut self,
         sector: u64,
@@ -1471,7 +1495,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     }
 
     /// Puts a validated job on `queue` (or the next queue with room).
-    #[inline]
+    #[inline(always)]
     fn submit_job(
         &mut self,
         queue: Option<u16>,
@@ -1485,14 +1509,20 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             }
             return self.submit_on(q as usize, job, tag);
         }
-        for i in 0..count {
-            let q = (self.next_queue + i) % count;
+        // Wrapped by comparison, not `%`: a division is tens of cycles.
+        let wrap = |q: usize| if q + 1 >= count { 0 } else { q + 1 };
+        let mut q = if self.next_queue < count {
+            self.next_queue
+        } else {
+            0
+        };
+        for _ in 0..count {
             match self.submit_on(q, job, tag) {
                 Ok(token) => {
-                    self.next_queue = (q + 1) % count;
+                    self.next_queue = wrap(q);
                     return Ok(token);
                 }
-                Err(BlkError::QueueFull) => continue,
+                Err(BlkError::QueueFull) => q = wrap(q),
                 Err(e) => return Err(e),
             }
         }
@@ -2110,7 +2140,7 @@ fn share_data<H: Hal>(
         }
         let part_len = available.min(left);
         let shares = rq.slots[slot].shares as usize;
-        if shares >= rq.max_shares {
+        if !H::UNSHARE_IS_NOOP && shares >= rq.max_shares {
             return Err(BlkError::TooManySegments {
                 needed: shares + 1,
                 max: rq.max_shares,
@@ -2125,12 +2155,17 @@ fn share_data<H: Hal>(
         // guarantees the buffer stays valid and untouched until the request
         // completes; the slot records the share so it is ended exactly once.
         let addr = unsafe { H::share(part, direction) }.map_err(BlkError::Share)?;
-        rq.shares[slot * rq.max_shares + shares] = Some(Share {
-            addr,
-            buffer: part,
-            direction,
-        });
-        rq.slots[slot].shares += 1;
+        // A share is recorded only so that its `unshare` can be called; a
+        // zero-copy Hal needs none (`Hal::UNSHARE_IS_NOOP`), and not
+        // writing the record saves several stores per request.
+        if !H::UNSHARE_IS_NOOP {
+            rq.shares[slot * rq.max_shares + shares] = Some(Share {
+                addr,
+                buffer: part,
+                direction,
+            });
+            rq.slots[slot].shares += 1;
+        }
         let mut offset = 0usize;
         while offset < part_len {
             let len = (part_len - offset).min(max_segment_bytes);

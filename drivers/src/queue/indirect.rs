@@ -64,7 +64,8 @@ impl<H: Hal> IndirectPool<H> {
             return false;
         }
         let offset = self.table_offset(table) + entry as usize * DESCRIPTOR_BYTES;
-        self.region.write(offset, descriptor)
+        // As words: two stores instead of four (`Descriptor::to_words`).
+        self.region.write(offset, descriptor.to_words())
     }
 }
 

@@ -66,6 +66,7 @@ pub struct Descriptor {
 
 impl Descriptor {
     /// A descriptor in device (little-endian) byte order.
+    #[inline(always)]
     pub const fn new(addr: u64, len: u32, flags: u16, next: u16) -> Self {
         Self {
             addr: addr.to_le(),
@@ -73,6 +74,32 @@ impl Descriptor {
             flags: flags.to_le(),
             next: next.to_le(),
         }
+    }
+}
+
+impl Descriptor {
+    /// The descriptor's 16 bytes as two 8-byte words with the same memory
+    /// image. Storing a descriptor field by field takes four stores; as
+    /// words, two (stores are what a descriptor costs, and device-visible
+    /// memory is written with volatile stores, which the compiler never
+    /// merges by itself).
+    #[inline(always)]
+    pub fn to_words(self) -> [u64; 2] {
+        // `len`, `flags` and `next` already hold device byte order, so their
+        // in-memory bytes go side by side, in field order: the first field
+        // in the low bytes of a little-endian word, the high ones of a
+        // big-endian one.
+        let (len, flags, next) = (
+            u64::from(self.len),
+            u64::from(self.flags),
+            u64::from(self.next),
+        );
+        let tail = if cfg!(target_endian = "little") {
+            len | flags << 32 | next << 48
+        } else {
+            len << 32 | flags << 16 | next
+        };
+        [self.addr, tail]
     }
 }
 

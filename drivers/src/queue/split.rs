@@ -159,9 +159,15 @@ impl RingPointers {
     fn write_descriptor(&self, id: u16, descriptor: Descriptor) {
         debug_assert!(id < self.size);
         let id = self.mask(id);
+        let [head, tail] = descriptor.to_words();
         // SAFETY: `id < size` (masked) and the table holds `size` descriptors
-        // inside the ring allocation, 16-byte aligned (offset 0 of a page).
-        unsafe { self.desc.as_ptr().add(id).write_volatile(descriptor) }
+        // inside the ring allocation, 16-byte aligned (offset 0 of a page),
+        // so both words are in bounds and 8-byte aligned.
+        unsafe {
+            let words = self.desc.as_ptr().add(id).cast::<u64>();
+            words.write_volatile(head);
+            words.add(1).write_volatile(tail);
+        }
     }
 
     fn write_u16(base: NonNull<u8>, offset: usize, value: u16) {
