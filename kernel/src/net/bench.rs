@@ -196,24 +196,81 @@ fn measure(sender: &mut Nic, receiver: &mut Nic, seconds: f64) -> Result<(), Str
         let _ = sender.device.tx().reclaim();
     }
     let after = counters(sender, receiver);
-    let secs = crate::clock::ticks_to_ns(elapsed) as f64 / 1e9;
-    let per = |count: u64, packets: u64| count as f64 / packets.max(1) as f64;
     let tx_packets = after.tx_packets - before.tx_packets;
     let rx_packets = after.rx_packets - before.rx_packets;
-    let total_received = received + late;
-    let lost = sent.saturating_sub(total_received);
-    println!(
-        "bench: net.pps.poll stack=ours tx_pps={:.0} rx_pps={:.0} sent={sent} received={total_received} late={late} lost={lost} loss_pct={:.3} tx_notifications_per_pkt={:.4} rx_notifications_per_pkt={:.4} tx_interrupts_per_pkt={:.4} rx_interrupts_per_pkt={:.4} tx_queue_full={full} batches={batches} publish_us_per_batch={:.1} drain_us_per_batch={:.1} repost_us_per_batch={:.1} seconds={secs:.3} frame_bytes={FRAME_LEN} batch={BATCH}",
-        sent as f64 / secs,
-        received as f64 / secs,
-        per(lost * 100, sent),
-        per(after.tx_notifications - before.tx_notifications, tx_packets),
-        per(after.rx_notifications - before.rx_notifications, rx_packets),
-        per(after.tx_interrupts - before.tx_interrupts, tx_packets),
-        per(after.rx_interrupts - before.rx_interrupts, rx_packets),
-        per(crate::clock::ticks_to_ns(publish_ticks), batches) / 1000.0,
-        per(crate::clock::ticks_to_ns(drain_ticks), batches) / 1000.0,
-        per(crate::clock::ticks_to_ns(repost_ticks), batches) / 1000.0,
-    );
+    PpsRun {
+        name: "net.pps.poll",
+        stack: "ours",
+        elapsed_ticks: elapsed,
+        sent,
+        received,
+        late,
+        tx_queue_full: full,
+        batches,
+        tx_notifications: (after.tx_notifications - before.tx_notifications, tx_packets),
+        rx_notifications: (after.rx_notifications - before.rx_notifications, rx_packets),
+        tx_interrupts: (after.tx_interrupts - before.tx_interrupts, tx_packets),
+        rx_interrupts: (after.rx_interrupts - before.rx_interrupts, rx_packets),
+        publish_ticks,
+        drain_ticks,
+        repost_ticks,
+    }
+    .print();
     Ok(())
+}
+
+/// What one timed run of either stack counted; [`PpsRun::print`] writes
+/// the `bench: net.pps.<mode>` line x.py parses, the same for both stacks.
+pub(crate) struct PpsRun {
+    /// `net.pps.poll` (ours) or `net.pps.peer`.
+    pub name: &'static str,
+    /// `ours` or `peer`.
+    pub stack: &'static str,
+    pub elapsed_ticks: u64,
+    /// Frames handed to the transmit queue while the clock ran.
+    pub sent: u64,
+    /// Benchmark frames received while the clock ran.
+    pub received: u64,
+    /// Benchmark frames received in the grace period after it.
+    pub late: u64,
+    /// Batches cut short by a full transmit queue.
+    pub tx_queue_full: u64,
+    pub batches: u64,
+    /// (events, packets they are counted per), for each rate below.
+    pub tx_notifications: (u64, u64),
+    pub rx_notifications: (u64, u64),
+    pub tx_interrupts: (u64, u64),
+    pub rx_interrupts: (u64, u64),
+    /// TSC ticks publishing, draining and reposting, over all batches.
+    pub publish_ticks: u64,
+    pub drain_ticks: u64,
+    pub repost_ticks: u64,
+}
+
+impl PpsRun {
+    pub(crate) fn print(&self) {
+        let secs = crate::clock::ticks_to_ns(self.elapsed_ticks) as f64 / 1e9;
+        let per = |count: u64, packets: u64| count as f64 / packets.max(1) as f64;
+        let per_pair = |(count, packets): (u64, u64)| per(count, packets);
+        let us_per_batch =
+            |ticks: u64| per(crate::clock::ticks_to_ns(ticks), self.batches) / 1000.0;
+        let (sent, late, full, batches) = (self.sent, self.late, self.tx_queue_full, self.batches);
+        let total_received = self.received + late;
+        let lost = sent.saturating_sub(total_received);
+        println!(
+            "bench: {} stack={} tx_pps={:.0} rx_pps={:.0} sent={sent} received={total_received} late={late} lost={lost} loss_pct={:.3} tx_notifications_per_pkt={:.4} rx_notifications_per_pkt={:.4} tx_interrupts_per_pkt={:.4} rx_interrupts_per_pkt={:.4} tx_queue_full={full} batches={batches} publish_us_per_batch={:.1} drain_us_per_batch={:.1} repost_us_per_batch={:.1} seconds={secs:.3} frame_bytes={FRAME_LEN} batch={BATCH}",
+            self.name,
+            self.stack,
+            sent as f64 / secs,
+            self.received as f64 / secs,
+            per(lost * 100, sent),
+            per_pair(self.tx_notifications),
+            per_pair(self.rx_notifications),
+            per_pair(self.tx_interrupts),
+            per_pair(self.rx_interrupts),
+            us_per_batch(self.publish_ticks),
+            us_per_batch(self.drain_ticks),
+            us_per_batch(self.repost_ticks),
+        );
+    }
 }

@@ -63,7 +63,8 @@ use super::hal::PeerHal;
 use super::pci::{take_over, PeerError};
 use crate::block::IoBuffer;
 use crate::net::bench::{
-    build_frame, interrupts, BATCH, BENCH_ETHERTYPE, FRAME_LEN, GRACE_NS, RX_QUEUE, TX_QUEUE,
+    build_frame, interrupts, PpsRun, BATCH, BENCH_ETHERTYPE, FRAME_LEN, GRACE_NS, RX_QUEUE,
+    TX_QUEUE,
 };
 use crate::net::nic::Nic;
 use crate::println;
@@ -355,22 +356,24 @@ fn measure(
         interrupts(sender.location, TX_QUEUE),
         interrupts(receiver.location, RX_QUEUE),
     );
-    let secs = crate::clock::ticks_to_ns(elapsed) as f64 / 1e9;
-    let per = |count: u64, packets: u64| count as f64 / packets.max(1) as f64;
     let total_received = received + late;
-    let lost = sent.saturating_sub(total_received);
-    println!(
-        "bench: net.pps.peer stack=peer tx_pps={:.0} rx_pps={:.0} sent={sent} received={total_received} late={late} lost={lost} loss_pct={:.3} tx_notifications_per_pkt={:.4} rx_notifications_per_pkt={:.4} tx_interrupts_per_pkt={:.4} rx_interrupts_per_pkt={:.4} tx_queue_full={full} batches={batches} publish_us_per_batch={:.1} drain_us_per_batch={:.1} repost_us_per_batch={:.1} seconds={secs:.3} frame_bytes={FRAME_LEN} batch={BATCH}",
-        sent as f64 / secs,
-        received as f64 / secs,
-        per(lost * 100, sent),
-        per(after.0 - before.0, sent),
-        per(after.1 - before.1, total_received),
-        per(after.2 - before.2, sent),
-        per(after.3 - before.3, total_received),
-        per(crate::clock::ticks_to_ns(publish_ticks), batches) / 1000.0,
-        per(crate::clock::ticks_to_ns(drain_ticks), batches) / 1000.0,
-        per(crate::clock::ticks_to_ns(repost_ticks), batches) / 1000.0,
-    );
+    PpsRun {
+        name: "net.pps.peer",
+        stack: "peer",
+        elapsed_ticks: elapsed,
+        sent,
+        received,
+        late,
+        tx_queue_full: full,
+        batches,
+        tx_notifications: (after.0 - before.0, sent),
+        rx_notifications: (after.1 - before.1, total_received),
+        tx_interrupts: (after.2 - before.2, sent),
+        rx_interrupts: (after.3 - before.3, total_received),
+        publish_ticks,
+        drain_ticks,
+        repost_ticks,
+    }
+    .print();
     Ok(())
 }
