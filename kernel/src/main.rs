@@ -16,10 +16,12 @@
 //! memory      frames, the kernel's page tables, heap: `alloc` works after this
 //! acpi        RSDP -> MADT, MCFG
 //! interrupts  PIC masked, LAPIC, IOAPIC
-//! virtio      find every virtio device (PCI, virtio-mmio), bring it up
+//! virtio      find every virtio device (PCI, virtio-mmio); bring none up
+//! net         the virtio-net driver brings each network card up (net/nic.rs)
 //! then        mode=selftest: run the self-tests and exit QEMU
 //!             mode=bench: run the benchmarks (bench.rs) and exit QEMU
-//! block       name the disks vda, vdb, ... (block/mod.rs)
+//! block       bring the disks up, name them vda, vdb, ... (block/mod.rs)
+//! console     bring the virtio console up for the shell (shell/console.rs)
 //!             then print "kernel: ready" and idle
 //! ```
 //!
@@ -107,8 +109,8 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
             memory::selftests(),
             interrupts::selftests(),
             virtio::selftests(),
-            // The first block test claims the blk devices from the virtio
-            // registry, after the raw-ring tests above have used them.
+            // The first block test brings the blk devices up, after the
+            // raw-ring tests above have used them and handed them back.
             block::selftests(),
             net::selftests(),
             shell::selftests(),
@@ -119,19 +121,19 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
         selftest::run(&tests);
     }
     if cmdline::get("mode") == Some("bench") {
-        // The benchmarks drive the disks only: claim them, and give every
-        // other device the `virtio:` line of its generic bring-up.
+        // The benchmarks bring up the devices they drive (the disks here,
+        // the console in its section).
         block::init();
-        virtio::report_unclaimed(None);
         bench::run();
     }
     block::init();
 
     net::start();
-    // Claimed before `kernel: ready`, so that every `virtio:` line (the
-    // console's comes from its driver) precedes it.
+    // Brought up before `kernel: ready`, so that every `virtio:` line (the
+    // console's comes from its driver) precedes it; a device no driver took
+    // is left reset, with its line.
     let console_ready = shell::console::init();
-    virtio::report_unclaimed(None);
+    virtio::leave_untaken(None);
     println!("kernel: ready");
     // With a virtio console, the shell takes the CPU (it runs the network
     // rounds itself); it returns only if the console has no port to use.

@@ -6,13 +6,14 @@
 //! Linux does:
 //!
 //! ```text
-//!  virtio::probe         generic bring-up of every device, interrupt routes (virtio::irq)
+//!  virtio::probe         finds every device, brings none up
 //!        │
 //!  block::init           for each blk device, in discovery order (PCI, then virtio-mmio):
-//!        │                 claim it from the virtio registry (VirtioDevice::claim),
-//!        │                 BlkDevice::with_options: reset, §3.1.1 again with the blk
-//!        │                 features, one request queue of up to 1024 descriptors,
-//!        │                 GET_ID for the serial,
+//!        │                 take it from the virtio registry (virtio::take),
+//!        │                 virtio::bring_up: interrupt set-up around
+//!        │                 BlkDevice::with_options (§3.1.1 with the blk features,
+//!        │                 one request queue of up to 1024 descriptors), its
+//!        │                 `virtio:` line; then GET_ID for the serial,
 //!        ▼                 name it vda, vdb, ... and print its `block:` line
 //!  DISKS: vda vdb ...    read / write / flush / discard / write-zeroes, blocking,
 //!                        waiting through the device's interrupt (or polling)
@@ -32,24 +33,22 @@
 //!
 //! (stable: README "The stable contract", parsed by `tests/qemu/blk.py`.)
 //!
-//! ## Why the driver re-initialises the device
+//! ## One bring-up
 //!
-//! Probing brings every device to DRIVER_OK with the generic bring-up so
-//! that the interrupt code can route it and its self-tests can exercise the
-//! raw rings; only afterwards does [`init`] hand blk devices to the driver,
-//! which resets the device and negotiates again, now with the blk features
-//! (FLUSH, SEG_MAX, DISCARD, ...). A reset is the one safe way to take a
-//! device over (§3.1.1 starts with it); the MSI-X entries stay programmed
-//! and `MsixRouted` tells the device its entry numbers again as its queue
-//! comes up. The driver uses one request queue: the interrupt route was set
-//! up for the queues of the generic bring-up, which for blk is one. The
-//! ring layout follows `virtio.ring=split|packed|auto` like every driver's
-//! (`virtio::ring_preference`), and once the disk is up the device's one
-//! `virtio:` line is printed with what the driver negotiated.
+//! Probing only finds the device; [`init`] brings it up, once, through
+//! `virtio::bring_up`: MSI-X is prepared before the driver's §3.1.1
+//! sequence (so `MsixRouted` writes the queue's entry number before the
+//! queue is enabled), the driver negotiates the blk features (FLUSH,
+//! SEG_MAX, DISCARD, ...) and sets up one request queue, and the interrupt
+//! route is made for that queue. The ring layout follows
+//! `virtio.ring=split|packed|auto` like every driver's
+//! (`virtio::ring_preference`), and the device's one `virtio:` line says
+//! what the driver negotiated.
 //!
-//! In `mode=selftest` the claim happens in the block self-tests, which run
-//! after the virtio and interrupt self-tests have used the raw rings; in
-//! every other mode `main` calls [`init`] right after probing.
+//! In `mode=selftest` [`init`] runs in the block self-tests, after the
+//! virtio and interrupt self-tests have borrowed the device, used raw rings
+//! on it and reset it; in every other mode `main` calls [`init`] right
+//! after probing.
 //!
 //! ## Writes only to scratch disks
 //!
@@ -85,12 +84,29 @@ use spin::{Mutex, Once};
 use crate::hal_impl::KernelHal;
 use crate::println;
 use crate::virtio::irq::{DeviceIrq, KernelWait};
-use crate::virtio::{self, BroughtUp, FeatureList, KernelTransport, LiveDevice};
+use crate::virtio::{self, BroughtUp, DrivenDevice, FeatureList, KernelTransport};
 
 pub use selftests::selftests;
 
 /// The virtio-blk driver on the kernel's Hal and transport.
 pub type KernelBlk = BlkDevice<KernelHal, KernelTransport>;
+
+impl DrivenDevice for KernelBlk {
+    fn transport_for_routing(&mut self) -> &mut KernelTransport {
+        self.transport_mut()
+    }
+
+    fn queues_in_use(&self) -> QueueSet {
+        QueueSet::first(u16::try_from(self.queue_count()).unwrap_or(u16::MAX))
+    }
+
+    fn brought_up(&self) -> BroughtUp {
+        BroughtUp::new(self.transport().kind(), self.queue_count(), self.features())
+    }
+}
+
+/// The name the registry and the `virtio:` FAILED line give this driver.
+pub const DRIVER_NAME: &str = "blk";
 
 /// Serials starting with this mark disks the kernel may write to.
 pub const SCRATCH_PREFIX: &str = "scratch";
@@ -277,12 +293,11 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Takes over a live virtio-blk device (see the module docs) and names it.
-    fn bring_up(name: String, location: Location, live: LiveDevice) -> Result<Disk, BlkError> {
-        let LiveDevice {
-            transport, queues, ..
-        } = live;
-        let transport_kind = transport.kind();
+    /// Brings a virtio-blk device the registry gave us up (see the module
+    /// docs) and names it; reads its serial.
+    fn bring_up(name: String, found: virtio::Found) -> Result<Disk, BlkError> {
+        let location = found.location;
+        let transport_kind = found.transport.kind();
         let options = BlkOptions {
             max_queue_size: MAX_QUEUE_SIZE,
             max_queues: 1,
@@ -290,10 +305,9 @@ impl Disk {
             ring_features: virtio::ring_preference().ring_features(),
             ..BlkOptions::default()
         };
-        // The driver resets the device first, so the generic queues are no
-        // longer in the device's hands when they are freed below.
-        let device = KernelBlk::with_options(transport, options)?;
-        drop(queues);
+        let device = virtio::bring_up(found, DRIVER_NAME, |transport| {
+            KernelBlk::with_options(transport, options)
+        })?;
         let mut disk = Disk {
             name,
             location,
@@ -551,41 +565,26 @@ impl Disk {
 static DISKS: Mutex<Vec<Disk>> = Mutex::new(Vec::new());
 static CLAIMED: Once<()> = Once::new();
 
-/// Claims every live virtio-blk device and names it (once; later calls do
+/// Brings every virtio-blk device up and names it (once; later calls do
 /// nothing). See the module docs for when it runs.
 pub fn init() {
     CLAIMED.call_once(claim_all);
 }
 
 fn claim_all() {
-    let mut devices = virtio::devices();
     let mut disks = DISKS.lock();
-    for device in devices
-        .iter_mut()
-        .filter(|d| d.device_type == DeviceType::Block)
-    {
-        let location = device.location;
-        let Some(live) = device.claim("blk") else {
-            // Failed at probe time: its `virtio:` line already said why.
-            continue;
-        };
+    // Devices that failed at probe time are not offered: their `virtio:`
+    // line already said why.
+    while let Some(found) = virtio::take(DeviceType::Block, DRIVER_NAME) {
+        let location = found.location;
         let name = disk_name(disks.len());
-        match Disk::bring_up(name.clone(), location, live) {
+        match Disk::bring_up(name.clone(), found) {
             Ok(disk) => {
-                // The device's one `virtio:` line, now that the driver owns it.
-                device.report_up(&BroughtUp::new(
-                    disk.transport,
-                    disk.device.queue_count(),
-                    disk.device.features(),
-                ));
                 println!("block: {}", disk.info());
                 disks.push(disk);
             }
-            Err(error) => {
-                // The driver consumed the transport and left FAILED set.
-                device.fail(format!("blk driver: {error}"));
-                println!("block: {name} at {location} FAILED: {error}");
-            }
+            // `virtio::bring_up` printed the FAILED `virtio:` line.
+            Err(error) => println!("block: {name} at {location} FAILED: {error}"),
         }
     }
     let total: u64 = disks.iter().map(|d| d.info().capacity_bytes()).sum();

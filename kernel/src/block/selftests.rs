@@ -65,7 +65,7 @@ use super::pattern::{self, Rng};
 use super::{Disk, IoBuffer, SECTOR};
 use crate::println;
 use crate::selftest_api::SelfTest;
-use crate::virtio::{self, DeviceState};
+use crate::virtio;
 
 /// The smallest scratch disk the write tests accept (8 MiB + the low area).
 pub const MIN_SCRATCH_SECTORS: u64 = 16_640;
@@ -100,10 +100,9 @@ pub fn selftests() -> Vec<SelfTest> {
         name: "block: data pattern and CRC-32 known answers",
         run: test_pattern,
     }];
-    let any_blk = virtio::devices().iter().any(|d| {
-        d.device_type == DeviceType::Block
-            && matches!(d.state, DeviceState::Live(_) | DeviceState::Claimed { .. })
-    });
+    let any_blk = virtio::devices()
+        .iter()
+        .any(|d| d.device_type == DeviceType::Block && d.has_transport());
     if !any_blk {
         return tests;
     }
@@ -352,16 +351,11 @@ fn test_pattern() -> Result<(), String> {
 }
 
 fn test_disks() -> Result<(), String> {
-    // What probing found, in discovery order, before the claim.
+    // What probing found, in discovery order, before the bring-up.
     let found: Vec<(drivers::transport::Location, bool)> = virtio::devices()
         .iter()
         .filter(|d| d.device_type == DeviceType::Block)
-        .map(|d| {
-            (
-                d.location,
-                matches!(d.state, DeviceState::Live(_) | DeviceState::Claimed { .. }),
-            )
-        })
+        .map(|d| (d.location, d.has_transport()))
         .collect();
     super::init();
     let infos = super::disks();

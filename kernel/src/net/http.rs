@@ -2,7 +2,7 @@
 //! the kernel found (type, location, transport, negotiated features, state)
 //! and, per queue, its counters: for the network cards the driver's own
 //! (packets, bytes, drops, buffers, notifications sent and suppressed,
-//! interrupts), for devices without a driver yet the bare queues'.
+//! interrupts). Devices no driver brought up have no queues.
 //!
 //! Plain HTML, no scripts; every value is the kernel's own text, so nothing
 //! needs escaping beyond what [`escape`] does for safety.
@@ -53,15 +53,7 @@ fn write_page(out: &mut String, nics: &[Nic]) -> core::fmt::Result {
                 device.location
             )?;
             match &device.state {
-                DeviceState::Live(live) => writeln!(
-                    out,
-                    "<td>live (generic)</td><td>{}</td></tr>",
-                    FeatureList {
-                        device_type: device.device_type,
-                        bits: live.features
-                    }
-                )?,
-                DeviceState::Claimed { driver } => {
+                DeviceState::Up { driver } => {
                     // A network card's negotiated features are the driver's.
                     let features = nics
                         .iter()
@@ -82,28 +74,10 @@ fn write_page(out: &mut String, nics: &[Nic]) -> core::fmt::Result {
                         )?,
                     }
                 }
-                DeviceState::Failed { error, .. } => {
+                DeviceState::Failed { error } => {
                     writeln!(out, "<td>FAILED: {}</td><td></td></tr>", escape(error))?
                 }
-            }
-        }
-        writeln!(out, "</table>")?;
-
-        writeln!(out, "<h2>Queues of devices without a driver</h2>\n<table>")?;
-        queue_header(out)?;
-        for device in devices.iter() {
-            if let DeviceState::Live(live) = &device.state {
-                for queue in &live.queues {
-                    write!(
-                        out,
-                        "<tr><td>{} at {}</td><td>{}</td>",
-                        virtio::type_name(device.device_type),
-                        device.location,
-                        queue.index()
-                    )?;
-                    queue_cells(out, &queue.counters())?;
-                    writeln!(out, "</tr>")?;
-                }
+                other => writeln!(out, "<td>{}</td><td></td></tr>", other.name())?,
             }
         }
         writeln!(out, "</table>")?;
@@ -203,18 +177,6 @@ fn ring_cells(out: &mut String, c: &QueueCounters, interrupts: u64) -> core::fmt
     writeln!(
         out,
         "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{interrupts}</td></tr>",
-        c.added, c.notifications, c.notifications_suppressed, c.completions, c.device_errors
-    )
-}
-
-fn queue_header(out: &mut String) -> core::fmt::Result {
-    writeln!(out, "<tr><th>device</th><th>queue</th><th>added</th><th>notifications</th><th>suppressed</th><th>completions</th><th>device errors</th></tr>")
-}
-
-fn queue_cells(out: &mut String, c: &QueueCounters) -> core::fmt::Result {
-    write!(
-        out,
-        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
         c.added, c.notifications, c.notifications_suppressed, c.completions, c.device_errors
     )
 }

@@ -3,13 +3,14 @@
 //!
 //! ## Bring-up
 //!
-//! [`claim_all`] takes each network device the virtio probe brought up
-//! generically out of the registry and brings it up again with the
-//! [`drivers::net::NetDevice`] driver (options from the command line, see
-//! [`options_from_cmdline`]), keeping it in the card list ([`NICS`], named
-//! `net0`, `net1`, ... in discovery order). It prints the device's one
-//! `virtio:` line (`crate::virtio`, with the driver's features, ring layout
-//! and queues) and one line per card:
+//! [`claim_all`] takes each network device the virtio probe found out of
+//! the registry (`virtio::take`) and brings it up, once, with the
+//! [`drivers::net::NetDevice`] driver inside `virtio::bring_up` (which
+//! wraps the interrupt set-up around the driver's §3.1.1 sequence and
+//! prints the device's one `virtio:` line, with the driver's features, ring
+//! layout and queues); options come from the command line (see
+//! [`options_from_cmdline`]). The card is kept in the card list ([`NICS`],
+//! named `net0`, `net1`, ... in discovery order), with one line per card:
 //!
 //! ```text
 //! virtio: net at pci 0000:00:03.0 transport=pci-modern ring=split queues=3 features=VERSION_1|...
@@ -44,6 +45,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use drivers::device::{Wait, WaitTimeout};
+use drivers::irq::QueueSet;
 use drivers::net::{NetDevice, NetError, NetOptions, RxPacket, TxQueue, SUPPORTED_FEATURES};
 use drivers::transport::{DeviceType, InterruptStatus, Location, Transport};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -51,10 +53,31 @@ use smoltcp::time::Instant;
 use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
-use crate::virtio::{BroughtUp, FeatureList, InterruptLine, KernelTransport, LiveDevice};
+use crate::virtio::{BroughtUp, DrivenDevice, FeatureList, InterruptLine, KernelTransport};
 
 /// The driver on the kernel's Hal and transport.
 pub type KernelNetDevice = NetDevice<KernelHal, KernelTransport>;
+
+impl DrivenDevice for KernelNetDevice {
+    fn transport_for_routing(&mut self) -> &mut KernelTransport {
+        self.transport_mut()
+    }
+
+    /// receiveq1 and transmitq1, and the control queue (queue 2) with
+    /// VIRTIO_NET_F_CTRL_VQ (virtio 1.2 §5.1.2).
+    fn queues_in_use(&self) -> QueueSet {
+        QueueSet::first(queue_count(self) as u16)
+    }
+
+    fn brought_up(&self) -> BroughtUp {
+        BroughtUp::new(self.transport().kind(), queue_count(self), self.features())
+    }
+}
+
+/// The queues the driver set up: rx, tx, and the control queue if any.
+fn queue_count(device: &KernelNetDevice) -> usize {
+    2 + usize::from(device.ctrl().is_some())
+}
 
 /// Counters of the bridge to smoltcp (the driver keeps its own).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,46 +152,25 @@ fn parse_number(text: &str) -> Option<u64> {
     }
 }
 
-/// Takes every live network device out of the virtio registry
-/// (`VirtioDevice::claim`) and brings it up again with the virtio-net
-/// driver: the driver resets the device and builds its own queues (with
-/// the features the generic bring-up did not take), and only then are the
-/// generic queues dropped. The interrupt route `virtio::irq` set up stays
-/// with the device's location. Call once, after `virtio::probe`.
+/// Takes every network device the probe found out of the virtio registry
+/// and brings it up with the virtio-net driver, through
+/// `virtio::bring_up` (interrupt route included; a failure leaves the
+/// device's FAILED `virtio:` line). Call once, after `virtio::probe`.
 pub fn claim_all() {
     let options = options_from_cmdline();
-    let mut registry = crate::virtio::devices();
     let mut nics = NICS.lock();
-    for entry in registry.iter_mut() {
-        if entry.device_type != DeviceType::Net {
+    while let Some(found) = crate::virtio::take(DeviceType::Net, DRIVER_NAME) {
+        let location = found.location;
+        let interrupt = found.interrupt;
+        let kind = found.transport.kind();
+        let Ok(mut device) = crate::virtio::bring_up(found, DRIVER_NAME, |transport| {
+            NetDevice::with_options(transport, options)
+        }) else {
             continue;
-        }
-        let location = entry.location;
-        let interrupt = entry.interrupt;
-        let Some(live) = entry.claim(DRIVER_NAME) else {
-            continue;
-        };
-        let LiveDevice {
-            transport,
-            queues: generic_queues,
-            ..
-        } = live;
-        let kind = transport.kind();
-        let result = NetDevice::with_options(transport, options);
-        // The device was reset by the driver: the generic rings are unused now.
-        drop(generic_queues);
-        let mut device = match result {
-            Ok(device) => device,
-            Err(error) => {
-                entry.fail(format!("virtio-net driver: {error}"));
-                continue;
-            }
         };
         let name = format!("net{}", nics.len());
         let features = device.features();
-        let up = BroughtUp::new(kind, 2 + usize::from(device.ctrl().is_some()), features);
-        // The device's one `virtio:` line, with what the driver negotiated.
-        entry.report_up(&up);
+        let up = device.brought_up();
         crate::println!(
             "{name}: virtio-net at {location} transport={kind} ring={} queues={} mac={} features={}",
             up.ring,
@@ -201,7 +203,7 @@ pub fn claim_all() {
     }
 }
 
-/// What the registry says owns the network devices.
+/// The name the registry and the `virtio:` FAILED line give this driver.
 pub const DRIVER_NAME: &str = "virtio-net";
 
 impl Nic {
@@ -261,8 +263,7 @@ impl Nic {
     /// A [`Wait`] for the control queue. QEMU answers a control command
     /// while it handles the notification, so the answer is normally there
     /// before the first wait; a bounded spin is all it takes, and it does
-    /// not depend on the control queue having an interrupt route (the
-    /// generic bring-up that `virtio::irq` wired had no control queue).
+    /// not depend on the control queue's interrupt.
     pub fn ctrl_wait(&self, timeout_ns: u64) -> SpinWait {
         SpinWait::new(timeout_ns)
     }

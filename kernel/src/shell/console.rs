@@ -3,17 +3,15 @@
 //!
 //! ## Bring-up
 //!
-//! [`virtio::probe`](crate::virtio::probe) brings every device up
-//! generically (port 0's two queues, no console features) and wires its
-//! interrupts. [`init`] then *claims* the first live console from the
-//! registry ([`crate::virtio::VirtioDevice::claim`]) and hands its transport
-//! to [`drivers::console::ConsoleDevice`], which resets the device and
-//! brings it up again with MULTIPORT, EMERG_WRITE and SIZE where offered
-//! (and the multiport handshake). Only then are the generic queues dropped:
-//! the device no longer uses their memory. The interrupt route stays with
-//! the device's location, so [`waiter`] halts until the console interrupts.
-//! Once the driver is up (or has failed), [`init`] prints the device's one
-//! `virtio:` line (`crate::virtio`) with what the driver negotiated.
+//! [`virtio::probe`](crate::virtio::probe) only finds the console. [`init`]
+//! takes the first one from the registry ([`crate::virtio::take`]) and
+//! brings it up, once, through [`crate::virtio::bring_up`]: the interrupt
+//! set-up wraps [`drivers::console::ConsoleDevice`]'s §3.1.1 sequence
+//! (MULTIPORT, EMERG_WRITE and SIZE where offered, and the multiport
+//! handshake), the route covers every queue the driver set up, so
+//! [`waiter`] halts until the console interrupts, and the device's one
+//! `virtio:` line says what the driver negotiated (or why it failed). Any
+//! other console is left reset with its own line.
 //!
 //! ## Sharing
 //!
@@ -40,10 +38,35 @@ use drivers::transport::{DeviceType, Location, Transport};
 use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
-use crate::virtio::{self, BroughtUp, KernelTransport};
+use crate::virtio::{self, BroughtUp, DrivenDevice, KernelTransport};
 
 /// The console driver on the kernel's Hal and transport.
 pub type KernelConsole = ConsoleDevice<KernelHal, KernelTransport>;
+
+impl DrivenDevice for KernelConsole {
+    fn transport_for_routing(&mut self) -> &mut KernelTransport {
+        self.transport_mut()
+    }
+
+    fn queues_in_use(&self) -> QueueSet {
+        let mut set = QueueSet::EMPTY;
+        for queue in self.queues() {
+            set.insert(queue.index);
+        }
+        set
+    }
+
+    fn brought_up(&self) -> BroughtUp {
+        BroughtUp::new(
+            self.transport().kind(),
+            self.queues().len(),
+            self.features(),
+        )
+    }
+}
+
+/// The name the registry and the `virtio:` FAILED line give this driver.
+pub const DRIVER_NAME: &str = "console";
 
 /// The console the shell uses.
 pub struct Console {
@@ -77,37 +100,24 @@ pub fn options_from_cmdline() -> ConsoleOptions {
     options
 }
 
-/// Claims the first live console and brings the console driver up on it.
+/// Brings the console driver up on the first console the probe found.
 /// Returns `true` if a console is ready for the shell. Logs why not
 /// otherwise; never panics on what the device does.
 pub fn init() -> bool {
     if lock().is_some() {
         return true;
     }
-    let claimed = {
-        let mut devices = virtio::devices();
-        devices
-            .iter_mut()
-            .filter(|d| d.device_type == DeviceType::Console)
-            .find_map(|d| d.claim("console").map(|live| (d.location, live)))
-    };
-    let Some((location, live)) = claimed else {
-        log::info!("console: no live virtio console to claim");
+    let Some(found) = virtio::take(DeviceType::Console, DRIVER_NAME) else {
+        log::info!("console: no virtio console to bring up");
         return false;
     };
-    let generic_queues = live.queues;
-    // The driver resets the device first thing, so after this the device
-    // no longer touches the generic queues' memory and they may go.
-    let result = ConsoleDevice::with_options(live.transport, options_from_cmdline());
-    drop(generic_queues);
+    let location = found.location;
+    let options = options_from_cmdline();
+    let result = virtio::bring_up(found, DRIVER_NAME, |transport| {
+        ConsoleDevice::with_options(transport, options)
+    });
     let ready = match result {
         Ok(device) => {
-            let up = BroughtUp::new(
-                device.transport().kind(),
-                device.queues().len(),
-                device.features(),
-            );
-            report(location, |entry| entry.report_up(&up));
             log::info!(
                 "console: {} at {location}: {}, {} port(s) now: {}",
                 device.transport().kind(),
@@ -120,27 +130,12 @@ pub fn init() -> bool {
         }
         Err(error) => {
             log::error!("console: {location}: driver bring-up failed: {error}");
-            report(location, |entry| {
-                entry.fail(alloc::format!("console driver: {error}"))
-            });
             false
         }
     };
-    // The driver takes one console; any other stays on its generic
-    // bring-up and gets that `virtio:` line.
-    virtio::report_unclaimed(Some(DeviceType::Console));
+    // The driver takes one console; any other is left reset, with its line.
+    virtio::leave_untaken(Some(DeviceType::Console));
     ready
-}
-
-/// Prints the `virtio:` line of the console at `location` through `line`
-/// (the registry is not held while the driver comes up).
-fn report(location: Location, line: impl FnOnce(&mut virtio::VirtioDevice)) {
-    if let Some(entry) = virtio::devices()
-        .iter_mut()
-        .find(|d| d.location == location)
-    {
-        line(entry);
-    }
 }
 
 /// Ports as `0 (console), 1 "org.test.one"`.

@@ -287,38 +287,13 @@ enum DeviceRow {
 fn devices(out: &mut Output) -> CommandResult {
     let mut rows = Vec::new();
     {
-        let mut registry = virtio::devices();
-        for device in registry.iter_mut() {
+        let registry = virtio::devices();
+        for device in registry.iter() {
             let name = virtio::type_name(device.device_type);
             let irq = virtio::irq::of(device.location).map_or("none", |i| i.mode_name());
             let mut text = Output::default();
-            match &mut device.state {
-                DeviceState::Live(live) => {
-                    let _ = writeln!(
-                        text,
-                        "{name} at {}: transport={} ring={} irq={irq} features={}\n  driver: none (generic bring-up)",
-                        device.location,
-                        live.transport.kind(),
-                        ring_name(live.features),
-                        FeatureList {
-                            device_type: device.device_type,
-                            bits: live.features
-                        }
-                    );
-                    for queue in &live.queues {
-                        counters_line(
-                            &mut text,
-                            queue.index(),
-                            "",
-                            queue.size(),
-                            &queue.counters(),
-                        );
-                    }
-                }
-                DeviceState::Failed { error, .. } => {
-                    let _ = writeln!(text, "{name} at {}: FAILED: {error}", device.location);
-                }
-                DeviceState::Claimed { driver } => {
+            match &device.state {
+                DeviceState::Up { driver } => {
                     rows.push(DeviceRow::Claimed {
                         device_type: device.device_type,
                         location: device.location,
@@ -328,12 +303,20 @@ fn devices(out: &mut Output) -> CommandResult {
                     });
                     continue;
                 }
-                #[allow(unreachable_patterns)]
-                _ => {
+                DeviceState::Failed { error } => {
+                    let _ = writeln!(text, "{name} at {}: FAILED: {error}", device.location);
+                }
+                other => {
                     let _ = writeln!(
                         text,
-                        "{name} at {}: driven by another driver",
-                        device.location
+                        "{name} at {}: transport={}: {}",
+                        device.location,
+                        device.transport_kind.map_or("?", |k| k.name()),
+                        match other {
+                            DeviceState::Unsupported { why, .. } => why,
+                            DeviceState::Taken { by } => by,
+                            _ => other.name(),
+                        }
                     );
                 }
             }
@@ -487,13 +470,7 @@ fn registry_devices(device_type: DeviceType, out: &mut Output) -> usize {
     let mut count = 0;
     for device in registry.iter().filter(|d| d.device_type == device_type) {
         count += 1;
-        let state = match &device.state {
-            DeviceState::Live(_) => "live, generic bring-up",
-            DeviceState::Failed { .. } => "FAILED",
-            DeviceState::Claimed { .. } => "claimed by a driver",
-            #[allow(unreachable_patterns)]
-            _ => "driven",
-        };
+        let state = device.state.name();
         let _ = writeln!(
             out,
             "  {} at {} ({}): {state}",
@@ -1028,7 +1005,7 @@ pub fn selftests() -> Vec<SelfTest> {
     ];
     let console = virtio::devices()
         .iter()
-        .any(|d| d.device_type == DeviceType::Console && matches!(d.state, DeviceState::Live(_)));
+        .any(|d| d.device_type == DeviceType::Console && d.has_transport());
     if console {
         tests.push(SelfTest {
             name: "console: the driver claims the console, runs the handshake and writes port 0",

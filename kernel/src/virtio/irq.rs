@@ -3,25 +3,25 @@
 //! (virtio 1.2 §4.1.4.5, §4.1.5.1.2, §4.2.2, §4.2.3.4; PCI 3.0 §6.2.4 and
 //! §6.8.2; Intel SDM vol. 3A §11.11; 82093AA I/O APIC datasheet §3.2.4.)
 //!
-//! Every device [`super::probe`] brings up gets one of three ways to tell the
-//! CPU that it used buffers, chosen in this order:
+//! Every device gets its interrupt route as part of its one bring-up
+//! ([`super::bring_up`], the driver's constructor in the middle), one of
+//! three ways to tell the CPU that it used buffers, chosen in this order:
 //!
-//! 1. **MSI-X** (PCI functions with the capability). Before the bring-up
-//!    ([`before_bring_up`]) MSI-X is switched on with the function mask set,
-//!    so the device stops using INTx and holds every message back, and the
-//!    transport is told the entry layout ([`drivers::irq::MsixLayout`]: the
-//!    configuration event on entry 0, each queue on its own entry after it,
-//!    sharing when the table is small). The transport wrapper
-//!    ([`drivers::irq::MsixRouted`]) writes each queue's entry number into
-//!    the device before the queue goes live and the configuration entry
-//!    before DRIVER_OK, reading each back. After the bring-up
-//!    ([`after_bring_up`]) each entry in use gets a CPU vector whose handler
-//!    knows the entry's queues, the entry is filled with the message
+//! 1. **MSI-X** (PCI functions with the capability). Before the driver's
+//!    §3.1.1 sequence ([`prepare`]) MSI-X is switched on with the function
+//!    mask set, so the device stops using INTx and holds every message back,
+//!    and the transport is told the entry layout
+//!    ([`drivers::irq::MsixLayout`]: the configuration event on entry 0,
+//!    each queue on its own entry after it, sharing when the table is small).
+//!    The transport wrapper ([`drivers::irq::MsixRouted`]) then writes each
+//!    queue's entry number into the device before the queue is enabled and
+//!    the configuration entry before DRIVER_OK, reading each back
+//!    (§4.1.5.1.2). Once the driver has the device at DRIVER_OK
+//!    ([`route`]) each entry the driver's queues use gets a CPU vector whose
+//!    handler knows the entry's queues, the entry is filled with the message
 //!    `interrupts::msi_message` gives for that vector and unmasked, and the
 //!    function mask is cleared: a message held back meanwhile goes out now.
-//!    Every entry the layout gives a queue gets a vector (up to
-//!    [`MAX_ENTRIES_PER_DEVICE`]), not only those of the queues set up so far,
-//!    because a device driver that takes the device over may add queues.
+//!    (At most [`MAX_ENTRIES_PER_DEVICE`] entries per device get a vector.)
 //! 2. **A line through the I/O APIC**: a PCI function's INTx pin, on the
 //!    legacy IRQ the firmware wrote into its interrupt line register (routed
 //!    level-triggered, with the polarity the MADT gives that IRQ), or a
@@ -46,6 +46,10 @@
 //! one-shot local APIC timer as a watchdog so that a lost interrupt costs
 //! 10 ms, not the whole run, and a deadline after which the wait gives up.
 //!
+//! A device brought up a second time (the self-tests bring it up before its
+//! driver does, in `mode=selftest`) keeps its slot, its mode and its
+//! vectors; [`route`] only changes which queues they carry.
+//!
 //! Device drivers get a device's [`DeviceIrq`] with [`of`] (by location) and
 //! wait through [`DeviceIrq::wait`]; `docs/04-interrupts.md` tells the whole
 //! story. One line per device says what was chosen, e.g.
@@ -59,30 +63,25 @@
 
 use alloc::format;
 use alloc::string::{String, ToString};
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use drivers::device::Wait;
 use drivers::irq::{
     intx_line, pin_name, set_intx_disabled, DeviceInterrupts, EntryUse, Idle,
-    InterruptStatusRegister, InterruptWait, IntxLine, MsixLayout, QueueSet, WaitMode, MAX_QUEUES,
+    InterruptStatusRegister, InterruptWait, IntxLine, MsixLayout, QueueSet,
 };
 use drivers::mmio_discovery::{MICROVM_SLOT_SIZE, MICROVM_WINDOW_BASE};
 use drivers::pci::msix::{MsixCapability, MsixTable};
 use drivers::pci::{PciAddress, PciFunction};
-use drivers::queue::Segment;
 use drivers::transport::{DeviceType, Location, Transport};
-use hal::{DmaRegion, PAGE_SIZE};
 use spin::{Mutex, Once};
 use x86_64::instructions::interrupts::without_interrupts;
 
 use super::pci::PciConfig;
-use super::{type_name, DeviceState, Discovered, InterruptLine, LiveDevice, VirtioDevice};
+use super::{type_name, Found, InterruptLine, KernelTransport};
 use crate::hal_impl::KernelHal;
 use crate::interrupts::{self, Polarity, Trigger};
-use crate::selftest_api::SelfTest;
 
 /// Devices whose interrupts are tracked.
 pub const MAX_DEVICES: usize = 32;
@@ -96,9 +95,6 @@ const WATCHDOG_TICKS: u32 = 625_000;
 /// is masked and its devices polled (a stuck level-triggered line would
 /// otherwise leave no CPU time for anything else).
 const STORM_LIMIT: u32 = 100_000;
-/// How long a self-test lets a requested interrupt take to arrive after its
-/// completion is already visible in the used ring.
-const INTERRUPT_GRACE_NS: u64 = 100_000_000;
 /// Default patience of a [`KernelWait`].
 pub const DEFAULT_TIMEOUT_NS: u64 = 2_000_000_000;
 
@@ -108,14 +104,11 @@ static STATES: [DeviceInterrupts; MAX_DEVICES] = [const { DeviceInterrupts::new(
 /// Where one MSI-X vector's interrupts go: a device slot, its queues on
 /// that entry, and whether the configuration event is on it. The vector's
 /// handler context is the index into [`TARGETS`]; atomics, so the handler
-/// needs no lock.
+/// needs no lock, and a later bring-up of the same device can change them.
 struct VectorTarget {
     device: AtomicUsize,
-    /// Queues in use on this entry: woken and counted.
+    /// Queues on this entry: woken and counted.
     queues: AtomicU64,
-    /// Every queue the layout puts on this entry: woken (a driver may set
-    /// up more queues than the generic bring-up did).
-    wakes: AtomicU64,
     config: AtomicBool,
 }
 
@@ -124,7 +117,6 @@ static TARGETS: [VectorTarget; MAX_TARGETS] = [const {
     VectorTarget {
         device: AtomicUsize::new(0),
         queues: AtomicU64::new(0),
-        wakes: AtomicU64::new(0),
         config: AtomicBool::new(false),
     }
 }; MAX_TARGETS];
@@ -220,7 +212,7 @@ pub enum IrqMode {
         /// Entries in the table.
         table_size: u16,
         /// The entries in use and their vectors.
-        entries: Vec<(EntryUse, u8)>,
+        entries: Vec<MsixVector>,
     },
     /// A line through the I/O APIC.
     Line {
@@ -235,6 +227,17 @@ pub enum IrqMode {
     },
     /// Polled.
     Polled(PollReason),
+}
+
+/// One MSI-X table entry in use, with its CPU vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixVector {
+    /// The entry and what it carries.
+    pub entry: EntryUse,
+    /// The CPU vector its message raises.
+    pub vector: u8,
+    /// Its handler's index into [`TARGETS`].
+    target: usize,
 }
 
 /// Which kind of line.
@@ -280,7 +283,7 @@ impl fmt::Display for IrqMode {
                 ..
             } => {
                 write!(f, "MSI-X, {} of {table_size} entries:", entries.len())?;
-                for (i, (entry, vector)) in entries.iter().enumerate() {
+                for (i, MsixVector { entry, vector, .. }) in entries.iter().enumerate() {
                     f.write_str(if i == 0 { " " } else { ", " })?;
                     match (entry.config, entry.queues.is_empty()) {
                         (true, true) => write!(f, "config")?,
@@ -493,7 +496,6 @@ fn msix_handler(_vector: u8, target: usize) {
     if !queues.is_empty() {
         device.queue_interrupt(queues);
     }
-    device.wake(QueueSet::from_bits(target.wakes.load(Ordering::Acquire)));
     if target.config.load(Ordering::Acquire) {
         device.config_interrupt();
     }
@@ -565,18 +567,19 @@ fn line_handler(_vector: u8, index: usize) {
 // Set-up
 // ---------------------------------------------------------------------------
 
-/// Step 1, before the bring-up: MSI-X on with the function masked, and the
-/// entry layout handed to the transport (see the module docs). Does nothing
-/// for virtio-mmio, for functions without MSI-X, or with `virtio.poll=1`.
-pub fn before_bring_up(discovered: &mut Discovered) {
+/// Step 1 of a device's interrupt set-up, before its bring-up (§4.1.5.1.2:
+/// the vectors must be known when the queues are set up): MSI-X on with the
+/// function masked, and the entry layout handed to the transport (see the
+/// module docs). Does nothing for virtio-mmio, for functions without MSI-X,
+/// or with `virtio.poll=1`.
+pub fn prepare(found: &mut Found) {
     if polling_requested() {
         return;
     }
-    let (Location::Pci(address), Ok(transport)) =
-        (discovered.location, discovered.transport.as_mut())
-    else {
+    let Location::Pci(address) = found.location else {
         return;
     };
+    let transport = &mut found.transport;
     let bus = super::pci::bus();
     let Some(bus) = bus.as_ref() else { return };
     let Some(function) = bus.functions.iter().find(|f| f.address == address) else {
@@ -601,54 +604,122 @@ pub fn before_bring_up(discovered: &mut Discovered) {
     }
 }
 
-/// Step 2, after the bring-up: vectors for MSI-X, a line, or polling; one
-/// `virtio-irq:` line saying which.
-pub fn after_bring_up(device: &mut VirtioDevice) {
-    let location = device.location;
-    let device_type = device.device_type;
-    let interrupt = device.interrupt;
-    let DeviceState::Live(live) = &mut device.state else {
-        return;
-    };
-    let queue_count = u16::try_from(live.queues.len()).unwrap_or(MAX_QUEUES);
-    let queues = QueueSet::first(queue_count.min(MAX_QUEUES));
-    let slot = {
-        let slots = SLOTS.lock();
-        if slots.len() >= MAX_DEVICES {
-            log::warn!("virtio-irq: more than {MAX_DEVICES} devices: {location} stays polled without bookkeeping");
-            return;
+/// Step 2, once the driver has brought the device to DRIVER_OK with
+/// `queues` set up: vectors for MSI-X, a line, or polling; one
+/// `virtio-irq:` line saying which. A device that already has a route (the
+/// self-tests brought it up before its driver) keeps its slot and mode; its
+/// route is extended to the queues of this bring-up.
+pub fn route(
+    device_type: DeviceType,
+    location: Location,
+    interrupt: InterruptLine,
+    transport: &mut KernelTransport,
+    queues: QueueSet,
+) -> Option<DeviceIrq> {
+    let (slot, previous) = {
+        let mut slots = SLOTS.lock();
+        match slots.iter().position(|s| s.location == location) {
+            Some(slot) => {
+                // Taken out while the route is redone; put back below.
+                let mode = core::mem::replace(
+                    &mut slots[slot].mode,
+                    IrqMode::Polled(PollReason::SetupFailed("being re-routed".into())),
+                );
+                (slot, Some(mode))
+            }
+            None => {
+                if slots.len() >= MAX_DEVICES {
+                    log::warn!("virtio-irq: more than {MAX_DEVICES} devices: {location} stays polled without bookkeeping");
+                    return None;
+                }
+                (slots.len(), None)
+            }
         }
-        slots.len()
     };
-    STATES[slot].reset();
-    let mode = choose_mode(slot, location, interrupt, live, queues);
+    let rerouted = previous.is_some();
+    if !rerouted {
+        STATES[slot].reset();
+    }
+    let target = RouteTarget {
+        slot,
+        device_type,
+        location,
+        interrupt,
+        queues,
+    };
+    let mode = choose_mode(&target, transport, previous);
     STATES[slot].set_polled(matches!(mode, IrqMode::Polled(_)));
     let name = type_name(device_type);
-    match &mode {
-        IrqMode::Polled(PollReason::Requested) => {
-            log::info!("virtio-irq: {name} at {location}: {mode}")
+    if rerouted {
+        log::debug!("virtio-irq: {name} at {location}: route kept for queues {queues}: {mode}");
+    } else {
+        match &mode {
+            IrqMode::Polled(PollReason::Requested) => {
+                log::info!("virtio-irq: {name} at {location}: {mode}")
+            }
+            IrqMode::Polled(_) => log::warn!("virtio-irq: {name} at {location}: {mode}"),
+            _ => log::info!("virtio-irq: {name} at {location}: {mode}"),
         }
-        IrqMode::Polled(_) => log::warn!("virtio-irq: {name} at {location}: {mode}"),
-        _ => log::info!("virtio-irq: {name} at {location}: {mode}"),
     }
-    SLOTS.lock().push(SlotInfo {
+    let mut slots = SLOTS.lock();
+    let info = SlotInfo {
         location,
         device_type,
         queues,
         mode,
-    });
+    };
+    match slots.get_mut(slot) {
+        Some(existing) => *existing = info,
+        None => slots.push(info),
+    }
+    Some(DeviceIrq { slot })
+}
+
+/// The device a route is being made for.
+struct RouteTarget {
+    slot: usize,
+    device_type: DeviceType,
+    location: Location,
+    interrupt: InterruptLine,
+    queues: QueueSet,
 }
 
 fn choose_mode(
-    slot: usize,
-    location: Location,
-    interrupt: InterruptLine,
-    live: &mut LiveDevice,
-    queues: QueueSet,
+    target: &RouteTarget,
+    transport: &mut KernelTransport,
+    previous: Option<IrqMode>,
 ) -> IrqMode {
     let requested = polling_requested();
     let working = interrupts::is_initialized();
-    match location {
+    let (slot, queues) = (target.slot, target.queues);
+    // A device routed before keeps its line (only the queues it carries
+    // change) or stays polled; an MSI-X route is redone below, reusing its
+    // vectors.
+    let previous_msix = match previous {
+        Some(IrqMode::Line {
+            source,
+            gsi,
+            vector,
+            polarity,
+        }) => {
+            without_interrupts(|| {
+                let mut table = LINES.lock();
+                for line_source in table.sources.iter_mut().filter(|s| s.slot == slot) {
+                    line_source.queues = queues;
+                }
+            });
+            return IrqMode::Line {
+                source,
+                gsi,
+                vector,
+                polarity,
+            };
+        }
+        Some(IrqMode::Polled(reason)) => return IrqMode::Polled(reason),
+        Some(IrqMode::Msix { table, entries, .. }) => Some((table, entries)),
+        None => None,
+    };
+    match target.location {
         Location::Pci(address) => {
             let bus = super::pci::bus();
             let Some(bus) = bus.as_ref() else {
@@ -666,20 +737,20 @@ fn choose_mode(
                     PollReason::NoInterruptController
                 });
             }
-            if live.transport.layout().is_some() {
-                match setup_msix(slot, access, function, live, queues) {
+            if transport.layout().is_some() {
+                match setup_msix(slot, access, function, transport, queues, previous_msix) {
                     Ok(mode) => return mode,
                     Err(why) => {
                         log::warn!("virtio-irq: {address}: MSI-X set-up failed ({why}); falling back to INTx");
                         if let Ok(Some(cap)) = MsixCapability::find(access, function) {
                             let _ = cap.disable(access);
                         }
-                        live.transport.set_layout(None);
-                        live.transport.set_msix_enabled(false);
+                        transport.set_layout(None);
+                        transport.set_msix_enabled(false);
                     }
                 }
             }
-            setup_intx(slot, access, &bus.functions, function, live, queues)
+            setup_intx(target, access, &bus.functions, function, transport)
         }
         Location::Mmio { base } => {
             if requested || !working {
@@ -689,7 +760,7 @@ fn choose_mode(
                     PollReason::NoInterruptController
                 });
             }
-            let (gsi, guessed) = match interrupt {
+            let (gsi, guessed) = match target.interrupt {
                 InterruptLine::Gsi(gsi) => (gsi, false),
                 _ => match microvm_slot_gsi(base) {
                     Some(gsi) => (gsi, true),
@@ -709,8 +780,8 @@ fn choose_mode(
                 queues,
                 line: 0,
                 follows_hardware: false,
-                device_type: live.transport.device_type(),
-                location,
+                device_type: target.device_type,
+                location: target.location,
             };
             match attach_line(gsi, polarity, source) {
                 Ok(vector) => IrqMode::Line {
@@ -744,16 +815,19 @@ fn microvm_slot_gsi(base: u64) -> Option<u32> {
 }
 
 /// MSI-X, step 2: the device accepted its entry numbers during the bring-up;
-/// now each entry in use gets a vector and a message, then the function
-/// mask goes.
+/// now each entry the queues set up (and the configuration event) use gets
+/// a vector and a message, then the function mask goes. `previous` is the
+/// route of an earlier bring-up of the same device: its table mapping and
+/// vectors are reused (the handler's queue sets are updated), entries no
+/// longer used are masked and their vectors freed.
 fn setup_msix(
     slot: usize,
     access: &PciConfig,
     function: &PciFunction,
-    live: &mut LiveDevice,
+    transport: &KernelTransport,
     queues: QueueSet,
+    previous: Option<(MsixTable<KernelHal>, Vec<MsixVector>)>,
 ) -> Result<IrqMode, String> {
-    let transport = &live.transport;
     if let Some(rejection) = transport.rejection() {
         return Err(rejection.to_string());
     }
@@ -771,33 +845,56 @@ fn setup_msix(
     let cap = MsixCapability::find(access, function)
         .map_err(|e| e.to_string())?
         .ok_or("MSI-X capability vanished")?;
-    let table = cap
-        .map_table::<KernelHal>(function)
-        .map_err(|e| e.to_string())?;
-    let mut entries: Vec<(EntryUse, u8)> = Vec::new();
+    let (table, mut reusable) = match previous {
+        Some((table, vectors)) => (table, vectors),
+        None => (
+            cap.map_table::<KernelHal>(function)
+                .map_err(|e| e.to_string())?,
+            Vec::new(),
+        ),
+    };
+    let mut entries: Vec<MsixVector> = Vec::new();
     let result = (|| {
-        // Every entry the layout gives a queue (up to a limit), not only
-        // those of the queues set up so far: a device driver that takes the
-        // device over may add queues (a network card's control queue).
-        for entry in layout.entries(QueueSet::ALL).take(MAX_ENTRIES_PER_DEVICE) {
-            let in_use = EntryUse {
-                queues: entry.queues.intersection(queues),
-                ..entry
+        for entry in layout.entries(queues).take(MAX_ENTRIES_PER_DEVICE) {
+            let reused = reusable
+                .iter()
+                .position(|v| v.entry.entry == entry.entry)
+                .map(|at| reusable.swap_remove(at));
+            let (target, vector) = match reused {
+                Some(old) => (old.target, old.vector),
+                None => {
+                    let target = NEXT_TARGET.fetch_add(1, Ordering::Relaxed);
+                    if target >= MAX_TARGETS {
+                        return Err("out of MSI-X vector targets".to_string());
+                    }
+                    let vector = interrupts::allocate_vector_with_context(msix_handler, target)
+                        .map_err(|e| e.to_string())?;
+                    (target, vector)
+                }
             };
-            let target = NEXT_TARGET.fetch_add(1, Ordering::Relaxed);
             let t = TARGETS.get(target).ok_or("out of MSI-X vector targets")?;
             t.device.store(slot, Ordering::Release);
-            t.queues.store(in_use.queues.bits(), Ordering::Release);
-            t.wakes.store(entry.queues.bits(), Ordering::Release);
+            t.queues.store(entry.queues.bits(), Ordering::Release);
             t.config.store(entry.config, Ordering::Release);
-            let vector = interrupts::allocate_vector_with_context(msix_handler, target)
-                .map_err(|e| e.to_string())?;
-            entries.push((in_use, vector));
+            entries.push(MsixVector {
+                entry,
+                vector,
+                target,
+            });
             let (address, data) = interrupts::msi_message(vector).map_err(|e| e.to_string())?;
             table
                 .program(entry.entry, address, data)
                 .map_err(|e| e.to_string())?;
             table.unmask(entry.entry).map_err(|e| e.to_string())?;
+        }
+        // Entries an earlier bring-up used and this one does not.
+        for unused in reusable.drain(..) {
+            let _ = table.mask(unused.entry.entry);
+            if let Some(t) = TARGETS.get(unused.target) {
+                t.queues.store(0, Ordering::Release);
+                t.config.store(false, Ordering::Release);
+            }
+            let _ = interrupts::free_vector(unused.vector);
         }
         cap.unmask_function(access).map_err(|e| e.to_string())?;
         set_intx_disabled(access, function.address, true).map_err(|e| e.to_string())
@@ -809,9 +906,9 @@ fn setup_msix(
             entries,
         }),
         Err(why) => {
-            for (entry, vector) in entries {
-                let _ = table.mask(entry.entry);
-                let _ = interrupts::free_vector(vector);
+            for v in entries.into_iter().chain(reusable) {
+                let _ = table.mask(v.entry.entry);
+                let _ = interrupts::free_vector(v.vector);
             }
             Err(why)
         }
@@ -820,12 +917,11 @@ fn setup_msix(
 
 /// INTx through the I/O APIC, on the IRQ the firmware routed.
 fn setup_intx(
-    slot: usize,
+    target: &RouteTarget,
     access: &PciConfig,
     functions: &[PciFunction],
     function: &PciFunction,
-    live: &mut LiveDevice,
-    queues: QueueSet,
+    transport: &KernelTransport,
 ) -> IrqMode {
     let address: PciAddress = function.address;
     // `virtio.intx=unrouted` exercises the fallback for firmware that routes
@@ -847,7 +943,7 @@ fn setup_intx(
         }
         IntxLine::NoPin => return IrqMode::Polled(PollReason::NoInterruptPin),
     };
-    let status = match InterruptStatusRegister::pci(access, function, live.transport.kind()) {
+    let status = match InterruptStatusRegister::pci(access, function, transport.kind()) {
         Ok(status) => status,
         Err(error) => return IrqMode::Polled(PollReason::SetupFailed(error.to_string())),
     };
@@ -870,12 +966,12 @@ fn setup_intx(
     // PCI INTx is level-triggered whatever the ISA default says; the
     // polarity is the MADT's for this IRQ (QEMU: active high).
     let source = LineSource {
-        slot,
+        slot: target.slot,
         status,
-        queues,
+        queues: target.queues,
         line: 0,
         follows_hardware: true,
-        device_type: live.transport.device_type(),
+        device_type: target.device_type,
         location: Location::Pci(address),
     };
     match attach_line(route.gsi, route.polarity, source) {
@@ -971,628 +1067,11 @@ fn pirq_targets(access: &PciConfig, functions: &[PciFunction]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
-// Counters in the log
+// Self-tests (mode=selftest): irq_selftests.rs, beside this file
 // ---------------------------------------------------------------------------
 
-/// Logs, per device and queue: notifications sent (and suppressed),
-/// interrupts received, completions collected.
-pub fn log_counters() {
-    let mut devices = super::devices();
-    for device in devices.iter_mut() {
-        let location = device.location;
-        let name = type_name(device.device_type);
-        let Some(irq) = of(location) else { continue };
-        let Some(live) = device.live() else { continue };
-        let state = irq.state();
-        for queue in &live.queues {
-            let c = queue.counters();
-            log::info!(
-                "virtio-irq: {name} at {location} ({}) queue {}: notifications {} (suppressed {}), interrupts {}, completions {}",
-                irq.mode_name(),
-                queue.index(),
-                c.notifications,
-                c.notifications_suppressed,
-                state.queue_interrupt_count(queue.index()),
-                c.completions
-            );
-        }
-        let counters = state.counters();
-        if counters.config_interrupts + counters.line_unclaimed != 0 {
-            log::info!(
-                "virtio-irq: {name} at {location}: config interrupts {}, line interrupts not for this device {}",
-                counters.config_interrupts,
-                counters.line_unclaimed
-            );
-        }
-    }
-    log::info!(
-        "virtio-irq: {} halts, {} ended by the watchdog; {} unexpected and {} spurious interrupts",
-        halt_count(),
-        watchdog_count(),
-        interrupts::unexpected_count(),
-        interrupts::spurious_count()
-    );
-}
-
-// ---------------------------------------------------------------------------
-// Self-tests
-// ---------------------------------------------------------------------------
-
-/// The interrupt self-tests for what was found.
-pub fn selftests() -> Vec<SelfTest> {
-    // Round trips need the device's queues, which a device driver that
-    // claimed the device (the network stack does at boot) now owns.
-    let unclaimed: Vec<Location> = super::devices()
-        .iter()
-        .filter(|d| matches!(d.state, DeviceState::Live(_)))
-        .map(|d| d.location)
-        .collect();
-    let (any_interrupt, any_polled, any_msix, any_line) = {
-        let slots = SLOTS.lock();
-        let testable =
-            |s: &&SlotInfo| round_trip_kind(s).is_some() && unclaimed.contains(&s.location);
-        (
-            slots
-                .iter()
-                .filter(testable)
-                .any(|s| !matches!(s.mode, IrqMode::Polled(_))),
-            slots
-                .iter()
-                .filter(testable)
-                .any(|s| matches!(s.mode, IrqMode::Polled(_))),
-            slots.iter().any(|s| matches!(s.mode, IrqMode::Msix { .. })),
-            slots.iter().any(|s| matches!(s.mode, IrqMode::Line { .. })),
-        )
-    };
-    let mut tests = vec![SelfTest {
-        name: "virtio-irq: every live device has an interrupt route or a logged polling reason",
-        run: test_every_device_accounted,
-    }];
-    if any_msix {
-        tests.push(SelfTest {
-            name: "virtio-irq: MSI-X entries hold this CPU's messages, unmasked, function unmasked",
-            run: test_msix_readback,
-        });
-    }
-    if any_interrupt {
-        tests.push(SelfTest {
-            name:
-                "virtio-irq: a request on each interrupt-driven device completes by its interrupt",
-            run: test_interrupt_round_trips,
-        });
-        tests.push(SelfTest {
-            name: "virtio-irq: the waiting CPU halts until the completion interrupt",
-            run: test_waits_halt,
-        });
-    }
-    if any_line || any_msix {
-        tests.push(SelfTest {
-            name: "virtio-irq: stray interrupts on device vectors are counted, not fatal",
-            run: test_stray_interrupts,
-        });
-    }
-    if any_polled {
-        tests.push(SelfTest {
-            name: "virtio-irq: polled devices complete requests without interrupts",
-            run: test_polled_round_trips,
-        });
-    }
-    tests.push(SelfTest {
-        name: "virtio-irq: per-queue counters (logged)",
-        run: test_log_counters,
-    });
-    tests
-}
-
-fn test_every_device_accounted() -> Result<(), String> {
-    let live: Vec<Location> = super::devices()
-        .iter()
-        .filter(|d| matches!(d.state, DeviceState::Live(_)))
-        .map(|d| d.location)
-        .collect();
-    let slots = SLOTS.lock();
-    let mut problems = Vec::new();
-    for location in &live {
-        let Some(slot) = slots.iter().position(|s| s.location == *location) else {
-            problems.push(format!("{location}: no interrupt slot"));
-            continue;
-        };
-        let mode = &slots[slot].mode;
-        let polled = STATES[slot].is_polled();
-        if polled != matches!(mode, IrqMode::Polled(_)) {
-            problems.push(format!("{location}: mode {mode} but polled={polled}"));
-        }
-        if polling_requested() && !polled {
-            problems.push(format!("{location}: virtio.poll=1 but {mode}"));
-        }
-    }
-    if let Some(expected) = crate::cmdline::get("expect.irq") {
-        // `expect.irq=msix,intx,...`: the modes, sorted, must be exactly these.
-        let mut want: Vec<&str> = expected.split(',').collect();
-        want.sort_unstable();
-        let mut got: Vec<&str> = slots.iter().map(|s| s.mode.name()).collect();
-        got.sort_unstable();
-        if got != want {
-            problems.push(format!("modes {got:?}, expect.irq= says {want:?}"));
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-fn test_msix_readback() -> Result<(), String> {
-    let slots = SLOTS.lock();
-    let bus = super::pci::bus();
-    let bus = bus.as_ref().ok_or("MSI-X devices but no PCI bus")?;
-    let mut checked = 0;
-    for s in slots.iter() {
-        let IrqMode::Msix { table, entries, .. } = &s.mode else {
-            continue;
-        };
-        let Location::Pci(address) = s.location else {
-            continue;
-        };
-        let function = bus
-            .functions
-            .iter()
-            .find(|f| f.address == address)
-            .ok_or_else(|| format!("{address}: function not found"))?;
-        let cap = MsixCapability::find(&bus.config, function)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{address}: MSI-X capability gone"))?;
-        let control = cap.control(&bus.config).map_err(|e| e.to_string())?;
-        if control & drivers::pci::msix::CONTROL_ENABLE == 0
-            || control & drivers::pci::msix::CONTROL_FUNCTION_MASK != 0
-        {
-            return Err(format!(
-                "{address}: message control {control:#06x}: want enabled, not function-masked"
-            ));
-        }
-        for (entry, vector) in entries {
-            let (address_want, data_want) =
-                interrupts::msi_message(*vector).map_err(|e| e.to_string())?;
-            let got = table.entry(entry.entry).map_err(|e| e.to_string())?;
-            if got.address != address_want || got.data != data_want || got.masked {
-                return Err(format!(
-                    "{address}: entry {}: {got:x?}, want address {address_want:#x} data {data_want:#x} unmasked",
-                    entry.entry
-                ));
-            }
-            if !interrupts::is_vector_allocated(*vector) {
-                return Err(format!("{address}: vector {vector:#04x} not allocated"));
-            }
-        }
-        checked += 1;
-    }
-    if checked == 0 {
-        return Err("no MSI-X device checked".into());
-    }
-    Ok(())
-}
-
-/// What a round trip on a device sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RoundTrip {
-    /// virtio-blk: read sector 0 on queue 0 (completes asynchronously in QEMU).
-    BlkRead,
-    /// virtio-net: one frame on transmitq1 (queue 1).
-    NetTransmit,
-    /// virtio-console: one line on port 0's transmitq (queue 1).
-    ConsoleTransmit,
-}
-
-fn round_trip_kind(slot: &SlotInfo) -> Option<RoundTrip> {
-    match slot.device_type {
-        DeviceType::Block if slot.queues.contains(0) => Some(RoundTrip::BlkRead),
-        DeviceType::Net if slot.queues.contains(1) => Some(RoundTrip::NetTransmit),
-        DeviceType::Console if slot.queues.contains(1) => Some(RoundTrip::ConsoleTransmit),
-        _ => None,
-    }
-}
-
-/// What one round trip observed.
-struct Observed {
-    interrupts: u64,
-    halts: u64,
-    /// Waits that found the interrupt already taken (it came before `cli`).
-    already_pending: u64,
-    /// Waits at all (0: the completion was there at the first look).
-    waits: u64,
-    /// Halts that this queue's interrupt ended.
-    woken_by_queue: u64,
-    mode: WaitMode,
-}
-
-/// Sends one request of `kind` on `live`, waits for it through the device's
-/// [`KernelWait`] (arming the queue's interrupt, re-checking the ring), and
-/// checks the completion. The queue's interrupts are off again afterwards.
-fn round_trip(
-    irq: DeviceIrq,
-    live: &mut LiveDevice,
-    kind: RoundTrip,
-    location: Location,
-) -> Result<Observed, String> {
-    round_trip_with(irq, live, kind, location, false)
-}
-
-/// [`round_trip`]; with `halt_first`, the request goes out with interrupts
-/// disabled and the first wait comes before the first look at the ring.
-fn round_trip_with(
-    irq: DeviceIrq,
-    live: &mut LiveDevice,
-    kind: RoundTrip,
-    location: Location,
-    halt_first: bool,
-) -> Result<Observed, String> {
-    const STATUS_AT: usize = 16;
-    const DATA_AT: usize = 512;
-    let queue_index: u16 = match kind {
-        RoundTrip::BlkRead => 0,
-        RoundTrip::NetTransmit | RoundTrip::ConsoleTransmit => 1,
-    };
-    let data_bytes = 512;
-    let buffer = DmaRegion::<KernelHal>::new(DATA_AT + data_bytes.max(PAGE_SIZE))
-        .map_err(|e| format!("DMA memory: {e}"))?;
-    let base = buffer.device_addr();
-    let segments: Vec<Segment> = match kind {
-        RoundTrip::BlkRead => {
-            // virtio 1.2 §5.2.6: type VIRTIO_BLK_T_IN, reserved, sector 0.
-            buffer.write::<u32>(0, 0);
-            buffer.write::<u32>(4, 0);
-            buffer.write::<u64>(8, 0);
-            buffer.write::<u8>(STATUS_AT, 0xff);
-            vec![
-                Segment::readable(base, 16),
-                Segment::writable(base + DATA_AT as u64, data_bytes as u32),
-                Segment::writable(base + STATUS_AT as u64, 1),
-            ]
-        }
-        RoundTrip::NetTransmit => {
-            // struct virtio_net_hdr, all zero (no offloads): 12 bytes with
-            // VERSION_1 (num_buffers is always there), 10 without (§5.1.6).
-            let header = if live.features & drivers::features::VERSION_1 != 0 {
-                12
-            } else {
-                10
-            };
-            // A broadcast frame of the local experimental EtherType 0x88b5.
-            let frame_at = header;
-            buffer.write_bytes(frame_at, &[0xff; 6]);
-            buffer.write_bytes(frame_at + 6, &[0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
-            buffer.write_bytes(frame_at + 12, &[0x88, 0xb5]);
-            buffer.write_bytes(frame_at + 14, b"virtio-irq self-test");
-            vec![Segment::readable(base, (header + 60) as u32)]
-        }
-        RoundTrip::ConsoleTransmit => {
-            let line = format!("virtio-irq: console at {location} interrupt round trip\n");
-            buffer.write_bytes(0, line.as_bytes());
-            vec![Segment::readable(base, line.len() as u32)]
-        }
-    };
-    let interrupts_before = irq.state().queue_interrupt_count(queue_index);
-    // A pending bit left by the previous request's interrupt (taken after
-    // its completion was already collected) says nothing about this one.
-    irq.state().take_pending(QueueSet::single(queue_index));
-    let mut wait = irq.wait(QueueSet::single(queue_index), DEFAULT_TIMEOUT_NS);
-    let interrupt_driven = wait.sleeps_until_interrupt();
-    let queue = live
-        .queues
-        .get_mut(usize::from(queue_index))
-        .ok_or_else(|| format!("no queue {queue_index}"))?;
-    // Armed before the request goes out, and kept armed until it is back, so
-    // the device must interrupt for this completion (drivers re-arm only
-    // right before each wait, see `drivers::irq::wait_for_used`, which
-    // saves interrupts but lets a completion slip in unannounced).
-    if interrupt_driven {
-        let _ = queue.enable_interrupts();
-    }
-    let halt_first = halt_first && interrupt_driven;
-    if halt_first {
-        interrupts::disable();
-    }
-    let token = queue.add(&segments).map_err(|e| format!("add: {e}"))?;
-    if queue.publish().should_notify() {
-        live.transport.notify(queue_index);
-    }
-    // With `halt_first`: wait (the first wait always halts: interrupts have
-    // been off since before the notify) until a wait has seen this queue's
-    // interrupt, whether it ended a halt or arrived between two of them
-    // (after the watchdog ended one); only then look at the ring.
-    let mut waiting_for_interrupt = halt_first;
-    let used = loop {
-        if waiting_for_interrupt {
-            let stats = wait.stats();
-            waiting_for_interrupt = stats.woken_by_queue + stats.already_pending == 0;
-        }
-        if !waiting_for_interrupt {
-            match queue.pop_used() {
-                Ok(Some(used)) => break used,
-                Ok(None) => {}
-                Err(error) => {
-                    queue.disable_interrupts();
-                    return Err(format!("queue {queue_index}: {error}"));
-                }
-            }
-        }
-        if wait.wait().is_err() {
-            queue.disable_interrupts();
-            let _ = live.transport.reset();
-            queue.reset(|_| {});
-            return Err(format!(
-                "queue {queue_index}: no completion within {} ms ({} mode); device reset",
-                DEFAULT_TIMEOUT_NS / 1_000_000,
-                irq.mode_name()
-            ));
-        }
-    };
-    if interrupt_driven {
-        // The entry can be seen before the interrupt announcing it is taken
-        // (the CPU had interrupts off, or the message is in flight): give it
-        // a moment with interrupts on.
-        let deadline = crate::clock::uptime_ns() + INTERRUPT_GRACE_NS;
-        interrupts::enable();
-        while irq.state().queue_interrupt_count(queue_index) == interrupts_before
-            && crate::clock::uptime_ns() < deadline
-        {
-            core::hint::spin_loop();
-        }
-    }
-    queue.disable_interrupts();
-    if used.token != token {
-        return Err(format!(
-            "completion for {} but {} was sent",
-            used.token, token
-        ));
-    }
-    if kind == RoundTrip::BlkRead {
-        let status = buffer.read::<u8>(STATUS_AT).unwrap_or(0xff);
-        if status != 0 || used.len as usize != data_bytes + 1 {
-            return Err(format!(
-                "read of {data_bytes} bytes at sector 0: status {status:#04x}, used length {} (want 0, {})",
-                used.len,
-                data_bytes + 1
-            ));
-        }
-    }
-    let stats = wait.stats();
-    Ok(Observed {
-        interrupts: irq.state().queue_interrupt_count(queue_index) - interrupts_before,
-        halts: stats.halts,
-        already_pending: stats.already_pending,
-        waits: stats.waits,
-        woken_by_queue: stats.woken_by_queue,
-        mode: wait.mode(),
-    })
-}
-
-/// Runs `check` on every live device with a round trip whose mode matches.
-fn for_each_device(
-    want_polled: bool,
-    mut check: impl FnMut(&str, DeviceIrq, &mut LiveDevice, RoundTrip, Location) -> Result<(), String>,
-) -> Result<usize, String> {
-    let plan: Vec<(Location, RoundTrip, DeviceIrq)> = {
-        let slots = SLOTS.lock();
-        slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s.mode, IrqMode::Polled(_)) == want_polled)
-            .filter_map(|(slot, s)| round_trip_kind(s).map(|k| (s.location, k, DeviceIrq { slot })))
-            .collect()
-    };
-    let mut devices = super::devices();
-    let mut problems = Vec::new();
-    let mut done = 0;
-    for (location, kind, irq) in plan {
-        let Some(device) = devices.iter_mut().find(|d| d.location == location) else {
-            continue;
-        };
-        let label = format!(
-            "{} at {location} ({})",
-            type_name(device.device_type),
-            irq.mode_name()
-        );
-        let Some(live) = device.live() else { continue };
-        match check(&label, irq, live, kind, location) {
-            Ok(()) => done += 1,
-            Err(why) => problems.push(format!("{label}: {why}")),
-        }
-    }
-    if problems.is_empty() {
-        Ok(done)
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-fn test_interrupt_round_trips() -> Result<(), String> {
-    let done = for_each_device(false, |label, irq, live, kind, location| {
-        let seen = round_trip(irq, live, kind, location)?;
-        if seen.mode != WaitMode::Interrupt {
-            return Err("waited by polling".into());
-        }
-        if seen.interrupts == 0 {
-            return Err("completed, but no interrupt was counted for the queue".into());
-        }
-        log::info!(
-            "virtio-irq: {label}: {kind:?} completed, {} interrupt(s), {} wait(s): {} halt(s), {} found the interrupt already taken",
-            seen.interrupts,
-            seen.waits,
-            seen.halts,
-            seen.already_pending
-        );
-        Ok(())
-    })?;
-    if done == 0 {
-        return Err("no interrupt-driven device to test".into());
-    }
-    Ok(())
-}
-
-fn test_waits_halt() -> Result<(), String> {
-    // Whether a completion beats the waiter to its `hlt` is up to QEMU's
-    // threads (under TCG it often does: the interrupt is then already taken
-    // when the wait looks, which is the race the design handles). To watch
-    // the halt itself, each request here goes out with interrupts off, and
-    // the ring is only looked at once a wait has seen the queue's interrupt:
-    // the CPU halts (each halt bounded by the watchdog) until the completion
-    // interrupt arrives, at once if it is already pending at the local APIC.
-    let before = halt_count();
-    let mut halted = 0;
-    for_each_device(false, |label, irq, live, kind, location| {
-        let seen = round_trip_with(irq, live, kind, location, true)?;
-        if seen.halts == 0 || seen.interrupts == 0 {
-            return Err(format!(
-                "{} halt(s), {} interrupt(s)",
-                seen.halts, seen.interrupts
-            ));
-        }
-        log::info!(
-            "virtio-irq: {label}: {kind:?}: the CPU halted {} time(s) until the completion interrupt ({} halt(s) ended by it)",
-            seen.halts,
-            seen.woken_by_queue
-        );
-        halted += 1;
-        Ok(())
-    })?;
-    if halted == 0 || halt_count() == before {
-        return Err(format!(
-            "no halt observed (global halt count {before} -> {})",
-            halt_count()
-        ));
-    }
-    log::info!(
-        "virtio-irq: {halted} device(s) completed while the CPU halted ({} halts so far, {} ended by the watchdog)",
-        halt_count(),
-        watchdog_count()
-    );
-    Ok(())
-}
-
-fn test_stray_interrupts() -> Result<(), String> {
-    // Raise every device vector once by a self-IPI, with nothing for it to
-    // report: MSI-X handlers count a queue interrupt the waiter finds empty;
-    // line handlers read status 0 and count "not for this device". Then a
-    // real request must still complete.
-    let targets: Vec<(usize, u8, bool)> = {
-        let slots = SLOTS.lock();
-        let mut v = Vec::new();
-        for (slot, s) in slots.iter().enumerate() {
-            match &s.mode {
-                IrqMode::Msix { entries, .. } => v.extend(
-                    entries
-                        .iter()
-                        .filter(|(entry, _)| entry.config || !entry.queues.is_empty())
-                        .map(|(_, vector)| (slot, *vector, false)),
-                ),
-                IrqMode::Line { vector, .. } => v.push((slot, *vector, true)),
-                IrqMode::Polled(_) => {}
-            }
-        }
-        v
-    };
-    // Whether anything ran `sti` before this test depends on which drivers
-    // claimed devices; the self-IPIs are only taken with interrupts on.
-    interrupts::enable();
-    for (slot, vector, line) in &targets {
-        let before = STATES[*slot].counters();
-        interrupts::send_self_ipi(*vector).map_err(|e| e.to_string())?;
-        // The IPI is taken as soon as interrupts are on; a short spin is enough.
-        let deadline = crate::clock::uptime_ns() + 50_000_000;
-        loop {
-            let now = STATES[*slot].counters();
-            let moved = if *line {
-                now.line_unclaimed > before.line_unclaimed || now.line_claimed > before.line_claimed
-            } else {
-                now.queue_interrupts > before.queue_interrupts
-                    || now.config_interrupts > before.config_interrupts
-            };
-            if moved {
-                break;
-            }
-            if crate::clock::uptime_ns() > deadline {
-                return Err(format!("self-IPI on vector {vector:#04x} was not counted"));
-            }
-            core::hint::spin_loop();
-        }
-    }
-    // Stale pending bits from the strays must not break the next request.
-    for_each_device(false, |_, irq, live, kind, location| {
-        round_trip(irq, live, kind, location).map(|_| ())
-    })?;
-    log::info!(
-        "virtio-irq: {} stray interrupt(s) on device vectors counted; devices still work",
-        targets.len()
-    );
-    Ok(())
-}
-
-fn test_polled_round_trips() -> Result<(), String> {
-    let done = for_each_device(true, |label, irq, live, kind, location| {
-        let seen = round_trip(irq, live, kind, location)?;
-        if seen.mode != WaitMode::Poll || seen.halts != 0 {
-            return Err(format!(
-                "mode {:?}, {} halts: a polled device must not halt",
-                seen.mode, seen.halts
-            ));
-        }
-        if seen.interrupts != 0 {
-            return Err(format!(
-                "{} interrupt(s) counted on a polled device",
-                seen.interrupts
-            ));
-        }
-        log::info!("virtio-irq: {label}: {kind:?} completed by polling");
-        Ok(())
-    })?;
-    if done == 0 {
-        return Err("no polled device to test".into());
-    }
-    Ok(())
-}
-
-fn test_log_counters() -> Result<(), String> {
-    log_counters();
-    // The counters must agree with what the self-tests did: every live
-    // interrupt-driven device with a round trip completed at least one
-    // request and counted at least one interrupt on that queue.
-    let slots = SLOTS.lock();
-    let mut devices = super::devices();
-    for (slot, s) in slots.iter().enumerate() {
-        let Some(kind) = round_trip_kind(s) else {
-            continue;
-        };
-        let queue = if kind == RoundTrip::BlkRead { 0 } else { 1 };
-        let Some(device) = devices.iter_mut().find(|d| d.location == s.location) else {
-            continue;
-        };
-        let Some(live) = device.live() else { continue };
-        let Some(q) = live.queues.get(queue) else {
-            continue;
-        };
-        let completions = q.counters().completions;
-        let interrupts = STATES[slot].queue_interrupt_count(queue as u16);
-        if completions == 0 {
-            return Err(format!(
-                "{}: queue {queue}: no completions counted",
-                s.location
-            ));
-        }
-        let polled = matches!(s.mode, IrqMode::Polled(_));
-        if !polled && interrupts == 0 {
-            return Err(format!(
-                "{}: queue {queue}: no interrupts counted",
-                s.location
-            ));
-        }
-        if polled && interrupts != 0 {
-            return Err(format!(
-                "{}: queue {queue}: {interrupts} interrupts on a polled device",
-                s.location
-            ));
-        }
-    }
-    Ok(())
-}
+#[cfg(feature = "selftest")]
+#[path = "irq_selftests.rs"]
+mod selftests;
+#[cfg(feature = "selftest")]
+pub use selftests::selftests;

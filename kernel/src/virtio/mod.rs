@@ -1,8 +1,12 @@
-//! # Finding every virtio device and bringing it up
+//! # Finding every virtio device, and the one path that brings it up
 //!
-//! After interrupts are set up, [`probe`] looks for virtio devices in the two
-//! places they can be on a QEMU machine and brings each one up through the
-//! shared code in `drivers/`:
+//! Discovery and bring-up are two separate steps with two owners.
+//!
+//! **Discovery** ([`probe`], after interrupts are set up) looks for virtio
+//! devices in the two places they can be on a QEMU machine and only
+//! *records* what it found: type, location, transport flavour, interrupt
+//! line, and the transport object itself. It writes no status byte (the
+//! transport constructors only read identification registers).
 //!
 //! ```text
 //!  pci::probe  ── ECAM (ACPI MCFG) or ports 0xCF8/0xCFC ── drivers::pci::enumerate
@@ -12,17 +16,46 @@
 //!  mmio::probe ── virtio_mmio.device= on the command line,     │
 //!       │          else the microvm window 0xfeb00000           │
 //!       ▼                                                      ▼
-//!  bringup::bring_up: drivers::init::begin → every queue (SplitQueue) → finish (DRIVER_OK)
-//!       │
-//!       ▼
-//!  one `virtio:` line per device, and the device in the registry ([`devices`])
+//!  the registry ([`devices`]): one VirtioDevice per device, DeviceState::Found
 //! ```
+//!
+//! **Bring-up** is done exactly once per device, by the driver of its type
+//! (blk: `crate::block`, net: `crate::net::nic`, console:
+//! `crate::shell::console`), through one function, [`bring_up`]:
+//!
+//! ```text
+//!  virtio::take(type)          Found → Taken: the transport leaves the registry
+//!  virtio::bring_up(found, …)
+//!    irq::prepare              MSI-X on with the function masked, entry layout
+//!                              handed to the MsixRouted transport (§4.1.5.1.2)
+//!    driver's constructor      drivers::device::bring_up: §3.1.1 reset, ACKNOWLEDGE,
+//!                              DRIVER, features, FEATURES_OK, queues (MsixRouted writes
+//!                              queue_msix_vector before each queue is enabled, and
+//!                              config_msix_vector before DRIVER_OK), DRIVER_OK
+//!    irq::route                CPU vectors / line route / polling for the queues
+//!                              the driver set up; function mask cleared
+//!    registry                  Taken → Up, and the device's one `virtio:` line
+//! ```
+//!
+//! Seen from QEMU (`-trace virtio_set_status`), a normal boot writes 0, 1,
+//! 3, 11, 15 to each driven device and nothing else (the `bringup-once-*`
+//! QEMU scenarios check this from QEMU's trace). Recovering a device
+//! (`BlkDevice::recover`, ...) or lending it to the benchmark's peer
+//! driver starts again from reset, on the same interrupt route.
+//!
+//! A device whose type no kernel driver takes ([`driver_for`] is `None`)
+//! is left [`DeviceState::Unsupported`] at probe time: it gets its one
+//! `virtio:` line then and is left reset (status 0 is written only if it
+//! did not already read 0). A device of a driven type that its driver did
+//! not take (a second console: the shell uses one) is left the same way
+//! by [`leave_untaken`] before `kernel: ready`.
 //!
 //! ## The `virtio:` line (stable; README "The stable contract")
 //!
 //! ```text
 //! virtio: <type> at <location> transport=<pci-modern|pci-legacy|mmio-v1|mmio-v2> ring=<split|packed> queues=<n> features=<NAME|NAME|...>
 //! virtio: <type> at <location> FAILED: <error>
+//! virtio: <type> at <location> transport=<transport>: no driver, left reset
 //! ```
 //!
 //! `<type>` is `blk`, `net`, `console` (other types by their spec name, or
@@ -33,79 +66,55 @@
 //!
 //! Every device prints **exactly one** such line, describing the state it
 //! ends up in, through one function ([`VirtioDevice::report_up`],
-//! [`VirtioDevice::fail`], [`VirtioDevice::report_generic`]; a second call
-//! is refused with a warning):
+//! [`VirtioDevice::fail`], [`VirtioDevice::leave_reset`]; a second call is
+//! refused with a warning): a driven device's line comes from [`bring_up`]
+//! with what its driver negotiated (features, ring layout, queue count) or
+//! why it failed; a device without a transport gets its FAILED line at probe
+//! time; a device no driver takes gets the third form.
 //!
-//! - a device the generic bring-up could not bring up: its FAILED line, at
-//!   probe time;
-//! - a device of a type no kernel driver takes ([`driver_for`] is `None`):
-//!   the generic bring-up's line, at probe time (`ring=split`, no
-//!   device-specific feature);
-//! - a blk, net or console device: the line of its **driver**, when the
-//!   driver has brought it up (its features, its ring layout, its queue
-//!   count) or failed to. The network driver claims at boot; the block
-//!   layer and the console driver after the raw-ring self-tests in
-//!   `mode=selftest` and before `kernel: ready` otherwise. A device of such
-//!   a type that no driver ends up claiming (a second console, the console
-//!   in `mode=bench`) gets the generic line from [`report_unclaimed`].
+//! ## Self-tests
 //!
-//! ## What "brought up" means here
-//!
-//! Probing knows no device driver, so the bring-up is the
-//! generic one of [`bringup`]: the initialisation sequence of virtio 1.2
-//! §3.1.1 accepting only the shared ring features (indirect descriptors,
-//! event index, and VERSION_1 on modern transports), no device-specific
-//! feature, and every queue the device has with those features (net: rx and
-//! tx; blk: one; console: receive and transmit of port 0). The queues are
-//! live and kept in the registry with the transport, so later code (the
-//! device drivers, the shell, the self-tests) can reach them. A device
-//! driver then claims its device ([`VirtioDevice::claim`], leaving
-//! [`DeviceState::Claimed`]) and brings it up again with its own features
-//! (blk: `crate::block`).
-//!
-//! ## Why blk, net and console are initialised twice
-//!
-//! Skipping the generic bring-up for types a driver will claim would save
-//! one reset and one §3.1.1 sequence per device, but it is not simple:
-//! the interrupt set-up ([`irq::after_bring_up`]) programs MSI-X vectors
-//! and line routes through a live device and its queue count, which only
-//! exists after a bring-up; and in `mode=selftest` the raw-ring self-tests
-//! (the blk and console round trips here, the interrupt round trips of
-//! [`irq`]) run on the generic queues *before* the drivers claim the
-//! devices, which is what lets them test the queue and interrupt code
-//! independently of any driver. So the generic bring-up stays, and only
-//! its `virtio:` line is left to the driver. The driver's reset (§3.1.1
-//! step 1) is the one safe way to take a device over; the MSI-X entries
-//! stay programmed across it.
+//! In `mode=selftest` the raw-ring and interrupt self-tests
+//! (`selftests.rs`, `irq_selftests.rs`) test the queue and interrupt code
+//! without any device driver: `test_bringup.rs` lends every device still
+//! waiting for its driver out of the registry, brings it up through the
+//! same [`bring_up_routed`] path with a generic step 7 (only the shared ring
+//! features, split queues), and after the tests resets it and puts it back,
+//! so the drivers then bring it up for real. In that mode a device is
+//! therefore brought up twice; the "exactly once" rule is the normal boot's.
 
-pub mod bringup;
 pub mod irq;
 pub mod mmio;
 pub mod pci;
+#[cfg(feature = "selftest")]
 mod selftests;
+#[cfg(feature = "selftest")]
+mod test_bringup;
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
 use drivers::features;
 use drivers::features::RingPreference;
-use drivers::irq::MsixRouted;
-use drivers::queue::{RingKind, SplitQueue};
-use drivers::transport::{AnyTransport, DeviceType, Location, Transport, TransportKind};
+use drivers::irq::{MsixRouted, QueueSet};
+use drivers::queue::RingKind;
+use drivers::transport::{
+    AnyTransport, DeviceStatus, DeviceType, Location, Transport, TransportKind,
+};
 use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
 use crate::println;
 
+#[cfg(feature = "selftest")]
 pub use selftests::selftests;
 
 /// The transport type the kernel stores (any flavour, on the kernel's Hal),
 /// wrapped so that MSI-X entry numbers reach the device at the moments the
 /// spec asks for during any bring-up (see [`irq`]).
 pub type KernelTransport = MsixRouted<AnyTransport<KernelHal>>;
-/// A split virtqueue on the kernel's Hal.
-pub type KernelQueue = SplitQueue<KernelHal>;
 
 /// How a device can interrupt, as far as discovery knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,33 +129,48 @@ pub enum InterruptLine {
     Unknown,
 }
 
-/// A device that came up: its transport, its live queues and what was negotiated.
-pub struct LiveDevice {
-    /// The transport, status DRIVER_OK.
-    pub transport: KernelTransport,
-    /// Every queue set up, by queue index.
-    pub queues: Vec<KernelQueue>,
-    /// The negotiated feature bits.
-    pub features: u64,
-}
-
-/// Where a device's bring-up ended.
+/// Where a device is in its life (see the module docs).
 pub enum DeviceState {
-    /// DRIVER_OK, queues live; no device driver has claimed it yet.
-    Live(LiveDevice),
-    /// A device driver took the transport and queues ([`VirtioDevice::claim`])
-    /// and drives the device from its own registry (blk: `crate::block`).
-    Claimed {
-        /// Which driver (`blk`, ...).
+    /// Found by discovery and not brought up: waiting for the driver of its
+    /// type ([`take`]). The transport is kept here.
+    Found(KernelTransport),
+    /// Taken out of the registry by `by` (a driver, or the self-tests), which
+    /// holds the transport while it brings the device up.
+    Taken {
+        /// Who took it.
+        by: &'static str,
+    },
+    /// Brought up by its driver, which owns the transport from now on.
+    Up {
+        /// Which driver (`blk`, `virtio-net`, `console`).
         driver: &'static str,
     },
-    /// Bring-up failed; the transport (if one could be made) has FAILED set.
+    /// Nobody drives it: left reset, with its transport.
+    Unsupported {
+        /// The transport (status 0).
+        transport: KernelTransport,
+        /// Why, as printed on the `virtio:` line.
+        why: &'static str,
+    },
+    /// No transport could be made, or its driver failed to bring it up (the
+    /// device then has FAILED in its status byte).
     Failed {
-        /// The transport, if discovery got that far.
-        transport: Option<KernelTransport>,
         /// Why, as printed on the `virtio:` line.
         error: String,
     },
+}
+
+impl DeviceState {
+    /// A word for listings: `found`, `taken`, `up`, `no driver`, `FAILED`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeviceState::Found(_) => "found, waiting for its driver",
+            DeviceState::Taken { .. } => "being brought up",
+            DeviceState::Up { .. } => "up",
+            DeviceState::Unsupported { .. } => "left reset",
+            DeviceState::Failed { .. } => "FAILED",
+        }
+    }
 }
 
 /// One virtio device found at boot.
@@ -159,10 +183,23 @@ pub struct VirtioDevice {
     pub transport_kind: Option<TransportKind>,
     /// How it can interrupt.
     pub interrupt: InterruptLine,
-    /// Live or failed.
+    /// Found, taken, up, left reset or failed.
     pub state: DeviceState,
     /// Its `virtio:` line has been printed (see the module docs: once).
     reported: bool,
+}
+
+/// A device taken out of the registry to be brought up ([`take`]): what
+/// discovery recorded, and the transport.
+pub struct Found {
+    /// Its type.
+    pub device_type: DeviceType,
+    /// Where it is.
+    pub location: Location,
+    /// How it can interrupt (from discovery).
+    pub interrupt: InterruptLine,
+    /// The transport, untouched since discovery (or reset).
+    pub transport: KernelTransport,
 }
 
 /// What a device's `virtio:` line says once a driver has brought it up.
@@ -191,41 +228,38 @@ impl BroughtUp {
     }
 }
 
-impl VirtioDevice {
-    /// The live part, if the device came up and no driver claimed it.
-    pub fn live(&mut self) -> Option<&mut LiveDevice> {
-        match &mut self.state {
-            DeviceState::Live(live) => Some(live),
-            DeviceState::Claimed { .. } | DeviceState::Failed { .. } => None,
-        }
-    }
+/// What [`bring_up`] needs from a device driver once its constructor has
+/// brought the device to DRIVER_OK: the transport (for the interrupt
+/// route), the queues it set up, and the facts for the `virtio:` line.
+/// Implemented by each kernel driver (`crate::block`, `crate::net::nic`,
+/// `crate::shell::console`) and by the self-tests' generic device.
+pub trait DrivenDevice {
+    /// The transport the driver owns.
+    fn transport_for_routing(&mut self) -> &mut KernelTransport;
+    /// The queues the driver set up (they get interrupt routes).
+    fn queues_in_use(&self) -> QueueSet;
+    /// What the `virtio:` line says.
+    fn brought_up(&self) -> BroughtUp;
+}
 
+/// Why a device no driver brought up was left reset.
+pub const NO_DRIVER: &str = "no driver";
+/// Why a device of a driven type was left reset ([`leave_untaken`]).
+pub const NOT_TAKEN: &str = "not taken (its driver drives one device of this type)";
+
+impl VirtioDevice {
     /// The error its bring-up failed with, if it did.
     pub fn failure(&self) -> Option<&str> {
         match &self.state {
-            DeviceState::Live(_) | DeviceState::Claimed { .. } => None,
-            DeviceState::Failed { error, .. } => Some(error),
+            DeviceState::Failed { error } => Some(error),
+            _ => None,
         }
     }
 
-    /// Hands the live device (transport and generic queues) to the device
-    /// driver `driver`, leaving [`DeviceState::Claimed`] behind; `None` if it
-    /// is not live. The driver resets the device before building its own
-    /// queues, and only then drops the generic ones (the device must not
-    /// touch ring memory that is being freed). The interrupt route set up
-    /// by [`irq`] stays with the device's location.
-    pub fn claim(&mut self, driver: &'static str) -> Option<LiveDevice> {
-        if !matches!(self.state, DeviceState::Live(_)) {
-            return None;
-        }
-        match core::mem::replace(&mut self.state, DeviceState::Claimed { driver }) {
-            DeviceState::Live(live) => Some(live),
-            // Checked just above; put back whatever it was.
-            other => {
-                self.state = other;
-                None
-            }
-        }
+    /// `true` if a transport was made for it and nothing failed: it is
+    /// waiting for its driver, being brought up, up, or left reset.
+    pub fn has_transport(&self) -> bool {
+        !matches!(self.state, DeviceState::Failed { .. })
     }
 
     /// Prints the device's one `virtio:` line for a driver that brought it
@@ -251,36 +285,29 @@ impl VirtioDevice {
         let name = type_name(self.device_type);
         let location = self.location;
         self.emit(format_args!("virtio: {name} at {location} FAILED: {error}"));
-        self.state = DeviceState::Failed {
-            transport: None,
-            error,
-        };
+        self.state = DeviceState::Failed { error };
     }
 
-    /// Prints the line for the state the generic bring-up left: the
-    /// generic features and split rings, or FAILED. Nothing for a device a
-    /// driver claimed (its driver reports it).
-    pub fn report_generic(&mut self) {
+    /// Leaves the device reset because `why` (no driver takes it): writes
+    /// status 0 only if it does not read 0 already (the firmware may have
+    /// used it), and prints its line.
+    pub fn leave_reset(&mut self, mut transport: KernelTransport, why: &'static str) {
+        if transport.status() != DeviceStatus::empty() {
+            if let Err(error) = transport.reset() {
+                log::warn!(
+                    "virtio: {} at {}: reset failed: {error}",
+                    type_name(self.device_type),
+                    self.location
+                );
+            }
+        }
         let name = type_name(self.device_type);
         let location = self.location;
-        match &self.state {
-            DeviceState::Live(live) => {
-                let up = BroughtUp {
-                    transport: live.transport.kind(),
-                    // The generic bring-up builds `SplitQueue`s only and
-                    // never accepts RING_PACKED.
-                    ring: RingKind::Split,
-                    queues: live.queues.len(),
-                    features: live.features,
-                };
-                self.report_up(&up);
-            }
-            DeviceState::Failed { error, .. } => {
-                let error = error.clone();
-                self.emit(format_args!("virtio: {name} at {location} FAILED: {error}"));
-            }
-            DeviceState::Claimed { .. } => {}
-        }
+        let kind = transport.kind();
+        self.emit(format_args!(
+            "virtio: {name} at {location} transport={kind}: {why}, left reset"
+        ));
+        self.state = DeviceState::Unsupported { transport, why };
     }
 
     /// Prints a `virtio:` line unless the device already has one.
@@ -298,9 +325,8 @@ impl VirtioDevice {
     }
 }
 
-/// The kernel driver that claims devices of `device_type`, if there is
-/// one (`crate::block`, `crate::net`, `crate::shell::console`). Probing
-/// leaves the `virtio:` line of such devices to the driver.
+/// The kernel driver that brings up devices of `device_type`, if there is
+/// one (`crate::block`, `crate::net`, `crate::shell::console`).
 pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
     match device_type {
         DeviceType::Block => Some("blk"),
@@ -310,15 +336,135 @@ pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
     }
 }
 
-/// Prints the generic `virtio:` line of every device (of `only`, if
-/// given) that has none yet and that no driver claimed: for code that
-/// knows no driver will claim them any more (see the module docs).
-pub fn report_unclaimed(only: Option<DeviceType>) {
-    for device in devices()
+/// Takes the first device of `device_type` that is waiting for its driver
+/// (discovery order) out of the registry, for `by` to bring up with
+/// [`bring_up`]. `None` when there is none left.
+pub fn take(device_type: DeviceType, by: &'static str) -> Option<Found> {
+    let mut registry = REGISTRY.lock();
+    let device = registry
         .iter_mut()
-        .filter(|d| !d.reported && only.is_none_or(|t| t == d.device_type))
-    {
-        device.report_generic();
+        .find(|d| d.device_type == device_type && matches!(d.state, DeviceState::Found(_)))?;
+    take_out(device, by)
+}
+
+/// Moves the transport of a Found or Unsupported device out, leaving
+/// [`DeviceState::Taken`].
+fn take_out(device: &mut VirtioDevice, by: &'static str) -> Option<Found> {
+    let transport = match core::mem::replace(&mut device.state, DeviceState::Taken { by }) {
+        DeviceState::Found(transport) | DeviceState::Unsupported { transport, .. } => transport,
+        other => {
+            device.state = other;
+            return None;
+        }
+    };
+    Some(Found {
+        device_type: device.device_type,
+        location: device.location,
+        interrupt: device.interrupt,
+        transport,
+    })
+}
+
+/// The one bring-up of a device by its driver (see the module docs):
+/// interrupt preparation, the driver's constructor `bring_up` (which runs
+/// §3.1.1 through `drivers::device::bring_up`), the interrupt route for the
+/// queues it set up, and the device's `virtio:` line. A failure leaves the
+/// device FAILED in the registry, with its line, and hands the driver's
+/// error back (`driver` names it on the line: `<driver> driver: <error>`).
+pub fn bring_up<D, E>(
+    found: Found,
+    driver: &'static str,
+    bring_up: impl FnOnce(KernelTransport) -> Result<D, E>,
+) -> Result<D, E>
+where
+    D: DrivenDevice,
+    E: fmt::Display,
+{
+    let location = found.location;
+    let result = bring_up_routed(found, bring_up);
+    let mut registry = REGISTRY.lock();
+    let entry = registry.iter_mut().find(|d| d.location == location);
+    match (&result, entry) {
+        (Ok(device), Some(entry)) => {
+            entry.report_up(&device.brought_up());
+            entry.state = DeviceState::Up { driver };
+        }
+        (Err(error), Some(entry)) => entry.fail(format!("{driver} driver: {error}")),
+        (_, None) => log::warn!("virtio: {location} is not in the registry"),
+    }
+    result
+}
+
+/// [`bring_up`] without the registry and the `virtio:` line: interrupt
+/// preparation, `bring_up`, interrupt route. The self-tests bring their
+/// own devices up through this, so they test the same path.
+pub fn bring_up_routed<D, E>(
+    mut found: Found,
+    bring_up: impl FnOnce(KernelTransport) -> Result<D, E>,
+) -> Result<D, E>
+where
+    D: DrivenDevice,
+{
+    irq::prepare(&mut found);
+    let Found {
+        device_type,
+        location,
+        interrupt,
+        transport,
+    } = found;
+    let mut device = bring_up(transport)?;
+    let queues = device.queues_in_use();
+    irq::route(
+        device_type,
+        location,
+        interrupt,
+        device.transport_for_routing(),
+        queues,
+    );
+    Ok(device)
+}
+
+/// Lends every device waiting for its driver, or left reset, to the
+/// self-tests (`test_bringup.rs`), which bring it up themselves.
+#[cfg(feature = "selftest")]
+fn lend_all(by: &'static str) -> Vec<Found> {
+    REGISTRY
+        .lock()
+        .iter_mut()
+        .filter_map(|device| take_out(device, by))
+        .collect()
+}
+
+/// Puts a device the self-tests borrowed (and reset) back: waiting for its
+/// driver again, or left reset if no driver takes its type (its `virtio:`
+/// line was printed at probe time).
+#[cfg(feature = "selftest")]
+fn put_back(found: Found) {
+    let mut registry = REGISTRY.lock();
+    let Some(device) = registry.iter_mut().find(|d| d.location == found.location) else {
+        return;
+    };
+    device.state = match driver_for(device.device_type) {
+        Some(_) => DeviceState::Found(found.transport),
+        None => DeviceState::Unsupported {
+            transport: found.transport,
+            why: NO_DRIVER,
+        },
+    };
+}
+
+/// Leaves every device still waiting for its driver (of `only`, if given)
+/// reset, with its `virtio:` line: for code that knows no driver will take
+/// them any more (the console driver for other consoles; `main` before
+/// `kernel: ready`).
+pub fn leave_untaken(only: Option<DeviceType>) {
+    let mut registry = REGISTRY.lock();
+    for device in registry.iter_mut().filter(|d| {
+        only.is_none_or(|t| t == d.device_type) && matches!(d.state, DeviceState::Found(_))
+    }) {
+        if let Some(found) = take_out(device, "nobody") {
+            device.leave_reset(found.transport, NOT_TAKEN);
+        }
     }
 }
 
@@ -339,8 +485,8 @@ pub fn ring_preference() -> RingPreference {
 static REGISTRY: Mutex<Vec<VirtioDevice>> = Mutex::new(Vec::new());
 
 /// The registry of devices [`probe`] found, locked. Device drivers take
-/// their device out of it (`swap_remove`) or drive it in place; the shell
-/// and the self-tests walk it. Do not hold the guard across a wait.
+/// their device out of it with [`take`]; the shell and the self-tests walk
+/// it. Do not hold the guard across a wait or a bring-up.
 pub fn devices() -> MutexGuard<'static, Vec<VirtioDevice>> {
     REGISTRY.lock()
 }
@@ -395,45 +541,66 @@ impl fmt::Display for FeatureList {
     }
 }
 
-/// Finds every virtio device (PCI first, then virtio-mmio), brings each up,
-/// prints its `virtio:` line and records it in the registry. Call once,
-/// after `interrupts::init`. Never panics on what a device does.
+/// Finds every virtio device (PCI first, then virtio-mmio) and records it
+/// in the registry; brings nothing up (see the module docs). A device
+/// without a transport gets its FAILED line, one of a type no driver takes
+/// its "no driver" line. Call once, after `interrupts::init`. Never panics
+/// on what a device does.
 pub fn probe() {
     let started = crate::clock::uptime_ns();
     let pci_found = pci::probe();
     let mmio_found = mmio::probe(pci_found.host_bridge_present);
     let found = pci_found.devices.into_iter().chain(mmio_found);
     let mut registry = REGISTRY.lock();
-    for mut discovered in found {
-        irq::before_bring_up(&mut discovered);
-        let mut device = bringup::bring_up(discovered);
-        // A driver's device gets its line from the driver (module docs).
-        if device.failure().is_some() || driver_for(device.device_type).is_none() {
-            device.report_generic();
+    for discovered in found {
+        let Discovered {
+            device_type,
+            location,
+            interrupt,
+            transport,
+        } = discovered;
+        let mut device = VirtioDevice {
+            device_type,
+            location,
+            transport_kind: transport.as_ref().ok().map(|t| t.kind()),
+            interrupt,
+            state: DeviceState::Failed {
+                error: String::new(),
+            },
+            reported: false,
+        };
+        match transport {
+            Err(error) => device.fail(error),
+            Ok(transport) if driver_for(device_type).is_none() => {
+                device.leave_reset(transport, NO_DRIVER)
+            }
+            Ok(transport) => device.state = DeviceState::Found(transport),
         }
-        irq::after_bring_up(&mut device);
         log::debug!(
-            "{} at {}: interrupt {:?}",
+            "{} at {}: {}, interrupt {:?}",
             type_name(device.device_type),
             device.location,
+            device.state.name(),
             device.interrupt
         );
         registry.push(device);
     }
-    let live = registry
+    let waiting = registry
         .iter()
-        .filter(|d| matches!(d.state, DeviceState::Live(_)))
+        .filter(|d| matches!(d.state, DeviceState::Found(_)))
         .count();
+    let failed = registry.iter().filter(|d| d.failure().is_some()).count();
     log::info!(
-        "virtio: {} device(s) found, {} live, {} failed, in {} us",
+        "virtio: {} device(s) found, {} for a driver, {} without one, {} failed, in {} us",
         registry.len(),
-        live,
-        registry.len() - live,
+        waiting,
+        registry.len() - waiting - failed,
+        failed,
         (crate::clock::uptime_ns() - started) / 1000
     );
 }
 
-/// A device discovery found, before bring-up.
+/// A device discovery found: what [`probe`] records.
 pub struct Discovered {
     /// Its type, as far as discovery could tell.
     pub device_type: DeviceType,

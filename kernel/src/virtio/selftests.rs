@@ -1,12 +1,18 @@
 //! Self-tests of virtio probing and bring-up, run on the real QEMU devices.
 //!
-//! Which tests run depends on what was found and on the command line:
+//! Gathering them borrows every device still waiting for its driver and
+//! brings it up generically (`test_bringup.rs`: the drivers' own path, with
+//! only the shared ring features and split queues), so that what follows
+//! tests the queue and interrupt code without any device driver; the last
+//! test resets those devices and hands them back for their drivers. Which
+//! tests run depends on what was found and on the command line:
 //!
 //! - always: the BAR-window arithmetic on made-up machines, and the
 //!   `expect.virtio=` parser;
 //! - with an ECAM window: it is mapped uncached with 2 MiB pages;
-//! - if any device was found: every one came up (DRIVER_OK, no FAILED, no
-//!   DEVICE_NEEDS_RESET, no broken queue);
+//! - if any device was found: every one came up (the self-tests' bring-up
+//!   or its driver's: DRIVER_OK, no FAILED, no DEVICE_NEEDS_RESET, no broken
+//!   queue);
 //! - with `expect.virtio=<type>:<transport>[,...]` (or `=none`): the devices
 //!   found, by type and transport, are exactly those (so a device that
 //!   probing misses or misclassifies fails the run);
@@ -16,7 +22,7 @@
 //!   `expect.blk.serial=<serial>[,...]` the serials must be exactly those and
 //!   sector 0 of each disk must start with `virtio-probe:<serial>\n`, which
 //!   the QEMU scenario wrote into the image: the data is checked end to end.
-//!   (The blk driver replaces these raw requests once it is wired in.)
+//!   (The blk driver's own requests are tested by `crate::block`.)
 //! - if a console came up: one line sent through port 0's transmit queue,
 //!   `virtio-probe: console at <location> transport=<transport>`, which the
 //!   scenario finds in the console's output file.
@@ -31,7 +37,8 @@ use drivers::transport::{DeviceStatus, DeviceType, Transport};
 use hal::DmaRegion;
 
 use super::pci::{bar_windows, CHIPSET_RESERVED_START, IO_WINDOW};
-use super::{type_name, DeviceState, LiveDevice, VirtioDevice};
+use super::test_bringup::{self, lent, LiveDevice, TestState};
+use super::{type_name, DeviceState, VirtioDevice};
 use crate::bootinfo::{MemoryKind, MemoryRegion};
 use crate::hal_impl::KernelHal;
 use crate::selftest_api::SelfTest;
@@ -41,6 +48,8 @@ const REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
 
 /// The virtio self-tests for what [`super::probe`] found (see the module docs).
 pub fn selftests() -> Vec<SelfTest> {
+    // The devices the tests below use, brought up by the tests themselves.
+    test_bringup::lend_all();
     let mut tests = vec![
         SelfTest {
             name: "virtio: BAR windows avoid RAM, ECAM and the chipset on model machines",
@@ -51,18 +60,11 @@ pub fn selftests() -> Vec<SelfTest> {
             run: test_expect_parser,
         },
     ];
-    let (any, blk, console) = {
-        let devices = super::devices();
-        let live_of = |t: DeviceType| {
-            devices
-                .iter()
-                .any(|d| d.device_type == t && matches!(d.state, DeviceState::Live(_)))
-        };
-        (
-            !devices.is_empty(),
-            live_of(DeviceType::Block),
-            live_of(DeviceType::Console),
-        )
+    let any = !super::devices().is_empty();
+    let (blk, console) = {
+        let devices = lent();
+        let live_of = |t: DeviceType| devices.iter().any(|d| d.device_type == t && d.is_live());
+        (live_of(DeviceType::Block), live_of(DeviceType::Console))
     };
     if crate::acpi_tables::ecam().is_some() {
         tests.push(SelfTest {
@@ -96,21 +98,45 @@ pub fn selftests() -> Vec<SelfTest> {
     }
     // Interrupts: routes, round trips that complete by interrupt, halts.
     tests.extend(super::irq::selftests());
+    // Always last: the devices go back to their drivers.
+    tests.push(SelfTest {
+        name: "virtio: the self-tests' devices are reset and handed back to their drivers",
+        run: test_give_back,
+    });
     tests
+}
+
+fn test_give_back() -> Result<(), String> {
+    let count = test_bringup::give_back_all()?;
+    let still_taken = super::devices()
+        .iter()
+        .filter(|d| matches!(d.state, DeviceState::Taken { .. }))
+        .map(|d| d.location)
+        .collect::<Vec<_>>();
+    if !still_taken.is_empty() {
+        return Err(format!("still taken after the hand-back: {still_taken:?}"));
+    }
+    log::info!("virtio: {count} device(s) reset and handed back to their drivers");
+    Ok(())
 }
 
 // ---------------------------------------------------------------- live
 
 fn test_all_live() -> Result<(), String> {
-    let mut devices = super::devices();
     let mut problems = Vec::new();
-    for device in devices.iter_mut() {
+    for device in super::devices().iter() {
         let name = format!("{} at {}", type_name(device.device_type), device.location);
         if let Some(error) = device.failure() {
             problems.push(format!("{name} FAILED: {error}"));
         }
-        if let Some(live) = device.live() {
-            {
+    }
+    for device in lent().iter_mut() {
+        let name = format!("{} at {}", type_name(device.device_type), device.location);
+        match &mut device.state {
+            TestState::Failed { error, .. } => {
+                problems.push(format!("{name} FAILED its generic bring-up: {error}"));
+            }
+            TestState::Live(live) => {
                 let status = live.transport.status();
                 let bad = DeviceStatus::FAILED | DeviceStatus::DEVICE_NEEDS_RESET;
                 if !status.contains(DeviceStatus::DRIVER_OK) || status.intersects(bad) {
@@ -464,7 +490,7 @@ fn test_blk_round_trip() -> Result<(), String> {
         serials.sort_unstable();
         serials
     });
-    let mut devices = super::devices();
+    let mut devices = lent();
     let mut serials = Vec::new();
     let mut problems = Vec::new();
     for device in devices
@@ -516,7 +542,7 @@ fn test_blk_round_trip() -> Result<(), String> {
 const CONSOLE_TRANSMIT_QUEUE: usize = 1;
 
 fn test_console_round_trip() -> Result<(), String> {
-    let mut devices = super::devices();
+    let mut devices = lent();
     let mut problems = Vec::new();
     for device in devices
         .iter_mut()
