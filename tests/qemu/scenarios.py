@@ -473,6 +473,115 @@ IRQ_SCENARIOS: list[Scenario] = [
 
 
 
+# ---------------------------------------------------------------- one bring-up per device
+#
+# A normal boot (no mode=selftest) with blk, net and console, on PCI and on
+# virtio-mmio, with QEMU tracing every status write (`-trace
+# virtio_set_status`). The check reads QEMU's trace, not the kernel's log:
+# each device must be brought up exactly once, by its driver (reset,
+# ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK: 0, 1, 3, 11, 15), and
+# nothing else may be written. The runner stops QEMU once `kernel: ready`
+# is printed (every driver has brought its device up by then); QEMU flushes
+# its trace log after every event, so nothing is lost.
+
+#: The trace file in the scenario's work directory.
+STATUS_TRACE = "virtio-status.trace"
+#: `-msg timestamp=on` makes every trace line `<thread id>@<seconds>:<event> ...`.
+STATUS_TRACE_LINE = re.compile(
+    r"^(?P<thread>\d+)@[\d.]+:virtio_set_status vdev (?P<vdev>0x[0-9a-f]+) val (?P<val>\d+)$", re.MULTILINE
+)
+#: §3.1.1 once: reset, ACKNOWLEDGE, +DRIVER, +FEATURES_OK, +DRIVER_OK.
+ONE_BRING_UP = [0, 1, 3, 11, 15]
+
+
+def guest_status_writes(trace: str) -> dict[str, list[int]]:
+    """Per device (`vdev` pointer, in order of first appearance): the status
+    values the *guest* wrote, from a `-trace virtio_set_status -msg
+    timestamp=on` log.
+
+    QEMU's own machine reset writes 0 to every device from its main thread
+    before any vCPU runs (the first line's thread); the guest's writes come
+    from the vCPU thread. Consecutive zeros are folded into one: QEMU logs a
+    guest reset of a virtio-pci device twice (the register write, then
+    `virtio_pci_reset` writes 0 again), and logs 0 again when PCI
+    enumeration writes the command register while bus mastering is off
+    (`virtio_pci_write_config`); none of these is a second bring-up.
+    """
+    lines = list(STATUS_TRACE_LINE.finditer(trace))
+    writes: dict[str, list[int]] = {}
+    if not lines:
+        return writes
+    qemu_thread = lines[0]["thread"]
+    for m in lines:
+        values = writes.setdefault(m["vdev"], [])
+        if m["thread"] == qemu_thread:
+            continue
+        value = int(m["val"])
+        if value == 0 and values and values[-1] == 0:
+            continue
+        values.append(value)
+    return writes
+
+
+def status_write_problems(trace: str, devices: int) -> list[str]:
+    """Problems with a status trace of `devices` devices: each must show
+    exactly one bring-up (`ONE_BRING_UP`) after QEMU's reset zeros."""
+    writes = guest_status_writes(trace)
+    problems = []
+    if len(writes) != devices:
+        problems.append(f"status writes for {len(writes)} device(s) in QEMU's trace, {devices} attached")
+    for vdev, values in writes.items():
+        if values != ONE_BRING_UP:
+            problems.append(f"device {vdev}: guest status writes {values}, expected exactly {ONE_BRING_UP}")
+    return problems
+
+
+def bring_up_once(name: str, machine: str, devs: Sequence[VirtioDev], extra_args: Sequence[str] = ()) -> Scenario:
+    """A normal boot with `devs`; QEMU's status trace must show one bring-up each."""
+
+    def devices(ctx: RunContext) -> list[str]:
+        trace = ["-msg", "timestamp=on", "-trace", "virtio_set_status", "-D", str(ctx.file(STATUS_TRACE))]
+        return trace + list(extra_args) + virtio_device_args(ctx, machine, devs)
+
+    def check(outcome: Outcome) -> Iterable[str]:
+        assert outcome.ctx is not None
+        path = outcome.ctx.file(STATUS_TRACE)
+        trace = path.read_text("utf-8", "replace") if path.exists() else ""
+        problems = status_write_problems(trace, len(devs))
+        lines = list(VIRTIO_LINE.finditer(outcome.log_text))
+        found = sorted((m["type"], m["transport"]) for m in lines)
+        expected = sorted((d.kind, d.transport) for d in devs)
+        if found != expected:
+            problems.append(f"`virtio:` lines name {found}, expected {expected}")
+        if problems:
+            problems.append("status writes seen: " + ", ".join(
+                f"{vdev} {values}" for vdev, values in guest_status_writes(trace).items()))
+        return problems
+
+    return Scenario(
+        name=name,
+        machine=machine,
+        firmware="qboot" if machine != "microvm" else None,
+        accel="tcg",
+        devices=devices,
+        files={f"disk{i}.img": probe_image(f"disk{i}") for i, d in enumerate(devs) if d.kind == "blk"},
+        append="",
+        expect_status=KILLED,
+        stop_on=r"^kernel: ready$",
+        expect_in_order=[BOOT_BANNER, r"^kernel: ready$"],
+        forbid=[*DEFAULT_FORBID, r"^selftest: ", r"^virtio: .* FAILED: "],
+        check=check,
+    )
+
+
+BRING_UP_SCENARIOS: list[Scenario] = [
+    # Transitional devices on q35: the modern interface, MSI-X.
+    bring_up_once("bringup-once-q35-pci", "q35", all_three("pci-modern")),
+    # virtio-mmio (version 1, QEMU's default) on microvm, GSIs from the command line.
+    bring_up_once("bringup-once-microvm-mmio", "microvm", all_three("mmio-v1"), extra_args=["-M", "acpi=off"]),
+]
+
+
 SCENARIOS: list[Scenario] = [
     # KVM with qboot: the fast path `x.py run` uses, with its devices attached.
     selftest("q35", "qboot", "kvm", with_devices=True),
@@ -525,6 +634,7 @@ SCENARIOS: list[Scenario] = [
     ),
     *VIRTIO_SCENARIOS,
     *IRQ_SCENARIOS,
+    *BRING_UP_SCENARIOS,
 ]
 
 

@@ -213,5 +213,50 @@ class RunnerTest(unittest.TestCase):
         self.assertTrue((self.build / "qemu-work" / "fake-files" / "disk.img").exists())
 
 
+
+def status_trace(*writes: tuple[int, str, int]) -> str:
+    """A `-trace virtio_set_status -msg timestamp=on` log of (thread, vdev, value) writes."""
+    return "".join(
+        f"{thread}@1796654772.{i:06d}:virtio_set_status vdev {vdev} val {value}\n"
+        for i, (thread, vdev, value) in enumerate(writes)
+    )
+
+
+#: QEMU's machine reset: two zeros per device from its main thread (100).
+MACHINE_RESET = [(100, dev, 0) for dev in ("0xa", "0xb")] * 2
+#: One bring-up on the vCPU thread (101): enumeration's zero, the reset
+#: written twice by virtio-pci, then ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK.
+ONCE = [(101, "0xa", v) for v in (0, 0, 0, 1, 3, 11, 15)] + [(101, "0xb", v) for v in (0, 0, 0, 1, 3, 11, 15)]
+
+
+class StatusTraceTest(unittest.TestCase):
+    """The bringup-once-* scenarios' reading of QEMU's status trace."""
+
+    def test_one_bring_up_each_passes(self):
+        trace = status_trace(*MACHINE_RESET, *ONCE)
+        self.assertEqual(scenarios.guest_status_writes(trace), {"0xa": [0, 1, 3, 11, 15], "0xb": [0, 1, 3, 11, 15]})
+        self.assertEqual(scenarios.status_write_problems(trace, 2), [])
+
+    def test_a_second_bring_up_fails(self):
+        # What the kernel did before each device had one owner: a generic
+        # bring-up at probe time, then the driver's.
+        again = [(101, "0xa", v) for v in (0, 0, 1, 3, 11, 15)]
+        problems = scenarios.status_write_problems(status_trace(*MACHINE_RESET, *ONCE, *again), 2)
+        self.assertEqual(len(problems), 1)
+        self.assertIn("0xa", problems[0])
+
+    def test_a_repeated_driver_ok_fails(self):
+        problems = scenarios.status_write_problems(status_trace(*MACHINE_RESET, *ONCE, (101, "0xb", 15)), 2)
+        self.assertEqual(len(problems), 1)
+        self.assertIn("0xb", problems[0])
+
+    def test_no_reset_or_missing_device_fails(self):
+        no_reset = [(101, "0xa", v) for v in (1, 3, 11, 15)]
+        self.assertNotEqual(scenarios.status_write_problems(status_trace(*MACHINE_RESET[:1], *no_reset), 1), [])
+        # The second device was never brought up: only QEMU's zeros.
+        self.assertNotEqual(scenarios.status_write_problems(status_trace(*MACHINE_RESET, *ONCE[:7]), 2), [])
+        self.assertNotEqual(scenarios.status_write_problems("", 3), [])
+
+
 if __name__ == "__main__":
     unittest.main()
