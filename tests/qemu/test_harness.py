@@ -250,6 +250,12 @@ class StatusTraceTest(unittest.TestCase):
         self.assertEqual(len(problems), 1)
         self.assertIn("0xb", problems[0])
 
+    def test_legacy_bring_up_has_no_features_ok(self):
+        legacy = [(101, "0xa", v) for v in (0, 1, 3, 7)]
+        trace = status_trace(*MACHINE_RESET[:1], *legacy)
+        self.assertEqual(scenarios.status_write_problems(trace, 1, scenarios.ONE_LEGACY_BRING_UP), [])
+        self.assertNotEqual(scenarios.status_write_problems(trace, 1), [])
+
     def test_no_reset_or_missing_device_fails(self):
         no_reset = [(101, "0xa", v) for v in (1, 3, 11, 15)]
         self.assertNotEqual(scenarios.status_write_problems(status_trace(*MACHINE_RESET[:1], *no_reset), 1), [])
