@@ -439,15 +439,15 @@ fn lend_all(by: &'static str) -> Vec<Found> {
 /// driver again, or left reset if no driver takes its type (its `virtio:`
 /// line was printed at probe time).
 #[cfg(feature = "selftest")]
-fn put_back(found: Found) {
+fn put_back(location: Location, transport: KernelTransport) {
     let mut registry = REGISTRY.lock();
-    let Some(device) = registry.iter_mut().find(|d| d.location == found.location) else {
+    let Some(device) = registry.iter_mut().find(|d| d.location == location) else {
         return;
     };
     device.state = match driver_for(device.device_type) {
-        Some(_) => DeviceState::Found(found.transport),
+        Some(_) => DeviceState::Found(transport),
         None => DeviceState::Unsupported {
-            transport: found.transport,
+            transport,
             why: NO_DRIVER,
         },
     };

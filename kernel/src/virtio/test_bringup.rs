@@ -31,6 +31,7 @@
 //! in the registry, where its driver then takes it and brings it up again
 //! from reset; its interrupt slot and vectors stay and are re-used.
 
+use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
@@ -149,7 +150,8 @@ pub fn lend_all() {
                 queues,
                 features,
             }),
-            Err(error) => Err((error, transport)),
+            // Boxed: the error path should not make every result large.
+            Err(error) => Err((error, Box::new(transport))),
         });
         let state = match result {
             Ok(live) => {
@@ -163,7 +165,7 @@ pub fn lend_all() {
             }
             Err((error, transport)) => TestState::Failed {
                 error: error.to_string(),
-                transport,
+                transport: *transport,
             },
         };
         lent.push(TestDevice {
@@ -197,12 +199,7 @@ pub fn give_back_all() -> Result<usize, String> {
             ));
         }
         drop(queues);
-        super::put_back(super::Found {
-            device_type: device.device_type,
-            location: device.location,
-            interrupt: super::InterruptLine::Unknown,
-            transport,
-        });
+        super::put_back(device.location, transport);
     }
     if problems.is_empty() {
         Ok(count)
