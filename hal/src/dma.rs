@@ -1,7 +1,31 @@
 //! DMA memory: pages the device can reach, owned by an RAII handle.
 //!
 //! The device reads and writes this memory behind the compiler's back, so every
-//! access through [`DmaRegion`] is volatile and bounds-checked.
+//! access through [`DmaRegion`] is volatile and bounds-checked, and only types
+//! for which every bit pattern is a valid value may be read or written
+//! ([`DmaValue`]: the fixed-size integers and arrays of them). Whatever an
+//! untrusted device writes, a read yields *some* valid value, never undefined
+//! behaviour: reading a `bool` (only 0 and 1 are valid) or a reference (the
+//! device would choose the address) does not compile:
+//!
+//! ```compile_fail,E0277
+//! # fn demo<H: hal::Hal>(region: &hal::DmaRegion<H>) {
+//! let flag: Option<bool> = region.read::<bool>(0); // error: `bool: DmaValue` is not satisfied
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0277
+//! # fn demo<H: hal::Hal>(region: &hal::DmaRegion<H>) {
+//! let pointer = region.read::<&u8>(0); // error: `&u8: DmaValue` is not satisfied
+//! # }
+//! ```
+//!
+//! ```
+//! # fn demo<H: hal::Hal>(region: &hal::DmaRegion<H>) {
+//! let index: Option<u16> = region.read::<u16>(0); // integers are fine
+//! let bytes: Option<[u8; 6]> = region.read::<[u8; 6]>(8); // and arrays of them
+//! # }
+//! ```
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -10,6 +34,33 @@ use crate::{pages_for, DeviceAddr, Hal, HalError, PAGE_SIZE};
 
 /// The widest access [`DmaRegion::read_bytes`] and [`DmaRegion::write_bytes`] use.
 const WORD: usize = core::mem::size_of::<u64>();
+
+/// A type that may live in device-visible memory: `Copy`, no padding, no
+/// pointers, and **every bit pattern is a valid value**, so reading whatever
+/// the device wrote is always defined.
+///
+/// Sealed: implemented here for `u8`..`u64`, `i8`..`i64` and arrays of them,
+/// and nowhere else (a `bool`, `char`, enum, reference or struct with padding
+/// would make [`DmaRegion::read`] unsound).
+pub trait DmaValue: Copy + sealed::Sealed {}
+
+mod sealed {
+    /// Keeps [`super::DmaValue`] closed to the types listed in this file.
+    pub trait Sealed {}
+}
+
+macro_rules! dma_value {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl DmaValue for $t {}
+    )*};
+}
+dma_value!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+// An array of valid-for-any-bits elements has no padding and is itself valid
+// for any bits.
+impl<T: DmaValue, const N: usize> sealed::Sealed for [T; N] {}
+impl<T: DmaValue, const N: usize> DmaValue for [T; N] {}
 
 /// Physically contiguous, page-aligned, zeroed memory shared with a device.
 /// Freed (through the Hal that allocated it) when dropped.
@@ -68,6 +119,8 @@ impl<H: Hal> DmaRegion<H> {
         self.pages
     }
 
+    /// A pointer to a `T` at `offset`, if it lies inside the region and is
+    /// aligned for `T`.
     fn checked_ptr<T>(&self, offset: usize) -> Option<*mut T> {
         let end = offset.checked_add(core::mem::size_of::<T>())?;
         if end > self.len() || !offset.is_multiple_of(core::mem::align_of::<T>()) {
@@ -78,15 +131,22 @@ impl<H: Hal> DmaRegion<H> {
     }
 
     /// Volatile read of a `T` at `offset`. `None` when out of bounds or misaligned.
-    pub fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+    ///
+    /// `T` is a [`DmaValue`], valid for any bits, because the device may have
+    /// written anything there.
+    pub fn read<T: DmaValue>(&self, offset: usize) -> Option<T> {
         let ptr = self.checked_ptr::<T>(offset)?;
         // SAFETY: in bounds and aligned (checked), and the memory is ours for
-        // the lifetime of `self`; volatile because the device may write it.
+        // the lifetime of `self`; volatile because the device may write it;
+        // `T: DmaValue` is valid for whatever bits the device left there.
         Some(unsafe { ptr.read_volatile() })
     }
 
     /// Volatile write of a `T` at `offset`. `false` when out of bounds or misaligned.
-    pub fn write<T: Copy>(&self, offset: usize, value: T) -> bool {
+    ///
+    /// `T` is a [`DmaValue`]: no padding bytes (uninitialised memory) and no
+    /// pointers end up where the device can read them.
+    pub fn write<T: DmaValue>(&self, offset: usize, value: T) -> bool {
         match self.checked_ptr::<T>(offset) {
             Some(ptr) => {
                 // SAFETY: in bounds and aligned (checked); volatile because the

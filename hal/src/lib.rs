@@ -21,7 +21,21 @@
 //!   through [`Hal::mmio_read`] / [`Hal::mmio_write`], plain volatile loads and
 //!   stores in the kernel, so that a host Hal can hand them to a device model.
 //! - **Port I/O** ([`Hal::port_read`] / [`Hal::port_write`]), which legacy
-//!   virtio-pci and PCI configuration mechanism #1 need.
+//!   virtio-pci and PCI configuration mechanism #1 need, reached by drivers
+//!   only through a [`PortRange`]: a range of ports somebody promised (once,
+//!   with `unsafe`) belongs to the devices the drivers own.
+//! - **Packet buffers** ([`DmaBufferPool`]): one DMA region cut into equal
+//!   buffers, each either lent to the device or held by the driver; only a
+//!   held buffer can be seen as a plain byte slice.
+//!
+//! ## Where the `unsafe` is
+//!
+//! Raw memory and port access live here, so that `drivers` can deny
+//! `unsafe_code`. Every `unsafe` block carries a `// SAFETY:` comment (the
+//! workspace denies `clippy::undocumented_unsafe_blocks` and
+//! `unsafe_op_in_unsafe_fn`). Device-visible memory is only ever read as a
+//! [`DmaValue`] (valid for any bit pattern) or, for a buffer the device has
+//! handed back, as bytes.
 //!
 //! The virtio specification (1.2, section 2.7 and 2.6 "Virtqueues") requires
 //! that ring memory is in "guest physical memory" the device can reach; this is
@@ -29,11 +43,17 @@
 
 #![no_std]
 
-mod dma;
-mod mmio;
+extern crate alloc;
 
-pub use dma::DmaRegion;
+mod dma;
+mod dma_pool;
+mod mmio;
+mod port;
+
+pub use dma::{DmaRegion, DmaValue};
+pub use dma_pool::DmaBufferPool;
 pub use mmio::{MmioRegion, Register};
+pub use port::{PortRange, PortValue};
 
 use core::ptr::NonNull;
 
@@ -60,8 +80,11 @@ pub enum Direction {
 /// Width of a port I/O access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortWidth {
+    /// 8 bits (`in al, dx` / `out dx, al`).
     Byte,
+    /// 16 bits.
     Word,
+    /// 32 bits.
     Dword,
 }
 
@@ -104,7 +127,9 @@ impl core::fmt::Display for HalError {
 /// - `mmio_map` returns a pointer through which volatile accesses reach the
 ///   device registers at the given physical address, uncached;
 /// - `share` returns a device address at which the device sees the buffer's
-///   contents (or a bounce copy of them) until `unshare`.
+///   contents (or a bounce copy of them) until `unshare`;
+/// - [`Hal::DEVICE_IO_PORTS`] holds only ports that belong to devices the
+///   drivers may drive, so that no access to them can break memory safety.
 pub unsafe trait Hal: 'static {
     /// Allocates `pages` physically contiguous, zeroed pages.
     /// Returns the device address and the CPU pointer of the first byte.
@@ -132,6 +157,16 @@ pub unsafe trait Hal: 'static {
     /// `false` (the default) for a Hal that bounces or maps buffers: every
     /// share must be ended by its own `unshare`.
     const UNSHARE_IS_NOOP: bool = false;
+
+    /// The I/O ports decoded only by devices the drivers may drive (the
+    /// window PCI I/O BARs live in): reading or writing any of them, in any
+    /// order, cannot break the memory safety of the machine (no interrupt
+    /// controller, DMA controller, PCI configuration or firmware port is in
+    /// it). [`PortRange::device_ports`] hands out ranges inside it without
+    /// `unsafe`; everything else needs [`PortRange::new`]'s promise.
+    ///
+    /// Empty by default (a Hal without port I/O).
+    const DEVICE_IO_PORTS: core::ops::Range<u32> = 0..0;
 
     /// Makes `buffer` visible to the device for one request and returns the
     /// address the device must use.
