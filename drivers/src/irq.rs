@@ -606,11 +606,9 @@ impl<H: Hal> InterruptStatusRegister<H> {
                     .filter(|bar| bar.is_io())
                     .ok_or(IrqSetupError::NoLegacyBar)?;
                 let port = bar.address + crate::transport::pci::legacy::regs::ISR_STATUS as u64;
-                let base = u16::try_from(port).map_err(|_| IrqSetupError::NoLegacyBar)?;
-                Ok(InterruptStatusRegister::Pci(RegisterWindow::Ports {
-                    base,
-                    len: 1,
-                }))
+                let isr = hal::PortRange::device_ports(port, 1)
+                    .map_err(|_| IrqSetupError::NoLegacyBar)?;
+                Ok(InterruptStatusRegister::Pci(RegisterWindow::Ports(isr)))
             }
             other => Err(IrqSetupError::WrongTransport(other)),
         }

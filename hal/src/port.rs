@@ -164,23 +164,24 @@ impl<H: Hal> PortRange<H> {
         self.base.checked_add(u16::try_from(offset).ok()?)
     }
 
-    /// Reads the port at `offset`; `None` if outside the range, misaligned,
-    /// or the Hal cannot reach it.
-    pub fn read<T: PortValue>(&self, offset: usize) -> Option<T> {
-        let port = self.port(offset, T::BYTES)?;
+    /// Reads the port at `offset`. `InvalidArgument` if it is outside the
+    /// range or misaligned for `T`; the Hal's error if it cannot reach it.
+    pub fn read<T: PortValue>(&self, offset: usize) -> Result<T, HalError> {
+        let port = self
+            .port(offset, T::BYTES)
+            .ok_or(HalError::InvalidArgument)?;
         // SAFETY: the port lies inside this range (checked), whose creator
         // promised it belongs to devices we own (see `new`/`device_ports`).
-        let value = unsafe { H::port_read(port, T::WIDTH) }.ok()?;
-        Some(T::from_port(value))
+        let value = unsafe { H::port_read(port, T::WIDTH) }?;
+        Ok(T::from_port(value))
     }
 
-    /// Writes the port at `offset`; `false` if outside the range, misaligned,
-    /// or the Hal cannot reach it.
-    pub fn write<T: PortValue>(&self, offset: usize, value: T) -> bool {
-        let Some(port) = self.port(offset, T::BYTES) else {
-            return false;
-        };
+    /// Writes the port at `offset`; errors as for [`PortRange::read`].
+    pub fn write<T: PortValue>(&self, offset: usize, value: T) -> Result<(), HalError> {
+        let port = self
+            .port(offset, T::BYTES)
+            .ok_or(HalError::InvalidArgument)?;
         // SAFETY: as in `read`: the port is inside a range vouched for.
-        unsafe { H::port_write(port, T::WIDTH, value.to_port()) }.is_ok()
+        unsafe { H::port_write(port, T::WIDTH, value.to_port()) }
     }
 }

@@ -215,12 +215,12 @@ impl<H: Hal> RxQueue<H> {
     fn post(&mut self, id: u16) -> bool {
         let len = self.layout.buffer_len;
         let header = self.layout.header_len;
-        let (Some(start), Some(frame)) = (
-            self.pool.device_addr(id, 0),
-            self.pool.device_addr(id, header),
-        ) else {
+        let Some(start) = self.pool.lend(id) else {
+            // Out of range or already lent: the queues never do that.
+            log::debug!("{}: rx: buffer {id} cannot be lent", self.location);
             return false;
         };
+        let frame = start + header as u64;
         let whole = [Segment::writable(start, len as u32)];
         let split = [
             Segment::writable(start, header as u32),
@@ -238,6 +238,8 @@ impl<H: Hal> RxQueue<H> {
                 true
             }
             Err(_) => {
+                // Never reached the device: take it straight back.
+                self.pool.reclaim(id);
                 self.free.put(id);
                 false
             }
@@ -347,6 +349,15 @@ impl<H: Hal> RxQueue<H> {
             );
             return None;
         }
+        if !self.pool.reclaim(id) {
+            // The map only holds ids of lent buffers.
+            self.stats.device_errors += 1;
+            warn!(
+                "{}: rx: token {token}: buffer {id} was not lent; ignored",
+                self.location
+            );
+            return None;
+        }
         Some(id)
     }
 
@@ -361,9 +372,10 @@ impl<H: Hal> RxQueue<H> {
         if len < header_len {
             return self.drop_packet(id, DropReason::BadLength(len));
         }
-        // SAFETY: the buffer came back through the used ring, so the device
-        // is done with it, and it is not posted again before this read ends.
-        let header = unsafe { self.pool.bytes(id, 0, header_len) }
+        // `take_buffer` reclaimed it: the pool hands out held buffers only.
+        let header = self
+            .pool
+            .bytes(id, 0, header_len)
             .and_then(|bytes| RxHeader::parse(bytes, header_len));
         let Some(header) = header else {
             return self.drop_packet(id, DropReason::BadLength(len));
@@ -456,9 +468,8 @@ impl<H: Hal> RxQueue<H> {
             assembly.overflow = true;
             return;
         }
-        // SAFETY: the buffer came back through the used ring and is reposted
-        // only after this copy.
-        match unsafe { self.pool.bytes(id, offset, len) } {
+        // Held (reclaimed by `take_buffer`) until `repost` after this copy.
+        match self.pool.bytes(id, offset, len) {
             // Never reallocates: the capacity was reserved and the length is checked.
             Some(bytes) => self.scratch.extend_from_slice(bytes),
             None => assembly.overflow = true,
@@ -518,6 +529,8 @@ impl<H: Hal> RxQueue<H> {
                 }
             }
         });
+        // A reset device holds no buffers (§2.4).
+        self.pool.reclaim_all();
         self.assembly = None;
         self.scratch.clear();
     }
@@ -591,12 +604,10 @@ impl<H: Hal> RxQueue<H> {
     /// Frame bytes of a packet's source.
     fn frame(&self, source: Source) -> &[u8] {
         match source {
-            // SAFETY: a `Buffer` source is a buffer the device returned and
-            // that is not reposted until its `RxPacket` is dropped; the
-            // returned slice borrows the packet, so it ends before that.
-            Source::Buffer { id, offset, len } => {
-                unsafe { self.pool.bytes(id, offset, len) }.unwrap_or(&[])
-            }
+            // A `Buffer` source is a buffer the device returned (held), not
+            // reposted until its `RxPacket` is dropped; the slice borrows
+            // the packet, so it ends before that.
+            Source::Buffer { id, offset, len } => self.pool.bytes(id, offset, len).unwrap_or(&[]),
             Source::Scratch { len, .. } => self.scratch.get(..len).unwrap_or(&[]),
         }
     }

@@ -174,6 +174,15 @@ impl<H: Hal> TxQueue<H> {
             );
             return false;
         }
+        if !self.pool.reclaim(id) {
+            // The map only holds ids of lent buffers.
+            self.stats.device_errors += 1;
+            warn!(
+                "{}: tx: token {token}: buffer {id} was not lent; ignored",
+                self.location
+            );
+            return false;
+        }
         self.free.put(id);
         true
     }
@@ -274,13 +283,12 @@ impl<H: Hal> TxQueue<H> {
 
     fn post(&mut self, id: u16, len: usize) -> Result<Token, QueueError> {
         let header_len = self.layout.header_len;
-        let (Some(start), Some(frame)) = (
-            self.pool.device_addr(id, 0),
-            self.pool.device_addr(id, header_len),
-        ) else {
+        let Some(start) = self.pool.lend(id) else {
+            // Out of range or already lent: the queue never does that.
             return Err(QueueError::EmptyRequest);
         };
-        if self.layout.split_header {
+        let frame = start + header_len as u64;
+        let added = if self.layout.split_header {
             self.ring.add(&[
                 Segment::readable(start, header_len as u32),
                 Segment::readable(frame, len as u32),
@@ -288,7 +296,12 @@ impl<H: Hal> TxQueue<H> {
         } else {
             self.ring
                 .add(&[Segment::readable(start, (header_len + len) as u32)])
+        };
+        if added.is_err() {
+            // Never reached the device: take it straight back.
+            self.pool.reclaim(id);
         }
+        added
     }
 
     /// Takes every buffer back after the device was reset.
@@ -303,6 +316,8 @@ impl<H: Hal> TxQueue<H> {
                 }
             }
         });
+        // A reset device holds no buffers (§2.4).
+        self.pool.reclaim_all();
     }
 
     pub(crate) fn ring_mut(&mut self) -> &mut Virtqueue<H> {
@@ -378,10 +393,9 @@ impl<H: Hal> TxSlot<'_, H> {
     /// header first). Whatever was there before is garbage.
     pub fn buffer(&mut self) -> &mut [u8] {
         let header_len = self.queue.layout.header_len;
-        // SAFETY: the buffer came off the free list, so the device does not
-        // own it, and it is posted only by `send`, which consumes the slot
-        // (ending this borrow first).
-        match unsafe { self.queue.pool.bytes_mut(self.id, header_len, self.len) } {
+        // The buffer came off the free list, so it is held, not lent; it is
+        // lent only by `send`, which consumes the slot (ending this borrow).
+        match self.queue.pool.bytes_mut(self.id, header_len, self.len) {
             Some(bytes) => bytes,
             // `reserve` checked `len` against the buffer size.
             None => &mut [],
@@ -392,8 +406,8 @@ impl<H: Hal> TxSlot<'_, H> {
     pub fn send(mut self) -> Result<(), NetError> {
         self.sent = true;
         let header_len = self.queue.layout.header_len;
-        // SAFETY: as in `buffer`: driver-owned until `submit` posts it below.
-        if let Some(header) = unsafe { self.queue.pool.bytes_mut(self.id, 0, header_len) } {
+        // Held until `submit` lends it below.
+        if let Some(header) = self.queue.pool.bytes_mut(self.id, 0, header_len) {
             // No offloads: flags 0, GSO_NONE, num_buffers 0 (§5.1.6.2).
             header.fill(0);
         }

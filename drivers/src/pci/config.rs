@@ -20,7 +20,7 @@ use core::cell::Cell;
 use core::marker::PhantomData;
 use core::ops::RangeInclusive;
 
-use hal::{Hal, MmioRegion, PortWidth};
+use hal::{Hal, HalError, MmioRegion, PortRange};
 
 use super::{check_access, ConfigAccess, ConfigWidth, PciAddress, PciError};
 
@@ -28,6 +28,13 @@ use super::{check_access, ConfigAccess, ConfigWidth, PciAddress, PciError};
 pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
 /// The data port of configuration mechanism #1.
 pub const CONFIG_DATA_PORT: u16 = 0xcfc;
+/// How many ports mechanism #1 uses: 0xCF8..=0xCFF (the [`PortRange`]
+/// [`PortIoConfig::new`] takes).
+pub const CONFIG_PORTS: usize = 8;
+/// CONFIG_ADDRESS, as an offset in that range (it is the first port).
+const ADDRESS_OFFSET: usize = 0;
+/// The first data port, as an offset in that range.
+const DATA_OFFSET: usize = (CONFIG_DATA_PORT - CONFIG_ADDRESS_PORT) as usize;
 
 /// Configuration mechanism #1 through I/O ports 0xCF8/0xCFC.
 ///
@@ -35,7 +42,8 @@ pub const CONFIG_DATA_PORT: u16 = 0xcfc;
 /// interleaved with another access; the type is therefore not `Sync`. Share it
 /// between contexts behind a lock.
 pub struct PortIoConfig<H: Hal> {
-    _hal: PhantomData<fn() -> H>,
+    /// Ports 0xCF8..=0xCFF, vouched for by whoever created the range.
+    ports: PortRange<H>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -46,35 +54,36 @@ impl<H: Hal> core::fmt::Debug for PortIoConfig<H> {
 }
 
 impl<H: Hal> PortIoConfig<H> {
-    /// Configuration mechanism #1.
-    ///
-    /// # Safety
-    /// The caller owns ports 0xCF8-0xCFF: nothing else uses them while this
-    /// value exists (an interleaved address write would redirect our data access).
-    pub unsafe fn new() -> Self {
-        Self {
-            _hal: PhantomData,
-            _not_sync: PhantomData,
+    /// Configuration mechanism #1 over `ports`, which must be exactly
+    /// 0xCF8..=0xCFF (`InvalidArgument` otherwise). Whoever made that
+    /// [`PortRange`] promised nothing else uses those ports while this value
+    /// exists (an interleaved address write would redirect our data access).
+    pub fn new(ports: PortRange<H>) -> Result<Self, PciError> {
+        if ports.base() != CONFIG_ADDRESS_PORT || ports.len() != CONFIG_PORTS {
+            return Err(PciError::Hal(HalError::InvalidArgument));
         }
+        Ok(Self {
+            ports,
+            _not_sync: PhantomData,
+        })
     }
 
-    fn select(address: PciAddress, offset: u16) -> Result<(), PciError> {
+    /// Writes CONFIG_ADDRESS: which function and which dword the next data
+    /// port access reaches.
+    fn select(&self, address: PciAddress, offset: u16) -> Result<(), PciError> {
         let value = 0x8000_0000
             | u32::from(address.bus) << 16
             | u32::from(address.device) << 11
             | u32::from(address.function) << 8
             | u32::from(offset & 0xfc);
-        // SAFETY: the caller of `new` gave us ports 0xCF8-0xCFF.
-        unsafe { H::port_write(CONFIG_ADDRESS_PORT, PortWidth::Dword, value) }?;
+        self.ports.write::<u32>(ADDRESS_OFFSET, value)?;
         Ok(())
     }
-}
 
-fn port_width(width: ConfigWidth) -> PortWidth {
-    match width {
-        ConfigWidth::Byte => PortWidth::Byte,
-        ConfigWidth::Word => PortWidth::Word,
-        ConfigWidth::Dword => PortWidth::Dword,
+    /// Where in `ports` the data port for config byte `offset` is:
+    /// 0xCFC + (offset & 3), so an access stays inside 0xCFC..=0xCFF.
+    fn data_offset(offset: u16) -> usize {
+        DATA_OFFSET + usize::from(offset & 3)
     }
 }
 
@@ -93,10 +102,14 @@ impl<H: Hal> ConfigAccess for PortIoConfig<H> {
 
     fn read(&self, address: PciAddress, offset: u16, width: ConfigWidth) -> Result<u32, PciError> {
         check_access(self, address, offset, width)?;
-        Self::select(address, offset)?;
-        // SAFETY: the caller of `new` gave us ports 0xCF8-0xCFF; offset & 3
-        // keeps the data port inside 0xCFC-0xCFF.
-        Ok(unsafe { H::port_read(CONFIG_DATA_PORT + (offset & 3), port_width(width)) }?)
+        self.select(address, offset)?;
+        let data = Self::data_offset(offset);
+        let value = match width {
+            ConfigWidth::Byte => self.ports.read::<u8>(data).map(u32::from),
+            ConfigWidth::Word => self.ports.read::<u16>(data).map(u32::from),
+            ConfigWidth::Dword => self.ports.read::<u32>(data),
+        }?;
+        Ok(value)
     }
 
     fn write(
@@ -107,9 +120,13 @@ impl<H: Hal> ConfigAccess for PortIoConfig<H> {
         value: u32,
     ) -> Result<(), PciError> {
         check_access(self, address, offset, width)?;
-        Self::select(address, offset)?;
-        // SAFETY: as in `read`.
-        unsafe { H::port_write(CONFIG_DATA_PORT + (offset & 3), port_width(width), value) }?;
+        self.select(address, offset)?;
+        let data = Self::data_offset(offset);
+        match width {
+            ConfigWidth::Byte => self.ports.write::<u8>(data, value as u8),
+            ConfigWidth::Word => self.ports.write::<u16>(data, value as u16),
+            ConfigWidth::Dword => self.ports.write::<u32>(data, value),
+        }?;
         Ok(())
     }
 }

@@ -38,7 +38,7 @@ pub mod msix;
 
 pub use bar::{Bar, BarError, BarKind, BarOrigin, BarWindows};
 pub use capability::{capabilities, capability_list, Capabilities, Capability};
-pub use config::{EcamConfig, PortIoConfig};
+pub use config::{EcamConfig, PortIoConfig, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT, CONFIG_PORTS};
 pub use enumerate::{enumerate, BridgeInfo, HeaderKind, PciFunction};
 
 use core::fmt;

@@ -48,7 +48,10 @@ pub enum RingLayout {
     Separate,
     /// Legacy PCI (align 4096) and MMIO v1 (QueueAlign): one physically contiguous block,
     /// descriptor table + avail ring, then the used ring at the next multiple of `align`.
-    Contiguous { align: u32 },
+    Contiguous {
+        /// Where the used ring may start: a multiple of this (a power of two).
+        align: u32,
+    },
 }
 
 /// The device addresses of one queue's areas, as the transport must program them.
@@ -195,36 +198,78 @@ pub enum QueueError {
     /// `add` was given no segments.
     EmptyRequest,
     /// Segment `index` has length zero.
-    EmptySegment { index: usize },
+    EmptySegment {
+        /// Which segment (0-based).
+        index: usize,
+    },
     /// Segment `index` is device-readable but comes after a device-writable one.
-    ReadableAfterWritable { index: usize },
+    ReadableAfterWritable {
+        /// Which segment (0-based).
+        index: usize,
+    },
     /// The segments add up to more than 2^32 - 1 bytes (§2.7.5.2).
     RequestTooLong,
     /// More segments than any chain on this queue can hold (queue size, or the
     /// indirect table capacity when that is larger).
-    TooManySegments { segments: usize, max: usize },
+    TooManySegments {
+        /// Segments asked for.
+        segments: usize,
+        /// The most one chain can hold.
+        max: usize,
+    },
     /// Not enough free descriptors right now; retry after completions.
-    QueueFull { needed: usize, free: usize },
+    QueueFull {
+        /// Descriptors the request needs.
+        needed: usize,
+        /// Descriptors free now.
+        free: usize,
+    },
     /// The device moved used.idx more than the queue size past what the driver
     /// has consumed. Fatal: the queue is broken.
     UsedIndexTooFar {
+        /// The driver's used index (entries consumed so far).
         consumed: u16,
+        /// The device's used.idx.
         device_idx: u16,
+        /// Queue size.
         size: u16,
     },
     /// The device moved used.idx backwards. Fatal: the queue is broken.
-    UsedIndexBackward { seen: u16, device_idx: u16 },
+    UsedIndexBackward {
+        /// The used.idx read before.
+        seen: u16,
+        /// The smaller used.idx read now.
+        device_idx: u16,
+    },
     /// A used entry names a descriptor id not below the queue size.
-    UsedIdOutOfRange { id: u32, size: u16 },
+    UsedIdOutOfRange {
+        /// The id the device wrote.
+        id: u32,
+        /// Queue size.
+        size: u16,
+    },
     /// A used entry names a free descriptor: never made available, or already
     /// completed (a duplicate completion).
-    UsedIdNotInFlight { id: u16 },
+    UsedIdNotInFlight {
+        /// The id the device wrote.
+        id: u16,
+    },
     /// A used entry names a descriptor in the middle of a chain, not its head.
-    UsedIdNotHead { id: u16 },
+    UsedIdNotHead {
+        /// The id the device wrote.
+        id: u16,
+    },
     /// The device claims to have written more bytes than the request's writable
     /// segments hold. The request is finished (its descriptors are free again
     /// and its buffers may be released) but its data must not be trusted.
-    UsedLengthTooLong { token: Token, len: u32, max: u32 },
+    UsedLengthTooLong {
+        /// The request.
+        token: Token,
+        /// Bytes the device claims to have written.
+        len: u32,
+        /// Bytes the writable segments hold.
+        max: u32,
+    },
     /// The queue saw a fatal protocol violation earlier; it does nothing until
     /// the device is reset and [`SplitQueue::reset`] is called.
     DeviceBroken,

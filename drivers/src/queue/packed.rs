@@ -421,11 +421,13 @@ impl<H: Hal> IndirectTables<H> {
 
     /// Writes entry `entry` of table `id`; `false` if out of range.
     fn write(&self, id: u16, entry: u16, descriptor: PackedDescriptor) -> bool {
+        // Field by field: DMA memory takes plain integers only (`hal::DmaValue`).
+        let at = self.table_offset(id) + entry as usize * DESCRIPTOR_BYTES;
         entry < self.capacity
-            && self.region.write(
-                self.table_offset(id) + entry as usize * DESCRIPTOR_BYTES,
-                descriptor,
-            )
+            && self.region.write(at + DESC_ADDR, descriptor.addr)
+            && self.region.write(at + DESC_LEN, descriptor.len)
+            && self.region.write(at + DESC_ID, descriptor.id)
+            && self.region.write(at + DESC_FLAGS, descriptor.flags)
     }
 }
 

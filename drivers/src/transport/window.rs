@@ -4,32 +4,26 @@
 //! I/O space. The legacy register block is always in an I/O BAR (§4.1.4.8);
 //! the modern structures are normally in memory BARs, but §4.1.4 allows any
 //! BAR, I/O included. [`RegisterWindow`] hides which one it is, so the same
-//! transport code drives both: memory through [`MmioRegion`], I/O through
-//! `Hal::port_read`/`port_write`. Both are bounds-checked and alignment-checked.
+//! transport code drives both: memory through [`MmioRegion`], I/O through a
+//! [`PortRange`]. Both are bounds-checked and alignment-checked, and both
+//! live in `hal`, so this file needs no `unsafe`.
 
-use hal::{Hal, MmioRegion, PortWidth};
+use hal::{Hal, MmioRegion, PortRange};
 
 /// A bounds-checked window of registers in memory or I/O space.
 pub enum RegisterWindow<H: Hal> {
     /// Memory-mapped registers.
     Memory(MmioRegion<H>),
-    /// I/O ports `base..base+len`.
-    Ports {
-        /// First port.
-        base: u16,
-        /// Number of ports.
-        len: u16,
-    },
+    /// I/O ports, vouched for by whoever made the [`PortRange`] (see
+    /// `hal::PortRange::device_ports`).
+    Ports(PortRange<H>),
 }
 
 impl<H: Hal> Clone for RegisterWindow<H> {
     fn clone(&self) -> Self {
         match self {
             RegisterWindow::Memory(region) => RegisterWindow::Memory(*region),
-            RegisterWindow::Ports { base, len } => RegisterWindow::Ports {
-                base: *base,
-                len: *len,
-            },
+            RegisterWindow::Ports(ports) => RegisterWindow::Ports(ports.clone()),
         }
     }
 }
@@ -38,7 +32,7 @@ impl<H: Hal> core::fmt::Debug for RegisterWindow<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             RegisterWindow::Memory(region) => write!(f, "Memory({region:?})"),
-            RegisterWindow::Ports { base, len } => write!(f, "Ports({base:#x}+{len:#x})"),
+            RegisterWindow::Ports(ports) => write!(f, "{ports:?}"),
         }
     }
 }
@@ -48,7 +42,7 @@ impl<H: Hal> RegisterWindow<H> {
     pub fn len(&self) -> usize {
         match self {
             RegisterWindow::Memory(region) => region.len(),
-            RegisterWindow::Ports { len, .. } => usize::from(*len),
+            RegisterWindow::Ports(ports) => ports.len(),
         }
     }
 
@@ -61,52 +55,15 @@ impl<H: Hal> RegisterWindow<H> {
     pub fn subwindow(&self, offset: usize, len: usize) -> Option<Self> {
         match self {
             RegisterWindow::Memory(region) => region.subregion(offset, len).map(Self::Memory),
-            RegisterWindow::Ports { base, len: total } => {
-                let end = offset.checked_add(len)?;
-                if end > usize::from(*total) {
-                    return None;
-                }
-                Some(RegisterWindow::Ports {
-                    base: base.checked_add(u16::try_from(offset).ok()?)?,
-                    len: u16::try_from(len).ok()?,
-                })
-            }
+            RegisterWindow::Ports(ports) => ports.subrange(offset, len).map(Self::Ports),
         }
-    }
-
-    fn port(&self, offset: usize, width: usize) -> Option<u16> {
-        let RegisterWindow::Ports { base, len } = self else {
-            return None;
-        };
-        let end = offset.checked_add(width)?;
-        if end > usize::from(*len) || !offset.is_multiple_of(width) {
-            return None;
-        }
-        base.checked_add(u16::try_from(offset).ok()?)
-    }
-
-    fn port_read(&self, offset: usize, width: PortWidth, bytes: usize) -> Option<u32> {
-        let port = self.port(offset, bytes)?;
-        // SAFETY: the port lies inside the I/O BAR this window was built from,
-        // which belongs to the device this transport owns.
-        unsafe { H::port_read(port, width) }.ok()
-    }
-
-    fn port_write(&self, offset: usize, width: PortWidth, bytes: usize, value: u32) -> bool {
-        let Some(port) = self.port(offset, bytes) else {
-            return false;
-        };
-        // SAFETY: as in `port_read`: the port is inside this device's I/O BAR.
-        unsafe { H::port_write(port, width, value) }.is_ok()
     }
 
     /// Reads a byte register; `None` if outside the window or unreachable.
     pub fn read8(&self, offset: usize) -> Option<u8> {
         match self {
             RegisterWindow::Memory(region) => region.read::<u8>(offset),
-            RegisterWindow::Ports { .. } => {
-                self.port_read(offset, PortWidth::Byte, 1).map(|v| v as u8)
-            }
+            RegisterWindow::Ports(ports) => ports.read::<u8>(offset).ok(),
         }
     }
 
@@ -114,9 +71,7 @@ impl<H: Hal> RegisterWindow<H> {
     pub fn read16(&self, offset: usize) -> Option<u16> {
         match self {
             RegisterWindow::Memory(region) => region.read::<u16>(offset),
-            RegisterWindow::Ports { .. } => {
-                self.port_read(offset, PortWidth::Word, 2).map(|v| v as u16)
-            }
+            RegisterWindow::Ports(ports) => ports.read::<u16>(offset).ok(),
         }
     }
 
@@ -124,7 +79,7 @@ impl<H: Hal> RegisterWindow<H> {
     pub fn read32(&self, offset: usize) -> Option<u32> {
         match self {
             RegisterWindow::Memory(region) => region.read::<u32>(offset),
-            RegisterWindow::Ports { .. } => self.port_read(offset, PortWidth::Dword, 4),
+            RegisterWindow::Ports(ports) => ports.read::<u32>(offset).ok(),
         }
     }
 
@@ -132,9 +87,7 @@ impl<H: Hal> RegisterWindow<H> {
     pub fn write8(&self, offset: usize, value: u8) -> bool {
         match self {
             RegisterWindow::Memory(region) => region.write::<u8>(offset, value),
-            RegisterWindow::Ports { .. } => {
-                self.port_write(offset, PortWidth::Byte, 1, u32::from(value))
-            }
+            RegisterWindow::Ports(ports) => ports.write::<u8>(offset, value).is_ok(),
         }
     }
 
@@ -142,9 +95,7 @@ impl<H: Hal> RegisterWindow<H> {
     pub fn write16(&self, offset: usize, value: u16) -> bool {
         match self {
             RegisterWindow::Memory(region) => region.write::<u16>(offset, value),
-            RegisterWindow::Ports { .. } => {
-                self.port_write(offset, PortWidth::Word, 2, u32::from(value))
-            }
+            RegisterWindow::Ports(ports) => ports.write::<u16>(offset, value).is_ok(),
         }
     }
 
@@ -152,7 +103,7 @@ impl<H: Hal> RegisterWindow<H> {
     pub fn write32(&self, offset: usize, value: u32) -> bool {
         match self {
             RegisterWindow::Memory(region) => region.write::<u32>(offset, value),
-            RegisterWindow::Ports { .. } => self.port_write(offset, PortWidth::Dword, 4, value),
+            RegisterWindow::Ports(ports) => ports.write::<u32>(offset, value).is_ok(),
         }
     }
 }

@@ -26,7 +26,7 @@
 //! - there is no configuration generation: fields are read byte by byte, and
 //!   everything twice until two reads agree (§2.5.4).
 
-use hal::Hal;
+use hal::{Hal, PortRange};
 
 use super::PciTransportError;
 use crate::pci::{BarKind, PciFunction};
@@ -89,17 +89,12 @@ impl<H: Hal> LegacyPciTransport<H> {
         if bar.kind != BarKind::Io || bar.size < regs::CONFIG_WITHOUT_MSIX as u64 {
             return Err(PciTransportError::NoLegacyBar);
         }
-        let end = bar.address + bar.size;
-        if end > 0x1_0000 {
-            return Err(PciTransportError::PortOutOfRange { port: bar.address });
-        }
+        let ports = PortRange::device_ports(bar.address, bar.size)
+            .map_err(|_| PciTransportError::PortOutOfRange { port: bar.address })?;
         Ok(Self {
             location: Location::Pci(function.address),
             device_type,
-            io: RegisterWindow::Ports {
-                base: bar.address as u16,
-                len: bar.size as u16,
-            },
+            io: RegisterWindow::Ports(ports),
             msix_enabled,
         })
     }

@@ -31,7 +31,7 @@ pub use modern::ModernPciTransport;
 
 use core::fmt;
 
-use hal::{Hal, HalError, MmioRegion};
+use hal::{Hal, HalError, MmioRegion, PortRange};
 
 use super::{AnyTransport, DeviceType, RegisterWindow};
 use crate::pci::{capability_id, ConfigAccess, PciError, PciFunction, VIRTIO_VENDOR_ID};
@@ -168,7 +168,8 @@ pub enum PciTransportError {
     },
     /// Legacy interface: BAR 0 is missing, not an I/O BAR, or too small.
     NoLegacyBar,
-    /// A structure in I/O space beyond port 0xFFFF.
+    /// A structure in I/O space beyond port 0xFFFF, or outside the ports
+    /// the Hal says belong to devices (`hal::Hal::DEVICE_IO_PORTS`).
     PortOutOfRange {
         /// The first port.
         port: u64,
@@ -235,7 +236,7 @@ impl fmt::Display for PciTransportError {
             }
             PciTransportError::NoLegacyBar => write!(f, "BAR0 is not a usable legacy I/O BAR"),
             PciTransportError::PortOutOfRange { port } => {
-                write!(f, "I/O structure at port {port:#x} beyond 0xffff")
+                write!(f, "I/O structure at port {port:#x} outside the device port window")
             }
             PciTransportError::Map(e) => write!(f, "mapping a BAR: {e}"),
         }
@@ -436,14 +437,9 @@ pub(crate) fn map_structure<H: Hal>(
     }
     let start = bar.address + u64::from(cap.offset);
     if bar.is_io() {
-        let end = start + u64::from(cap.length);
-        if end > 0x1_0000 {
-            return Err(PciTransportError::PortOutOfRange { port: start });
-        }
-        Ok(RegisterWindow::Ports {
-            base: start as u16,
-            len: cap.length as u16,
-        })
+        let ports = PortRange::device_ports(start, u64::from(cap.length))
+            .map_err(|_| PciTransportError::PortOutOfRange { port: start })?;
+        Ok(RegisterWindow::Ports(ports))
     } else {
         let region =
             MmioRegion::<H>::map(start, cap.length as usize).map_err(PciTransportError::Map)?;
