@@ -316,13 +316,17 @@ fn pit_channel2_window(ticks: u16) -> Option<Measurement> {
     let mut port_b = Port::<u8>::new(PORT_B);
     let mut command = Port::<u8>::new(PIT_COMMAND);
     let mut channel2 = Port::<u8>::new(PIT_CHANNEL2);
-    // SAFETY (all port accesses here): the PIT and port B are standard PC
-    // devices that nothing else in the kernel uses; the speaker stays off and
-    // port B is restored at the end.
+    // The PIT and port B are standard PC devices that nothing else in the
+    // kernel uses; the speaker stays off and port B is restored at the end.
+    // SAFETY: reading port B (0x61) only samples the PIT/speaker status bits;
+    // no other code uses the port.
     let saved = unsafe { port_b.read() };
     if saved == 0xff {
         return None; // nothing decodes port 0x61
     }
+    // SAFETY: opens the gate of PIT channel 2 with the speaker bit clear (no
+    // sound, nothing else on port B changes) and programs channel 2, which
+    // only drives that gate's OUT2 line; nothing else in the kernel uses it.
     let (loaded_after, loaded_before) = unsafe {
         port_b.write((saved & !PORT_B_SPEAKER) | PORT_B_GATE2);
         // Channel 2, low byte then high byte, mode 0, binary. Counting starts
@@ -335,11 +339,12 @@ fn pit_channel2_window(ticks: u16) -> Option<Measurement> {
     };
     // Mode 0 holds OUT2 low until the count runs out; `wait_for` refuses an
     // OUT2 that is high from the start (port 0x61 not wired to this PIT).
-    let end = wait_for(
-        loaded_before,
-        PIT_WAIT,
-        || unsafe { port_b.read() } & PORT_B_OUT2 != 0,
-    );
+    let end = wait_for(loaded_before, PIT_WAIT, || {
+        // SAFETY: as above, a side-effect-free read of port B's status bits.
+        let status = unsafe { port_b.read() };
+        status & PORT_B_OUT2 != 0
+    });
+    // SAFETY: puts port B back as it was, except the speaker, kept off.
     unsafe { port_b.write(saved & !PORT_B_SPEAKER) };
     let (end_after, end_before) = end?;
     Some(Measurement {

@@ -40,8 +40,16 @@ pub fn phys_of_device_addr(device_addr: DeviceAddr) -> u64 {
 // twice, see `memory::frames`), zeroed before it is returned, identity-mapped
 // and reachable by devices at its physical address (no IOMMU); `mmio_map`
 // maps uncached through `memory::map_mmio`; `share` returns the physical
-// address of a buffer it has checked to be contiguous, identity-mapped RAM.
+// address of a buffer it has checked to be contiguous, identity-mapped RAM;
+// `DEVICE_IO_PORTS` is the PCI I/O window, where only BARs are decoded.
 unsafe impl Hal for KernelHal {
+    /// Ports 0xC000..=0xFFFF: the window SeaBIOS assigns PCI I/O BARs from
+    /// and the kernel assigns the rest from (`virtio::pci::IO_WINDOW`). On
+    /// `pc`, `q35` and `microvm` no chipset device (PIC, PIT, DMA controller,
+    /// ACPI PM block at 0x600 or 0xB000, PCI configuration at 0xCF8) sits
+    /// there, so a driver's access to a BAR in it reaches only that device.
+    const DEVICE_IO_PORTS: core::ops::Range<u32> = 0xc000..0x1_0000;
+
     fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         if pages == 0 {
             return Err(HalError::InvalidArgument);

@@ -205,8 +205,12 @@ impl HostHal {
 
 // SAFETY: allocations are zeroed, page-aligned, exclusively owned and stay
 // valid until dealloc; device addresses translate back to them through the
-// table; shares are bounce buffers valid until unshare.
+// table; shares are bounce buffers valid until unshare; every port is a
+// device model (or unanswered), so no port access can touch host memory.
 unsafe impl Hal for HostHal {
+    /// All of them: port I/O reaches only the device models a test registered.
+    const DEVICE_IO_PORTS: core::ops::Range<u32> = 0..0x1_0000;
+
     fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         if pages == 0 {
             return Err(HalError::InvalidArgument);
@@ -419,6 +423,7 @@ pub struct ZeroCopyHostHal;
 // itself, inside a live DMA allocation.
 unsafe impl Hal for ZeroCopyHostHal {
     const UNSHARE_IS_NOOP: bool = true;
+    const DEVICE_IO_PORTS: core::ops::Range<u32> = HostHal::DEVICE_IO_PORTS;
 
     fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         HostHal::dma_alloc(pages)
@@ -471,4 +476,15 @@ unsafe impl Hal for ZeroCopyHostHal {
         // SAFETY: passed on from the caller.
         unsafe { HostHal::mmio_write(addr, value) }
     }
+}
+
+/// PCI configuration mechanism #1 (ports 0xCF8..=0xCFF) through the host
+/// Hal's port models: safe here, because every host port is a model.
+pub fn port_io_config() -> drivers::pci::PortIoConfig<HostHal> {
+    let ports = hal::PortRange::device_ports(
+        u64::from(drivers::pci::CONFIG_ADDRESS_PORT),
+        drivers::pci::CONFIG_PORTS as u64,
+    )
+    .expect("the host Hal's device ports cover 0xCF8..=0xCFF");
+    drivers::pci::PortIoConfig::new(ports).expect("0xCF8..=0xCFF is mechanism #1")
 }

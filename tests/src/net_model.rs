@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use drivers::pci::{self, PortIoConfig};
+use drivers::pci;
 use drivers::queue::QueueAddresses;
 use drivers::transport::mmio::MmioTransport;
 use drivers::transport::pci::{probe_with, TransportPreference};
@@ -200,8 +200,7 @@ impl NetModel {
         };
         platform.borrow_mut().add(Attach::Root, 3, 0, function);
         attach(&platform, &PlatformLayout::default());
-        // SAFETY: the test thread owns the modelled 0xCF8/0xCFC ports.
-        let access = unsafe { PortIoConfig::<HostHal>::new() };
+        let access = crate::host_hal::port_io_config();
         let functions = pci::enumerate(&access, &test_windows()).expect("enumeration");
         probe_with::<HostHal, _>(&access, &functions[0], TransportPreference::PreferModern)
             .expect("the model is a virtio-pci device")

@@ -737,8 +737,8 @@ fn a_read_only_disk_refuses_writes_before_the_device_sees_them() {
         Err(BlkError::ReadOnly)
     );
     let ptr = NonNull::from(&mut owned[..]);
-    // SAFETY: refused before sharing; the box outlives the call anyway.
     assert_eq!(
+        // SAFETY: refused before sharing; the box outlives the call anyway.
         unsafe { blk.submit_write(0, &[ptr]) },
         Err(BlkError::ReadOnly)
     );
@@ -811,8 +811,8 @@ fn bad_ranges_and_buffers_are_refused_before_the_device_sees_them() {
         blk.read_blocks_vectored(0, &mut [], &mut w),
         Err(BlkError::EmptyRequest)
     );
-    // SAFETY: refused before sharing; the boxes outlive the call anyway.
     assert_eq!(
+        // SAFETY: refused before sharing; the boxes outlive the call anyway.
         unsafe { blk.submit_read(0, &ptrs) },
         Err(BlkError::TooManySegments { needed: 5, max: 4 }),
         "one non-blocking request may not exceed seg_max"
@@ -1493,6 +1493,8 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     let memory = unsafe { std::slice::from_raw_parts_mut(pages.as_ptr(), 2 * 4096) };
     let (data, rest) = memory.split_at_mut(4096);
 
+    // SAFETY: `data` lives in `memory` until the pages are freed at the end,
+    // and is not touched until the completion for `token` is collected.
     let token = unsafe { blk.submit_read(40, &[NonNull::from(&mut data[..])]) }.unwrap();
     let done = loop {
         match blk.poll().expect("no ring errors") {
@@ -1517,6 +1519,8 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     // A buffer the device cannot reach is refused, not handed over.
     let mut outside = vec![0u8; 512];
     assert!(matches!(
+        // SAFETY: refused before the device sees it (the Hal cannot share
+        // memory outside DMA allocations); `outside` outlives the call.
         unsafe { blk.submit_read(0, &[NonNull::from(&mut outside[..])]) },
         Err(BlkError::Share(_))
     ));

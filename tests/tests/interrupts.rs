@@ -69,8 +69,7 @@ fn pci_rig(preset: Preset, queues: u16, features: u64) -> PciRig {
     let platform = PciPlatform::new();
     platform.borrow_mut().add(Attach::Root, 3, 0, model);
     attach(&platform, &PlatformLayout::default());
-    // SAFETY: the test thread owns the modelled 0xCF8 ports.
-    let access = unsafe { PortIoConfig::<HostHal>::new() };
+    let access = tests::host_hal::port_io_config();
     let functions = pci::enumerate(&access, &test_windows()).expect("enumerates");
     let function = functions[0].clone();
     PciRig {
@@ -201,8 +200,7 @@ fn hostile_msix(bars: &[(usize, BarSpec)], control: u16, table: u32, pba: u32) -
     let platform = PciPlatform::new();
     platform.borrow_mut().add(Attach::Root, 3, 0, f);
     attach(&platform, &PlatformLayout::default());
-    // SAFETY: the test thread owns the modelled 0xCF8 ports.
-    let access = unsafe { PortIoConfig::<HostHal>::new() };
+    let access = tests::host_hal::port_io_config();
     let function = pci::enumerate(&access, &test_windows()).unwrap()[0].clone();
     PciRig {
         core,

@@ -1,7 +1,7 @@
 //! Device configuration access (§2.5, §4.1.4.8, §4.2.2), notifications,
 //! interrupts, MSI-X vectors and queue-setup checks on every transport.
 
-use drivers::pci::{self, PortIoConfig};
+use drivers::pci;
 use drivers::transport::mmio::MmioTransport;
 use drivers::transport::pci::{probe_with, TransportPreference};
 use drivers::transport::{
@@ -57,8 +57,7 @@ fn transport(core: &SharedCore, flavour: Flavour) -> AnyTransport<HostHal> {
             };
             platform.borrow_mut().add(Attach::Root, 3, 0, model);
             attach(&platform, &PlatformLayout::default());
-            // SAFETY: the test thread owns the modelled 0xCF8 ports.
-            let access = unsafe { PortIoConfig::<HostHal>::new() };
+            let access = tests::host_hal::port_io_config();
             let functions = pci::enumerate(&access, &test_windows()).unwrap();
             let preference = if flavour == Flavour::Transitional {
                 TransportPreference::ForceLegacy

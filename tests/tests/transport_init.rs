@@ -3,7 +3,7 @@
 
 use drivers::features::{self, negotiate, FeatureNames};
 use drivers::init::{self, InitError};
-use drivers::pci::{self, PciAddress, PortIoConfig};
+use drivers::pci::{self, PciAddress};
 use drivers::transport::mmio::MmioTransport;
 use drivers::transport::pci::probe_with;
 use drivers::transport::pci::TransportPreference;
@@ -43,8 +43,7 @@ fn pci_transport(core: &SharedCore, modern: bool) -> AnyTransport<HostHal> {
     };
     platform.borrow_mut().add(Attach::Root, 3, 0, model);
     attach(&platform, &PlatformLayout::default());
-    // SAFETY: the test thread owns the modelled 0xCF8 ports.
-    let access = unsafe { PortIoConfig::<HostHal>::new() };
+    let access = tests::host_hal::port_io_config();
     let functions = pci::enumerate(&access, &test_windows()).unwrap();
     let transport =
         probe_with::<HostHal, _>(&access, &functions[0], TransportPreference::PreferModern)

@@ -23,8 +23,7 @@ fn core(device_id: u32, features: u64) -> SharedCore {
 }
 
 fn port_io() -> PortIoConfig<HostHal> {
-    // SAFETY: the test thread owns the modelled 0xCF8 ports.
-    unsafe { PortIoConfig::new() }
+    tests::host_hal::port_io_config()
 }
 
 fn ecam() -> EcamConfig<HostHal> {

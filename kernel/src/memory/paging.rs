@@ -156,13 +156,15 @@ impl PageTables {
             return None;
         }
         let [l4, l3, l2, l1] = indices(virt);
-        // SAFETY (all `table_at` below): the tables of this hierarchy are
-        // identity-mapped RAM and `&self` keeps writers out.
+        // SAFETY: `root` is this hierarchy's PML4, in identity-mapped RAM;
+        // `&self` keeps writers out while the walk reads it.
         let pml4 = unsafe { table_at(self.root) };
         let entry = &pml4[l4];
         if !entry.flags().contains(PageTableFlags::PRESENT) {
             return None;
         }
+        // SAFETY: a present PML4 entry of this hierarchy points at one of its
+        // PDPTs (identity-mapped RAM); `&self` keeps writers out.
         let pdpt = unsafe { table_at(entry.addr().as_u64()) };
         let entry = &pdpt[l3];
         let flags = entry.flags();
@@ -177,6 +179,8 @@ impl PageTables {
                 flags: flags & ATTRIBUTE_MASK,
             });
         }
+        // SAFETY: a present, non-huge PDPT entry points at one of this
+        // hierarchy's page directories; `&self` keeps writers out.
         let pd = unsafe { table_at(entry.addr().as_u64()) };
         let entry = &pd[l2];
         let flags = entry.flags();
@@ -191,6 +195,8 @@ impl PageTables {
                 flags: flags & ATTRIBUTE_MASK,
             });
         }
+        // SAFETY: a present, non-huge PD entry points at one of this
+        // hierarchy's page tables; `&self` keeps writers out.
         let pt = unsafe { table_at(entry.addr().as_u64()) };
         let entry = &pt[l1];
         let flags = entry.flags();
@@ -303,15 +309,19 @@ impl PageTables {
     /// Frees every table frame of this hierarchy (not the pages it maps)
     /// through `free`. For private hierarchies only: never the live one.
     pub fn destroy(self, free: &mut dyn FnMut(u64)) {
-        // SAFETY (all `table_at` below): tables of this hierarchy, identity-
-        // mapped, and `self` is consumed so nobody walks them again.
+        // SAFETY: this hierarchy's PML4, identity-mapped; `self` is consumed,
+        // so nobody walks these tables again.
         let pml4 = unsafe { table_at(self.root) };
         for l4 in pml4.iter().filter(|e| !e.is_unused()) {
+            // SAFETY: a used PML4 entry of this (consumed) hierarchy points at
+            // one of its PDPTs.
             let pdpt = unsafe { table_at(l4.addr().as_u64()) };
             for l3 in pdpt.iter().filter(|e| !e.is_unused()) {
                 if l3.flags().contains(PageTableFlags::HUGE_PAGE) {
                     continue;
                 }
+                // SAFETY: a used, non-huge PDPT entry of this (consumed)
+                // hierarchy points at one of its page directories.
                 let pd = unsafe { table_at(l3.addr().as_u64()) };
                 for l2 in pd.iter().filter(|e| !e.is_unused()) {
                     if !l2.flags().contains(PageTableFlags::HUGE_PAGE) {

@@ -60,7 +60,7 @@ use drivers::pci::{
 };
 use drivers::transport::pci as virtio_pci;
 use drivers::transport::{DeviceType, Location};
-use hal::{Hal, PortWidth};
+use hal::{Hal, PortRange, PortWidth};
 use spin::{Mutex, MutexGuard};
 
 use super::{Discovered, InterruptLine};
@@ -279,7 +279,8 @@ fn config_access() -> Option<PciConfig> {
     if mechanism_one_present() {
         // SAFETY: ports 0xCF8-0xCFF belong to PCI configuration; the only
         // user is this `PortIoConfig`, kept behind the `BUS` lock.
-        Some(PciConfig::PortIo(unsafe { PortIoConfig::new() }))
+        let ports = unsafe { PortRange::new(pci::CONFIG_ADDRESS_PORT, pci::CONFIG_PORTS as u16) };
+        PortIoConfig::new(ports.ok()?).ok().map(PciConfig::PortIo)
     } else {
         None
     }

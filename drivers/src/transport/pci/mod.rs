@@ -236,7 +236,10 @@ impl fmt::Display for PciTransportError {
             }
             PciTransportError::NoLegacyBar => write!(f, "BAR0 is not a usable legacy I/O BAR"),
             PciTransportError::PortOutOfRange { port } => {
-                write!(f, "I/O structure at port {port:#x} outside the device port window")
+                write!(
+                    f,
+                    "I/O structure at port {port:#x} outside the device port window"
+                )
             }
             PciTransportError::Map(e) => write!(f, "mapping a BAR: {e}"),
         }
