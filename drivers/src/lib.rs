@@ -4,6 +4,35 @@
 //! (<https://docs.oasis-open.org/virtio/virtio/v1.2/virtio-v1.2.html>).
 //! `no_std`; everything machine-specific is reached through [`hal::Hal`], so
 //! the same code runs in the kernel and in host tests.
+//!
+//! ## No `unsafe` here
+//!
+//! This crate denies `unsafe_code`: a driver talks to the device only through
+//! `hal`'s safe types, which hold the few `unsafe` blocks and their proofs:
+//!
+//! | what a driver needs | the safe `hal` type |
+//! | --- | --- |
+//! | ring memory, request headers, status bytes | `hal::DmaRegion`: volatile, bounds-checked reads and writes of `hal::DmaValue` types (integers, arrays of them), valid for any bits the device writes |
+//! | packet buffers the network stack reads and writes in place | `hal::DmaBufferPool` (`net/buffers.rs`): slices only of buffers the device does not hold, enforced by `&`/`&mut` |
+//! | memory-mapped registers (BARs, virtio-mmio) | `hal::MmioRegion` |
+//! | I/O ports (legacy virtio-pci, PCI mechanism #1 in `pci/config.rs`, I/O BARs in `transport/window.rs`) | `hal::PortRange`, vouched for once by its creator (`PortRange::new`, `unsafe`, in the kernel) or inside the Hal's `DEVICE_IO_PORTS` |
+//!
+//! Where `unsafe` is still allowed, and why (each is a scoped
+//! `#[allow(unsafe_code)]` on the module in this file, and each is being
+//! removed):
+//!
+//! - `queue` (`queue/split.rs`): the split ring's hot path reads and writes
+//!   ring memory through raw pointers; it moves behind a `hal` ring-memory
+//!   view.
+//! - `blk` (`blk/mod.rs`): a request's data buffers are caller memory shared
+//!   with the device (`Hal::share` / `Hal::unshare`), which is only sound
+//!   while the caller keeps them alive and untouched (`submit_read` and
+//!   `submit_write` are `unsafe fn`s); it moves to a typed DMA buffer.
+//!
+//! Every remaining `unsafe` block carries a `// SAFETY:` comment (the
+//! workspace denies `clippy::undocumented_unsafe_blocks` and
+//! `unsafe_op_in_unsafe_fn`), and every public item is documented
+//! (`missing_docs`).
 
 #![no_std]
 #![deny(unsafe_code)]
