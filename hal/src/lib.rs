@@ -158,15 +158,16 @@ pub unsafe trait Hal: 'static {
     /// share must be ended by its own `unshare`.
     const UNSHARE_IS_NOOP: bool = false;
 
-    /// The I/O ports decoded only by devices the drivers may drive (the
-    /// window PCI I/O BARs live in): reading or writing any of them, in any
+    /// The I/O port windows decoded only by devices the drivers may drive
+    /// (where PCI I/O BARs live): reading or writing any port in them, in any
     /// order, cannot break the memory safety of the machine (no interrupt
-    /// controller, DMA controller, PCI configuration or firmware port is in
-    /// it). [`PortRange::device_ports`] hands out ranges inside it without
-    /// `unsafe`; everything else needs [`PortRange::new`]'s promise.
+    /// controller, DMA controller, PCI configuration, power management or
+    /// firmware port is in them). [`PortRange::device_ports`] hands out
+    /// ranges inside one of them without `unsafe`; everything else needs
+    /// [`PortRange::new`]'s promise.
     ///
     /// Empty by default (a Hal without port I/O).
-    const DEVICE_IO_PORTS: core::ops::Range<u32> = 0..0;
+    const DEVICE_IO_PORTS: &'static [core::ops::Range<u32>] = &[];
 
     /// Makes `buffer` visible to the device for one request and returns the
     /// address the device must use.

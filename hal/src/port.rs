@@ -11,7 +11,7 @@
 //! - [`PortRange::new`] (`unsafe`): the kernel, for ports it knows, e.g. PCI
 //!   configuration mechanism #1 at 0xCF8..0xCFF;
 //! - [`PortRange::device_ports`] (safe): any range inside
-//!   [`Hal::DEVICE_IO_PORTS`], the window the Hal implementor promised holds
+//!   [`Hal::DEVICE_IO_PORTS`], the windows the Hal implementor promised hold
 //!   only device ports (where PCI I/O BARs live).
 //!
 //! After that every access is safe, bounds-checked and alignment-checked,
@@ -108,19 +108,21 @@ impl<H: Hal> PortRange<H> {
     }
 
     /// Ports `base..base+len` of a device (a PCI I/O BAR): safe, because the
-    /// range must lie inside [`Hal::DEVICE_IO_PORTS`], which the Hal
-    /// implementor promised holds nothing but device ports.
-    /// `InvalidArgument` for an empty range or one outside that window.
+    /// range must lie inside one window of [`Hal::DEVICE_IO_PORTS`], which
+    /// the Hal implementor promised holds nothing but device ports.
+    /// `InvalidArgument` for an empty range or one outside those windows.
     pub fn device_ports(base: u64, len: u64) -> Result<Self, HalError> {
         let end = base.checked_add(len).ok_or(HalError::InvalidArgument)?;
-        let window = H::DEVICE_IO_PORTS;
-        if len == 0 || base < u64::from(window.start) || end > u64::from(window.end) {
+        let inside = |window: &core::ops::Range<u32>| {
+            base >= u64::from(window.start) && end <= u64::from(window.end)
+        };
+        if len == 0 || !H::DEVICE_IO_PORTS.iter().any(inside) {
             return Err(HalError::InvalidArgument);
         }
         let (Ok(base), Ok(len)) = (u16::try_from(base), u16::try_from(len)) else {
             return Err(HalError::InvalidArgument);
         };
-        // SAFETY: the range lies inside `H::DEVICE_IO_PORTS` (checked above),
+        // SAFETY: the range lies inside a `H::DEVICE_IO_PORTS` window (checked),
         // which the `unsafe impl Hal` promises holds only device ports that
         // no access can turn against memory safety.
         unsafe { Self::new(base, len) }

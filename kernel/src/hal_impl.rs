@@ -41,14 +41,17 @@ pub fn phys_of_device_addr(device_addr: DeviceAddr) -> u64 {
 // and reachable by devices at its physical address (no IOMMU); `mmio_map`
 // maps uncached through `memory::map_mmio`; `share` returns the physical
 // address of a buffer it has checked to be contiguous, identity-mapped RAM;
-// `DEVICE_IO_PORTS` is the PCI I/O window, where only BARs are decoded.
+// `DEVICE_IO_PORTS` are the PCI I/O windows, where only BARs are decoded.
 unsafe impl Hal for KernelHal {
-    /// Ports 0xC000..=0xFFFF: the window SeaBIOS assigns PCI I/O BARs from
-    /// and the kernel assigns the rest from (`virtio::pci::IO_WINDOW`). On
-    /// `pc`, `q35` and `microvm` no chipset device (PIC, PIT, DMA controller,
-    /// ACPI PM block at 0x600 or 0xB000, PCI configuration at 0xCF8) sits
-    /// there, so a driver's access to a BAR in it reaches only that device.
-    const DEVICE_IO_PORTS: core::ops::Range<u32> = 0xc000..0x1_0000;
+    /// Where QEMU's `pc` and `q35` decode nothing but PCI I/O BARs (SeaBIOS's
+    /// map of the port space, `pciinit.c`): 0x1000..0xA000 and
+    /// 0xC000..=0xFFFF. SeaBIOS puts BARs at 0xC000 (at 0x1000 when they
+    /// need more than 16 KiB), the kernel assigns unplaced ones from 0xC000
+    /// (`virtio::pci::IO_WINDOW`). Left out: everything below 0x1000 (PIC,
+    /// PIT, DMA controller, ICH9 power management at 0x600, PCI
+    /// configuration at 0xCF8) and 0xA000..0xC000 (`pc`'s hotplug and PIIX4
+    /// power management at 0xB000). `microvm` has no PCI and no I/O BARs.
+    const DEVICE_IO_PORTS: &'static [core::ops::Range<u32>] = &[0x1000..0xa000, 0xc000..0x1_0000];
 
     fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         if pages == 0 {

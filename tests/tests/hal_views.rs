@@ -110,7 +110,7 @@ fn a_port_range_reaches_its_ports_and_nothing_else() {
 }
 
 #[test]
-fn device_ports_outside_the_hals_window_are_refused() {
+fn device_ports_outside_the_hals_windows_are_refused() {
     assert_eq!(
         PortRange::<HostHal>::device_ports(0xfff0, 0x20).err(),
         Some(HalError::InvalidArgument),
@@ -118,50 +118,83 @@ fn device_ports_outside_the_hals_window_are_refused() {
     );
     assert!(PortRange::<HostHal>::device_ports(0x1000, 0).is_err());
     assert!(PortRange::<HostHal>::device_ports(u64::MAX, 2).is_err());
-    // A Hal without port I/O (the default `DEVICE_IO_PORTS` is empty)
-    // vouches for nothing.
+    // A Hal that declares no device ports vouches for nothing.
     assert!(PortRange::<NoPorts>::device_ports(0xc000, 1).is_err());
+    // With two windows, a range must lie inside one of them.
+    assert!(PortRange::<TwoWindows>::device_ports(0x1000, 0x1000).is_ok());
+    assert!(PortRange::<TwoWindows>::device_ports(0xc000, 0x4000).is_ok());
+    assert!(
+        PortRange::<TwoWindows>::device_ports(0x1ff0, 0x20).is_err(),
+        "runs out of the first"
+    );
+    assert!(
+        PortRange::<TwoWindows>::device_ports(0xb000, 0x10).is_err(),
+        "in the gap"
+    );
+    assert!(
+        PortRange::<TwoWindows>::device_ports(0x0cf8, 8).is_err(),
+        "below both"
+    );
 }
 
-/// A Hal that keeps the default (empty) `DEVICE_IO_PORTS`.
-struct NoPorts;
+/// A Hal that forwards to `HostHal` but declares its own device port
+/// windows, and has no ports to reach.
+macro_rules! windowed_hal {
+    ($name:ident, $windows:expr) => {
+        struct $name;
 
-// SAFETY: every function forwards to `HostHal`, whose promises hold; the
-// (empty) default device port window promises nothing.
-unsafe impl hal::Hal for NoPorts {
-    fn dma_alloc(pages: usize) -> Result<(hal::DeviceAddr, std::ptr::NonNull<u8>), HalError> {
-        HostHal::dma_alloc(pages)
-    }
-    unsafe fn dma_dealloc(
-        device_addr: hal::DeviceAddr,
-        vaddr: std::ptr::NonNull<u8>,
-        pages: usize,
-    ) {
-        // SAFETY: passed on from the caller.
-        unsafe { HostHal::dma_dealloc(device_addr, vaddr, pages) }
-    }
-    fn mmio_map(phys: hal::PhysAddr, size: usize) -> Result<std::ptr::NonNull<u8>, HalError> {
-        HostHal::mmio_map(phys, size)
-    }
-    unsafe fn share(
-        buffer: std::ptr::NonNull<[u8]>,
-        direction: hal::Direction,
-    ) -> Result<hal::DeviceAddr, HalError> {
-        // SAFETY: passed on from the caller.
-        unsafe { HostHal::share(buffer, direction) }
-    }
-    unsafe fn unshare(
-        device_addr: hal::DeviceAddr,
-        buffer: std::ptr::NonNull<[u8]>,
-        direction: hal::Direction,
-    ) {
-        // SAFETY: passed on from the caller.
-        unsafe { HostHal::unshare(device_addr, buffer, direction) }
-    }
-    unsafe fn port_read(_port: u16, _width: hal::PortWidth) -> Result<u32, HalError> {
-        Err(HalError::Unsupported)
-    }
-    unsafe fn port_write(_port: u16, _width: hal::PortWidth, _value: u32) -> Result<(), HalError> {
-        Err(HalError::Unsupported)
-    }
+        // SAFETY: every function forwards to `HostHal`, whose promises hold;
+        // port I/O reaches nothing at all, so any window is honest.
+        unsafe impl hal::Hal for $name {
+            const DEVICE_IO_PORTS: &'static [std::ops::Range<u32>] = $windows;
+
+            fn dma_alloc(
+                pages: usize,
+            ) -> Result<(hal::DeviceAddr, std::ptr::NonNull<u8>), HalError> {
+                HostHal::dma_alloc(pages)
+            }
+            unsafe fn dma_dealloc(
+                device_addr: hal::DeviceAddr,
+                vaddr: std::ptr::NonNull<u8>,
+                pages: usize,
+            ) {
+                // SAFETY: passed on from the caller.
+                unsafe { HostHal::dma_dealloc(device_addr, vaddr, pages) }
+            }
+            fn mmio_map(
+                phys: hal::PhysAddr,
+                size: usize,
+            ) -> Result<std::ptr::NonNull<u8>, HalError> {
+                HostHal::mmio_map(phys, size)
+            }
+            unsafe fn share(
+                buffer: std::ptr::NonNull<[u8]>,
+                direction: hal::Direction,
+            ) -> Result<hal::DeviceAddr, HalError> {
+                // SAFETY: passed on from the caller.
+                unsafe { HostHal::share(buffer, direction) }
+            }
+            unsafe fn unshare(
+                device_addr: hal::DeviceAddr,
+                buffer: std::ptr::NonNull<[u8]>,
+                direction: hal::Direction,
+            ) {
+                // SAFETY: passed on from the caller.
+                unsafe { HostHal::unshare(device_addr, buffer, direction) }
+            }
+            unsafe fn port_read(_port: u16, _width: hal::PortWidth) -> Result<u32, HalError> {
+                Err(HalError::Unsupported)
+            }
+            unsafe fn port_write(
+                _port: u16,
+                _width: hal::PortWidth,
+                _value: u32,
+            ) -> Result<(), HalError> {
+                Err(HalError::Unsupported)
+            }
+        }
+    };
 }
+
+windowed_hal!(NoPorts, &[]);
+windowed_hal!(TwoWindows, &[0x1000..0x2000, 0xc000..0x1_0000]);
