@@ -35,11 +35,17 @@ use crate::exit;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// Vector 2: non-maskable interrupt (#NMI).
 pub const NMI: usize = 2;
+/// Vector 3: `int3` breakpoint (#BP).
 pub const BREAKPOINT: usize = 3;
+/// Vector 6: invalid opcode (#UD).
 pub const INVALID_OPCODE: usize = 6;
+/// Vector 8: double fault (#DF), on its own IST stack.
 pub const DOUBLE_FAULT: usize = 8;
+/// Vector 14: page fault (#PF); CR2 holds the address.
 pub const PAGE_FAULT: usize = 14;
+/// Vector 18: machine check (#MC), on its own IST stack.
 pub const MACHINE_CHECK: usize = 18;
 
 /// Mnemonic and name of each exception vector (SDM Vol. 3A, Table 7-1).

@@ -107,8 +107,12 @@ impl GuardedStack {
     }
 }
 
+/// The IST stack the double-fault handler runs on (a kernel stack overflow
+/// cannot be handled on the stack that overflowed).
 pub static DOUBLE_FAULT_STACK: GuardedStack = GuardedStack::new();
+/// The IST stack for NMIs, which can arrive at any instruction.
 pub static NMI_STACK: GuardedStack = GuardedStack::new();
+/// The IST stack for machine checks, which can arrive at any instruction.
 pub static MACHINE_CHECK_STACK: GuardedStack = GuardedStack::new();
 
 /// The GDT itself. In writable memory on purpose: `ltr` writes the busy bit

@@ -77,18 +77,22 @@ impl RedirectionEntry {
         RedirectionEntry(bits)
     }
 
+    /// The IDT vector the pin delivers.
     pub fn vector(self) -> u8 {
         (self.0 & Self::VECTOR_MASK) as u8
     }
 
+    /// The destination APIC ID (physical mode).
     pub fn destination(self) -> u8 {
         (self.0 >> Self::DESTINATION_SHIFT) as u8
     }
 
+    /// `true` if the pin is masked.
     pub fn is_masked(self) -> bool {
         self.0 & Self::MASKED != 0
     }
 
+    /// Edge or level triggered.
     pub fn trigger(self) -> Trigger {
         if self.0 & Self::LEVEL_TRIGGERED != 0 {
             Trigger::Level
@@ -97,6 +101,7 @@ impl RedirectionEntry {
         }
     }
 
+    /// Active high or active low.
     pub fn polarity(self) -> Polarity {
         if self.0 & Self::ACTIVE_LOW != 0 {
             Polarity::ActiveLow

@@ -24,34 +24,55 @@ const APIC_BASE_ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 /// Register offsets in the xAPIC page (SDM vol. 3A table 11-1).
 pub mod reg {
+    /// Local APIC ID.
     pub const ID: usize = 0x020;
+    /// Version and number of LVT entries.
     pub const VERSION: usize = 0x030;
+    /// Task priority (TPR): interrupts at or below it are held back.
     pub const TASK_PRIORITY: usize = 0x080;
+    /// End of interrupt: write 0 when a handler is done.
     pub const EOI: usize = 0x0b0;
+    /// Spurious-interrupt vector and the software enable bit.
     pub const SPURIOUS_VECTOR: usize = 0x0f0;
     /// In-service register, 8 x 32 bits at 0x100, 0x110, ... 0x170.
     pub const ISR_BASE: usize = 0x100;
     /// Interrupt request register, 8 x 32 bits at 0x200, ... 0x270.
     pub const IRR_BASE: usize = 0x200;
+    /// Error status (ESR): write, then read the latched errors.
     pub const ERROR_STATUS: usize = 0x280;
+    /// LVT entry for corrected machine-check interrupts.
     pub const LVT_CMCI: usize = 0x2f0;
+    /// Interrupt command, low half (writing it sends the IPI).
     pub const ICR_LOW: usize = 0x300;
+    /// Interrupt command, high half (destination).
     pub const ICR_HIGH: usize = 0x310;
+    /// LVT entry for the APIC timer.
     pub const LVT_TIMER: usize = 0x320;
+    /// LVT entry for the thermal sensor.
     pub const LVT_THERMAL: usize = 0x330;
+    /// LVT entry for performance-counter overflow.
     pub const LVT_PERFORMANCE: usize = 0x340;
+    /// LVT entry for the LINT0 pin (ExtINT from the legacy PIC).
     pub const LVT_LINT0: usize = 0x350;
+    /// LVT entry for the LINT1 pin (NMI).
     pub const LVT_LINT1: usize = 0x360;
+    /// LVT entry for APIC errors.
     pub const LVT_ERROR: usize = 0x370;
+    /// Timer initial count (writing it starts the timer).
     pub const TIMER_INITIAL_COUNT: usize = 0x380;
+    /// Timer current count (read-only).
     pub const TIMER_CURRENT_COUNT: usize = 0x390;
+    /// Timer divide configuration.
     pub const TIMER_DIVIDE: usize = 0x3e0;
 }
 
 /// Bits of a local vector table entry (SDM vol. 3A §11.5.1, figure 11-8).
 pub mod lvt {
+    /// The entry is masked (no interrupt).
     pub const MASKED: u32 = 1 << 16;
+    /// Input pin polarity: active low.
     pub const ACTIVE_LOW: u32 = 1 << 13;
+    /// Delivery mode NMI.
     pub const DELIVERY_NMI: u32 = 0b100 << 8;
     /// Timer mode bits 18:17: 00 one-shot, 01 periodic, 10 TSC-deadline.
     pub const TIMER_ONE_SHOT: u32 = 0b00 << 17;
@@ -59,9 +80,13 @@ pub mod lvt {
 
 /// Bits of the interrupt command register (SDM vol. 3A §11.6.1, figure 11-12).
 mod icr {
+    /// Delivery mode fixed (the vector in bits 7:0).
     pub const DELIVERY_FIXED: u32 = 0b000 << 8;
+    /// Send pending: the previous IPI has not been accepted yet.
     pub const DELIVERY_PENDING: u32 = 1 << 12;
+    /// Level assert (required for everything but INIT de-assert).
     pub const LEVEL_ASSERT: u32 = 1 << 14;
+    /// Destination shorthand: this CPU only.
     pub const SHORTHAND_SELF: u32 = 0b01 << 18;
 }
 
