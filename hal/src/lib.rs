@@ -128,8 +128,9 @@ impl core::fmt::Display for HalError {
 ///   device registers at the given physical address, uncached;
 /// - `share` returns a device address at which the device sees the buffer's
 ///   contents (or a bounce copy of them) until `unshare`;
-/// - [`Hal::DEVICE_IO_PORTS`] holds only ports that belong to devices the
-///   drivers may drive, so that no access to them can break memory safety.
+/// - [`Hal::DEVICE_IO_PORTS`] holds only ports of devices the drivers may
+///   drive (PCI I/O BARs), never a chipset, firmware or PCI configuration
+///   port.
 pub unsafe trait Hal: 'static {
     /// Allocates `pages` physically contiguous, zeroed pages.
     /// Returns the device address and the CPU pointer of the first byte.
@@ -159,12 +160,13 @@ pub unsafe trait Hal: 'static {
     const UNSHARE_IS_NOOP: bool = false;
 
     /// The I/O port windows decoded only by devices the drivers may drive
-    /// (where PCI I/O BARs live): reading or writing any port in them, in any
-    /// order, cannot break the memory safety of the machine (no interrupt
-    /// controller, DMA controller, PCI configuration, power management or
-    /// firmware port is in them). [`PortRange::device_ports`] hands out
-    /// ranges inside one of them without `unsafe`; everything else needs
-    /// [`PortRange::new`]'s promise.
+    /// (where PCI I/O BARs live), so that a driver reaching a port in them
+    /// reaches a device's registers, as it does through a memory BAR with
+    /// [`MmioRegion`], and nothing else: no interrupt controller, DMA
+    /// controller, PCI configuration, power-management or firmware port is
+    /// in them. [`PortRange::device_ports`] hands out ranges inside one of
+    /// them without `unsafe`; everything else needs [`PortRange::new`]'s
+    /// promise.
     ///
     /// Empty by default (a Hal without port I/O).
     const DEVICE_IO_PORTS: &'static [core::ops::Range<u32>] = &[];

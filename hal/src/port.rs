@@ -94,8 +94,10 @@ impl<H: Hal> PortRange<H> {
     ///
     /// # Safety
     /// The caller owns the devices behind these ports: nothing else accesses
-    /// them while this range (or a clone or subrange of it) is used, and no
-    /// sequence of reads and writes to them can break memory safety.
+    /// them while this range (or a clone or subrange of it) is used, and the
+    /// safe code it hands the range to may program those devices (the trust
+    /// the kernel gives a driver for the registers of the device it drives;
+    /// e.g. PCI configuration mechanism #1 to `PortIoConfig`).
     pub unsafe fn new(base: u16, len: u16) -> Result<Self, HalError> {
         if len == 0 || u32::from(base) + u32::from(len) > PORT_SPACE {
             return Err(HalError::InvalidArgument);
@@ -122,9 +124,10 @@ impl<H: Hal> PortRange<H> {
         let (Ok(base), Ok(len)) = (u16::try_from(base), u16::try_from(len)) else {
             return Err(HalError::InvalidArgument);
         };
-        // SAFETY: the range lies inside a `H::DEVICE_IO_PORTS` window (checked),
-        // which the `unsafe impl Hal` promises holds only device ports that
-        // no access can turn against memory safety.
+        // SAFETY: the range lies inside a `H::DEVICE_IO_PORTS` window
+        // (checked), which the `unsafe impl Hal` promises holds only the
+        // register blocks of devices the drivers drive (PCI I/O BARs): the
+        // same access a driver gets to a memory BAR through `MmioRegion`.
         unsafe { Self::new(base, len) }
     }
 
