@@ -52,6 +52,7 @@ mod selftest_api;
 mod serial;
 mod shell;
 mod virtio;
+mod wait;
 
 use alloc::vec::Vec;
 use core::panic::PanicInfo;

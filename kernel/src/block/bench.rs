@@ -38,8 +38,9 @@ use drivers::device::Wait;
 use drivers::irq::{wait_for_used, WaitMode};
 
 use super::pattern::Rng;
-use super::{Disk, DiskWait, IoBuffer, SECTOR};
+use super::{Disk, IoBuffer, SECTOR};
 use crate::println;
+use crate::wait::KernelWait;
 
 /// One workload. The peer stack (`crate::peer::bench`) runs the same list,
 /// so both stacks are always measured on identical shapes.
@@ -282,7 +283,7 @@ fn drive(
     pieces: &[NonNull<[u8]>],
     offsets: &mut Offsets,
     duration: u64,
-    wait: &mut DiskWait,
+    wait: &mut KernelWait,
 ) -> Result<Measured, String> {
     let queue_size = usize::from(disk.device().queue_size(0).unwrap_or(0));
     let mut piece_of_slot = vec![0usize; queue_size];
@@ -384,7 +385,7 @@ fn drive(
 }
 
 /// The counters at one moment (`ticks` unused).
-fn snapshot(disk: &mut Disk, wait: &DiskWait, completed: u64) -> Measured {
+fn snapshot(disk: &mut Disk, wait: &KernelWait, completed: u64) -> Measured {
     Measured {
         requests: completed,
         ticks: 0,

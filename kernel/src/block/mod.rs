@@ -75,16 +75,16 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use drivers::blk::{BlkDevice, BlkError, BlkOptions};
-use drivers::device::{Wait, WaitTimeout};
-use drivers::irq::{QueueSet, WaitMode, WaitStats};
+use drivers::irq::{QueueSet, WaitMode};
 use drivers::transport::{DeviceType, Location, Transport, TransportKind};
 use hal::DmaRegion;
 use spin::{Mutex, Once};
 
 use crate::hal_impl::KernelHal;
 use crate::println;
-use crate::virtio::irq::{DeviceIrq, KernelWait};
+use crate::virtio::irq::DeviceIrq;
 use crate::virtio::{self, BroughtUp, DrivenDevice, FeatureList, KernelTransport};
+use crate::wait::{self, KernelWait};
 
 pub use selftests::selftests;
 
@@ -167,58 +167,6 @@ pub fn disk_name(index: usize) -> String {
     let mut name = String::from("vd");
     name.extend(letters.iter().map(|&b| b as char));
     name
-}
-
-/// How a disk's blocking calls wait: the interrupt code's wait (which
-/// halts until the queue's interrupt, or polls a polled device), or a
-/// plain timed spin for a device without an interrupt slot.
-pub enum DiskWait {
-    /// Through `virtio::irq` (interrupts, or polling when forced or unrouted).
-    Device(KernelWait),
-    /// Spinning until a deadline.
-    Spin {
-        /// Uptime at which to give up.
-        deadline_ns: u64,
-        /// Waits so far.
-        waits: u64,
-    },
-}
-
-impl DiskWait {
-    /// What the waits did (halts, polls), for benchmarks.
-    pub fn stats(&self) -> WaitStats {
-        match self {
-            DiskWait::Device(wait) => wait.stats(),
-            DiskWait::Spin { waits, .. } => WaitStats {
-                waits: *waits,
-                polls: *waits,
-                ..WaitStats::default()
-            },
-        }
-    }
-}
-
-impl Wait for DiskWait {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        match self {
-            DiskWait::Device(wait) => wait.wait(),
-            DiskWait::Spin { deadline_ns, waits } => {
-                if crate::clock::uptime_ns() >= *deadline_ns {
-                    return Err(WaitTimeout { waits: *waits });
-                }
-                *waits += 1;
-                core::hint::spin_loop();
-                Ok(())
-            }
-        }
-    }
-
-    fn sleeps_until_interrupt(&self) -> bool {
-        match self {
-            DiskWait::Device(wait) => wait.sleeps_until_interrupt(),
-            DiskWait::Spin { .. } => false,
-        }
-    }
 }
 
 /// What describes a disk, without the driver (for listings such as the
@@ -409,22 +357,15 @@ impl Disk {
     }
 
     /// A fresh wait for one blocking call (its deadline starts now).
-    pub fn new_wait(&self) -> DiskWait {
+    pub fn new_wait(&self) -> KernelWait {
         self.new_wait_for(CALL_TIMEOUT_NS)
     }
 
-    /// A fresh wait that gives up after `timeout_ns`.
-    pub fn new_wait_for(&self, timeout_ns: u64) -> DiskWait {
-        match self.irq {
-            Some(irq) => DiskWait::Device(
-                irq.wait(QueueSet::single(0), timeout_ns)
-                    .with_mode(self.wait_mode),
-            ),
-            None => DiskWait::Spin {
-                deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
-                waits: 0,
-            },
-        }
+    /// A fresh wait that gives up after `timeout_ns`: halting until the
+    /// request queue's interrupt, or polling (no interrupt route, or
+    /// [`Disk::set_wait_mode`] asked for it).
+    pub fn new_wait_for(&self, timeout_ns: u64) -> KernelWait {
+        wait::for_device(self.irq, QueueSet::single(0), timeout_ns).with_mode(self.wait_mode)
     }
 
     /// Notes that the self-tests made a request fail on purpose.

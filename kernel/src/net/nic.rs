@@ -44,7 +44,6 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use drivers::device::{Wait, WaitTimeout};
 use drivers::irq::QueueSet;
 use drivers::net::{NetDevice, NetError, NetOptions, RxPacket, TxQueue, SUPPORTED_FEATURES};
 use drivers::transport::{DeviceType, InterruptStatus, Location, Transport};
@@ -54,6 +53,7 @@ use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
 use crate::virtio::{BroughtUp, DrivenDevice, FeatureList, InterruptLine, KernelTransport};
+use crate::wait::KernelWait;
 
 /// The driver on the kernel's Hal and transport.
 pub type KernelNetDevice = NetDevice<KernelHal, KernelTransport>;
@@ -260,12 +260,13 @@ impl Nic {
         }
     }
 
-    /// A [`Wait`] for the control queue. QEMU answers a control command
+    /// The wait for the control queue: the kernel's one wait
+    /// ([`crate::wait`]) in polling mode. QEMU answers a control command
     /// while it handles the notification, so the answer is normally there
-    /// before the first wait; a bounded spin is all it takes, and it does
-    /// not depend on the control queue's interrupt.
-    pub fn ctrl_wait(&self, timeout_ns: u64) -> SpinWait {
-        SpinWait::new(timeout_ns)
+    /// before the first wait; polling is all it takes, and it does not
+    /// depend on the control queue's interrupt.
+    pub fn ctrl_wait(&self, timeout_ns: u64) -> KernelWait {
+        KernelWait::polling(timeout_ns)
     }
 
     /// After a broken ring: reset the device and bring it back.
@@ -416,33 +417,6 @@ impl phy::TxToken for TxToken<'_> {
 
 /// How often a polled card's interrupt status is read for configuration changes.
 const CONFIG_POLL_NS: u64 = 100_000_000;
-
-/// A [`Wait`] that spins until a deadline (for a card without an interrupt slot).
-pub struct SpinWait {
-    deadline_ns: u64,
-    waits: u64,
-}
-
-impl SpinWait {
-    /// Gives up `timeout_ns` from now.
-    pub fn new(timeout_ns: u64) -> Self {
-        SpinWait {
-            deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
-            waits: 0,
-        }
-    }
-}
-
-impl Wait for SpinWait {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        if crate::clock::uptime_ns() >= self.deadline_ns {
-            return Err(WaitTimeout { waits: self.waits });
-        }
-        self.waits += 1;
-        core::hint::spin_loop();
-        Ok(())
-    }
-}
 
 /// Counts the cards the registry gave this driver, for the self-tests.
 pub fn count() -> usize {

@@ -31,7 +31,6 @@ use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
 
 use drivers::console::{ConsoleDevice, ConsoleError, ConsoleOptions};
-use drivers::device::{Wait, WaitTimeout};
 use drivers::features;
 use drivers::irq::QueueSet;
 use drivers::transport::{DeviceType, Location, Transport};
@@ -39,6 +38,7 @@ use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
 use crate::virtio::{self, BroughtUp, DrivenDevice, KernelTransport};
+use crate::wait::{self, KernelWait};
 
 /// The console driver on the kernel's Hal and transport.
 pub type KernelConsole = ConsoleDevice<KernelHal, KernelTransport>;
@@ -159,56 +159,13 @@ impl fmt::Display for PortList<'_> {
     }
 }
 
-/// How the shell waits for the console: halting until its interrupt (with
-/// the interrupt code's watchdog), or spinning when it is polled.
-pub enum ConsoleWait {
-    /// Interrupt-driven (or polled through the same type).
-    Irq(virtio::irq::KernelWait),
-    /// No interrupt slot at all: spin until a deadline.
-    Spin {
-        /// When to give up.
-        deadline_ns: u64,
-        /// Waits so far.
-        waits: u64,
-    },
-}
-
-impl Wait for ConsoleWait {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        match self {
-            ConsoleWait::Irq(wait) => wait.wait(),
-            ConsoleWait::Spin { deadline_ns, waits } => {
-                if crate::clock::uptime_ns() >= *deadline_ns {
-                    return Err(WaitTimeout { waits: *waits });
-                }
-                *waits += 1;
-                for _ in 0..1000 {
-                    core::hint::spin_loop();
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn sleeps_until_interrupt(&self) -> bool {
-        match self {
-            ConsoleWait::Irq(wait) => wait.sleeps_until_interrupt(),
-            ConsoleWait::Spin { .. } => false,
-        }
-    }
-}
-
-/// A wait on the console at `location` that gives up after `timeout_ns`.
-pub fn waiter(location: Location, timeout_ns: u64) -> ConsoleWait {
-    match virtio::irq::of(location) {
-        // Every queue: the interrupt code marks the queues it knew at
-        // probe time; any of them pending is a reason to look again.
-        Some(irq) => ConsoleWait::Irq(irq.wait(QueueSet::from_bits(u64::MAX), timeout_ns)),
-        None => ConsoleWait::Spin {
-            deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
-            waits: 0,
-        },
-    }
+/// A wait on the console at `location` that gives up after `timeout_ns`:
+/// halting until the console interrupts (the kernel's one wait,
+/// [`crate::wait`]), or polling if it has no interrupt route.
+pub fn waiter(location: Location, timeout_ns: u64) -> KernelWait {
+    // Every queue: any of the console's queues pending (a port's data, a
+    // control message) is a reason to look again.
+    wait::for_device(virtio::irq::of(location), QueueSet::ALL, timeout_ns)
 }
 
 /// Writes all of `bytes` to port `port`, waiting up to `timeout_ns` for

@@ -41,10 +41,10 @@
 //!
 //! Each device gets a slot in [`STATES`], a [`DeviceInterrupts`] the
 //! handlers write (pending bits, counters) and the waits read. A device's
-//! [`DeviceIrq`] handle makes the [`KernelWait`] that blocking helpers use:
-//! `cli`, check the pending bits, `sti; hlt` ([`KernelIdle`]), with a
+//! [`DeviceIrq`] handle makes the [`KernelWait`] that blocking helpers use
+//! (`crate::wait`: `cli`, check the pending bits, `sti; hlt`, with a
 //! one-shot local APIC timer as a watchdog so that a lost interrupt costs
-//! 10 ms, not the whole run, and a deadline after which the wait gives up.
+//! 10 ms, not the whole run, and a deadline after which the wait gives up).
 //!
 //! A device brought up a second time (the self-tests bring it up before its
 //! driver does, in `mode=selftest`) keeps its slot, its mode and its
@@ -68,35 +68,31 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use drivers::irq::{
-    intx_line, pin_name, set_intx_disabled, DeviceInterrupts, EntryUse, Idle,
-    InterruptStatusRegister, InterruptWait, IntxLine, MsixLayout, QueueSet,
+    intx_line, pin_name, set_intx_disabled, DeviceInterrupts, EntryUse, InterruptStatusRegister,
+    IntxLine, MsixLayout, QueueSet,
 };
 use drivers::mmio_discovery::{MICROVM_SLOT_SIZE, MICROVM_WINDOW_BASE};
 use drivers::pci::msix::{MsixCapability, MsixTable};
 use drivers::pci::{PciAddress, PciFunction};
 use drivers::transport::{DeviceType, Location, Transport};
-use spin::{Mutex, Once};
+use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
 use super::pci::PciConfig;
 use super::{type_name, Found, InterruptLine, KernelTransport};
 use crate::hal_impl::KernelHal;
 use crate::interrupts::{self, Polarity, Trigger};
+use crate::wait::KernelWait;
 
 /// Devices whose interrupts are tracked.
 pub const MAX_DEVICES: usize = 32;
 /// MSI-X entries given a vector per device (the configuration entry and 15
 /// queue entries; beyond that, queues share).
 const MAX_ENTRIES_PER_DEVICE: usize = 16;
-/// How long the local APIC watchdog lets a halt last: 625 000 ticks of the
-/// APIC timer divided by 16, 10 ms at QEMU's 1 GHz APIC clock.
-const WATCHDOG_TICKS: u32 = 625_000;
 /// Consecutive line interrupts no device on the line claims before the line
 /// is masked and its devices polled (a stuck level-triggered line would
 /// otherwise leave no CPU time for anything else).
 const STORM_LIMIT: u32 = 100_000;
-/// Default patience of a [`KernelWait`].
-pub const DEFAULT_TIMEOUT_NS: u64 = 2_000_000_000;
 
 /// Per-device interrupt state, written by the handlers.
 static STATES: [DeviceInterrupts; MAX_DEVICES] = [const { DeviceInterrupts::new() }; MAX_DEVICES];
@@ -349,9 +345,10 @@ impl DeviceIrq {
             .map_or("polled", |s| s.mode.name())
     }
 
-    /// A wait for `queues` of this device that gives up after `timeout_ns`.
+    /// A wait for `queues` of this device that gives up after `timeout_ns`
+    /// (the kernel's one wait, `crate::wait`).
     pub fn wait(self, queues: QueueSet, timeout_ns: u64) -> KernelWait {
-        InterruptWait::new(self.state(), queues, KernelIdle::new(timeout_ns))
+        KernelWait::new(self.state(), queues, timeout_ns)
     }
 }
 
@@ -368,117 +365,6 @@ pub fn of(location: Location) -> Option<DeviceIrq> {
 pub fn polling_requested() -> bool {
     matches!(crate::cmdline::get("virtio.poll"), Some("1" | "on" | "yes"))
 }
-
-// ---------------------------------------------------------------------------
-// Waiting
-// ---------------------------------------------------------------------------
-
-/// How many times a [`KernelIdle`] halted the CPU.
-static HALTS: AtomicU64 = AtomicU64::new(0);
-/// How many times the watchdog timer fired while the CPU was halted in a
-/// wait (the timer keeps running after a device interrupt ended the halt,
-/// and a later expiry outside a halt is not counted).
-static WATCHDOG_WAKES: AtomicU64 = AtomicU64::new(0);
-/// Set while a wait is in `hlt`.
-static IN_HALT: AtomicBool = AtomicBool::new(false);
-static WATCHDOG_VECTOR: Once<Option<u8>> = Once::new();
-
-fn watchdog_fired(_vector: u8) {
-    if IN_HALT.load(Ordering::Relaxed) {
-        WATCHDOG_WAKES.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn watchdog_vector() -> Option<u8> {
-    *WATCHDOG_VECTOR.call_once(|| match interrupts::allocate_vector(watchdog_fired) {
-        Ok(vector) => Some(vector),
-        Err(error) => {
-            log::warn!(
-                "virtio-irq: no vector for the wait watchdog ({error}): halts are unbounded"
-            );
-            None
-        }
-    })
-}
-
-/// Halts performed by interrupt-driven waits since boot.
-pub fn halt_count() -> u64 {
-    HALTS.load(Ordering::Relaxed)
-}
-
-/// Halts the watchdog ended since boot.
-pub fn watchdog_count() -> u64 {
-    WATCHDOG_WAKES.load(Ordering::Relaxed)
-}
-
-/// The CPU side of a wait: `cli`, `sti; hlt` with a watchdog, a deadline.
-pub struct KernelIdle {
-    deadline_ns: u64,
-    /// Used instead of the deadline when the TSC is not calibrated.
-    steps_left: u64,
-    /// Polls since the clock was last read. Reading the clock (`rdtsc`) is
-    /// the dearest thing a poll does (microseconds under an emulating
-    /// hypervisor), so a polling wait reads it only every
-    /// [`POLLS_PER_CLOCK_READ`] polls; a halting wait never calls `pause`
-    /// and so reads it on every step.
-    polls_since_clock: u32,
-}
-
-/// How many polls share one clock read: a timeout is noticed at most this
-/// many `spin_loop` hints late, which is far below any timeout we use.
-const POLLS_PER_CLOCK_READ: u32 = 64;
-
-impl KernelIdle {
-    /// Gives up `timeout_ns` from now.
-    pub fn new(timeout_ns: u64) -> Self {
-        KernelIdle {
-            deadline_ns: crate::clock::uptime_ns().saturating_add(timeout_ns),
-            // A halt lasts at most one watchdog period (10 ms).
-            steps_left: (timeout_ns / 10_000_000).max(1) * 100,
-            polls_since_clock: 0,
-        }
-    }
-}
-
-impl Idle for KernelIdle {
-    fn disable_interrupts(&mut self) {
-        interrupts::disable();
-    }
-
-    fn enable_interrupts(&mut self) {
-        interrupts::enable();
-    }
-
-    fn enable_interrupts_and_halt(&mut self) {
-        if let Some(vector) = watchdog_vector() {
-            let _ = interrupts::start_timer_oneshot(vector, WATCHDOG_TICKS);
-        }
-        HALTS.fetch_add(1, Ordering::Relaxed);
-        IN_HALT.store(true, Ordering::Relaxed);
-        interrupts::wait_for_interrupt();
-        IN_HALT.store(false, Ordering::Relaxed);
-    }
-
-    fn pause(&mut self) {
-        self.polls_since_clock = self.polls_since_clock.wrapping_add(1);
-        core::hint::spin_loop();
-    }
-
-    fn expired(&mut self) -> bool {
-        if self.polls_since_clock != 0 && self.polls_since_clock < POLLS_PER_CLOCK_READ {
-            return false;
-        }
-        self.polls_since_clock = 0;
-        if crate::clock::tsc_hz() != 0 {
-            return crate::clock::uptime_ns() >= self.deadline_ns;
-        }
-        self.steps_left = self.steps_left.saturating_sub(1);
-        self.steps_left == 0
-    }
-}
-
-/// The wait a blocking helper gets for a device.
-pub type KernelWait = InterruptWait<'static, KernelIdle>;
 
 // ---------------------------------------------------------------------------
 // Handlers

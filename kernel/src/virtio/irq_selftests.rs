@@ -31,13 +31,11 @@ use hal::{DmaRegion, PAGE_SIZE};
 
 use super::super::test_bringup::{lent, LiveDevice};
 use super::super::{devices, type_name, DeviceState};
-use super::{
-    halt_count, of, polling_requested, watchdog_count, DeviceIrq, IrqMode, MsixVector, SlotInfo,
-    DEFAULT_TIMEOUT_NS, SLOTS, STATES,
-};
+use super::{of, polling_requested, DeviceIrq, IrqMode, MsixVector, SlotInfo, SLOTS, STATES};
 use crate::hal_impl::KernelHal;
 use crate::interrupts;
 use crate::selftest_api::SelfTest;
+use crate::wait::{halt_count, watchdog_count, DEFAULT_TIMEOUT_NS};
 
 /// How long a self-test lets a requested interrupt take to arrive after its
 /// completion is already visible in the used ring.
