@@ -4,24 +4,12 @@
 //! `main` hands the CPU to [`run`] instead of idling. The shell reads the
 //! console's port (the first console port the device announced, port 0
 //! without MULTIPORT), edits lines as a terminal user expects ([`line`]),
-//! and runs commands that show the system:
+//! and runs commands that show the system: the devices and their queue
+//! counters, disks, the network card, console ports, the log level.
 //!
-//! | command                        | what it shows or does                                     |
-//! |--------------------------------|-----------------------------------------------------------|
-//! | `help`                         | this list                                                 |
-//! | `devices`                      | every virtio device: location, transport, ring, negotiated features, per-queue counters |
-//! | `disks`                        | disks: name, location, transport, serial, size            |
-//! | `blk read <disk> <lba> [n]`    | a hex dump of `n` (1-16) sectors                          |
-//! | `net`, `ping <ip>`             | the network card (address, MAC, link) and an ICMP echo    |
-//! | `ports`                        | console ports: names, console or not, host/guest open, counters |
-//! | `write <port> <text>`          | sends the text and a newline on a named port (or by number) |
-//! | `read <port>`                  | shows what arrived on a port (waits up to 2 s for the first byte) |
-//! | `send <port> <n> [seed]`       | sends `n` pattern bytes (for throughput and integrity tests) |
-//! | `recv <port> <n>`              | reads `n` bytes and prints their FNV-1a 64 hash           |
-//! | `log <level>`                  | sets the log level (`off`, `error` ... `trace`)           |
-//! | `uptime`                       | time since boot                                           |
-//! | `poweroff`                     | leaves QEMU (isa-debug-exit, status 41)                   |
-//! | `panic <text>`                 | a deliberate panic, to show the panic path                |
+//! The commands are listed once, in the table [`COMMANDS`] (name, arguments,
+//! one line of help, handler): `help` prints it and [`execute`] looks each
+//! command up in it. Each handler's doc comment says more.
 //!
 //! The kernel log keeps going to the serial port from the first line on;
 //! the console carries only the shell. A panic's report goes to the serial
@@ -40,6 +28,11 @@
 
 pub mod console;
 pub mod line;
+#[cfg(feature = "selftest")]
+mod selftests;
+
+#[cfg(feature = "selftest")]
+pub use selftests::selftests;
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -51,7 +44,6 @@ use drivers::console::{ConsoleError, QueueRole};
 use drivers::features;
 use drivers::transport::{DeviceType, Transport};
 
-use crate::selftest_api::SelfTest;
 use crate::virtio::{self, DeviceState, FeatureList};
 use line::{Action, LineEditor};
 
@@ -195,56 +187,160 @@ fn flush(port: u32, out: &mut Output) {
     out.bytes.clear();
 }
 
+/// What a command gets: the whole line (for commands that take free text)
+/// and its words after the command's name.
+pub struct Call<'a> {
+    /// The line as typed (trimmed).
+    pub line: &'a str,
+    /// The words after the command's name.
+    pub args: &'a [&'a str],
+}
+
+type CommandResult = Result<(), String>;
+
+/// One shell command: its name, its arguments as `help` shows them, one line
+/// of help, and the function that runs it.
+pub struct Command {
+    /// What the user types first.
+    pub name: &'static str,
+    /// The arguments, in `help`'s notation (`<needed> [optional]`).
+    pub args: &'static str,
+    /// What `help` says it does.
+    pub help: &'static str,
+    /// Runs it; an `Err` is printed as `error: <message>`.
+    pub run: fn(&Call<'_>, &mut Output) -> CommandResult,
+}
+
+/// Every shell command, in the order `help` lists them.
+pub const COMMANDS: &[Command] = &[
+    Command {
+        name: "help",
+        args: "",
+        help: "this list",
+        run: |_, out| help(out),
+    },
+    Command {
+        name: "devices",
+        args: "",
+        help: "virtio devices: location, transport, ring, features, queue counters",
+        run: |_, out| devices(out),
+    },
+    Command {
+        name: "disks",
+        args: "",
+        help: "block devices",
+        run: |_, out| disks(out),
+    },
+    Command {
+        name: "blk",
+        args: "read <disk> <lba> [n]",
+        help: "hex dump of n sectors (default 1)",
+        run: |call, out| blk(call.args, out),
+    },
+    Command {
+        name: "net",
+        args: "",
+        help: "network card: address, MAC, link",
+        run: |_, out| net(out),
+    },
+    Command {
+        name: "ping",
+        args: "<ip>",
+        help: "ICMP echo",
+        run: |call, out| ping(call.args, out),
+    },
+    Command {
+        name: "ports",
+        args: "",
+        help: "console ports and their state",
+        run: |_, out| ports(out),
+    },
+    Command {
+        name: "write",
+        args: "<port> <text>",
+        help: "send a line on a port (name or number)",
+        run: |call, out| write_port(call.line, call.args, out),
+    },
+    Command {
+        name: "read",
+        args: "<port>",
+        help: "show what arrived on a port",
+        run: |call, out| read_port(call.args, out),
+    },
+    Command {
+        name: "send",
+        args: "<port> <n> [seed]",
+        help: "send n pattern bytes on a port",
+        run: |call, out| send(call.args, out),
+    },
+    Command {
+        name: "recv",
+        args: "<port> <n>",
+        help: "receive n bytes, print their FNV-1a 64 hash",
+        run: |call, out| recv(call.args, out),
+    },
+    Command {
+        name: "log",
+        args: "<level>",
+        help: "off|error|warn|info|debug|trace",
+        run: |call, out| set_log(call.args, out),
+    },
+    Command {
+        name: "uptime",
+        args: "",
+        help: "time since boot",
+        run: |_, out| uptime(out),
+    },
+    Command {
+        name: "poweroff",
+        args: "",
+        help: "leave QEMU",
+        run: |_, out| poweroff(out),
+    },
+    Command {
+        name: "panic",
+        args: "<text>",
+        help: "a deliberate panic (shows the panic path)",
+        run: |call, _| deliberate_panic(call.line),
+    },
+];
+
+/// The command called `name`, if there is one.
+pub fn command(name: &str) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
 /// Runs one command line.
 pub fn execute(line: &str, out: &mut Output) {
     let mut words = line.split_whitespace();
-    let Some(command) = words.next() else { return };
+    let Some(name) = words.next() else { return };
     let args: Vec<&str> = words.collect();
-    let result = match command {
-        "help" => help(out),
-        "devices" => devices(out),
-        "disks" => disks(out),
-        "blk" => blk(&args, out),
-        "net" => net(out),
-        "ping" => ping(&args, out),
-        "ports" => ports(out),
-        "write" => write_port(line, &args, out),
-        "read" => read_port(&args, out),
-        "send" => send(&args, out),
-        "recv" => recv(&args, out),
-        "log" => set_log(&args, out),
-        "uptime" => uptime(out),
-        "poweroff" => poweroff(out),
-        "panic" => deliberate_panic(line),
-        other => Err(format!("unknown command `{other}`; try `help`")),
+    let result = match command(name) {
+        Some(command) => (command.run)(&Call { line, args: &args }, out),
+        None => Err(format!("unknown command `{name}`; try `help`")),
     };
     if let Err(message) = result {
         let _ = writeln!(out, "error: {message}");
     }
 }
 
-type CommandResult = Result<(), String>;
+/// Width of the usage column in `help` (the longest usage fits).
+const USAGE_WIDTH: usize = 25;
 
+/// `help`: every command of [`COMMANDS`] with its arguments and help line.
 fn help(out: &mut Output) -> CommandResult {
-    let _ = write!(
+    let _ = writeln!(out, "commands:");
+    for command in COMMANDS {
+        let usage = if command.args.is_empty() {
+            String::from(command.name)
+        } else {
+            format!("{} {}", command.name, command.args)
+        };
+        let _ = writeln!(out, "  {usage:<USAGE_WIDTH$} {}", command.help);
+    }
+    let _ = writeln!(
         out,
-        "commands:\n\
-         \x20 help                      this list\n\
-         \x20 devices                   virtio devices: location, transport, ring, features, queue counters\n\
-         \x20 disks                     block devices\n\
-         \x20 blk read <disk> <lba> [n] hex dump of n sectors (default 1)\n\
-         \x20 net                       network card: address, MAC, link\n\
-         \x20 ping <ip>                 ICMP echo\n\
-         \x20 ports                     console ports and their state\n\
-         \x20 write <port> <text>       send a line on a port (name or number)\n\
-         \x20 read <port>               show what arrived on a port\n\
-         \x20 send <port> <n> [seed]    send n pattern bytes on a port\n\
-         \x20 recv <port> <n>           receive n bytes, print their FNV-1a 64 hash\n\
-         \x20 log <level>               off|error|warn|info|debug|trace\n\
-         \x20 uptime                    time since boot\n\
-         \x20 poweroff                  leave QEMU\n\
-         \x20 panic <text>              a deliberate panic (shows the panic path)\n\
-         editing: Backspace, Ctrl-U (erase line), Ctrl-C (abandon line)\n"
+        "editing: Backspace, Ctrl-U (erase line), Ctrl-C (abandon line)"
     );
     Ok(())
 }
@@ -284,6 +380,8 @@ enum DeviceRow {
     },
 }
 
+/// `devices`: every virtio device: location, transport, ring, negotiated
+/// features, irq mode, the driver that took it and per-queue counters.
 fn devices(out: &mut Output) -> CommandResult {
     let mut rows = Vec::new();
     {
@@ -482,6 +580,8 @@ fn registry_devices(device_type: DeviceType, out: &mut Output) -> usize {
     count
 }
 
+/// `disks`: each disk's name, location, transport, serial and size (or the
+/// block devices the probe found, if no disk came up).
 fn disks(out: &mut Output) -> CommandResult {
     let disks = crate::block::disks();
     if disks.is_empty() {
@@ -520,6 +620,7 @@ fn disks(out: &mut Output) -> CommandResult {
 /// The most sectors `blk read` dumps at once.
 const MAX_DUMP_SECTORS: u64 = 16;
 
+/// `blk read <disk> <lba> [n]`: a hex dump of `n` (1-16) sectors.
 fn blk(args: &[&str], out: &mut Output) -> CommandResult {
     let (disk, lba, count) = match args {
         ["read", disk, lba] => (*disk, *lba, "1"),
@@ -556,6 +657,7 @@ fn blk(args: &[&str], out: &mut Output) -> CommandResult {
     Ok(())
 }
 
+/// `net`: each card's location, MAC, MTU, link and DHCP address.
 fn net(out: &mut Output) -> CommandResult {
     let nics = crate::net::nic::nics();
     if nics.is_empty() {
@@ -593,6 +695,8 @@ fn net(out: &mut Output) -> CommandResult {
     Ok(())
 }
 
+/// `ping <ip>`: three ICMP echo requests from the first card with an
+/// interface, one second each for the reply.
 fn ping(args: &[&str], out: &mut Output) -> CommandResult {
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::socket::icmp;
@@ -706,6 +810,8 @@ fn ping(args: &[&str], out: &mut Output) -> CommandResult {
     Ok(())
 }
 
+/// `ports`: console ports: id, name, console or not, host/guest open,
+/// bytes received and sent, bytes waiting to be read.
 fn ports(out: &mut Output) -> CommandResult {
     let guard = console::lock();
     let Some(c) = guard.as_ref() else {
@@ -751,6 +857,8 @@ fn console_error(error: ConsoleError) -> String {
     error.to_string()
 }
 
+/// `write <port> <text>`: sends the text (spaces kept) and a newline on a
+/// port given by name or number.
 fn write_port(line: &str, args: &[&str], out: &mut Output) -> CommandResult {
     let [spec, ..] = args else {
         return Err("usage: write <port> <text>".into());
@@ -787,6 +895,8 @@ fn location() -> Result<drivers::transport::Location, String> {
         .ok_or_else(|| "no console".into())
 }
 
+/// `read <port>`: shows what arrived on a port; waits up to 2 s for the
+/// first byte, then stops when the line goes quiet.
 fn read_port(args: &[&str], out: &mut Output) -> CommandResult {
     let [spec] = args else {
         return Err("usage: read <port>".into());
@@ -869,6 +979,8 @@ fn parse_count(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{text}` is not a byte count (up to 1G; k and M suffixes)"))
 }
 
+/// `send <port> <n> [seed]`: sends `n` bytes of [`pattern_byte`] (k and M
+/// suffixes), for throughput and integrity tests; prints time and hash.
 fn send(args: &[&str], out: &mut Output) -> CommandResult {
     let (spec, count, seed) = match args {
         [spec, count] => (spec, count, "0"),
@@ -902,6 +1014,7 @@ fn send(args: &[&str], out: &mut Output) -> CommandResult {
     Ok(())
 }
 
+/// `recv <port> <n>`: reads `n` bytes and prints their FNV-1a 64 hash.
 fn recv(args: &[&str], out: &mut Output) -> CommandResult {
     let [spec, count] = args else {
         return Err("usage: recv <port> <count>".into());
@@ -940,6 +1053,7 @@ fn recv(args: &[&str], out: &mut Output) -> CommandResult {
     Ok(())
 }
 
+/// `log <level>`: sets the log level (`off`, `error` ... `trace`).
 fn set_log(args: &[&str], out: &mut Output) -> CommandResult {
     let [level] = args else {
         return Err("usage: log <off|error|warn|info|debug|trace>".into());
@@ -951,6 +1065,7 @@ fn set_log(args: &[&str], out: &mut Output) -> CommandResult {
     Ok(())
 }
 
+/// `uptime`: time since boot, from the TSC.
 fn uptime(out: &mut Output) -> CommandResult {
     let ns = crate::clock::uptime_ns();
     let _ = writeln!(
@@ -962,6 +1077,8 @@ fn uptime(out: &mut Output) -> CommandResult {
     Ok(())
 }
 
+/// `poweroff`: leaves QEMU through isa-debug-exit ([`EXIT_POWEROFF`], QEMU
+/// status 41), after the output has reached the host.
 fn poweroff(out: &mut Output) -> CommandResult {
     let _ = writeln!(out, "powering off");
     // (Not `if let` on the lock: its guard would live through the block.)
@@ -981,109 +1098,10 @@ fn poweroff(out: &mut Output) -> CommandResult {
     crate::exit::qemu_exit(EXIT_POWEROFF)
 }
 
+/// `panic <text>`: a deliberate panic, to show the panic path (serial and,
+/// through EMERG_WRITE, the console).
 fn deliberate_panic(line: &str) -> CommandResult {
     let text = line.trim_start().strip_prefix("panic").unwrap_or("").trim();
     // Deliberate, like `fail=panic`: the user asked to see the panic path.
     panic!("shell: deliberate panic: {text}");
-}
-
-// ------------------------------------------------------------- self-tests
-
-/// The shell's self-tests, and, if a console came up, one of the console
-/// driver on it (which claims the device: register it after the generic
-/// virtio tests, which use the generic queues).
-pub fn selftests() -> Vec<SelfTest> {
-    let mut tests = vec![
-        SelfTest {
-            name: "shell: line editing (backspace, Ctrl-U, Ctrl-C, CR LF, escapes)",
-            run: line::selftest,
-        },
-        SelfTest {
-            name: "shell: pattern and FNV-1a hash match their definitions",
-            run: test_pattern_and_hash,
-        },
-    ];
-    let console = virtio::devices()
-        .iter()
-        .any(|d| d.device_type == DeviceType::Console && d.has_transport());
-    if console {
-        tests.push(SelfTest {
-            name: "console: the driver claims the console, runs the handshake and writes port 0",
-            run: test_console_driver,
-        });
-    }
-    tests
-}
-
-/// Claims the console, checks what the driver negotiated and found, and
-/// writes one line through the console port (and one through EMERG_WRITE
-/// when negotiated), waiting until the device has taken it.
-fn test_console_driver() -> Result<(), String> {
-    if !console::init() {
-        return Err("the console driver did not come up (see the log)".into());
-    }
-    let mut guard = console::lock();
-    let c = guard.as_mut().ok_or("no console after init")?;
-    let mut wait = console::waiter(c.location, 2_000_000_000);
-    // The host's PORT_OPEN comes after the port's PORT_ADD and
-    // CONSOLE_PORT, in a later control message: wait for it too.
-    c.device
-        .wait_until(&mut wait, |d| {
-            Ok(d.console_port()
-                .and_then(|p| d.port(p))
-                .is_some_and(|p| p.host_open))
-        })
-        .map_err(|e| format!("no console port open on the host side: {e}"))?;
-    let port = c.device.console_port().ok_or("no console port")?;
-    let line = format!(
-        "console: driver self-test on port {port} ({} port(s), {})\n",
-        c.device.ports().count(),
-        c.device.config()
-    );
-    c.device
-        .write_all(port, line.as_bytes(), &mut wait)
-        .map_err(|e| format!("write: {e}"))?;
-    c.device
-        .flush(port, &mut wait)
-        .map_err(|e| format!("flush: {e}"))?;
-    let sent = c.device.port(port).map_or(0, |p| p.stats.bytes_sent);
-    if sent != line.len() as u64 {
-        return Err(format!(
-            "port {port} counted {sent} bytes sent, wrote {}",
-            line.len()
-        ));
-    }
-    if c.device.config().emergency_write {
-        let n = c
-            .device
-            .emergency_write(b"console: emergency write self-test\r\n")
-            .map_err(|e| format!("emergency write: {e}"))?;
-        if n != 36 {
-            return Err(format!("emergency write took {n} of 36 bytes"));
-        }
-    }
-    let stats = c.device.stats();
-    if stats.control_errors != 0 || stats.queue_errors != 0 || c.device.is_failed() {
-        return Err(format!("device misbehaved: {stats:?}"));
-    }
-    Ok(())
-}
-
-fn test_pattern_and_hash() -> Result<(), String> {
-    // FNV-1a 64 test vectors (from the algorithm's reference).
-    let mut h = Fnv1a::new();
-    h.update(b"");
-    if h.value() != 0xcbf2_9ce4_8422_2325 {
-        return Err(format!("fnv1a64(\"\") = {:#x}", h.value()));
-    }
-    let mut h = Fnv1a::new();
-    h.update(b"a");
-    if h.value() != 0xaf63_dc4c_8601_ec8c {
-        return Err(format!("fnv1a64(\"a\") = {:#x}", h.value()));
-    }
-    let first: Vec<u8> = (0..4).map(|i| pattern_byte(i, 7)).collect();
-    if first != [7, 138, 13, 144] || pattern_byte(256, 0) != ((256 * 131 + 1) % 256) as u8 {
-        return Err(format!("pattern starts {first:?}"));
-    }
-    Ok(())
 }
