@@ -625,7 +625,8 @@ SCENARIOS: list[Scenario] = [
         machine="q35",
         firmware="qboot",
         accel="kvm",
-        append="fail=pagefault",
+        # log=info: the announcement of the address is an info line.
+        append="fail=pagefault log=info",
         expect_status=qm.EXIT_EXCEPTION,
         # The report format is documented in kernel/src/cpu/exceptions.rs.
         expect_in_order=[
@@ -1323,7 +1324,8 @@ def net_services(
         firmware=firmware,
         accel=accel,
         devices=devices,
-        append=append,
+        # log=info: the card's header-length line (check_net_cards) is an info line.
+        append=f"log=info {append}".strip(),
         expect_status=KILLED,
         expect_in_order=[BOOT_BANNER, r"^net0: virtio-net at ", r"^kernel: ready$", NET_DHCP_LINE],
         forbid=[*DEFAULT_FORBID, r"^selftest: ", r"WARN kernel::net", r"WARN drivers::net"],

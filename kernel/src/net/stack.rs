@@ -179,7 +179,9 @@ fn dhcp_events(name: &str, stack: &mut Stack) {
                 gateway: config.router,
                 dns: config.dns_servers.iter().copied().collect(),
             };
-            log::info!(
+            // Printed whatever the log level: the address is what a person
+            // needs to reach the services (README "The stable contract").
+            crate::println!(
                 "{name}: dhcp: address {} gateway {} dns {}",
                 lease.address,
                 OptionalAddress(lease.gateway),
