@@ -189,6 +189,30 @@ class RunnerTest(unittest.TestCase):
         self.assertEqual(outcome.status, KILLED)
         self.assertLess(outcome.wall_s, 5)
 
+    def test_stop_on_is_timed_after_the_first_line(self):
+        scenario = Scenario(
+            name="fake-ready-later",
+            expect_status=KILLED,
+            stop_on=r"^kernel: ready",
+            poll_interval_s=0.001,
+            command=fake_qemu(
+                """
+                import sys, time
+                with open(sys.argv[1], "w") as log:
+                    log.write("kernel: booting (PVH)\\n"); log.flush()
+                    time.sleep(0.3)
+                    log.write("kernel: ready\\n"); log.flush()
+                    time.sleep(60)
+                """
+            ),
+        )
+        outcome = self.run_one(scenario)
+        self.assertEqual(outcome.problems, [])
+        self.assertIsNotNone(outcome.first_line_s)
+        self.assertIsNotNone(outcome.stop_on_s)
+        self.assertGreaterEqual(outcome.stop_on_s - outcome.first_line_s, 0.25)
+        self.assertLess(outcome.stop_on_s - outcome.first_line_s, 3)
+
     def test_missing_program_is_reported(self):
         scenario = selftest_scenario(name="fake-missing", command=lambda ctx: ["/nonexistent/qemu"])
         outcome = self.run_one(scenario)
