@@ -9,7 +9,7 @@
 //!    and 0x61): load a count in mode 0 ("interrupt on terminal count"), open
 //!    the gate, and spin until the OUT2 bit in port 0x61 rises. The PIT runs at
 //!    1 193 182 Hz, so the count is a known time. Three precise windows,
-//!    median: 2 ms windows first, 10 ms ones if the short ones were disturbed
+//!    median: 1 ms windows first, 10 ms ones if the short ones were disturbed
 //!    (see [`CALIBRATION_TICKS`]).
 //! 2. **PIT channel 0** read back with latch commands, for machines where port
 //!    0x61 is not wired to the PIT (QEMU `microvm` under TCG has a PIT but no
@@ -40,16 +40,18 @@ use crate::selftest_api::SelfTest;
 
 /// The 8254 PIT's input clock (Hz).
 const PIT_HZ: u64 = 1_193_182;
-/// Calibration window lengths in PIT ticks, tried in order: 2 ms, then 10 ms.
+/// Calibration window lengths in PIT ticks, tried in order: 1 ms, then 10 ms.
 ///
 /// A window is precise when the uncertainty of its two ends (a port access
-/// each) is within 1 % of its length, so a precise 2 ms window is as good as
+/// each) is within 1 % of its length, so a precise 1 ms window is as good as
 /// a precise 10 ms one by that measure: on an emulator or a quiet host three
-/// of them take 6 ms of the boot instead of 30. On a busy host, where a
-/// descheduled vCPU stretches a port access, short windows are disturbed
-/// more often; if fewer than [`CALIBRATION_WINDOWS`] of
-/// [`MAX_CALIBRATION_ATTEMPTS`] short ones are precise, the long ones follow.
-const CALIBRATION_TICKS: [u16; 2] = [(PIT_HZ / 500) as u16, (PIT_HZ / 100) as u16];
+/// of them take 3 ms of the boot instead of 30. Where a port access is slow
+/// (a nested hypervisor) or a descheduled vCPU stretches one, short windows
+/// are disturbed more often; if fewer than [`CALIBRATION_WINDOWS`] of
+/// [`SHORT_WINDOW_ATTEMPTS`] short ones are precise, the long ones follow.
+const CALIBRATION_TICKS: [u16; 2] = [(PIT_HZ / 1000) as u16, (PIT_HZ / 100) as u16];
+/// Short windows tried before the longer ones.
+const SHORT_WINDOW_ATTEMPTS: usize = 2 * CALIBRATION_WINDOWS;
 /// Precise calibration windows wanted; the median wins.
 const CALIBRATION_WINDOWS: usize = 3;
 /// Windows tried at most, when the host keeps disturbing them.
@@ -268,11 +270,12 @@ fn calibrate_against(window: fn(u16) -> Option<Measurement>) -> Option<u64> {
     rate_from_windows(window, *longest, true)?
 }
 
-/// Measures up to [`MAX_CALIBRATION_ATTEMPTS`] windows of `ticks` and
-/// returns the median rate of the first [`CALIBRATION_WINDOWS`] precise
-/// ones. With fewer precise ones: `Some(None)` (try longer windows), or, if
-/// `last_resort`, the median of the precise ones there are, else of all,
-/// with a warning. `None` if the timer is absent.
+/// Measures up to [`SHORT_WINDOW_ATTEMPTS`] (`last_resort`:
+/// [`MAX_CALIBRATION_ATTEMPTS`]) windows of `ticks` and returns the median
+/// rate of the first [`CALIBRATION_WINDOWS`] precise ones. With fewer
+/// precise ones: `Some(None)` (try longer windows), or, if `last_resort`,
+/// the median of the precise ones there are, else of all, with a warning.
+/// `None` if the timer is absent.
 fn rate_from_windows(
     window: fn(u16) -> Option<Measurement>,
     ticks: u16,
@@ -282,7 +285,12 @@ fn rate_from_windows(
     let mut precise_count = 0;
     let mut imprecise = [0u64; MAX_CALIBRATION_ATTEMPTS];
     let mut imprecise_count = 0;
-    for _ in 0..MAX_CALIBRATION_ATTEMPTS {
+    let attempts = if last_resort {
+        MAX_CALIBRATION_ATTEMPTS
+    } else {
+        SHORT_WINDOW_ATTEMPTS
+    };
+    for _ in 0..attempts {
         let measurement = window(ticks)?;
         if measurement.is_precise() {
             precise[precise_count] = measurement.tsc_hz();

@@ -162,6 +162,11 @@ class Outcome:
     selftest_done_s: float | None = None
     #: When the `stop_on` pattern appeared (seconds since QEMU started).
     stop_on_s: float | None = None
+    #: CPU time QEMU had used (all its threads, Linux only) when the first
+    #: line and the `stop_on` line were seen: unlike the wall times above,
+    #: hardly changed by other processes competing for the host's CPUs.
+    first_line_cpu_s: float | None = None
+    stop_on_cpu_s: float | None = None
     problems: list[str] = field(default_factory=list)
     ctx: RunContext | None = None
 
@@ -174,6 +179,18 @@ class Outcome:
         if self.accel.name == "tcg" and self.accel.requested in ("kvm", "auto"):
             return f"TCG instead of KVM: {self.accel.reason}"
         return ""
+
+
+def qemu_cpu_seconds(pid: int) -> float | None:
+    """CPU time process `pid` has run, summed over its threads, from Linux's
+    /proc/<pid>/task/*/schedstat (nanoseconds on a CPU); None elsewhere."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -309,11 +326,13 @@ def run_scenario(scenario: Scenario, kernel: Path, build_dir: Path, tcg_only: bo
         scanned = end
         if outcome.first_line_s is None:
             outcome.first_line_s = now - start
+            outcome.first_line_cpu_s = qemu_cpu_seconds(proc.pid)
         if outcome.selftest_done_s is None and SELFTEST_SUMMARY.search(lines):
             outcome.selftest_done_s = now - start
         stopped = bool(stop_on and stop_on.search(lines))
         if stopped and outcome.stop_on_s is None:
             outcome.stop_on_s = now - start
+            outcome.stop_on_cpu_s = qemu_cpu_seconds(proc.pid)
         return stopped
 
     with open(stderr_path, "wb") as stderr_file:

@@ -129,10 +129,12 @@ class SummarizeTest(unittest.TestCase):
     def test_boot_rows_become_entries_with_their_own_figure_and_note(self) -> None:
         rows = [{"name": "boot.q35", "workload": "boot.q35", "mode": "boot", "wall_ms": w} for w in (300.0, 200.0)]
         rows += [{"name": "boot.microvm.ready", "workload": "boot.microvm.ready", "mode": "boot-ready",
-                  "wall_ms": 999.0, "first_line_to_ready_ms": r} for r in (18.5, 17.25, 30.0)]
+                  "wall_ms": 999.0, "first_line_to_ready_ms": r, "first_line_to_ready_cpu_ms": r / 2}
+                 for r in (18.5, 17.25, 30.0)]
         rows.append({"name": "blk.x", "workload": "blk.x", "mode": "poll", "wall_ms": 5.0})
         summary = by_workload(bench_compare.boot_summary(rows))
-        self.assertEqual(sorted(summary), ["boot.microvm.ready", "boot.q35"])
+        self.assertEqual(sorted(summary), ["boot.microvm.ready", "boot.microvm.ready.cpu", "boot.q35"])
+        self.assertEqual(summary["boot.microvm.ready.cpu"]["boot"]["median"], 9.25)  # type: ignore[index]
         self.assertEqual(summary["boot.q35"]["boot"]["median"], 250.0)  # type: ignore[index]
         self.assertEqual(summary["boot.microvm.ready"]["boot"],  # type: ignore[index]
                          {"min": 17.25, "median": 18.5, "max": 30.0, "runs": 3})

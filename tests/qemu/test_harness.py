@@ -212,6 +212,10 @@ class RunnerTest(unittest.TestCase):
         self.assertIsNotNone(outcome.stop_on_s)
         self.assertGreaterEqual(outcome.stop_on_s - outcome.first_line_s, 0.25)
         self.assertLess(outcome.stop_on_s - outcome.first_line_s, 3)
+        if Path("/proc/self/task").exists():
+            self.assertIsNotNone(outcome.first_line_cpu_s)
+            self.assertIsNotNone(outcome.stop_on_cpu_s)
+            self.assertGreaterEqual(outcome.stop_on_cpu_s, outcome.first_line_cpu_s)
 
     def test_missing_program_is_reported(self):
         scenario = selftest_scenario(name="fake-missing", command=lambda ctx: ["/nonexistent/qemu"])
