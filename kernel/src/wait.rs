@@ -102,18 +102,20 @@ fn watchdog_vector() -> Option<u8> {
 }
 
 /// Halts performed by interrupt-driven waits since boot.
+#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
 pub fn halt_count() -> u64 {
     HALTS.load(Ordering::Relaxed)
 }
 
 /// Halts the watchdog ended since boot.
+#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
 pub fn watchdog_count() -> u64 {
     WATCHDOG_WAKES.load(Ordering::Relaxed)
 }
 
 /// The CPU side of a wait: `cli`, `sti; hlt` with the watchdog armed, a
 /// `spin_loop` hint per poll, and the deadline.
-pub struct KernelIdle {
+struct KernelIdle {
     deadline_ns: u64,
     /// Used instead of the deadline when the TSC is not calibrated.
     steps_left: u64,
@@ -218,11 +220,13 @@ impl KernelWait {
     }
 
     /// The mode in use.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn mode(&self) -> WaitMode {
         self.inner.mode()
     }
 
     /// What the waits so far did.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn stats(&self) -> WaitStats {
         self.inner.stats()
     }
