@@ -211,8 +211,9 @@ pub struct Command {
     pub run: fn(&Call<'_>, &mut Output) -> CommandResult,
 }
 
-/// Every shell command, in the order `help` lists them.
-pub const COMMANDS: &[Command] = &[
+/// Every shell command, in the order `help` lists them (a `static`, so each
+/// entry has one address: [`command`] hands out references into it).
+pub static COMMANDS: &[Command] = &[
     Command {
         name: "help",
         args: "",
