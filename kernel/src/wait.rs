@@ -32,8 +32,8 @@
 //!   benchmark comparing both): each wait is one `spin_loop` hint, and the
 //!   driver looks at the used ring again.
 //!
-//! Every wait ends. A deadline (uptime from the calibrated TSC; a count of
-//! watchdog periods before calibration) turns into
+//! Every wait ends. A deadline (uptime from the calibrated TSC; a budget of
+//! steps if the TSC could not be calibrated) turns into
 //! [`drivers::device::WaitTimeout`], which the driver reports as a timeout
 //! after resetting the device. Each halt is bounded too: a one-shot local
 //! APIC timer, armed just before `sti; hlt`, fires after 10 ms, so an
