@@ -18,7 +18,7 @@
 //! - **Start** ([`start`], normal boot): every card gets a smoltcp interface
 //!   with a DHCP client, a TCP echo server on port 7 and an HTTP server on
 //!   port 80 ([`services`]). When QEMU's user network answers DHCP, the
-//!   lease is logged (the stable line tests look for):
+//!   lease is printed at any log level (the stable line tests look for):
 //!
 //!   ```text
 //!   net0: dhcp: address 10.0.2.15/24 gateway 10.0.2.2 dns 10.0.2.3
