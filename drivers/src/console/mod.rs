@@ -105,6 +105,7 @@ use log::{debug, log_enabled, trace, warn, Level};
 
 use crate::device::{self, DeviceError, QueueSpec, Wait, WaitTimeout};
 use crate::features;
+use crate::irq;
 use crate::queue::{QueueCounters, QueueError, Segment, Virtqueue};
 use crate::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport, TransportError};
 use buffers::BufferPool;
@@ -906,14 +907,18 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
             if done(self)? {
                 return Ok(());
             }
-            // Interrupts on before sleeping; if something slipped in
-            // meanwhile, look again instead of sleeping through it.
-            if !self.enable_interrupts() {
-                wait.wait().map_err(|t| ConsoleError::Timeout {
-                    waits: t.waits,
-                    done: 0,
-                })?;
-            }
+            // Receive interrupts on, a second look, the wait, interrupts
+            // off again (§2.7.7).
+            irq::wait_until_used(
+                wait,
+                self,
+                |console| console.enable_interrupts(),
+                |console| console.disable_interrupts(),
+            )
+            .map_err(|t| ConsoleError::Timeout {
+                waits: t.waits,
+                done: 0,
+            })?;
         }
     }
 
@@ -962,22 +967,26 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
         id: u32,
         wait: &mut W,
     ) -> Result<(), WaitTimeout> {
-        let sleeps = wait.sleeps_until_interrupt();
-        let pending = sleeps
-            && self
-                .ports
-                .get_mut(id as usize)
-                .is_none_or(|port| port.transmit.enable_interrupts());
-        let result = if pending { Ok(()) } else { wait.wait() };
-        if sleeps {
-            if let Some(port) = self.ports.get_mut(id as usize) {
-                port.transmit.disable_interrupts();
-            }
-        }
+        let port = id as usize;
+        let result = irq::wait_until_used(
+            wait,
+            &mut self.ports,
+            // No such port: nothing to wait for.
+            |ports| {
+                ports
+                    .get_mut(port)
+                    .is_none_or(|port| port.transmit.enable_interrupts())
+            },
+            |ports| {
+                if let Some(port) = ports.get_mut(port) {
+                    port.transmit.disable_interrupts();
+                }
+            },
+        );
         // A removed port or a broken queue shows up in the caller's next
         // write or poll; here only the waiting can fail.
         let _ = self.poll();
-        result
+        result.map(|_| ())
     }
 
     fn poll_inner(&mut self) -> Result<(), ConsoleError> {

@@ -34,6 +34,7 @@ use hal::{DmaRegion, Hal};
 use log::{debug, trace};
 
 use crate::device::{self, Wait};
+use crate::irq;
 use crate::queue::{QueueCounters, QueueError, Segment, Token, Virtqueue};
 use crate::transport::Transport;
 
@@ -168,13 +169,16 @@ impl<H: Hal> CtrlQueue<H> {
             match self.collect_one(token)? {
                 Some(result) => return result,
                 None => {
-                    // An interrupt-driven wait sleeps until the device
-                    // interrupts: ask for that, and look again in case the
-                    // answer came before the request (§2.7.7).
-                    if wait.sleeps_until_interrupt() && self.ring.enable_interrupts() {
-                        continue;
-                    }
-                    if let Err(timeout) = wait.wait() {
+                    // Interrupts on, a second look (the answer may have come
+                    // before the request was seen), the wait, interrupts
+                    // off again (§2.7.7).
+                    let waited = irq::wait_until_used(
+                        wait,
+                        &mut self.ring,
+                        |ring| ring.enable_interrupts(),
+                        |ring| ring.disable_interrupts(),
+                    );
+                    if let Err(timeout) = waited {
                         self.stats.timeouts += 1;
                         debug!("ctrl: class {class} command {command}: no answer ({timeout})");
                         return Err(NetError::Timeout {

@@ -26,6 +26,7 @@
 
 use hal::{Hal, HalError, MmioRegion};
 
+use crate::irq::InterruptStatusRegister;
 use crate::transport::{
     check_queue_addresses, reset_and_wait, trace_queue_setup, trace_status_write,
     ConfigConsistency, DeviceStatus, DeviceType, FieldWidth, InterruptStatus, Location,
@@ -189,6 +190,12 @@ impl<H: Hal> MmioTransport<H> {
     /// 1 (legacy) or 2.
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// InterruptStatus and InterruptACK (§4.2.2), for an interrupt handler:
+    /// a copy of this transport's own mapping of the window.
+    pub fn interrupt_status(&self) -> InterruptStatusRegister<H> {
+        InterruptStatusRegister::Mmio(self.regs)
     }
 
     /// The VendorID register.
@@ -413,11 +420,7 @@ impl<H: Hal> Transport for MmioTransport<H> {
     }
 
     fn ack_interrupt(&mut self) -> InterruptStatus {
-        let status = self.read(regs::INTERRUPT_STATUS);
-        if status != 0 {
-            self.write(regs::INTERRUPT_ACK, status);
-        }
-        InterruptStatus::from_bits_truncate(status)
+        self.interrupt_status().read_and_acknowledge()
     }
 
     fn set_config_msix_vector(&mut self, _vector: u16) -> Result<(), TransportError> {

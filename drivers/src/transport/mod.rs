@@ -22,17 +22,20 @@
 //! ([`read_config_consistent`], §2.5.1 and §2.5.4), and the bounded wait for a
 //! reset to finish.
 
+mod any;
 pub mod mmio;
 pub mod pci;
 mod window;
+mod wrapper;
 
+pub use any::AnyTransport;
 pub use window::RegisterWindow;
+pub use wrapper::TransportWrapper;
 
 use alloc::vec;
 use core::fmt;
 
 use bitflags::bitflags;
-use hal::Hal;
 
 use crate::pci::PciAddress;
 pub use crate::queue::{QueueAddresses, RingLayout};
@@ -787,137 +790,6 @@ where
     Err(TransportError::ConfigUnstable {
         attempts: CONFIG_READ_ATTEMPTS,
     })
-}
-
-/// Any of the transports, in one type the kernel can store without generics
-/// over the flavour.
-pub enum AnyTransport<H: Hal> {
-    /// virtio-pci, modern interface.
-    PciModern(pci::ModernPciTransport<H>),
-    /// virtio-pci, legacy interface.
-    PciLegacy(pci::LegacyPciTransport<H>),
-    /// virtio-mmio, version 1 or 2.
-    Mmio(mmio::MmioTransport<H>),
-}
-
-impl<H: Hal> fmt::Debug for AnyTransport<H> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "AnyTransport({} {} at {})",
-            self.kind(),
-            self.device_type(),
-            self.location()
-        )
-    }
-}
-
-impl<H: Hal> From<pci::ModernPciTransport<H>> for AnyTransport<H> {
-    fn from(t: pci::ModernPciTransport<H>) -> Self {
-        AnyTransport::PciModern(t)
-    }
-}
-
-impl<H: Hal> From<pci::LegacyPciTransport<H>> for AnyTransport<H> {
-    fn from(t: pci::LegacyPciTransport<H>) -> Self {
-        AnyTransport::PciLegacy(t)
-    }
-}
-
-impl<H: Hal> From<mmio::MmioTransport<H>> for AnyTransport<H> {
-    fn from(t: mmio::MmioTransport<H>) -> Self {
-        AnyTransport::Mmio(t)
-    }
-}
-
-/// Calls `$call` on whichever transport `$self` holds.
-macro_rules! on_each {
-    ($self:expr, $t:ident => $call:expr) => {
-        match $self {
-            AnyTransport::PciModern($t) => $call,
-            AnyTransport::PciLegacy($t) => $call,
-            AnyTransport::Mmio($t) => $call,
-        }
-    };
-}
-
-impl<H: Hal> Transport for AnyTransport<H> {
-    fn kind(&self) -> TransportKind {
-        on_each!(self, t => t.kind())
-    }
-    fn device_type(&self) -> DeviceType {
-        on_each!(self, t => t.device_type())
-    }
-    fn location(&self) -> Location {
-        on_each!(self, t => t.location())
-    }
-    fn status(&self) -> DeviceStatus {
-        on_each!(self, t => t.status())
-    }
-    fn set_status(&mut self, status: DeviceStatus) {
-        on_each!(self, t => t.set_status(status))
-    }
-    fn reset(&mut self) -> Result<(), TransportError> {
-        on_each!(self, t => t.reset())
-    }
-    fn device_features(&mut self) -> u64 {
-        on_each!(self, t => t.device_features())
-    }
-    fn set_driver_features(&mut self, features: u64) {
-        on_each!(self, t => t.set_driver_features(features))
-    }
-    fn ring_layout(&self) -> RingLayout {
-        on_each!(self, t => t.ring_layout())
-    }
-    fn max_queue_size(&mut self, queue: u16) -> Result<u16, TransportError> {
-        on_each!(self, t => t.max_queue_size(queue))
-    }
-    fn queue_size_is_fixed(&self) -> bool {
-        on_each!(self, t => t.queue_size_is_fixed())
-    }
-    fn setup_queue(&mut self, queue: u16, addrs: &QueueAddresses) -> Result<(), TransportError> {
-        on_each!(self, t => t.setup_queue(queue, addrs))
-    }
-    #[inline]
-    fn notify(&mut self, queue: u16) {
-        on_each!(self, t => t.notify(queue))
-    }
-    fn config_generation(&mut self) -> u32 {
-        on_each!(self, t => t.config_generation())
-    }
-    fn config_consistency(&self) -> ConfigConsistency {
-        on_each!(self, t => t.config_consistency())
-    }
-    fn config_space_size(&self) -> usize {
-        on_each!(self, t => t.config_space_size())
-    }
-    fn read_config_field(
-        &mut self,
-        offset: usize,
-        width: FieldWidth,
-    ) -> Result<u32, TransportError> {
-        on_each!(self, t => t.read_config_field(offset, width))
-    }
-    fn write_config_field(
-        &mut self,
-        offset: usize,
-        width: FieldWidth,
-        value: u32,
-    ) -> Result<(), TransportError> {
-        on_each!(self, t => t.write_config_field(offset, width, value))
-    }
-    fn ack_interrupt(&mut self) -> InterruptStatus {
-        on_each!(self, t => t.ack_interrupt())
-    }
-    fn set_config_msix_vector(&mut self, vector: u16) -> Result<(), TransportError> {
-        on_each!(self, t => t.set_config_msix_vector(vector))
-    }
-    fn set_queue_msix_vector(&mut self, queue: u16, vector: u16) -> Result<(), TransportError> {
-        on_each!(self, t => t.set_queue_msix_vector(queue, vector))
-    }
-    fn set_msix_enabled(&mut self, enabled: bool) {
-        on_each!(self, t => t.set_msix_enabled(enabled))
-    }
 }
 
 /// Checks ring addresses against the layout a transport requires, before any

@@ -74,7 +74,7 @@ use drivers::irq::{
 use drivers::mmio_discovery::{MICROVM_SLOT_SIZE, MICROVM_WINDOW_BASE};
 use drivers::pci::msix::{MsixCapability, MsixTable};
 use drivers::pci::{PciAddress, PciFunction};
-use drivers::transport::{DeviceType, Location, Transport};
+use drivers::transport::{DeviceType, Location, Transport, TransportWrapper};
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
@@ -653,10 +653,7 @@ fn choose_mode(
                     None => return IrqMode::Polled(PollReason::NoGsi),
                 },
             };
-            let status = match InterruptStatusRegister::mmio(base) {
-                Ok(status) => status,
-                Err(error) => return IrqMode::Polled(PollReason::SetupFailed(error.to_string())),
-            };
+            let status = transport.inner().interrupt_status();
             // virtio-mmio holds its line up while InterruptStatus is not 0:
             // a level, asserted high (QEMU models the pin that way).
             let polarity = Polarity::ActiveHigh;
@@ -829,10 +826,7 @@ fn setup_intx(
         }
         IntxLine::NoPin => return IrqMode::Polled(PollReason::NoInterruptPin),
     };
-    let status = match InterruptStatusRegister::pci(access, function, transport.kind()) {
-        Ok(status) => status,
-        Err(error) => return IrqMode::Polled(PollReason::SetupFailed(error.to_string())),
-    };
+    let status = transport.inner().interrupt_status();
     let route = match interrupts::isa_route(isa_irq) {
         Ok(route) => route,
         Err(error) => return IrqMode::Polled(PollReason::SetupFailed(error.to_string())),

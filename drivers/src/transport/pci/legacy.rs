@@ -29,6 +29,7 @@
 use hal::{Hal, PortRange};
 
 use super::PciTransportError;
+use crate::irq::InterruptStatusRegister;
 use crate::pci::{BarKind, PciFunction};
 use crate::transport::{
     check_queue_addresses, reset_and_wait, trace_queue_setup, trace_status_write,
@@ -73,6 +74,8 @@ pub struct LegacyPciTransport<H: Hal> {
     location: Location,
     device_type: DeviceType,
     io: RegisterWindow<H>,
+    /// The ISR status byte inside `io`, for [`Self::interrupt_status`].
+    isr: RegisterWindow<H>,
     msix_enabled: bool,
 }
 
@@ -91,12 +94,23 @@ impl<H: Hal> LegacyPciTransport<H> {
         }
         let ports = PortRange::device_ports(bar.address, bar.size)
             .map_err(|_| PciTransportError::PortOutOfRange { port: bar.address })?;
+        let io = RegisterWindow::Ports(ports);
+        let isr = io
+            .subwindow(regs::ISR_STATUS, 1)
+            .ok_or(PciTransportError::NoLegacyBar)?;
         Ok(Self {
             location: Location::Pci(function.address),
             device_type,
-            io: RegisterWindow::Ports(ports),
+            io,
+            isr,
             msix_enabled,
         })
+    }
+
+    /// The ISR status byte (offset 0x13, §4.1.4.8), for an interrupt
+    /// handler: a copy of this transport's own window onto it.
+    pub fn interrupt_status(&self) -> InterruptStatusRegister<H> {
+        InterruptStatusRegister::Pci(self.isr.clone())
     }
 
     /// Where device configuration starts in the register block right now.
@@ -298,8 +312,8 @@ impl<H: Hal> Transport for LegacyPciTransport<H> {
     }
 
     fn ack_interrupt(&mut self) -> InterruptStatus {
-        let isr = self.io.read8(regs::ISR_STATUS).unwrap_or(0);
-        InterruptStatus::from_bits_truncate(u32::from(isr))
+        // Reading the ISR byte clears it (§4.1.4.5).
+        self.interrupt_status().read_and_acknowledge()
     }
 
     fn set_config_msix_vector(&mut self, vector: u16) -> Result<(), TransportError> {

@@ -32,6 +32,7 @@ use super::{
     cfg_type, map_structure, PciTransportError, VirtioCaps, MIN_COMMON_LEN, MIN_ISR_LEN,
     MIN_NOTIFY_LEN,
 };
+use crate::irq::InterruptStatusRegister;
 use crate::pci::PciFunction;
 use crate::transport::{
     check_queue_addresses, reset_and_wait, trace_queue_setup, trace_status_write,
@@ -141,6 +142,12 @@ impl<H: Hal> ModernPciTransport<H> {
     /// `notify_off_multiplier` from the notify capability.
     pub fn notify_off_multiplier(&self) -> u32 {
         self.notify_off_multiplier
+    }
+
+    /// The ISR byte (§4.1.4.5), for an interrupt handler: a copy of this
+    /// transport's own mapping of the ISR structure.
+    pub fn interrupt_status(&self) -> InterruptStatusRegister<H> {
+        InterruptStatusRegister::Pci(self.isr.clone())
     }
 
     fn select_queue(&self, queue: u16) -> Result<(), TransportError> {
@@ -369,8 +376,7 @@ impl<H: Hal> Transport for ModernPciTransport<H> {
 
     fn ack_interrupt(&mut self) -> InterruptStatus {
         // Reading the ISR byte clears it (§4.1.4.5).
-        let isr = self.isr.read8(0).unwrap_or(0);
-        InterruptStatus::from_bits_truncate(u32::from(isr))
+        self.interrupt_status().read_and_acknowledge()
     }
 
     fn set_config_msix_vector(&mut self, vector: u16) -> Result<(), TransportError> {
