@@ -11,7 +11,7 @@ use std::rc::Rc;
 use drivers::device::{self, DeviceError, Wait, WaitTimeout};
 use drivers::features;
 use drivers::irq::{
-    intx_line, set_intx_disabled, wait_for_used, DeviceInterrupts, EntryUse, Idle,
+    intx_line, set_intx_disabled, wait_for_used, wait_until_used, DeviceInterrupts, EntryUse, Idle,
     InterruptStatusRegister, InterruptWait, IntxLine, MsixEvent, MsixLayout, MsixRouted, QueueSet,
     WaitMode,
 };
@@ -926,6 +926,44 @@ fn a_completion_after_the_recheck_interrupts_and_ends_the_halt() {
         );
         assert_eq!(device.counters().queue_interrupts, 1);
     }
+}
+
+#[test]
+fn wait_until_used_always_disarms_what_it_armed() {
+    // (armed, disarmed) counts for: the second look finds entries (no
+    // wait), and nothing there (one halt). Either way interrupts end off.
+    for already_there in [true, false] {
+        let device = DeviceInterrupts::new();
+        let (cpu, calls) = SimCpu::new(5, || device.queue_interrupt(QueueSet::single(0)));
+        let mut wait = InterruptWait::new(&device, QueueSet::single(0), cpu);
+        let mut counts = (0, 0);
+        let waited = wait_until_used(
+            &mut wait,
+            &mut counts,
+            |(armed, _)| {
+                *armed += 1;
+                already_there
+            },
+            |(_, disarmed)| *disarmed += 1,
+        );
+        assert_eq!(waited, Ok(!already_there));
+        assert_eq!(counts, (1, 1), "already_there={already_there}");
+        let expected: Vec<&str> = if already_there {
+            vec![]
+        } else {
+            vec!["cli", "sti;hlt"]
+        };
+        assert_eq!(*calls.borrow(), expected);
+    }
+    // The old name is the same function.
+    let device = DeviceInterrupts::new();
+    device.set_polled(true);
+    let (cpu, _) = SimCpu::new(5, || {});
+    let mut wait = InterruptWait::new(&device, QueueSet::single(0), cpu);
+    assert_eq!(
+        wait_for_used(&mut wait, &mut (), |_| true, |_| {}),
+        Ok(true)
+    );
 }
 
 #[test]

@@ -650,6 +650,60 @@ fn a_rejected_command_and_a_silent_device_are_errors() {
     );
 }
 
+/// A `Wait` that sleeps until an interrupt: the driver must arm the
+/// queue's interrupts before it and may disarm them after. The "halt" lets
+/// the model's queues run (which interrupt only where the driver asked).
+struct SleepingStepModel<'a> {
+    model: &'a mut NetModel,
+    waits: u64,
+}
+
+impl Wait for SleepingStepModel<'_> {
+    fn wait(&mut self) -> Result<(), WaitTimeout> {
+        if self.waits >= 10 {
+            return Err(WaitTimeout { waits: self.waits });
+        }
+        self.waits += 1;
+        self.model.step();
+        Ok(())
+    }
+
+    fn sleeps_until_interrupt(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_control_command_waits_with_interrupts_on_and_leaves_them_off() {
+    // Without EVENT_IDX the NO_INTERRUPT flag alone says whether the device
+    // interrupts, so a queue left armed shows at the next completion.
+    let mut model = modern_model(32);
+    let options = NetOptions {
+        ring_features: drivers::features::RING_INDIRECT_DESC,
+        ..NetOptions::default()
+    };
+    let mut net = modern_mmio(&mut model, options);
+    assert_eq!(model.negotiated() & drivers::features::RING_EVENT_IDX, 0);
+    // An interrupt-driven wait: the queue is armed while the driver sleeps,
+    // so the device's answer interrupts.
+    let mut sleeping = SleepingStepModel {
+        model: &mut model,
+        waits: 0,
+    };
+    net.set_promiscuous(true, &mut sleeping).unwrap();
+    assert_eq!(sleeping.waits, 1);
+    assert_eq!(model.interrupts[CTRL_QUEUE as usize], 1);
+    // A polling wait afterwards: nobody sleeps, so nobody wants an
+    // interrupt, and the wait before left the queue disarmed (§2.7.7).
+    net.set_promiscuous(false, &mut stepper(&mut model))
+        .unwrap();
+    assert_eq!(model.commands.len(), 2);
+    assert_eq!(
+        model.interrupts[CTRL_QUEUE as usize], 1,
+        "the control queue was left asking for interrupts after the wait"
+    );
+}
+
 #[test]
 fn link_changes_arrive_through_the_configuration_interrupt() {
     let mut model = modern_model(16);

@@ -9,7 +9,7 @@ use drivers::transport::pci::probe_with;
 use drivers::transport::pci::TransportPreference;
 use drivers::transport::{
     AnyTransport, DeviceStatus, DeviceType, RingLayout, Transport, TransportError, TransportKind,
-    RESET_POLL_LIMIT,
+    TransportWrapper, RESET_POLL_LIMIT,
 };
 use tests::host_hal::HostHal;
 use tests::models::pci::{
@@ -487,4 +487,124 @@ fn feature_names_for_logs() {
         "0x8b (ACKNOWLEDGE|DRIVER|FEATURES_OK|FAILED)"
     );
     let _ = PciAddress::new(0, 0, 0);
+}
+
+// ----- wrapping a transport (drivers/src/transport/wrapper.rs) -------------
+
+/// A wrapper that changes one moment (it counts queues going live and
+/// remembers the last status written) and nothing else.
+struct CountingQueues<T> {
+    inner: T,
+    queues_set_up: Vec<u16>,
+    statuses: Vec<DeviceStatus>,
+}
+
+impl<T: Transport> TransportWrapper for CountingQueues<T> {
+    type Inner = T;
+
+    fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    fn before_setup_queue(&mut self, queue: u16) {
+        self.queues_set_up.push(queue);
+    }
+
+    fn before_set_status(&mut self, status: DeviceStatus) {
+        self.statuses.push(status);
+    }
+}
+
+/// Runs a bring-up, a notify, a config read and an interrupt acknowledge,
+/// returning the register accesses they made.
+fn exercise<T: Transport>(t: &mut T, core: &SharedCore) -> Vec<Access> {
+    // Legacy PCI takes only the device's own size (256 here).
+    let size = if t.queue_size_is_fixed() { 256 } else { 128 };
+    bring_up(t, BLK_DRIVER, size).unwrap();
+    t.notify(0);
+    let mut config = [0u8; 8];
+    t.read_config(0, &mut config).unwrap();
+    core.borrow_mut().isr = 1;
+    assert_eq!(
+        t.ack_interrupt(),
+        drivers::transport::InterruptStatus::QUEUE
+    );
+    let log = core.borrow().log.clone();
+    assert!(core.borrow().violations.is_empty());
+    log
+}
+
+#[test]
+fn a_wrapper_runs_its_hooks_and_delegates_everything_else_unchanged() {
+    for version in [1, 2] {
+        let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
+        let mut bare = mmio_transport(&core, version);
+        let expected = exercise(&mut bare, &core);
+        drop(bare);
+
+        let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
+        let mut wrapped = CountingQueues {
+            inner: mmio_transport(&core, version),
+            queues_set_up: Vec::new(),
+            statuses: Vec::new(),
+        };
+        assert_eq!(wrapped.kind(), bare_kind(version));
+        assert_eq!(wrapped.device_type(), DeviceType::Block);
+        let actual = exercise(&mut wrapped, &core);
+        assert_eq!(
+            actual, expected,
+            "mmio v{version}: the same register accesses"
+        );
+        assert_eq!(
+            wrapped.queues_set_up,
+            vec![0],
+            "the hook ran once per queue"
+        );
+        let last = wrapped.statuses.last().copied();
+        assert!(
+            last.is_some_and(|s| s.contains(DeviceStatus::DRIVER_OK)),
+            "the status hook saw DRIVER_OK: {:?}",
+            wrapped.statuses
+        );
+    }
+}
+
+fn bare_kind(version: u32) -> TransportKind {
+    if version == 1 {
+        TransportKind::MmioV1
+    } else {
+        TransportKind::MmioV2
+    }
+}
+
+#[test]
+fn any_transport_reaches_each_flavour_with_the_same_accesses() {
+    // One bring-up through AnyTransport and one on the flavour itself make
+    // the same accesses, notify (the direct per-request path) included.
+    let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
+    let mut bare = mmio_transport(&core, 2);
+    let expected = exercise(&mut bare, &core);
+    drop(bare);
+    let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
+    let mut any = AnyTransport::from(mmio_transport(&core, 2));
+    assert_eq!(exercise(&mut any, &core), expected);
+    assert!(matches!(
+        any.interrupt_status(),
+        drivers::irq::InterruptStatusRegister::Mmio(_)
+    ));
+    for modern in [true, false] {
+        let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
+        let mut any = pci_transport(&core, modern);
+        let log = exercise(&mut any, &core);
+        let notify = log
+            .iter()
+            .filter(|a| a.dir == Dir::W && matches!(a.region, Region::Notify | Region::Legacy))
+            .filter(|a| a.region == Region::Notify || a.offset == 0x10)
+            .count();
+        assert_eq!(notify, 1, "modern={modern}: one notify write: {log:?}");
+    }
 }

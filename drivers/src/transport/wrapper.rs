@@ -11,8 +11,10 @@
 //!
 //! The hooks are the moments at which a wrapper may want to act *before*
 //! the inner transport does: a status write, a reset, a queue going live.
-//! Everything else, `notify` on the per-request path included, is a plain
-//! forward the compiler inlines.
+//! Everything else is a plain forward the compiler inlines. `notify`, the
+//! one call on the per-request path, forwards through
+//! [`TransportWrapper::forward_notify`], which a wrapper over `dyn
+//! Transport` overrides to keep that call direct.
 //!
 //! ```ignore
 //! struct CountingQueues<T> { inner: T, queues: u32 }
@@ -55,6 +57,17 @@ pub trait TransportWrapper {
     /// and makes it live.
     fn before_setup_queue(&mut self, queue: u16) {
         let _ = queue;
+    }
+
+    /// How [`Transport::notify`] reaches the inner transport: the one call
+    /// on the per-request path. The default forwards through
+    /// [`TransportWrapper::inner_mut`], which costs nothing when `Inner` is
+    /// a concrete type. A wrapper whose `Inner` is `dyn Transport`
+    /// overrides it to call the concrete `notify` directly, not through the
+    /// vtable ([`super::AnyTransport`] does).
+    #[inline]
+    fn forward_notify(&mut self, queue: u16) {
+        self.inner_mut().notify(queue)
     }
 }
 
@@ -105,7 +118,7 @@ impl<W: TransportWrapper> Transport for W {
     }
     #[inline]
     fn notify(&mut self, queue: u16) {
-        self.inner_mut().notify(queue)
+        self.forward_notify(queue)
     }
     fn config_generation(&mut self) -> u32 {
         self.inner_mut().config_generation()
