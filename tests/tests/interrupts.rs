@@ -857,7 +857,7 @@ fn entries_used_while_interrupts_were_off_are_found_by_the_recheck_not_by_haltin
         // and the wait never happens (the device will not interrupt for it).
         let (cpu, calls) = SimCpu::new(5, || panic!("would sleep forever"));
         let mut wait = InterruptWait::new(&device, QueueSet::single(0), cpu);
-        let waited = wait_for_used(
+        let waited = wait_until_used(
             &mut wait,
             &mut queue,
             |q| q.enable_interrupts(),
@@ -894,7 +894,7 @@ fn a_completion_after_the_recheck_interrupts_and_ends_the_halt() {
             }
         });
         let mut wait = InterruptWait::new(&device, QueueSet::single(0), cpu);
-        let waited = wait_for_used(
+        let waited = wait_until_used(
             &mut wait,
             &mut queue,
             |q| q.enable_interrupts(),
@@ -973,7 +973,7 @@ fn a_polling_wait_needs_no_interrupts_armed() {
     let (cpu, calls) = SimCpu::new(5, || {});
     let mut wait = InterruptWait::new(&device, QueueSet::single(0), cpu);
     let mut armed = 0;
-    let waited = wait_for_used(
+    let waited = wait_until_used(
         &mut wait,
         &mut armed,
         |a| {

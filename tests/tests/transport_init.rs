@@ -544,7 +544,6 @@ fn a_wrapper_runs_its_hooks_and_delegates_everything_else_unchanged() {
         let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
         let mut bare = mmio_transport(&core, version);
         let expected = exercise(&mut bare, &core);
-        drop(bare);
 
         let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
         let mut wrapped = CountingQueues {
@@ -588,7 +587,6 @@ fn any_transport_reaches_each_flavour_with_the_same_accesses() {
     let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
     let mut bare = mmio_transport(&core, 2);
     let expected = exercise(&mut bare, &core);
-    drop(bare);
     let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![7; 64]).shared();
     let mut any = AnyTransport::from(mmio_transport(&core, 2));
     assert_eq!(exercise(&mut any, &core), expected);

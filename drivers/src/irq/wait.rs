@@ -213,6 +213,6 @@ where
     waited.map(|()| true)
 }
 
-/// The earlier name of [`wait_until_used`], kept so that callers written
-/// against it (the kernel's block self-tests and benchmarks) need no change.
+/// The earlier name of [`wait_until_used`], kept while code written against
+/// it (the block driver's blocking engine) moves to the new name.
 pub use self::wait_until_used as wait_for_used;

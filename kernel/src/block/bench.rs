@@ -35,7 +35,7 @@ use core::ptr::NonNull;
 
 use drivers::blk::BlkError;
 use drivers::device::Wait;
-use drivers::irq::{wait_for_used, WaitMode};
+use drivers::irq::{wait_until_used, WaitMode};
 
 use super::pattern::Rng;
 use super::{Disk, IoBuffer, SECTOR};
@@ -323,7 +323,7 @@ fn drive(
         }
         if done.is_empty() {
             let waited = if wait.sleeps_until_interrupt() {
-                wait_for_used(
+                wait_until_used(
                     wait,
                     disk.device(),
                     |d| d.enable_interrupts(),

@@ -58,7 +58,7 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use drivers::blk::{BlkError, BlkToken};
-use drivers::irq::wait_for_used;
+use drivers::irq::wait_until_used;
 use drivers::transport::DeviceType;
 
 use super::pattern::{self, Rng};
@@ -884,7 +884,7 @@ fn submit_and_collect(
                 }
             }
             Ok(None) => {
-                let waited = wait_for_used(
+                let waited = wait_until_used(
                     &mut wait,
                     device,
                     |d| d.enable_interrupts(),

@@ -315,7 +315,7 @@ fn round_trip_with(
         .ok_or_else(|| format!("no queue {queue_index}"))?;
     // Armed before the request goes out, and kept armed until it is back, so
     // the device must interrupt for this completion (drivers re-arm only
-    // right before each wait, see `drivers::irq::wait_for_used`, which
+    // right before each wait, see `drivers::irq::wait_until_used`, which
     // saves interrupts but lets a completion slip in unannounced).
     if interrupt_driven {
         let _ = queue.enable_interrupts();
