@@ -17,7 +17,7 @@
 //! | `status.rs`      | [`InterruptStatusRegister`]: the ISR byte / InterruptStatus+ACK an interrupt handler reads, a copy of the transport's own mapping | §4.1.4.5, §4.2.2 |
 //! | `intx.rs`        | [`intx_line`], [`set_intx_disabled`]: which INTx line firmware routed, and silencing INTx while MSI-X is used | §4.1.4.5, PCI 3.0 §6.2 |
 //! | `records.rs`     | [`DeviceInterrupts`]: what handlers record (pending bits, counters), all atomics | §2.7.7 |
-//! | `wait.rs`        | [`wait_until_used`] (arm, look again, wait, disarm) and [`InterruptWait`], the [`crate::device::Wait`] that halts until a pending bit is set | §2.7.7, §2.7.10 |
+//! | `wait.rs`        | [`wait_until_used`] (arm, look again, wait, disarm) and [`InterruptWait`], the [`crate::device::Wait`] that halts until a pending bit is set | §2.7.7 |
 //!
 //! The CPU side of waiting ([`Idle`]: `cli`, `sti; hlt`) and the interrupt
 //! controllers are the kernel's (`kernel/src/virtio/irq.rs`); host tests

@@ -1,14 +1,14 @@
-//! # Waiting for used buffers without losing a wake-up (virtio 1.2 §2.7.7, §2.7.10)
+//! # Waiting for used buffers without losing a wake-up (virtio 1.2 §2.7.7)
 //!
 //! Two halves make one race-free wait:
 //!
-//! - [`wait_until_used`], the driver's half, the one way every blocking
-//!   helper in this crate waits (blk, console, the net control queue): ask
-//!   the queues for an interrupt and look at the ring again (a completion
-//!   may have come before the request was seen, and then no interrupt
-//!   comes for it), wait only if nothing is there, and suppress the
-//!   interrupts again once the wait is over (§2.7.7: interrupts are only
-//!   wanted while nobody looks).
+//! - [`wait_until_used`], the driver's half, the one way blocking helpers
+//!   wait (the console's, the net control queue's, the kernel's block
+//!   self-tests): ask the queues for an interrupt and look at the ring
+//!   again (a completion may have come before the request was seen, and
+//!   then no interrupt comes for it), wait only if nothing is there, and
+//!   suppress the interrupts again once the wait is over (§2.7.7:
+//!   interrupts are only wanted while nobody looks).
 //! - [`InterruptWait`], the CPU's half, a [`Wait`]: with interrupts off,
 //!   look at the pending bits the handler set ([`super::DeviceInterrupts`]),
 //!   and only if none is set enable interrupts and halt *in one step*. The
@@ -168,7 +168,8 @@ impl<I: Idle> Wait for InterruptWait<'_, I> {
 }
 
 /// Waits once for used buffers: the one interrupt wait every blocking
-/// helper uses (blk, console, the net control queue).
+/// helper uses (the console, the net control queue, the kernel's block
+/// self-tests and benchmarks).
 ///
 /// If `wait` sleeps until an interrupt ([`Wait::sleeps_until_interrupt`]):
 ///
