@@ -13,8 +13,14 @@
 //! | `mmio-v2`    | the same window, 1.0 registers (§4.2.2) | [`mmio`]       |
 //!
 //! The [`Transport`] trait is the one interface device drivers program
-//! against; they never learn which flavour they sit on. [`AnyTransport`] holds
-//! any of them in one type for the kernel, and `dyn Transport` works too.
+//! against; they never learn which flavour they sit on. A type that *is* a
+//! transport by holding one implements [`TransportWrapper`] instead
+//! (`wrapper.rs`) and overrides only the moments it changes: [`AnyTransport`]
+//! (`any.rs`) holds any flavour in one type for the kernel, and
+//! [`crate::irq::MsixRouted`] programs MSI-X entries during the bring-up.
+//! `dyn Transport` works too. Each flavour hands out its interrupt status
+//! register for interrupt handlers (`interrupt_status()`, see
+//! [`crate::irq::InterruptStatusRegister`]).
 //!
 //! The pieces shared by all flavours live here: the status byte
 //! ([`DeviceStatus`], §2.1), the interrupt status ([`InterruptStatus`]),
