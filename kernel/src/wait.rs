@@ -19,7 +19,7 @@
 //!   driver asks the queue for an interrupt and looks at the ring once more
 //!   before it waits (§2.7.7 / §2.7.14: the device may have used the buffer
 //!   before it saw the request for an interrupt, and then it will not send
-//!   one); `drivers::irq::wait_for_used` does that. Then the wait turns
+//!   one); `drivers::irq::wait_until_used` does that. Then the wait turns
 //!   interrupts off (`cli`), checks the queue's pending bit that the
 //!   interrupt handler sets, and only if it is clear halts with `sti; hlt`.
 //!   `sti` takes effect after the next instruction, so no interrupt can be
