@@ -1,5 +1,6 @@
 //! `mode=bench`: run the benchmark sections the command line names and
-//! leave QEMU.
+//! leave QEMU. Built only with the cargo feature `bench` (which also links
+//! the peer stack, [`crate::peer`]); `./x.py bench` builds it.
 //!
 //! `bench=blk[,...]` (default `blk`) picks the sections; each prints
 //! machine-readable lines of the form
@@ -29,6 +30,14 @@
 //!   the peer stack ([`crate::peer::net`]).
 
 use crate::println;
+
+/// `mode=bench`, once every device has been found: the benchmarks bring
+/// up the devices they drive (the disks here, the console in its section),
+/// then [`run`].
+pub fn run_mode() -> ! {
+    crate::block::init();
+    run()
+}
 
 /// Runs the sections `bench=` names and exits QEMU.
 pub fn run() -> ! {

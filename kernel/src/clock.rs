@@ -27,16 +27,15 @@
 //! [`uptime_ns`] converts with a precomputed 32.32 fixed-point factor (one
 //! multiplication, no division) from the TSC value read in `init`.
 
-use alloc::format;
-use alloc::string::String;
-use alloc::vec;
-use alloc::vec::Vec;
 use core::arch::x86_64::{__cpuid, _rdtsc};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use x86_64::instructions::port::Port;
 
-use crate::selftest_api::SelfTest;
+#[cfg(feature = "selftest")]
+mod selftests;
+#[cfg(feature = "selftest")]
+pub use selftests::selftests;
 
 /// The 8254 PIT's input clock (Hz).
 const PIT_HZ: u64 = 1_193_182;
@@ -118,6 +117,7 @@ pub enum CalibrationSource {
 }
 
 impl CalibrationSource {
+    #[cfg(feature = "selftest")]
     fn from_u8(value: u8) -> Self {
         match value {
             1 => Self::PitChannel2,
@@ -150,6 +150,7 @@ pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
+#[cfg(feature = "selftest")]
 /// How the TSC was calibrated.
 pub fn calibration_source() -> CalibrationSource {
     CalibrationSource::from_u8(SOURCE.load(Ordering::Relaxed))
@@ -253,6 +254,7 @@ impl Measurement {
             as u64
     }
 
+    #[cfg(feature = "selftest")]
     fn reference_ns(&self) -> u64 {
         self.reference_ticks * 1_000_000_000 / self.reference_hz
     }
@@ -539,96 +541,4 @@ impl CpuidFrequencies {
         .into_iter()
         .filter_map(|(name, hz)| Some((name, hz?)))
     }
-}
-
-/// The clock self-tests.
-pub fn selftests() -> Vec<SelfTest> {
-    vec![
-        SelfTest {
-            name: "clock: TSC frequency is plausible",
-            run: test_frequency_plausible,
-        },
-        SelfTest {
-            name: "clock: uptime is monotonic",
-            run: test_uptime_monotonic,
-        },
-        SelfTest {
-            name: "clock: uptime agrees with an independent timer",
-            run: test_uptime_matches_reference,
-        },
-    ]
-}
-
-fn test_frequency_plausible() -> Result<(), String> {
-    let hz = tsc_hz();
-    if !(100_000_000..=10_000_000_000).contains(&hz) {
-        return Err(format!("tsc_hz = {hz}, outside 100 MHz..10 GHz"));
-    }
-    if calibration_source() == CalibrationSource::None {
-        return Err(String::from("the TSC was never calibrated"));
-    }
-    let one_second = ticks_to_ns(hz);
-    if one_second.abs_diff(1_000_000_000) > 1_000 {
-        return Err(format!("{hz} ticks convert to {one_second} ns, not 1 s"));
-    }
-    Ok(())
-}
-
-fn test_uptime_monotonic() -> Result<(), String> {
-    const READS: u32 = 20_000;
-    let first = uptime_ns();
-    let mut previous = first;
-    for i in 0..READS {
-        let now = uptime_ns();
-        if now < previous {
-            return Err(format!(
-                "read {i}: uptime went back from {previous} to {now} ns"
-            ));
-        }
-        previous = now;
-    }
-    if previous <= first {
-        return Err(format!(
-            "uptime did not advance over {READS} reads ({first} ns)"
-        ));
-    }
-    Ok(())
-}
-
-/// Measures a known interval on the PIT (or one RTC second) again and checks
-/// that the TSC cycles counted across it convert to the same time, within
-/// 20 %. A disturbed measurement (see `Measurement`) is retried a few times.
-fn test_uptime_matches_reference() -> Result<(), String> {
-    const WINDOW_TICKS: u16 = (PIT_HZ / 20) as u16; // 50 ms
-    let (window, what): (fn(u16) -> Option<Measurement>, &str) = match calibration_source() {
-        CalibrationSource::PitChannel2 => (pit_channel2_window, "PIT channel 2"),
-        CalibrationSource::PitChannel0 => (pit_channel0_window, "PIT channel 0"),
-        _ => (|_| rtc_second(), "RTC second"),
-    };
-    let mut measurement = None;
-    for _ in 0..4 {
-        let attempt = window(WINDOW_TICKS);
-        measurement = attempt;
-        if attempt.is_none_or(|m| m.is_precise()) {
-            break;
-        }
-    }
-    if calibration_source() == CalibrationSource::PitChannel0 {
-        stop_pit_channel0();
-    }
-    let measurement = measurement.ok_or(format!("{what} did not respond"))?;
-    let expected_ns = measurement.reference_ns();
-    let measured_ns = ticks_to_ns(measurement.cycles());
-    log::debug!(
-        "a {what} interval of {expected_ns} ns took {measured_ns} ns by the TSC \
-         (bracket {}..{} ns)",
-        ticks_to_ns(measurement.shortest),
-        ticks_to_ns(measurement.longest)
-    );
-    if measured_ns.abs_diff(expected_ns) > expected_ns / 5 {
-        return Err(format!(
-            "{what}: expected {expected_ns} ns, the TSC counted {measured_ns} ns"
-        ));
-    }
-    Ok(())
 }

@@ -7,14 +7,19 @@
 //! `virtio_mmio.device=...` per device. [`get`] returns the last value (a later
 //! word overrides an earlier one), [`values`] all of them in order.
 //!
-//! Words the kernel reads (README has the full list): `mode=selftest`,
-//! `log=error|warn|info|debug|trace`, `fail=panic|pagefault`,
-//! `virtio_mmio.device=<size>@<base>:<irq>[:<id>]`.
+//! Words the kernel reads (README, "The stable contract", has the full
+//! list): `mode=selftest|bench`, `log=error|warn|info|debug|trace`,
+//! `virtio_mmio.device=<size>@<base>:<irq>[:<id>]`, `virtio.*`, `net.*`,
+//! `console.*`. Keys only the self-tests and benchmarks read (`expect.*`,
+//! `blk.*`, `bench.*`, `fail=`) are read in their own modules, which only
+//! the `selftest` and `bench` builds contain; tests/qemu/README.md lists them.
 
-use crate::selftest_api::SelfTest;
-use alloc::string::String;
-use alloc::vec::Vec;
 use spin::Once;
+
+#[cfg(feature = "selftest")]
+mod selftests;
+#[cfg(feature = "selftest")]
+pub use selftests::selftests;
 
 /// A parsed view of one command-line string.
 #[derive(Debug, Clone, Copy)]
@@ -85,39 +90,4 @@ pub fn get(key: &str) -> Option<&'static str> {
 )]
 pub fn has_flag(key: &str) -> bool {
     current().has_flag(key)
-}
-
-/// Command-line self-tests: the parser on a fixed string (the live command
-/// line is checked by the boot self-tests).
-pub fn selftests() -> Vec<SelfTest> {
-    alloc::vec![SelfTest {
-        name: "cmdline: keys, repeated keys, values with '=', flags",
-        run: test_parse
-    }]
-}
-
-fn test_parse() -> Result<(), String> {
-    let line = CommandLine::new(
-        "  mode=selftest quiet log=debug  virtio_mmio.device=512@0xfeb00e00:12 \
-         virtio_mmio.device=512@0xfeb00c00:11 opt=a=b log=trace empty=",
-    );
-    let mmio: Vec<&str> = line.values("virtio_mmio.device").collect();
-    let checks = [
-        ("get(mode)", line.get("mode") == Some("selftest")),
-        ("last value wins", line.get("log") == Some("trace")),
-        (
-            "repeated key keeps order",
-            mmio == ["512@0xfeb00e00:12", "512@0xfeb00c00:11"],
-        ),
-        ("value may contain '='", line.get("opt") == Some("a=b")),
-        ("empty value", line.get("empty") == Some("")),
-        ("missing key", line.get("absent").is_none()),
-        ("prefix is not a key", line.get("mod").is_none()),
-        ("flag is a bare word", line.has_flag("quiet")),
-        ("key=value is not a flag", !line.has_flag("mode")),
-    ];
-    match checks.iter().find(|(_, ok)| !ok) {
-        Some((what, _)) => Err(alloc::format!("{what} gave the wrong answer")),
-        None => Ok(()),
-    }
 }

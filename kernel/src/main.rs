@@ -18,14 +18,31 @@
 //! interrupts  PIC masked, LAPIC, IOAPIC
 //! virtio      find every virtio device (PCI, virtio-mmio); bring none up
 //! net         the virtio-net driver brings each network card up (net/nic.rs)
-//! then        mode=selftest: run the self-tests and exit QEMU
-//!             mode=bench: run the benchmarks (bench.rs) and exit QEMU
+//! [mode=...]  selftest / bench builds only: run them and exit QEMU
 //! block       bring the disks up, name them vda, vdb, ... (block/mod.rs)
 //! console     bring the virtio console up for the shell (shell/console.rs)
 //!             then print "kernel: ready" and idle
 //! ```
 //!
 //! docs/01-boot.md walks through the first half of this in detail.
+//!
+//! ## What sits beside the kernel
+//!
+//! The kernel `./x.py run` boots is built without cargo features: the steps
+//! above and nothing else. Two features add what tests and measurements
+//! need, each in modules of its own beside the code it concerns (the way
+//! `#[cfg(test)] mod tests;` sits beside a module):
+//!
+//! - `selftest`: `mode=selftest` runs the in-guest self-tests
+//!   ([`selftest`], and a `selftests` module in each subsystem) after the
+//!   virtio probe and exits QEMU; `fail=panic|pagefault` lives there too.
+//! - `bench`: `mode=bench` runs the benchmarks (`bench.rs`,
+//!   `block/bench.rs`, `net/bench.rs`) against the peer stack (`peer/`, the
+//!   `virtio-drivers` crate, linked only into this build) and exits QEMU.
+//!
+//! A kernel built without the feature a `mode=` asks for says so in one
+//! line and exits QEMU with a failure status rather than boot on as if
+//! nothing had been asked ([`refuse_modes_not_built`]).
 
 #![no_std]
 #![no_main]
@@ -33,6 +50,7 @@
 extern crate alloc;
 
 mod acpi_tables;
+#[cfg(feature = "bench")]
 mod bench;
 mod block;
 mod boot;
@@ -46,23 +64,19 @@ mod interrupts;
 mod logger;
 mod memory;
 mod net;
+#[cfg(feature = "bench")]
 mod peer;
+#[cfg(feature = "selftest")]
 mod selftest;
+#[cfg(feature = "selftest")]
 mod selftest_api;
 mod serial;
 mod shell;
 mod virtio;
 mod wait;
 
-use alloc::vec::Vec;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
-
-/// An address far above the 4 GiB the boot page tables map (and above any
-/// RAM the kernel maps later), for `fail=pagefault`. It must be canonical
-/// (bits 63..47 all equal): a non-canonical address such as 0xdead_beef_0000
-/// raises #GP, not #PF.
-const UNMAPPED_ADDRESS: u64 = 0x7e57_dead_0000;
 
 /// Called by `boot/entry.rs` in 64-bit mode, on the boot stack, interrupts off.
 pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
@@ -78,21 +92,12 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     };
     cmdline::init(boot_info.cmdline);
     logger::init(cmdline::get("log"));
+    refuse_modes_not_built();
     boot::log_summary();
 
     cpu::init();
-    match cmdline::get("fail") {
-        Some("panic") => panic!("deliberate panic requested by fail=panic"),
-        Some("pagefault") => {
-            log::info!("fail=pagefault: reading {UNMAPPED_ADDRESS:#x}");
-            // SAFETY: not safe at all, on purpose: the address is unmapped and
-            // the read raises #PF, whose report ends the run.
-            let value = unsafe { core::ptr::read_volatile(UNMAPPED_ADDRESS as *const u64) };
-            log::error!("fail=pagefault: read {value:#x} from an unmapped address?!");
-        }
-        Some(other) => log::warn!("unknown fail={other:?} ignored (want panic or pagefault)"),
-        None => {}
-    }
+    #[cfg(feature = "selftest")]
+    selftest::fail_on_request();
 
     clock::init();
     memory::init(boot_info);
@@ -101,31 +106,14 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     virtio::probe();
     net::claim_devices();
 
+    // Neither returns: each exits QEMU when done.
+    #[cfg(feature = "selftest")]
     if cmdline::get("mode") == Some("selftest") {
-        let tests: Vec<selftest_api::SelfTest> = [
-            boot::selftests(),
-            cmdline::selftests(),
-            cpu::selftests(),
-            clock::selftests(),
-            memory::selftests(),
-            interrupts::selftests(),
-            virtio::selftests(),
-            // The first block test brings the blk devices up, after the
-            // raw-ring tests above have used them and handed them back.
-            block::selftests(),
-            net::selftests(),
-            shell::selftests(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        selftest::run(&tests);
+        selftest::run_all();
     }
+    #[cfg(feature = "bench")]
     if cmdline::get("mode") == Some("bench") {
-        // The benchmarks bring up the devices they drive (the disks here,
-        // the console in its section).
-        block::init();
-        bench::run();
+        bench::run_mode();
     }
     block::init();
 
@@ -143,6 +131,41 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     }
     // The idle loop: runs the network stack, halts between interrupts.
     net::run()
+}
+
+/// The `mode=` values: each is built in by the cargo feature of the same
+/// name, and this says whether this build has it and how to get one that does.
+const MODES: [(&str, bool, &str); 2] = [
+    (
+        "selftest",
+        cfg!(feature = "selftest"),
+        "`./x.py build` prints the path of a kernel that has it",
+    ),
+    (
+        "bench",
+        cfg!(feature = "bench"),
+        "`./x.py bench` builds and boots one",
+    ),
+];
+
+/// A `mode=` this build cannot run ends the boot here, with one line that
+/// says why and QEMU's failure status (`isa-debug-exit` value 0x11, status
+/// 35): a test harness or a person who asked for self-tests must not get a
+/// kernel that quietly boots on instead. An unknown mode is only a warning.
+fn refuse_modes_not_built() {
+    let Some(mode) = cmdline::get("mode") else {
+        return;
+    };
+    match MODES.iter().find(|(name, _, _)| *name == mode) {
+        Some((_, true, _)) => {}
+        Some((name, false, how)) => {
+            println!(
+                "kernel: mode={name} is not in this build (built without the `{name}` feature); {how}"
+            );
+            exit::qemu_exit(exit::EXIT_SELFTEST_FAILED)
+        }
+        None => log::warn!("unknown mode={mode:?} ignored (known: selftest, bench)"),
+    }
 }
 
 /// Set by the first panic; a panic while reporting one must not recurse.

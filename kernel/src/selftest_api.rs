@@ -1,9 +1,11 @@
 //! The shape of an in-kernel self-test (see `selftest.rs` for the runner).
+//! Part of the `selftest` feature, like every module that names it.
 //!
-//! Each subsystem exposes `pub const SELFTESTS: &[SelfTest]` (or a function
-//! returning a `Vec<SelfTest>` when the list depends on what was found at boot),
-//! and the runner calls them in order when the command line says
-//! `mode=selftest`.
+//! Each subsystem keeps its self-tests in a module of their own beside its
+//! code, declared `#[cfg(feature = "selftest")] mod selftests;`, and exposes
+//! a function returning a `Vec<SelfTest>` (the list may depend on what was
+//! found at boot); `selftest::run_all` calls them in order when the command
+//! line says `mode=selftest`.
 
 use alloc::string::String;
 

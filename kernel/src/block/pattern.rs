@@ -37,12 +37,14 @@ pub const fn word(seed: u64, index: u64) -> u64 {
     mix(seed.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)))
 }
 
+#[cfg(feature = "selftest")]
 /// A seed for one purpose (`tag`) derived from the command line's base seed,
 /// so regions written for different purposes never share data.
 pub const fn derive_seed(base: u64, tag: u64) -> u64 {
     word(base, tag ^ 0x5eed_0000_0000)
 }
 
+#[cfg(feature = "selftest")]
 /// Fills `buffer` with the pattern of `seed` as it must appear at disk byte
 /// offset `disk_offset` (a multiple of 8; `buffer.len()` too: sectors are).
 pub fn fill(seed: u64, disk_offset: u64, buffer: &mut [u8]) {
@@ -52,6 +54,7 @@ pub fn fill(seed: u64, disk_offset: u64, buffer: &mut [u8]) {
     }
 }
 
+#[cfg(feature = "selftest")]
 /// The first byte of `buffer` that differs from the pattern of `seed` at
 /// `disk_offset`, as (index in `buffer`, found, expected).
 pub fn first_mismatch(seed: u64, disk_offset: u64, buffer: &[u8]) -> Option<(usize, u8, u8)> {
@@ -66,17 +69,20 @@ pub fn first_mismatch(seed: u64, disk_offset: u64, buffer: &[u8]) -> Option<(usi
     None
 }
 
+#[cfg(feature = "selftest")]
 /// The first non-zero byte of `buffer`, as (index, value).
 pub fn first_nonzero(buffer: &[u8]) -> Option<(usize, u8)> {
     buffer.iter().position(|&b| b != 0).map(|i| (i, buffer[i]))
 }
 
+#[cfg(feature = "selftest")]
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xedb88320, initial and final
 /// XOR 0xffffffff): what `zlib.crc32` returns on the host.
 pub fn crc32(data: &[u8]) -> u32 {
     crc32_update(0, data)
 }
 
+#[cfg(feature = "selftest")]
 /// Continues a CRC-32 over more data (`crc32_update(crc32(a), b) == crc32(a ++ b)`).
 pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
     let mut c = !crc;
@@ -86,6 +92,7 @@ pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
     !c
 }
 
+#[cfg(feature = "selftest")]
 const CRC_TABLE: [u32; 256] = {
     let mut table = [0u32; 256];
     let mut n = 0;
@@ -132,6 +139,7 @@ impl Rng {
         self.next_u64() % bound.max(1)
     }
 
+    #[cfg(feature = "selftest")]
     /// Shuffles `items` in place (Fisher-Yates).
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -141,6 +149,7 @@ impl Rng {
     }
 }
 
+#[cfg(feature = "selftest")]
 /// Known answers, so that a change to the generator or the CRC is caught in
 /// the guest before the host check disagrees (the host's unit tests pin the
 /// same values).

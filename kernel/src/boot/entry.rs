@@ -31,6 +31,7 @@ use core::arch::global_asm;
 pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 
 extern "C" {
+    #[cfg(feature = "selftest")]
     /// Page-aligned, unused 4 KiB right below the boot stack.
     static boot_stack_guard: u8;
     /// Lowest byte of the boot stack (it grows down towards this).
@@ -49,6 +50,7 @@ pub fn boot_stack_bounds() -> (u64, u64) {
     )
 }
 
+#[cfg(feature = "selftest")]
 /// The page below the boot stack, which nothing uses.
 pub fn boot_stack_guard_page() -> u64 {
     core::ptr::addr_of!(boot_stack_guard) as u64

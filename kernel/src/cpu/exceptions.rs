@@ -108,12 +108,14 @@ static NMI_TEST_FRAME: AtomicU64 = AtomicU64::new(0);
 /// Set while a fatal report is being printed, to catch a fault inside it.
 static REPORTING: AtomicBool = AtomicBool::new(false);
 
+#[cfg(feature = "selftest")]
 /// Announces one deliberate `ud2`: the `#UD` it raises is skipped and
 /// execution resumes after it, instead of ending the run.
 pub fn expect_invalid_opcode() {
     INVALID_OPCODE_EXPECTED.store(true, Ordering::SeqCst);
 }
 
+#[cfg(feature = "selftest")]
 /// `(announced #UDs resumed so far, RIP the last one resumed at)`.
 pub fn invalid_opcodes_resumed() -> (u64, u64) {
     (
@@ -122,6 +124,7 @@ pub fn invalid_opcodes_resumed() -> (u64, u64) {
     )
 }
 
+#[cfg(feature = "selftest")]
 /// Arms the NMI self-test: the next NMI is recorded and resumed instead of
 /// being fatal.
 pub fn arm_nmi_test() {
@@ -129,11 +132,13 @@ pub fn arm_nmi_test() {
     NMI_TEST_ARMED.store(true, Ordering::SeqCst);
 }
 
+#[cfg(feature = "selftest")]
 /// Address of the frame of the NMI taken while armed, 0 if none came yet.
 pub fn nmi_test_frame() -> u64 {
     NMI_TEST_FRAME.load(Ordering::SeqCst)
 }
 
+#[cfg(feature = "selftest")]
 /// Ends the NMI self-test: NMIs are fatal again.
 pub fn disarm_nmi_test() {
     NMI_TEST_ARMED.store(false, Ordering::SeqCst);

@@ -204,6 +204,7 @@ impl GateDescriptor {
         }
     }
 
+    #[cfg(feature = "selftest")]
     /// The handler address the gate points to.
     pub fn handler(&self) -> u64 {
         u64::from(self.offset_low)
@@ -257,6 +258,7 @@ pub fn init() {
     unsafe { lidt(&pointer) };
 }
 
+#[cfg(feature = "selftest")]
 /// The IDT, once [`init`] ran.
 pub fn idt() -> Option<&'static Idt> {
     IDT.get()

@@ -8,8 +8,10 @@ pub mod backtrace;
 pub mod exceptions;
 pub mod gdt;
 pub mod idt;
+#[cfg(feature = "selftest")]
 mod selftests;
 
+#[cfg(feature = "selftest")]
 pub use selftests::selftests;
 
 /// Installs the kernel's GDT, TSS and IDT. After this, exceptions are

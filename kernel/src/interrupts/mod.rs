@@ -48,15 +48,17 @@
 mod ioapic;
 mod lapic;
 mod pic;
+#[cfg(feature = "selftest")]
 mod selftests;
 mod vectors;
 
 pub use crate::acpi_tables::{IsaRoute, Polarity, Trigger};
 pub use ioapic::RedirectionEntry;
+#[cfg(feature = "selftest")]
 pub use selftests::selftests;
-pub use vectors::{
-    Handler, APIC_ERROR_VECTOR, FIRST_ALLOCATABLE, LAST_ALLOCATABLE, SPURIOUS_VECTOR,
-};
+#[cfg(feature = "selftest")]
+pub use vectors::LAST_ALLOCATABLE;
+pub use vectors::{Handler, APIC_ERROR_VECTOR, FIRST_ALLOCATABLE, SPURIOUS_VECTOR};
 
 use crate::acpi_tables;
 use alloc::vec::Vec;
@@ -84,6 +86,7 @@ pub enum IrqError {
     IsaIrqOutOfRange(u8),
     /// The local APIC ID does not fit the 8-bit xAPIC destination field.
     DestinationOutOfRange(u32),
+    #[cfg(feature = "selftest")]
     /// The local APIC kept its ICR delivery-status bit set.
     IpiNotDelivered,
 }
@@ -98,6 +101,7 @@ impl fmt::Display for IrqError {
             IrqError::NoIoApicForGsi(gsi) => write!(f, "no I/O APIC serves GSI {gsi}"),
             IrqError::IsaIrqOutOfRange(irq) => write!(f, "ISA IRQ {irq} out of range 0..=15"),
             IrqError::DestinationOutOfRange(id) => write!(f, "APIC ID {id} exceeds xAPIC's 8 bits"),
+            #[cfg(feature = "selftest")]
             IrqError::IpiNotDelivered => f.write_str("local APIC did not accept the IPI"),
         }
     }
@@ -404,6 +408,7 @@ pub fn disable() {
     x86_64::instructions::interrupts::disable();
 }
 
+#[cfg(feature = "selftest")]
 /// Whether interrupts are enabled (RFLAGS.IF).
 pub fn are_enabled() -> bool {
     x86_64::instructions::interrupts::are_enabled()
@@ -510,6 +515,7 @@ pub fn mask_gsi(gsi: u32) -> Result<(), IrqError> {
     })
 }
 
+#[cfg(feature = "selftest")]
 /// Unmasks `gsi` with its current routing.
 pub fn unmask_gsi(gsi: u32) -> Result<(), IrqError> {
     with_io_apic(gsi, |io_apic| {
@@ -518,11 +524,13 @@ pub fn unmask_gsi(gsi: u32) -> Result<(), IrqError> {
     })
 }
 
+#[cfg(feature = "selftest")]
 /// Reads back the redirection entry of `gsi` (for diagnostics and tests).
 pub fn gsi_entry(gsi: u32) -> Result<RedirectionEntry, IrqError> {
     with_io_apic(gsi, |io_apic| io_apic.read_entry(gsi))
 }
 
+#[cfg(feature = "selftest")]
 /// Writes a raw redirection entry (to restore one saved with [`gsi_entry`]).
 pub fn set_gsi_entry(gsi: u32, entry: RedirectionEntry) -> Result<(), IrqError> {
     with_io_apic(gsi, |io_apic| io_apic.write_entry(gsi, entry))
@@ -536,6 +544,7 @@ pub fn isa_route(isa_irq: u8) -> Result<IsaRoute, IrqError> {
         .ok_or(IrqError::IsaIrqOutOfRange(isa_irq))
 }
 
+#[cfg(feature = "selftest")]
 /// Routes legacy ISA IRQ `isa_irq` to `vector`, applying the MADT's override (GSI, trigger,
 /// polarity). Returns the route used.
 pub fn route_isa_irq(isa_irq: u8, vector: u8) -> Result<IsaRoute, IrqError> {
@@ -565,6 +574,7 @@ pub fn msi_message(vector: u8) -> Result<(u64, u32), IrqError> {
     Ok((address, data))
 }
 
+#[cfg(feature = "selftest")]
 /// Sends interrupt `vector` to this CPU through the local APIC (a self-IPI).
 pub fn send_self_ipi(vector: u8) -> Result<(), IrqError> {
     let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
@@ -602,31 +612,37 @@ pub fn timer_current_count() -> u32 {
         .map_or(0, |apic| apic.read(lapic::reg::TIMER_CURRENT_COUNT))
 }
 
+#[cfg(feature = "selftest")]
 /// How many times `vector` was dispatched (handled, unexpected or spurious alike).
 pub fn interrupt_count(vector: u8) -> u64 {
     PER_VECTOR[usize::from(vector)].load(Ordering::Relaxed)
 }
 
+#[cfg_attr(not(feature = "selftest"), allow(dead_code))]
 /// How many APIC spurious interrupts arrived.
 pub fn spurious_count() -> u64 {
     SPURIOUS.load(Ordering::Relaxed)
 }
 
+#[cfg_attr(not(feature = "selftest"), allow(dead_code))]
 /// How many interrupts arrived on a vector with no handler (including 8259 strays).
 pub fn unexpected_count() -> u64 {
     UNEXPECTED.load(Ordering::Relaxed)
 }
 
+#[cfg(feature = "selftest")]
 /// How many local APIC error interrupts arrived.
 pub fn apic_error_count() -> u64 {
     APIC_ERRORS.load(Ordering::Relaxed)
 }
 
+#[cfg(feature = "selftest")]
 /// How many allocatable vectors are free.
 pub fn free_vector_count() -> usize {
     vectors::free_count()
 }
 
+#[cfg(feature = "selftest")]
 /// Whether `vector` is currently allocated.
 pub fn is_vector_allocated(vector: u8) -> bool {
     vectors::is_allocated(vector)

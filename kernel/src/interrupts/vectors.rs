@@ -104,6 +104,7 @@ pub fn is_allocated(vector: u8) -> bool {
     handler_of(vector).is_some()
 }
 
+#[cfg(feature = "selftest")]
 /// How many allocatable vectors are still free.
 pub fn free_count() -> usize {
     without_interrupts(|| {

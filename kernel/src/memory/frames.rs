@@ -136,6 +136,7 @@ impl<'a> FrameAllocator<'a> {
         (from < to).then_some((from, to))
     }
 
+    #[cfg(feature = "selftest")]
     /// True if the frame containing `phys` is free. Addresses outside the span
     /// are never free.
     pub fn is_free(&self, phys: u64) -> bool {

@@ -59,6 +59,7 @@ pub unsafe fn init(start: u64, size: usize) {
     });
 }
 
+#[cfg(feature = "selftest")]
 /// A snapshot of the heap's bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapStats {
@@ -72,6 +73,7 @@ pub struct HeapStats {
     pub bottom: u64,
 }
 
+#[cfg(feature = "selftest")]
 /// Current heap statistics.
 pub fn stats() -> HeapStats {
     without_interrupts(|| {
@@ -85,6 +87,7 @@ pub fn stats() -> HeapStats {
     })
 }
 
+#[cfg(feature = "selftest")]
 /// Allocates through the global allocator without the infallible wrappers,
 /// so a test can watch a failure come back as null.
 pub fn try_allocate_raw(layout: Layout) -> Option<core::ptr::NonNull<u8>> {
@@ -95,6 +98,7 @@ pub fn try_allocate_raw(layout: Layout) -> Option<core::ptr::NonNull<u8>> {
     core::ptr::NonNull::new(unsafe { HEAP.alloc(layout) })
 }
 
+#[cfg(feature = "selftest")]
 /// Frees what [`try_allocate_raw`] returned.
 ///
 /// # Safety

@@ -29,6 +29,7 @@
 pub mod frames;
 pub mod heap;
 pub mod paging;
+#[cfg(feature = "selftest")]
 mod selftests;
 
 use core::ptr::NonNull;
@@ -43,8 +44,11 @@ use x86_64::PhysAddr;
 use crate::bootinfo::{BootInfo, MemoryKind, MAX_MEMORY_REGIONS, MAX_RESERVED_RANGES};
 use frames::{bitmap_words_for, FrameAllocator, FrameError, FRAME_SIZE};
 use hal::HalError;
-use paging::{MapOutcome, PageTables, Translation, PAGE_2M, PAGE_4K};
+#[cfg(feature = "selftest")]
+use paging::Translation;
+use paging::{MapOutcome, PageTables, PAGE_2M, PAGE_4K};
 
+#[cfg(feature = "selftest")]
 pub use selftests::selftests;
 
 /// Below this the frame allocator never hands out memory: real-mode
@@ -395,11 +399,13 @@ pub fn free_frame_count() -> u64 {
     })
 }
 
+#[cfg(feature = "selftest")]
 /// True if the frame containing `phys` is currently free.
 pub fn frame_is_free(phys: u64) -> bool {
     without_interrupts(|| FRAMES.lock().as_ref().is_some_and(|f| f.is_free(phys)))
 }
 
+#[cfg(feature = "selftest")]
 /// Walks the kernel's live page tables for `virt`.
 pub fn translate(virt: u64) -> Option<Translation> {
     without_interrupts(|| KERNEL_TABLES.lock().as_ref()?.translate(virt))

@@ -74,6 +74,7 @@ impl From<FrameError> for MapError {
     }
 }
 
+#[cfg(feature = "selftest")]
 /// What one virtual address translates to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
@@ -150,6 +151,7 @@ impl PageTables {
         self.root
     }
 
+    #[cfg(feature = "selftest")]
     /// Walks the tables for `virt`. `None` if it is not mapped.
     pub fn translate(&self, virt: u64) -> Option<Translation> {
         if !is_canonical(virt) {
@@ -306,6 +308,7 @@ impl PageTables {
         Ok(MapOutcome::AttributesChanged)
     }
 
+    #[cfg(feature = "selftest")]
     /// Frees every table frame of this hierarchy (not the pages it maps)
     /// through `free`. For private hierarchies only: never the live one.
     pub fn destroy(self, free: &mut dyn FnMut(u64)) {

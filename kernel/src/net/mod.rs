@@ -36,14 +36,17 @@
 //! - **Self-tests** ([`selftests`], `mode=selftest`): DHCP, ARP and ping to
 //!   the gateway, and frames between two cards on one QEMU hub.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 mod http;
 pub mod nic;
+#[cfg(feature = "selftest")]
 mod selftests;
 mod services;
 mod stack;
 pub mod timer;
 
+#[cfg(feature = "selftest")]
 pub use selftests::selftests;
 
 /// Brings every network device up with the virtio-net driver (after
