@@ -150,8 +150,8 @@ pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
-#[cfg(feature = "selftest")]
 /// How the TSC was calibrated.
+#[cfg(feature = "selftest")]
 pub fn calibration_source() -> CalibrationSource {
     CalibrationSource::from_u8(SOURCE.load(Ordering::Relaxed))
 }

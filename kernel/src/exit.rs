@@ -20,8 +20,8 @@ use x86_64::instructions::port::Port;
 /// I/O port of QEMU's `isa-debug-exit` device (as configured on our command lines).
 pub const ISA_DEBUG_EXIT_PORT: u16 = 0xf4;
 
-#[cfg(any(feature = "selftest", feature = "bench"))]
 /// `mode=selftest` (or `mode=bench`) finished and every test passed.
+#[cfg(any(feature = "selftest", feature = "bench"))]
 pub const EXIT_SELFTEST_PASSED: u32 = 0x10;
 /// `mode=selftest` finished and at least one test failed.
 pub const EXIT_SELFTEST_FAILED: u32 = 0x11;

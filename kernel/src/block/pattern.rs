@@ -37,16 +37,16 @@ pub const fn word(seed: u64, index: u64) -> u64 {
     mix(seed.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)))
 }
 
-#[cfg(feature = "selftest")]
 /// A seed for one purpose (`tag`) derived from the command line's base seed,
 /// so regions written for different purposes never share data.
+#[cfg(feature = "selftest")]
 pub const fn derive_seed(base: u64, tag: u64) -> u64 {
     word(base, tag ^ 0x5eed_0000_0000)
 }
 
-#[cfg(feature = "selftest")]
 /// Fills `buffer` with the pattern of `seed` as it must appear at disk byte
 /// offset `disk_offset` (a multiple of 8; `buffer.len()` too: sectors are).
+#[cfg(feature = "selftest")]
 pub fn fill(seed: u64, disk_offset: u64, buffer: &mut [u8]) {
     let first = disk_offset / 8;
     for (i, chunk) in buffer.chunks_exact_mut(8).enumerate() {
@@ -54,9 +54,9 @@ pub fn fill(seed: u64, disk_offset: u64, buffer: &mut [u8]) {
     }
 }
 
-#[cfg(feature = "selftest")]
 /// The first byte of `buffer` that differs from the pattern of `seed` at
 /// `disk_offset`, as (index in `buffer`, found, expected).
+#[cfg(feature = "selftest")]
 pub fn first_mismatch(seed: u64, disk_offset: u64, buffer: &[u8]) -> Option<(usize, u8, u8)> {
     let first = disk_offset / 8;
     for (i, chunk) in buffer.chunks_exact(8).enumerate() {
@@ -69,21 +69,21 @@ pub fn first_mismatch(seed: u64, disk_offset: u64, buffer: &[u8]) -> Option<(usi
     None
 }
 
-#[cfg(feature = "selftest")]
 /// The first non-zero byte of `buffer`, as (index, value).
+#[cfg(feature = "selftest")]
 pub fn first_nonzero(buffer: &[u8]) -> Option<(usize, u8)> {
     buffer.iter().position(|&b| b != 0).map(|i| (i, buffer[i]))
 }
 
-#[cfg(feature = "selftest")]
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xedb88320, initial and final
 /// XOR 0xffffffff): what `zlib.crc32` returns on the host.
+#[cfg(feature = "selftest")]
 pub fn crc32(data: &[u8]) -> u32 {
     crc32_update(0, data)
 }
 
-#[cfg(feature = "selftest")]
 /// Continues a CRC-32 over more data (`crc32_update(crc32(a), b) == crc32(a ++ b)`).
+#[cfg(feature = "selftest")]
 pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
     let mut c = !crc;
     for &b in data {
@@ -139,8 +139,8 @@ impl Rng {
         self.next_u64() % bound.max(1)
     }
 
-    #[cfg(feature = "selftest")]
     /// Shuffles `items` in place (Fisher-Yates).
+    #[cfg(feature = "selftest")]
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = self.below(i as u64 + 1) as usize;
@@ -149,10 +149,10 @@ impl Rng {
     }
 }
 
-#[cfg(feature = "selftest")]
 /// Known answers, so that a change to the generator or the CRC is caught in
 /// the guest before the host check disagrees (the host's unit tests pin the
 /// same values).
+#[cfg(feature = "selftest")]
 pub fn self_check() -> Result<(), alloc::string::String> {
     use alloc::format;
     // SplitMix64 from seed 0: the reference implementation's first outputs.

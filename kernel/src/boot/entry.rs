@@ -31,8 +31,8 @@ use core::arch::global_asm;
 pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 
 extern "C" {
-    #[cfg(feature = "selftest")]
     /// Page-aligned, unused 4 KiB right below the boot stack.
+    #[cfg(feature = "selftest")]
     static boot_stack_guard: u8;
     /// Lowest byte of the boot stack (it grows down towards this).
     static boot_stack_bottom: u8;
@@ -50,8 +50,8 @@ pub fn boot_stack_bounds() -> (u64, u64) {
     )
 }
 
-#[cfg(feature = "selftest")]
 /// The page below the boot stack, which nothing uses.
+#[cfg(feature = "selftest")]
 pub fn boot_stack_guard_page() -> u64 {
     core::ptr::addr_of!(boot_stack_guard) as u64
 }

@@ -56,8 +56,8 @@ const CODE_DESCRIPTOR: u64 = 0x00af_9a00_0000_ffff;
 const DATA_DESCRIPTOR: u64 = 0x00cf_9200_0000_ffff;
 /// System-segment type 1001b: available 64-bit TSS (SDM Vol. 3A, Table 3-2).
 const TSS_TYPE_AVAILABLE: u64 = 0x9;
-#[cfg(feature = "selftest")]
 /// Type 1011b: the CPU sets this "busy" bit when `ltr` loads the TSS.
+#[cfg(feature = "selftest")]
 pub const TSS_TYPE_BUSY: u64 = 0xb;
 const DESCRIPTOR_PRESENT: u64 = 1 << 47;
 
@@ -102,8 +102,8 @@ impl GuardedStack {
         (bottom, bottom + IST_STACK_SIZE as u64)
     }
 
-    #[cfg(feature = "selftest")]
     /// The guard area's first byte.
+    #[cfg(feature = "selftest")]
     pub fn guard_page(&self) -> u64 {
         self.guard.get() as u64
     }
@@ -192,21 +192,21 @@ pub fn init() {
     }
 }
 
-#[cfg(feature = "selftest")]
 /// The GDT, once [`init`] ran.
+#[cfg(feature = "selftest")]
 pub fn gdt() -> Option<&'static Gdt> {
     GDT.get()
 }
 
-#[cfg(feature = "selftest")]
 /// The TSS, once [`init`] ran.
+#[cfg(feature = "selftest")]
 pub fn tss() -> Option<&'static TaskStateSegment> {
     TSS.get()
 }
 
-#[cfg(feature = "selftest")]
 /// Page-aligned 4 KiB guard areas below the IST stacks and the boot stack,
 /// for the memory code to leave unmapped if it wants stack overflows to fault.
+#[cfg(feature = "selftest")]
 pub fn stack_guard_pages() -> [u64; 4] {
     [
         DOUBLE_FAULT_STACK.guard_page(),

@@ -204,8 +204,8 @@ impl GateDescriptor {
         }
     }
 
-    #[cfg(feature = "selftest")]
     /// The handler address the gate points to.
+    #[cfg(feature = "selftest")]
     pub fn handler(&self) -> u64 {
         u64::from(self.offset_low)
             | u64::from(self.offset_middle) << 16
@@ -258,8 +258,8 @@ pub fn init() {
     unsafe { lidt(&pointer) };
 }
 
-#[cfg(feature = "selftest")]
 /// The IDT, once [`init`] ran.
+#[cfg(feature = "selftest")]
 pub fn idt() -> Option<&'static Idt> {
     IDT.get()
 }

@@ -37,6 +37,7 @@ pub mod reg {
     /// In-service register, 8 x 32 bits at 0x100, 0x110, ... 0x170.
     pub const ISR_BASE: usize = 0x100;
     /// Interrupt request register, 8 x 32 bits at 0x200, ... 0x270.
+    #[cfg(feature = "selftest")]
     pub const IRR_BASE: usize = 0x200;
     /// Error status (ESR): write, then read the latched errors.
     pub const ERROR_STATUS: usize = 0x280;
@@ -97,6 +98,7 @@ pub const SVR_APIC_ENABLE: u32 = 1 << 8;
 pub const TIMER_DIVIDE_BY_16: u32 = 0b0011;
 
 /// How long to wait for the ICR's delivery-status bit before giving up (iterations).
+#[cfg(feature = "selftest")]
 const ICR_SPIN_LIMIT: u32 = 1_000_000;
 
 /// The local APIC of the (only) CPU, through its MMIO page.
@@ -227,6 +229,7 @@ impl LocalApic {
     }
 
     /// Is `vector` requested (accepted by the APIC, not yet delivered to the core)?
+    #[cfg(feature = "selftest")]
     pub fn requested(&self, vector: u8) -> bool {
         self.vector_bit(reg::IRR_BASE, vector)
     }
@@ -242,6 +245,7 @@ impl LocalApic {
     /// destination shorthand "self") and waits until the APIC has accepted it. Callers disable
     /// interrupts: the ICR is written in two steps only when a destination is needed, but the
     /// delivery-status poll must not interleave with another sender.
+    #[cfg(feature = "selftest")]
     pub fn send_self_ipi(&self, vector: u8) -> Result<(), IrqError> {
         self.write(reg::ICR_HIGH, 0);
         self.write(

@@ -86,8 +86,8 @@ pub enum IrqError {
     IsaIrqOutOfRange(u8),
     /// The local APIC ID does not fit the 8-bit xAPIC destination field.
     DestinationOutOfRange(u32),
-    #[cfg(feature = "selftest")]
     /// The local APIC kept its ICR delivery-status bit set.
+    #[cfg(feature = "selftest")]
     IpiNotDelivered,
 }
 
@@ -408,8 +408,8 @@ pub fn disable() {
     x86_64::instructions::interrupts::disable();
 }
 
-#[cfg(feature = "selftest")]
 /// Whether interrupts are enabled (RFLAGS.IF).
+#[cfg(feature = "selftest")]
 pub fn are_enabled() -> bool {
     x86_64::instructions::interrupts::are_enabled()
 }
@@ -515,8 +515,8 @@ pub fn mask_gsi(gsi: u32) -> Result<(), IrqError> {
     })
 }
 
-#[cfg(feature = "selftest")]
 /// Unmasks `gsi` with its current routing.
+#[cfg(feature = "selftest")]
 pub fn unmask_gsi(gsi: u32) -> Result<(), IrqError> {
     with_io_apic(gsi, |io_apic| {
         let entry = io_apic.read_entry(gsi)?;
@@ -524,14 +524,14 @@ pub fn unmask_gsi(gsi: u32) -> Result<(), IrqError> {
     })
 }
 
-#[cfg(feature = "selftest")]
 /// Reads back the redirection entry of `gsi` (for diagnostics and tests).
+#[cfg(feature = "selftest")]
 pub fn gsi_entry(gsi: u32) -> Result<RedirectionEntry, IrqError> {
     with_io_apic(gsi, |io_apic| io_apic.read_entry(gsi))
 }
 
-#[cfg(feature = "selftest")]
 /// Writes a raw redirection entry (to restore one saved with [`gsi_entry`]).
+#[cfg(feature = "selftest")]
 pub fn set_gsi_entry(gsi: u32, entry: RedirectionEntry) -> Result<(), IrqError> {
     with_io_apic(gsi, |io_apic| io_apic.write_entry(gsi, entry))
 }
@@ -544,9 +544,9 @@ pub fn isa_route(isa_irq: u8) -> Result<IsaRoute, IrqError> {
         .ok_or(IrqError::IsaIrqOutOfRange(isa_irq))
 }
 
-#[cfg(feature = "selftest")]
 /// Routes legacy ISA IRQ `isa_irq` to `vector`, applying the MADT's override (GSI, trigger,
 /// polarity). Returns the route used.
+#[cfg(feature = "selftest")]
 pub fn route_isa_irq(isa_irq: u8, vector: u8) -> Result<IsaRoute, IrqError> {
     let route = isa_route(isa_irq)?;
     route_gsi(route.gsi, vector, route.trigger, route.polarity)?;
@@ -574,8 +574,8 @@ pub fn msi_message(vector: u8) -> Result<(u64, u32), IrqError> {
     Ok((address, data))
 }
 
-#[cfg(feature = "selftest")]
 /// Sends interrupt `vector` to this CPU through the local APIC (a self-IPI).
+#[cfg(feature = "selftest")]
 pub fn send_self_ipi(vector: u8) -> Result<(), IrqError> {
     let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
     without_interrupts(|| apic.send_self_ipi(vector))
@@ -612,38 +612,38 @@ pub fn timer_current_count() -> u32 {
         .map_or(0, |apic| apic.read(lapic::reg::TIMER_CURRENT_COUNT))
 }
 
-#[cfg(feature = "selftest")]
 /// How many times `vector` was dispatched (handled, unexpected or spurious alike).
+#[cfg(feature = "selftest")]
 pub fn interrupt_count(vector: u8) -> u64 {
     PER_VECTOR[usize::from(vector)].load(Ordering::Relaxed)
 }
 
-#[cfg_attr(not(feature = "selftest"), allow(dead_code))]
 /// How many APIC spurious interrupts arrived.
+#[cfg_attr(not(feature = "selftest"), allow(dead_code))]
 pub fn spurious_count() -> u64 {
     SPURIOUS.load(Ordering::Relaxed)
 }
 
-#[cfg_attr(not(feature = "selftest"), allow(dead_code))]
 /// How many interrupts arrived on a vector with no handler (including 8259 strays).
+#[cfg_attr(not(feature = "selftest"), allow(dead_code))]
 pub fn unexpected_count() -> u64 {
     UNEXPECTED.load(Ordering::Relaxed)
 }
 
-#[cfg(feature = "selftest")]
 /// How many local APIC error interrupts arrived.
+#[cfg(feature = "selftest")]
 pub fn apic_error_count() -> u64 {
     APIC_ERRORS.load(Ordering::Relaxed)
 }
 
-#[cfg(feature = "selftest")]
 /// How many allocatable vectors are free.
+#[cfg(feature = "selftest")]
 pub fn free_vector_count() -> usize {
     vectors::free_count()
 }
 
-#[cfg(feature = "selftest")]
 /// Whether `vector` is currently allocated.
+#[cfg(feature = "selftest")]
 pub fn is_vector_allocated(vector: u8) -> bool {
     vectors::is_allocated(vector)
 }

@@ -70,8 +70,8 @@ pub fn remap_and_mask() {
     outb(SLAVE_DATA, 0xff);
 }
 
-#[cfg(feature = "selftest")]
 /// The two interrupt mask registers (master in the low byte); 0xFFFF when all are masked.
+#[cfg(feature = "selftest")]
 pub fn masks() -> u16 {
     u16::from(inb(MASTER_DATA)) | u16::from(inb(SLAVE_DATA)) << 8
 }

@@ -104,8 +104,8 @@ pub fn is_allocated(vector: u8) -> bool {
     handler_of(vector).is_some()
 }
 
-#[cfg(feature = "selftest")]
 /// How many allocatable vectors are still free.
+#[cfg(feature = "selftest")]
 pub fn free_count() -> usize {
     without_interrupts(|| {
         let slots = REGISTRY.lock();

@@ -136,9 +136,9 @@ impl<'a> FrameAllocator<'a> {
         (from < to).then_some((from, to))
     }
 
-    #[cfg(feature = "selftest")]
     /// True if the frame containing `phys` is free. Addresses outside the span
     /// are never free.
+    #[cfg(feature = "selftest")]
     pub fn is_free(&self, phys: u64) -> bool {
         let frame = phys / FRAME_SIZE;
         frame >= self.first_frame

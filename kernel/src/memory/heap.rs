@@ -59,8 +59,8 @@ pub unsafe fn init(start: u64, size: usize) {
     });
 }
 
-#[cfg(feature = "selftest")]
 /// A snapshot of the heap's bookkeeping.
+#[cfg(feature = "selftest")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapStats {
     /// Bytes handed to the heap at init.
@@ -73,8 +73,8 @@ pub struct HeapStats {
     pub bottom: u64,
 }
 
-#[cfg(feature = "selftest")]
 /// Current heap statistics.
+#[cfg(feature = "selftest")]
 pub fn stats() -> HeapStats {
     without_interrupts(|| {
         let heap = HEAP.heap.lock();
@@ -87,9 +87,9 @@ pub fn stats() -> HeapStats {
     })
 }
 
-#[cfg(feature = "selftest")]
 /// Allocates through the global allocator without the infallible wrappers,
 /// so a test can watch a failure come back as null.
+#[cfg(feature = "selftest")]
 pub fn try_allocate_raw(layout: Layout) -> Option<core::ptr::NonNull<u8>> {
     if layout.size() == 0 {
         return None;
@@ -98,11 +98,11 @@ pub fn try_allocate_raw(layout: Layout) -> Option<core::ptr::NonNull<u8>> {
     core::ptr::NonNull::new(unsafe { HEAP.alloc(layout) })
 }
 
-#[cfg(feature = "selftest")]
 /// Frees what [`try_allocate_raw`] returned.
 ///
 /// # Safety
 /// `ptr` and `layout` must come from one successful `try_allocate_raw`.
+#[cfg(feature = "selftest")]
 pub unsafe fn free_raw(ptr: core::ptr::NonNull<u8>, layout: Layout) {
     // SAFETY: forwarded to our caller.
     unsafe { HEAP.dealloc(ptr.as_ptr(), layout) }

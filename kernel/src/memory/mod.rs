@@ -399,14 +399,14 @@ pub fn free_frame_count() -> u64 {
     })
 }
 
-#[cfg(feature = "selftest")]
 /// True if the frame containing `phys` is currently free.
+#[cfg(feature = "selftest")]
 pub fn frame_is_free(phys: u64) -> bool {
     without_interrupts(|| FRAMES.lock().as_ref().is_some_and(|f| f.is_free(phys)))
 }
 
-#[cfg(feature = "selftest")]
 /// Walks the kernel's live page tables for `virt`.
+#[cfg(feature = "selftest")]
 pub fn translate(virt: u64) -> Option<Translation> {
     without_interrupts(|| KERNEL_TABLES.lock().as_ref()?.translate(virt))
 }

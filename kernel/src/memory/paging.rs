@@ -74,8 +74,8 @@ impl From<FrameError> for MapError {
     }
 }
 
-#[cfg(feature = "selftest")]
 /// What one virtual address translates to.
+#[cfg(feature = "selftest")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
     /// The physical address of the byte.
@@ -151,8 +151,8 @@ impl PageTables {
         self.root
     }
 
-    #[cfg(feature = "selftest")]
     /// Walks the tables for `virt`. `None` if it is not mapped.
+    #[cfg(feature = "selftest")]
     pub fn translate(&self, virt: u64) -> Option<Translation> {
         if !is_canonical(virt) {
             return None;
@@ -308,9 +308,9 @@ impl PageTables {
         Ok(MapOutcome::AttributesChanged)
     }
 
-    #[cfg(feature = "selftest")]
     /// Frees every table frame of this hierarchy (not the pages it maps)
     /// through `free`. For private hierarchies only: never the live one.
+    #[cfg(feature = "selftest")]
     pub fn destroy(self, free: &mut dyn FnMut(u64)) {
         // SAFETY: this hierarchy's PML4, identity-mapped; `self` is consumed,
         // so nobody walks these tables again.

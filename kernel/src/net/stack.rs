@@ -33,8 +33,8 @@ use super::{http, now, MAX_SLEEP_INTERRUPT, MAX_SLEEP_POLLED};
 pub enum Role {
     /// Normal boot: DHCP and the servers.
     Services,
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     /// Self-tests: DHCP only; the tests add their own sockets.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     SelfTest,
 }
 
