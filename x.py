@@ -2,11 +2,19 @@
 """x.py: the one entry point for building, booting and testing the kernel.
 
     ./x.py run          build the kernel and boot it in QEMU (q35 + qboot + KVM)
-    ./x.py test         formatting, lints, host tests, kernel build, QEMU scenarios
+    ./x.py test         formatting, lints, host tests, kernel builds, QEMU scenarios
     ./x.py qemu-cmd     print the QEMU command line `run` would use
-    ./x.py build        build the kernel ELF and print its path
+    ./x.py build        build the kernel ELF (with the self-tests) and print its path
     ./x.py setup        install what is missing (QEMU, the Rust target)
     ./x.py bench        benchmarks under KVM: a table and build/bench/<section>.json
+
+The kernel has three builds (tests/qemu/kernel_builds.py), each copied to a
+path of its own under build/: the production kernel `run` boots
+(build/kernel.elf, no cargo feature), the self-test build `build` prints and
+`test` boots (build/kernel-selftest.elf, feature `selftest`), and the
+benchmark build `bench` boots (build/kernel-bench-release.elf, feature
+`bench`, which links the peer stack). `run --append "mode=selftest"` boots the
+self-test build and says so.
 
 Python 3.11 standard library only. The QEMU scenarios live in tests/qemu/.
 """
@@ -32,7 +40,7 @@ BUILD_DIR = REPO / "build"
 KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
-from qemu import bench_compare, bench_echo, harness, scenarios  # noqa: E402  (needs the path above)
+from qemu import bench_compare, bench_echo, harness, kernel_builds, scenarios  # noqa: E402  (needs the path above)
 from qemu import machine as qm  # noqa: E402
 
 #: The interactive boot's scratch disk (created on first use).
@@ -76,22 +84,34 @@ def setup() -> None:
 
 
 def install_qemu() -> None:
-    say(f"{qm.QEMU} not found: installing the qemu-system-x86 package")
+    install_package("qemu-system-x86", qm.QEMU, "QEMU (qemu-system-x86_64 >= 7.2)")
+
+
+def install_package(package: str, program: str, what: str) -> None:
+    """`apt-get install -y <package>` (with sudo when not root), saying so."""
+    say(f"{program} not found: installing the {package} package")
     prefix: list[str] = []
     if os.geteuid() != 0:
         if shutil.which("sudo") is None:
-            raise XError("installing qemu-system-x86 needs root, and sudo is not available: "
-                         "run `apt-get install qemu-system-x86` as root")
+            raise XError(f"installing {package} needs root, and sudo is not available: "
+                         f"run `apt-get install {package}` as root")
         prefix = ["sudo"]
     if shutil.which("apt-get") is None:
-        raise XError("apt-get not found: install QEMU (qemu-system-x86_64 >= 7.2) with your package manager")
+        raise XError(f"apt-get not found: install {what} with your package manager")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for step in (["apt-get", "update"], ["apt-get", "install", "-y", "qemu-system-x86"]):
+    for step in (["apt-get", "update"], ["apt-get", "install", "-y", package]):
         say("running " + shlex.join(prefix + step))
         if run_cmd(prefix + step, env=env).returncode != 0:
             raise XError(f"`{shlex.join(prefix + step)}` failed")
-    if shutil.which(qm.QEMU) is None:
-        raise XError(f"qemu-system-x86 was installed but {qm.QEMU} is still not on PATH")
+    if shutil.which(program) is None:
+        raise XError(f"{package} was installed but {program} is still not on PATH")
+
+
+def ensure_nm() -> str:
+    """binutils' `nm`, for the production-ELF check of `x.py test`."""
+    if shutil.which("nm") is None:
+        install_package("binutils", "nm", "binutils (nm)")
+    return "nm"
 
 
 def ensure_rust_target() -> None:
@@ -109,12 +129,20 @@ def ensure_rust_target() -> None:
 # ---------------------------------------------------------------- build
 
 
-def build_kernel(release: bool = False) -> Path:
-    """`cargo build -p kernel --target x86_64-unknown-none`; returns the ELF's path."""
+def build_kernel(release: bool = False, features: Sequence[str] = ()) -> Path:
+    """`cargo build -p kernel --target x86_64-unknown-none [--features ...]`.
+
+    The features change the binary cargo writes to one path, so the ELF is
+    copied to a path of its own (`kernel_builds.elf_name`: build/kernel.elf,
+    build/kernel-selftest.elf, ...), which is returned.
+    """
+    features = kernel_builds.normalize(features)
     args = ["cargo", "build", "-p", "kernel", "--target", KERNEL_TARGET,
             "--message-format=json-render-diagnostics"]
     if release:
         args.append("--release")
+    if features:
+        args += ["--features", ",".join(features)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
     elf = None
     assert proc.stdout is not None
@@ -129,25 +157,49 @@ def build_kernel(release: bool = False) -> Path:
         raise XError("the kernel did not build (cargo's messages are above)")
     if elf is None:
         raise XError("cargo built the kernel but reported no executable")
-    return Path(elf)
+    copy = expected_kernel_path(release, features)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    # Copy, then rename: a QEMU still running the previous copy keeps its file.
+    partial = copy.with_name(copy.name + ".partial")
+    shutil.copyfile(elf, partial)
+    os.replace(partial, copy)
+    return copy
 
 
-def expected_kernel_path(release: bool) -> Path:
-    """Where `build_kernel` puts the ELF, without building it."""
-    target_dir = os.environ.get("CARGO_TARGET_DIR")
-    if target_dir is None:
-        meta = run_cmd(["cargo", "metadata", "--format-version", "1", "--no-deps"],
-                       capture_output=True, text=True)
-        if meta.returncode == 0:
-            target_dir = json.loads(meta.stdout)["target_directory"]
-    base = Path(target_dir) if target_dir else REPO / "target"
-    return base / KERNEL_TARGET / ("release" if release else "debug") / "kernel"
+def expected_kernel_path(release: bool, features: Sequence[str] = ()) -> Path:
+    """Where `build_kernel` puts the ELF of that build, without building it."""
+    return BUILD_DIR / kernel_builds.elf_name(features, release)
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the repository when it is inside it."""
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
+def parse_features(text: str) -> tuple[str, ...]:
+    """`--features selftest,bench` (or `none`) -> a normalized tuple."""
+    words = [] if text.strip() in ("", "none") else text.replace(",", " ").split()
+    try:
+        return kernel_builds.normalize(words)
+    except ValueError as err:
+        raise XError(str(err)) from err
 
 
 def cmd_build(options: argparse.Namespace) -> int:
+    features = parse_features(options.features)
     setup()
-    print(build_kernel(options.release))
+    kernel = build_kernel(options.release, features)
+    # stdout is the path alone (stable contract); the rest goes to stderr.
+    print(f"x.py: built {kernel_builds.describe(features)}"
+          + ("" if features else ", what `./x.py run` boots"), file=sys.stderr)
+    print(kernel)
     return 0
+
+
+def features_for_boot(options: argparse.Namespace) -> tuple[str, ...]:
+    """The build `run`/`qemu-cmd` boot: the production kernel, unless the
+    command line asks for a mode only a feature build has."""
+    return kernel_builds.features_for_append(options.append)
 
 
 # ---------------------------------------------------------------- run
@@ -206,10 +258,14 @@ def cmd_run(options: argparse.Namespace) -> int:
         raise XError(f"host port(s) {', '.join(map(str, busy))} are in use (another `x.py run`?); "
                      "free them first")
     setup()
-    kernel = build_kernel(options.release)
+    features = features_for_boot(options)
+    if features:
+        say(f"--append {options.append!r} asks for what the production kernel does not have: "
+            f"building with the cargo feature(s) {', '.join(features)}")
+    kernel = build_kernel(options.release, features)
     qm.create_raw_image(SCRATCH_IMAGE, SCRATCH_SIZE)
     plan = plan_run(options, kernel)
-    say(f"booting {kernel.relative_to(REPO) if kernel.is_relative_to(REPO) else kernel}")
+    say(f"booting {shown(kernel)} ({kernel_builds.describe(features)})")
     say(f"machine {plan.machine}, firmware {plan.firmware or 'qboot (microvm built-in)'}, "
         f"accelerator {describe_accel(plan.accel)}")
     say(f"scratch disk: {SCRATCH_IMAGE.relative_to(REPO)} (virtio-blk, serial=scratch0)")
@@ -232,10 +288,12 @@ def cmd_run(options: argparse.Namespace) -> int:
 
 
 def cmd_qemu_cmd(options: argparse.Namespace) -> int:
-    kernel = expected_kernel_path(options.release)
+    features = features_for_boot(options)
+    kernel = expected_kernel_path(options.release, features)
     if not kernel.exists():
-        build = "./x.py build --release" if options.release else "./x.py build"
-        print(f"# note: {kernel} does not exist yet: run {build}", file=sys.stderr)
+        build = "./x.py build" + (" --release" if options.release else "") \
+            + f" --features {','.join(features) or 'none'}"
+        print(f"# note: {shown(kernel)} does not exist yet: run {build}", file=sys.stderr)
     qm.create_raw_image(SCRATCH_IMAGE, SCRATCH_SIZE)
     plan = plan_run(options, kernel)
     print(shlex.join(plan.command))
@@ -296,6 +354,25 @@ def print_summary(results: list[StepResult]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
+def check_production_symbols(kernel: Path) -> StepResult:
+    """`nm-production`: the ELF `run` boots must not contain the peer stack,
+    the benchmarks or the self-tests (`kernel_builds.FORBIDDEN_IN_PRODUCTION`)."""
+    print(f"\n==> nm-production: nm -C {shown(kernel)}", flush=True)
+    start = time.monotonic()
+    try:
+        problems = kernel_builds.forbidden_symbols(kernel_builds.nm_listing(str(kernel), ensure_nm()))
+    except (RuntimeError, XError) as err:
+        problems = [str(err)]
+    seconds = time.monotonic() - start
+    if problems:
+        for problem in problems:
+            print(f"  {problem}")
+        return StepResult("nm-production", "FAIL", seconds,
+                          note=shorten("test or bench code in the production kernel: " + "; ".join(problems), 110))
+    print("  no virtio_drivers, zerocopy, peer, bench or selftest symbols")
+    return StepResult("nm-production", "PASS", seconds, note=f"{shown(kernel)}: no test or bench code")
+
+
 def cmd_test(options: argparse.Namespace) -> int:
     started = time.monotonic()
     setup()
@@ -303,42 +380,61 @@ def cmd_test(options: argparse.Namespace) -> int:
     def selected(name: str) -> bool:
         return options.filter is None or options.filter in name
 
+    clippy_kernel = ["cargo", "clippy", "-p", "kernel", "--target", KERNEL_TARGET]
     steps = [
         ("fmt", ["cargo", "fmt", "--all", "--", "--check"], REPO),
         ("clippy-host", ["cargo", "clippy", "--all-targets", "--", "-D", "warnings"], REPO),
-        ("clippy-kernel",
-         ["cargo", "clippy", "-p", "kernel", "--target", KERNEL_TARGET, "--", "-D", "warnings"], REPO),
+        # Every kernel build that ships: production (what `run` boots), the
+        # self-test build (`build`, `test`) and the benchmark build (`bench`).
+        ("clippy-kernel", [*clippy_kernel, "--", "-D", "warnings"], REPO),
+        ("clippy-kernel-selftest", [*clippy_kernel, "--features", "selftest", "--", "-D", "warnings"], REPO),
+        ("clippy-kernel-bench", [*clippy_kernel, "--features", "bench", "--", "-D", "warnings"], REPO),
         ("cargo-test", ["cargo", "test"], REPO),
         # The harness's own unit tests import the `qemu` package from tests/.
         ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net",
-                          "qemu.test_bench_compare"],
+                          "qemu.test_bench_compare", "qemu.test_kernel_builds"],
          REPO / "tests"),
     ]
     chosen = [s for s in scenarios.SCENARIOS if selected(s.name)]
-    build_wanted = bool(chosen) or selected("build-kernel")
+    # Every build that ships is a step (`build-kernel`, `build-kernel-selftest`,
+    # `build-kernel-bench`); it runs when selected or when a chosen scenario
+    # boots it. The production build also runs for the symbol check.
+    builds = [(), *((feature,) for feature in kernel_builds.FEATURES)]
+    builds += sorted({harness.kernel_features(s) for s in chosen} - set(builds))
+    build_names = {features: "build-kernel" + "".join(f"-{f}" for f in features) for features in builds}
+    needed = {harness.kernel_features(s) for s in chosen}
+    nm_wanted = selected("nm-production") or bool(chosen)
+    wanted_builds = [f for f in builds if f in needed or selected(build_names[f]) or (f == () and nm_wanted)]
+    build_wanted = bool(wanted_builds)
     if not build_wanted and not any(selected(name) for name, _, _ in steps):
         raise XError(f"--filter {options.filter!r} matches no step or scenario")
 
     results = [run_step(name, args, cwd) for name, args, cwd in steps if selected(name)]
     failed: list[harness.Outcome] = []
     if build_wanted:
-        print("\n==> build-kernel", flush=True)
-        start = time.monotonic()
-        try:
-            kernel = build_kernel()
-        except XError as err:
-            results.append(StepResult("build-kernel", "FAIL", time.monotonic() - start, note=str(err)))
-            results += [StepResult(s.name, "SKIP", 0.0, note="the kernel did not build") for s in chosen]
-        else:
-            shown = kernel.relative_to(REPO) if kernel.is_relative_to(REPO) else kernel
-            results.append(StepResult("build-kernel", "PASS", time.monotonic() - start, note=str(shown)))
-            if chosen:
-                print(f"\n==> QEMU scenarios: {len(chosen)}, {options.jobs} at a time, serial logs in "
-                      f"{(BUILD_DIR / 'qemu-logs').relative_to(REPO)}/", flush=True)
-                outcomes = harness.run_scenarios(chosen, kernel, BUILD_DIR, jobs=options.jobs,
-                                                 tcg_only=options.tcg_only)
-                results += [scenario_row(outcome) for outcome in outcomes]
-                failed = [outcome for outcome in outcomes if not outcome.passed]
+        kernels: dict[tuple[str, ...], Path] = {}
+        for features in wanted_builds:
+            name = build_names[features]
+            print(f"\n==> {name} ({kernel_builds.describe(features)})", flush=True)
+            start = time.monotonic()
+            try:
+                kernels[features] = build_kernel(features=features)
+            except XError as err:
+                results.append(StepResult(name, "FAIL", time.monotonic() - start, note=str(err)))
+            else:
+                results.append(StepResult(name, "PASS", time.monotonic() - start, note=shown(kernels[features])))
+        if () in kernels and nm_wanted:
+            results.append(check_production_symbols(kernels[()]))
+        runnable = [s for s in chosen if harness.kernel_features(s) in kernels]
+        results += [StepResult(s.name, "SKIP", 0.0, note=f"{build_names[harness.kernel_features(s)]} failed")
+                    for s in chosen if s not in runnable]
+        if runnable:
+            print(f"\n==> QEMU scenarios: {len(runnable)}, {options.jobs} at a time, serial logs in "
+                  f"{(BUILD_DIR / 'qemu-logs').relative_to(REPO)}/", flush=True)
+            outcomes = harness.run_scenarios(runnable, kernels, BUILD_DIR, jobs=options.jobs,
+                                             tcg_only=options.tcg_only)
+            results += [scenario_row(outcome) for outcome in outcomes]
+            failed = [outcome for outcome in outcomes if not outcome.passed]
 
     for outcome in failed:
         print("\n" + harness.failure_report(outcome), flush=True)
@@ -677,7 +773,9 @@ def cmd_bench(options: argparse.Namespace) -> int:
     if unknown:
         raise XError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(BENCH_SECTIONS)})")
     setup()
-    kernel = build_kernel(release=not options.debug)
+    # The benchmark build: mode=bench and the peer stack (virtio-drivers).
+    kernel = build_kernel(release=not options.debug, features=("bench",))
+    say(f"kernel: {shown(kernel)} ({kernel_builds.describe(('bench',))})")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     records = []
     for name in chosen:
@@ -940,8 +1038,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     commands.add_parser("setup", help="install QEMU and the Rust target if missing (idempotent)")
 
-    build = commands.add_parser("build", help="build the kernel and print the ELF's path")
+    build = commands.add_parser(
+        "build", help="build the kernel (with its self-tests) and print the ELF's path",
+        description="Build the kernel and print the path of its ELF, which boots with a plain "
+                    "`qemu-system-x86_64 -kernel` and runs `-append mode=selftest`. Each build has "
+                    "a path of its own under build/.")
     build.add_argument("--release", action="store_true", help="optimised build")
+    build.add_argument("--features", default="selftest", metavar="LIST",
+                       help="kernel cargo features, comma-separated (default: selftest; `none` gives "
+                            "the production kernel `x.py run` boots; `bench` the benchmark build)")
 
     run = commands.add_parser(
         "run", help="build and boot the kernel in QEMU with a virtio disk, network and console",

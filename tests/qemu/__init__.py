@@ -9,9 +9,14 @@ up the same way.
                  standard virtio devices, disk images, free host ports.
 - `harness.py`   the `Scenario` description and the runner (serial log to a
                  file, timeouts, timings, verdicts, summary table).
-- `scenarios.py` the scenario list: add a new one there.
-- `test_harness.py` unit tests of the verdict logic (a harness that cannot
-                 fail is a defect too).
+- `scenarios.py` the scenario list: add a new one there (README.md in this
+                 directory is the test author's guide, with every
+                 test-only kernel command-line key).
+- `kernel_builds.py` which kernel build (cargo features `selftest`,
+                 `bench`) a boot needs, each build's ELF path, and the
+                 `nm` check that the production kernel has no test code.
+- `test_harness.py`, `test_kernel_builds.py`, ... unit tests of the above
+                 (a harness that cannot fail is a defect too).
 
 Standard library only (Python 3.11).
 """

@@ -8,7 +8,11 @@ is fast. A plain `qemu-system-x86_64 -kernel` boot proves the ELF needs no
 special flags, and the two deliberate failures prove that the harness sees a
 panic and an exception.
 
-Adding a scenario is a few lines: see README.md, "Adding a QEMU scenario".
+Each scenario boots the kernel build its command line needs (`mode=selftest`
+and `fail=`: the `selftest` build; `mode=bench`: the `bench` build; anything
+else: the production kernel `x.py run` boots), or the one its
+`kernel_features` names. Adding a scenario is a few lines: see
+tests/qemu/README.md, which also lists every test-only command-line key.
 """
 
 from __future__ import annotations
@@ -124,6 +128,32 @@ def cr2_is_the_announced_address(outcome: Outcome) -> Iterable[str]:
 def plain_boot_command(ctx: RunContext) -> list[str]:
     """Nothing but the kernel: no isa-debug-exit, no -append, QEMU's defaults."""
     return [qm.QEMU, "-kernel", str(ctx.kernel), "-display", "none", "-serial", f"file:{ctx.log}"]
+
+
+def plain_selftest_command(ctx: RunContext) -> list[str]:
+    """The stable contract's boot: the ELF `./x.py build` prints, a plain
+    `qemu-system-x86_64 -kernel`, `-append mode=selftest` and the exit device."""
+    return [qm.QEMU, "-kernel", str(ctx.kernel), "-append", "mode=selftest", "-display", "none",
+            "-device", qm.DEBUG_EXIT_DEVICE,
+            "-serial", f"file:{ctx.log}"]
+
+
+def mode_not_built(mode: str) -> Scenario:
+    """The production kernel asked for a mode it was built without: one line
+    that says so, and QEMU's failure status, never a boot that goes on."""
+    return Scenario(
+        name=f"mode-not-built-{mode}",
+        machine="q35",
+        firmware="qboot",
+        accel="tcg",
+        append=f"mode={mode}",
+        kernel_features=(),
+        expect_status=qm.EXIT_SELFTEST_FAIL,
+        expect_in_order=[BOOT_BANNER,
+                         rf"^kernel: mode={mode} is not in this build \(built without the `{mode}` feature\); "],
+        forbid=[r"^PANIC at ", r"^EXCEPTION ", r"^selftest: ", r"^bench: ", r"^kernel: ready", r"^virtio: "],
+        timeout_s=20.0,
+    )
 
 
 # ---------------------------------------------------------------- virtio probing
@@ -610,6 +640,20 @@ SCENARIOS: list[Scenario] = [
         expect_in_order=[BOOT_BANNER, r"^kernel: ready"],
         forbid=[r"^PANIC at ", r"^EXCEPTION ", r"^selftest: "],
     ),
+    Scenario(
+        name="selftest-plain-qemu",
+        machine="pc",
+        firmware="seabios",
+        accel="tcg",
+        command=plain_selftest_command,
+        append="mode=selftest",
+        kernel_features=("selftest",),
+        expect_status=qm.EXIT_SELFTEST_PASS,
+        expect_in_order=SELFTEST_OK,
+        check=selftest_summary_consistent,
+    ),
+    mode_not_built("selftest"),
+    mode_not_built("bench"),
     Scenario(
         name="fail-panic",
         machine="pc",
