@@ -7,7 +7,8 @@
 //! | value  | QEMU status | meaning                    |
 //! |--------|-------------|----------------------------|
 //! | `0x10` | 33          | self-test passed           |
-//! | `0x11` | 35          | self-test failed           |
+//! | `0x11` | 35          | self-test failed, or a     |
+//! |        |             | `mode=` not in this build  |
 //! | `0x12` | 37          | panic or fatal boot error  |
 //! | `0x13` | 39          | CPU exception              |
 //!
@@ -23,7 +24,8 @@ pub const ISA_DEBUG_EXIT_PORT: u16 = 0xf4;
 /// `mode=selftest` (or `mode=bench`) finished and every test passed.
 #[cfg(any(feature = "selftest", feature = "bench"))]
 pub const EXIT_SELFTEST_PASSED: u32 = 0x10;
-/// `mode=selftest` finished and at least one test failed.
+/// `mode=selftest` finished and at least one test failed (also: the
+/// command line asked for a mode this build was built without).
 pub const EXIT_SELFTEST_FAILED: u32 = 0x11;
 /// A Rust panic, or the boot information was unusable.
 pub const EXIT_PANIC: u32 = 0x12;

@@ -34,7 +34,7 @@
 //! `#[cfg(test)] mod tests;` sits beside a module):
 //!
 //! - `selftest`: `mode=selftest` runs the in-guest self-tests
-//!   ([`selftest`], and a `selftests` module in each subsystem) after the
+//!   (`selftest.rs`, and a `selftests` module in each subsystem) after the
 //!   virtio probe and exits QEMU; `fail=panic|pagefault` lives there too.
 //! - `bench`: `mode=bench` runs the benchmarks (`bench.rs`,
 //!   `block/bench.rs`, `net/bench.rs`) against the peer stack (`peer/`, the
