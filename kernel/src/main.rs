@@ -11,7 +11,7 @@
 //! cmdline     key=value words from -append
 //! logger      log crate -> serial, level from log=
 //! cpu         GDT, TSS (IST stacks), IDT: exceptions are now reported
-//! [fail=...]  deliberate panic / page fault, to prove the harness sees them
+//! [fail=...]  selftest build only: deliberate panic / page fault (harness check)
 //! clock       TSC calibration (timestamps in the log from here on)
 //! memory      frames, the kernel's page tables, heap: `alloc` works after this
 //! acpi        RSDP -> MADT, MCFG
