@@ -77,7 +77,8 @@ FORBIDDEN_IN_PRODUCTION: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("the peer glue (kernel/src/peer)", re.compile(r"\bkernel::peer::")),
     ("the benchmarks", re.compile(r"\bkernel::(bench|block::bench|net::bench)::")),
     ("the self-test runner", re.compile(r"\bkernel::selftest(_api)?::")),
-    ("a selftests module", re.compile(r"\bkernel::(\w+::)*selftests::")),
+    # `selftests`, `irq_selftests`, `test_bringup`, ...: test-only modules.
+    ("a self-test module", re.compile(r"\bkernel::(\w+::)*(\w*selftests|test_\w+)::")),
 )
 
 #: A symbol every kernel has: proves the listing is not empty or stripped.

@@ -258,6 +258,7 @@ impl VirtioDevice {
 
     /// `true` if a transport was made for it and nothing failed: it is
     /// waiting for its driver, being brought up, up, or left reset.
+    #[cfg(feature = "selftest")]
     pub fn has_transport(&self) -> bool {
         !matches!(self.state, DeviceState::Failed { .. })
     }
