@@ -6,11 +6,12 @@
 //! kernel an exception is a bug, with three deliberate exceptions:
 //! - `#BP` (`int3`) is counted and resumed, so a breakpoint can be dropped
 //!   into code while debugging under TCG or gdb;
-//! - a `#UD` the self-tests announced beforehand ([`expect_invalid_opcode`])
-//!   skips the two-byte `ud2` that caused it and resumes: this proves that
-//!   the whole entry/exit path works and preserves registers;
-//! - an NMI the NMI self-test announced records where its frame landed and
-//!   resumes, to prove it ran on its IST stack.
+//! - (feature `selftest` only) a `#UD` the self-tests announced beforehand
+//!   (`expect_invalid_opcode`) skips the two-byte `ud2` that caused it and
+//!   resumes: this proves that the whole entry/exit path works and
+//!   preserves registers;
+//! - (feature `selftest` only) an NMI the NMI self-test announced records
+//!   where its frame landed and resumes, to prove it ran on its IST stack.
 //!
 //! The self-tests use `ud2` and a local-APIC NMI rather than `int3` / `int n`
 //! because the KVM of the machines this project runs on (a nested, PVM-based
@@ -40,6 +41,7 @@ pub const NMI: usize = 2;
 /// Vector 3: `int3` breakpoint (#BP).
 pub const BREAKPOINT: usize = 3;
 /// Vector 6: invalid opcode (#UD).
+#[cfg(feature = "selftest")]
 pub const INVALID_OPCODE: usize = 6;
 /// Vector 8: double fault (#DF), on its own IST stack.
 pub const DOUBLE_FAULT: usize = 8;
@@ -91,19 +93,25 @@ pub fn pushes_error_code(vector: usize) -> bool {
 }
 
 /// The encoding of `ud2`.
+#[cfg(feature = "selftest")]
 const UD2: [u8; 2] = [0x0f, 0x0b];
 
 /// Breakpoints (`int3`) handled so far.
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 /// Set by a self-test just before it executes `ud2` on purpose.
+#[cfg(feature = "selftest")]
 static INVALID_OPCODE_EXPECTED: AtomicBool = AtomicBool::new(false);
 /// Announced `#UD`s that were skipped and resumed.
+#[cfg(feature = "selftest")]
 static INVALID_OPCODES_RESUMED: AtomicU64 = AtomicU64::new(0);
 /// RIP each resumed `#UD` returned to (after its `ud2`).
+#[cfg(feature = "selftest")]
 static LAST_INVALID_OPCODE_RESUME: AtomicU64 = AtomicU64::new(0);
 /// Set by the NMI self-test just before it sends itself an NMI.
+#[cfg(feature = "selftest")]
 static NMI_TEST_ARMED: AtomicBool = AtomicBool::new(false);
 /// Where the frame of that NMI was (to check it is on the NMI IST stack).
+#[cfg(feature = "selftest")]
 static NMI_TEST_FRAME: AtomicU64 = AtomicU64::new(0);
 /// Set while a fatal report is being printed, to catch a fault inside it.
 static REPORTING: AtomicBool = AtomicBool::new(false);
@@ -160,6 +168,19 @@ pub fn handle(frame: &mut InterruptFrame) {
         );
         return;
     }
+    #[cfg(feature = "selftest")]
+    if resumed_for_a_selftest(frame) {
+        return;
+    }
+    report_and_exit(frame)
+}
+
+/// The two exceptions a self-test announces (feature `selftest`): a `#UD`
+/// from an announced `ud2` is skipped and resumed, and an NMI while the NMI
+/// self-test is armed is recorded and resumed. True if `frame` was one.
+#[cfg(feature = "selftest")]
+fn resumed_for_a_selftest(frame: &mut InterruptFrame) -> bool {
+    let vector = frame.vector as usize;
     if vector == INVALID_OPCODE && INVALID_OPCODE_EXPECTED.swap(false, Ordering::SeqCst) {
         // Only skip what was announced: a ud2 (0f 0b) at the faulting RIP.
         let code = frame.rip as *const [u8; 2];
@@ -169,14 +190,14 @@ pub fn handle(frame: &mut InterruptFrame) {
             frame.rip += UD2.len() as u64;
             INVALID_OPCODES_RESUMED.fetch_add(1, Ordering::SeqCst);
             LAST_INVALID_OPCODE_RESUME.store(frame.rip, Ordering::SeqCst);
-            return;
+            return true;
         }
     }
     if vector == NMI && NMI_TEST_ARMED.swap(false, Ordering::SeqCst) {
         NMI_TEST_FRAME.store(frame as *const InterruptFrame as u64, Ordering::SeqCst);
-        return;
+        return true;
     }
-    report_and_exit(frame)
+    false
 }
 
 fn report_and_exit(frame: &InterruptFrame) -> ! {

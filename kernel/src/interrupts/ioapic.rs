@@ -37,14 +37,18 @@ pub struct RedirectionEntry(pub u64);
 impl RedirectionEntry {
     const VECTOR_MASK: u64 = 0xff;
     /// Bits 10:8 delivery mode; 000 = fixed.
+    #[cfg(feature = "selftest")]
     const DELIVERY_MODE_MASK: u64 = 0b111 << 8;
     /// Bit 11: 0 = physical destination (an APIC ID), 1 = logical.
+    #[cfg(feature = "selftest")]
     const DESTINATION_LOGICAL: u64 = 1 << 11;
     /// Bit 12 (read-only): a message is pending delivery.
+    #[cfg(feature = "selftest")]
     pub const DELIVERY_PENDING: u64 = 1 << 12;
     /// Bit 13: 1 = active low.
     const ACTIVE_LOW: u64 = 1 << 13;
     /// Bit 14 (read-only): remote IRR, a level-triggered interrupt awaits the EOI.
+    #[cfg(feature = "selftest")]
     pub const REMOTE_IRR: u64 = 1 << 14;
     /// Bit 15: 1 = level-triggered.
     const LEVEL_TRIGGERED: u64 = 1 << 15;
@@ -53,6 +57,7 @@ impl RedirectionEntry {
     /// Bits 63:56: destination APIC ID (physical mode).
     const DESTINATION_SHIFT: u32 = 56;
     /// Bits the hardware sets by itself; never written back as if they were configuration.
+    #[cfg(feature = "selftest")]
     const READ_ONLY: u64 = Self::DELIVERY_PENDING | Self::REMOTE_IRR;
 
     /// A fixed-delivery, physical-destination entry.
@@ -83,6 +88,7 @@ impl RedirectionEntry {
     }
 
     /// The destination APIC ID (physical mode).
+    #[cfg(feature = "selftest")]
     pub fn destination(self) -> u8 {
         (self.0 >> Self::DESTINATION_SHIFT) as u8
     }
@@ -93,6 +99,7 @@ impl RedirectionEntry {
     }
 
     /// Edge or level triggered.
+    #[cfg(feature = "selftest")]
     pub fn trigger(self) -> Trigger {
         if self.0 & Self::LEVEL_TRIGGERED != 0 {
             Trigger::Level
@@ -102,6 +109,7 @@ impl RedirectionEntry {
     }
 
     /// Active high or active low.
+    #[cfg(feature = "selftest")]
     pub fn polarity(self) -> Polarity {
         if self.0 & Self::ACTIVE_LOW != 0 {
             Polarity::ActiveLow
@@ -111,6 +119,7 @@ impl RedirectionEntry {
     }
 
     /// Fixed delivery to a physical APIC ID, the only form this kernel writes.
+    #[cfg(feature = "selftest")]
     pub fn is_fixed_physical(self) -> bool {
         self.0 & (Self::DELIVERY_MODE_MASK | Self::DESTINATION_LOGICAL) == 0
     }
@@ -125,6 +134,7 @@ impl RedirectionEntry {
     }
 
     /// The configuration bits only (read-only status bits cleared), for comparisons.
+    #[cfg(feature = "selftest")]
     pub fn configuration(self) -> u64 {
         self.0 & !Self::READ_ONLY
     }

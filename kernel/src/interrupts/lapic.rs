@@ -12,6 +12,7 @@
 //! aligned offset (SDM table 11-1) and must be accessed with single aligned 32-bit loads and
 //! stores. The page is mapped uncached, as the SDM requires (§11.4.1).
 
+#[cfg(feature = "selftest")]
 use super::IrqError;
 use core::ptr::NonNull;
 use x86_64::registers::model_specific::Msr;
@@ -44,8 +45,10 @@ pub mod reg {
     /// LVT entry for corrected machine-check interrupts.
     pub const LVT_CMCI: usize = 0x2f0;
     /// Interrupt command, low half (writing it sends the IPI).
+    #[cfg(feature = "selftest")]
     pub const ICR_LOW: usize = 0x300;
     /// Interrupt command, high half (destination).
+    #[cfg(feature = "selftest")]
     pub const ICR_HIGH: usize = 0x310;
     /// LVT entry for the APIC timer.
     pub const LVT_TIMER: usize = 0x320;
@@ -80,6 +83,7 @@ pub mod lvt {
 }
 
 /// Bits of the interrupt command register (SDM vol. 3A §11.6.1, figure 11-12).
+#[cfg(feature = "selftest")]
 mod icr {
     /// Delivery mode fixed (the vector in bits 7:0).
     pub const DELIVERY_FIXED: u32 = 0b000 << 8;
