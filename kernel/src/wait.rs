@@ -57,6 +57,7 @@ use crate::interrupts;
 use crate::virtio::irq::DeviceIrq;
 
 /// Default patience of a [`KernelWait`].
+#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
 pub const DEFAULT_TIMEOUT_NS: u64 = 2_000_000_000;
 
 /// How long the local APIC watchdog lets a halt last: 625 000 ticks of the

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import kernel_builds
 from . import machine as qm
 
 #: Status of a scenario that the runner stopped because its `stop_on`
@@ -140,11 +141,36 @@ class Scenario:
     #: How often the runner looks at the growing serial log: the resolution
     #: of the timings (a boot benchmark asks for 1 ms).
     poll_interval_s: float = POLL_INTERVAL_S
+    #: The kernel build to boot, by its cargo features (`()`: the production
+    #: kernel `x.py run` boots). None: what `append` asks for
+    #: (`kernel_builds.features_for_append`: `mode=selftest` and `fail=`
+    #: need `selftest`, `mode=bench` needs `bench`, anything else boots the
+    #: production kernel). Set it for a `command` scenario, or to boot a
+    #: build that lacks what the command line asks for on purpose.
+    kernel_features: Sequence[str] | None = None
 
     def label(self, accel: qm.AccelChoice) -> str:
         """machine/firmware/accel, as shown in the summary."""
         firmware = self.firmware or ("qboot" if self.machine == "microvm" else "seabios")
         return f"{self.machine}/{firmware}/{accel.name}"
+
+
+def kernel_features(scenario: Scenario) -> tuple[str, ...]:
+    """The cargo features of the kernel build `scenario` boots."""
+    if scenario.kernel_features is not None:
+        return kernel_builds.normalize(scenario.kernel_features)
+    return kernel_builds.features_for_append(scenario.append)
+
+
+#: One kernel ELF for every scenario, or one per build (features -> ELF).
+Kernels = Path | Mapping[tuple[str, ...], Path]
+
+
+def kernel_for(scenario: Scenario, kernels: Kernels) -> Path:
+    """The ELF `scenario` boots (KeyError if that build is not in `kernels`)."""
+    if isinstance(kernels, Path):
+        return kernels
+    return kernels[kernel_features(scenario)]
 
 
 @dataclass
@@ -261,8 +287,10 @@ def build_command(scenario: Scenario, ctx: RunContext, accel: qm.AccelChoice) ->
     return args
 
 
-def run_scenario(scenario: Scenario, kernel: Path, build_dir: Path, tcg_only: bool = False) -> Outcome:
-    """Boot one scenario to completion (or timeout) and judge it."""
+def run_scenario(scenario: Scenario, kernel: Kernels, build_dir: Path, tcg_only: bool = False) -> Outcome:
+    """Boot one scenario to completion (or timeout) and judge it. `kernel` is
+    the ELF, or a map from features to ELFs to pick it from (`kernel_for`)."""
+    kernel = kernel_for(scenario, kernel)
     log_dir = build_dir / "qemu-logs"
     workdir = build_dir / "qemu-work" / scenario.name
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -468,7 +496,7 @@ def failure_report(outcome: Outcome) -> str:
 
 def run_scenarios(
     scenarios: Sequence[Scenario],
-    kernel: Path,
+    kernel: Kernels,
     build_dir: Path,
     jobs: int = 2,
     tcg_only: bool = False,

@@ -65,8 +65,11 @@
 //! device (a request timed out, a ring broke), the next call on the disk
 //! brings it back first (`BlkDevice::recover`).
 
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(any(feature = "selftest", feature = "bench"))]
 pub mod pattern;
+#[cfg(feature = "selftest")]
 mod selftests;
 
 use alloc::format;
@@ -86,6 +89,7 @@ use crate::virtio::irq::DeviceIrq;
 use crate::virtio::{self, BroughtUp, DrivenDevice, FeatureList, KernelTransport};
 use crate::wait::{self, KernelWait};
 
+#[cfg(feature = "selftest")]
 pub use selftests::selftests;
 
 /// The virtio-blk driver on the kernel's Hal and transport.
@@ -125,6 +129,7 @@ pub enum BlockError {
     NoSuchDisk(String),
     /// The disk's serial does not start with `scratch`: the kernel does
     /// not write to it.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     WriteProtected {
         /// The disk's name.
         disk: String,
@@ -237,6 +242,7 @@ pub struct Disk {
     irq: Option<DeviceIrq>,
     wait_mode: WaitMode,
     /// Requests the self-tests made fail on purpose (injected errors).
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     expected_failures: u64,
 }
 
@@ -281,6 +287,7 @@ impl Disk {
     }
 
     /// The serial the device reported (empty if none).
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn serial(&self) -> &str {
         &self.serial
     }
@@ -291,6 +298,7 @@ impl Disk {
     }
 
     /// Size in 512-byte sectors.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn capacity_sectors(&self) -> u64 {
         self.device.capacity_sectors()
     }
@@ -335,11 +343,13 @@ impl Disk {
     }
 
     /// The device's interrupt slot, if the interrupt code tracks it.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn irq(&self) -> Option<DeviceIrq> {
         self.irq
     }
 
     /// Used-buffer interrupts counted for the request queue so far.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn interrupt_count(&self) -> u64 {
         self.irq
             .map_or(0, |irq| irq.state().queue_interrupt_count(0))
@@ -348,6 +358,7 @@ impl Disk {
     /// How blocking calls wait from now on: [`WaitMode::Interrupt`] (the
     /// default; polling anyway if the device has no interrupt route) or
     /// [`WaitMode::Poll`].
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn set_wait_mode(&mut self, mode: WaitMode) {
         self.wait_mode = mode;
         if mode == WaitMode::Poll {
@@ -369,11 +380,13 @@ impl Disk {
     }
 
     /// Notes that the self-tests made a request fail on purpose.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub(crate) fn expect_failure(&mut self) {
         self.expected_failures += 1;
     }
 
     /// Requests that failed on purpose so far.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn expected_failures(&self) -> u64 {
         self.expected_failures
     }
@@ -393,6 +406,7 @@ impl Disk {
         Ok(())
     }
 
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     fn ensure_writable(&self) -> Result<(), BlockError> {
         if self.is_scratch() {
             Ok(())
@@ -427,6 +441,7 @@ impl Disk {
     }
 
     /// Reads consecutive sectors into `buffers`, in order.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn read_vectored(
         &mut self,
         sector: u64,
@@ -442,6 +457,7 @@ impl Disk {
 
     /// Writes `data` to consecutive sectors starting at `sector` (scratch
     /// disks only).
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
         self.ensure_writable()?;
         self.ensure_live()?;
@@ -453,6 +469,7 @@ impl Disk {
     }
 
     /// Writes `buffers`, in order, to consecutive sectors (scratch disks only).
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn write_vectored(&mut self, sector: u64, buffers: &[&[u8]]) -> Result<(), BlockError> {
         self.ensure_writable()?;
         self.ensure_live()?;
@@ -464,6 +481,7 @@ impl Disk {
     }
 
     /// Commits the device's write cache (VIRTIO_BLK_T_FLUSH).
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn flush(&mut self) -> Result<(), BlockError> {
         self.ensure_live()?;
         let mut wait = self.new_wait();
@@ -475,6 +493,7 @@ impl Disk {
     /// Tells the device that `sectors` sectors at `sector` are no longer
     /// needed (VIRTIO_BLK_T_DISCARD; scratch disks only). What they read
     /// afterwards is up to the device.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), BlockError> {
         self.ensure_writable()?;
         self.ensure_live()?;
@@ -487,6 +506,7 @@ impl Disk {
     /// Makes `sectors` sectors at `sector` read as zeroes
     /// (VIRTIO_BLK_T_WRITE_ZEROES; scratch disks only); `unmap` lets the
     /// device deallocate them.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn write_zeroes(
         &mut self,
         sector: u64,
@@ -566,6 +586,7 @@ pub fn read(name: &str, sector: u64, buffer: &mut [u8]) -> Result<(), BlockError
 /// A page-aligned, physically contiguous buffer from DMA memory, for
 /// transfers too large for the kernel heap (the self-tests and the
 /// benchmark move several MiB at once). Zeroed when made.
+#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
 pub struct IoBuffer {
     region: DmaRegion<KernelHal>,
     len: usize,
@@ -573,6 +594,7 @@ pub struct IoBuffer {
 
 impl IoBuffer {
     /// A buffer of `len` bytes.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn new(len: usize) -> Result<Self, String> {
         let region = DmaRegion::<KernelHal>::new(len.max(1))
             .map_err(|e| format!("{len} bytes of DMA memory: {e}"))?;
@@ -580,6 +602,7 @@ impl IoBuffer {
     }
 
     /// The bytes.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the region is `len` (or more) bytes of RAM owned by this
         // buffer alone, mapped for the CPU; a device only touches it while a
@@ -588,6 +611,7 @@ impl IoBuffer {
     }
 
     /// The bytes, mutably.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_slice`, and `&mut self` makes this the only view.
         unsafe { core::slice::from_raw_parts_mut(self.region.as_ptr().as_ptr(), self.len) }

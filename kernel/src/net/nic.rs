@@ -265,6 +265,7 @@ impl Nic {
     /// while it handles the notification, so the answer is normally there
     /// before the first wait; polling is all it takes, and it does not
     /// depend on the control queue's interrupt.
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn ctrl_wait(&self, timeout_ns: u64) -> KernelWait {
         KernelWait::polling(timeout_ns)
     }

@@ -318,7 +318,9 @@ impl fmt::Display for IrqMode {
 /// What is known about one device's interrupts.
 struct SlotInfo {
     location: Location,
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     device_type: DeviceType,
+    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     queues: QueueSet,
     mode: IrqMode,
 }
