@@ -22,7 +22,7 @@
 //!   drivers that only use split rings (they refuse when a packed ring was
 //!   negotiated).
 //! - [`kick`]: publish what a queue has queued and notify the device only if
-//!   the queue says it must (§2.7.13.4, §2.8.21.3); any ring ([`Publish`]).
+//!   the queue says it must (§2.7.13.4, §2.8.21.3); any [`Ring`].
 //! - [`Wait`] and [`BoundedWait`]: how a blocking helper waits for a device
 //!   without spinning forever. The caller decides what waiting *is*: the
 //!   kernel halts until the next interrupt (or spins, in polling mode), host
@@ -39,8 +39,7 @@ use hal::Hal;
 use crate::features;
 use crate::init::{self, InitError};
 use crate::queue::{
-    NotifyDecision, PackedQueue, QueueAddresses, QueueConfig, QueueError, RingKind, SplitQueue,
-    Virtqueue,
+    NotifyDecision, QueueAddresses, QueueConfig, QueueError, Ring, RingKind, SplitQueue, Virtqueue,
 };
 use crate::transport::{DeviceType, Transport, TransportError};
 
@@ -300,49 +299,14 @@ fn program<T: Transport + ?Sized>(
     Ok(())
 }
 
-/// A queue that can be published and notified: either ring layout.
-pub trait Publish {
-    /// The queue's number on its device (what `notify` takes).
-    fn queue_index(&self) -> u16;
-    /// Makes what was added visible and says whether to notify.
-    fn publish_added(&mut self) -> NotifyDecision;
-}
-
-impl<H: Hal> Publish for SplitQueue<H> {
-    fn queue_index(&self) -> u16 {
-        self.index()
-    }
-    fn publish_added(&mut self) -> NotifyDecision {
-        self.publish()
-    }
-}
-
-impl<H: Hal> Publish for PackedQueue<H> {
-    fn queue_index(&self) -> u16 {
-        self.index()
-    }
-    fn publish_added(&mut self) -> NotifyDecision {
-        self.publish()
-    }
-}
-
-impl<H: Hal> Publish for Virtqueue<H> {
-    fn queue_index(&self) -> u16 {
-        self.index()
-    }
-    fn publish_added(&mut self) -> NotifyDecision {
-        self.publish()
-    }
-}
-
 /// Publishes everything added to `queue` since its last publish and, if the
 /// queue decides the device must be told, notifies it through the
 /// transport. Returns `true` if a notification was sent.
 #[inline]
-pub fn kick<Q: Publish + ?Sized, T: Transport + ?Sized>(transport: &mut T, queue: &mut Q) -> bool {
-    match queue.publish_added() {
+pub fn kick<R: Ring + ?Sized, T: Transport + ?Sized>(transport: &mut T, queue: &mut R) -> bool {
+    match queue.publish() {
         NotifyDecision::Notify => {
-            transport.notify(queue.queue_index());
+            transport.notify(queue.index());
             true
         }
         NotifyDecision::Suppressed | NotifyDecision::NothingNew => false,

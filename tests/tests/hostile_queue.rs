@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use drivers::queue::{QueueConfig, QueueError, RingLayout, Segment, SplitQueue, Token};
+use drivers::queue::{QueueConfig, QueueError, Ring, RingLayout, Segment, SplitQueue, Token};
 use hal::{DmaRegion, PAGE_SIZE};
 use tests::host_hal::HostHal;
 use tests::hostile::HostileDevice;

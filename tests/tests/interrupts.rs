@@ -17,7 +17,7 @@ use drivers::irq::{
 };
 use drivers::pci::msix::{MsixCapability, MsixError, CONTROL_ENABLE, CONTROL_FUNCTION_MASK};
 use drivers::pci::{self, ConfigAccess, PciFunction, PortIoConfig};
-use drivers::queue::{QueueConfig, RingLayout, Segment, SplitQueue};
+use drivers::queue::{QueueConfig, Ring, RingLayout, Segment, SplitQueue};
 use drivers::transport::mmio::MmioTransport;
 use drivers::transport::pci::{probe_with, TransportPreference};
 use drivers::transport::{

@@ -10,8 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use drivers::features::{self, RingPreference};
 use drivers::queue::packed::{desc_flags, event_flags, RingPosition};
 use drivers::queue::{
-    NotifyDecision, PackedQueue, QueueConfig, QueueCounters, QueueError, RingKind, RingLayout,
-    Segment, Token, Used, Virtqueue,
+    NotifyDecision, PackedQueue, QueueConfig, QueueCounters, QueueError, Ring, RingKind,
+    RingLayout, Segment, Token, Used, Virtqueue,
 };
 use drivers::transport::TransportKind;
 use hal::{Direction, DmaRegion, PAGE_SIZE};

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use drivers::queue::{
-    choose_queue_size, NotifyDecision, QueueConfig, QueueError, RingLayout, Segment, SplitQueue,
-    Token, Used,
+    choose_queue_size, NotifyDecision, QueueConfig, QueueError, Ring, RingLayout, Segment,
+    SplitQueue, Token, Used,
 };
 use hal::{Direction, DmaRegion, PAGE_SIZE};
 use tests::host_hal::HostHal;

@@ -108,7 +108,7 @@ use log::{debug, log_enabled, trace, warn, Level};
 
 use crate::device::{self, DeviceError, QueueSpec, Wait};
 use crate::features;
-use crate::queue::{QueueCounters, QueueError, Segment, Token, Virtqueue};
+use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Virtqueue};
 use crate::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport, TransportError};
 use plan::{Chunk, Cursor, SplitLimits};
 use request::{status, RequestPool, HEADER_BYTES, RANGE_BYTES, WRITE_ZEROES_FLAG_UNMAP};

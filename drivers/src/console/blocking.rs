@@ -6,6 +6,7 @@
 //! [`Wait`], turn them off. Each gives up with [`ConsoleError::Timeout`]
 //! when the wait does, saying how far it got.
 
+use crate::queue::Ring;
 use hal::Hal;
 
 use super::{ConsoleDevice, ConsoleError};

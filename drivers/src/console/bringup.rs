@@ -9,6 +9,7 @@
 //! trust. [`ConsoleOptions`] are the choices the driver makes that the
 //! device does not dictate.
 
+use crate::queue::Ring;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 

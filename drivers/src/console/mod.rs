@@ -128,7 +128,7 @@ use core::fmt;
 use hal::Hal;
 use log::warn;
 
-use crate::queue::{QueueError, Virtqueue};
+use crate::queue::{QueueError, Ring, Virtqueue};
 use crate::transport::{InterruptStatus, Transport};
 use buffers::BufferPool;
 use port::{

@@ -9,6 +9,7 @@
 //! paced so that the device always has a receive buffer for its answers
 //! (see the module documentation of `console`).
 
+use crate::queue::Ring;
 use alloc::string::String;
 
 use hal::Hal;

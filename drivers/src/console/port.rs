@@ -16,6 +16,7 @@
 //! These are free functions over a port's pieces, so that a caller can
 //! lend the port and the transport at the same time.
 
+use crate::queue::Ring;
 use hal::Hal;
 use log::{log_enabled, trace, Level};
 

@@ -35,7 +35,7 @@ use log::{debug, trace};
 
 use crate::device::{self, Wait};
 use crate::irq;
-use crate::queue::{QueueCounters, QueueError, Segment, Token, Virtqueue};
+use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Virtqueue};
 use crate::transport::Transport;
 
 use super::{NetError, CTRL_QUEUE};

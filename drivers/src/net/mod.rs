@@ -81,7 +81,7 @@ use log::{debug, warn};
 use crate::device::{self, DeviceError, QueueSpec, Wait};
 use crate::features::{self, FeatureNames};
 use crate::init::{self, InitError};
-use crate::queue::{QueueCounters, QueueError};
+use crate::queue::{QueueCounters, QueueError, Ring};
 use crate::transport::{
     DeviceType, InterruptStatus, Location, Transport, TransportError, TransportKind,
 };

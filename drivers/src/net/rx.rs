@@ -54,7 +54,7 @@ use core::fmt;
 use hal::Hal;
 use log::{log_enabled, trace, warn, Level};
 
-use crate::queue::{QueueCounters, QueueError, Segment, Token, Used, Virtqueue};
+use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Used, Virtqueue};
 use crate::transport::Location;
 
 use super::buffers::{BufferPool, FreeList, NO_BUFFER};

@@ -32,7 +32,7 @@ use core::fmt;
 use hal::Hal;
 use log::{log_enabled, trace, warn, Level};
 
-use crate::queue::{QueueCounters, QueueError, Segment, Token, Virtqueue};
+use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Virtqueue};
 use crate::transport::Location;
 
 use super::buffers::{BufferPool, FreeList, NO_BUFFER};

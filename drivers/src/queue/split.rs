@@ -42,7 +42,7 @@
 //!   past what the driver consumed) make it impossible to tell real entries
 //!   from garbage: the queue becomes *broken*. Every later call returns
 //!   [`QueueError::DeviceBroken`] until the device driver resets the device
-//!   and calls [`SplitQueue::reset`], which hands back every request still in
+//!   and calls [`Ring::reset`], which hands back every request still in
 //!   flight so none of them leaks.
 //!
 //! Nothing here allocates after [`SplitQueue::new`], and nothing formats text
@@ -59,23 +59,13 @@ use log::{log_enabled, trace, warn, Level};
 use super::event_idx::need_event;
 use super::indirect::IndirectPool;
 use super::layout::{avail, desc_flags, used, Descriptor, SplitRingLayout, DESCRIPTOR_BYTES};
+use super::ring::{check_segments, choose_chain, Ring};
 use super::{
-    NotifyDecision, QueueAddresses, QueueCounters, QueueError, RingLayout, Segment, Token, Used,
+    NotifyDecision, QueueAddresses, QueueCounters, QueueError, RingKind, RingLayout, Segment,
+    Token, Used,
 };
 
-/// Requests of at most this many segments use a direct chain whenever that
-/// many descriptors are free: an indirect table would cost the device an extra
-/// memory read to save at most one ring descriptor.
-///
-/// The full rule, applied by [`SplitQueue::add`] to a request of `n` segments:
-/// 1. `n <= DIRECT_MAX_SEGMENTS` and `n` descriptors are free: direct chain;
-/// 2. indirect tables were configured, `n` fits in one, and one descriptor is
-///    free: indirect (a long chain costs one ring slot instead of `n`, and
-///    when descriptors are scarce a short one still fits);
-/// 3. `n` descriptors are free: direct chain;
-/// 4. otherwise [`QueueError::QueueFull`] (or [`QueueError::TooManySegments`]
-///    if no chain on this queue could ever hold `n` segments).
-pub const DIRECT_MAX_SEGMENTS: usize = 2;
+pub use super::ring::DIRECT_MAX_SEGMENTS;
 
 /// Available ring flag: the driver does not want used-buffer notifications.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
@@ -268,7 +258,7 @@ unsafe impl<H: Hal> Send for SplitQueue<H> {}
 impl<H: Hal> SplitQueue<H> {
     /// Allocates and initialises a queue. The memory is zeroed, which is the
     /// initial state the spec expects (all indices and flags 0). Program
-    /// [`SplitQueue::addresses`] into the transport afterwards.
+    /// [`Ring::addresses`] into the transport afterwards.
     pub fn new(config: QueueConfig) -> Result<Self, QueueError> {
         let size = config.size;
         let layout = SplitRingLayout::new(size, config.layout)?;
@@ -337,103 +327,25 @@ impl<H: Hal> SplitQueue<H> {
         Ok(queue)
     }
 
-    /// The device addresses the transport must program.
-    pub fn addresses(&self) -> QueueAddresses {
-        let base = self.ring.device_addr();
-        QueueAddresses {
-            size: self.size,
-            desc: base + self.layout.desc_offset as u64,
-            driver: base + self.layout.avail_offset as u64,
-            device: base + self.layout.used_offset as u64,
-        }
-    }
-
-    /// The queue's number on its device.
-    pub fn index(&self) -> u16 {
-        self.index
-    }
-
-    /// Number of descriptors.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
-    /// Descriptors on the free list. Equals [`SplitQueue::size`] when nothing is in flight.
-    pub fn free_descriptors(&self) -> u16 {
-        self.free_count
-    }
-
-    /// Requests added and not yet returned by `pop_used` (or `reset`).
-    pub fn in_flight(&self) -> u16 {
-        self.in_flight
-    }
-
-    /// The token the next successful [`SplitQueue::add`] will return: a
-    /// chain, direct or indirect, always starts at the head of the free
-    /// list. `None` if no descriptor is free. A driver that keeps
-    /// per-request state in an array indexed by [`Token::index`] can fill
-    /// its entry before adding, without a table mapping chain heads to its
-    /// own slots.
-    pub fn next_token(&self) -> Option<Token> {
-        (self.free_count > 0).then_some(Token(self.free_head))
-    }
-
-    /// Requests added since the last `publish` (invisible to the device).
-    pub fn unpublished(&self) -> u16 {
-        self.avail_idx.wrapping_sub(self.published_idx)
-    }
-
-    /// Entries per indirect table (0: indirect descriptors not in use).
-    pub fn indirect_capacity(&self) -> u16 {
-        self.indirect.as_ref().map_or(0, |p| p.capacity())
-    }
-
-    /// Whether VIRTIO_F_RING_EVENT_IDX is in use.
-    pub fn uses_event_idx(&self) -> bool {
-        self.event_idx
-    }
-
-    /// Statistics since creation.
-    pub fn counters(&self) -> QueueCounters {
-        self.counters
-    }
-
-    /// `true` after a fatal protocol violation by the device (see the module docs).
-    pub fn is_broken(&self) -> bool {
-        self.broken
-    }
-
     /// Adds one request: `segments` (device-readable ones first, then
     /// device-writable ones) become a descriptor chain and its head goes into
     /// the next available-ring slot. The device does not see it until
-    /// [`SplitQueue::publish`]. The buffers must stay shared until the token
-    /// comes back from [`SplitQueue::pop_used`] (or [`SplitQueue::reset`]).
+    /// [`Ring::publish`]. The buffers must stay shared until the token
+    /// comes back from [`Ring::pop_used`] (or [`Ring::reset`]).
     ///
     /// Direct or indirect: see [`DIRECT_MAX_SEGMENTS`]. On error nothing was
     /// changed.
-    pub fn add(&mut self, segments: &[Segment]) -> Result<Token, QueueError> {
+    fn add_buffer(&mut self, segments: &[Segment]) -> Result<Token, QueueError> {
         if self.broken {
             return Err(QueueError::DeviceBroken);
         }
         let writable_len = check_segments(segments)?;
-        let n = segments.len();
-        let free = self.free_count as usize;
-        let capacity = self.indirect_capacity() as usize;
-        let indirect = if n <= DIRECT_MAX_SEGMENTS && n <= free {
-            false
-        } else if n <= capacity && free >= 1 {
-            true
-        } else if n <= free {
-            false
-        } else if n > self.size as usize {
-            return Err(QueueError::TooManySegments {
-                segments: n,
-                max: self.size as usize,
-            });
-        } else {
-            let needed = if n <= capacity { 1 } else { n };
-            return Err(QueueError::QueueFull { needed, free });
-        };
+        let indirect = choose_chain(
+            segments.len(),
+            usize::from(self.free_count),
+            usize::from(self.indirect_capacity()),
+            usize::from(self.size),
+        )?;
 
         let head = if indirect {
             self.write_indirect_chain(segments, writable_len)
@@ -582,7 +494,7 @@ impl<H: Hal> SplitQueue<H> {
     /// (one store to `avail.idx`) and decides whether the device must be
     /// notified. The caller then calls the transport's `notify(queue)` if the
     /// answer is [`NotifyDecision::Notify`].
-    pub fn publish(&mut self) -> NotifyDecision {
+    fn make_available(&mut self) -> NotifyDecision {
         let old = self.published_idx;
         let new = self.avail_idx;
         if old == new || self.broken {
@@ -639,7 +551,7 @@ impl<H: Hal> SplitQueue<H> {
     /// (`UsedId*`, `UsedLengthTooLong`) the bad entry is consumed and the
     /// next call continues with the following one; after an index error
     /// (`UsedIndex*`) the queue is broken.
-    pub fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
+    fn take_used(&mut self) -> Result<Option<Used>, QueueError> {
         if self.broken {
             return Err(QueueError::DeviceBroken);
         }
@@ -801,7 +713,7 @@ impl<H: Hal> SplitQueue<H> {
     /// may still arrive). With EVENT_IDX: `used_event` = the last consumed
     /// index, which the device has already passed; without: the
     /// VIRTQ_AVAIL_F_NO_INTERRUPT flag (§2.7.7).
-    pub fn disable_interrupts(&mut self) {
+    fn suppress_interrupts(&mut self) {
         self.interrupts_enabled = false;
         if self.event_idx {
             self.rings.write_used_event(self.last_used.wrapping_sub(1));
@@ -828,7 +740,7 @@ impl<H: Hal> SplitQueue<H> {
     /// whether completions arrived meanwhile. Returns `true` if entries are
     /// pending: the caller must then poll again, because the device may have
     /// added them before it saw the request and will not interrupt for them.
-    pub fn enable_interrupts(&mut self) -> bool {
+    fn request_interrupts(&mut self) -> bool {
         self.interrupts_enabled = true;
         if self.event_idx {
             self.rings.write_used_event(self.last_used);
@@ -865,17 +777,113 @@ impl<H: Hal> SplitQueue<H> {
         }
         pending
     }
+}
 
-    /// Starts over after the device was reset: every request still in flight
-    /// (or added and never published) is handed to `abandoned` so its buffers
-    /// can be released, the ring memory is zeroed, and all indices go back to
-    /// 0. The queue is usable again once the transport has been given
-    /// [`SplitQueue::addresses`] (unchanged) again.
-    ///
-    /// Call it only when the device no longer touches the ring (after a
-    /// device reset, §2.4): the device could otherwise write into the fresh
-    /// state. Counters are kept.
-    pub fn reset(&mut self, mut abandoned: impl FnMut(Token)) {
+impl<H: Hal> Ring for SplitQueue<H> {
+    #[inline]
+    fn kind(&self) -> RingKind {
+        RingKind::Split
+    }
+
+    /// Descriptor table, available ring (driver area), used ring (device area).
+    #[inline]
+    fn addresses(&self) -> QueueAddresses {
+        let base = self.ring.device_addr();
+        QueueAddresses {
+            size: self.size,
+            desc: base + self.layout.desc_offset as u64,
+            driver: base + self.layout.avail_offset as u64,
+            device: base + self.layout.used_offset as u64,
+        }
+    }
+
+    #[inline]
+    fn index(&self) -> u16 {
+        self.index
+    }
+
+    #[inline]
+    fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Descriptors on the free list.
+    #[inline]
+    fn free_descriptors(&self) -> u16 {
+        self.free_count
+    }
+
+    #[inline]
+    fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// A chain, direct or indirect, always starts at the head of the free
+    /// list, so the next token is that descriptor's number.
+    #[inline]
+    fn next_token(&self) -> Option<Token> {
+        (self.free_count > 0).then_some(Token(self.free_head))
+    }
+
+    #[inline]
+    fn unpublished(&self) -> u16 {
+        self.avail_idx.wrapping_sub(self.published_idx)
+    }
+
+    #[inline]
+    fn indirect_capacity(&self) -> u16 {
+        self.indirect.as_ref().map_or(0, |p| p.capacity())
+    }
+
+    #[inline]
+    fn uses_event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    #[inline]
+    fn counters(&self) -> QueueCounters {
+        self.counters
+    }
+
+    #[inline]
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// See [`SplitQueue::add_buffer`].
+    #[inline]
+    fn add(&mut self, segments: &[Segment]) -> Result<Token, QueueError> {
+        self.add_buffer(segments)
+    }
+
+    /// See [`SplitQueue::make_available`].
+    #[inline]
+    fn publish(&mut self) -> NotifyDecision {
+        self.make_available()
+    }
+
+    /// See [`SplitQueue::take_used`].
+    #[inline]
+    fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
+        self.take_used()
+    }
+
+    /// See [`SplitQueue::suppress_interrupts`].
+    #[inline]
+    fn disable_interrupts(&mut self) {
+        self.suppress_interrupts()
+    }
+
+    /// See [`SplitQueue::request_interrupts`].
+    #[inline]
+    fn enable_interrupts(&mut self) -> bool {
+        self.request_interrupts()
+    }
+
+    /// All indices go back to 0. Call it only when the device no longer
+    /// touches the ring (after a device reset, §2.4): the device could
+    /// otherwise write into the fresh state.
+    fn reset(&mut self, mut abandoned: impl FnMut(Token)) {
         for (id, state) in self.states.iter().enumerate() {
             if matches!(state, DescriptorState::Head { .. }) {
                 abandoned(Token(id as u16));
@@ -905,33 +913,6 @@ impl<H: Hal> SplitQueue<H> {
             );
         }
     }
-}
-
-/// Checks the shape of a request and returns its device-writable byte count.
-fn check_segments(segments: &[Segment]) -> Result<u32, QueueError> {
-    if segments.is_empty() {
-        return Err(QueueError::EmptyRequest);
-    }
-    let mut total: u64 = 0;
-    let mut writable: u64 = 0;
-    let mut seen_writable = false;
-    for (index, segment) in segments.iter().enumerate() {
-        if segment.len == 0 {
-            return Err(QueueError::EmptySegment { index });
-        }
-        if segment.device_writable {
-            seen_writable = true;
-            writable += segment.len as u64;
-        } else if seen_writable {
-            return Err(QueueError::ReadableAfterWritable { index });
-        }
-        total += segment.len as u64;
-    }
-    if total > u32::MAX as u64 {
-        return Err(QueueError::RequestTooLong);
-    }
-    // `writable <= total <= u32::MAX`.
-    Ok(writable as u32)
 }
 
 fn trace_descriptor(queue: u16, table: &str, id: u16, segment: &Segment, next: Option<u16>) {

@@ -4,26 +4,24 @@
 //!
 //! A device negotiates the ring layout once, for all its queues: packed if
 //! VIRTIO_F_RING_PACKED was accepted, split otherwise. [`RingKind`] names the
-//! result and [`Virtqueue`] holds a queue of either kind behind exactly the
-//! methods a device driver uses on [`SplitQueue`]: `add`, `publish`,
-//! `pop_used`, `enable_interrupts`/`disable_interrupts`, `reset`, and the
-//! accessors. Tokens, completions, notification decisions, counters and
-//! errors are the same types for both, so switching a driver from
-//! `SplitQueue<H>` to `Virtqueue<H>` is a change of type and constructor:
+//! result and [`Virtqueue`] holds a queue of either kind. It implements
+//! [`Ring`], every method one `match` on the layout that hands the call to
+//! the ring inside (`#[inline]`, so both arms are direct calls the compiler
+//! can inline: one predictable branch per call, no allocation, no vtable;
+//! the reasons are in the documentation of [`super`]). This is the one place
+//! the two layouts meet:
 //!
 //! ```text
 //! let size = RingKind::from_features(negotiated).choose_size(max, cap, fixed)?;
 //! let queue = Virtqueue::<H>::from_features(QueueConfig::new(i, size, layout)..., negotiated)?;
 //! ```
-//!
-//! The enum costs one predictable branch per call; no allocation, no
-//! dynamic dispatch.
 
 use core::fmt;
 
 use hal::Hal;
 
 use super::packed::{choose_packed_queue_size, PackedQueue};
+use super::ring::Ring;
 use super::split::{QueueConfig, SplitQueue};
 use super::{choose_queue_size, NotifyDecision, QueueAddresses, QueueCounters, QueueError};
 use super::{Segment, Token, Used};
@@ -81,23 +79,14 @@ impl fmt::Display for RingKind {
     }
 }
 
-/// A virtqueue of either layout. See the module documentation; every method
-/// behaves as documented on [`SplitQueue`] and [`PackedQueue`].
+/// A virtqueue of either layout. See the module documentation; every
+/// [`Ring`] method behaves as documented there and on [`SplitQueue`] and
+/// [`PackedQueue`].
 pub enum Virtqueue<H: Hal> {
     /// A split ring.
     Split(SplitQueue<H>),
     /// A packed ring.
     Packed(PackedQueue<H>),
-}
-
-/// Calls the same method on whichever queue is inside.
-macro_rules! on_ring {
-    ($self:expr, $queue:ident => $call:expr) => {
-        match $self {
-            Virtqueue::Split($queue) => $call,
-            Virtqueue::Packed($queue) => $call,
-        }
-    };
 }
 
 impl<H: Hal> Virtqueue<H> {
@@ -118,15 +107,6 @@ impl<H: Hal> Virtqueue<H> {
         Self::new(RingKind::from_features(negotiated), config)
     }
 
-    /// Which layout this queue uses.
-    #[inline]
-    pub fn kind(&self) -> RingKind {
-        match self {
-            Virtqueue::Split(_) => RingKind::Split,
-            Virtqueue::Packed(_) => RingKind::Packed,
-        }
-    }
-
     /// The split queue inside, if it is one.
     pub fn as_split(&self) -> Option<&SplitQueue<H>> {
         match self {
@@ -142,107 +122,153 @@ impl<H: Hal> Virtqueue<H> {
             Virtqueue::Split(_) => None,
         }
     }
+}
 
-    /// The device addresses the transport must program.
+// Each method: the split ring's, or the packed ring's. (Linux's
+// `virtio_ring.c` writes the same thing as `vq->packed_ring ?
+// virtqueue_add_packed(...) : virtqueue_add_split(...)`.)
+impl<H: Hal> Ring for Virtqueue<H> {
     #[inline]
-    pub fn addresses(&self) -> QueueAddresses {
-        on_ring!(self, q => q.addresses())
+    fn kind(&self) -> RingKind {
+        match self {
+            Virtqueue::Split(_) => RingKind::Split,
+            Virtqueue::Packed(_) => RingKind::Packed,
+        }
     }
 
-    /// The queue's number on its device.
     #[inline]
-    pub fn index(&self) -> u16 {
-        on_ring!(self, q => q.index())
+    fn addresses(&self) -> QueueAddresses {
+        match self {
+            Virtqueue::Split(q) => q.addresses(),
+            Virtqueue::Packed(q) => q.addresses(),
+        }
     }
 
-    /// Number of descriptors.
     #[inline]
-    pub fn size(&self) -> u16 {
-        on_ring!(self, q => q.size())
+    fn index(&self) -> u16 {
+        match self {
+            Virtqueue::Split(q) => q.index(),
+            Virtqueue::Packed(q) => q.index(),
+        }
     }
 
-    /// Descriptors free. Equals [`Virtqueue::size`] when nothing is in flight.
     #[inline]
-    pub fn free_descriptors(&self) -> u16 {
-        on_ring!(self, q => q.free_descriptors())
+    fn size(&self) -> u16 {
+        match self {
+            Virtqueue::Split(q) => q.size(),
+            Virtqueue::Packed(q) => q.size(),
+        }
     }
 
-    /// Requests added and not yet returned.
     #[inline]
-    pub fn in_flight(&self) -> u16 {
-        on_ring!(self, q => q.in_flight())
+    fn free_descriptors(&self) -> u16 {
+        match self {
+            Virtqueue::Split(q) => q.free_descriptors(),
+            Virtqueue::Packed(q) => q.free_descriptors(),
+        }
     }
 
-    /// The token the next successful `add` will return, if one is free.
     #[inline]
-    pub fn next_token(&self) -> Option<Token> {
-        on_ring!(self, q => q.next_token())
+    fn in_flight(&self) -> u16 {
+        match self {
+            Virtqueue::Split(q) => q.in_flight(),
+            Virtqueue::Packed(q) => q.in_flight(),
+        }
     }
 
-    /// Requests added since the last `publish` (invisible to the device).
     #[inline]
-    pub fn unpublished(&self) -> u16 {
-        on_ring!(self, q => q.unpublished())
+    fn next_token(&self) -> Option<Token> {
+        match self {
+            Virtqueue::Split(q) => q.next_token(),
+            Virtqueue::Packed(q) => q.next_token(),
+        }
     }
 
-    /// Entries per indirect table (0: indirect descriptors not in use).
     #[inline]
-    pub fn indirect_capacity(&self) -> u16 {
-        on_ring!(self, q => q.indirect_capacity())
+    fn unpublished(&self) -> u16 {
+        match self {
+            Virtqueue::Split(q) => q.unpublished(),
+            Virtqueue::Packed(q) => q.unpublished(),
+        }
     }
 
-    /// Whether VIRTIO_F_RING_EVENT_IDX is in use.
     #[inline]
-    pub fn uses_event_idx(&self) -> bool {
-        on_ring!(self, q => q.uses_event_idx())
+    fn indirect_capacity(&self) -> u16 {
+        match self {
+            Virtqueue::Split(q) => q.indirect_capacity(),
+            Virtqueue::Packed(q) => q.indirect_capacity(),
+        }
     }
 
-    /// Statistics since creation.
     #[inline]
-    pub fn counters(&self) -> QueueCounters {
-        on_ring!(self, q => q.counters())
+    fn uses_event_idx(&self) -> bool {
+        match self {
+            Virtqueue::Split(q) => q.uses_event_idx(),
+            Virtqueue::Packed(q) => q.uses_event_idx(),
+        }
     }
 
-    /// `true` after a fatal protocol violation by the device.
     #[inline]
-    pub fn is_broken(&self) -> bool {
-        on_ring!(self, q => q.is_broken())
+    fn counters(&self) -> QueueCounters {
+        match self {
+            Virtqueue::Split(q) => q.counters(),
+            Virtqueue::Packed(q) => q.counters(),
+        }
     }
 
-    /// Adds one request (invisible to the device until `publish`).
     #[inline]
-    pub fn add(&mut self, segments: &[Segment]) -> Result<Token, QueueError> {
-        on_ring!(self, q => q.add(segments))
+    fn is_broken(&self) -> bool {
+        match self {
+            Virtqueue::Split(q) => q.is_broken(),
+            Virtqueue::Packed(q) => q.is_broken(),
+        }
     }
 
-    /// Makes everything added visible and says whether to notify the device.
     #[inline]
-    pub fn publish(&mut self) -> NotifyDecision {
-        on_ring!(self, q => q.publish())
+    fn add(&mut self, segments: &[Segment]) -> Result<Token, QueueError> {
+        match self {
+            Virtqueue::Split(q) => q.add(segments),
+            Virtqueue::Packed(q) => q.add(segments),
+        }
     }
 
-    /// Takes the next completion, if any.
     #[inline]
-    pub fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
-        on_ring!(self, q => q.pop_used())
+    fn publish(&mut self) -> NotifyDecision {
+        match self {
+            Virtqueue::Split(q) => q.publish(),
+            Virtqueue::Packed(q) => q.publish(),
+        }
     }
 
-    /// Asks the device not to interrupt for this queue.
     #[inline]
-    pub fn disable_interrupts(&mut self) {
-        on_ring!(self, q => q.disable_interrupts())
+    fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
+        match self {
+            Virtqueue::Split(q) => q.pop_used(),
+            Virtqueue::Packed(q) => q.pop_used(),
+        }
     }
 
-    /// Asks the device to interrupt for the next completion; `true` if one is
-    /// already pending (poll again before sleeping).
     #[inline]
-    pub fn enable_interrupts(&mut self) -> bool {
-        on_ring!(self, q => q.enable_interrupts())
+    fn disable_interrupts(&mut self) {
+        match self {
+            Virtqueue::Split(q) => q.disable_interrupts(),
+            Virtqueue::Packed(q) => q.disable_interrupts(),
+        }
     }
 
-    /// Starts over after a device reset, handing back every token in flight.
-    pub fn reset(&mut self, abandoned: impl FnMut(Token)) {
-        on_ring!(self, q => q.reset(abandoned))
+    #[inline]
+    fn enable_interrupts(&mut self) -> bool {
+        match self {
+            Virtqueue::Split(q) => q.enable_interrupts(),
+            Virtqueue::Packed(q) => q.enable_interrupts(),
+        }
+    }
+
+    fn reset(&mut self, abandoned: impl FnMut(Token)) {
+        match self {
+            Virtqueue::Split(q) => q.reset(abandoned),
+            Virtqueue::Packed(q) => q.reset(abandoned),
+        }
     }
 }
 
@@ -260,6 +286,9 @@ impl<H: Hal> From<PackedQueue<H>> for Virtqueue<H> {
 
 impl<H: Hal> fmt::Debug for Virtqueue<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        on_ring!(self, q => fmt::Debug::fmt(q, f))
+        match self {
+            Virtqueue::Split(q) => fmt::Debug::fmt(q, f),
+            Virtqueue::Packed(q) => fmt::Debug::fmt(q, f),
+        }
     }
 }

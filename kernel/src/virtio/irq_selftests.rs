@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 use drivers::device::Wait;
 use drivers::irq::{QueueSet, WaitMode};
 use drivers::pci::msix::MsixCapability;
-use drivers::queue::Segment;
+use drivers::queue::{Ring, Segment};
 use drivers::transport::{DeviceType, Location, Transport};
 use hal::{DmaRegion, PAGE_SIZE};
 

@@ -32,7 +32,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use drivers::queue::{Segment, Used};
+use drivers::queue::{Ring, Segment, Used};
 use drivers::transport::{DeviceStatus, DeviceType, Transport};
 use hal::DmaRegion;
 

@@ -38,7 +38,7 @@ use alloc::vec::Vec;
 use drivers::features;
 use drivers::init::{self, InitError};
 use drivers::irq::QueueSet;
-use drivers::queue::{choose_queue_size, QueueConfig, QueueError, SplitQueue};
+use drivers::queue::{choose_queue_size, QueueConfig, QueueError, Ring, SplitQueue};
 use drivers::transport::{DeviceStatus, DeviceType, Location, Transport, TransportError};
 use spin::{Mutex, MutexGuard};
 
