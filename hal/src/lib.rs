@@ -7,7 +7,9 @@
 //! trait:
 //!
 //! - **DMA memory** ([`DmaRegion`]): physically contiguous, page-aligned,
-//!   zeroed pages the device may read and write, freed on drop.
+//!   zeroed pages the device may read and write, freed on drop; and
+//!   [`RingMemory`], such a region holding ring arrays indexed modulo their
+//!   power-of-two length, for the hot paths of a virtqueue.
 //! - **Address translation**: a DMA region has two addresses, the one the CPU
 //!   dereferences ([`DmaRegion::as_ptr`]) and the one the device is given
 //!   ([`DmaRegion::device_addr`]). The kernel identity-maps RAM so they happen to
@@ -49,11 +51,13 @@ mod dma;
 mod dma_pool;
 mod mmio;
 mod port;
+mod ring_memory;
 
 pub use dma::{DmaRegion, DmaValue};
 pub use dma_pool::DmaBufferPool;
 pub use mmio::{MmioRegion, Register};
 pub use port::{PortRange, PortValue};
+pub use ring_memory::{RingArray, RingMemory, RingWord, RING_SLOTS};
 
 use core::ptr::NonNull;
 
