@@ -24,10 +24,10 @@
 //! Linux's `virtio_ring.c` has one API with `_split` and `_packed` behind it
 //! (and Hermit's `Virtq` trait with `SplitVq` and `PackedVq`):
 //!
-//! - the split ring (§2.7) is [`SplitQueue`] (module [`split`]), with its
-//!   memory layout in [`layout`], the event-index arithmetic in
-//!   [`event_idx`] and the pool of indirect descriptor tables in
-//!   [`indirect`]; chapter `docs/03-split-ring.md`;
+//! - the split ring (§2.7) is [`SplitQueue`] (directory `split/`, one file
+//!   per job: its memory layout in [`layout`], the event-index arithmetic
+//!   in [`event_idx`], the pool of indirect descriptor tables in
+//!   [`indirect`]); chapter `docs/03-split-ring.md`;
 //! - the packed ring (§2.8, VIRTIO_F_RING_PACKED) is [`PackedQueue`]
 //!   (directory `packed/`, one file per job); chapter `docs/08-packed-ring.md`.
 //!
@@ -57,9 +57,6 @@
 //! Code that knows its layout (the kernel's generic bring-up, tests) uses
 //! [`SplitQueue`] or [`PackedQueue`] directly through the same trait.
 
-pub mod event_idx;
-pub mod indirect;
-pub mod layout;
 pub mod packed;
 pub mod ring;
 pub mod split;
@@ -67,7 +64,7 @@ pub mod virtqueue;
 
 pub use packed::PackedQueue;
 pub use ring::Ring;
-pub use split::{QueueConfig, SplitQueue};
+pub use split::{event_idx, indirect, layout, QueueConfig, SplitQueue};
 pub use virtqueue::{RingKind, Virtqueue};
 
 use hal::{DeviceAddr, HalError};

@@ -30,7 +30,7 @@
 //!  +-----------------------+----------------+-------------+-----+-------------------+
 //! ```
 
-use super::{is_valid_size, QueueError, RingLayout};
+use crate::queue::{is_valid_size, QueueError, RingLayout};
 
 /// Bytes per descriptor (`struct virtq_desc`: le64 addr, le32 len, le16 flags, le16 next).
 pub const DESCRIPTOR_BYTES: usize = 16;

@@ -19,7 +19,7 @@
 use hal::{DeviceAddr, DmaRegion, Hal};
 
 use super::layout::{Descriptor, DESCRIPTOR_BYTES};
-use super::QueueError;
+use crate::queue::QueueError;
 
 /// One indirect table per ring descriptor, preallocated in DMA memory.
 pub struct IndirectPool<H: Hal> {
@@ -65,7 +65,8 @@ impl<H: Hal> IndirectPool<H> {
         }
         let offset = self.table_offset(table) + entry as usize * DESCRIPTOR_BYTES;
         // As words: two stores instead of four (`Descriptor::to_words`).
-        self.region.write(offset, descriptor.to_words())
+        let [head, tail] = descriptor.to_words();
+        self.region.write(offset, head) && self.region.write(offset + 8, tail)
     }
 }
 
