@@ -57,7 +57,7 @@ pub use dma::{DmaRegion, DmaValue};
 pub use dma_pool::DmaBufferPool;
 pub use mmio::{MmioRegion, Register};
 pub use port::{PortRange, PortValue};
-pub use ring_memory::{RingArray, RingMemory, RingWord, RING_SLOTS};
+pub use ring_memory::{RingArray, RingMemory, RingWord};
 
 use core::ptr::NonNull;
 

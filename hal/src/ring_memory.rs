@@ -4,8 +4,8 @@
 //! A virtqueue's rings are arrays in DMA memory that the driver indexes with
 //! free-running counters (virtio 1.2 §2.7: "Queue Size value is always a
 //! power of 2", and ring indices wrap modulo the queue size). [`RingMemory`]
-//! owns such a region and up to [`RingMemory::SLOTS`] arrays per element
-//! type, each *placed* once ([`RingMemory::place`]): its offset and length are
+//! owns such a region and a few arrays per element type
+//! ([`RingWord::SLOTS`]), each *placed* once ([`RingMemory::place`]): its offset and length are
 //! checked against the region then, so that every later [`RingMemory::read`]
 //! and [`RingMemory::write`] only masks the index (`index mod len`) and
 //! touches memory. That is as cheap as a raw pointer and a mask, and safe:
@@ -40,28 +40,37 @@ mod sealed {
     impl Sealed for u64 {}
 }
 
-/// Arrays per element type in one [`RingMemory`].
-pub const RING_SLOTS: usize = 8;
-
 /// An element type of a ring array: a plain unsigned integer, valid for any
 /// bit pattern. Implemented for `u16`, `u32` and `u64` only.
 pub trait RingWord: sealed::Sealed + Copy {
-    /// Which of [`RingMemory`]'s tables holds arrays of this type (one table
-    /// per element size, so that an array is only ever read as the type it
-    /// was placed for).
+    /// How many arrays of this type one [`RingMemory`] can hold.
+    const SLOTS: usize;
+    /// Where this type's table starts among [`RingMemory`]'s areas (one
+    /// table per element size, so that an array is only ever accessed as the
+    /// type it was placed for).
     #[doc(hidden)]
-    const TABLE: usize;
+    const FIRST: usize;
 }
 
+/// Up to 8 arrays of `u16` (a split ring uses 7: its flags, indices, event
+/// fields and the available ring).
 impl RingWord for u16 {
-    const TABLE: usize = 0;
+    const SLOTS: usize = 8;
+    const FIRST: usize = 0;
 }
+/// Up to 2 arrays of `u32`.
 impl RingWord for u32 {
-    const TABLE: usize = 1;
+    const SLOTS: usize = 2;
+    const FIRST: usize = 8;
 }
+/// Up to 2 arrays of `u64`.
 impl RingWord for u64 {
-    const TABLE: usize = 2;
+    const SLOTS: usize = 2;
+    const FIRST: usize = 10;
 }
+
+/// All tables together.
+const AREAS: usize = 12;
 
 /// Names one array of `T` in a [`RingMemory`]: a slot number, nothing more.
 /// Make them constants (`const AVAIL_RING: RingArray<u16> = RingArray::slot(1);`)
@@ -72,11 +81,11 @@ pub struct RingArray<T: RingWord> {
 }
 
 impl<T: RingWord> RingArray<T> {
-    /// The array in slot `slot` (taken modulo [`RingMemory::SLOTS`]) of the
+    /// The array in slot `slot` (taken modulo [`RingWord::SLOTS`]) of the
     /// table for `T`.
     pub const fn slot(slot: usize) -> Self {
         Self {
-            slot: slot % RING_SLOTS,
+            slot: slot % T::SLOTS,
             _element: PhantomData,
         }
     }
@@ -110,8 +119,8 @@ struct Area {
 /// A DMA region with named arrays of ring words. See the module documentation.
 pub struct RingMemory<H: Hal> {
     region: DmaRegion<H>,
-    /// One table per [`RingWord`] type, indexed by [`RingWord::TABLE`].
-    areas: [[Area; RING_SLOTS]; 3],
+    /// One table per [`RingWord`] type, from its [`RingWord::FIRST`] on.
+    areas: [Area; AREAS],
 }
 
 // SAFETY: the area pointers point into `region`, which this value owns
@@ -122,9 +131,6 @@ unsafe impl<H: Hal> Send for RingMemory<H> {}
 unsafe impl<H: Hal> Sync for RingMemory<H> {}
 
 impl<H: Hal> RingMemory<H> {
-    /// Arrays per element type.
-    pub const SLOTS: usize = RING_SLOTS;
-
     /// Takes over `region`. No array is placed yet: every slot names the
     /// region's first element until [`RingMemory::place`] gives it a place.
     pub fn new(region: DmaRegion<H>) -> Self {
@@ -137,7 +143,7 @@ impl<H: Hal> RingMemory<H> {
         };
         Self {
             region,
-            areas: [[first; RING_SLOTS]; 3],
+            areas: [first; AREAS],
         }
     }
 
@@ -164,17 +170,23 @@ impl<H: Hal> RingMemory<H> {
         // SAFETY: `offset + bytes <= region.len()` (checked above), so the
         // pointer stays inside the allocation.
         let base = unsafe { self.region.as_ptr().add(offset) };
-        self.areas[T::TABLE][array.slot % RING_SLOTS] = Area {
+        self.areas[Self::area_index(array)] = Area {
             base,
             byte_mask: bytes - 1,
         };
         Ok(())
     }
 
+    /// Where `array`'s area is kept: constant for a constant handle.
+    #[inline]
+    fn area_index<T: RingWord>(array: RingArray<T>) -> usize {
+        (T::FIRST + array.slot % T::SLOTS) % AREAS
+    }
+
     /// Volatile read of element `index mod len` of `array`.
     #[inline]
     pub fn read<T: RingWord>(&self, array: RingArray<T>, index: usize) -> T {
-        let area = self.areas[T::TABLE][array.slot % RING_SLOTS];
+        let area = self.areas[Self::area_index(array)];
         let offset = index.wrapping_mul(size_of::<T>()) & area.byte_mask;
         // SAFETY: by the `Area` invariant, `offset + size_of::<T>()` is
         // within the array (the mask keeps `offset` below its byte length,
@@ -187,7 +199,7 @@ impl<H: Hal> RingMemory<H> {
     /// Volatile write of element `index mod len` of `array`.
     #[inline]
     pub fn write<T: RingWord>(&self, array: RingArray<T>, index: usize, value: T) {
-        let area = self.areas[T::TABLE][array.slot % RING_SLOTS];
+        let area = self.areas[Self::area_index(array)];
         let offset = index.wrapping_mul(size_of::<T>()) & area.byte_mask;
         // SAFETY: as for `read`: in bounds, aligned, a plain integer.
         unsafe { area.base.add(offset).cast::<T>().write_volatile(value) }
@@ -337,9 +349,13 @@ mod tests {
     #[test]
     fn slots_wrap_modulo_the_table_size() {
         let mut m = memory(1);
-        m.place(RingArray::<u32>::slot(RING_SLOTS + 2), 8, 1)
+        m.place(RingArray::<u32>::slot(u32::SLOTS + 1), 8, 1)
             .unwrap();
-        m.write(RingArray::<u32>::slot(2), 0, 9);
+        m.write(RingArray::<u32>::slot(1), 0, 9);
         assert_eq!(m.region().read::<u32>(8), Some(9));
+        // The u32 table does not reach into the u64 one.
+        m.place(RingArray::<u64>::slot(0), 16, 1).unwrap();
+        m.write(RingArray::<u64>::slot(0), 0, 3);
+        assert_eq!(m.read(RingArray::<u32>::slot(1), 0), 9);
     }
 }
