@@ -201,7 +201,13 @@ fn completions_come_back_in_device_order<R: Ring, D: Device>(make: fn(QueueConfi
     let requests: Vec<Request> = (0..4).map(|i| Request::new(i, 8)).collect();
     let mut tokens = Vec::new();
     for request in &requests {
+        let predicted = ring.next_token();
         tokens.push(ring.add(&request.segments()).expect("add"));
+        assert_eq!(
+            tokens.last().copied(),
+            predicted,
+            "next_token foretells each add"
+        );
     }
     let distinct: BTreeSet<Token> = tokens.iter().copied().collect();
     assert_eq!(distinct.len(), 4, "tokens are unique in flight");
