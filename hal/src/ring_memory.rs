@@ -15,7 +15,8 @@
 //! - every element is aligned, because the array's offset was checked to be
 //!   a multiple of the element size, the region is page-aligned, and the
 //!   element size divides the array's byte length;
-//! - the elements are plain integers ([`RingWord`]: `u16`, `u32`, `u64`),
+//! - the elements are plain integers ([`RingWord`]: `u16`, `u32`, `u64`,
+//!   `u128`),
 //!   valid for any bits the device may write;
 //! - a [`RingArray`] handle is only a slot number: used with a memory it was
 //!   never placed in, it reaches that memory's own slot (another checked
@@ -38,10 +39,11 @@ mod sealed {
     impl Sealed for u16 {}
     impl Sealed for u32 {}
     impl Sealed for u64 {}
+    impl Sealed for u128 {}
 }
 
 /// An element type of a ring array: a plain unsigned integer, valid for any
-/// bit pattern. Implemented for `u16`, `u32` and `u64` only.
+/// bit pattern. Implemented for `u16`, `u32`, `u64` and `u128` only.
 pub trait RingWord: sealed::Sealed + Copy {
     /// How many arrays of this type one [`RingMemory`] can hold.
     const SLOTS: usize;
@@ -68,9 +70,15 @@ impl RingWord for u64 {
     const SLOTS: usize = 2;
     const FIRST: usize = 10;
 }
+/// Up to 2 arrays of `u128` (16-byte elements such as virtqueue
+/// descriptors: one access writes a whole descriptor).
+impl RingWord for u128 {
+    const SLOTS: usize = 2;
+    const FIRST: usize = 12;
+}
 
 /// All tables together.
-const AREAS: usize = 12;
+const AREAS: usize = 14;
 
 /// Names one array of `T` in a [`RingMemory`]: a slot number, nothing more.
 /// Make them constants (`const AVAIL_RING: RingArray<u16> = RingArray::slot(1);`)
@@ -272,6 +280,7 @@ mod tests {
     const WORDS: RingArray<u16> = RingArray::slot(0);
     const OTHER: RingArray<u16> = RingArray::slot(1);
     const QUADS: RingArray<u64> = RingArray::slot(0);
+    const PAIRS: RingArray<u128> = RingArray::slot(0);
 
     fn memory(pages: usize) -> RingMemory<TestHal> {
         RingMemory::new(DmaRegion::new(pages * PAGE_SIZE).unwrap())
@@ -306,6 +315,22 @@ mod tests {
         m.write(QUADS, 1, 0x1122_3344_5566_7788);
         assert_eq!(m.region().read::<u64>(264), Some(0x1122_3344_5566_7788));
         assert_eq!(m.read(WORDS, 0), 0);
+    }
+
+    #[test]
+    fn sixteen_byte_elements_are_written_whole() {
+        let mut m = memory(1);
+        m.place(PAIRS, 32, 4).unwrap();
+        m.write(PAIRS, 5, 0x0011_2233_4455_6677_8899_aabb_ccdd_eeff);
+        let bytes = 0x0011_2233_4455_6677_8899_aabb_ccdd_eeffu128.to_ne_bytes();
+        let mut seen = [0u8; 16];
+        assert!(m.region().read_bytes(32 + 16, &mut seen), "element 1");
+        assert_eq!(seen, bytes);
+        assert_eq!(
+            m.place(PAIRS, 8, 1),
+            Err(HalError::InvalidArgument),
+            "16-aligned only"
+        );
     }
 
     #[test]

@@ -13,33 +13,51 @@
 //! so the head's id doubles as its table number and the pool needs no free
 //! list of its own: when the head is free, so is its table.
 //!
-//! Memory cost: `queue size * capacity * 16` bytes, e.g. 256 KiB for a
-//! 1024-entry queue with 16-entry tables.
+//! Memory cost: `queue size * capacity * 16` bytes (capacity rounded up to
+//! a power of two), e.g. 256 KiB for a 1024-entry queue with 16-entry tables.
 
-use hal::{DeviceAddr, DmaRegion, Hal};
+use hal::{DeviceAddr, DmaRegion, Hal, RingArray, RingMemory};
 
 use super::layout::{Descriptor, DESCRIPTOR_BYTES};
 use crate::queue::QueueError;
 
+/// All tables, as one array of descriptors (16-byte integers).
+const TABLES: RingArray<u128> = RingArray::slot(0);
+
 /// One indirect table per ring descriptor, preallocated in DMA memory.
+///
+/// Tables lie `2^stride_shift` descriptors apart (`capacity` rounded up to
+/// a power of two), so that all of them together are one power-of-two array
+/// in a [`hal::RingMemory`] and an entry is one plain 16-byte write.
 pub struct IndirectPool<H: Hal> {
-    region: DmaRegion<H>,
+    memory: RingMemory<H>,
+    /// Device address of table 0.
+    base: DeviceAddr,
     tables: u16,
     capacity: u16,
+    stride_shift: u32,
 }
 
 impl<H: Hal> IndirectPool<H> {
-    /// Allocates `tables` tables of `capacity` descriptors each (both non-zero).
+    /// Allocates `tables` tables of `capacity` descriptors each (both
+    /// non-zero; `tables` a power of two, as a split queue's size is).
     pub fn new(tables: u16, capacity: u16) -> Result<Self, QueueError> {
         if tables == 0 || capacity == 0 {
             return Err(QueueError::InvalidIndirectCapacity(capacity));
         }
-        let bytes = tables as usize * capacity as usize * DESCRIPTOR_BYTES;
-        let region = DmaRegion::new(bytes)?;
+        let stride = usize::from(capacity).next_power_of_two();
+        let descriptors = usize::from(tables)
+            .checked_next_power_of_two()
+            .and_then(|t| t.checked_mul(stride))
+            .ok_or(QueueError::InvalidIndirectCapacity(capacity))?;
+        let mut memory = RingMemory::new(DmaRegion::new(descriptors * DESCRIPTOR_BYTES)?);
+        memory.place(TABLES, 0, descriptors)?;
         Ok(Self {
-            region,
+            base: memory.region().device_addr(),
+            memory,
             tables,
             capacity,
+            stride_shift: stride.trailing_zeros(),
         })
     }
 
@@ -48,13 +66,10 @@ impl<H: Hal> IndirectPool<H> {
         self.capacity
     }
 
-    fn table_offset(&self, table: u16) -> usize {
-        table as usize * self.capacity as usize * DESCRIPTOR_BYTES
-    }
-
     /// The device address of table `table` (what the INDIRECT descriptor points at).
     pub fn table_addr(&self, table: u16) -> DeviceAddr {
-        self.region.device_addr() + self.table_offset(table) as u64
+        let offset = (usize::from(table) << self.stride_shift) * DESCRIPTOR_BYTES;
+        self.base + offset as u64
     }
 
     /// Writes entry `entry` of table `table`. Returns `false` (and writes
@@ -63,10 +78,10 @@ impl<H: Hal> IndirectPool<H> {
         if table >= self.tables || entry >= self.capacity {
             return false;
         }
-        let offset = self.table_offset(table) + entry as usize * DESCRIPTOR_BYTES;
-        // As words: two stores instead of four (`Descriptor::to_words`).
-        let [head, tail] = descriptor.to_words();
-        self.region.write(offset, head) && self.region.write(offset + 8, tail)
+        let index = (usize::from(table) << self.stride_shift) + usize::from(entry);
+        // Whole: two stores instead of four (`Descriptor::to_u128`).
+        self.memory.write(TABLES, index, descriptor.to_u128());
+        true
     }
 }
 
@@ -77,7 +92,7 @@ impl<H: Hal> core::fmt::Debug for IndirectPool<H> {
             .field("capacity", &self.capacity)
             .field(
                 "device_addr",
-                &format_args!("{:#x}", self.region.device_addr()),
+                &format_args!("{:#x}", self.memory.region().device_addr()),
             )
             .finish()
     }

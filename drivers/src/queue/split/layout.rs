@@ -103,6 +103,21 @@ impl Descriptor {
     }
 }
 
+impl Descriptor {
+    /// The descriptor's 16 bytes as one 16-byte integer with the same memory
+    /// image, so that one plain-integer access writes it whole (the compiler
+    /// emits the two 8-byte stores of [`Descriptor::to_words`]).
+    #[inline(always)]
+    pub fn to_u128(self) -> u128 {
+        let [addr, tail] = self.to_words();
+        if cfg!(target_endian = "little") {
+            u128::from(addr) | u128::from(tail) << 64
+        } else {
+            u128::from(addr) << 64 | u128::from(tail)
+        }
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<Descriptor>() == DESCRIPTOR_BYTES);
 
 /// Byte offsets inside the available ring (the driver area).
@@ -213,6 +228,17 @@ fn align_up(value: usize, align: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_descriptor_as_u128_has_the_same_bytes_as_the_struct() {
+        let d = Descriptor::new(0x1122_3344_5566_7788, 0x99aa_bbcc, 0xddee, 0x0f1e);
+        let mut fields = [0u8; 16];
+        fields[..8].copy_from_slice(&d.addr.to_ne_bytes());
+        fields[8..12].copy_from_slice(&d.len.to_ne_bytes());
+        fields[12..14].copy_from_slice(&d.flags.to_ne_bytes());
+        fields[14..].copy_from_slice(&d.next.to_ne_bytes());
+        assert_eq!(d.to_u128().to_ne_bytes(), fields);
+    }
 
     #[test]
     fn legacy_layout_matches_the_spec_formula_for_size_256() {

@@ -21,8 +21,8 @@ pub(super) const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Used ring flag: the device does not want available-buffer notifications.
 pub(super) const USED_F_NO_NOTIFY: u16 = 1;
 
-/// The descriptor table, as two 8-byte words per descriptor.
-const DESCRIPTOR_WORDS: RingArray<u64> = RingArray::slot(0);
+/// The descriptor table, one 16-byte integer per descriptor.
+const DESCRIPTORS: RingArray<u128> = RingArray::slot(0);
 /// `avail.flags`.
 const AVAIL_FLAGS: RingArray<u16> = RingArray::slot(0);
 /// `avail.idx`.
@@ -51,7 +51,7 @@ impl<H: Hal> SplitRingMemory<H> {
         let size = usize::from(layout.size);
         let mut memory = RingMemory::new(DmaRegion::<H>::new(layout.total_bytes)?);
         let (a, u) = (layout.avail_offset, layout.used_offset);
-        memory.place(DESCRIPTOR_WORDS, layout.desc_offset, 2 * size)?;
+        memory.place(DESCRIPTORS, layout.desc_offset, size)?;
         memory.place(AVAIL_FLAGS, a + avail::FLAGS, 1)?;
         memory.place(AVAIL_IDX, a + avail::IDX, 1)?;
         memory.place(AVAIL_RING, a + avail::RING, size)?;
@@ -76,14 +76,12 @@ impl<H: Hal> SplitRingMemory<H> {
         }
     }
 
-    /// Writes descriptor `id` (taken modulo the size) as two words
-    /// ([`Descriptor::to_words`]: two stores instead of four).
+    /// Writes descriptor `id` (taken modulo the size) whole
+    /// ([`Descriptor::to_u128`]: two stores instead of four).
     #[inline]
     pub(super) fn write_descriptor(&self, id: u16, descriptor: Descriptor) {
-        let [head, tail] = descriptor.to_words();
-        let word = 2 * usize::from(id);
-        self.memory.write(DESCRIPTOR_WORDS, word, head);
-        self.memory.write(DESCRIPTOR_WORDS, word + 1, tail);
+        self.memory
+            .write(DESCRIPTORS, usize::from(id), descriptor.to_u128());
     }
 
     /// `avail.ring[slot mod size] = head`.
