@@ -115,13 +115,13 @@ impl<T: RingWord> core::fmt::Debug for RingArray<T> {
 
 /// Where one placed array lives. Invariant (established by
 /// [`RingMemory::new`] and [`RingMemory::place`], relied on by every access):
-/// `base .. base + byte_mask + 1` lies inside the region, `base` is aligned
-/// for the table's element type, and `byte_mask + 1` is a power of two and a
-/// multiple of the element size.
+/// for the element type `T` of the table the area is in, `base` is aligned
+/// for `T` and the `index_mask + 1` elements of `T` from `base` lie inside
+/// the region; `index_mask + 1` is a power of two.
 #[derive(Clone, Copy)]
 struct Area {
     base: NonNull<u8>,
-    byte_mask: usize,
+    index_mask: usize,
 }
 
 /// A DMA region with named arrays of ring words. See the module documentation.
@@ -142,12 +142,13 @@ impl<H: Hal> RingMemory<H> {
     /// Takes over `region`. No array is placed yet: every slot names the
     /// region's first element until [`RingMemory::place`] gives it a place.
     pub fn new(region: DmaRegion<H>) -> Self {
-        // With `byte_mask = 0` every offset is 0: the region's first bytes,
-        // in bounds (a region is at least a page) and page-aligned, so this
-        // satisfies the `Area` invariant for every element type.
+        // With `index_mask = 0` every index is 0: the region's first
+        // element, in bounds (a region is at least a page, an element at most
+        // 16 bytes) and page-aligned, so this satisfies the `Area` invariant
+        // for every element type.
         let first = Area {
             base: region.as_ptr(),
-            byte_mask: 0,
+            index_mask: 0,
         };
         Self {
             region,
@@ -180,7 +181,7 @@ impl<H: Hal> RingMemory<H> {
         let base = unsafe { self.region.as_ptr().add(offset) };
         self.areas[Self::area_index(array)] = Area {
             base,
-            byte_mask: bytes - 1,
+            index_mask: len - 1,
         };
         Ok(())
     }
@@ -195,22 +196,29 @@ impl<H: Hal> RingMemory<H> {
     #[inline]
     pub fn read<T: RingWord>(&self, array: RingArray<T>, index: usize) -> T {
         let area = self.areas[Self::area_index(array)];
-        let offset = index.wrapping_mul(size_of::<T>()) & area.byte_mask;
-        // SAFETY: by the `Area` invariant, `offset + size_of::<T>()` is
-        // within the array (the mask keeps `offset` below its byte length,
-        // and as a multiple of the element size, which divides that length)
-        // and so within the region this value owns; `base + offset` is
-        // aligned for `T`; `T` is a plain integer, valid for any bits.
-        unsafe { area.base.add(offset).cast::<T>().read_volatile() }
+        // SAFETY: by the `Area` invariant (this area is in `T`'s table), the
+        // masked index names one of the array's elements, which lies inside
+        // the region this value owns and is aligned for `T`; `T` is a plain
+        // integer, valid for any bits the device wrote.
+        unsafe {
+            area.base
+                .cast::<T>()
+                .add(index & area.index_mask)
+                .read_volatile()
+        }
     }
 
     /// Volatile write of element `index mod len` of `array`.
     #[inline]
     pub fn write<T: RingWord>(&self, array: RingArray<T>, index: usize, value: T) {
         let area = self.areas[Self::area_index(array)];
-        let offset = index.wrapping_mul(size_of::<T>()) & area.byte_mask;
         // SAFETY: as for `read`: in bounds, aligned, a plain integer.
-        unsafe { area.base.add(offset).cast::<T>().write_volatile(value) }
+        unsafe {
+            area.base
+                .cast::<T>()
+                .add(index & area.index_mask)
+                .write_volatile(value)
+        }
     }
 
     /// The whole region (its device address, length, and checked access to
