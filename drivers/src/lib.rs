@@ -12,7 +12,8 @@
 //!
 //! | what a driver needs | the safe `hal` type |
 //! | --- | --- |
-//! | ring memory, request headers, status bytes | `hal::DmaRegion`: volatile, bounds-checked reads and writes of `hal::DmaValue` types (integers, arrays of them), valid for any bits the device writes |
+//! | request headers, status bytes, the packed ring, indirect tables | `hal::DmaRegion`: volatile, bounds-checked reads and writes of `hal::DmaValue` types (integers, arrays of them), valid for any bits the device writes |
+//! | the split ring's hot path (descriptors, available and used rings, indices) | `hal::RingMemory` (`queue/split/memory.rs`): arrays of plain integers placed and checked once, then indexed modulo their power-of-two length with no bounds check per access |
 //! | packet buffers the network stack reads and writes in place | `hal::DmaBufferPool` (`net/buffers.rs`): slices only of buffers the device does not hold, enforced by `&`/`&mut` |
 //! | memory-mapped registers (BARs, virtio-mmio) | `hal::MmioRegion` |
 //! | I/O ports (legacy virtio-pci, PCI mechanism #1 in `pci/config.rs`, I/O BARs in `transport/window.rs`) | `hal::PortRange`, vouched for once by its creator (`PortRange::new`, `unsafe`, in the kernel) or inside the Hal's `DEVICE_IO_PORTS` |
@@ -21,9 +22,6 @@
 //! `#[allow(unsafe_code)]` on the module in this file, and each is being
 //! removed):
 //!
-//! - `queue` (`queue/split.rs`): the split ring's hot path reads and writes
-//!   ring memory through raw pointers; it moves behind a `hal` ring-memory
-//!   view.
 //! - `blk` (`blk/mod.rs`): a request's data buffers are caller memory shared
 //!   with the device (`Hal::share` / `Hal::unshare`), which is only sound
 //!   while the caller keeps them alive and untouched (`submit_read` and
@@ -51,8 +49,5 @@ pub mod irq;
 pub mod mmio_discovery;
 pub mod net;
 pub mod pci;
-// Being removed (branch `rings`: ring memory through a hal view); whoever
-// merges last deletes this allow.
-#[allow(unsafe_code)]
 pub mod queue;
 pub mod transport;
