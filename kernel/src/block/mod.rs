@@ -77,7 +77,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use drivers::blk::{BlkDevice, BlkError, BlkOptions};
+use drivers::blk::{BlkDevice, BlkError, BlkOptions, SetupError};
 use drivers::irq::{QueueSet, WaitMode};
 use drivers::transport::{DeviceType, Location, Transport, TransportKind};
 use hal::DmaRegion;
@@ -136,6 +136,8 @@ pub enum BlockError {
     },
     /// The driver or the device refused or failed the request.
     Device(BlkError),
+    /// The device was down after a failure and could not be brought back.
+    Recovery(SetupError),
 }
 
 impl From<BlkError> for BlockError {
@@ -153,6 +155,7 @@ impl fmt::Display for BlockError {
                 "{disk} is not a scratch disk (serial not starting with {SCRATCH_PREFIX:?}): not written"
             ),
             BlockError::Device(e) => write!(f, "{e}"),
+            BlockError::Recovery(e) => write!(f, "recovery failed: {e}"),
         }
     }
 }
@@ -249,7 +252,7 @@ pub struct Disk {
 impl Disk {
     /// Brings a virtio-blk device the registry gave us up (see the module
     /// docs) and names it; reads its serial.
-    fn bring_up(name: String, found: virtio::Found) -> Result<Disk, BlkError> {
+    fn bring_up(name: String, found: virtio::Found) -> Result<Disk, SetupError> {
         let location = found.location;
         let transport_kind = found.transport.kind();
         let options = BlkOptions {
@@ -398,9 +401,10 @@ impl Disk {
                 "block: {}: device was reset after a failure; recovering",
                 self.name
             );
-            self.device
-                .recover()
-                .map_err(|e| self.report("recovery", 0, 0, e))?;
+            self.device.recover().map_err(|e| {
+                log::warn!("block: {}: recovery failed: {e}", self.name);
+                BlockError::Recovery(e)
+            })?;
             log::info!("block: {}: device recovered", self.name);
         }
         Ok(())

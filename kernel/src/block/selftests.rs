@@ -57,7 +57,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
-use drivers::blk::{BlkError, BlkToken};
+use drivers::blk::{BlkError, BlkToken, RequestError};
 use drivers::irq::wait_until_used;
 use drivers::transport::DeviceType;
 
@@ -1153,7 +1153,7 @@ fn injected(disk: &mut Disk, is_write: bool, sector: u64, seed: u64) -> Result<(
             disk.read(first, data)
         };
         match result {
-            Err(super::BlockError::Device(BlkError::IoError)) => {
+            Err(super::BlockError::Device(BlkError::Request(RequestError::IoError))) => {
                 disk.expect_failure();
                 if is_write {
                     announce(disk, "write-failed", first, count);

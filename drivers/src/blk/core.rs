@@ -1,0 +1,1147 @@
+//! # The non-blocking core of the block driver (virtio 1.2 §5.2.6)
+//!
+//! Everything a request goes through, from the caller's hands to the ring
+//! and back, without ever waiting:
+//!
+//! 1. **Validate** ([`BlkDevice::submit`] → `validate`): the rules of
+//!    §5.2.6.1 (whole sectors, inside `capacity`, not on a read-only disk,
+//!    the feature negotiated, within `seg_max` / `size_max` and the
+//!    discard / write-zeroes limits). Nothing reaches the device if this fails.
+//! 2. **Build** (`submit_on`): the header (type, sector) and status byte go
+//!    in the pool slot numbered like the token the ring is about to hand
+//!    out ([`crate::queue::Virtqueue::next_token`]); caller buffers are
+//!    shared with the device ([`hal::Hal::share`]) and cut into segments;
+//!    the chain is header (device-readable), data, status (device-writable),
+//!    §5.2.6's `struct virtio_blk_req`.
+//! 3. **Publish** (`publish_all`): outside a batch at once, else at
+//!    [`BlkDevice::finish_batch`]; the device is notified only if it asked
+//!    to be (§2.7.10, EVENT_IDX).
+//! 4. **Collect** ([`BlkDevice::poll`] → `next_completion` → `finish`): a
+//!    used entry's token names the slot; its buffers are unshared, the
+//!    status byte and the used length are judged (§5.2.6.2: the device is
+//!    not trusted) and a [`Completion`] comes back.
+//!
+//! Completions collected but not yet handed out (by [`BlkDevice::complete`],
+//! [`BlkDevice::poll_queue`], or a blocking helper that met them while
+//! waiting for its own) wait in `finished`, in the order the device
+//! finished them, and `poll` hands those out first.
+
+use crate::queue::Ring;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+
+use hal::{DeviceAddr, Direction, Hal};
+use log::{log_enabled, trace, warn, Level};
+
+use super::error::{count_u32, sectors_u32};
+use super::plan::{self, Cursor};
+use super::request::{
+    self, status, RequestPool, HEADER_BYTES, RANGE_BYTES, WRITE_ZEROES_FLAG_UNMAP,
+};
+use super::{
+    BlkDevice, BlkError, BlkQueueStats, BlkToken, Completion, RequestError, RequestType, Serial,
+    SetupError, ID_BYTES, MAX_REQUEST_BYTES, SECTOR_SIZE,
+};
+use crate::device::{self, DeviceError};
+use crate::queue::{QueueError, Segment, Token, Virtqueue};
+use crate::transport::{DeviceStatus, Transport};
+
+/// One request for [`BlkDevice::submit`].
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'b> {
+    /// Read `buffers` (each a multiple of 512 bytes) from consecutive sectors.
+    Read {
+        /// First sector.
+        sector: u64,
+        /// Where the data goes, in order.
+        buffers: &'b [NonNull<[u8]>],
+    },
+    /// Write `buffers` to consecutive sectors.
+    Write {
+        /// First sector.
+        sector: u64,
+        /// The data, in order.
+        buffers: &'b [NonNull<[u8]>],
+    },
+    /// Commit the device's write cache (needs VIRTIO_BLK_F_FLUSH).
+    Flush,
+    /// Fetch the serial number.
+    GetId,
+    /// Discard a range (needs VIRTIO_BLK_F_DISCARD).
+    Discard {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors (at most `max_discard_sectors`).
+        sectors: u32,
+    },
+    /// Zero a range (needs VIRTIO_BLK_F_WRITE_ZEROES).
+    WriteZeroes {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors (at most `max_write_zeroes_sectors`).
+        sectors: u32,
+        /// Let the device deallocate the range (the UNMAP flag).
+        unmap: bool,
+    },
+}
+
+/// A request and, optionally, the queue it must go to.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'b> {
+    /// What to do.
+    pub op: Op<'b>,
+    /// `None`: round robin over the queues with room.
+    pub queue: Option<u16>,
+}
+
+impl<'b> Request<'b> {
+    /// A request for any queue.
+    pub fn new(op: Op<'b>) -> Self {
+        Self { op, queue: None }
+    }
+
+    /// Pins the request to queue `queue`.
+    pub fn on_queue(mut self, queue: u16) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+}
+
+/// One request as the driver builds it (after validation). The blocking
+/// helpers make these straight from their plan.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Job<'a> {
+    /// Read or write: `bytes` bytes of `buffers` from `start`, in `segments` segments.
+    Data {
+        request: RequestType,
+        sector: u64,
+        buffers: &'a [NonNull<[u8]>],
+        start: Cursor,
+        bytes: usize,
+        segments: usize,
+    },
+    /// Discard or write-zeroes: one range in the pool slot's payload.
+    Range {
+        request: RequestType,
+        sector: u64,
+        sectors: u32,
+        flags: u32,
+    },
+    /// Flush or GET_ID.
+    Command { request: RequestType },
+}
+
+impl Job<'_> {
+    pub(super) fn request(&self) -> RequestType {
+        match *self {
+            Job::Data { request, .. } | Job::Range { request, .. } | Job::Command { request } => {
+                request
+            }
+        }
+    }
+
+    fn sector(&self) -> u64 {
+        match *self {
+            Job::Data { sector, .. } | Job::Range { sector, .. } => sector,
+            Job::Command { .. } => 0,
+        }
+    }
+}
+
+/// A caller buffer shared with the device for one request.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    addr: DeviceAddr,
+    buffer: NonNull<[u8]>,
+    direction: Direction,
+}
+
+/// What the driver remembers about one pool slot.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    in_flight: bool,
+    serial: u32,
+    request: RequestType,
+    sector: u64,
+    data_bytes: u32,
+    shares: u16,
+}
+
+impl Slot {
+    const FREE: Slot = Slot {
+        in_flight: false,
+        serial: 0,
+        request: RequestType::Flush,
+        sector: 0,
+        data_bytes: 0,
+        shares: 0,
+    };
+}
+
+/// One request queue with its pool and per-request bookkeeping.
+pub(super) struct RequestQueue<H: Hal> {
+    pub(super) index: u16,
+    pub(super) ring: Virtqueue<H>,
+    pool: RequestPool<H>,
+    /// Per pool slot, which is also the [`Token::index`] of its request.
+    slots: Vec<Slot>,
+    /// `max_shares` entries per slot.
+    shares: Vec<Option<Share>>,
+    max_shares: usize,
+    pub(super) stats: BlkQueueStats,
+    /// The last device error the ring caught ([`BlkDevice::ring_fault`]).
+    pub(super) fault: Option<QueueError>,
+}
+
+impl<H: Hal> RequestQueue<H> {
+    pub(super) fn new(
+        index: u16,
+        ring: Virtqueue<H>,
+        max_shares: usize,
+    ) -> Result<Self, SetupError> {
+        let size = ring.size() as usize;
+        let pool = RequestPool::new(size).map_err(|e| {
+            SetupError::Device(DeviceError::Queue {
+                queue: index,
+                error: QueueError::Dma(e),
+            })
+        })?;
+        Ok(Self {
+            index,
+            ring,
+            pool,
+            slots: vec![Slot::FREE; size],
+            // A zero-copy Hal needs no share records (`share_data`).
+            shares: vec![
+                None;
+                if H::UNSHARE_IS_NOOP {
+                    0
+                } else {
+                    size * max_shares
+                }
+            ],
+            max_shares,
+            stats: BlkQueueStats::default(),
+            fault: None,
+        })
+    }
+
+    /// Ends the shares of `slot` (the device is done with its buffers).
+    #[inline(always)]
+    fn unshare_all(&mut self, slot: usize) {
+        if H::UNSHARE_IS_NOOP {
+            // Nothing was recorded (`share_data`): a zero-copy Hal's unshare
+            // does nothing the used ring's acquire read has not done.
+            return;
+        }
+        self.unshare_each(slot);
+    }
+
+    #[inline(never)]
+    fn unshare_each(&mut self, slot: usize) {
+        let first = slot * self.max_shares;
+        let count = self.slots[slot].shares as usize;
+        // Entries past `count` are stale; the count says which are live, so
+        // they need not be cleared one by one.
+        for share in self.shares[first..first + count].iter().flatten() {
+            // SAFETY: these are the arguments and result of one earlier
+            // `H::share`; the device has finished with the buffer (its
+            // chain came back in the used ring, or the device was reset),
+            // and the count drops to 0 below, so no share ends twice.
+            unsafe { H::unshare(share.addr, share.buffer, share.direction) };
+        }
+        self.slots[slot].shares = 0;
+    }
+
+    /// Pool slots: one per descriptor of the ring.
+    pub(super) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Ends the shares of `slot` and marks it free (its request is over or
+    /// never reached the ring).
+    fn release(&mut self, slot: usize) {
+        self.unshare_all(slot);
+        self.slots[slot] = Slot::FREE;
+    }
+}
+
+impl<H: Hal> RequestQueue<H> {
+    /// Counts a finished (or aborted) request in the queue's statistics.
+    fn count(&mut self, record: &Slot, result: &Result<(), RequestError>) {
+        let stats = &mut self.stats;
+        stats.completions += 1;
+        match (result, record.request) {
+            (Ok(()), RequestType::Read) => stats.bytes_read += u64::from(record.data_bytes),
+            (Ok(()), RequestType::Write) => stats.bytes_written += u64::from(record.data_bytes),
+            (Ok(()), _) => {}
+            (Err(_), _) => stats.failed += 1,
+        }
+    }
+
+    /// Writes the segment list of `job` in pool slot `slot` to `segments`:
+    /// header (device-readable), the data or the range or GET_ID's answer
+    /// buffer, status (device-writable), §5.2.6. Shares caller buffers on
+    /// the way. Returns the data bytes.
+    fn describe(
+        &mut self,
+        slot: usize,
+        job: &Job<'_>,
+        segments: &mut Vec<Segment>,
+        max_segment_bytes: usize,
+    ) -> Result<u32, BlkError> {
+        segments.clear();
+        segments.push(Segment::readable(
+            self.pool.header_addr(slot),
+            HEADER_BYTES as u32,
+        ));
+        let mut data_bytes = 0u32;
+        match *job {
+            Job::Data {
+                request,
+                buffers,
+                start,
+                bytes,
+                segments: planned,
+                ..
+            } => {
+                let direction = if request == RequestType::Read {
+                    Direction::FromDevice
+                } else {
+                    Direction::ToDevice
+                };
+                let part = DataPart {
+                    buffers,
+                    start,
+                    bytes,
+                    direction,
+                    max_segment_bytes,
+                };
+                share_data(self, slot, segments, part)?;
+                // The planner counted segments with the same cutting rule.
+                debug_assert_eq!(segments.len() - 1, planned);
+                data_bytes = bytes as u32;
+            }
+            Job::Range {
+                sector,
+                sectors,
+                flags,
+                ..
+            } => {
+                self.pool
+                    .write_payload(slot, &request::encode_range(sector, sectors, flags));
+                segments.push(Segment::readable(
+                    self.pool.payload_addr(slot),
+                    RANGE_BYTES as u32,
+                ));
+            }
+            Job::Command { request } => {
+                if request == RequestType::GetId {
+                    self.pool.clear_payload(slot);
+                    segments.push(Segment::writable(
+                        self.pool.payload_addr(slot),
+                        ID_BYTES as u32,
+                    ));
+                }
+            }
+        }
+        segments.push(Segment::writable(self.pool.status_addr(slot), 1));
+        Ok(data_bytes)
+    }
+
+    /// What the caller hears when the ring refuses a chain.
+    fn refused(&mut self, error: QueueError) -> BlkError {
+        match error {
+            QueueError::QueueFull { .. } => BlkError::QueueFull,
+            QueueError::TooManySegments { segments, max } => BlkError::TooManySegments {
+                needed: count_u32(segments.saturating_sub(2)),
+                max: count_u32(max.saturating_sub(2)),
+            },
+            error => self.fault(error),
+        }
+    }
+
+    /// Records and logs a device error the ring caught, and names it.
+    fn fault(&mut self, error: QueueError) -> BlkError {
+        warn!("blk q{}: {error}", self.index);
+        self.fault = Some(error);
+        BlkError::Ring { queue: self.index }
+    }
+}
+
+impl<H: Hal, T: Transport> BlkDevice<H, T> {
+    /// Submits one request and returns its token without waiting.
+    ///
+    /// Read and write buffers are validated (non-empty, multiples of 512,
+    /// inside the disk, at most [`BlkDevice::max_data_segments`] segments
+    /// once cut at `size_max`), shared with the device, and described to it
+    /// between the header and the status byte. Nothing reaches the device
+    /// if validation fails.
+    ///
+    /// Outside a batch ([`BlkDevice::start_batch`]) the request is published
+    /// at once and the device notified if it wants to be.
+    ///
+    /// # Safety
+    ///
+    /// For `Op::Read` and `Op::Write`: every buffer must be valid for reads
+    /// and writes of its length, must not overlap another buffer of a
+    /// request in flight, and must be neither accessed nor freed until the
+    /// request's completion has been collected ([`BlkDevice::poll`],
+    /// [`BlkDevice::complete`]), the device was reset by this driver
+    /// (timeout, [`BlkDevice::recover`]), or the driver was dropped. Other
+    /// operations have no requirement.
+    // Inlined into `submit_read` & co., so the request is not copied into
+    // a call frame and out again on its way to `submit_on`.
+    #[inline(always)]
+    pub unsafe fn submit(&mut self, request: Request<'_>) -> Result<BlkToken, BlkError> {
+        self.check_live()?;
+        let job = self.validate(request.op)?;
+        let token = self.submit_job(request.queue, &job)?;
+        if !self.batching {
+            self.publish_all();
+        }
+        Ok(token)
+    }
+
+    /// Submits a read of `buffers` from consecutive sectors starting at
+    /// `sector`, on the next queue with room.
+    ///
+    /// # Safety
+    ///
+    /// As for [`BlkDevice::submit`].
+    #[inline]
+    pub unsafe fn submit_read(
+        &mut self,
+        sector: u64,
+        buffers: &[NonNull<[u8]>],
+    ) -> Result<BlkToken, BlkError> {
+        // SAFETY: the caller upholds `submit`'s contract for these buffers.
+        unsafe { self.submit(Request::new(Op::Read { sector, buffers })) }
+    }
+
+    /// Submits a write of `buffers` to consecutive sectors starting at `sector`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`BlkDevice::submit`].
+    #[inline]
+    pub unsafe fn submit_write(
+        &mut self,
+        sector: u64,
+        buffers: &[NonNull<[u8]>],
+    ) -> Result<BlkToken, BlkError> {
+        // SAFETY: the caller upholds `submit`'s contract for these buffers.
+        unsafe { self.submit(Request::new(Op::Write { sector, buffers })) }
+    }
+
+    /// Submits a cache flush.
+    pub fn submit_flush(&mut self) -> Result<BlkToken, BlkError> {
+        // SAFETY: a flush has no caller buffers.
+        unsafe { self.submit(Request::new(Op::Flush)) }
+    }
+
+    /// Submits a GET_ID; once it completes, [`BlkDevice::last_serial`] has
+    /// the answer.
+    pub fn submit_get_id(&mut self) -> Result<BlkToken, BlkError> {
+        // SAFETY: GET_ID's buffer is the driver's own pool slot.
+        unsafe { self.submit(Request::new(Op::GetId)) }
+    }
+
+    /// Submits a discard of `sectors` sectors at `sector`.
+    pub fn submit_discard(&mut self, sector: u64, sectors: u32) -> Result<BlkToken, BlkError> {
+        // SAFETY: the range lives in the driver's own pool slot.
+        unsafe { self.submit(Request::new(Op::Discard { sector, sectors })) }
+    }
+
+    /// Submits a write-zeroes of `sectors` sectors at `sector`; `unmap`
+    /// lets the device deallocate them.
+    pub fn submit_write_zeroes(
+        &mut self,
+        sector: u64,
+        sectors: u32,
+        unmap: bool,
+    ) -> Result<BlkToken, BlkError> {
+        // SAFETY: the range lives in the driver's own pool slot.
+        unsafe {
+            self.submit(Request::new(Op::WriteZeroes {
+                sector,
+                sectors,
+                unmap,
+            }))
+        }
+    }
+
+    /// From now on submissions are only queued, not published, until
+    /// [`BlkDevice::finish_batch`]: one index update and at most one
+    /// notification per queue for the whole batch.
+    pub fn start_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Publishes everything queued since [`BlkDevice::start_batch`] and
+    /// notifies the queues that need it. Returns the notifications sent.
+    pub fn finish_batch(&mut self) -> usize {
+        self.batching = false;
+        self.publish_all()
+    }
+
+    /// Returns the next finished request, from any queue, in the order the
+    /// device finished them; `Ok(None)` if none has finished.
+    ///
+    /// `Err` reports device misbehaviour on a ring that no request can be
+    /// blamed for ([`BlkError::Ring`]); polling again continues after it,
+    /// unless the queue is broken, which needs [`BlkDevice::recover`].
+    #[inline]
+    pub fn poll(&mut self) -> Result<Option<Completion>, BlkError> {
+        if let Some(done) = self.finished.pop_front() {
+            return Ok(Some(done));
+        }
+        self.poll_rings()
+    }
+
+    /// Like [`BlkDevice::poll`], but straight from the used rings, passing
+    /// over the completions set aside in `finished`: what is still in a
+    /// used ring stays there, in order, for the next call.
+    pub(super) fn poll_rings(&mut self) -> Result<Option<Completion>, BlkError> {
+        for q in 0..self.queues.len() {
+            match self.next_completion(q) {
+                Ok(None) => continue,
+                answer => return answer,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sets a completion aside for the caller's next [`BlkDevice::poll`]
+    /// (a blocking helper met it while waiting for its own).
+    pub(super) fn set_aside(&mut self, completion: Completion) {
+        self.finished.push_back(completion);
+    }
+
+    /// Forgets the completions set aside that `unwanted` picks (those of a
+    /// blocking call that is giving up: nobody will ask for them).
+    pub(super) fn drop_set_aside(&mut self, unwanted: impl Fn(&Completion) -> bool) {
+        self.finished.retain(|c| !unwanted(c));
+    }
+
+    /// Like [`BlkDevice::poll`], but only for requests of queue `queue`
+    /// (for a per-queue interrupt handler).
+    pub fn poll_queue(&mut self, queue: u16) -> Result<Option<Completion>, BlkError> {
+        let q = queue as usize;
+        if q >= self.queues.len() {
+            return Err(BlkError::NoSuchQueue(queue));
+        }
+        if let Some(done) = self.take_finished(|c| c.token.queue == queue) {
+            return Ok(Some(done));
+        }
+        self.reap(q)?;
+        Ok(self.take_finished(|c| c.token.queue == queue))
+    }
+
+    /// The completion of `token` if it has finished (`Ok(None)`: still in
+    /// flight). Other requests that finished meanwhile stay for `poll`.
+    pub fn complete(&mut self, token: BlkToken) -> Result<Option<Completion>, BlkError> {
+        if let Some(done) = self.take_finished(|c| c.token == token) {
+            return Ok(Some(done));
+        }
+        let in_flight = self
+            .queues
+            .get(token.queue as usize)
+            .and_then(|q| q.slots.get(token.slot as usize))
+            .is_some_and(|s| s.in_flight && s.serial == token.serial);
+        if !in_flight {
+            return Err(BlkError::UnknownToken);
+        }
+        self.reap(token.queue as usize)?;
+        Ok(self.take_finished(|c| c.token == token))
+    }
+
+    /// `Err(DeviceFailed)` while the device is down after a failure.
+    pub(super) fn check_live(&self) -> Result<(), BlkError> {
+        if self.failed {
+            Err(BlkError::DeviceFailed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a read or write before anything is shared or submitted and
+    /// returns its length in bytes.
+    pub(super) fn validate_data(
+        &self,
+        request: RequestType,
+        sector: u64,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<usize, BlkError> {
+        if request.modifies_disk() && self.info.read_only {
+            return Err(BlkError::ReadOnly);
+        }
+        let mut total = 0usize;
+        for len in lens {
+            if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
+                return Err(BlkError::BadBufferLength { len });
+            }
+            total = total
+                .checked_add(len)
+                .ok_or(BlkError::RequestTooLarge { bytes: usize::MAX })?;
+        }
+        if total == 0 {
+            return Err(BlkError::EmptyRequest);
+        }
+        self.check_range(sector, (total / SECTOR_SIZE) as u64)?;
+        Ok(total)
+    }
+
+    fn check_range(&self, sector: u64, sectors: u64) -> Result<(), BlkError> {
+        let capacity = self.info.capacity_sectors;
+        match sector.checked_add(sectors) {
+            Some(end) if end <= capacity => Ok(()),
+            _ => Err(BlkError::OutOfRange {
+                sector,
+                sectors: sectors_u32(sectors),
+            }),
+        }
+    }
+
+    /// Checks a discard / write-zeroes range and returns the per-request
+    /// sector limit.
+    pub(super) fn validate_range(
+        &self,
+        request: RequestType,
+        sector: u64,
+        sectors: u64,
+    ) -> Result<u32, BlkError> {
+        if self.info.read_only {
+            return Err(BlkError::ReadOnly);
+        }
+        let max = match request {
+            RequestType::Discard => self.info.discard.map(|d| d.max_sectors),
+            _ => self.info.write_zeroes.map(|w| w.max_sectors),
+        }
+        .ok_or(BlkError::NotNegotiated(request))?;
+        if sectors == 0 {
+            return Err(BlkError::EmptyRequest);
+        }
+        self.check_range(sector, sectors)?;
+        // 0 from the device: no limit beyond what the range field holds.
+        Ok(if max == 0 { u32::MAX } else { max })
+    }
+
+    /// Validates one request of the non-blocking API and turns it into a job.
+    #[inline(always)]
+    pub(super) fn validate<'a>(&self, op: Op<'a>) -> Result<Job<'a>, BlkError> {
+        match op {
+            Op::Read { sector, buffers } | Op::Write { sector, buffers } => {
+                let request = if matches!(op, Op::Read { .. }) {
+                    RequestType::Read
+                } else {
+                    RequestType::Write
+                };
+                let bytes = self.validate_data(request, sector, buffers.iter().map(|b| b.len()))?;
+                if bytes > MAX_REQUEST_BYTES {
+                    return Err(BlkError::RequestTooLarge { bytes });
+                }
+                let segments = buffers
+                    .iter()
+                    .map(|b| plan::segments_for(b.len(), self.limits.max_segment_bytes))
+                    .sum();
+                if segments > self.limits.max_segments {
+                    return Err(BlkError::TooManySegments {
+                        needed: count_u32(segments),
+                        max: count_u32(self.limits.max_segments),
+                    });
+                }
+                Ok(Job::Data {
+                    request,
+                    sector,
+                    buffers,
+                    start: Cursor::default(),
+                    bytes,
+                    segments,
+                })
+            }
+            Op::Flush => {
+                if self.info.flush {
+                    Ok(Job::Command {
+                        request: RequestType::Flush,
+                    })
+                } else {
+                    Err(BlkError::NotNegotiated(RequestType::Flush))
+                }
+            }
+            Op::GetId => Ok(Job::Command {
+                request: RequestType::GetId,
+            }),
+            Op::Discard { sector, sectors } => {
+                let max = self.validate_range(RequestType::Discard, sector, sectors.into())?;
+                if sectors > max {
+                    return Err(BlkError::TooManySectors {
+                        sectors: sectors.into(),
+                        max,
+                    });
+                }
+                Ok(Job::Range {
+                    request: RequestType::Discard,
+                    sector,
+                    sectors,
+                    flags: 0,
+                })
+            }
+            Op::WriteZeroes {
+                sector,
+                sectors,
+                unmap,
+            } => {
+                let max = self.validate_range(RequestType::WriteZeroes, sector, sectors.into())?;
+                if sectors > max {
+                    return Err(BlkError::TooManySectors {
+                        sectors: sectors.into(),
+                        max,
+                    });
+                }
+                Ok(Job::Range {
+                    request: RequestType::WriteZeroes,
+                    sector,
+                    sectors,
+                    flags: if unmap { WRITE_ZEROES_FLAG_UNMAP } else { 0 },
+                })
+            }
+        }
+    }
+
+    /// Puts a validated job on `queue` (or the next queue with room).
+    #[inline(always)]
+    pub(super) fn submit_job(
+        &mut self,
+        queue: Option<u16>,
+        job: &Job<'_>,
+    ) -> Result<BlkToken, BlkError> {
+        let count = self.queues.len();
+        if let Some(q) = queue {
+            if q as usize >= count {
+                return Err(BlkError::NoSuchQueue(q));
+            }
+            return self.submit_on(q as usize, job);
+        }
+        // Wrapped by comparison, not `%`: a division is tens of cycles.
+        let wrap = |q: usize| if q + 1 >= count { 0 } else { q + 1 };
+        let mut q = if self.next_queue < count {
+            self.next_queue
+        } else {
+            0
+        };
+        for _ in 0..count {
+            match self.submit_on(q, job) {
+                Ok(token) => {
+                    self.next_queue = wrap(q);
+                    return Ok(token);
+                }
+                Err(BlkError::QueueFull) => q = wrap(q),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BlkError::QueueFull)
+    }
+
+    /// Builds the request in a pool slot of queue `q`, shares its buffers,
+    /// and adds its chain to the ring (not yet published).
+    fn submit_on(&mut self, q: usize, job: &Job<'_>) -> Result<BlkToken, BlkError> {
+        let max_segment_bytes = self.limits.max_segment_bytes;
+        let Self {
+            queues,
+            segments,
+            next_serial,
+            ..
+        } = self;
+        let rq = &mut queues[q];
+        // The slot is the token `add` is about to return; a queue without a
+        // free token has no room either.
+        let Some(next) = rq.ring.next_token() else {
+            return Err(BlkError::QueueFull);
+        };
+        // Below the queue's size, which is the number of slots.
+        let slot = next.index();
+        let (request, sector) = (job.request(), job.sector());
+        rq.pool.prepare(slot, request, sector);
+        let data_bytes = match rq.describe(slot, job, segments, max_segment_bytes) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                rq.release(slot);
+                return Err(e);
+            }
+        };
+        let token = match rq.ring.add(segments) {
+            Ok(token) => token,
+            Err(error) => {
+                rq.release(slot);
+                return Err(rq.refused(error));
+            }
+        };
+        // `next_token` promised this token; the slot's header already says
+        // what the request is.
+        debug_assert_eq!(
+            token.index(),
+            slot,
+            "the queue broke its next_token promise"
+        );
+        let serial = *next_serial;
+        *next_serial = next_serial.wrapping_add(1);
+        let shares = rq.slots[slot].shares;
+        rq.slots[slot] = Slot {
+            in_flight: true,
+            serial,
+            request,
+            sector,
+            data_bytes,
+            shares,
+        };
+        rq.stats.requests += 1;
+        let blk_token = BlkToken {
+            queue: rq.index,
+            slot: slot as u16,
+            serial,
+        };
+        if log_enabled!(Level::Trace) {
+            trace!(
+                "blk {blk_token}: {request} sector {sector}{}: chain head {}, {} segment(s): {}",
+                SectorsNote(job),
+                token,
+                segments.len(),
+                SegmentsNote(segments),
+            );
+        }
+        Ok(blk_token)
+    }
+
+    /// Publishes every queue and notifies those that need it.
+    pub(super) fn publish_all(&mut self) -> usize {
+        let mut sent = 0;
+        for rq in &mut self.queues {
+            if device::kick(&mut self.transport, &mut rq.ring) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Collects every used entry of queue `q` into `finished`, for
+    /// [`BlkDevice::poll_queue`] and [`BlkDevice::complete`].
+    fn reap(&mut self, q: usize) -> Result<(), BlkError> {
+        while let Some(done) = self.next_completion(q)? {
+            self.finished.push_back(done);
+        }
+        Ok(())
+    }
+
+    /// Takes used entries of queue `q` until one finishes a request, and
+    /// returns its completion; `Ok(None)` once the used ring is empty.
+    #[inline(always)]
+    fn next_completion(&mut self, q: usize) -> Result<Option<Completion>, BlkError> {
+        loop {
+            let (token, used) = match self.queues[q].ring.pop_used() {
+                Ok(None) => return Ok(None),
+                Ok(Some(used)) => (used.token, Ok(used.len)),
+                // The request is over (its descriptors are free again), but
+                // nothing the device left can be trusted.
+                Err(QueueError::UsedLengthTooLong { token, len, max }) => (
+                    token,
+                    Err(RequestError::BadLength {
+                        written: len,
+                        expected: max,
+                    }),
+                ),
+                Err(error) => return Err(self.queues[q].fault(error)),
+            };
+            let done = self.finish(q, token, used);
+            if done.is_some() {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Finishes the request of `token` (its pool slot) on queue `q`: ends
+    /// its shares, reads its status, frees its slot, and returns its
+    /// completion.
+    #[inline(always)]
+    fn finish(
+        &mut self,
+        q: usize,
+        token: Token,
+        used: Result<u32, RequestError>,
+    ) -> Option<Completion> {
+        let rq = &mut self.queues[q];
+        let slot = token.index();
+        let Some(&record) = rq.slots.get(slot).filter(|s| s.in_flight) else {
+            // The queue only returns tokens it has in flight, and every one
+            // of those has a request; this cannot happen unless the two disagree.
+            warn!("blk q{q}: completion for token {token} with no request; ignored");
+            return None;
+        };
+        // The device is done with the buffers: end the shares first, so the
+        // data is in the caller's memory before anyone hears of it.
+        rq.unshare_all(slot);
+        let status = rq.pool.status(slot).unwrap_or(status::NOT_WRITTEN);
+        let result = used.and_then(|len| check_completion(&record, status, len));
+        if record.request == RequestType::GetId && result.is_ok() {
+            let mut raw = [0u8; ID_BYTES];
+            rq.pool.read_payload(slot, &mut raw);
+            self.last_serial = Some(Serial::from_id_bytes(&raw));
+        }
+        rq.count(&record, &result);
+        // The shares ended above (the count is 0 again); the rest of the
+        // record is rewritten by the next request in this slot.
+        rq.slots[slot].in_flight = false;
+        let token = BlkToken {
+            queue: q as u16,
+            slot: slot as u16,
+            serial: record.serial,
+        };
+        if log_enabled!(Level::Trace) {
+            trace!(
+                "blk {token}: {} sector {} complete: status {:#04x} ({}), used length {}: {}",
+                record.request,
+                record.sector,
+                status,
+                status::name(status),
+                UsedNote(&used),
+                ResultNote(&result),
+            );
+        }
+        Some(Completion {
+            token,
+            request: record.request,
+            sector: record.sector,
+            result,
+        })
+    }
+
+    fn take_finished(&mut self, wanted: impl Fn(&Completion) -> bool) -> Option<Completion> {
+        let position = self.finished.iter().position(wanted)?;
+        self.finished.remove(position)
+    }
+
+    /// Resets the device so it stops touching memory, and fails every
+    /// request in flight with [`RequestError::Aborted`] (their buffers are
+    /// unshared; their completions wait for `poll`). With `mark_failed`,
+    /// sets FAILED and refuses requests until [`BlkDevice::recover`].
+    pub(super) fn stop_device(&mut self, why: &str, mark_failed: bool) {
+        let location = self.transport.location();
+        if mark_failed {
+            warn!("{location}: virtio-blk: resetting the device: {why}");
+        }
+        if let Err(e) = self.transport.reset() {
+            // Nothing better is possible: the buffers are released anyway,
+            // since their owners cannot wait forever.
+            warn!("{location}: virtio-blk: reset failed ({e}); releasing buffers regardless");
+        }
+        if mark_failed {
+            self.transport.set_status(DeviceStatus::FAILED);
+        }
+        for rq in &mut self.queues {
+            rq.ring.reset(|_| {});
+            for slot in 0..rq.slots.len() {
+                let record = rq.slots[slot];
+                if !record.in_flight {
+                    continue;
+                }
+                let result = Err(RequestError::Aborted);
+                rq.count(&record, &result);
+                rq.release(slot);
+                let token = BlkToken {
+                    queue: rq.index,
+                    slot: slot as u16,
+                    serial: record.serial,
+                };
+                trace!("blk {token}: {} aborted by the reset", record.request);
+                self.finished.push_back(Completion {
+                    token,
+                    request: record.request,
+                    sector: record.sector,
+                    result,
+                });
+            }
+        }
+        self.failed = mark_failed;
+    }
+
+    /// `true` if queue `queue` is broken (a fatal ring fault: only a reset helps).
+    pub(super) fn queue_is_broken(&self, queue: u16) -> bool {
+        self.queues
+            .get(usize::from(queue))
+            .is_some_and(|q| q.ring.is_broken())
+    }
+}
+
+/// The data of one request: `bytes` bytes of `buffers` from `start`.
+struct DataPart<'a> {
+    buffers: &'a [NonNull<[u8]>],
+    start: Cursor,
+    bytes: usize,
+    direction: Direction,
+    /// Where segments are cut (`size_max`).
+    max_segment_bytes: usize,
+}
+
+/// Shares the data `part` and appends its segments, cut at
+/// `max_segment_bytes`. On error, what was shared is recorded in the slot,
+/// so releasing the slot unshares it.
+fn share_data<H: Hal>(
+    rq: &mut RequestQueue<H>,
+    slot: usize,
+    segments: &mut Vec<Segment>,
+    part: DataPart<'_>,
+) -> Result<(), BlkError> {
+    let DataPart {
+        buffers,
+        start,
+        bytes,
+        direction,
+        max_segment_bytes,
+    } = part;
+    let writable = direction == Direction::FromDevice;
+    let mut cursor = start;
+    let mut left = bytes;
+    while left > 0 {
+        let Some(buffer) = buffers.get(cursor.buffer) else {
+            return Err(BlkError::EmptyRequest);
+        };
+        let available = buffer.len() - cursor.offset.min(buffer.len());
+        if available == 0 {
+            cursor = Cursor {
+                buffer: cursor.buffer + 1,
+                offset: 0,
+            };
+            continue;
+        }
+        let part_len = available.min(left);
+        let shares = rq.slots[slot].shares as usize;
+        if !H::UNSHARE_IS_NOOP && shares >= rq.max_shares {
+            return Err(BlkError::TooManySegments {
+                needed: count_u32(shares + 1),
+                max: count_u32(rq.max_shares),
+            });
+        }
+        // SAFETY: `cursor.offset < buffer.len()` (available > 0), so the
+        // pointer stays inside the caller's buffer.
+        let part_start = unsafe { buffer.cast::<u8>().add(cursor.offset) };
+        let part = NonNull::slice_from_raw_parts(part_start, part_len);
+        // SAFETY: the caller of `submit` (or the blocking helper, which holds
+        // the borrow until every request is done or the device is reset)
+        // guarantees the buffer stays valid and untouched until the request
+        // completes; the slot records the share so it is ended exactly once.
+        let addr = unsafe { H::share(part, direction) }.map_err(BlkError::Share)?;
+        // A share is recorded only so that its `unshare` can be called; a
+        // zero-copy Hal needs none (`Hal::UNSHARE_IS_NOOP`), and not
+        // writing the record saves several stores per request.
+        if !H::UNSHARE_IS_NOOP {
+            rq.shares[slot * rq.max_shares + shares] = Some(Share {
+                addr,
+                buffer: part,
+                direction,
+            });
+            rq.slots[slot].shares += 1;
+        }
+        let mut offset = 0usize;
+        while offset < part_len {
+            let len = (part_len - offset).min(max_segment_bytes);
+            let segment = if writable {
+                Segment::writable(addr + offset as u64, len as u32)
+            } else {
+                Segment::readable(addr + offset as u64, len as u32)
+            };
+            segments.push(segment);
+            offset += len;
+        }
+        left -= part_len;
+        cursor.offset += part_len;
+    }
+    Ok(())
+}
+
+/// Judges a completed request from its status byte and used length.
+fn check_completion(record: &Slot, status: u8, len: u32) -> Result<(), RequestError> {
+    if len == 0 {
+        // Not even the status byte: nothing the device left can be trusted.
+        return Err(RequestError::BadLength {
+            written: 0,
+            expected: 1,
+        });
+    }
+    match status {
+        status::OK => {
+            if record.request == RequestType::Read && len != record.data_bytes + 1 {
+                return Err(RequestError::BadLength {
+                    written: len,
+                    expected: record.data_bytes + 1,
+                });
+            }
+            Ok(())
+        }
+        status::IOERR => Err(RequestError::IoError),
+        status::UNSUPP => Err(RequestError::Unsupported),
+        other => Err(RequestError::BadStatus(other)),
+    }
+}
+
+/// Formats ", N sectors" for a job (trace only).
+struct SectorsNote<'a, 'b>(&'a Job<'b>);
+
+impl fmt::Display for SectorsNote<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self.0 {
+            Job::Data { bytes, .. } => write!(f, ", {} sector(s)", bytes / SECTOR_SIZE),
+            Job::Range { sectors, flags, .. } => {
+                write!(f, ", {sectors} sector(s)")?;
+                if flags & WRITE_ZEROES_FLAG_UNMAP != 0 {
+                    f.write_str(", UNMAP")?;
+                }
+                Ok(())
+            }
+            Job::Command { .. } => Ok(()),
+        }
+    }
+}
+
+/// Formats a segment list as `16 R + 4096 W + 1 W` (trace only).
+struct SegmentsNote<'a>(&'a [Segment]);
+
+impl fmt::Display for SegmentsNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" + ")?;
+            }
+            write!(f, "{} {}", s.len, if s.device_writable { "W" } else { "R" })?;
+        }
+        Ok(())
+    }
+}
+
+/// Formats the used length, or why there is none (trace only).
+struct UsedNote<'a>(&'a Result<u32, RequestError>);
+
+impl fmt::Display for UsedNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Ok(len) => write!(f, "{len}"),
+            Err(RequestError::BadLength { written, expected }) => {
+                write!(f, "{written} (more than the {expected} writable bytes)")
+            }
+            Err(e) => write!(f, "? ({e})"),
+        }
+    }
+}
+
+/// Formats a request's result (trace only).
+struct ResultNote<'a>(&'a Result<(), RequestError>);
+
+impl fmt::Display for ResultNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Ok(()) => f.write_str("ok"),
+            Err(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
