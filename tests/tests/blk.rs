@@ -1296,6 +1296,28 @@ fn each_request_is_narrated_at_trace_level() {
 // ---- failure and recovery ----------------------------------------------------------
 
 #[test]
+fn a_blocking_call_sets_completions_of_earlier_submissions_aside_for_poll() {
+    // Declared before the driver, so it outlives it even if a check fails.
+    let mut early = buffer(512);
+    let (mut blk, model) = device(BlkModelConfig::default());
+    model.borrow_mut().fill_pattern();
+    let ptr = NonNull::from(&mut early[..]);
+    // SAFETY: the box outlives the request and is read only after its completion.
+    let token = unsafe { blk.submit_read(7, &[ptr]) }.unwrap();
+    let mut data = vec![0u8; 1024];
+    blk.read_blocks(0, &mut data, &mut wait(&model)).unwrap();
+    assert_eq!(data, expected(0, 1024));
+    // The blocking call met the earlier request's completion and left it
+    // for the caller, who alone knows its token.
+    let done = blk.poll().unwrap().expect("set aside for poll");
+    assert_eq!((done.token, done.result), (token, Ok(())));
+    assert_eq!(&early[..], &expected(7, 512)[..]);
+    assert_eq!(blk.poll(), Ok(None));
+    assert_eq!(blk.stats().completions, 2);
+    assert_model_clean(&model);
+}
+
+#[test]
 fn a_timeout_resets_the_device_releases_buffers_and_recover_brings_it_back() {
     // Declared before the driver, so it outlives it even if a check fails.
     let mut pending = buffer(512);
@@ -1331,6 +1353,11 @@ fn a_timeout_resets_the_device_releases_buffers_and_recover_brings_it_back() {
     assert_eq!(
         (aborted.token, aborted.result),
         (token, Err(RequestError::Aborted))
+    );
+    assert_eq!(
+        blk.poll(),
+        Ok(None),
+        "the blocking call's own aborted requests are not handed out"
     );
     assert_eq!(
         blk.read_blocks(0, &mut data, &mut wait(&model)),

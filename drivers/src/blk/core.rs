@@ -236,11 +236,6 @@ impl<H: Hal> RequestQueue<H> {
             // does nothing the used ring's acquire read has not done.
             return;
         }
-        self.unshare_each(slot);
-    }
-
-    #[inline(never)]
-    fn unshare_each(&mut self, slot: usize) {
         let first = slot * self.max_shares;
         let count = self.slots[slot].shares as usize;
         // Entries past `count` are stale; the count says which are live, so
@@ -285,6 +280,7 @@ impl<H: Hal> RequestQueue<H> {
     /// header (device-readable), the data or the range or GET_ID's answer
     /// buffer, status (device-writable), §5.2.6. Shares caller buffers on
     /// the way. Returns the data bytes.
+    #[inline(always)]
     fn describe(
         &mut self,
         slot: usize,
@@ -392,8 +388,6 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// [`BlkDevice::complete`]), the device was reset by this driver
     /// (timeout, [`BlkDevice::recover`]), or the driver was dropped. Other
     /// operations have no requirement.
-    // Inlined into `submit_read` & co., so the request is not copied into
-    // a call frame and out again on its way to `submit_on`.
     #[inline(always)]
     pub unsafe fn submit(&mut self, request: Request<'_>) -> Result<BlkToken, BlkError> {
         self.check_live()?;
@@ -411,7 +405,6 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// # Safety
     ///
     /// As for [`BlkDevice::submit`].
-    #[inline]
     pub unsafe fn submit_read(
         &mut self,
         sector: u64,
@@ -426,7 +419,6 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// # Safety
     ///
     /// As for [`BlkDevice::submit`].
-    #[inline]
     pub unsafe fn submit_write(
         &mut self,
         sector: u64,
@@ -493,7 +485,6 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// `Err` reports device misbehaviour on a ring that no request can be
     /// blamed for ([`BlkError::Ring`]); polling again continues after it,
     /// unless the queue is broken, which needs [`BlkDevice::recover`].
-    #[inline]
     pub fn poll(&mut self) -> Result<Option<Completion>, BlkError> {
         if let Some(done) = self.finished.pop_front() {
             return Ok(Some(done));
@@ -504,6 +495,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Like [`BlkDevice::poll`], but straight from the used rings, passing
     /// over the completions set aside in `finished`: what is still in a
     /// used ring stays there, in order, for the next call.
+    #[inline(always)]
     pub(super) fn poll_rings(&mut self) -> Result<Option<Completion>, BlkError> {
         for q in 0..self.queues.len() {
             match self.next_completion(q) {
@@ -633,82 +625,82 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     #[inline(always)]
     pub(super) fn validate<'a>(&self, op: Op<'a>) -> Result<Job<'a>, BlkError> {
         match op {
-            Op::Read { sector, buffers } | Op::Write { sector, buffers } => {
-                let request = if matches!(op, Op::Read { .. }) {
-                    RequestType::Read
-                } else {
-                    RequestType::Write
-                };
-                let bytes = self.validate_data(request, sector, buffers.iter().map(|b| b.len()))?;
-                if bytes > MAX_REQUEST_BYTES {
-                    return Err(BlkError::RequestTooLarge { bytes });
-                }
-                let segments = buffers
-                    .iter()
-                    .map(|b| plan::segments_for(b.len(), self.limits.max_segment_bytes))
-                    .sum();
-                if segments > self.limits.max_segments {
-                    return Err(BlkError::TooManySegments {
-                        needed: count_u32(segments),
-                        max: count_u32(self.limits.max_segments),
-                    });
-                }
-                Ok(Job::Data {
-                    request,
-                    sector,
-                    buffers,
-                    start: Cursor::default(),
-                    bytes,
-                    segments,
-                })
-            }
-            Op::Flush => {
-                if self.info.flush {
-                    Ok(Job::Command {
-                        request: RequestType::Flush,
-                    })
-                } else {
-                    Err(BlkError::NotNegotiated(RequestType::Flush))
-                }
-            }
+            Op::Read { sector, buffers } => self.data_job(RequestType::Read, sector, buffers),
+            Op::Write { sector, buffers } => self.data_job(RequestType::Write, sector, buffers),
+            Op::Flush if !self.info.flush => Err(BlkError::NotNegotiated(RequestType::Flush)),
+            Op::Flush => Ok(Job::Command {
+                request: RequestType::Flush,
+            }),
             Op::GetId => Ok(Job::Command {
                 request: RequestType::GetId,
             }),
             Op::Discard { sector, sectors } => {
-                let max = self.validate_range(RequestType::Discard, sector, sectors.into())?;
-                if sectors > max {
-                    return Err(BlkError::TooManySectors {
-                        sectors: sectors.into(),
-                        max,
-                    });
-                }
-                Ok(Job::Range {
-                    request: RequestType::Discard,
-                    sector,
-                    sectors,
-                    flags: 0,
-                })
+                self.range_job(RequestType::Discard, sector, sectors, 0)
             }
             Op::WriteZeroes {
                 sector,
                 sectors,
                 unmap,
             } => {
-                let max = self.validate_range(RequestType::WriteZeroes, sector, sectors.into())?;
-                if sectors > max {
-                    return Err(BlkError::TooManySectors {
-                        sectors: sectors.into(),
-                        max,
-                    });
-                }
-                Ok(Job::Range {
-                    request: RequestType::WriteZeroes,
-                    sector,
-                    sectors,
-                    flags: if unmap { WRITE_ZEROES_FLAG_UNMAP } else { 0 },
-                })
+                let flags = if unmap { WRITE_ZEROES_FLAG_UNMAP } else { 0 };
+                self.range_job(RequestType::WriteZeroes, sector, sectors, flags)
             }
         }
+    }
+
+    /// A read or write that fits one request, as a job.
+    #[inline(always)]
+    fn data_job<'a>(
+        &self,
+        request: RequestType,
+        sector: u64,
+        buffers: &'a [NonNull<[u8]>],
+    ) -> Result<Job<'a>, BlkError> {
+        let bytes = self.validate_data(request, sector, buffers.iter().map(|b| b.len()))?;
+        if bytes > MAX_REQUEST_BYTES {
+            return Err(BlkError::RequestTooLarge { bytes });
+        }
+        let segments = buffers
+            .iter()
+            .map(|b| plan::segments_for(b.len(), self.limits.max_segment_bytes))
+            .sum();
+        if segments > self.limits.max_segments {
+            return Err(BlkError::TooManySegments {
+                needed: count_u32(segments),
+                max: count_u32(self.limits.max_segments),
+            });
+        }
+        Ok(Job::Data {
+            request,
+            sector,
+            buffers,
+            start: Cursor::default(),
+            bytes,
+            segments,
+        })
+    }
+
+    /// A discard or write-zeroes that fits one request, as a job.
+    fn range_job(
+        &self,
+        request: RequestType,
+        sector: u64,
+        sectors: u32,
+        flags: u32,
+    ) -> Result<Job<'static>, BlkError> {
+        let max = self.validate_range(request, sector, sectors.into())?;
+        if sectors > max {
+            return Err(BlkError::TooManySectors {
+                sectors: sectors.into(),
+                max,
+            });
+        }
+        Ok(Job::Range {
+            request,
+            sector,
+            sectors,
+            flags,
+        })
     }
 
     /// Puts a validated job on `queue` (or the next queue with room).
@@ -725,20 +717,14 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             }
             return self.submit_on(q as usize, job);
         }
-        // Wrapped by comparison, not `%`: a division is tens of cycles.
-        let wrap = |q: usize| if q + 1 >= count { 0 } else { q + 1 };
-        let mut q = if self.next_queue < count {
-            self.next_queue
-        } else {
-            0
-        };
+        let mut q = self.next_queue % count;
         for _ in 0..count {
             match self.submit_on(q, job) {
                 Ok(token) => {
-                    self.next_queue = wrap(q);
+                    self.next_queue = (q + 1) % count;
                     return Ok(token);
                 }
-                Err(BlkError::QueueFull) => q = wrap(q),
+                Err(BlkError::QueueFull) => q = (q + 1) % count,
                 Err(e) => return Err(e),
             }
         }
@@ -887,7 +873,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         if record.request == RequestType::GetId && result.is_ok() {
             let mut raw = [0u8; ID_BYTES];
             rq.pool.read_payload(slot, &mut raw);
-            self.last_serial = Some(Serial::from_id_bytes(&raw));
+            let serial = Serial::from_id_bytes(&raw);
+            trace!("blk q{q}: GET_ID answered serial \"{serial}\"");
+            self.last_serial = Some(serial);
         }
         rq.count(&record, &result);
         // The shares ended above (the count is 0 again); the rest of the
@@ -1032,9 +1020,6 @@ fn share_data<H: Hal>(
         // guarantees the buffer stays valid and untouched until the request
         // completes; the slot records the share so it is ended exactly once.
         let addr = unsafe { H::share(part, direction) }.map_err(BlkError::Share)?;
-        // A share is recorded only so that its `unshare` can be called; a
-        // zero-copy Hal needs none (`Hal::UNSHARE_IS_NOOP`), and not
-        // writing the record saves several stores per request.
         if !H::UNSHARE_IS_NOOP {
             rq.shares[slot * rq.max_shares + shares] = Some(Share {
                 addr,
@@ -1043,21 +1028,33 @@ fn share_data<H: Hal>(
             });
             rq.slots[slot].shares += 1;
         }
-        let mut offset = 0usize;
-        while offset < part_len {
-            let len = (part_len - offset).min(max_segment_bytes);
-            let segment = if writable {
-                Segment::writable(addr + offset as u64, len as u32)
-            } else {
-                Segment::readable(addr + offset as u64, len as u32)
-            };
-            segments.push(segment);
-            offset += len;
-        }
+        push_segments(segments, addr, part_len, writable, max_segment_bytes);
         left -= part_len;
         cursor.offset += part_len;
     }
     Ok(())
+}
+
+/// Appends `len` bytes at device address `addr` as segments of at most
+/// `max_segment_bytes` (`size_max`, §5.2.4).
+fn push_segments(
+    segments: &mut Vec<Segment>,
+    addr: DeviceAddr,
+    len: usize,
+    writable: bool,
+    max_segment_bytes: usize,
+) {
+    let mut offset = 0usize;
+    while offset < len {
+        let piece = (len - offset).min(max_segment_bytes);
+        let at = addr + offset as u64;
+        segments.push(if writable {
+            Segment::writable(at, piece as u32)
+        } else {
+            Segment::readable(at, piece as u32)
+        });
+        offset += piece;
+    }
 }
 
 /// Judges a completed request from its status byte and used length.
