@@ -22,10 +22,11 @@
 //! `#[allow(unsafe_code)]` on the module in this file, and each is being
 //! removed):
 //!
-//! - `blk` (`blk/mod.rs`): a request's data buffers are caller memory shared
-//!   with the device (`Hal::share` / `Hal::unshare`), which is only sound
-//!   while the caller keeps them alive and untouched (`submit_read` and
-//!   `submit_write` are `unsafe fn`s); it moves to a typed DMA buffer.
+//! - `blk` (`blk/core.rs`, and `Send` in `blk/mod.rs`): a request's data
+//!   buffers are caller memory shared with the device (`Hal::share` /
+//!   `Hal::unshare`), which is only sound while the caller keeps them alive
+//!   and untouched (`submit_read` and `submit_write` are `unsafe fn`s); it
+//!   moves to a typed DMA buffer.
 //!
 //! Every remaining `unsafe` block carries a `// SAFETY:` comment (the
 //! workspace denies `clippy::undocumented_unsafe_blocks` and
