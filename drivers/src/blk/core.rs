@@ -24,15 +24,17 @@
 //! ## Inlining, and why it is marked
 //!
 //! The functions a request passes through (`submit`, `validate`, `data_job`,
-//! `submit_job`, `describe`; `poll_rings`, `next_completion`, `finish`,
-//! `unshare_all`) carry `#[inline(always)]`. This is measured, not
-//! guessed: counted with `-icount shift=0` (docs/05-block.md §5.5), a
-//! polled 4 KiB read costs 1253 instructions per request with the marks;
-//! without them 1402, and with only some of them 1431 (the compiler then
-//! also stops inlining the ring's own steps into the caller). Skipping the
-//! share records for a zero-copy Hal (`Hal::UNSHARE_IS_NOOP`, in
-//! `share_data` and `unshare_all`) is worth about 70 more. Take a mark or
-//! the skip away only with a count that says it is not needed.
+//! `submit_job`, `describe`, `publish_all`; `poll_rings`, `next_completion`,
+//! `finish`, `unshare_all`) carry `#[inline(always)]`. This is measured,
+//! not guessed: counted with `-icount shift=0` (docs/05-block.md §5.5), a
+//! polled 4 KiB read costs 1269 instructions per request with the marks
+//! and a write 1293; without them about 150 more, and with only some of
+//! them about 180 more (the compiler then also stops inlining the ring's
+//! own steps into the caller); without the one on `publish_all`, about 40
+//! more. Skipping the share records for a zero-copy Hal
+//! (`Hal::UNSHARE_IS_NOOP`, in `share_data` and `unshare_all`) saves about
+//! 70. Take a mark or the skip away only with a count that says it is not
+//! needed.
 //!
 //! Completions collected but not yet handed out (by [`BlkDevice::complete`],
 //! [`BlkDevice::poll_queue`], or a blocking helper that met them while
@@ -815,6 +817,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     }
 
     /// Publishes every queue and notifies those that need it.
+    #[inline(always)]
     pub(super) fn publish_all(&mut self) -> usize {
         let mut sent = 0;
         for rq in &mut self.queues {
