@@ -17,7 +17,7 @@
 //!    order, and a blocking call holds `&mut` on the device throughout).
 //! 4. With nothing to collect, the call waits once through the caller's
 //!    [`Wait`], re-arming interrupts first if the wait sleeps until one
-//!    ([`crate::irq::wait_for_used`]; §2.7.10: the device may have used
+//!    ([`crate::irq::wait_until_used`]; §2.7.10: the device may have used
 //!    entries before it saw the request to interrupt).
 //!
 //! The first failure stops new submissions; what is in flight is awaited.
@@ -34,7 +34,7 @@ use super::plan::{self, Chunk, Cursor, SplitLimits};
 use super::request::WRITE_ZEROES_FLAG_UNMAP;
 use super::{BlkDevice, BlkError, Completion, RequestType, Serial, SECTOR_SIZE, VECTORED_GROUP};
 use crate::device::Wait;
-use crate::irq::wait_for_used;
+use crate::irq::wait_until_used;
 use crate::transport::Transport;
 
 /// The remaining work of a blocking call.
@@ -413,23 +413,20 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             if call.completed != before {
                 continue;
             }
-            // 4. Nothing new: wait for the device.
-            match wait_for_used(
+            // 4. Nothing new: wait for the device (or find, on the second
+            // look, that it has used entries already); either way collect
+            // again with interrupts off.
+            let waited = wait_until_used(
                 wait,
                 self,
                 |d| d.enable_interrupts(),
                 |d| d.disable_interrupts(),
-            ) {
-                Ok(true) => {}
-                // Entries arrived while interrupts were off: collect them
-                // with interrupts off again.
-                Ok(false) => self.disable_interrupts(),
-                Err(timeout) => {
-                    self.give_up(call, "a blocking request timed out");
-                    return Err(BlkError::Timeout {
-                        waits: timeout.waits,
-                    });
-                }
+            );
+            if let Err(timeout) = waited {
+                self.give_up(call, "a blocking request timed out");
+                return Err(BlkError::Timeout {
+                    waits: timeout.waits,
+                });
             }
         }
     }
