@@ -27,8 +27,8 @@
 //! `submit_job`, `describe`, `publish_all`; `poll_rings`, `next_completion`,
 //! `finish`, `unshare_all`) carry `#[inline(always)]`. This is measured,
 //! not guessed: counted with `-icount shift=0` (docs/05-block.md §5.5), a
-//! polled 4 KiB read costs 1269 instructions per request with the marks
-//! and a write 1293; without them about 150 more, and with only some of
+//! polled 4 KiB read costs 1258 instructions per request with the marks
+//! and a write 1283; without them about 150 more, and with only some of
 //! them about 180 more (the compiler then also stops inlining the ring's
 //! own steps into the caller); without the one on `publish_all`, about 40
 //! more. Skipping the share records for a zero-copy Hal
