@@ -11,7 +11,7 @@ use std::rc::Rc;
 use drivers::device::{self, DeviceError, Wait, WaitTimeout};
 use drivers::features;
 use drivers::irq::{
-    intx_line, set_intx_disabled, wait_for_used, wait_until_used, DeviceInterrupts, EntryUse, Idle,
+    intx_line, set_intx_disabled, wait_until_used, DeviceInterrupts, EntryUse, Idle,
     InterruptStatusRegister, InterruptWait, IntxLine, MsixEvent, MsixLayout, MsixRouted, QueueSet,
     WaitMode,
 };
@@ -961,7 +961,7 @@ fn wait_until_used_always_disarms_what_it_armed() {
     let (cpu, _) = SimCpu::new(5, || {});
     let mut wait = InterruptWait::new(&device, QueueSet::single(0), cpu);
     assert_eq!(
-        wait_for_used(&mut wait, &mut (), |_| true, |_| {}),
+        wait_until_used(&mut wait, &mut (), |_| true, |_| {}),
         Ok(true)
     );
 }

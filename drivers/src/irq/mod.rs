@@ -38,4 +38,4 @@ pub use queue_set::{QueueSet, MAX_QUEUES};
 pub use records::{DeviceInterrupts, InterruptCounters};
 pub use routed::{MsixEvent, MsixRejection, MsixRouted};
 pub use status::InterruptStatusRegister;
-pub use wait::{wait_for_used, wait_until_used, Idle, InterruptWait, WaitMode, WaitStats};
+pub use wait::{wait_until_used, Idle, InterruptWait, WaitMode, WaitStats};

@@ -213,7 +213,3 @@ where
     disarm(queues);
     waited.map(|()| true)
 }
-
-/// The earlier name of [`wait_until_used`], kept while code written against
-/// it (the block driver's blocking engine) moves to the new name.
-pub use self::wait_until_used as wait_for_used;
