@@ -53,7 +53,6 @@ use spin::{Mutex, MutexGuard};
 
 use crate::hal_impl::KernelHal;
 use crate::virtio::{BroughtUp, DrivenDevice, FeatureList, InterruptLine, KernelTransport};
-use crate::wait::KernelWait;
 
 /// The driver on the kernel's Hal and transport.
 pub type KernelNetDevice = NetDevice<KernelHal, KernelTransport>;
@@ -258,16 +257,6 @@ impl Nic {
                 }
             }
         }
-    }
-
-    /// The wait for the control queue: the kernel's one wait
-    /// ([`crate::wait`]) in polling mode. QEMU answers a control command
-    /// while it handles the notification, so the answer is normally there
-    /// before the first wait; polling is all it takes, and it does not
-    /// depend on the control queue's interrupt.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn ctrl_wait(&self, timeout_ns: u64) -> KernelWait {
-        KernelWait::polling(timeout_ns)
     }
 
     /// After a broken ring: reset the device and bring it back.

@@ -499,23 +499,27 @@ fn test_control_queue() -> Result<(), String> {
     let (from, to) = HUB_PAIR.lock().ok_or("no hub pair was found")?;
     let mut nics = nic::nics();
     let foreign = MacAddress(FOREIGN_MAC);
-    let mut wait = nics[to].ctrl_wait(REPLY_TIMEOUT_NS);
+    // The kernel's one wait in polling mode: QEMU answers a control command
+    // while it handles the notification, so the answer is normally there
+    // before the first wait. One wait per command: a wait's deadline starts
+    // when it is made, and the frames sent between commands take time too.
+    let fresh_wait = || crate::wait::KernelWait::polling(REPLY_TIMEOUT_NS);
     let mut steps = Vec::new();
     nics[to]
         .device
-        .set_promiscuous(false, &mut wait)
+        .set_promiscuous(false, &mut fresh_wait())
         .map_err(|e| format!("promiscuous off: {e}"))?;
     if delivered(&mut nics, from, to, foreign, 0xf0)? {
         return Err("a frame to a foreign address arrived without promiscuous mode".into());
     }
     nics[to]
         .device
-        .set_promiscuous(true, &mut wait)
+        .set_promiscuous(true, &mut fresh_wait())
         .map_err(|e| format!("promiscuous on: {e}"))?;
     let promiscuous = delivered(&mut nics, from, to, foreign, 0xf1)?;
     nics[to]
         .device
-        .set_promiscuous(false, &mut wait)
+        .set_promiscuous(false, &mut fresh_wait())
         .map_err(|e| format!("promiscuous off: {e}"))?;
     if !promiscuous {
         return Err("promiscuous mode on, but the foreign frame did not arrive".into());
@@ -527,12 +531,12 @@ fn test_control_queue() -> Result<(), String> {
     }
     nics[to]
         .device
-        .set_all_multicast(true, &mut wait)
+        .set_all_multicast(true, &mut fresh_wait())
         .map_err(|e| format!("all-multicast on: {e}"))?;
     let got_multicast = delivered(&mut nics, from, to, multicast, 0xf2)?;
     nics[to]
         .device
-        .set_all_multicast(false, &mut wait)
+        .set_all_multicast(false, &mut fresh_wait())
         .map_err(|e| format!("all-multicast off: {e}"))?;
     if !got_multicast {
         return Err("all-multicast on, but a multicast frame did not arrive".into());
@@ -543,13 +547,13 @@ fn test_control_queue() -> Result<(), String> {
         let new = MacAddress([0x02, 0x00, 0x5e, 0x77, 0x66, 0x55]);
         nics[to]
             .device
-            .set_mac(new, &mut wait)
+            .set_mac(new, &mut fresh_wait())
             .map_err(|e| format!("set mac: {e}"))?;
         let to_new = delivered(&mut nics, from, to, new, 0xf3)?;
         let to_old = delivered(&mut nics, from, to, old, 0xf4)?;
         nics[to]
             .device
-            .set_mac(old, &mut wait)
+            .set_mac(old, &mut fresh_wait())
             .map_err(|e| format!("restore mac: {e}"))?;
         if !to_new || to_old {
             return Err(format!(
