@@ -50,5 +50,6 @@ pub mod irq;
 pub mod mmio_discovery;
 pub mod net;
 pub mod pci;
+pub mod polled_blk;
 pub mod queue;
 pub mod transport;
