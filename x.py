@@ -7,6 +7,7 @@
     ./x.py build        build the kernel ELF (with the self-tests) and print its path
     ./x.py setup        install what is missing (QEMU, the Rust target)
     ./x.py bench        benchmarks under KVM: a table and build/bench/<section>.json
+    ./x.py docs         build the book (docs/) into build/book/ with mdBook
 
 The kernel has three builds (tests/qemu/kernel_builds.py), each copied to a
 path of its own under build/: the production kernel `run` boots
@@ -42,6 +43,7 @@ KERNEL_TARGET = "x86_64-unknown-none"
 sys.path.insert(0, str(REPO / "tests"))
 from qemu import bench_compare, bench_echo, harness, kernel_builds, scenarios  # noqa: E402  (needs the path above)
 from qemu import machine as qm  # noqa: E402
+from book import bench_page, mdbook, traces  # noqa: E402
 
 #: The interactive boot's scratch disk (created on first use).
 SCRATCH_IMAGE = BUILD_DIR / "scratch.img"
@@ -394,8 +396,16 @@ def cmd_test(options: argparse.Namespace) -> int:
         ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net",
                           "qemu.test_bench_compare", "qemu.test_kernel_builds"],
          REPO / "tests"),
+        # The book and README: every path, symbol, link and include they name exists.
+        ("docs-check", [sys.executable, "tests/book/check.py"], REPO),
+        ("docs-unit", [sys.executable, "-m", "unittest", "-q", "book.test_check", "book.test_traces",
+                       "book.test_bench_page"], REPO / "tests"),
+        # The API docs of the crates a reader opens first build without warnings (broken links).
+        ("docs-rustdoc", ["env", "RUSTDOCFLAGS=-D warnings", "cargo", "doc", "--no-deps", "-p", "hal",
+                          "-p", "drivers"], REPO),
     ]
-    chosen = [s for s in scenarios.SCENARIOS if selected(s.name)]
+    # The book's trace excerpts are checked against a real boot like any other scenario.
+    chosen = [s for s in [*scenarios.SCENARIOS, traces.scenario()] if selected(s.name)]
     # Every build that ships is a step (`build-kernel`, `build-kernel-selftest`,
     # `build-kernel-bench`); it runs when selected or when a chosen scenario
     # boots it. The production build also runs for the symbol check.
@@ -799,7 +809,45 @@ def cmd_bench(options: argparse.Namespace) -> int:
         path.write_text(json.dumps(record, indent=2) + "\n")
         say(f"{name}: results in {path.relative_to(REPO)}")
         records.append(record)
-    write_comparison(records, options)
+    if write_comparison(records, options):
+        page = bench_page.write_page()
+        say(f"benchmark page in {page.relative_to(REPO)} (the book's Benchmarks chapter)")
+    return 0
+
+
+# ---------------------------------------------------------------- docs
+
+
+def cmd_docs(options: argparse.Namespace) -> int:
+    if options.capture_traces:
+        return capture_traces(options)
+    if options.serve:
+        return mdbook.serve(say, options.port)
+    try:
+        index = mdbook.build(say)
+    except mdbook.BookError as err:
+        raise XError(str(err)) from err
+    print(index)
+    return 0
+
+
+def capture_traces(options: argparse.Namespace) -> int:
+    """Boots the kernel with log=trace once and rewrites the book's excerpts (docs/traces/)."""
+    setup()
+    kernel = build_kernel()
+    scenario = traces.scenario()
+    scenario.check = None
+    say(f"booting {scenario.machine}/{scenario.firmware}/tcg with log=trace to capture the book's excerpts")
+    outcome = harness.run_scenario(scenario, kernel, BUILD_DIR, tcg_only=True)
+    if not outcome.passed:
+        print(harness.failure_report(outcome))
+        raise XError("the trace boot failed; excerpts left as they were")
+    try:
+        written = traces.write(outcome.log_text)
+    except ValueError as err:
+        raise XError(str(err)) from err
+    for path in written:
+        say(f"wrote {path.relative_to(REPO)}")
     return 0
 
 
@@ -953,14 +1001,16 @@ class bench_progress:
         self.thread.join()
 
 
-def write_comparison(records: Sequence[dict[str, object]], options: argparse.Namespace) -> None:
-    """Ours against virtio-drivers: table, build/bench/results.json, build/bench/ratios.svg."""
+def write_comparison(records: Sequence[dict[str, object]], options: argparse.Namespace) -> bool:
+    """Ours against virtio-drivers: table, build/bench/results.json, build/bench/ratios.svg.
+
+    Returns whether results.json was written."""
     rows = [row for record in records for row in record["results"]]  # type: ignore[union-attr]
     summary = bench_compare.summarize(rows)
     boot = bench_compare.boot_summary(rows)
     ring = [r for record in records for r in record.get("ring", [])]  # type: ignore[union-attr]
     if not summary and not boot and not ring:
-        return
+        return False
     host = host_description()
     accel = ", ".join(sorted({str(r["accel"]) for r in records}))
     if summary or boot:
@@ -984,12 +1034,13 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
     }, indent=2) + "\n")
     if not summary:
         say(f"results in {results.relative_to(REPO)} (no ours-vs-virtio-drivers rows: plot left as it was)")
-        return
+        return True
     plot = BENCH_DIR / "ratios.svg"
     devices = {"blk": "virtio-blk null-co", "net": "virtio-net hub", "console": "virtio-console file"}
     measured = sorted({str(e["workload"]).split(".")[0] for e in summary})
     bench_compare.write_svg(summary, plot, f"{', '.join(devices.get(m, m) for m in measured)}, {accel}, {host}")
     say(f"comparison in {results.relative_to(REPO)}, plot in {plot.relative_to(REPO)}")
+    return True
 
 
 def host_description() -> str:
@@ -1089,6 +1140,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("--repeat", type=int, default=5, metavar="N",
                        help="runs of every workload, for min / median / max (default 5)")
 
+    docs = commands.add_parser(
+        "docs", help="build the book (docs/) into build/book/ and print the path of index.html",
+        description="Build the book with mdBook (installed with `cargo install mdbook --locked` when "
+                    "missing). --serve serves it on 127.0.0.1 and rebuilds on every change.")
+    docs.add_argument("--serve", action="store_true", help="serve the book locally (Ctrl-C stops)")
+    docs.add_argument("--port", type=int, default=3000, help="port for --serve (default 3000)")
+    docs.add_argument("--capture-traces", action="store_true",
+                      help="boot once with log=trace and rewrite the book's excerpts (docs/traces/)")
+
     options = parser.parse_args(argv)
     if qemu_args and options.command not in ("run", "qemu-cmd"):
         parser.error("`-- extra QEMU args` only go with run and qemu-cmd")
@@ -1111,6 +1171,7 @@ def main(argv: list[str]) -> int:
         "qemu-cmd": cmd_qemu_cmd,
         "test": cmd_test,
         "bench": cmd_bench,
+        "docs": cmd_docs,
     }
     try:
         return handlers[options.command](options)

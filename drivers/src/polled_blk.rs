@@ -25,6 +25,7 @@ use crate::transport::{
     read_config_consistent, DeviceStatus, DeviceType, Transport, TransportError,
 };
 
+// ANCHOR: layout
 /// The one queue a virtio-blk device always has: requestq (§5.2.2).
 const REQUEST_QUEUE: u16 = 0;
 /// A request takes three descriptors (header, data, status); four are plenty.
@@ -47,6 +48,7 @@ const HEADER_AT: usize = 0;
 const HEADER_LEN: usize = 16;
 const DATA_AT: usize = HEADER_AT + HEADER_LEN;
 const STATUS_AT: usize = DATA_AT + SECTOR_SIZE;
+// ANCHOR_END: layout
 
 /// What can go wrong, by step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,7 @@ impl From<HalError> for PolledBlkError {
     }
 }
 
+// ANCHOR: new
 /// A virtio-blk device driven one request at a time, by polling.
 pub struct PolledBlk<H: Hal, T: Transport> {
     transport: T,
@@ -132,7 +135,9 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
             }
         }
     }
+    // ANCHOR_END: new
 
+    // ANCHOR: init
     fn initialise(transport: &mut T) -> Result<(SplitQueue<H>, u64), PolledBlkError> {
         // 1. "Reset the device."
         transport.reset()?;
@@ -186,7 +191,9 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
         transport.set_status(status);
         Ok((queue, capacity))
     }
+    // ANCHOR_END: init
 
+    // ANCHOR: calls
     /// Disk size in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -215,7 +222,9 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
         self.read_data(&mut id);
         Ok(id)
     }
+    // ANCHOR_END: calls
 
+    // ANCHOR: request
     /// One request, whole: fill the header, chain three descriptors, make
     /// the chain available, notify, poll the used ring, check the status.
     fn request(
@@ -266,6 +275,7 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
             None => Err(PolledBlkError::Status(0xff)),
         }
     }
+    // ANCHOR_END: request
 
     /// Copies the data part of the last request out of DMA memory.
     fn read_data(&self, into: &mut [u8]) {
@@ -273,6 +283,7 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
     }
 }
 
+// ANCHOR: drop
 impl<H: Hal, T: Transport> Drop for PolledBlk<H, T> {
     /// Resets the device before the ring and request memory are freed, so
     /// it can never write into memory that is no longer ours (§2.1.2: a
@@ -283,3 +294,4 @@ impl<H: Hal, T: Transport> Drop for PolledBlk<H, T> {
         let _ = self.transport.reset();
     }
 }
+// ANCHOR_END: drop
