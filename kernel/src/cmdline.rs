@@ -7,7 +7,7 @@
 //! `virtio_mmio.device=...` per device. [`get`] returns the last value (a later
 //! word overrides an earlier one), [`values`] all of them in order.
 //!
-//! Words the kernel reads (README, "The stable contract", has the full
+//! Words the kernel reads (docs/contract.md has the full
 //! list): `mode=selftest|bench`, `log=error|warn|info|debug|trace`,
 //! `virtio_mmio.device=<size>@<base>:<irq>[:<id>]`, `virtio.*`, `net.*`,
 //! `console.*`. Keys only the self-tests and benchmarks read (`expect.*`,

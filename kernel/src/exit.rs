@@ -2,7 +2,7 @@
 //!
 //! With `-device isa-debug-exit,iobase=0xf4,iosize=4`, a 32-bit write of value
 //! `v` to port 0xf4 makes QEMU exit with status `(v << 1) | 1`. The codes the
-//! kernel uses (the contract with the test harness, see README):
+//! kernel uses (the contract with the test harness, see docs/contract.md):
 //!
 //! | value  | QEMU status | meaning                    |
 //! |--------|-------------|----------------------------|

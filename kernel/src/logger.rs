@@ -11,7 +11,7 @@
 //!
 //! - a normal boot logs warnings and errors only ([`DEFAULT_LEVEL`]). What a
 //!   person needs to see is not log output but the kernel's own lines
-//!   (README "The stable contract"): one `virtio:` line per device, the
+//!   (docs/contract.md): one `virtio:` line per device, the
 //!   `block:` and `net0:` lines, the DHCP lease, `kernel: ready`. The boot
 //!   is quicker for it too: every log line is a few hundred port writes to
 //!   the UART, each a trip into the emulator;

@@ -4,7 +4,7 @@
 //! [`run_all`] collects the self-tests of every subsystem (each subsystem
 //! keeps its own in a `selftests` module beside its code, compiled only with
 //! the feature), runs them in order, and prints one line per test and a
-//! summary (serial output contract, see README):
+//! summary (serial output contract, see docs/contract.md):
 //!
 //! ```text
 //! selftest: PASS <name>

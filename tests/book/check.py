@@ -128,6 +128,9 @@ def definitions_in(text: str, suffix: str) -> set[str]:
     names = set(RUST_DEFINITION.findall(text)) if suffix == ".rs" else set()
     # Keys of the lines the kernel prints (`bench: ... iops={iops}`) are names a reader looks up too.
     names.update(re.findall(r"\b([a-z][a-z0-9_]*)=\{", text))
+    if suffix == ".rs":
+        # Parameters and bindings (`fn new(timeout_ns: u64)`): a reader meets them in signatures.
+        names.update(re.findall(r"(?<![:\w])([a-z_]\w*)\s*:(?!:)", text))
     for line in text.splitlines():
         if suffix == ".rs":
             names.update(m.group(1) for m in [FIELD_OR_VARIANT.match(line), ASM_LABEL.match(line)] if m)

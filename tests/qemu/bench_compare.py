@@ -193,7 +193,7 @@ def _cell(stack: object, unit: str) -> str:
 
 
 def table_lines(summary: Sequence[dict[str, object]]) -> list[str]:
-    """The comparison as aligned text (also pasted into the README)."""
+    """The comparison as aligned text (the README shows its ratio column)."""
     headers = ["workload", "unit", "ours (poll)", "virtio-drivers", "ratio", "ours (irq)",
                "notify/req", "irq/req", "note"]
     table = []

@@ -16,7 +16,7 @@ the result with the image QEMU left behind: every byte of the disk, written
 or not, must be what the guest says. It then proves that it can fail by
 flipping one byte of a written region and checking again.
 
-Each disk the kernel claims prints one line (README, "The stable contract"):
+Each disk the kernel claims prints one line (docs/contract.md):
 
     block: vda at pci 0000:00:03.0 transport=pci-modern serial=scratch0 sectors=32768 block_size=512 read_only=no queue_size=256 max_segments=32 features=A|B|C
 """

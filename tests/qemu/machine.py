@@ -31,7 +31,7 @@ FIRMWARES = ("seabios", "qboot")
 ACCELS = ("kvm", "tcg")
 
 #: QEMU exit status for each value the kernel writes to isa-debug-exit
-#: (status = value * 2 + 1). See README.md, "Exit codes".
+#: (status = value * 2 + 1). See docs/contract.md, "Exit codes".
 EXIT_SELFTEST_PASS = 33  # 0x10
 EXIT_SELFTEST_FAIL = 35  # 0x11
 EXIT_PANIC = 37  # 0x12

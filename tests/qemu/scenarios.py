@@ -166,7 +166,7 @@ def mode_not_built(mode: str) -> Scenario:
 # in `expect.blk.serial=`) and each console (one line out, checked here in the
 # console's output file). The check below also reads the `virtio:` lines.
 
-#: The `virtio:` line of a device that came up (README, "The stable contract").
+#: The `virtio:` line of a device that came up (docs/contract.md).
 VIRTIO_LINE = re.compile(
     r"^virtio: (?P<type>\S+) at (?P<location>pci \S+|mmio@0x[0-9a-f]+) "
     r"transport=(?P<transport>\S+) ring=(?P<ring>\S+) queues=(?P<queues>\d+) features=(?P<features>\S+)$",

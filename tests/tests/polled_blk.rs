@@ -134,6 +134,52 @@ fn reads_sectors_and_the_device_id_after_the_spec_init_sequence() {
             .any(|l| l.contains("FEATURES_OK") || l.contains("0x0b")),
         "the transport narrates the status writes"
     );
+    book_excerpt_matches(&narration);
+}
+
+/// The book's chapter 0 shows the start of this narration
+/// (`docs/traces/polled-blk.txt`): bring-up and the first read. It must
+/// still be what the driver says, apart from addresses. To refresh it:
+/// `CAPTURE_TRACES=1 cargo test -p tests --test polled_blk`.
+fn book_excerpt_matches(narration: &[String]) {
+    const EXCERPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/traces/polled-blk.txt");
+    let end = narration
+        .iter()
+        .position(|l| l.contains("used.idx = 1,"))
+        .expect("the first read completes in the narration");
+    let fresh = &narration[..=end];
+    if std::env::var_os("CAPTURE_TRACES").is_some() {
+        std::fs::write(EXCERPT, fresh.join("\n") + "\n").expect("docs/traces is writable");
+        return;
+    }
+    let stored = std::fs::read_to_string(EXCERPT).expect("docs/traces/polled-blk.txt exists");
+    let stored: Vec<String> = stored.lines().map(mask_addresses).collect();
+    let fresh: Vec<String> = fresh.iter().map(|l| mask_addresses(l)).collect();
+    assert_eq!(
+        fresh, stored,
+        "the driver's narration drifted from the book's excerpt; rerun with CAPTURE_TRACES=1 and reread docs/00-one-request.md"
+    );
+}
+
+/// Hex numbers of five digits or more (addresses) become `0x…`.
+fn mask_addresses(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
+        if digits >= 5 {
+            out.push_str("0x…");
+        } else {
+            out.push_str(&rest[at..at + 2 + digits]);
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[test]

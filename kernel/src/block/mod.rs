@@ -31,7 +31,7 @@
 //! block: vdb at mmio@0xfeb00e00 FAILED: <error>
 //! ```
 //!
-//! (stable: README "The stable contract", parsed by `tests/qemu/blk.py`.)
+//! (stable: docs/contract.md, parsed by `tests/qemu/blk.py`.)
 //!
 //! ## One bring-up
 //!
@@ -53,7 +53,7 @@
 //! ## Writes only to scratch disks
 //!
 //! The kernel writes only to disks whose serial starts with `scratch`
-//! (README): [`Disk::write`] and friends refuse other disks with
+//! (docs/contract.md): [`Disk::write`] and friends refuse other disks with
 //! [`BlockError::WriteProtected`], whatever the device would allow. This
 //! keeps a test run from damaging a disk image someone attached to look at.
 //!

@@ -19,7 +19,7 @@
 //! the VM with "KVM internal error ... emulation failure", while real
 //! exceptions and APIC-delivered interrupts work.
 //!
-//! Everything else prints (serial output contract, see README):
+//! Everything else prints (serial output contract, see docs/contract.md):
 //!
 //! ```text
 //! EXCEPTION 14 #PF (page fault) error=0x0 rip=0x... cs=0x8 rflags=0x... rsp=0x... ss=0x10

@@ -181,7 +181,7 @@ fn dhcp_events(name: &str, stack: &mut Stack) {
                 dns: config.dns_servers.iter().copied().collect(),
             };
             // Printed whatever the log level: the address is what a person
-            // needs to reach the services (README "The stable contract").
+            // needs to reach the services (docs/contract.md).
             crate::println!(
                 "{name}: dhcp: address {} gateway {} dns {}",
                 lease.address,

@@ -50,7 +50,7 @@
 //! not take (a second console: the shell uses one) is left the same way
 //! by [`leave_untaken`] before `kernel: ready`.
 //!
-//! ## The `virtio:` line (stable; README "The stable contract")
+//! ## The `virtio:` line (stable; docs/contract.md)
 //!
 //! ```text
 //! virtio: <type> at <location> transport=<pci-modern|pci-legacy|mmio-v1|mmio-v2> ring=<split|packed> queues=<n> features=<NAME|NAME|...>
