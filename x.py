@@ -812,6 +812,8 @@ def cmd_bench(options: argparse.Namespace) -> int:
     if write_comparison(records, options):
         page = bench_page.write_page()
         say(f"benchmark page in {page.relative_to(REPO)} (the book's Benchmarks chapter)")
+        if bench_page.update_readme():
+            say("README.md: ratio table updated")
     return 0
 
 

@@ -1,6 +1,7 @@
 """`docs/benchmarks.md`: the book's benchmark page, generated from `build/bench/results.json`.
 
-`./x.py bench` calls `write_page` after every run, so the page always shows the latest run: where
+`./x.py bench` calls `write_page` (and `update_readme`, for the README's short table of ratios)
+after every run, so the page always shows the latest run: where
 it ran (host, accelerator, load), when, with which command, every comparison table and the plot.
 What the numbers mean is prose in `METHOD`, which names no figures, so that the page cannot
 contradict its own tables. `python3 tests/book/bench_page.py` regenerates the page from the
@@ -20,6 +21,10 @@ PLOT = REPO / "build" / "bench" / "ratios.svg"
 PAGE = REPO / "docs" / "benchmarks.md"
 #: The plot's copy beside the page (the book cannot reach build/).
 PAGE_PLOT = REPO / "docs" / "benchmarks-ratios.svg"
+README = REPO / "README.md"
+#: The README's short table of ratios sits between these two lines; `update_readme` rewrites it.
+README_BEGIN = "<!-- bench-ratios: written by ./x.py bench from build/bench/results.json -->"
+README_END = "<!-- /bench-ratios -->"
 
 METHOD = """\
 ## How it is measured
@@ -107,11 +112,52 @@ def write_page(results_path: Path = RESULTS, plot_path: Path = PLOT, page: Path 
     return page
 
 
+def ratio_lines(results: dict[str, object]) -> list[str]:
+    """The README's short table: one row per compared workload (no boot rows), and the run."""
+    rows = []
+    for entry in results.get("comparison", []) or []:
+        if not isinstance(entry, dict) or "ratio" not in entry or "peer" not in entry:
+            continue
+        ours = entry.get("poll") or entry.get("ours") or {}
+        peer = entry["peer"]
+        note = ""
+        if isinstance(peer, dict) and peer.get("depth_wanted") not in (None, peer.get("depth")):
+            note = f" (peer at depth {peer.get('depth')})"
+        rows.append(f"| `{entry['workload']}` | {entry.get('unit', '')} | {fmt(ours.get('median'))} | "
+                    f"{fmt(peer.get('median'))} | {float(entry['ratio']):.2f}{note} |")
+    if not rows:
+        return ["(The last `./x.py bench` compared nothing.)"]
+    return ["| workload | unit | ours (polling) | virtio-drivers | ratio |", "| --- | --- | --- | --- | --- |", *rows, "",
+            f"Medians of {results.get('runs_per_workload', '?')} runs, {results.get('when', '?')}, "
+            f"`{results.get('command', './x.py bench')}` under {results.get('accel', '?')} on "
+            f"{results.get('host', 'an unknown host')}."]
+
+
+def fmt(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def update_readme(results_path: Path = RESULTS, readme: Path = README) -> bool:
+    """Rewrites the table between the README's markers; False if the README has no markers."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    before, rest = text.split(README_BEGIN, 1)
+    _, after = rest.split(README_END, 1)
+    table = "\n".join(ratio_lines(json.loads(results_path.read_text())))
+    readme.write_text(f"{before}{README_BEGIN}\n{table}\n{README_END}{after}")
+    return True
+
+
 def main() -> int:
     if not RESULTS.is_file():
         print(f"bench_page: no {RESULTS.relative_to(REPO)}: run ./x.py bench first")
         return 1
     print(f"bench_page: wrote {write_page().relative_to(REPO)}")
+    if update_readme():
+        print("bench_page: updated the ratio table in README.md")
     return 0
 
 

@@ -54,5 +54,36 @@ class BenchPageTest(unittest.TestCase):
             self.assertEqual((root / "page.svg").read_text(), "<svg/>")
 
 
+class ReadmeTableTest(unittest.TestCase):
+    RESULTS = dict(RESULTS, comparison=[
+        {"workload": "blk.randread.qd32", "unit": "IOPS", "poll": {"median": 184507.0},
+         "peer": {"median": 79384.0, "depth": 16, "depth_wanted": 32}, "ratio": 2.324},
+        {"workload": "console.write", "unit": "MB/s", "poll": {"median": 0.047},
+         "peer": {"median": 0.052}, "ratio": 0.9},
+        {"workload": "boot.q35", "unit": "ms", "boot": {"median": 285.0}},
+    ])
+
+    def test_rows_of_compared_workloads_only(self) -> None:
+        lines = bench_page.ratio_lines(self.RESULTS)
+        self.assertIn("| `blk.randread.qd32` | IOPS | 184507 | 79384 | 2.32 (peer at depth 16) |", lines)
+        self.assertIn("| `console.write` | MB/s | 0.047 | 0.052 | 0.90 |", lines)
+        self.assertFalse(any("boot.q35" in line for line in lines))
+        self.assertIn("load average 1.0", lines[-1])
+
+    def test_update_readme_rewrites_between_the_markers_only(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            (root / "results.json").write_text(json.dumps(self.RESULTS))
+            readme = root / "README.md"
+            readme.write_text(f"top\n{bench_page.README_BEGIN}\nold table\n{bench_page.README_END}\nbottom\n")
+            self.assertTrue(bench_page.update_readme(root / "results.json", readme))
+            text = readme.read_text()
+            self.assertTrue(text.startswith("top\n") and text.endswith("bottom\n"))
+            self.assertNotIn("old table", text)
+            self.assertIn("2.32 (peer at depth 16)", text)
+            readme.write_text("no markers\n")
+            self.assertFalse(bench_page.update_readme(root / "results.json", readme))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -89,7 +89,7 @@ pub const NEEDS_CTRL_VQ: u64 = feature::CTRL_RX | feature::CTRL_MAC_ADDR;
 
 /// Byte offsets of the configuration fields (§5.1.4).
 pub mod offset {
-    /// u8 mac[6].
+    /// `u8 mac[6]`.
     pub const MAC: usize = 0;
     /// le16 status.
     pub const STATUS: usize = 6;

@@ -20,7 +20,7 @@
 //! |------------|------------------|---------------|----------------|
 //! | RX (0)     | PROMISC (0)      | u8 on/off     | CTRL_RX        |
 //! | RX (0)     | ALLMULTI (1)     | u8 on/off     | CTRL_RX        |
-//! | MAC (1)    | ADDR_SET (1)     | u8 mac[6]     | CTRL_MAC_ADDR  |
+//! | MAC (1)    | ADDR_SET (1)     | `u8 mac[6]`   | CTRL_MAC_ADDR  |
 //!
 //! Commands are rare and the caller wants the answer, so [`CtrlQueue::command`]
 //! blocks through the caller's [`Wait`]. The command and its ack live in
