@@ -1,3 +1,4 @@
+// ANCHOR: all (the book's chapter 0 includes this file by these markers: docs/00-one-request.md)
 //! # A whole virtio-blk driver on a few pages (the book's chapter 0)
 //!
 //! The smallest complete driver this crate can have: it brings a virtio-blk
@@ -295,3 +296,4 @@ impl<H: Hal, T: Transport> Drop for PolledBlk<H, T> {
     }
 }
 // ANCHOR_END: drop
+// ANCHOR_END: all
