@@ -30,6 +30,13 @@ class TracesTest(unittest.TestCase):
         ])
         self.assertIsNone(traces.extract("kernel: ready\n", EXCERPT))
 
+    def test_timing_dependent_lines_can_be_dropped(self) -> None:
+        excerpt = traces.Excerpt(name="one", description="test", start=r"vq0: request of",
+                                 stop=r"used\.idx = 1", keep=r"vq0: ", drop=r"publish:")
+        lines = traces.extract(LOG, excerpt)
+        self.assertEqual(len(lines), 2)
+        self.assertFalse(any("publish" in line for line in lines))
+
     def test_addresses_and_times_do_not_count_as_drift(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             traces.write(LOG, [EXCERPT], Path(tmp))

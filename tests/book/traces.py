@@ -52,6 +52,9 @@ class Excerpt:
     stop: str
     #: Only lines matching this are kept (e.g. one device's, one queue's).
     keep: str = r""
+    #: Lines matching this are left out: what depends on timing, not on the code (whether the
+    #: device answered before the driver started to wait, say).
+    drop: str = r""
     max_lines: int = 40
 
 
@@ -69,6 +72,9 @@ EXCERPTS: list[Excerpt] = [
         start=r"vq0: request of \d+ segment\(s\)",
         stop=r"used\.idx = 1, consumed 0 -> 1",
         keep=r"vq0: ",
+        # The wait arms the queue's interrupts only if the device has not answered yet (a race
+        # the device wins or loses from boot to boot under TCG).
+        drop=r"vq0: interrupts (on|off):",
     ),
 ]
 
@@ -83,6 +89,7 @@ def extract(log_text: str, excerpt: Excerpt) -> list[str] | None:
     start = re.compile(excerpt.start)
     stop = re.compile(excerpt.stop)
     keep = re.compile(excerpt.keep) if excerpt.keep else None
+    drop = re.compile(excerpt.drop) if excerpt.drop else None
     for first, line in enumerate(lines):
         if start.search(line) and (keep is None or keep.search(line)):
             break
@@ -91,6 +98,8 @@ def extract(log_text: str, excerpt: Excerpt) -> list[str] | None:
     taken: list[str] = []
     for line in lines[first:]:
         if keep is not None and not keep.search(line):
+            continue
+        if drop is not None and drop.search(line):
             continue
         taken.append(line)
         if stop.search(line) or len(taken) >= excerpt.max_lines:
