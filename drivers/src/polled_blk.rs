@@ -9,7 +9,7 @@
 //!
 //! It uses the same pieces as the full driver (`blk/`): the [`hal::Hal`] for
 //! DMA memory, a [`Transport`] for the registers (PCI or MMIO, it does not
-//! know which) and a [`SplitQueue`] for the ring. What it leaves out, and
+//! know which) and a [`SplitQueue`] for the ring (its [`Ring`] methods). What it leaves out, and
 //! where the full driver adds it, is in `docs/00-one-request.md`.
 //!
 //! A host test runs it against the device model:

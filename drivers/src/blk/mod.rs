@@ -49,7 +49,7 @@
 //! `write_blocks`, `flush`, `get_id`, `discard`, `write_zeroes`) are
 //! clients of the core and nothing more: they split the work into requests
 //! the device accepts ([`plan`]), submit as many as fit, poll, and wait
-//! through the caller's [`Wait`] between polls. How far a call has got is
+//! through the caller's [`Wait`](crate::device::Wait) between polls. How far a call has got is
 //! kept in the call's own stack frame; the device knows nothing of it.
 //! Completions of other requests a helper meets while polling (submitted
 //! earlier through the core) are set aside, in order, for the caller's

@@ -210,7 +210,7 @@ impl<H: Hal> PackedQueue<H> {
     /// state of the spec (§2.8.13: "The descriptor ring is zero-initialized");
     /// with EVENT_IDX the driver area is then set to ask for an interrupt at
     /// the first used descriptor. Program [`Ring::addresses`] into the
-    /// transport afterwards. `config.layout` must be [`RingLayout::Separate`].
+    /// transport afterwards. `config.layout` must be [`RingLayout::Separate`](crate::queue::RingLayout::Separate).
     pub fn new(config: QueueConfig) -> Result<Self, QueueError> {
         let size = config.size;
         let layout = PackedRingLayout::new(size, config.layout)?;
@@ -350,19 +350,19 @@ impl<H: Hal> Ring for PackedQueue<H> {
         self.broken
     }
 
-    /// See [`PackedQueue::add_buffer`] (`packed/available.rs`).
+    /// See `PackedQueue::add_buffer` (`packed/available.rs`).
     #[inline]
     fn add(&mut self, segments: &[Segment]) -> Result<Token, QueueError> {
         self.add_buffer(segments)
     }
 
-    /// See [`PackedQueue::make_available`] (`packed/available.rs`).
+    /// See `PackedQueue::make_available` (`packed/available.rs`).
     #[inline]
     fn publish(&mut self) -> NotifyDecision {
         self.make_available()
     }
 
-    /// See [`PackedQueue::take_used`] (`packed/used.rs`).
+    /// See `PackedQueue::take_used` (`packed/used.rs`).
     #[inline]
     fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
         self.take_used()

@@ -312,31 +312,31 @@ impl<H: Hal> Ring for SplitQueue<H> {
         self.broken
     }
 
-    /// See [`SplitQueue::add_buffer`].
+    /// See `SplitQueue::add_buffer`.
     #[inline]
     fn add(&mut self, segments: &[Segment]) -> Result<Token, QueueError> {
         self.add_buffer(segments)
     }
 
-    /// See [`SplitQueue::make_available`].
+    /// See `SplitQueue::make_available`.
     #[inline]
     fn publish(&mut self) -> NotifyDecision {
         self.make_available()
     }
 
-    /// See [`SplitQueue::take_used`].
+    /// See `SplitQueue::take_used`.
     #[inline]
     fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
         self.take_used()
     }
 
-    /// See [`SplitQueue::suppress_interrupts`].
+    /// See `SplitQueue::suppress_interrupts`.
     #[inline]
     fn disable_interrupts(&mut self) {
         self.suppress_interrupts()
     }
 
-    /// See [`SplitQueue::request_interrupts`].
+    /// See `SplitQueue::request_interrupts`.
     #[inline]
     fn enable_interrupts(&mut self) -> bool {
         self.request_interrupts()
