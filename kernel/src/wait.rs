@@ -41,23 +41,24 @@
 //! costs 10 ms per wait, not the whole run.
 //!
 //! What the waits did is counted for the self-tests and benchmarks: per
-//! wait ([`KernelWait::stats`]: waits, halts, interrupts already pending,
+//! wait (`KernelWait::stats`: waits, halts, interrupts already pending,
 //! halts ended by the queue's interrupt, polls) and since boot
-//! ([`halt_count`], [`watchdog_count`]). Device drivers get their wait from
+//! (`halt_count`, `watchdog_count`). Those readers exist only in the
+//! builds that use them (features `selftest`, `bench`). Device drivers get their wait from
 //! [`for_device`] (or `virtio::irq::DeviceIrq::wait`); `docs/04-interrupts.md`
 //! follows one completion through it.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use drivers::device::{Wait, WaitTimeout};
-use drivers::irq::{DeviceInterrupts, Idle, InterruptWait, QueueSet, WaitMode, WaitStats};
+use drivers::irq::{DeviceInterrupts, Idle, InterruptWait, QueueSet, WaitMode};
 use spin::Once;
 
 use crate::interrupts;
 use crate::virtio::irq::DeviceIrq;
 
-/// Default patience of a [`KernelWait`].
-#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+/// Default patience of a [`KernelWait`] (the self-tests' waits).
+#[cfg(feature = "selftest")]
 pub const DEFAULT_TIMEOUT_NS: u64 = 2_000_000_000;
 
 /// How long the local APIC watchdog lets a halt last: 625 000 ticks of the
@@ -103,13 +104,13 @@ fn watchdog_vector() -> Option<u8> {
 }
 
 /// Halts performed by interrupt-driven waits since boot.
-#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+#[cfg(feature = "selftest")]
 pub fn halt_count() -> u64 {
     HALTS.load(Ordering::Relaxed)
 }
 
 /// Halts the watchdog ended since boot.
-#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+#[cfg(feature = "selftest")]
 pub fn watchdog_count() -> u64 {
     WATCHDOG_WAKES.load(Ordering::Relaxed)
 }
@@ -221,14 +222,14 @@ impl KernelWait {
     }
 
     /// The mode in use.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+    #[cfg(feature = "selftest")]
     pub fn mode(&self) -> WaitMode {
         self.inner.mode()
     }
 
     /// What the waits so far did.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn stats(&self) -> WaitStats {
+    #[cfg(any(feature = "selftest", feature = "bench"))]
+    pub fn stats(&self) -> drivers::irq::WaitStats {
         self.inner.stats()
     }
 }

@@ -52,9 +52,12 @@
 //!
 //! ## Writes only to scratch disks
 //!
-//! The kernel writes only to disks whose serial starts with `scratch`
-//! (docs/contract.md): [`Disk::write`] and friends refuse other disks with
-//! [`BlockError::WriteProtected`], whatever the device would allow. This
+//! The kernel people boot only reads disks (the shell's `blk read`).
+//! Writes, flush, discard and write-zeroes are in the self-test build
+//! (feature `selftest`), and there only to disks whose serial starts
+//! with `scratch` (docs/contract.md): `Disk::write` and friends refuse
+//! other disks with `BlockError::WriteProtected`, whatever the device
+//! would allow. This
 //! keeps a test run from damaging a disk image someone attached to look at.
 //!
 //! ## Errors
@@ -68,11 +71,12 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 #[cfg(any(feature = "selftest", feature = "bench"))]
+mod io_buffer;
+#[cfg(any(feature = "selftest", feature = "bench"))]
 pub mod pattern;
 #[cfg(feature = "selftest")]
 mod selftests;
 
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
@@ -80,7 +84,6 @@ use core::fmt;
 use drivers::blk::{BlkDevice, BlkError, BlkOptions, SetupError};
 use drivers::irq::{QueueSet, WaitMode};
 use drivers::transport::{DeviceType, Location, Transport, TransportKind};
-use hal::DmaRegion;
 use spin::{Mutex, Once};
 
 use crate::hal_impl::KernelHal;
@@ -89,6 +92,8 @@ use crate::virtio::irq::DeviceIrq;
 use crate::virtio::{self, BroughtUp, DrivenDevice, FeatureList, KernelTransport};
 use crate::wait::{self, KernelWait};
 
+#[cfg(any(feature = "selftest", feature = "bench"))]
+pub use io_buffer::IoBuffer;
 #[cfg(feature = "selftest")]
 pub use selftests::selftests;
 
@@ -128,8 +133,8 @@ pub enum BlockError {
     /// No disk of that name.
     NoSuchDisk(String),
     /// The disk's serial does not start with `scratch`: the kernel does
-    /// not write to it.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+    /// not write to it (only the self-test build writes).
+    #[cfg(feature = "selftest")]
     WriteProtected {
         /// The disk's name.
         disk: String,
@@ -150,6 +155,7 @@ impl fmt::Display for BlockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BlockError::NoSuchDisk(name) => write!(f, "no disk named {name:?}"),
+            #[cfg(feature = "selftest")]
             BlockError::WriteProtected { disk } => write!(
                 f,
                 "{disk} is not a scratch disk (serial not starting with {SCRATCH_PREFIX:?}): not written"
@@ -245,7 +251,7 @@ pub struct Disk {
     irq: Option<DeviceIrq>,
     wait_mode: WaitMode,
     /// Requests the self-tests made fail on purpose (injected errors).
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+    #[cfg(feature = "selftest")]
     expected_failures: u64,
 }
 
@@ -273,6 +279,7 @@ impl Disk {
             device,
             irq: virtio::irq::of(location),
             wait_mode: WaitMode::Interrupt,
+            #[cfg(feature = "selftest")]
             expected_failures: 0,
         };
         let mut wait = disk.new_wait();
@@ -289,21 +296,9 @@ impl Disk {
         &self.name
     }
 
-    /// The serial the device reported (empty if none).
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn serial(&self) -> &str {
-        &self.serial
-    }
-
     /// Where the device is.
     pub fn location(&self) -> Location {
         self.location
-    }
-
-    /// Size in 512-byte sectors.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn capacity_sectors(&self) -> u64 {
-        self.device.capacity_sectors()
     }
 
     /// `true` for a read-only disk (VIRTIO_BLK_F_RO).
@@ -345,53 +340,16 @@ impl Disk {
         &mut self.device
     }
 
-    /// The device's interrupt slot, if the interrupt code tracks it.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn irq(&self) -> Option<DeviceIrq> {
-        self.irq
-    }
-
-    /// Used-buffer interrupts counted for the request queue so far.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn interrupt_count(&self) -> u64 {
-        self.irq
-            .map_or(0, |irq| irq.state().queue_interrupt_count(0))
-    }
-
-    /// How blocking calls wait from now on: [`WaitMode::Interrupt`] (the
-    /// default; polling anyway if the device has no interrupt route) or
-    /// [`WaitMode::Poll`].
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn set_wait_mode(&mut self, mode: WaitMode) {
-        self.wait_mode = mode;
-        if mode == WaitMode::Poll {
-            // Nobody sleeps on them: ask the device not to send any.
-            self.device.disable_interrupts();
-        }
-    }
-
     /// A fresh wait for one blocking call (its deadline starts now).
     pub fn new_wait(&self) -> KernelWait {
         self.new_wait_for(CALL_TIMEOUT_NS)
     }
 
     /// A fresh wait that gives up after `timeout_ns`: halting until the
-    /// request queue's interrupt, or polling (no interrupt route, or
-    /// [`Disk::set_wait_mode`] asked for it).
+    /// request queue's interrupt, or polling (no interrupt route, or the
+    /// benchmarks' `set_wait_mode` asked for it).
     pub fn new_wait_for(&self, timeout_ns: u64) -> KernelWait {
         wait::for_device(self.irq, QueueSet::single(0), timeout_ns).with_mode(self.wait_mode)
-    }
-
-    /// Notes that the self-tests made a request fail on purpose.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub(crate) fn expect_failure(&mut self) {
-        self.expected_failures += 1;
-    }
-
-    /// Requests that failed on purpose so far.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn expected_failures(&self) -> u64 {
-        self.expected_failures
     }
 
     /// Brings the device back if the driver had to reset it.
@@ -408,17 +366,6 @@ impl Disk {
             log::info!("block: {}: device recovered", self.name);
         }
         Ok(())
-    }
-
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    fn ensure_writable(&self) -> Result<(), BlockError> {
-        if self.is_scratch() {
-            Ok(())
-        } else {
-            Err(BlockError::WriteProtected {
-                disk: self.name.clone(),
-            })
-        }
     }
 
     /// Logs a failed request and wraps its error.
@@ -443,9 +390,76 @@ impl Disk {
             .read_blocks(sector, buffer, &mut wait)
             .map_err(|e| self.report("read", sector, sectors, e))
     }
+}
+
+/// What the self-tests and the benchmarks ask of a disk.
+#[cfg(any(feature = "selftest", feature = "bench"))]
+impl Disk {
+    /// The serial the device reported (empty if none).
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// Size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.device.capacity_sectors()
+    }
+
+    /// Used-buffer interrupts counted for the request queue so far.
+    pub fn interrupt_count(&self) -> u64 {
+        self.irq
+            .map_or(0, |irq| irq.state().queue_interrupt_count(0))
+    }
+}
+
+/// What only the benchmarks ask of a disk: the interrupt-or-poll choice
+/// they measure.
+#[cfg(feature = "bench")]
+impl Disk {
+    /// The device's interrupt slot, if the interrupt code tracks it.
+    pub fn irq(&self) -> Option<DeviceIrq> {
+        self.irq
+    }
+
+    /// How blocking calls wait from now on: [`WaitMode::Interrupt`] (the
+    /// default; polling anyway if the device has no interrupt route) or
+    /// [`WaitMode::Poll`].
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.wait_mode = mode;
+        if mode == WaitMode::Poll {
+            // Nobody sleeps on them: ask the device not to send any.
+            self.device.disable_interrupts();
+        }
+    }
+}
+
+/// Writes and the other requests that change a disk. Only the self-tests
+/// issue them (the shell and the services only read), so only the
+/// self-test build has them; each refuses a disk that is not a scratch
+/// disk.
+#[cfg(feature = "selftest")]
+impl Disk {
+    /// Notes that the self-tests made a request fail on purpose.
+    pub(crate) fn expect_failure(&mut self) {
+        self.expected_failures += 1;
+    }
+
+    /// Requests that failed on purpose so far.
+    pub fn expected_failures(&self) -> u64 {
+        self.expected_failures
+    }
+
+    fn ensure_writable(&self) -> Result<(), BlockError> {
+        if self.is_scratch() {
+            Ok(())
+        } else {
+            Err(BlockError::WriteProtected {
+                disk: self.name.clone(),
+            })
+        }
+    }
 
     /// Reads consecutive sectors into `buffers`, in order.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn read_vectored(
         &mut self,
         sector: u64,
@@ -461,7 +475,6 @@ impl Disk {
 
     /// Writes `data` to consecutive sectors starting at `sector` (scratch
     /// disks only).
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
         self.ensure_writable()?;
         self.ensure_live()?;
@@ -473,7 +486,6 @@ impl Disk {
     }
 
     /// Writes `buffers`, in order, to consecutive sectors (scratch disks only).
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn write_vectored(&mut self, sector: u64, buffers: &[&[u8]]) -> Result<(), BlockError> {
         self.ensure_writable()?;
         self.ensure_live()?;
@@ -485,7 +497,6 @@ impl Disk {
     }
 
     /// Commits the device's write cache (VIRTIO_BLK_T_FLUSH).
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn flush(&mut self) -> Result<(), BlockError> {
         self.ensure_live()?;
         let mut wait = self.new_wait();
@@ -497,7 +508,6 @@ impl Disk {
     /// Tells the device that `sectors` sectors at `sector` are no longer
     /// needed (VIRTIO_BLK_T_DISCARD; scratch disks only). What they read
     /// afterwards is up to the device.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), BlockError> {
         self.ensure_writable()?;
         self.ensure_live()?;
@@ -510,7 +520,6 @@ impl Disk {
     /// Makes `sectors` sectors at `sector` read as zeroes
     /// (VIRTIO_BLK_T_WRITE_ZEROES; scratch disks only); `unmap` lets the
     /// device deallocate them.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
     pub fn write_zeroes(
         &mut self,
         sector: u64,
@@ -574,7 +583,8 @@ pub fn with_disk<R>(name: &str, f: impl FnOnce(&mut Disk) -> R) -> Result<R, Blo
     Ok(f(disk))
 }
 
-/// Runs `f` on every disk at once (for self-tests and benchmarks).
+/// Runs `f` on every disk at once (the shell's `disks`, the self-tests
+/// and the benchmarks).
 pub fn with_disks<R>(f: impl FnOnce(&mut [Disk]) -> R) -> R {
     init();
     let mut disks = DISKS.lock();
@@ -585,39 +595,4 @@ pub fn with_disks<R>(f: impl FnOnce(&mut [Disk]) -> R) -> R {
 /// is a multiple of 512): the shell's `blk read`.
 pub fn read(name: &str, sector: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
     with_disk(name, |disk| disk.read(sector, buffer))?
-}
-
-/// A page-aligned, physically contiguous buffer from DMA memory, for
-/// transfers too large for the kernel heap (the self-tests and the
-/// benchmark move several MiB at once). Zeroed when made.
-#[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-pub struct IoBuffer {
-    region: DmaRegion<KernelHal>,
-    len: usize,
-}
-
-impl IoBuffer {
-    /// A buffer of `len` bytes.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn new(len: usize) -> Result<Self, String> {
-        let region = DmaRegion::<KernelHal>::new(len.max(1))
-            .map_err(|e| format!("{len} bytes of DMA memory: {e}"))?;
-        Ok(Self { region, len })
-    }
-
-    /// The bytes.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the region is `len` (or more) bytes of RAM owned by this
-        // buffer alone, mapped for the CPU; a device only touches it while a
-        // driver call borrows it (the borrow checker then forbids this one).
-        unsafe { core::slice::from_raw_parts(self.region.as_ptr().as_ptr(), self.len) }
-    }
-
-    /// The bytes, mutably.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and `&mut self` makes this the only view.
-        unsafe { core::slice::from_raw_parts_mut(self.region.as_ptr().as_ptr(), self.len) }
-    }
 }

@@ -34,7 +34,7 @@ pub enum Role {
     /// Normal boot: DHCP and the servers.
     Services,
     /// Self-tests: DHCP only; the tests add their own sockets.
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+    #[cfg(feature = "selftest")]
     SelfTest,
 }
 

@@ -318,9 +318,10 @@ impl fmt::Display for IrqMode {
 /// What is known about one device's interrupts.
 struct SlotInfo {
     location: Location,
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+    /// What the interrupt self-tests check the route against.
+    #[cfg(feature = "selftest")]
     device_type: DeviceType,
-    #[cfg_attr(not(all(feature = "selftest", feature = "bench")), allow(dead_code))]
+    #[cfg(feature = "selftest")]
     queues: QueueSet,
     mode: IrqMode,
 }
@@ -552,7 +553,9 @@ pub fn route(
     let mut slots = SLOTS.lock();
     let info = SlotInfo {
         location,
+        #[cfg(feature = "selftest")]
         device_type,
+        #[cfg(feature = "selftest")]
         queues,
         mode,
     };
