@@ -35,7 +35,7 @@
 //!    there ([`line_handler`]).
 //! 3. **Polling**, when there is no way: `virtio.poll=1` on the command line
 //!    (benchmarks compare both), a PCI INTx pin the firmware did not route
-//!    (`virtio.intx=unrouted` pretends that, to exercise this path), a
+//!    (`virtio.intx=unrouted`, a self-test key, pretends that), a
 //!    virtio-mmio slot with no known GSI, or no working local APIC. The
 //!    reason is logged; waits on the device spin.
 //!
@@ -162,8 +162,8 @@ pub enum PollReason {
     Requested,
     /// No usable local APIC.
     NoInterruptController,
-    /// A PCI INTx pin the firmware did not route (or, with
-    /// `virtio.intx=unrouted`, that the kernel was told to treat so).
+    /// A PCI INTx pin the firmware did not route (or, with the self-test
+    /// key `virtio.intx=unrouted`, that the kernel was told to treat so).
     IntxNotRouted { pin: u8, line: u8, pretended: bool },
     /// A PCI function with neither MSI-X nor an interrupt pin.
     NoInterruptPin,
@@ -803,6 +803,21 @@ fn setup_msix(
     }
 }
 
+/// `virtio.intx=unrouted`, a self-test key: treat every INTx pin as not
+/// routed, to exercise the polling fallback for firmware that routes
+/// nothing (QEMU's SeaBIOS and qboot both write interrupt lines). The
+/// kernel people boot does not read it.
+#[cfg(feature = "selftest")]
+fn intx_unrouted_pretended() -> bool {
+    crate::cmdline::get("virtio.intx") == Some("unrouted")
+}
+
+/// Without the self-tests the firmware's word is taken.
+#[cfg(not(feature = "selftest"))]
+fn intx_unrouted_pretended() -> bool {
+    false
+}
+
 /// INTx through the I/O APIC, on the IRQ the firmware routed.
 fn setup_intx(
     target: &RouteTarget,
@@ -812,9 +827,7 @@ fn setup_intx(
     transport: &KernelTransport,
 ) -> IrqMode {
     let address: PciAddress = function.address;
-    // `virtio.intx=unrouted` exercises the fallback for firmware that routes
-    // nothing (QEMU's SeaBIOS and qboot both write interrupt lines).
-    let pretended = crate::cmdline::get("virtio.intx") == Some("unrouted");
+    let pretended = intx_unrouted_pretended();
     let mut seen = function.clone();
     if pretended {
         seen.interrupt_line = 0xff;
