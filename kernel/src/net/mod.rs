@@ -119,6 +119,12 @@ pub fn run() -> ! {
                 // Ask for receive interrupts, and look once more: packets that
                 // arrived before the request will not interrupt (§2.7.7).
                 let pending = nics.iter_mut().any(|n| n.device.rx().enable_interrupts());
+                if pending {
+                    // No sleep after all: off again while the stack polls.
+                    for nic in nics.iter_mut() {
+                        nic.device.rx().disable_interrupts();
+                    }
+                }
                 (!pending).then_some(sleep)
             }
         };

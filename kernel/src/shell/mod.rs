@@ -164,16 +164,30 @@ fn wait_for_console_port() -> Option<(drivers::transport::Location, u32)> {
 
 /// Services the network, then sleeps until the console interrupts (or the
 /// interrupt code's 10 ms watchdog, or any other interrupt, ends the halt).
+///
+/// The console's one wait (`drivers::irq::wait_until_used`): receive
+/// interrupts on, one more look at the rings, the halt, and interrupts off
+/// again, so that input arriving while a command runs (a long `ping`, a
+/// stream) does not interrupt a shell that is not waiting for it (§2.7.7).
+/// The console lock is taken only to arm and disarm, not across the halt.
 fn idle(location: drivers::transport::Location) {
-    use drivers::device::Wait;
     crate::net::poll();
     let mut wait = console::waiter(location, 1_000_000_000);
-    let pending = console::lock()
-        .as_mut()
-        .is_some_and(|c| c.device.enable_interrupts());
-    if !pending {
-        let _ = wait.wait();
-    }
+    // A timeout only ends this idle round; the shell loop looks and idles again.
+    let _ = drivers::irq::wait_until_used(
+        &mut wait,
+        &mut (),
+        |()| {
+            console::lock()
+                .as_mut()
+                .is_some_and(|c| c.device.enable_interrupts())
+        },
+        |()| {
+            if let Some(c) = console::lock().as_mut() {
+                c.device.disable_interrupts();
+            }
+        },
+    );
 }
 
 /// Sends what a command printed.
