@@ -4,9 +4,9 @@
 //!
 //! The APIC timer counts a bus clock divided by 16, whose rate the SDM
 //! leaves to the platform, so [`init`] measures it against the TSC (which
-//! `clock` calibrated): start the timer from its maximum, busy-wait one
-//! millisecond on the TSC, see how far it counted. The interrupt itself
-//! does nothing; waking the CPU from `hlt` is the whole point.
+//! `clock` calibrated): start the timer from its maximum, read its count
+//! and the TSC, busy-wait [`MEASURE_WINDOW_US`], read both again. The interrupt
+//! itself does nothing; waking the CPU from `hlt` is the whole point.
 //!
 //! The timer is shared with the interrupt-driven waits of `virtio::irq`
 //! (their watchdog); that is fine on one CPU because the idle loop and a
@@ -23,6 +23,12 @@ use crate::interrupts;
 static VECTOR: AtomicU8 = AtomicU8::new(0);
 /// APIC timer ticks per millisecond (after the divide-by-16).
 static TICKS_PER_MS: AtomicU32 = AtomicU32::new(0);
+/// How long the APIC timer is measured against the TSC. Each end of the
+/// window is a count read and a TSC read back to back, a few hundred
+/// nanoseconds apart even under TCG, so 250 µs measures the rate to well
+/// under 1 %, closer than an idle alarm needs; a longer window would only
+/// make the boot wait (it was 1 ms).
+const MEASURE_WINDOW_US: u64 = 250;
 /// Used when the measurement is impossible (no calibrated TSC): QEMU's
 /// APIC timer runs at 1 GHz, so 62 500 ticks per millisecond after the divider.
 const FALLBACK_TICKS_PER_MS: u32 = 62_500;
@@ -48,13 +54,23 @@ pub fn init() {
     } else {
         x86_64::instructions::interrupts::without_interrupts(|| {
             let _ = interrupts::start_timer_oneshot(vector, u32::MAX);
-            let start = crate::clock::tsc();
-            while crate::clock::tsc().wrapping_sub(start) < hz / 1000 {
+            // Both ends are the same pair of reads (count, then TSC), so
+            // whatever happens before the first pair (an emulator
+            // translating this code) is outside the window.
+            let (first, start) = count_and_tsc();
+            let window = hz * MEASURE_WINDOW_US / 1_000_000;
+            let (last, end) = loop {
+                let (count, now) = count_and_tsc();
+                if now.wrapping_sub(start) >= window {
+                    break (count, now);
+                }
                 core::hint::spin_loop();
-            }
-            let left = interrupts::timer_current_count();
+            };
             interrupts::stop_timer();
-            u32::MAX - left
+            let counted = u128::from(first.saturating_sub(last));
+            let elapsed = u128::from(end.wrapping_sub(start).max(1));
+            // ticks per ms = counted / (elapsed / hz) / 1000
+            u32::try_from(counted * u128::from(hz) / elapsed / 1000).unwrap_or(u32::MAX)
         })
     };
     let ticks = if ticks == 0 {
@@ -64,6 +80,11 @@ pub fn init() {
     };
     TICKS_PER_MS.store(ticks, Ordering::Relaxed);
     log::debug!("net: idle alarm on vector {vector:#04x}, APIC timer {ticks} ticks/ms");
+}
+
+/// The APIC timer's current count and the TSC, read back to back.
+fn count_and_tsc() -> (u32, u64) {
+    (interrupts::timer_current_count(), crate::clock::tsc())
 }
 
 /// Arms the alarm `after` from now (at least 10 µs, at most ~60 s).
