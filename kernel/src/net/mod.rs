@@ -119,12 +119,12 @@ pub fn run() -> ! {
                 // Ask for receive interrupts, and look once more: packets that
                 // arrived before the request will not interrupt (§2.7.7).
                 let pending = nics.iter_mut().any(|n| n.device.rx().enable_interrupts());
-                // Packets already there: go round again without sleeping.
-                // Receive interrupts stay on for that round on purpose: the
-                // next round asks for them again before it sleeps, and one
-                // arriving meanwhile only sets a pending bit (interrupts are
-                // off while the stack polls). After a sleep they are turned
-                // off below.
+                if pending {
+                    // No sleep after all: off again while the stack polls.
+                    for nic in nics.iter_mut() {
+                        nic.device.rx().disable_interrupts();
+                    }
+                }
                 (!pending).then_some(sleep)
             }
         };
