@@ -29,6 +29,11 @@
 //! - **Packet buffers** ([`DmaBufferPool`]): one DMA region cut into equal
 //!   buffers, each either lent to the device or held by the driver; only a
 //!   held buffer can be seen as a plain byte slice.
+//! - **Data buffers that travel with a request** ([`DmaBuffer`]): DMA memory
+//!   its owner reads and writes as bytes, lent to the device by value
+//!   ([`DmaBuffer::lend`] → [`LentDmaBuffer`], which has a device address and
+//!   no bytes) and reclaimed when the device is done; zero-copy, no
+//!   [`Hal::share`] needed.
 //!
 //! ## Where the `unsafe` is
 //!
@@ -48,12 +53,14 @@
 extern crate alloc;
 
 mod dma;
+mod dma_buffer;
 mod dma_pool;
 mod mmio;
 mod port;
 mod ring_memory;
 
 pub use dma::{DmaRegion, DmaValue};
+pub use dma_buffer::{DmaBuffer, LentDmaBuffer};
 pub use dma_pool::DmaBufferPool;
 pub use mmio::{MmioRegion, Register};
 pub use port::{PortRange, PortValue};
