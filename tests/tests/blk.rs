@@ -7,17 +7,15 @@
 //! `RUST_LOG=trace cargo test -p tests --test blk -- --nocapture` shows the
 //! driver's narration.
 
-use std::ptr::NonNull;
-
 use drivers::blk::{
-    feature, BlkDevice, BlkError, BlkOptions, Completion, Op, Request, RequestError, RequestType,
-    SetupError, SUPPORTED_FEATURES,
+    feature, BlkDevice, BlkError, BlkOptions, BufferId, Completion, Op, Request, RequestError,
+    RequestType, SetupError, SUPPORTED_FEATURES,
 };
 use drivers::device::{BoundedWait, DeviceError, Wait, WaitTimeout};
 use drivers::features;
 use drivers::transport::mmio::MmioTransport;
 use drivers::transport::{InterruptStatus, TransportKind};
-use hal::Hal;
+use hal::{DmaBuffer, Hal};
 use tests::blk_model::{
     pattern_byte, req, status, BlkModel, BlkModelConfig, LenOverride, ModelTransport,
     SharedBlkModel, OFFER_EVERYTHING,
@@ -94,8 +92,14 @@ fn data_lens(model: &SharedBlkModel) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn buffer(len: usize) -> Box<[u8]> {
-    vec![0u8; len].into_boxed_slice()
+/// Registers a zeroed DMA buffer of `len` bytes for the non-blocking API.
+fn dma_buffer(blk: &mut Blk, len: usize) -> BufferId {
+    blk.register_buffer(DmaBuffer::new(len).unwrap()).unwrap()
+}
+
+/// The bytes of registered buffer `id` (held, not lent).
+fn bytes(blk: &Blk, id: BufferId) -> Vec<u8> {
+    blk.buffer(id).expect("the buffer is back").to_vec()
 }
 
 /// Collects completions until `count` have arrived, stepping the model.
@@ -511,29 +515,30 @@ fn a_full_queue_pushes_back_and_completions_arrive_out_of_order() {
         queue_max: 16,
         ..BlkModelConfig::default()
     };
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut buffers: Vec<Box<[u8]>> = (0..17).map(|_| buffer(1024)).collect();
     let (mut blk, model) = device(config);
+    let buffers: Vec<BufferId> = (0..17).map(|_| dma_buffer(&mut blk, 1024)).collect();
     model.borrow_mut().hold = true;
     let mut tokens = Vec::new();
-    for (i, b) in buffers.iter_mut().take(16).enumerate() {
-        let ptr = NonNull::from(&mut b[..]);
-        // SAFETY: the box outlives the request and is not touched until its
-        // completion has been collected below.
-        let token = unsafe { blk.submit_read(i as u64 * 2, &[ptr]) }.unwrap();
+    for (i, &b) in buffers.iter().take(16).enumerate() {
+        let token = blk.submit_read(i as u64 * 2, &[b]).unwrap();
         assert_eq!(token.queue(), 0);
         tokens.push(token);
+        assert!(blk.buffer(b).is_none(), "lent to the device");
     }
     assert_eq!(blk.in_flight(), 16);
-    let extra = NonNull::from(&mut buffers[16][..]);
-    // SAFETY: as above (and the request is refused anyway).
-    let refused = unsafe { blk.submit_read(100, &[extra]) };
+    let extra = buffers[16];
+    let refused = blk.submit_read(100, &[extra]);
     assert_eq!(refused, Err(BlkError::QueueFull));
-    assert_eq!(
-        HostHal::live_shares(),
-        16,
-        "the refused request shared nothing"
+    assert!(
+        blk.buffer(extra).is_some(),
+        "the refused request holds nothing"
     );
+    assert_eq!(
+        blk.submit_read(100, &[buffers[0]]),
+        Err(BlkError::BufferUnavailable(buffers[0])),
+        "a lent buffer cannot be lent again"
+    );
+    assert_eq!(HostHal::live_shares(), 0, "nothing is shared: no copies");
     assert_eq!(blk.poll(), Ok(None), "nothing finished yet");
 
     model.borrow_mut().step();
@@ -548,39 +553,31 @@ fn a_full_queue_pushes_back_and_completions_arrive_out_of_order() {
         assert_eq!(c.result, Ok(()));
         assert_eq!(c.request, RequestType::Read);
     }
-    for (i, b) in buffers.iter().take(16).enumerate() {
-        assert_eq!(&b[..], &expected(i as u64 * 2, 1024)[..], "buffer {i}");
+    for (i, &b) in buffers.iter().take(16).enumerate() {
+        assert_eq!(bytes(&blk, b), expected(i as u64 * 2, 1024), "buffer {i}");
     }
     assert_eq!(HostHal::live_shares(), 0);
     assert_eq!(blk.in_flight(), 0);
 
     // The slots are free again: the refused request goes through now.
     model.borrow_mut().hold = false;
-    let extra = NonNull::from(&mut buffers[16][..]);
-    // SAFETY: as above.
-    let token = unsafe { blk.submit_read(100, &[extra]) }.unwrap();
+    let token = blk.submit_read(100, &[extra]).unwrap();
     let done = collect(&mut blk, &model, 1);
     assert_eq!(done[0].token, token);
-    assert_eq!(&buffers[16][..], &expected(100, 1024)[..]);
+    assert_eq!(bytes(&blk, extra), expected(100, 1024));
     assert_model_clean(&model);
 }
 
 #[test]
 fn complete_finds_one_token_and_leaves_the_others_for_poll() {
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut a = buffer(512);
-    let mut b = buffer(512);
     let (mut blk, model) = device(BlkModelConfig::default());
+    let a = dma_buffer(&mut blk, 512);
+    let b = dma_buffer(&mut blk, 512);
     model.borrow_mut().hold = true;
-    let pa = NonNull::from(&mut a[..]);
-    let pb = NonNull::from(&mut b[..]);
-    // SAFETY: both boxes outlive their requests and are only read after completion.
-    let (ta, tb) = unsafe {
-        (
-            blk.submit_read(1, &[pa]).unwrap(),
-            blk.submit_read(2, &[pb]).unwrap(),
-        )
-    };
+    let (ta, tb) = (
+        blk.submit_read(1, &[a]).unwrap(),
+        blk.submit_read(2, &[b]).unwrap(),
+    );
     assert_ne!(ta, tb);
     assert_eq!(blk.complete(tb), Ok(None), "still in flight");
     model.borrow_mut().step();
@@ -595,20 +592,17 @@ fn complete_finds_one_token_and_leaves_the_others_for_poll() {
         Err(BlkError::UnknownToken),
         "already collected"
     );
-    assert_eq!(&a[..], &expected(1, 512)[..]);
-    assert_eq!(&b[..], &expected(2, 512)[..]);
+    assert_eq!(bytes(&blk, a), expected(1, 512));
+    assert_eq!(bytes(&blk, b), expected(2, 512));
 }
 
 #[test]
 fn a_batch_is_published_with_one_notification() {
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut buffers: Vec<Box<[u8]>> = (0..8).map(|_| buffer(512)).collect();
     let (mut blk, model) = device(BlkModelConfig::default());
+    let buffers: Vec<BufferId> = (0..8).map(|_| dma_buffer(&mut blk, 512)).collect();
     blk.start_batch();
-    for (i, b) in buffers.iter_mut().enumerate() {
-        let ptr = NonNull::from(&mut b[..]);
-        // SAFETY: the boxes outlive the requests and are read after completion.
-        unsafe { blk.submit_read(i as u64, &[ptr]) }.unwrap();
+    for (i, &b) in buffers.iter().enumerate() {
+        blk.submit_read(i as u64, &[b]).unwrap();
     }
     assert!(
         model.borrow().notifications.is_empty(),
@@ -618,8 +612,8 @@ fn a_batch_is_published_with_one_notification() {
     assert_eq!(model.borrow().notifications, [0]);
     let done = collect(&mut blk, &model, 8);
     assert!(done.iter().all(|c| c.result == Ok(())));
-    for (i, b) in buffers.iter().enumerate() {
-        assert_eq!(&b[..], &expected(i as u64, 512)[..]);
+    for (i, &b) in buffers.iter().enumerate() {
+        assert_eq!(bytes(&blk, b), expected(i as u64, 512));
     }
     let stats = blk.queue_stats(0).unwrap();
     assert_eq!(
@@ -754,9 +748,8 @@ fn a_read_only_disk_refuses_writes_before_the_device_sees_them() {
         features: BlkModelConfig::default().features | feature::RO,
         ..BlkModelConfig::default()
     };
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut owned = buffer(512);
     let (mut blk, model) = device(config);
+    let owned = dma_buffer(&mut blk, 512);
     assert!(blk.read_only());
     assert_ne!(model.borrow().driver_features & feature::RO, 0);
     let data = vec![0xeeu8; 1024];
@@ -766,12 +759,8 @@ fn a_read_only_disk_refuses_writes_before_the_device_sees_them() {
         blk.write_blocks_vectored(0, &[&data, &data], &mut w),
         Err(BlkError::ReadOnly)
     );
-    let ptr = NonNull::from(&mut owned[..]);
-    assert_eq!(
-        // SAFETY: refused before sharing; the box outlives the call anyway.
-        unsafe { blk.submit_write(0, &[ptr]) },
-        Err(BlkError::ReadOnly)
-    );
+    assert_eq!(blk.submit_write(0, &[owned]), Err(BlkError::ReadOnly));
+    assert!(blk.buffer(owned).is_some(), "refused before lending");
     assert_eq!(blk.discard(0, 8, &mut w), Err(BlkError::ReadOnly));
     assert_eq!(
         blk.write_zeroes(0, 8, true, &mut w),
@@ -803,13 +792,8 @@ fn bad_ranges_and_buffers_are_refused_before_the_device_sees_them() {
         discard: (8, 1, 1),
         ..BlkModelConfig::default()
     };
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut boxes: Vec<Box<[u8]>> = (0..5).map(|_| buffer(512)).collect();
-    let ptrs: Vec<NonNull<[u8]>> = boxes
-        .iter_mut()
-        .map(|b| NonNull::from(&mut b[..]))
-        .collect();
     let (mut blk, model) = device(config);
+    let ids: Vec<BufferId> = (0..5).map(|_| dma_buffer(&mut blk, 512)).collect();
     let mut w = wait(&model);
     let mut two = vec![0u8; 1024];
     assert_eq!(
@@ -840,10 +824,26 @@ fn bad_ranges_and_buffers_are_refused_before_the_device_sees_them() {
         Err(BlkError::EmptyRequest)
     );
     assert_eq!(
-        // SAFETY: refused before sharing; the boxes outlive the call anyway.
-        unsafe { blk.submit_read(0, &ptrs) },
+        blk.submit_read(0, &ids),
         Err(BlkError::TooManySegments { needed: 5, max: 4 }),
         "one non-blocking request may not exceed seg_max"
+    );
+    assert!(
+        ids.iter().all(|&id| blk.buffer(id).is_some()),
+        "refused before lending"
+    );
+    assert_eq!(
+        blk.submit_read(0, &[ids[0], ids[0]]),
+        Err(BlkError::BufferUnavailable(ids[0])),
+        "one buffer named twice is lent once, then refused"
+    );
+    assert!(blk.buffer(ids[0]).is_some(), "and given back");
+    let unregistered = blk.unregister_buffer(ids[4]).expect("held");
+    assert_eq!(unregistered.len(), 512);
+    assert_eq!(
+        blk.submit_read(0, &[ids[4]]),
+        Err(BlkError::BufferUnavailable(ids[4])),
+        "an unregistered buffer is refused"
     );
     assert_eq!(
         blk.submit_discard(0, 9),
@@ -857,8 +857,7 @@ fn bad_ranges_and_buffers_are_refused_before_the_device_sees_them() {
             sectors: 9,
         })
     );
-    // SAFETY: no buffers.
-    let no_queue = unsafe { blk.submit(Request::new(Op::GetId).on_queue(1)) };
+    let no_queue = blk.submit(Request::new(Op::GetId).on_queue(1));
     assert_eq!(no_queue, Err(BlkError::NoSuchQueue(1)));
     assert_eq!(model.borrow().seen.len(), 0);
     assert!(model.borrow().notifications.is_empty());
@@ -985,13 +984,11 @@ fn a_used_entry_for_a_descriptor_not_in_flight_is_rejected_and_the_disk_goes_on(
     assert_eq!(blk.stats().completions, 0, "no request was completed by it");
 
     // The same slot's real request still works and lands in its buffer.
-    let mut data = buffer(512);
-    let ptr = NonNull::from(&mut data[..]);
-    // SAFETY: `data` outlives the request and is only read after its completion.
-    let token = unsafe { blk.submit_read(40, &[ptr]) }.unwrap();
+    let data = dma_buffer(&mut blk, 512);
+    let token = blk.submit_read(40, &[data]).unwrap();
     let done = collect(&mut blk, &model, 1);
     assert_eq!((done[0].token, done[0].result), (token, Ok(())));
-    assert_eq!(&data[..], &expected(40, 512)[..]);
+    assert_eq!(bytes(&blk, data), expected(40, 512));
     assert_eq!(HostHal::live_shares(), 0);
     assert!(!blk.is_failed());
 }
@@ -1106,8 +1103,7 @@ fn multiqueue_spreads_requests_round_robin_and_honours_a_chosen_queue() {
     }
     assert_eq!(blk.stats().requests, 3);
 
-    // SAFETY: GET_ID has no caller buffers.
-    let token = unsafe { blk.submit(Request::new(Op::GetId).on_queue(2)) }.unwrap();
+    let token = blk.submit(Request::new(Op::GetId).on_queue(2)).unwrap();
     assert_eq!(token.queue(), 2);
     assert_eq!(blk.poll_queue(2), Ok(None));
     model.borrow_mut().step();
@@ -1297,13 +1293,10 @@ fn each_request_is_narrated_at_trace_level() {
 
 #[test]
 fn a_blocking_call_sets_completions_of_earlier_submissions_aside_for_poll() {
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut early = buffer(512);
     let (mut blk, model) = device(BlkModelConfig::default());
+    let early = dma_buffer(&mut blk, 512);
     model.borrow_mut().fill_pattern();
-    let ptr = NonNull::from(&mut early[..]);
-    // SAFETY: the box outlives the request and is read only after its completion.
-    let token = unsafe { blk.submit_read(7, &[ptr]) }.unwrap();
+    let token = blk.submit_read(7, &[early]).unwrap();
     let mut data = vec![0u8; 1024];
     blk.read_blocks(0, &mut data, &mut wait(&model)).unwrap();
     assert_eq!(data, expected(0, 1024));
@@ -1311,7 +1304,7 @@ fn a_blocking_call_sets_completions_of_earlier_submissions_aside_for_poll() {
     // for the caller, who alone knows its token.
     let done = blk.poll().unwrap().expect("set aside for poll");
     assert_eq!((done.token, done.result), (token, Ok(())));
-    assert_eq!(&early[..], &expected(7, 512)[..]);
+    assert_eq!(bytes(&blk, early), expected(7, 512));
     assert_eq!(blk.poll(), Ok(None));
     assert_eq!(blk.stats().completions, 2);
     assert_model_clean(&model);
@@ -1319,14 +1312,11 @@ fn a_blocking_call_sets_completions_of_earlier_submissions_aside_for_poll() {
 
 #[test]
 fn a_timeout_resets_the_device_releases_buffers_and_recover_brings_it_back() {
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut pending = buffer(512);
     let (mut blk, model) = device(BlkModelConfig::default());
+    let pending = dma_buffer(&mut blk, 512);
     model.borrow_mut().stalled = true;
     // A non-blocking request is in flight too; it is aborted with the rest.
-    let ptr = NonNull::from(&mut pending[..]);
-    // SAFETY: the box outlives the request, which ends with the reset below.
-    let token = unsafe { blk.submit_read(5, &[ptr]) }.unwrap();
+    let token = blk.submit_read(5, &[pending]).unwrap();
     let mut data = vec![0u8; 4096];
     let mut w = stepper(&model, 5);
     assert_eq!(
@@ -1339,6 +1329,10 @@ fn a_timeout_resets_the_device_releases_buffers_and_recover_brings_it_back() {
         HostHal::live_shares(),
         0,
         "every buffer released after the reset"
+    );
+    assert!(
+        blk.buffer(pending).is_some(),
+        "the registered buffer is back after the reset"
     );
     assert_eq!(blk.in_flight(), 0);
     {
@@ -1408,17 +1402,20 @@ fn a_wait_that_gives_up_at_once_still_releases_everything() {
 }
 
 #[test]
-fn dropping_the_driver_resets_the_device_and_unshares_pending_buffers() {
-    // Declared before the driver, so it outlives it even if a check fails.
-    let mut a = buffer(1024);
+fn dropping_the_driver_resets_the_device_and_frees_lent_buffers() {
+    let before = HostHal::live_dma_pages();
     let (mut blk, model) = device(BlkModelConfig::default());
+    let registered = dma_buffer(&mut blk, 1024);
     model.borrow_mut().hold = true;
-    let ptr = NonNull::from(&mut a[..]);
-    // SAFETY: the box outlives the driver, which releases it on drop.
-    unsafe { blk.submit_read(0, &[ptr]) }.unwrap();
+    blk.submit_read(0, &[registered]).unwrap();
     model.borrow_mut().step();
-    assert_eq!(HostHal::live_shares(), 1);
+    assert_eq!(model.borrow().held(), 1, "the device holds the buffer");
     drop(blk);
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        before,
+        "the lent buffer is freed with the driver"
+    );
     assert_eq!(HostHal::live_shares(), 0);
     assert_eq!(model.borrow().status_writes.last(), Some(&0), "reset last");
 }
@@ -1546,11 +1543,11 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     let (device_addr, pages) = ZeroCopyHostHal::dma_alloc(2).unwrap();
     // SAFETY: two zeroed pages, ours until freed below.
     let memory = unsafe { std::slice::from_raw_parts_mut(pages.as_ptr(), 2 * 4096) };
-    let (data, rest) = memory.split_at_mut(4096);
+    let (_, rest) = memory.split_at_mut(4096);
 
-    // SAFETY: `data` lives in `memory` until the pages are freed at the end,
-    // and is not touched until the completion for `token` is collected.
-    let token = unsafe { blk.submit_read(40, &[NonNull::from(&mut data[..])]) }.unwrap();
+    // The non-blocking API reads into a registered DMA buffer in place.
+    let data = blk.register_buffer(DmaBuffer::new(4096).unwrap()).unwrap();
+    let token = blk.submit_read(40, &[data]).unwrap();
     let done = loop {
         match blk.poll().expect("no ring errors") {
             Some(c) => break c,
@@ -1559,7 +1556,7 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     };
     assert_eq!(done.token, token);
     assert_eq!(done.result, Ok(()));
-    assert_eq!(&data[..], &expected(40, 4096)[..]);
+    assert_eq!(blk.buffer(data).unwrap(), &expected(40, 4096)[..]);
 
     let (written, back) = rest.split_at_mut(2 * 512);
     for (i, byte) in written.iter_mut().enumerate() {
@@ -1574,9 +1571,7 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     // A buffer the device cannot reach is refused, not handed over.
     let mut outside = vec![0u8; 512];
     assert!(matches!(
-        // SAFETY: refused before the device sees it (the Hal cannot share
-        // memory outside DMA allocations); `outside` outlives the call.
-        unsafe { blk.submit_read(0, &[NonNull::from(&mut outside[..])]) },
+        blk.read_blocks(0, &mut outside, &mut w),
         Err(BlkError::Share(_))
     ));
     assert_eq!(blk.stats().bytes_read, 4096 + 3 * 512);

@@ -29,7 +29,7 @@ use core::ptr::NonNull;
 use hal::Hal;
 use log::{log_enabled, trace, Level};
 
-use super::core::{Job, Op};
+use super::core::{DataBuffers, Job, Op};
 use super::plan::{self, Chunk, Cursor, SplitLimits};
 use super::request::WRITE_ZEROES_FLAG_UNMAP;
 use super::{BlkDevice, BlkError, Completion, RequestType, Serial, SECTOR_SIZE, VECTORED_GROUP};
@@ -80,7 +80,7 @@ impl<'a> Plan<'a> {
                 Some(Job::Data {
                     request,
                     sector,
-                    buffers,
+                    buffers: DataBuffers::Caller(buffers),
                     start,
                     bytes,
                     segments,

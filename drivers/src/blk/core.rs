@@ -48,6 +48,8 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use hal::{DeviceAddr, Direction, Hal};
+
+use super::buffers::{BufferId, BufferTable};
 use log::{log_enabled, trace, warn, Level};
 
 use super::error::{count_u32, sectors_u32};
@@ -63,6 +65,10 @@ use crate::device::{self, DeviceError};
 use crate::queue::{QueueError, Segment, Token, Virtqueue};
 use crate::transport::{DeviceStatus, Transport};
 
+/// The most registered buffers one read or write may name (checked before
+/// the segment limit, which is usually lower).
+const MAX_CHECKED_BUFFERS: usize = 256;
+
 /// One request for [`BlkDevice::submit`].
 #[derive(Debug, Clone, Copy)]
 pub enum Op<'b> {
@@ -70,15 +76,16 @@ pub enum Op<'b> {
     Read {
         /// First sector.
         sector: u64,
-        /// Where the data goes, in order.
-        buffers: &'b [NonNull<[u8]>],
+        /// Where the data goes, in order: registered buffers
+        /// ([`BlkDevice::register_buffer`]) not held by another request.
+        buffers: &'b [BufferId],
     },
     /// Write `buffers` to consecutive sectors.
     Write {
         /// First sector.
         sector: u64,
-        /// The data, in order.
-        buffers: &'b [NonNull<[u8]>],
+        /// The data, in order (registered buffers, as for `Read`).
+        buffers: &'b [BufferId],
     },
     /// Commit the device's write cache (needs VIRTIO_BLK_F_FLUSH).
     Flush,
@@ -132,7 +139,7 @@ pub(super) enum Job<'a> {
     Data {
         request: RequestType,
         sector: u64,
-        buffers: &'a [NonNull<[u8]>],
+        buffers: DataBuffers<'a>,
         start: Cursor,
         bytes: usize,
         segments: usize,
@@ -165,12 +172,29 @@ impl Job<'_> {
     }
 }
 
-/// A caller buffer shared with the device for one request.
+/// Where a read's or write's data is.
 #[derive(Debug, Clone, Copy)]
-struct Share {
-    addr: DeviceAddr,
-    buffer: NonNull<[u8]>,
-    direction: Direction,
+pub(super) enum DataBuffers<'a> {
+    /// Registered DMA buffers (the non-blocking API): lent to the device
+    /// for the request, no copy, no share.
+    Registered(&'a [BufferId]),
+    /// Caller memory a blocking helper shares with the device for the
+    /// request ([`hal::Hal::share`]); the helper holds the borrow until the
+    /// request is over or the device reset.
+    Caller(&'a [NonNull<[u8]>]),
+}
+
+/// What a request holds of the caller's memory, to give back when it ends.
+#[derive(Debug, Clone, Copy)]
+enum Loan {
+    /// A registered buffer, lent to the device.
+    Lent(BufferId),
+    /// A caller buffer shared with the device ([`hal::Hal::share`]).
+    Shared {
+        addr: DeviceAddr,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+    },
 }
 
 /// What the driver remembers about one pool slot.
@@ -203,7 +227,7 @@ pub(super) struct RequestQueue<H: Hal> {
     /// Per pool slot, which is also the [`Token::index`] of its request.
     slots: Vec<Slot>,
     /// `max_shares` entries per slot.
-    shares: Vec<Option<Share>>,
+    shares: Vec<Option<Loan>>,
     max_shares: usize,
     pub(super) stats: BlkQueueStats,
     /// The last device error the ring caught ([`BlkDevice::ring_fault`]).
@@ -228,39 +252,40 @@ impl<H: Hal> RequestQueue<H> {
             ring,
             pool,
             slots: vec![Slot::FREE; size],
-            // A zero-copy Hal needs no share records (`share_data`).
-            shares: vec![
-                None;
-                if H::UNSHARE_IS_NOOP {
-                    0
-                } else {
-                    size * max_shares
-                }
-            ],
+            shares: vec![None; size * max_shares],
             max_shares,
             stats: BlkQueueStats::default(),
             fault: None,
         })
     }
 
-    /// Ends the shares of `slot` (the device is done with its buffers).
+    /// Gives back what `slot` holds (the device is done with its buffers):
+    /// registered buffers are reclaimed, shares ended.
     #[inline(always)]
-    fn unshare_all(&mut self, slot: usize) {
-        if H::UNSHARE_IS_NOOP {
-            // Nothing was recorded (`share_data`): a zero-copy Hal's unshare
-            // does nothing the used ring's acquire read has not done.
+    fn unshare_all(&mut self, slot: usize, buffers: &mut BufferTable<H>) {
+        let count = self.slots[slot].shares as usize;
+        if count == 0 {
             return;
         }
         let first = slot * self.max_shares;
-        let count = self.slots[slot].shares as usize;
         // Entries past `count` are stale; the count says which are live, so
         // they need not be cleared one by one.
-        for share in self.shares[first..first + count].iter().flatten() {
-            // SAFETY: these are the arguments and result of one earlier
-            // `H::share`; the device has finished with the buffer (its
-            // chain came back in the used ring, or the device was reset),
-            // and the count drops to 0 below, so no share ends twice.
-            unsafe { H::unshare(share.addr, share.buffer, share.direction) };
+        for loan in self.shares[first..first + count].iter().flatten() {
+            match *loan {
+                Loan::Lent(id) => buffers.reclaim(id),
+                Loan::Shared {
+                    addr,
+                    buffer,
+                    direction,
+                } => {
+                    // SAFETY: these are the arguments and result of one
+                    // earlier `H::share`; the device has finished with the
+                    // buffer (its chain came back in the used ring, or the
+                    // device was reset), and the count drops to 0 below, so
+                    // no share ends twice.
+                    unsafe { H::unshare(addr, buffer, direction) };
+                }
+            }
         }
         self.slots[slot].shares = 0;
     }
@@ -272,8 +297,8 @@ impl<H: Hal> RequestQueue<H> {
 
     /// Ends the shares of `slot` and marks it free (its request is over or
     /// never reached the ring).
-    fn release(&mut self, slot: usize) {
-        self.unshare_all(slot);
+    fn release(&mut self, slot: usize, buffers: &mut BufferTable<H>) {
+        self.unshare_all(slot, buffers);
         self.slots[slot] = Slot::FREE;
     }
 }
@@ -302,6 +327,7 @@ impl<H: Hal> RequestQueue<H> {
         job: &Job<'_>,
         segments: &mut Vec<Segment>,
         max_segment_bytes: usize,
+        registered: &mut BufferTable<H>,
     ) -> Result<u32, BlkError> {
         segments.clear();
         segments.push(Segment::readable(
@@ -323,14 +349,27 @@ impl<H: Hal> RequestQueue<H> {
                 } else {
                     Direction::ToDevice
                 };
-                let part = DataPart {
-                    buffers,
-                    start,
-                    bytes,
-                    direction,
-                    max_segment_bytes,
-                };
-                share_data(self, slot, segments, part)?;
+                match buffers {
+                    DataBuffers::Registered(ids) => lend_data(
+                        self,
+                        slot,
+                        segments,
+                        ids,
+                        registered,
+                        direction,
+                        max_segment_bytes,
+                    )?,
+                    DataBuffers::Caller(buffers) => {
+                        let part = DataPart {
+                            buffers,
+                            start,
+                            bytes,
+                            direction,
+                            max_segment_bytes,
+                        };
+                        share_data(self, slot, segments, part)?;
+                    }
+                }
                 // The planner counted segments with the same cutting rule.
                 debug_assert_eq!(segments.len() - 1, planned);
                 data_bytes = bytes as u32;
@@ -385,26 +424,19 @@ impl<H: Hal> RequestQueue<H> {
 impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Submits one request and returns its token without waiting.
     ///
-    /// Read and write buffers are validated (non-empty, multiples of 512,
-    /// inside the disk, at most [`BlkDevice::max_data_segments`] segments
-    /// once cut at `size_max`), shared with the device, and described to it
-    /// between the header and the status byte. Nothing reaches the device
-    /// if validation fails.
+    /// Read and write buffers are registered DMA buffers
+    /// ([`BlkDevice::register_buffer`]), validated (held by no other
+    /// request, non-empty, multiples of 512, inside the disk, at most
+    /// [`BlkDevice::max_data_segments`] segments once cut at `size_max`),
+    /// lent to the device (no copy; [`BlkDevice::buffer`] answers `None`
+    /// for them until the completion is collected or the device reset), and
+    /// described to it between the header and the status byte. Nothing
+    /// reaches the device if validation fails.
     ///
     /// Outside a batch ([`BlkDevice::start_batch`]) the request is published
     /// at once and the device notified if it wants to be.
-    ///
-    /// # Safety
-    ///
-    /// For `Op::Read` and `Op::Write`: every buffer must be valid for reads
-    /// and writes of its length, must not overlap another buffer of a
-    /// request in flight, and must be neither accessed nor freed until the
-    /// request's completion has been collected ([`BlkDevice::poll`],
-    /// [`BlkDevice::complete`]), the device was reset by this driver
-    /// (timeout, [`BlkDevice::recover`]), or the driver was dropped. Other
-    /// operations have no requirement.
     #[inline(always)]
-    pub unsafe fn submit(&mut self, request: Request<'_>) -> Result<BlkToken, BlkError> {
+    pub fn submit(&mut self, request: Request<'_>) -> Result<BlkToken, BlkError> {
         self.check_live()?;
         let job = self.validate(request.op)?;
         let token = self.submit_job(request.queue, &job)?;
@@ -414,52 +446,36 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         Ok(token)
     }
 
-    /// Submits a read of `buffers` from consecutive sectors starting at
-    /// `sector`, on the next queue with room.
-    ///
-    /// # Safety
-    ///
-    /// As for [`BlkDevice::submit`].
-    pub unsafe fn submit_read(
-        &mut self,
-        sector: u64,
-        buffers: &[NonNull<[u8]>],
-    ) -> Result<BlkToken, BlkError> {
-        // SAFETY: the caller upholds `submit`'s contract for these buffers.
-        unsafe { self.submit(Request::new(Op::Read { sector, buffers })) }
+    /// Submits a read into registered `buffers` from consecutive sectors
+    /// starting at `sector`, on the next queue with room.
+    pub fn submit_read(&mut self, sector: u64, buffers: &[BufferId]) -> Result<BlkToken, BlkError> {
+        self.submit(Request::new(Op::Read { sector, buffers }))
     }
 
-    /// Submits a write of `buffers` to consecutive sectors starting at `sector`.
-    ///
-    /// # Safety
-    ///
-    /// As for [`BlkDevice::submit`].
-    pub unsafe fn submit_write(
+    /// Submits a write of registered `buffers` to consecutive sectors
+    /// starting at `sector`.
+    pub fn submit_write(
         &mut self,
         sector: u64,
-        buffers: &[NonNull<[u8]>],
+        buffers: &[BufferId],
     ) -> Result<BlkToken, BlkError> {
-        // SAFETY: the caller upholds `submit`'s contract for these buffers.
-        unsafe { self.submit(Request::new(Op::Write { sector, buffers })) }
+        self.submit(Request::new(Op::Write { sector, buffers }))
     }
 
     /// Submits a cache flush.
     pub fn submit_flush(&mut self) -> Result<BlkToken, BlkError> {
-        // SAFETY: a flush has no caller buffers.
-        unsafe { self.submit(Request::new(Op::Flush)) }
+        self.submit(Request::new(Op::Flush))
     }
 
     /// Submits a GET_ID; once it completes, [`BlkDevice::last_serial`] has
     /// the answer.
     pub fn submit_get_id(&mut self) -> Result<BlkToken, BlkError> {
-        // SAFETY: GET_ID's buffer is the driver's own pool slot.
-        unsafe { self.submit(Request::new(Op::GetId)) }
+        self.submit(Request::new(Op::GetId))
     }
 
     /// Submits a discard of `sectors` sectors at `sector`.
     pub fn submit_discard(&mut self, sector: u64, sectors: u32) -> Result<BlkToken, BlkError> {
-        // SAFETY: the range lives in the driver's own pool slot.
-        unsafe { self.submit(Request::new(Op::Discard { sector, sectors })) }
+        self.submit(Request::new(Op::Discard { sector, sectors }))
     }
 
     /// Submits a write-zeroes of `sectors` sectors at `sector`; `unmap`
@@ -470,14 +486,11 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         sectors: u32,
         unmap: bool,
     ) -> Result<BlkToken, BlkError> {
-        // SAFETY: the range lives in the driver's own pool slot.
-        unsafe {
-            self.submit(Request::new(Op::WriteZeroes {
-                sector,
-                sectors,
-                unmap,
-            }))
-        }
+        self.submit(Request::new(Op::WriteZeroes {
+            sector,
+            sectors,
+            unmap,
+        }))
     }
 
     /// From now on submissions are only queued, not published, until
@@ -669,15 +682,31 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         &self,
         request: RequestType,
         sector: u64,
-        buffers: &'a [NonNull<[u8]>],
+        buffers: &'a [BufferId],
     ) -> Result<Job<'a>, BlkError> {
-        let bytes = self.validate_data(request, sector, buffers.iter().map(|b| b.len()))?;
+        let mut lens = [0usize; MAX_CHECKED_BUFFERS];
+        let lens = match lens.get_mut(..buffers.len()) {
+            Some(lens) => lens,
+            None => {
+                return Err(BlkError::TooManySegments {
+                    needed: count_u32(buffers.len()),
+                    max: count_u32(self.limits.max_segments),
+                })
+            }
+        };
+        for (len, &id) in lens.iter_mut().zip(buffers) {
+            *len = self
+                .buffers
+                .held_len(id)
+                .ok_or(BlkError::BufferUnavailable(id))?;
+        }
+        let bytes = self.validate_data(request, sector, lens.iter().copied())?;
         if bytes > MAX_REQUEST_BYTES {
             return Err(BlkError::RequestTooLarge { bytes });
         }
-        let segments = buffers
+        let segments = lens
             .iter()
-            .map(|b| plan::segments_for(b.len(), self.limits.max_segment_bytes))
+            .map(|&len| plan::segments_for(len, self.limits.max_segment_bytes))
             .sum();
         if segments > self.limits.max_segments {
             return Err(BlkError::TooManySegments {
@@ -688,7 +717,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         Ok(Job::Data {
             request,
             sector,
-            buffers,
+            buffers: DataBuffers::Registered(buffers),
             start: Cursor::default(),
             bytes,
             segments,
@@ -754,6 +783,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             queues,
             segments,
             next_serial,
+            buffers,
             ..
         } = self;
         let rq = &mut queues[q];
@@ -766,17 +796,17 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         let slot = next.index();
         let (request, sector) = (job.request(), job.sector());
         rq.pool.prepare(slot, request, sector);
-        let data_bytes = match rq.describe(slot, job, segments, max_segment_bytes) {
+        let data_bytes = match rq.describe(slot, job, segments, max_segment_bytes, buffers) {
             Ok(bytes) => bytes,
             Err(e) => {
-                rq.release(slot);
+                rq.release(slot, buffers);
                 return Err(e);
             }
         };
         let token = match rq.ring.add(segments) {
             Ok(token) => token,
             Err(error) => {
-                rq.release(slot);
+                rq.release(slot, buffers);
                 return Err(rq.refused(error));
             }
         };
@@ -874,6 +904,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         used: Result<u32, RequestError>,
     ) -> Option<Completion> {
         let rq = &mut self.queues[q];
+        let buffers = &mut self.buffers;
         let slot = token.index();
         let Some(&record) = rq.slots.get(slot).filter(|s| s.in_flight) else {
             // The queue only returns tokens it has in flight, and every one
@@ -883,7 +914,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         };
         // The device is done with the buffers: end the shares first, so the
         // data is in the caller's memory before anyone hears of it.
-        rq.unshare_all(slot);
+        rq.unshare_all(slot, buffers);
         let status = rq.pool.status(slot).unwrap_or(status::NOT_WRITTEN);
         let result = used.and_then(|len| check_completion(&record, status, len));
         if record.request == RequestType::GetId && result.is_ok() {
@@ -952,7 +983,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 }
                 let result = Err(RequestError::Aborted);
                 rq.count(&record, &result);
-                rq.release(slot);
+                rq.release(slot, &mut self.buffers);
                 let token = BlkToken {
                     queue: rq.index,
                     slot: slot as u16,
@@ -1040,7 +1071,7 @@ fn share_data<H: Hal>(
         // zero-copy Hal needs none (`Hal::UNSHARE_IS_NOOP`). Measured: the
         // records cost a 4 KiB request about 70 instructions (module docs).
         if !H::UNSHARE_IS_NOOP {
-            rq.shares[slot * rq.max_shares + shares] = Some(Share {
+            rq.shares[slot * rq.max_shares + shares] = Some(Loan::Shared {
                 addr,
                 buffer: part,
                 direction,
@@ -1050,6 +1081,39 @@ fn share_data<H: Hal>(
         push_segments(segments, addr, part_len, writable, max_segment_bytes);
         left -= part_len;
         cursor.offset += part_len;
+    }
+    Ok(())
+}
+
+/// Lends the registered buffers `ids` to the device for the request in
+/// `slot` and appends their segments, cut at `max_segment_bytes`. Each loan
+/// is recorded in the slot first, so releasing the slot on error reclaims
+/// what was lent.
+#[inline(always)]
+fn lend_data<H: Hal>(
+    rq: &mut RequestQueue<H>,
+    slot: usize,
+    segments: &mut Vec<Segment>,
+    ids: &[BufferId],
+    registered: &mut BufferTable<H>,
+    direction: Direction,
+    max_segment_bytes: usize,
+) -> Result<(), BlkError> {
+    let writable = direction == Direction::FromDevice;
+    for &id in ids {
+        let loans = rq.slots[slot].shares as usize;
+        if loans >= rq.max_shares {
+            return Err(BlkError::TooManySegments {
+                needed: count_u32(loans + 1),
+                max: count_u32(rq.max_shares),
+            });
+        }
+        // Validation saw it held; the same id twice in one request is
+        // caught here (already lent).
+        let (addr, len) = registered.lend(id).ok_or(BlkError::BufferUnavailable(id))?;
+        rq.shares[slot * rq.max_shares + loans] = Some(Loan::Lent(id));
+        rq.slots[slot].shares += 1;
+        push_segments(segments, addr, len, writable, max_segment_bytes);
     }
     Ok(())
 }

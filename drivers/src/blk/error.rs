@@ -121,6 +121,9 @@ pub enum BlkError {
     UnknownToken,
     /// Sharing a buffer with the device failed.
     Share(HalError),
+    /// The registered data buffer is unknown, or another request (or this
+    /// one, named twice) holds it.
+    BufferUnavailable(super::BufferId),
     /// The request reached the device and failed.
     Request(RequestError),
     /// The ring of queue `queue` misbehaved (a device error the queue
@@ -184,6 +187,11 @@ impl fmt::Display for BlkError {
             BlkError::NoSuchQueue(q) => write!(f, "no request queue {q}"),
             BlkError::UnknownToken => f.write_str("unknown token"),
             BlkError::Share(e) => write!(f, "sharing a buffer: {e}"),
+            BlkError::BufferUnavailable(id) => write!(
+                f,
+                "data buffer {} is not registered or a request holds it",
+                id.index()
+            ),
             BlkError::Request(e) => write!(f, "{e}"),
             BlkError::Ring { queue } => {
                 write!(f, "queue {queue}: the device broke the ring protocol")

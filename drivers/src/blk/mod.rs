@@ -108,6 +108,7 @@
 //! descriptors, indices and notifications.
 
 mod blocking;
+mod buffers;
 pub mod config;
 mod core;
 pub mod error;
@@ -115,6 +116,7 @@ pub mod plan;
 pub mod request;
 
 pub use self::core::{Op, Request};
+pub use buffers::BufferId;
 pub use config::{
     feature, BlkInfo, DiscardLimits, Topology, WriteZeroesLimits, SUPPORTED_FEATURES,
 };
@@ -134,6 +136,7 @@ use crate::device::{self, QueueSpec};
 use crate::features;
 use crate::queue::{QueueCounters, QueueError, Segment};
 use crate::transport::{DeviceType, InterruptStatus, Transport};
+use buffers::BufferTable;
 use plan::SplitLimits;
 use request::HEADER_BYTES;
 
@@ -282,11 +285,13 @@ pub struct BlkDevice<H: Hal, T: Transport> {
     failed: bool,
     /// The answer of the last successful GET_ID.
     last_serial: Option<Serial>,
+    /// Data buffers registered for the non-blocking API.
+    buffers: BufferTable<H>,
 }
 
 // SAFETY: the raw pointers the driver holds (in `shares`) point at caller
-// buffers that the caller promised (`submit_read`/`submit_write`) to keep
-// valid and untouched until completion, wherever the driver runs; the
+// buffers that a blocking helper shares for its requests and keeps borrowed
+// until they are over (or the device is reset), wherever the driver runs; the
 // queues and pools own their DMA memory exclusively. Moving the driver to
 // another CPU moves all of that with it.
 unsafe impl<H: Hal, T: Transport + Send> Send for BlkDevice<H, T> {}
@@ -336,6 +341,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             batching: false,
             failed: false,
             last_serial: None,
+            buffers: BufferTable::new(),
         })
     }
 
