@@ -31,16 +31,16 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::ptr::NonNull;
-
-use drivers::blk::BlkError;
+use drivers::blk::{BlkError, BufferId};
 use drivers::device::Wait;
 use drivers::irq::{wait_until_used, WaitMode};
 
 use super::pattern::Rng;
-use super::{Disk, IoBuffer, SECTOR};
+use super::{Disk, SECTOR};
+use crate::hal_impl::KernelHal;
 use crate::println;
 use crate::wait::KernelWait;
+use hal::DmaBuffer;
 
 /// One workload. The peer stack (`crate::peer::bench`) runs the same list,
 /// so both stacks are always measured on identical shapes.
@@ -222,12 +222,25 @@ fn measure(disk: &mut Disk, workload: &Workload, seconds: f64) -> Result<Measure
     if slots < workload.depth as u64 {
         return Err("disk too small".into());
     }
-    let mut buffer = IoBuffer::new(workload.depth * workload.request_bytes)?;
-    let pieces: Vec<NonNull<[u8]>> = buffer
-        .as_mut_slice()
-        .chunks_exact_mut(workload.request_bytes)
-        .map(NonNull::from)
-        .collect();
+    // One registered DMA buffer per request in flight: the device reads and
+    // fills them in place, no copy per request.
+    let mut pieces: Vec<BufferId> = Vec::with_capacity(workload.depth);
+    for _ in 0..workload.depth {
+        let registered = DmaBuffer::<KernelHal>::new(workload.request_bytes)
+            .map_err(|e| format!("buffer: {e}"))
+            .and_then(|b| {
+                disk.device()
+                    .register_buffer(b)
+                    .map_err(|_| String::from("buffer table full"))
+            });
+        match registered {
+            Ok(id) => pieces.push(id),
+            Err(e) => {
+                unregister(disk, &pieces);
+                return Err(e);
+            }
+        }
+    }
     let mut offsets = Offsets {
         random: workload.random,
         rng: Rng::new(0xbe9c4),
@@ -240,38 +253,42 @@ fn measure(disk: &mut Disk, workload: &Workload, seconds: f64) -> Result<Measure
     let mut wait = disk.new_wait_for((seconds * 1e9) as u64 + 10_000_000_000);
     let outcome = drive(disk, workload, &pieces, &mut offsets, duration, &mut wait);
     if disk.device().in_flight() > 0 {
-        // The buffer must not be freed under the device.
+        // Requests still hold buffers: the reset gives them back.
         log::warn!(
             "bench: {}: requests left in flight; resetting the device",
             disk.name()
         );
         let _ = disk.device().recover();
     }
-    drop(buffer);
+    unregister(disk, &pieces);
     outcome
+}
+
+/// Frees the benchmark's registered buffers.
+fn unregister(disk: &mut Disk, pieces: &[BufferId]) {
+    for &id in pieces {
+        drop(disk.device().unregister_buffer(id));
+    }
 }
 
 /// Submits request number `piece` (its buffer) at the next offset.
 fn submit(
     disk: &mut Disk,
     workload: &Workload,
-    pieces: &[NonNull<[u8]>],
+    pieces: &[BufferId],
     piece: usize,
     offsets: &mut Offsets,
     piece_of_slot: &mut [usize],
 ) -> Result<(), BlkError> {
     let sector = offsets.next();
     let buffer = core::slice::from_ref(&pieces[piece]);
-    // SAFETY: each piece is a distinct part of the benchmark's buffer, in at
-    // most one request at a time (it is resubmitted only after its
-    // completion was collected), and the buffer outlives every request:
-    // `measure` resets the device before freeing it if any is left.
-    let token = unsafe {
-        if workload.write {
-            disk.device().submit_write(sector, buffer)
-        } else {
-            disk.device().submit_read(sector, buffer)
-        }
+    // Each piece is in at most one request at a time: it is resubmitted
+    // only after its completion was collected (the device refuses a lent
+    // buffer anyway).
+    let token = if workload.write {
+        disk.device().submit_write(sector, buffer)
+    } else {
+        disk.device().submit_read(sector, buffer)
     }?;
     piece_of_slot[token.slot()] = piece;
     Ok(())
@@ -280,7 +297,7 @@ fn submit(
 fn drive(
     disk: &mut Disk,
     workload: &Workload,
-    pieces: &[NonNull<[u8]>],
+    pieces: &[BufferId],
     offsets: &mut Offsets,
     duration: u64,
     wait: &mut KernelWait,

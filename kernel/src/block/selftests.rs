@@ -55,14 +55,15 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::ptr::NonNull;
 
-use drivers::blk::{BlkError, BlkToken, RequestError};
+use drivers::blk::{BlkError, BlkToken, BufferId, RequestError};
 use drivers::irq::wait_until_used;
 use drivers::transport::DeviceType;
+use hal::DmaBuffer;
 
 use super::pattern::{self, Rng};
 use super::{Disk, IoBuffer, SECTOR};
+use crate::hal_impl::KernelHal;
 use crate::println;
 use crate::selftest_api::SelfTest;
 use crate::virtio;
@@ -747,8 +748,10 @@ fn at_depth(
 
 /// Submits one one-sector request per entry of `order` (sector `first +
 /// entry`, buffer sector `entry` of `buffer`) without collecting anything,
-/// then collects every completion. On any failure with requests still in
-/// flight the device is reset (`recover`) before `buffer` can be freed.
+/// then collects every completion. Each sector travels in its own
+/// registered DMA buffer (copied from `buffer` for writes, back into it for
+/// reads). On any failure with requests still in flight the device is reset
+/// (`recover`), which gives the buffers back.
 fn in_flight_together(
     disk: &mut Disk,
     first: u64,
@@ -758,14 +761,39 @@ fn in_flight_together(
     full: bool,
     batch: bool,
 ) -> Result<(), String> {
-    let pieces: Vec<NonNull<[u8]>> = buffer.chunks_exact_mut(SECTOR).map(NonNull::from).collect();
-    let outcome = submit_and_collect(disk, first, order, &pieces, write, full, batch);
+    // One buffer per sector, and one more for the full-queue probe.
+    let mut pieces: Vec<BufferId> = Vec::new();
+    let mut registered = Ok(());
+    for sector in buffer.chunks_exact(SECTOR).chain([&[0u8; SECTOR][..]]) {
+        match DmaBuffer::<KernelHal>::from_bytes(sector) {
+            Ok(dma) => match disk.device().register_buffer(dma) {
+                Ok(id) => pieces.push(id),
+                Err(_) => registered = Err(String::from("buffer table full")),
+            },
+            Err(e) => registered = Err(format!("buffer: {e}")),
+        }
+        if registered.is_err() {
+            break;
+        }
+    }
+    let outcome = registered
+        .and_then(|()| submit_and_collect(disk, first, order, &pieces, write, full, batch));
     if disk.device().in_flight() > 0 {
         log::warn!(
             "block: {}: requests left in flight; resetting the device",
             disk.name()
         );
         let _ = disk.device().recover();
+    }
+    for (i, &id) in pieces.iter().enumerate() {
+        if let (false, Some(dst), Some(src)) = (
+            write,
+            buffer.get_mut(i * SECTOR..(i + 1) * SECTOR),
+            disk.device().buffer(id),
+        ) {
+            dst.copy_from_slice(src);
+        }
+        drop(disk.device().unregister_buffer(id));
     }
     outcome
 }
@@ -774,7 +802,7 @@ fn submit_and_collect(
     disk: &mut Disk,
     first: u64,
     order: &[u64],
-    pieces: &[NonNull<[u8]>],
+    pieces: &[BufferId],
     write: bool,
     full: bool,
     batch: bool,
@@ -793,15 +821,10 @@ fn submit_and_collect(
     for &entry in order {
         let piece = core::slice::from_ref(&pieces[entry as usize]);
         let sector = first + entry;
-        // SAFETY: each piece is a distinct sector of the caller's buffer,
-        // which is neither touched nor freed until every request has been
-        // collected below or the device reset (`in_flight_together`).
-        let submitted = unsafe {
-            if write {
-                device.submit_write(sector, piece)
-            } else {
-                device.submit_read(sector, piece)
-            }
+        let submitted = if write {
+            device.submit_write(sector, piece)
+        } else {
+            device.submit_read(sector, piece)
         };
         match submitted {
             Ok(token) => {
@@ -829,11 +852,9 @@ fn submit_and_collect(
         ));
     }
     if full {
-        let probe = core::slice::from_ref(&pieces[0]);
-        // SAFETY: the request is refused before anything is shared (the
-        // queue has no room); if it were accepted, the piece is collected
-        // like the others before the buffer goes away.
-        let extra = unsafe { device.submit_read(first, probe) };
+        // The probe's own buffer (the others are all lent).
+        let probe = &pieces[pieces.len() - 1..];
+        let extra = device.submit_read(first, probe);
         if extra != Err(BlkError::QueueFull) {
             return Err(format!(
                 "request {} on a full queue of {queue_size} returned {extra:?}, expected QueueFull",
