@@ -22,11 +22,13 @@
 //! `#[allow(unsafe_code)]` on the module in this file, and each is being
 //! removed):
 //!
-//! - `blk` (`blk/core.rs`, and `Send` in `blk/mod.rs`): a request's data
-//!   buffers are caller memory shared with the device (`Hal::share` /
-//!   `Hal::unshare`), which is only sound while the caller keeps them alive
-//!   and untouched (`submit_read` and `submit_write` are `unsafe fn`s); it
-//!   moves to a typed DMA buffer.
+//! - `blk` (`blk/core.rs`, and `Send` in `blk/mod.rs`): the blocking
+//!   helpers (`read_blocks`, `write_blocks`, ...) share the caller's plain
+//!   byte slices with the device (`Hal::share` / `Hal::unshare`), sound
+//!   because the call holds their borrow until every request is over or the
+//!   device is reset. The non-blocking API no longer needs it: reads and
+//!   writes name registered `hal::DmaBuffer`s (`blk/buffers.rs`), so
+//!   `submit_read` and `submit_write` are safe.
 //!
 //! Every remaining `unsafe` block carries a `// SAFETY:` comment (the
 //! workspace denies `clippy::undocumented_unsafe_blocks` and
@@ -38,8 +40,7 @@
 
 extern crate alloc;
 
-// Being removed (branch `blk`: a typed DMA buffer for data); whoever merges
-// last deletes this allow.
+// Only for the blocking helpers' sharing of caller slices (crate docs).
 #[allow(unsafe_code)]
 pub mod blk;
 pub mod console;

@@ -7,7 +7,8 @@
 //! and gets a [`BufferId`]; reads and writes name buffers by id
 //! ([`BlkDevice::submit_read`], [`BlkDevice::submit_write`]), which makes
 //! submitting them a safe call. While a request holds a buffer it is lent
-//! ([`hal::LentDmaBuffer`]: a device address, no bytes), so
+//! (what [`hal::LentDmaBuffer`] is for one buffer: a device address, no
+//! bytes), so
 //! [`BlkDevice::buffer`] and [`BlkDevice::buffer_mut`] answer `None` for it
 //! and a second request cannot take it; the driver reclaims it when the
 //! request's used entry is read, or when it resets the device.
@@ -15,7 +16,7 @@
 
 use alloc::vec::Vec;
 
-use hal::{DmaBuffer, Hal, LentDmaBuffer};
+use hal::{DeviceAddr, DmaBuffer, Hal};
 
 use super::BlkDevice;
 use crate::transport::Transport;
@@ -25,23 +26,38 @@ use crate::transport::Transport;
 pub struct BufferId(u16);
 
 impl BufferId {
+    /// Fills unused loan records (never registered: the table stops short
+    /// of 65,535 entries).
+    pub(super) const NONE: BufferId = BufferId(u16::MAX);
+
     /// The table index.
     pub fn index(self) -> usize {
         usize::from(self.0)
     }
 }
 
-/// Who has a registered buffer.
-enum Entry<H: Hal> {
-    /// Never used, or unregistered.
-    Vacant,
-    /// The caller's: bytes can be seen.
-    Held(DmaBuffer<H>),
-    /// A request's: the device may be reading or writing it.
-    Lent(LentDmaBuffer<H>),
+/// One registered buffer and who has it.
+struct Entry<H: Hal> {
+    /// `None`: never used, or unregistered.
+    buffer: Option<DmaBuffer<H>>,
+    /// Learnt once, at registration (the buffer was lent and reclaimed for
+    /// that), so that lending it per request is a flag and a load.
+    device_addr: DeviceAddr,
+    /// The buffer's length (kept here for the same reason).
+    len: usize,
+    /// A request holds it, or the entry is vacant: no request may take it
+    /// and no slice of it is handed out (the device may be reading or
+    /// writing it).
+    lent: bool,
 }
 
 /// The registered buffers of one device.
+///
+/// The two states of [`hal::DmaBuffer`] / [`hal::LentDmaBuffer`] are kept
+/// here as a flag per buffer, as [`hal::DmaBufferPool`] keeps them for its
+/// buffers: moving a buffer between the two types on every request would
+/// cost a 4 KiB request tens of instructions, and the table is the only
+/// way to reach a registered buffer's bytes, so the flag is checked there.
 pub(super) struct BufferTable<H: Hal> {
     entries: Vec<Entry<H>>,
 }
@@ -54,70 +70,64 @@ impl<H: Hal> BufferTable<H> {
     }
 
     fn register(&mut self, buffer: DmaBuffer<H>) -> Result<BufferId, DmaBuffer<H>> {
-        let index = match self.entries.iter().position(|e| matches!(e, Entry::Vacant)) {
-            Some(index) => index,
-            None => self.entries.len(),
+        let index = self
+            .entries
+            .iter()
+            .position(|e| e.buffer.is_none() && e.lent)
+            .unwrap_or(self.entries.len());
+        let id = match u16::try_from(index) {
+            Ok(id) if id != BufferId::NONE.0 => id,
+            _ => return Err(buffer),
         };
-        let Ok(id) = u16::try_from(index) else {
-            return Err(buffer);
+        // The device address, learnt the only way the type allows.
+        let lent = buffer.lend();
+        let device_addr = lent.device_addr();
+        let entry = Entry {
+            len: lent.len(),
+            buffer: Some(lent.reclaim()),
+            device_addr,
+            lent: false,
         };
         if index == self.entries.len() {
-            self.entries.push(Entry::Held(buffer));
+            self.entries.push(entry);
         } else {
-            self.entries[index] = Entry::Held(buffer);
+            self.entries[index] = entry;
         }
         Ok(BufferId(id))
     }
 
     fn unregister(&mut self, id: BufferId) -> Option<DmaBuffer<H>> {
-        let entry = self.entries.get_mut(id.index())?;
-        if !matches!(entry, Entry::Held(_)) {
-            return None;
-        }
-        match core::mem::replace(entry, Entry::Vacant) {
-            Entry::Held(buffer) => Some(buffer),
-            _ => None,
-        }
+        let entry = self.entries.get_mut(id.index()).filter(|e| !e.lent)?;
+        // Vacant from now on: never lent again.
+        entry.lent = true;
+        entry.buffer.take()
+    }
+
+    /// Held buffer `id`; `None` if unknown or lent.
+    fn held(&self, id: BufferId) -> Option<&DmaBuffer<H>> {
+        let entry = self.entries.get(id.index()).filter(|e| !e.lent)?;
+        entry.buffer.as_ref()
+    }
+
+    fn held_mut(&mut self, id: BufferId) -> Option<&mut DmaBuffer<H>> {
+        let entry = self.entries.get_mut(id.index()).filter(|e| !e.lent)?;
+        entry.buffer.as_mut()
     }
 
     /// The length of held buffer `id`; `None` if unknown or lent.
     #[inline(always)]
     pub(super) fn held_len(&self, id: BufferId) -> Option<usize> {
-        match self.entries.get(id.index()) {
-            Some(Entry::Held(buffer)) => Some(buffer.len()),
-            _ => None,
-        }
-    }
-
-    fn held(&self, id: BufferId) -> Option<&DmaBuffer<H>> {
-        match self.entries.get(id.index()) {
-            Some(Entry::Held(buffer)) => Some(buffer),
-            _ => None,
-        }
-    }
-
-    fn held_mut(&mut self, id: BufferId) -> Option<&mut DmaBuffer<H>> {
-        match self.entries.get_mut(id.index()) {
-            Some(Entry::Held(buffer)) => Some(buffer),
-            _ => None,
-        }
+        let entry = self.entries.get(id.index()).filter(|e| !e.lent)?;
+        Some(entry.len)
     }
 
     /// Lends held buffer `id` to the device and returns its device address
     /// and length; `None` if unknown or already lent.
     #[inline(always)]
-    pub(super) fn lend(&mut self, id: BufferId) -> Option<(u64, usize)> {
-        let entry = self.entries.get_mut(id.index())?;
-        if !matches!(entry, Entry::Held(_)) {
-            return None;
-        }
-        let Entry::Held(buffer) = core::mem::replace(entry, Entry::Vacant) else {
-            return None;
-        };
-        let lent = buffer.lend();
-        let answer = (lent.device_addr(), lent.len());
-        *entry = Entry::Lent(lent);
-        Some(answer)
+    pub(super) fn lend(&mut self, id: BufferId) -> Option<(DeviceAddr, usize)> {
+        let entry = self.entries.get_mut(id.index()).filter(|e| !e.lent)?;
+        entry.lent = true;
+        Some((entry.device_addr, entry.len))
     }
 
     /// Takes lent buffer `id` back: the device is done with it (its
@@ -125,14 +135,10 @@ impl<H: Hal> BufferTable<H> {
     /// was reset).
     #[inline(always)]
     pub(super) fn reclaim(&mut self, id: BufferId) {
-        let Some(entry) = self.entries.get_mut(id.index()) else {
-            return;
-        };
-        if !matches!(entry, Entry::Lent(_)) {
-            return;
-        }
-        if let Entry::Lent(lent) = core::mem::replace(entry, Entry::Vacant) {
-            *entry = Entry::Held(lent.reclaim());
+        if let Some(entry) = self.entries.get_mut(id.index()) {
+            // Only a lent entry has a loan record to end; a vacant one
+            // stays vacant.
+            entry.lent = entry.buffer.is_none();
         }
     }
 }
@@ -140,7 +146,7 @@ impl<H: Hal> BufferTable<H> {
 impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Registers a data buffer for [`BlkDevice::submit_read`] and
     /// [`BlkDevice::submit_write`]. Gives the buffer back if the table is
-    /// full (65,536 buffers).
+    /// full (65,535 buffers).
     pub fn register_buffer(&mut self, buffer: DmaBuffer<H>) -> Result<BufferId, DmaBuffer<H>> {
         self.buffers.register(buffer)
     }

@@ -9,32 +9,39 @@
 //!    discard / write-zeroes limits). Nothing reaches the device if this fails.
 //! 2. **Build** (`submit_on`): the header (type, sector) and status byte go
 //!    in the pool slot numbered like the token the ring is about to hand
-//!    out ([`crate::queue::Virtqueue::next_token`]); caller buffers are
-//!    shared with the device ([`hal::Hal::share`]) and cut into segments;
+//!    out ([`crate::queue::Virtqueue::next_token`]); registered data
+//!    buffers are lent to the device (`blk/buffers.rs`), a blocking
+//!    helper's slices shared with it ([`hal::Hal::share`]), and both cut
+//!    into segments;
 //!    the chain is header (device-readable), data, status (device-writable),
 //!    §5.2.6's `struct virtio_blk_req`.
 //! 3. **Publish** (`publish_all`): outside a batch at once, else at
 //!    [`BlkDevice::finish_batch`]; the device is notified only if it asked
 //!    to be (§2.7.10, EVENT_IDX).
 //! 4. **Collect** ([`BlkDevice::poll`] → `next_completion` → `finish`): a
-//!    used entry's token names the slot; its buffers are unshared, the
+//!    used entry's token names the slot; its buffers are reclaimed or unshared, the
 //!    status byte and the used length are judged (§5.2.6.2: the device is
 //!    not trusted) and a [`Completion`] comes back.
 //!
 //! ## Inlining, and why it is marked
 //!
 //! The functions a request passes through (`submit`, `validate`, `data_job`,
-//! `submit_job`, `describe`, `publish_all`; `poll_rings`, `next_completion`,
-//! `finish`, `unshare_all`) carry `#[inline(always)]`. This is measured,
-//! not guessed: counted with `-icount shift=0` (docs/05-block.md §5.5), a
-//! polled 4 KiB read costs 1258 instructions per request with the marks
-//! and a write 1283; without them about 150 more, and with only some of
-//! them about 180 more (the compiler then also stops inlining the ring's
-//! own steps into the caller); without the one on `publish_all`, about 40
-//! more. Skipping the share records for a zero-copy Hal
-//! (`Hal::UNSHARE_IS_NOOP`, in `share_data` and `unshare_all`) saves about
-//! 70. Take a mark or the skip away only with a count that says it is not
-//! needed.
+//! `submit_job`, `describe`, `lend_data`, `publish_all`; `poll_rings`,
+//! `next_completion`, `finish`, `unshare_all`, and the buffer table's
+//! `held_len`, `lend`, `reclaim`) carry `#[inline(always)]`. This is
+//! measured, not guessed: counted with `-icount shift=0` (docs/05-block.md
+//! §5.5), a polled 4 KiB read of a registered buffer costs 1197
+//! instructions per request and a write 1201 (1214 and 1239 when requests
+//! shared caller memory through `Hal::share`); without the marks about 150
+//! more, and with only some of them about 180 more (the compiler then also
+//! stops inlining the ring's own steps into the caller); without the one on
+//! `publish_all`, about 40 more. The buffer table keeps each buffer's device
+//! address and length next to its "lent" flag (`blk/buffers.rs`): moving
+//! buffers between `hal::DmaBuffer` and `hal::LentDmaBuffer` per request,
+//! and a pass over the ids per check, cost about 90 more. The blocking
+//! helpers skip share records for a zero-copy Hal (`Hal::UNSHARE_IS_NOOP`,
+//! in `share_data`), about 70 fewer. Take a mark or a shortcut away only
+//! with a count that says it is not needed.
 //!
 //! Completions collected but not yet handed out (by [`BlkDevice::complete`],
 //! [`BlkDevice::poll_queue`], or a blocking helper that met them while
@@ -64,10 +71,6 @@ use super::{
 use crate::device::{self, DeviceError};
 use crate::queue::{QueueError, Segment, Token, Virtqueue};
 use crate::transport::{DeviceStatus, Transport};
-
-/// The most registered buffers one read or write may name (checked before
-/// the segment limit, which is usually lower).
-const MAX_CHECKED_BUFFERS: usize = 256;
 
 /// One request for [`BlkDevice::submit`].
 #[derive(Debug, Clone, Copy)]
@@ -227,7 +230,7 @@ pub(super) struct RequestQueue<H: Hal> {
     /// Per pool slot, which is also the [`Token::index`] of its request.
     slots: Vec<Slot>,
     /// `max_shares` entries per slot.
-    shares: Vec<Option<Loan>>,
+    shares: Vec<Loan>,
     max_shares: usize,
     pub(super) stats: BlkQueueStats,
     /// The last device error the ring caught ([`BlkDevice::ring_fault`]).
@@ -252,7 +255,7 @@ impl<H: Hal> RequestQueue<H> {
             ring,
             pool,
             slots: vec![Slot::FREE; size],
-            shares: vec![None; size * max_shares],
+            shares: vec![Loan::Lent(BufferId::NONE); size * max_shares],
             max_shares,
             stats: BlkQueueStats::default(),
             fault: None,
@@ -270,7 +273,7 @@ impl<H: Hal> RequestQueue<H> {
         let first = slot * self.max_shares;
         // Entries past `count` are stale; the count says which are live, so
         // they need not be cleared one by one.
-        for loan in self.shares[first..first + count].iter().flatten() {
+        for loan in &self.shares[first..first + count] {
             match *loan {
                 Loan::Lent(id) => buffers.reclaim(id),
                 Loan::Shared {
@@ -684,30 +687,30 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         sector: u64,
         buffers: &'a [BufferId],
     ) -> Result<Job<'a>, BlkError> {
-        let mut lens = [0usize; MAX_CHECKED_BUFFERS];
-        let lens = match lens.get_mut(..buffers.len()) {
-            Some(lens) => lens,
-            None => {
-                return Err(BlkError::TooManySegments {
-                    needed: count_u32(buffers.len()),
-                    max: count_u32(self.limits.max_segments),
-                })
-            }
-        };
-        for (len, &id) in lens.iter_mut().zip(buffers) {
-            *len = self
+        if request.modifies_disk() && self.info.read_only {
+            return Err(BlkError::ReadOnly);
+        }
+        // One pass over the buffers: each registered and held, a non-empty
+        // multiple of 512 bytes; their total and their segments.
+        let (mut bytes, mut segments) = (0usize, 0usize);
+        for &id in buffers {
+            let len = self
                 .buffers
                 .held_len(id)
                 .ok_or(BlkError::BufferUnavailable(id))?;
+            if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
+                return Err(BlkError::BadBufferLength { len });
+            }
+            bytes = bytes.saturating_add(len);
+            segments += plan::segments_for(len, self.limits.max_segment_bytes);
         }
-        let bytes = self.validate_data(request, sector, lens.iter().copied())?;
+        if bytes == 0 {
+            return Err(BlkError::EmptyRequest);
+        }
+        self.check_range(sector, (bytes / SECTOR_SIZE) as u64)?;
         if bytes > MAX_REQUEST_BYTES {
             return Err(BlkError::RequestTooLarge { bytes });
         }
-        let segments = lens
-            .iter()
-            .map(|&len| plan::segments_for(len, self.limits.max_segment_bytes))
-            .sum();
         if segments > self.limits.max_segments {
             return Err(BlkError::TooManySegments {
                 needed: count_u32(segments),
@@ -1071,11 +1074,11 @@ fn share_data<H: Hal>(
         // zero-copy Hal needs none (`Hal::UNSHARE_IS_NOOP`). Measured: the
         // records cost a 4 KiB request about 70 instructions (module docs).
         if !H::UNSHARE_IS_NOOP {
-            rq.shares[slot * rq.max_shares + shares] = Some(Loan::Shared {
+            rq.shares[slot * rq.max_shares + shares] = Loan::Shared {
                 addr,
                 buffer: part,
                 direction,
-            });
+            };
             rq.slots[slot].shares += 1;
         }
         push_segments(segments, addr, part_len, writable, max_segment_bytes);
@@ -1100,18 +1103,20 @@ fn lend_data<H: Hal>(
     max_segment_bytes: usize,
 ) -> Result<(), BlkError> {
     let writable = direction == Direction::FromDevice;
-    for &id in ids {
-        let loans = rq.slots[slot].shares as usize;
-        if loans >= rq.max_shares {
-            return Err(BlkError::TooManySegments {
-                needed: count_u32(loans + 1),
-                max: count_u32(rq.max_shares),
-            });
-        }
+    // Validation allowed at most `max_segments` (= `max_shares`) segments,
+    // so there is a record for each buffer; checked anyway.
+    if ids.len() > rq.max_shares {
+        return Err(BlkError::TooManySegments {
+            needed: count_u32(ids.len()),
+            max: count_u32(rq.max_shares),
+        });
+    }
+    let first = slot * rq.max_shares;
+    for (at, &id) in (first..).zip(ids) {
         // Validation saw it held; the same id twice in one request is
         // caught here (already lent).
         let (addr, len) = registered.lend(id).ok_or(BlkError::BufferUnavailable(id))?;
-        rq.shares[slot * rq.max_shares + loans] = Some(Loan::Lent(id));
+        rq.shares[at] = Loan::Lent(id);
         rq.slots[slot].shares += 1;
         push_segments(segments, addr, len, writable, max_segment_bytes);
     }

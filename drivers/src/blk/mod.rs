@@ -14,6 +14,7 @@
 //! | [`config`] | the configuration space, read consistently | §5.2.4 |
 //! | [`request`] | the wire format: header, status, ranges, GET_ID; the per-queue request pool | §5.2.6 |
 //! | `blk/core.rs` | the non-blocking core: validate, submit, publish, poll / complete | §5.2.6, §5.2.6.1, §5.2.6.2 |
+//! | `blk/buffers.rs` | data buffers registered for the non-blocking core ([`BufferId`]) | §5.2.6 (the data part) |
 //! | `blk/blocking.rs` | blocking helpers, built only on submit and poll | §5.2.6.1 (splitting) |
 //! | [`plan`] | cutting a transfer into requests the device accepts | §5.2.4 (`seg_max`, `size_max`) |
 //! | [`error`] | what can go wrong, in three small types | §5.2.6 (status) |
@@ -38,18 +39,26 @@
 //! [`BlkError::QueueFull`]: back-pressure, retry after collecting
 //! completions). [`BlkDevice::poll`] returns finished requests in whatever
 //! order the device finished them; [`BlkDevice::complete`] asks about one
-//! token. Data buffers are shared with the device through
-//! [`hal::Hal::share`] when submitted and unshared when the completion is
-//! collected from the ring, so the caller must leave them alone in
-//! between: that is why `submit_read`/`submit_write` are `unsafe`.
-//! Requests without caller buffers (flush, GET_ID, discard, write-zeroes)
-//! are safe.
+//! token. Reads and writes name data buffers the caller registered with
+//! the device ([`BlkDevice::register_buffer`]: a [`hal::DmaBuffer`], so it
+//! already has a device address and nothing is copied or shared). A
+//! request lends its buffers to the device ([`hal::LentDmaBuffer`]) and
+//! the driver reclaims them when it collects the completion from the ring
+//! (or resets the device); in between [`BlkDevice::buffer`] answers
+//! `None` and another request cannot take them, so every `submit_*` is a
+//! safe call.
 //!
 //! **Blocking helpers** (`blocking.rs`: [`BlkDevice::read_blocks`],
 //! `write_blocks`, `flush`, `get_id`, `discard`, `write_zeroes`) are
 //! clients of the core and nothing more: they split the work into requests
 //! the device accepts ([`plan`]), submit as many as fit, poll, and wait
-//! through the caller's [`Wait`](crate::device::Wait) between polls. How far a call has got is
+//! through the caller's [`Wait`](crate::device::Wait) between polls. They take the caller's
+//! plain byte slices, which they share with the device for each request
+//! ([`hal::Hal::share`]: zero-copy in the kernel, which identity-maps RAM;
+//! a host Hal may bounce-copy) and unshare when it completes; the call holds
+//! the borrow of the slices until every request is over or the device is
+//! reset, which is what makes that sound. This sharing is the one `unsafe`
+//! left in `blk` (`blk/core.rs`). How far a call has got is
 //! kept in the call's own stack frame; the device knows nothing of it.
 //! Completions of other requests a helper meets while polling (submitted
 //! earlier through the core) are set aside, in order, for the caller's
