@@ -51,12 +51,12 @@
 use crate::queue::Ring;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 use core::ptr::NonNull;
 
 use hal::{DeviceAddr, Direction, Hal};
 
 use super::buffers::{BufferId, BufferTable};
+use super::notes::{ResultNote, SectorsNote, SegmentsNote, UsedNote};
 use log::{log_enabled, trace, warn, Level};
 
 use super::error::{count_u32, sectors_u32};
@@ -1167,66 +1167,5 @@ fn check_completion(record: &Slot, status: u8, len: u32) -> Result<(), RequestEr
         status::IOERR => Err(RequestError::IoError),
         status::UNSUPP => Err(RequestError::Unsupported),
         other => Err(RequestError::BadStatus(other)),
-    }
-}
-
-/// Formats ", N sectors" for a job (trace only).
-struct SectorsNote<'a, 'b>(&'a Job<'b>);
-
-impl fmt::Display for SectorsNote<'_, '_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self.0 {
-            Job::Data { bytes, .. } => write!(f, ", {} sector(s)", bytes / SECTOR_SIZE),
-            Job::Range { sectors, flags, .. } => {
-                write!(f, ", {sectors} sector(s)")?;
-                if flags & WRITE_ZEROES_FLAG_UNMAP != 0 {
-                    f.write_str(", UNMAP")?;
-                }
-                Ok(())
-            }
-            Job::Command { .. } => Ok(()),
-        }
-    }
-}
-
-/// Formats a segment list as `16 R + 4096 W + 1 W` (trace only).
-struct SegmentsNote<'a>(&'a [Segment]);
-
-impl fmt::Display for SegmentsNote<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, s) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" + ")?;
-            }
-            write!(f, "{} {}", s.len, if s.device_writable { "W" } else { "R" })?;
-        }
-        Ok(())
-    }
-}
-
-/// Formats the used length, or why there is none (trace only).
-struct UsedNote<'a>(&'a Result<u32, RequestError>);
-
-impl fmt::Display for UsedNote<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Ok(len) => write!(f, "{len}"),
-            Err(RequestError::BadLength { written, expected }) => {
-                write!(f, "{written} (more than the {expected} writable bytes)")
-            }
-            Err(e) => write!(f, "? ({e})"),
-        }
-    }
-}
-
-/// Formats a request's result (trace only).
-struct ResultNote<'a>(&'a Result<(), RequestError>);
-
-impl fmt::Display for ResultNote<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Ok(()) => f.write_str("ok"),
-            Err(e) => write!(f, "failed: {e}"),
-        }
     }
 }

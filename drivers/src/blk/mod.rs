@@ -14,6 +14,7 @@
 //! | [`config`] | the configuration space, read consistently | §5.2.4 |
 //! | [`request`] | the wire format: header, status, ranges, GET_ID; the per-queue request pool | §5.2.6 |
 //! | `blk/core.rs` | the non-blocking core: validate, submit, publish, poll / complete | §5.2.6, §5.2.6.1, §5.2.6.2 |
+//! | `blk/notes.rs` | the core's trace narration of a request | — |
 //! | `blk/buffers.rs` | data buffers registered for the non-blocking core ([`BufferId`]) | §5.2.6 (the data part) |
 //! | `blk/blocking.rs` | blocking helpers, built only on submit and poll | §5.2.6.1 (splitting) |
 //! | [`plan`] | cutting a transfer into requests the device accepts | §5.2.4 (`seg_max`, `size_max`) |
@@ -121,6 +122,7 @@ mod buffers;
 pub mod config;
 mod core;
 pub mod error;
+mod notes;
 pub mod plan;
 pub mod request;
 
