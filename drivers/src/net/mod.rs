@@ -43,6 +43,9 @@
 //! With VIRTIO_NET_F_STATUS the link state is in the configuration space,
 //! and a change raises a configuration interrupt
 //! ([`NetDevice::handle_interrupt`] → [`NetDevice::handle_config_change`]).
+//! While the device reports the link down, [`NetDevice::flush`] publishes
+//! frames but holds back the transmit notification (QEMU's packed ring
+//! breaks its transmit queue when kicked then; see there).
 //! Promiscuous and all-multicast modes and the MAC address go through the
 //! control queue ([`ctrl`]) when the device has one.
 //!
@@ -306,6 +309,9 @@ pub struct NetDevice<H: Hal, T: Transport> {
     mtu: u16,
     header_len: usize,
     link_up: bool,
+    /// A transmit notification held back while the device reported the
+    /// link down (see [`NetDevice::flush`]).
+    tx_notify_held: bool,
     rx: RxQueue<H>,
     tx: TxQueue<H>,
     ctrl: Option<CtrlQueue<H>>,
@@ -350,6 +356,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             mtu: parts.mtu,
             header_len: parts.header_len,
             link_up,
+            tx_notify_held: false,
             rx: parts.rx,
             tx: parts.tx,
             ctrl: parts.ctrl,
@@ -488,8 +495,43 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         }
         self.rx.refill();
         let rx = device::kick(&mut self.transport, self.rx.ring_mut());
-        let tx = device::kick(&mut self.transport, self.tx.ring_mut());
+        // The transmit notification is held back while the device reports
+        // the link down, the way Linux stops its queue on carrier off. A
+        // device notified then drops the frames and returns them as used,
+        // and QEMU's packed ring does that wrongly (QEMU 7.2
+        // `virtqueue_packed_drop_all` sets the device event flags to DISABLE
+        // for good and leaves its in-use count wrapped below zero): one kick
+        // during a link-down leaves the transmit queue dead after the link
+        // comes back. The status is read from the device right before the
+        // notification, not taken from `link_up`: the configuration
+        // interrupt for the change may not have been handled yet (§5.1.4,
+        // VIRTIO_NET_S_LINK_UP). Published frames wait in the ring; the
+        // held notification goes out at the first flush with the link up.
+        let wanted = device::kick_decision(self.tx.ring_mut()) || self.tx_notify_held;
+        let tx = wanted && self.device_link_up();
+        if wanted && !tx && !self.tx_notify_held {
+            debug!(
+                "{}: virtio-net: the device reports the link down: transmit notification held back",
+                self.transport.location()
+            );
+        }
+        self.tx_notify_held = wanted && !tx;
+        if tx {
+            let index = self.tx.ring().index();
+            self.transport.notify(index);
+        }
         usize::from(rx) + usize::from(tx)
+    }
+
+    /// The link state as the device reports it now (one configuration
+    /// read with VIRTIO_NET_F_STATUS; always up without it). A failed read
+    /// falls back to the last known state.
+    fn device_link_up(&mut self) -> bool {
+        match config::NetInfo::read_status(&mut self.transport, self.features) {
+            Ok(Some(status)) => status & config::status::LINK_UP != 0,
+            Ok(None) => true,
+            Err(_) => self.link_up,
+        }
     }
 
     /// Sends a copy of `frame` and flushes: the simple, one-frame path.
@@ -678,6 +720,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             ..info
         };
         self.link_up = self.info.link_up();
+        self.tx_notify_held = false;
         self.failed = false;
         self.flush();
         debug!(
