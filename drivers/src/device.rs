@@ -299,13 +299,6 @@ fn program<T: Transport + ?Sized>(
     Ok(())
 }
 
-/// Publishes what `queue` added since the last publish and returns whether
-/// the device asked to be notified, leaving the notification to the caller
-/// (the network driver holds it back while the link is down).
-pub fn kick_decision<R: Ring + ?Sized>(queue: &mut R) -> bool {
-    matches!(queue.publish(), NotifyDecision::Notify)
-}
-
 /// Publishes everything added to `queue` since its last publish and, if the
 /// queue decides the device must be told, notifies it through the
 /// transport. Returns `true` if a notification was sent.

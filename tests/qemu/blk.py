@@ -1,6 +1,6 @@
 """The host side of the virtio-blk scenarios: data patterns, log parsing, image checks.
 
-The guest's block self-tests (kernel/src/block/selftests.rs) write data the
+The guest's block self-tests (kernel/src/block/selftests/) write data the
 host can regenerate: the 8 bytes at disk offset 8*k are output number k of
 SplitMix64 started at the region's seed (kernel/src/block/pattern.rs). Each
 region is announced on the serial port, in the order the writes happened:

@@ -967,7 +967,7 @@ SCENARIOS += CONSOLE_SCENARIOS
 # ---------------------------------------------------------------- virtio-blk
 #
 # Each scenario attaches disks and runs the block self-tests
-# (kernel/src/block/selftests.rs). Scratch disks (serial `scratch...`) are
+# (kernel/src/block/selftests/). Scratch disks (serial `scratch...`) are
 # written at many offsets, sizes and queue depths; afterwards the check
 # replays the guest's `blk: wrote/zeroed/discarded/...` lines over a copy of
 # the image's initial contents and compares every byte of the image

@@ -51,10 +51,14 @@ fn receive_all<T: Transport>(net: &mut Net<T>) -> Vec<(Vec<u8>, bool, u16)> {
     frames
 }
 
-/// A `Wait` that lets the model's control and transmit queues run.
+/// A `Wait` that lets the model's control and transmit queues run. With
+/// `sleeps` it stands for a wait that sleeps until an interrupt: the driver
+/// must arm the queue's interrupts before it and may disarm them after (the
+/// model's queues interrupt only where the driver asked).
 struct StepModel<'a> {
     model: &'a mut NetModel,
     waits: u64,
+    sleeps: bool,
 }
 
 impl Wait for StepModel<'_> {
@@ -66,10 +70,18 @@ impl Wait for StepModel<'_> {
         self.model.step();
         Ok(())
     }
+
+    fn sleeps_until_interrupt(&self) -> bool {
+        self.sleeps
+    }
 }
 
 fn stepper(model: &mut NetModel) -> StepModel<'_> {
-    StepModel { model, waits: 0 }
+    StepModel {
+        model,
+        waits: 0,
+        sleeps: false,
+    }
 }
 
 // ----- bring-up and features ---------------------------------------------
@@ -650,29 +662,6 @@ fn a_rejected_command_and_a_silent_device_are_errors() {
     );
 }
 
-/// A `Wait` that sleeps until an interrupt: the driver must arm the
-/// queue's interrupts before it and may disarm them after. The "halt" lets
-/// the model's queues run (which interrupt only where the driver asked).
-struct SleepingStepModel<'a> {
-    model: &'a mut NetModel,
-    waits: u64,
-}
-
-impl Wait for SleepingStepModel<'_> {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        if self.waits >= 10 {
-            return Err(WaitTimeout { waits: self.waits });
-        }
-        self.waits += 1;
-        self.model.step();
-        Ok(())
-    }
-
-    fn sleeps_until_interrupt(&self) -> bool {
-        true
-    }
-}
-
 #[test]
 fn a_control_command_waits_with_interrupts_on_and_leaves_them_off() {
     // Without EVENT_IDX the NO_INTERRUPT flag alone says whether the device
@@ -686,9 +675,10 @@ fn a_control_command_waits_with_interrupts_on_and_leaves_them_off() {
     assert_eq!(model.negotiated() & drivers::features::RING_EVENT_IDX, 0);
     // An interrupt-driven wait: the queue is armed while the driver sleeps,
     // so the device's answer interrupts.
-    let mut sleeping = SleepingStepModel {
+    let mut sleeping = StepModel {
         model: &mut model,
         waits: 0,
+        sleeps: true,
     };
     net.set_promiscuous(true, &mut sleeping).unwrap();
     assert_eq!(sleeping.waits, 1);

@@ -507,7 +507,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         // interrupt for the change may not have been handled yet (§5.1.4,
         // VIRTIO_NET_S_LINK_UP). Published frames wait in the ring; the
         // held notification goes out at the first flush with the link up.
-        let wanted = device::kick_decision(self.tx.ring_mut()) || self.tx_notify_held;
+        let wanted = self.tx.ring_mut().publish().should_notify() || self.tx_notify_held;
         let tx = wanted && self.device_link_up();
         if wanted && !tx && !self.tx_notify_held {
             debug!(
