@@ -62,6 +62,13 @@ impl Log for SerialLogger {
             record.target(),
             record.args()
         );
+        // And on the screen, if one is up (screen/mod.rs).
+        crate::screen::log_line(format_args!(
+            "[{seconds:>4}.{micros:06}] {} {}: {}",
+            record.level(),
+            record.target(),
+            record.args()
+        ));
     }
 
     fn flush(&self) {}

@@ -21,6 +21,7 @@
 //! [mode=...]  selftest / bench builds only: run them and exit QEMU
 //! block       bring the disks up, name them vda, vdb, ... (block/mod.rs)
 //! console     bring the virtio console up for the shell (shell/console.rs)
+//! screen      virtio-gpu text screen and virtio-input keyboards (screen/mod.rs)
 //!             then print "kernel: ready" and idle
 //! ```
 //!
@@ -66,6 +67,7 @@ mod memory;
 mod net;
 #[cfg(feature = "bench")]
 mod peer;
+mod screen;
 #[cfg(feature = "selftest")]
 mod selftest;
 #[cfg(feature = "selftest")]
@@ -122,11 +124,13 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     // console's comes from its driver) precedes it; a device no driver took
     // is left reset, with its line.
     let console_ready = shell::console::init();
+    screen::init();
     virtio::leave_untaken(None);
     println!("kernel: ready");
-    // With a virtio console, the shell takes the CPU (it runs the network
-    // rounds itself); it returns only if the console has no port to use.
-    if console_ready {
+    // With a terminal (a virtio console, or a screen with a keyboard), the
+    // shell takes the CPU (it runs the network rounds itself); it returns
+    // only if no terminal turned out usable.
+    if console_ready || screen::ready() {
         shell::run();
     }
     // The idle loop: runs the network stack, halts between interrupts.

@@ -17,6 +17,8 @@
 //!   rectangle it touched, the rectangle the GPU is then asked to transfer
 //!   and flush.
 //!
+//! The cursor is its cell drawn in inverse video (a block).
+//!
 //! Pixels are 32-bit B8G8R8X8 (VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, §5.7.6.8):
 //! bytes blue, green, red, unused, in memory order.
 
@@ -31,8 +33,6 @@ use font::{GLYPH_HEIGHT, GLYPH_WIDTH};
 pub const FOREGROUND: [u8; 3] = [0xd0, 0xd0, 0xd0];
 /// Background colour: a dark blue (red, green, blue).
 pub const BACKGROUND: [u8; 3] = [0x10, 0x18, 0x30];
-/// The cursor is drawn as the glyph's last rows in the text colour.
-pub const CURSOR_ROWS: usize = 2;
 /// Columns between tab stops.
 pub const TAB_WIDTH: usize = 8;
 
@@ -350,8 +350,8 @@ pub fn render(grid: &TextGrid, span: DirtySpan, canvas: &mut impl Canvas) -> Pix
     for line in 0..GLYPH_HEIGHT {
         for (i, col) in (span.first..=span.last).enumerate() {
             let mut bits = font::glyph(grid.cell(col, span.row))[line];
-            if span.row == cursor_row && col == cursor_col && line >= GLYPH_HEIGHT - CURSOR_ROWS {
-                bits = 0xff;
+            if span.row == cursor_row && col == cursor_col {
+                bits = !bits;
             }
             for bit in 0..GLYPH_WIDTH {
                 let on = bits & (0x80 >> bit) != 0;

@@ -1,18 +1,21 @@
-//! # The interactive shell on the virtio console
+//! # The interactive shell on the virtio console and the screen
 //!
-//! When the kernel is not in `mode=selftest` and a virtio console came up,
-//! `main` hands the CPU to [`run`] instead of idling. The shell reads the
-//! console's port (the first console port the device announced, port 0
-//! without MULTIPORT), edits lines as a terminal user expects ([`line`]),
-//! and runs commands that show the system: the devices and their queue
-//! counters, disks, the network card, console ports, the log level.
+//! When the kernel is not in `mode=selftest` and a terminal came up, `main`
+//! hands the CPU to [`run`] instead of idling. The shell runs on every
+//! terminal at once ([`terminal`]): the console's port (the first console
+//! port the device announced, port 0 without MULTIPORT) and the virtio-gpu
+//! screen with a virtio-input keyboard (`crate::screen`). It edits lines as
+//! a terminal user expects ([`line`]), and runs commands that show the
+//! system: the devices and their queue counters, disks, the network card,
+//! console ports, the log level. A command's output goes to the terminal
+//! it was typed on.
 //!
 //! The commands are listed once, in the table [`COMMANDS`] (name, arguments,
 //! one line of help, handler): `help` prints it and [`execute`] looks each
 //! command up in it. Each handler's doc comment says more.
 //!
-//! The kernel log keeps going to the serial port from the first line on;
-//! the console carries only the shell. A panic's report goes to the serial
+//! The kernel log keeps going to the serial port from the first line on
+//! (and to the screen once it is up); the console carries only the shell. A panic's report goes to the serial
 //! port and, through VIRTIO_CONSOLE_F_EMERG_WRITE, to the console as well
 //! ([`console::emergency_write`]), so the person at the shell sees it.
 //!
@@ -30,6 +33,7 @@ pub mod console;
 pub mod line;
 #[cfg(feature = "selftest")]
 mod selftests;
+pub mod terminal;
 
 #[cfg(feature = "selftest")]
 pub use selftests::selftests;
@@ -45,7 +49,6 @@ use drivers::features;
 use drivers::transport::{DeviceType, Transport};
 
 use crate::virtio::{self, DeviceState, FeatureList};
-use line::{Action, LineEditor};
 
 /// The prompt.
 pub const PROMPT: &str = "kernel> ";
@@ -87,59 +90,11 @@ impl fmt::Write for Output {
     }
 }
 
-/// Runs the shell on the claimed console for good. Returns only if there
-/// is no console (the caller then idles).
+/// Runs the shell on every terminal there is (the virtio console, the
+/// screen with a keyboard: [`terminal`]) for good. Returns only if there
+/// is none (the caller then idles).
 pub fn run() {
-    let Some((location, port)) = wait_for_console_port() else {
-        log::warn!("shell: no console port appeared; not starting the shell");
-        return;
-    };
-    crate::println!("shell: ready on virtio console port {port} at {location}");
-    let mut out = Output::default();
-    let _ = write!(
-        out,
-        "\nteaching kernel shell on the virtio console (port {port}). Type `help`.\n{PROMPT}"
-    );
-    flush(port, &mut out);
-    let mut editor = LineEditor::new();
-    let mut input = vec![0u8; 256];
-    loop {
-        let received = {
-            let mut guard = console::lock();
-            let Some(c) = guard.as_mut() else { return };
-            if let Err(error) = c.device.poll() {
-                log::error!("shell: console: {error}");
-            }
-            while let Some(event) = c.device.next_event() {
-                log::info!("console: {event}");
-            }
-            c.device.read(port, &mut input).unwrap_or(0)
-        };
-        if received == 0 {
-            idle(location);
-            continue;
-        }
-        let mut echo = Vec::new();
-        for &byte in &input[..received] {
-            match editor.feed(byte, &mut echo) {
-                Action::Editing => {}
-                Action::Cancel => {
-                    out.raw(&echo);
-                    echo.clear();
-                    let _ = write!(out, "{PROMPT}");
-                }
-                Action::Submit(line) => {
-                    out.raw(&echo);
-                    echo.clear();
-                    flush(port, &mut out);
-                    execute(line.trim(), &mut out);
-                    let _ = write!(out, "{PROMPT}");
-                }
-            }
-        }
-        out.raw(&echo);
-        flush(port, &mut out);
-    }
+    terminal::run();
 }
 
 /// The console's location and shell port, once the device has announced one.

@@ -327,12 +327,15 @@ impl VirtioDevice {
 }
 
 /// The kernel driver that brings up devices of `device_type`, if there is
-/// one (`crate::block`, `crate::net`, `crate::shell::console`).
+/// one (`crate::block`, `crate::net`, `crate::shell::console`,
+/// `crate::screen` for the GPU and input devices).
 pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
     match device_type {
         DeviceType::Block => Some("blk"),
         DeviceType::Net => Some("virtio-net"),
         DeviceType::Console => Some("console"),
+        DeviceType::Gpu => Some("gpu"),
+        DeviceType::Input => Some("input"),
         _ => None,
     }
 }

@@ -1,0 +1,263 @@
+//! # The shell's terminals
+//!
+//! The shell runs on every terminal the kernel has, at once:
+//!
+//! - the virtio console ([`super::console`]): the first console port, bytes
+//!   from a host terminal or socket;
+//! - the screen and keyboard ([`crate::screen`]): key events turned into the
+//!   same bytes, output drawn on the virtio-gpu display.
+//!
+//! Each [`Terminal`] has its own line editor ([`LineEditor`]); a command
+//! runs with the unchanged command code of [`super::execute`], and its
+//! output goes back to the terminal the command came from. The kernel log
+//! goes to the serial port and to the screen (`crate::logger`); the virtio
+//! console carries only the shell, as before.
+//!
+//! With no virtio console the screen and keyboard are enough: [`run`]
+//! starts if at least one terminal exists.
+//!
+//! ## Waiting for a key
+//!
+//! Between keys [`run`] runs a network round and sleeps: it asks every
+//! terminal's device for an interrupt on new input ([`Terminal::arm`]),
+//! looks once more, and halts through the wait of the first terminal
+//! (`drivers::irq::wait_until_used`, as the console alone did). Any
+//! interrupt ends the halt, so input on another terminal wakes it too; if
+//! that interrupt came between the arming and the halt, the wait's 10 ms
+//! watchdog ends the halt instead (`kernel/src/wait.rs`).
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use drivers::transport::Location;
+
+use super::line::{Action, LineEditor};
+use super::{console, execute, Output, PROMPT};
+use crate::wait::KernelWait;
+
+/// How long one idle wait may last before the loop looks again.
+const IDLE_TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// One place a person types commands and reads answers.
+pub trait Terminal {
+    /// For the `shell: ready on ...` line on the serial port.
+    fn describe(&self) -> alloc::string::String;
+    /// Where the greeting says the shell is.
+    fn greeting(&self) -> alloc::string::String;
+    /// Appends the bytes typed since the last call to `input`.
+    fn read(&mut self, input: &mut Vec<u8>);
+    /// Shows output (terminal-ready: CR LF line ends).
+    fn write(&mut self, bytes: &[u8]);
+    /// Asks for an interrupt on new input; `true` if input is already there.
+    fn arm(&mut self) -> bool;
+    /// Interrupts off again.
+    fn disarm(&mut self);
+    /// The wait that sleeps until this terminal's device interrupts.
+    fn waiter(&self) -> KernelWait;
+}
+
+/// The virtio console's shell port.
+struct ConsoleTerminal {
+    location: Location,
+    port: u32,
+    buffer: Vec<u8>,
+}
+
+impl Terminal for ConsoleTerminal {
+    fn describe(&self) -> alloc::string::String {
+        format!("virtio console port {} at {}", self.port, self.location)
+    }
+
+    fn greeting(&self) -> alloc::string::String {
+        format!("the virtio console (port {})", self.port)
+    }
+
+    fn read(&mut self, input: &mut Vec<u8>) {
+        let mut guard = console::lock();
+        let Some(c) = guard.as_mut() else { return };
+        if let Err(error) = c.device.poll() {
+            log::error!("shell: console: {error}");
+        }
+        while let Some(event) = c.device.next_event() {
+            log::info!("console: {event}");
+        }
+        let n = c.device.read(self.port, &mut self.buffer).unwrap_or(0);
+        input.extend_from_slice(&self.buffer[..n]);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut out = Output::default();
+        out.raw(bytes);
+        super::flush(self.port, &mut out);
+    }
+
+    fn arm(&mut self) -> bool {
+        console::lock()
+            .as_mut()
+            .is_some_and(|c| c.device.enable_interrupts())
+    }
+
+    fn disarm(&mut self) {
+        if let Some(c) = console::lock().as_mut() {
+            c.device.disable_interrupts();
+        }
+    }
+
+    fn waiter(&self) -> KernelWait {
+        console::waiter(self.location, IDLE_TIMEOUT_NS)
+    }
+}
+
+/// The virtio-gpu screen with the virtio-input keyboards.
+struct ScreenTerminal;
+
+impl Terminal for ScreenTerminal {
+    fn describe(&self) -> alloc::string::String {
+        "the screen (virtio-gpu) with the keyboard (virtio-input)".into()
+    }
+
+    fn greeting(&self) -> alloc::string::String {
+        "the screen".into()
+    }
+
+    fn read(&mut self, input: &mut Vec<u8>) {
+        crate::screen::read_input(input);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        crate::screen::write(bytes);
+    }
+
+    fn arm(&mut self) -> bool {
+        crate::screen::arm()
+    }
+
+    fn disarm(&mut self) {
+        crate::screen::disarm();
+    }
+
+    fn waiter(&self) -> KernelWait {
+        crate::screen::input_waiter(IDLE_TIMEOUT_NS)
+    }
+}
+
+/// A terminal and its line editor.
+struct Session {
+    terminal: Box<dyn Terminal>,
+    editor: LineEditor,
+}
+
+/// The terminals there are: the console's port (once the device announced
+/// it), the screen with a keyboard.
+fn terminals() -> Vec<Session> {
+    let mut found: Vec<Box<dyn Terminal>> = Vec::new();
+    if console::lock().is_some() {
+        match super::wait_for_console_port() {
+            Some((location, port)) => found.push(Box::new(ConsoleTerminal {
+                location,
+                port,
+                buffer: alloc::vec![0u8; 256],
+            })),
+            None => log::warn!("shell: no console port appeared; no shell on the console"),
+        }
+    }
+    if crate::screen::ready() {
+        found.push(Box::new(ScreenTerminal));
+    }
+    found
+        .into_iter()
+        .map(|terminal| Session {
+            terminal,
+            editor: LineEditor::new(),
+        })
+        .collect()
+}
+
+/// Runs the shell on every terminal for good. Returns at once if there is
+/// none (the caller then idles).
+pub fn run() {
+    let mut sessions = terminals();
+    if sessions.is_empty() {
+        return;
+    }
+    for session in &mut sessions {
+        crate::println!("shell: ready on {}", session.terminal.describe());
+        let mut out = Output::default();
+        let _ = write!(
+            out,
+            "\nteaching kernel shell on {}. Type `help`.\n{PROMPT}",
+            session.terminal.greeting()
+        );
+        session.terminal.write(&out.bytes);
+    }
+    let mut input = Vec::new();
+    loop {
+        let mut any = false;
+        for session in &mut sessions {
+            input.clear();
+            session.terminal.read(&mut input);
+            if input.is_empty() {
+                continue;
+            }
+            any = true;
+            serve(session, &input);
+        }
+        if !any {
+            idle(&mut sessions);
+        }
+    }
+}
+
+/// Feeds typed bytes to a session's editor, running each finished line.
+fn serve(session: &mut Session, input: &[u8]) {
+    let mut out = Output::default();
+    let mut echo = Vec::new();
+    for &byte in input {
+        match session.editor.feed(byte, &mut echo) {
+            Action::Editing => {}
+            Action::Cancel => {
+                out.raw(&echo);
+                echo.clear();
+                let _ = write!(out, "{PROMPT}");
+            }
+            Action::Submit(line) => {
+                out.raw(&echo);
+                echo.clear();
+                session.terminal.write(&out.bytes);
+                out.bytes.clear();
+                execute(line.trim(), &mut out);
+                let _ = write!(out, "{PROMPT}");
+            }
+        }
+    }
+    out.raw(&echo);
+    if !out.bytes.is_empty() {
+        session.terminal.write(&out.bytes);
+    }
+}
+
+/// Services the network, then sleeps until a terminal has input (see the
+/// module docs).
+fn idle(sessions: &mut [Session]) {
+    crate::net::poll();
+    let mut wait = sessions[0].terminal.waiter();
+    // A timeout only ends this idle round; the loop looks and idles again.
+    let _ = drivers::irq::wait_until_used(
+        &mut wait,
+        sessions,
+        |sessions| {
+            let mut pending = false;
+            for session in sessions.iter_mut() {
+                pending |= session.terminal.arm();
+            }
+            pending
+        },
+        |sessions| {
+            for session in sessions.iter_mut() {
+                session.terminal.disarm();
+            }
+        },
+    );
+}
