@@ -1649,3 +1649,6 @@ SCENARIOS += [
         check=check_bench_peer,
     ),
 ]
+
+from .scenarios_screen import SCREEN_SCENARIOS  # noqa: E402  (screen and keyboard: issue 21)
+SCENARIOS += SCREEN_SCENARIOS
