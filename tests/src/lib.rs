@@ -15,4 +15,5 @@ pub mod log_capture;
 pub mod models;
 pub mod net_model;
 pub mod packed_model;
+pub mod screen_models;
 pub mod vq_model;
