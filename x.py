@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -41,7 +41,7 @@ BUILD_DIR = REPO / "build"
 KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
-from qemu import bench_compare, bench_echo, harness, kernel_builds, scenarios  # noqa: E402  (needs the path above)
+from qemu import bench_compare, bench_echo, display, harness, kernel_builds, scenarios  # noqa: E402  (needs the path above)
 from qemu import machine as qm  # noqa: E402
 from book import bench_page, mdbook, traces  # noqa: E402
 
@@ -213,6 +213,8 @@ class RunPlan:
     accel: qm.AccelChoice
     machine: str
     firmware: str | None
+    #: What `--display` says about where the screen is.
+    messages: list[str] = field(default_factory=list)
 
 
 def check_boot_options(options: argparse.Namespace) -> None:
@@ -241,8 +243,13 @@ def plan_run(options: argparse.Namespace, kernel: Path) -> RunPlan:
     command += qm.scratch_disk_args(machine, SCRATCH_IMAGE)
     command += qm.user_net_args(machine, [(host, guest) for host, guest, _ in RUN_HOSTFWD])
     command += qm.console_args(machine, "term")
+    messages: list[str] = []
+    if getattr(options, "display", False):
+        screen = display.plan(machine, BUILD_DIR / "run-qmp.sock")
+        command += screen.args
+        messages = screen.messages
     command += options.qemu_args
-    return RunPlan(command, accel, machine, firmware)
+    return RunPlan(command, accel, machine, firmware, messages)
 
 
 def describe_accel(accel: qm.AccelChoice) -> str:
@@ -275,6 +282,8 @@ def cmd_run(options: argparse.Namespace) -> int:
         say(f"forwarded: 127.0.0.1:{host} -> guest port {guest} ({what})")
     say("quit with Ctrl-A X. Typing goes to the virtio console; Ctrl-A C moves the keyboard "
         "to the QEMU monitor, then the serial port, then back; Ctrl-A H lists the keys")
+    for message in plan.messages:
+        say(message)
     print(flush=True)
     proc = subprocess.Popen(plan.command, cwd=REPO)
     # The terminal's Ctrl-C reaches QEMU directly (same process group); x.py
@@ -398,7 +407,7 @@ def cmd_test(options: argparse.Namespace) -> int:
         ("cargo-test", ["cargo", "test"], REPO),
         # The harness's own unit tests import the `qemu` package from tests/.
         ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net",
-                          "qemu.test_bench_compare", "qemu.test_kernel_builds"],
+                          "qemu.test_bench_compare", "qemu.test_kernel_builds", "qemu.test_screen"],
          REPO / "tests"),
         # The book and README: every path, symbol, link and include they name exists.
         ("docs-check", [sys.executable, "tests/book/check.py"], REPO),
@@ -1090,6 +1099,9 @@ def add_boot_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append", default="", metavar="CMDLINE",
                         help='kernel command line, e.g. "mode=selftest log=debug"')
     parser.add_argument("--release", action="store_true", help="use the release build")
+    parser.add_argument("--display", action="store_true",
+                        help="add a virtio-gpu screen and a virtio keyboard: a window where one can "
+                             "open (DISPLAY set), else VNC and screendumps (tests/qemu/display.py)")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -105,3 +105,48 @@ class Qmp:
         except OSError:
             pass
 
+
+
+def main(argv: list[str]) -> int:
+    """`python3 -m tests.qemu.qmp SOCKET screendump OUT.(png|ppm)`, or
+    `... SOCKET send-keys TEXT`: for a running `x.py run --display`."""
+    import sys
+
+    from . import screen_text
+
+    if len(argv) != 3 or argv[1] not in ("screendump", "send-keys"):
+        print("usage: python3 -m tests.qemu.qmp SOCKET screendump OUT.png|OUT.ppm\n"
+              "       python3 -m tests.qemu.qmp SOCKET send-keys TEXT", file=sys.stderr)
+        return 2
+    socket_path, verb, arg = Path(argv[0]), argv[1], argv[2]
+    try:
+        qmp = Qmp(socket_path, timeout_s=5.0)
+    except OSError as err:
+        print(f"cannot reach QMP at {socket_path}: {err} (is `./x.py run --display` running?)", file=sys.stderr)
+        return 1
+    try:
+        if verb == "send-keys":
+            qmp.send_keys(arg.replace("\\n", "\n"))
+            return 0
+        out = Path(arg)
+        if out.suffix == ".png":
+            ppm = out.with_suffix(".ppm")
+            qmp.screendump(ppm.resolve())
+            time.sleep(0.2)
+            screen_text.ppm_to_png(ppm, out)
+            ppm.unlink()
+        else:
+            qmp.screendump(out.resolve())
+        print(out)
+        return 0
+    except (QmpError, ValueError, OSError) as err:
+        print(f"qmp: {err}", file=sys.stderr)
+        return 1
+    finally:
+        qmp.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
