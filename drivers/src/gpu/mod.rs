@@ -462,6 +462,7 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
         Ok(scanouts.into_iter().take(count).collect())
     }
 
+    // ANCHOR: set_up_display
     /// Shows a new framebuffer of the size the host asks for on the first
     /// enabled scanout (create, attach, set_scanout; then the old one, if
     /// any, is detached and unreferenced). Returns the new size. The new
@@ -513,7 +514,9 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
         }
         Ok((width, height))
     }
+    // ANCHOR_END: set_up_display
 
+    // ANCHOR: flush
     /// Copies `rect` of the framebuffer to the host's resource and puts it
     /// on the screen (TRANSFER_TO_HOST_2D, RESOURCE_FLUSH).
     pub fn flush<W: Wait + ?Sized>(
@@ -542,6 +545,7 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
         self.command_ok(&protocol::transfer_to_host_2d(r, offset, resource), wait)?;
         self.command_ok(&protocol::resource_flush(r, resource), wait)
     }
+    // ANCHOR_END: flush
 
     /// Reads `events_read`; if the display changed (VIRTIO_GPU_EVENT_DISPLAY),
     /// clears it through `events_clear` and returns `true` (§5.7.4.2).

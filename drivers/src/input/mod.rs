@@ -287,6 +287,7 @@ impl<H: Hal, T: Transport> InputDevice<H, T> {
         [&self.events, &self.status]
     }
 
+    // ANCHOR: poll
     /// Takes every event the device has sent into `out`, and gives each
     /// buffer straight back to the queue. Returns how many were added.
     pub fn poll(&mut self, out: &mut Vec<InputEvent>) -> Result<usize, InputError> {
@@ -320,6 +321,7 @@ impl<H: Hal, T: Transport> InputDevice<H, T> {
         }
         Ok(taken)
     }
+    // ANCHOR_END: poll
 
     /// Asks for an interrupt on the next event; `true` if one is already
     /// there (poll before sleeping; §2.7.7).
