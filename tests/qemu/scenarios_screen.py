@@ -14,6 +14,8 @@ kernel's own font, pixel for pixel):
 4. a screenshot for the book (`build/screenshots/<scenario>.png`), then
    `poweroff` (QEMU status 41).
 
+QEMU's status trace must show each device brought up exactly once.
+
 On PCI (`virtio-gpu-pci`, `virtio-keyboard-pci`, modern-only devices) and
 on virtio-mmio (`virtio-gpu-device`, `virtio-keyboard-device` on microvm,
 legacy MMIO v1 by default). Both run under TCG: each takes a few seconds.
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from . import machine as qm
 from . import screen_text
-from .harness import RunContext, Scenario
+from .harness import Outcome, RunContext, Scenario
 from .qmp import Qmp, qmp_args
 
 #: The display size the scenarios ask for (QEMU's default is 1280x800).
@@ -38,14 +40,34 @@ XRES, YRES = 640, 400
 ANSWER_TIMEOUT_S = 30.0
 
 
+#: QEMU's trace of status writes, in the work directory.
+STATUS_TRACE = "status-trace.log"
+
+
 def screen_devices(machine: str) -> Callable[[RunContext], list[str]]:
-    """A GPU and a keyboard on the machine's transport, and a QMP socket."""
+    """A GPU and a keyboard on the machine's transport, a QMP socket, and
+    QEMU's trace of every status write."""
     if machine == "microvm":
         devices = ["-M", "acpi=off", "-device", f"virtio-gpu-device,xres={XRES},yres={YRES}",
                    "-device", "virtio-keyboard-device"]
     else:
         devices = ["-device", f"virtio-gpu-pci,xres={XRES},yres={YRES}", "-device", "virtio-keyboard-pci"]
-    return lambda ctx: devices + qmp_args(ctx.file("qmp.sock"))
+    return lambda ctx: (devices + qmp_args(ctx.file("qmp.sock"))
+                        + ["-msg", "timestamp=on", "-trace", "virtio_set_status", "-D", str(ctx.file(STATUS_TRACE))])
+
+
+def brought_up_once(legacy: bool) -> Callable[[Outcome], list[str]]:
+    """Each of the two devices went through §3.1.1 (§3.1.2 on legacy) once."""
+
+    def check(outcome: Outcome) -> list[str]:
+        from .scenarios import ONE_BRING_UP, ONE_LEGACY_BRING_UP, status_write_problems
+
+        assert outcome.ctx is not None
+        path = outcome.ctx.file(STATUS_TRACE)
+        trace = path.read_text("utf-8", "replace") if path.exists() else ""
+        return status_write_problems(trace, 2, ONE_LEGACY_BRING_UP if legacy else ONE_BRING_UP)
+
+    return check
 
 
 def wait_for_screen(qmp: Qmp, ctx: RunContext, ready: Callable[[list[str]], bool], what: str,
@@ -132,6 +154,7 @@ def screen_scenario(name: str, machine: str, transport: str) -> Scenario:
         forbid=[r"^PANIC at ", r"^EXCEPTION ", r"^shell: ready on virtio console"],
         timeout_s=90.0,
         interact=screen_session,
+        check=brought_up_once(legacy=transport in ("mmio-v1", "pci-legacy")),
         interact_after=r"^shell: ready on the screen",
     )
 
