@@ -110,6 +110,8 @@ struct KeyboardInput {
     location: Location,
     device: KernelInput,
     keymap: Keyboard,
+    /// Set after the device broke its queue's rules: no longer read.
+    failed: bool,
 }
 
 static SCREEN: Mutex<Option<Screen>> = Mutex::new(None);
@@ -172,6 +174,7 @@ pub fn init() {
                     location,
                     device,
                     keymap: Keyboard::new(),
+                    failed: false,
                 });
             }
             Err(error) => log::error!("input: {location}: bring-up failed: {error}"),
@@ -270,10 +273,12 @@ pub fn log_line(args: core::fmt::Arguments<'_>) {
 /// Appends what the keyboards typed to `out`; handles a display change.
 pub fn read_input(out: &mut Vec<u8>) {
     let mut events: Vec<InputEvent> = Vec::new();
-    for keyboard in KEYBOARDS.lock().iter_mut() {
+    for keyboard in KEYBOARDS.lock().iter_mut().filter(|k| !k.failed) {
         events.clear();
         if let Err(error) = keyboard.device.poll(&mut events) {
-            log::warn!("input: {}: {error}", keyboard.location);
+            // Said once: the device is not read again (its queue is broken).
+            keyboard.failed = true;
+            crate::println!("input: {}: {error}; no longer read", keyboard.location);
         }
         if keyboard.device.is_keyboard() {
             for &event in &events {
@@ -303,7 +308,7 @@ pub fn read_input(out: &mut Vec<u8>) {
 /// is already there (look again instead of sleeping, §2.7.7).
 pub fn arm() -> bool {
     let mut pending = false;
-    for keyboard in KEYBOARDS.lock().iter_mut() {
+    for keyboard in KEYBOARDS.lock().iter_mut().filter(|k| !k.failed) {
         pending |= keyboard.device.enable_interrupts();
     }
     pending
