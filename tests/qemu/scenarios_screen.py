@@ -14,6 +14,10 @@ kernel's own font, pixel for pixel):
 4. a screenshot for the book (`build/screenshots/<scenario>.png`), then
    `poweroff` (QEMU status 41).
 
+`screen-and-console-q35` adds a virtio console: a command typed on the
+console is answered there and not on the screen, one typed on the keyboard
+on the screen and not on the console.
+
 QEMU's status trace must show each device brought up exactly once.
 
 On PCI (`virtio-gpu-pci`, `virtio-keyboard-pci`, modern-only devices) and
@@ -159,7 +163,73 @@ def screen_scenario(name: str, machine: str, transport: str) -> Scenario:
     )
 
 
+def both_terminals_devices(ctx: RunContext) -> list[str]:
+    """The screen and keyboard of `screen_devices`, plus a virtio console on `console.sock`."""
+    from .scenarios import console_devices
+
+    return screen_devices("q35")(ctx) + console_devices("q35", named_port=False)(ctx)
+
+
+def both_terminals_session(ctx: RunContext) -> list[str]:
+    """One shell on two terminals: each command's output goes back to the
+    terminal it was typed on, and only there."""
+    from .console_session import Shell
+
+    problems: list[str] = []
+    shell = Shell(ctx.file("console.sock"))
+    qmp = Qmp(ctx.file("qmp.sock"))
+    try:
+        try:
+            # Both greetings went out before `shell: ready on the screen`.
+            shell.wait_prompt(timeout_s=2)
+        except AssertionError:
+            # The console's can go out before the host side of the port is open.
+            shell.type(b"\r", timeout_s=10)
+        wait_for_screen(qmp, ctx, lambda lines: "teaching kernel shell on the screen. Type `help`." in lines,
+                        "the shell's greeting on the screen")
+        # Typed on the console: answered on the console, not on the screen.
+        answer = shell.run("log warn")
+        if "log level is now WARN" not in answer:
+            problems.append(f"the console got {answer!r} for `log warn`")
+        # Typed on the keyboard: answered on the screen ...
+        qmp.send_keys("log error\n")
+        lines = wait_for_screen(qmp, ctx, lambda lines: "log level is now ERROR" in lines,
+                                "the answer to `log error`")
+        if any("WARN" in line for line in lines):
+            problems.append("the console's command was answered on the screen too")
+        # ... and nothing of it reaches the console.
+        try:
+            leaked = shell.read_until(b"ERROR", timeout_s=1.0)
+            problems.append(f"the keyboard's command was answered on the console too: {leaked!r}")
+        except AssertionError:
+            pass
+        shell.send(b"poweroff\r")
+    finally:
+        qmp.close()
+        shell.close()
+    return problems
+
+
 SCREEN_SCENARIOS: list[Scenario] = [
     screen_scenario("screen-keyboard-q35-pci", "q35", "pci-modern"),
     screen_scenario("screen-keyboard-microvm-mmio", "microvm", "mmio-v1"),
+    # The virtio console and the screen at once.
+    Scenario(
+        name="screen-and-console-q35",
+        machine="q35",
+        firmware="qboot",
+        accel="tcg",
+        devices=both_terminals_devices,
+        append="",
+        expect_status=qm.EXIT_POWEROFF,
+        expect_in_order=[
+            r"^kernel: ready$",
+            r"^shell: ready on virtio console port 0 ",
+            r"^shell: ready on the screen \(virtio-gpu\) with the keyboard \(virtio-input\)$",
+            r"^shell: poweroff$",
+        ],
+        timeout_s=90.0,
+        interact=both_terminals_session,
+        interact_after=r"^shell: ready on the screen",
+    ),
 ]
