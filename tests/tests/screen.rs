@@ -217,6 +217,32 @@ fn impossible_display_sizes_are_refused() {
 }
 
 #[test]
+fn an_impossible_new_size_leaves_the_old_display_working() {
+    let (driver, device) = gpu(GpuModel::with_display(320, 64), TransportKind::PciModern);
+    let mut driver = driver.expect("up");
+    driver.set_up_display(&mut patience()).expect("display");
+    device.borrow_mut().model.resize(100_000, 64);
+    assert_eq!(driver.take_display_event(), Ok(true));
+    assert_eq!(
+        driver.set_up_display(&mut patience()),
+        Err(GpuError::ImpossibleSize {
+            width: 100_000,
+            height: 64
+        })
+    );
+    assert_eq!(driver.size(), Some((320, 64)));
+    let rect = PixelRect {
+        x: 0,
+        y: 0,
+        width: 8,
+        height: 16,
+    };
+    assert_eq!(driver.flush(rect, &mut patience()), Ok(()));
+    assert_eq!(device.borrow().model.scanout_resource[&0], 1);
+    assert!(device.borrow().model.violations.is_empty());
+}
+
+#[test]
 fn short_error_and_missing_responses_are_errors() {
     let mut model = GpuModel::with_display(640, 480);
     model.knob = GpuKnob::ShortResponse(8);

@@ -34,7 +34,7 @@ use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use drivers::gpu::GpuDevice;
+use drivers::gpu::{GpuDevice, GpuError};
 use drivers::input::keymap::Keyboard;
 use drivers::input::{InputDevice, InputEvent};
 use drivers::irq::QueueSet;
@@ -185,7 +185,7 @@ pub fn init() {
 impl Screen {
     /// Shows a framebuffer of the size the device asks for and redraws
     /// the whole grid on it.
-    fn set_up(&mut self) -> Result<(), drivers::gpu::GpuError> {
+    fn set_up(&mut self) -> Result<(), GpuError> {
         let mut wait = waiter(self.location);
         let (width, height) = self.gpu.set_up_display(&mut wait)?;
         let (cols, rows) = screen::grid_size(width, height);
@@ -290,15 +290,26 @@ pub fn read_input(out: &mut Vec<u8>) {
     if let Some(screen) = guard.as_mut().filter(|s| !s.failed) {
         if let Ok(true) = screen.gpu.take_display_event() {
             log::info!("screen: the display changed; setting it up again");
-            if let Err(error) = screen.set_up() {
-                screen.failed = true;
-                crate::println!("screen: gpu at {}: {error}; screen off", screen.location);
-            } else if let Some((width, height)) = screen.gpu.size() {
-                crate::println!(
-                    "screen: now {width}x{height} pixels, {}x{} text",
-                    screen.grid.cols(),
-                    screen.grid.rows()
-                );
+            match screen.set_up() {
+                Ok(()) => {
+                    let (width, height) = screen.gpu.size().unwrap_or((0, 0));
+                    crate::println!(
+                        "screen: now {width}x{height} pixels, {}x{} text",
+                        screen.grid.cols(),
+                        screen.grid.rows()
+                    );
+                }
+                // Refused before anything changed: the old display stays.
+                Err(error @ (GpuError::ImpossibleSize { .. } | GpuError::NoDisplay)) => {
+                    crate::println!(
+                        "screen: gpu at {}: {error}; keeping the current display",
+                        screen.location
+                    );
+                }
+                Err(error) => {
+                    screen.failed = true;
+                    crate::println!("screen: gpu at {}: {error}; screen off", screen.location);
+                }
             }
         }
     }
