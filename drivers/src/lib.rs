@@ -57,3 +57,4 @@ pub mod polled_blk;
 pub mod queue;
 pub mod screen;
 pub mod transport;
+pub mod view;

@@ -11,6 +11,7 @@ pub mod console_model;
 pub mod host_hal;
 pub mod hostile;
 pub mod hostile_packed;
+pub mod json_value;
 pub mod log_capture;
 pub mod models;
 pub mod net_model;

@@ -145,7 +145,7 @@ use log::{debug, trace};
 use self::core::RequestQueue;
 use crate::device::{self, QueueSpec};
 use crate::features;
-use crate::queue::{QueueCounters, QueueError, Segment};
+use crate::queue::{QueueCounters, QueueError, Segment, Virtqueue};
 use crate::transport::{DeviceType, InterruptStatus, Transport};
 use buffers::BufferTable;
 use plan::SplitLimits;
@@ -415,6 +415,20 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             .iter()
             .map(|q| q.ring.in_flight() as usize)
             .sum()
+    }
+
+    /// Hands each request queue's ring, with its name (`requestq`, or
+    /// `requestq1`, `requestq2`, ... with VIRTIO_BLK_F_MQ), to `visit`: a
+    /// read-only look for the live queue view ([`crate::view`]).
+    pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
+        let several = self.queues.len() > 1;
+        for (i, q) in self.queues.iter().enumerate() {
+            if several {
+                visit(&format_args!("requestq{}", i + 1), &q.ring);
+            } else {
+                visit(&"requestq", &q.ring);
+            }
+        }
     }
 
     /// Counters of queue `queue`.

@@ -321,6 +321,28 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
         list
     }
 
+    /// Hands the rings of the ports that exist now and of the control
+    /// queues, in index order, with their names (`port0-rx`, ...,
+    /// `control-rx`, `control-tx`), to `visit`: a read-only look for the
+    /// live queue view ([`crate::view`]). Queues set up for ports the device
+    /// has not added are left out.
+    pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
+        let mut rings: Vec<(QueueRole, &Virtqueue<H>)> =
+            Vec::with_capacity(2 * self.ports.len() + 2);
+        for port in self.ports.iter().filter(|p| p.state.present) {
+            rings.push((QueueRole::Receive(port.id), &port.receive));
+            rings.push((QueueRole::Transmit(port.id), &port.transmit));
+        }
+        if let Some(control) = &self.control {
+            rings.push((QueueRole::ControlReceive, &control.receive));
+            rings.push((QueueRole::ControlTransmit, &control.transmit));
+        }
+        rings.sort_by_key(|(_, ring)| ring.index());
+        for (role, ring) in rings {
+            visit(&role, ring);
+        }
+    }
+
     /// The ports that exist now, in id order.
     pub fn ports(&self) -> impl Iterator<Item = PortInfo<'_>> + '_ {
         self.ports.iter().filter(|p| p.state.present).map(port_info)

@@ -84,7 +84,7 @@ use log::{debug, warn};
 use crate::device::{self, DeviceError, QueueSpec, Wait};
 use crate::features::{self, FeatureNames};
 use crate::init::{self, InitError};
-use crate::queue::{QueueCounters, QueueError, Ring};
+use crate::queue::{QueueCounters, QueueError, Ring, Virtqueue};
 use crate::transport::{
     DeviceType, InterruptStatus, Location, Transport, TransportError, TransportKind,
 };
@@ -460,6 +460,17 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             ctrl: self.ctrl.as_ref().map(|c| c.stats()),
             ctrl_ring: self.ctrl.as_ref().map(|c| c.ring_counters()),
             config_changes: self.config_changes,
+        }
+    }
+
+    /// Hands each queue's ring, with its name (`receiveq`, `transmitq`,
+    /// `controlq`), to `visit`: a read-only look for the live queue view
+    /// ([`crate::view`]).
+    pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
+        visit(&"receiveq", self.rx.ring());
+        visit(&"transmitq", self.tx.ring());
+        if let Some(ctrl) = &self.ctrl {
+            visit(&"controlq", ctrl.ring());
         }
     }
 

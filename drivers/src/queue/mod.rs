@@ -15,6 +15,8 @@
 //!   comes back.
 //! - [`NotifyDecision`], [`QueueCounters`], [`QueueError`].
 //! - [`choose_queue_size`]: how many descriptors to ask for.
+//! - [`QueueSnapshot`] (module [`snapshot`]): a read-only look at a queue's
+//!   indices, event fields, counters and descriptors, for the live view.
 //!
 //! ## One interface, two layouts
 //!
@@ -59,11 +61,13 @@
 
 pub mod packed;
 pub mod ring;
+pub mod snapshot;
 pub mod split;
 pub mod virtqueue;
 
 pub use packed::PackedQueue;
 pub use ring::Ring;
+pub use snapshot::{DescriptorView, QueueSnapshot};
 pub use split::{event_idx, indirect, layout, QueueConfig, SplitQueue};
 pub use virtqueue::{RingKind, Virtqueue};
 

@@ -18,6 +18,7 @@
 //! touching ring memory: [`check_segments`] (the shape of a request) and
 //! [`choose_chain`] (direct chain or indirect table).
 
+use super::snapshot::{DescriptorView, QueueSnapshot};
 use super::{NotifyDecision, QueueAddresses, QueueCounters, QueueError};
 use super::{RingKind, Segment, Token, Used};
 
@@ -70,6 +71,14 @@ pub trait Ring {
     /// `true` after a fatal protocol violation by the device: every call
     /// then fails with [`QueueError::DeviceBroken`] until [`Ring::reset`].
     fn is_broken(&self) -> bool;
+
+    /// A read-only look at the queue as it stands now (module
+    /// [`super::snapshot`]): indices, event fields and counters, and in
+    /// `descriptors` the state of the first `descriptors.len()` descriptors
+    /// (or ring slots; at most [`Ring::size`] are filled). Writes nothing;
+    /// what the device wrote is only reported, never trusted, so it never
+    /// panics, whatever is in ring memory.
+    fn snapshot(&self, descriptors: &mut [DescriptorView]) -> QueueSnapshot;
 
     /// Adds one request: `segments`, device-readable ones first, then
     /// device-writable ones (§2.7.4.2). The device does not see it until

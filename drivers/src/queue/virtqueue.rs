@@ -22,6 +22,7 @@ use hal::Hal;
 
 use super::packed::{choose_packed_queue_size, PackedQueue};
 use super::ring::Ring;
+use super::snapshot::{DescriptorView, QueueSnapshot};
 use super::split::{QueueConfig, SplitQueue};
 use super::{choose_queue_size, NotifyDecision, QueueAddresses, QueueCounters, QueueError};
 use super::{Segment, Token, Used};
@@ -226,6 +227,13 @@ impl<H: Hal> Ring for Virtqueue<H> {
         match self {
             Virtqueue::Split(q) => q.is_broken(),
             Virtqueue::Packed(q) => q.is_broken(),
+        }
+    }
+
+    fn snapshot(&self, descriptors: &mut [DescriptorView]) -> QueueSnapshot {
+        match self {
+            Virtqueue::Split(q) => q.snapshot(descriptors),
+            Virtqueue::Packed(q) => q.snapshot(descriptors),
         }
     }
 

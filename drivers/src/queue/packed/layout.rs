@@ -317,6 +317,16 @@ impl<H: Hal> PackedQueue<H> {
         debug_assert!(written, "driver area outside the ring");
     }
 
+    /// Reads the driver event suppression structure back (the live view):
+    /// `(off_wrap, flags)`.
+    pub(super) fn read_driver_event(&self) -> (u16, u16) {
+        let word = self
+            .ring
+            .read::<u32>(self.layout.driver_offset)
+            .map_or(0, u32::from_le);
+        (word as u16, (word >> 16) as u16)
+    }
+
     /// Reads the device event suppression structure in one 32-bit load:
     /// `(off_wrap, flags)`.
     pub(super) fn read_device_event(&self) -> (u16, u16) {

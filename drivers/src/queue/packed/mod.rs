@@ -120,11 +120,13 @@
 //! | `packed/available.rs` | `add` and `publish`: making buffers available, indirect tables (§2.8.6, §2.8.7, §2.8.21) |
 //! | `packed/used.rs` | `pop_used`: receiving used buffers, checking what the device wrote (§2.8.22) |
 //! | `packed/event.rs` | event suppression both ways: notify or not, interrupts on and off (§2.8.10, §2.8.14, §2.8.21.3) |
+//! | `packed/snapshot.rs` | `snapshot`: a read-only look at the ring for the live view |
 //! | `packed/trace.rs` | the words trace logging prints |
 
 mod available;
 mod event;
 mod layout;
+mod snapshot;
 mod trace;
 mod used;
 
@@ -140,7 +142,8 @@ use self::trace::IndirectNote;
 use super::ring::Ring;
 use super::split::QueueConfig;
 use super::{
-    NotifyDecision, QueueAddresses, QueueCounters, QueueError, RingKind, Segment, Token, Used,
+    DescriptorView, NotifyDecision, QueueAddresses, QueueCounters, QueueError, QueueSnapshot,
+    RingKind, Segment, Token, Used,
 };
 
 pub use self::event::need_event_in_ring;
@@ -348,6 +351,11 @@ impl<H: Hal> Ring for PackedQueue<H> {
     #[inline]
     fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// See `PackedQueue::take_snapshot` (`packed/snapshot.rs`).
+    fn snapshot(&self, descriptors: &mut [DescriptorView]) -> QueueSnapshot {
+        self.take_snapshot(descriptors)
     }
 
     /// See `PackedQueue::add_buffer` (`packed/available.rs`).

@@ -121,6 +121,35 @@ impl<H: Hal> SplitRingMemory<H> {
         u16::from_le(self.memory.read(AVAIL_EVENT, 0))
     }
 
+    // ----- read back for the live view (`split/snapshot.rs`) -----
+
+    /// `avail.idx` as in memory.
+    pub(super) fn read_avail_idx(&self) -> u16 {
+        u16::from_le(self.memory.read(AVAIL_IDX, 0))
+    }
+
+    /// `avail.flags` as in memory.
+    pub(super) fn read_avail_flags(&self) -> u16 {
+        u16::from_le(self.memory.read(AVAIL_FLAGS, 0))
+    }
+
+    /// `used_event` as in memory.
+    pub(super) fn read_used_event(&self) -> u16 {
+        u16::from_le(self.memory.read(USED_EVENT, 0))
+    }
+
+    /// `avail.ring[slot mod size]`.
+    pub(super) fn read_avail_slot(&self, slot: u16) -> u16 {
+        u16::from_le(self.memory.read(AVAIL_RING, usize::from(slot)))
+    }
+
+    /// The `flags` of descriptor `id` (taken modulo the size), as in memory.
+    pub(super) fn read_descriptor_flags(&self, id: u16) -> u16 {
+        let bytes = self.memory.read(DESCRIPTORS, usize::from(id)).to_ne_bytes();
+        // `struct virtq_desc`: le64 addr, le32 len, le16 flags, le16 next.
+        u16::from_le_bytes([bytes[12], bytes[13]])
+    }
+
     /// The `{id, len}` pair in used-ring slot `slot` (taken modulo the size).
     #[inline]
     pub(super) fn read_used_elem(&self, slot: u16) -> (u32, u32) {

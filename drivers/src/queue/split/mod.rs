@@ -59,6 +59,7 @@
 //! | `split/available.rs` | `add` and `publish`: descriptor chains, the available ring, notifying (§2.7.13) |
 //! | `split/indirect.rs` | the preallocated indirect descriptor tables (§2.7.5.3) |
 //! | `split/used.rs` | `pop_used`: reading and checking the used ring (§2.7.14) |
+//! | `split/snapshot.rs` | `snapshot`: a read-only look at the ring for the live view |
 //! | `split/event_idx.rs` | the event-index test `need_event` (§2.7.7, §2.7.10) |
 //! | `split/interrupts.rs` | used-buffer notification suppression: interrupts on and off (§2.7.7) |
 //! | `split/trace.rs` | the words trace logging prints |
@@ -70,6 +71,7 @@ pub mod layout;
 mod available;
 mod interrupts;
 mod memory;
+mod snapshot;
 mod trace;
 mod used;
 
@@ -85,8 +87,8 @@ use self::memory::SplitRingMemory;
 use self::trace::IndirectNote;
 use super::ring::Ring;
 use super::{
-    NotifyDecision, QueueAddresses, QueueCounters, QueueError, RingKind, RingLayout, Segment,
-    Token, Used,
+    DescriptorView, NotifyDecision, QueueAddresses, QueueCounters, QueueError, QueueSnapshot,
+    RingKind, RingLayout, Segment, Token, Used,
 };
 
 pub use super::ring::DIRECT_MAX_SEGMENTS;
@@ -310,6 +312,11 @@ impl<H: Hal> Ring for SplitQueue<H> {
     #[inline]
     fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// See `SplitQueue::take_snapshot` (`split/snapshot.rs`).
+    fn snapshot(&self, descriptors: &mut [DescriptorView]) -> QueueSnapshot {
+        self.take_snapshot(descriptors)
     }
 
     /// See `SplitQueue::add_buffer`.
