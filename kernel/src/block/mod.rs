@@ -591,6 +591,13 @@ pub fn with_disks<R>(f: impl FnOnce(&mut [Disk]) -> R) -> R {
     f(&mut disks)
 }
 
+/// Runs `f` on every disk unless another user holds them right now (the
+/// live queue view, `crate::virtio::view`, which may run inside a network
+/// poll that a disk user started); `None` then. Claims nothing.
+pub fn try_with_disks<R>(f: impl FnOnce(&mut [Disk]) -> R) -> Option<R> {
+    DISKS.try_lock().map(|mut disks| f(&mut disks))
+}
+
 /// Reads sectors from the disk named `name` into `buffer` (whose length
 /// is a multiple of 512): the shell's `blk read`.
 pub fn read(name: &str, sector: u64, buffer: &mut [u8]) -> Result<(), BlockError> {

@@ -1,5 +1,7 @@
-//! The status page the HTTP server returns for `GET /`: every virtio device
-//! the kernel found (type, location, transport, negotiated features, state)
+//! The status page the HTTP server returns for `GET /`: a link to the live
+//! queue view (`/queues`, `queue_page.rs`), every virtio device the kernel
+//! found (type, location, transport, state, and the features its driver
+//! negotiated, from the registry)
 //! and, per queue, its counters: for the network cards the driver's own
 //! (packets, bytes, drops, buffers, notifications sent and suppressed,
 //! interrupts). Devices no driver brought up have no queues.
@@ -37,6 +39,10 @@ fn write_page(out: &mut String, nics: &[Nic]) -> core::fmt::Result {
         uptime_ms % 1000
     )?;
 
+    writeln!(
+        out,
+        "<p><a href=\"/queues\">the queues, live</a> (every ring drawn as it moves; JSON at <a href=\"/api/queues\">/api/queues</a>)</p>"
+    )?;
     writeln!(out, "<h2>Devices</h2>\n<table>")?;
     writeln!(
         out,
@@ -53,31 +59,20 @@ fn write_page(out: &mut String, nics: &[Nic]) -> core::fmt::Result {
                 device.location
             )?;
             match &device.state {
-                DeviceState::Up { driver } => {
-                    // A network card's negotiated features are the driver's.
-                    let features = nics
-                        .iter()
-                        .find(|n| n.location == device.location)
-                        .map(|n| n.device.features());
-                    match features {
-                        Some(bits) => writeln!(
-                            out,
-                            "<td>driven by {driver}</td><td>{}</td></tr>",
-                            FeatureList {
-                                device_type: device.device_type,
-                                bits
-                            }
-                        )?,
-                        None => writeln!(
-                            out,
-                            "<td>driven by {driver}</td><td>(see the driver)</td></tr>"
-                        )?,
-                    }
-                }
+                DeviceState::Up { driver } => writeln!(
+                    out,
+                    "<td>driven by {driver}</td><td>{}</td></tr>",
+                    features_of(device)
+                )?,
                 DeviceState::Failed { error } => {
                     writeln!(out, "<td>FAILED: {}</td><td></td></tr>", escape(error))?
                 }
-                other => writeln!(out, "<td>{}</td><td></td></tr>", other.name())?,
+                other => writeln!(
+                    out,
+                    "<td>{}</td><td>{}</td></tr>",
+                    other.name(),
+                    features_of(device)
+                )?,
             }
         }
         writeln!(out, "</table>")?;
@@ -88,6 +83,25 @@ fn write_page(out: &mut String, nics: &[Nic]) -> core::fmt::Result {
         write_nic(out, nic)?;
     }
     writeln!(out, "</body></html>")
+}
+
+/// The features a device's driver negotiated, by name (empty before a
+/// driver negotiated any).
+fn features_of(device: &virtio::VirtioDevice) -> Features {
+    let bits = device.negotiated.map(|up| up.features);
+    let device_type = device.device_type;
+    Features(bits.map(|bits| FeatureList { device_type, bits }))
+}
+
+struct Features(Option<FeatureList>);
+
+impl core::fmt::Display for Features {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match &self.0 {
+            Some(list) => list.fmt(f),
+            None => Ok(()),
+        }
+    }
 }
 
 fn write_nic(out: &mut String, nic: &Nic) -> core::fmt::Result {

@@ -40,6 +40,7 @@
 pub mod bench;
 mod http;
 pub mod nic;
+mod queue_page;
 #[cfg(feature = "selftest")]
 mod selftests;
 mod services;

@@ -10,8 +10,10 @@
 //! own flow control, never by dropped data. When the client closes its
 //! side, the server closes its own once everything is echoed.
 //!
-//! **HTTP** reads a request up to the blank line, answers `GET /` with the
-//! status page (`http.rs`), anything else with 404 (or 400 / 405), and
+//! **HTTP** reads a request up to the blank line, answers `GET` with the
+//! page `queue_page::route` gives for its path (`/`, the status page of
+//! `http.rs`; `/queues` and `/api/queues`, the live queue view), anything
+//! else with 404 (or 400 / 405), and
 //! closes the connection after the response (`Connection: close`). The
 //! response is written as the send buffer drains, so a page larger than the
 //! buffer is fine.
@@ -142,22 +144,41 @@ impl Services {
         queued
     }
 
-    /// `true` if some connection has a complete request and no response yet.
-    pub fn wants_page(&self, _sockets: &SocketSet<'static>) -> bool {
+    /// The target of the first complete request still waiting for its
+    /// answer (empty for a malformed request line), if any.
+    pub fn pending_target(&self) -> Option<Vec<u8>> {
         self.http
             .iter()
-            .any(|c| c.response.is_none() && request_complete(&c.request))
+            .find(|c| c.response.is_none() && request_complete(&c.request))
+            .map(|c| request_target(&c.request).to_vec())
     }
 
-    /// Answers every complete request; `page` is the status page.
-    pub fn answer_http(&mut self, sockets: &mut SocketSet<'static>, page: &str) {
+    /// Answers every complete request for `target`; `page` is its page
+    /// (`None`: there is none, 404). See `queue_page::route`.
+    pub fn answer_http(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        target: &[u8],
+        page: Option<&Page>,
+    ) {
         for conn in &mut self.http {
-            if conn.response.is_none() && request_complete(&conn.request) {
+            if conn.response.is_none()
+                && request_complete(&conn.request)
+                && request_target(&conn.request) == target
+            {
                 conn.response = Some((response_for(&conn.request, page), 0));
                 conn.send_response(sockets);
             }
         }
     }
+}
+
+/// A page the server can send: its content type and body.
+pub struct Page {
+    /// The `Content-Type` header's value.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 impl HttpConnection {
@@ -217,21 +238,26 @@ fn request_complete(request: &[u8]) -> bool {
     request.windows(4).any(|w| w == b"\r\n\r\n") || request.windows(2).any(|w| w == b"\n\n")
 }
 
-/// The response to one request head.
-fn response_for(request: &[u8], page: &str) -> Vec<u8> {
-    let line = request
-        .split(|&b| b == b'\n')
-        .next()
-        .unwrap_or_default()
-        .strip_suffix(b"\r")
-        .unwrap_or_else(|| request.split(|&b| b == b'\n').next().unwrap_or_default());
+/// The request line's words: method and target, if there are two.
+fn request_line(request: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
-    let (method, target) = (words.next(), words.next());
-    match (method, target) {
-        (Some(b"GET"), Some(b"/" | b"/index.html")) => {
-            respond(200, "OK", "text/html; charset=utf-8", page.as_bytes())
-        }
-        (Some(b"GET"), Some(_)) => simple(404, "Not Found", "no such page\n"),
+    (words.next(), words.next())
+}
+
+/// The request's target (empty if the request line has none).
+fn request_target(request: &[u8]) -> &[u8] {
+    request_line(request).1.unwrap_or_default()
+}
+
+/// The response to one request head; `page` is its target's page, if any.
+fn response_for(request: &[u8], page: Option<&Page>) -> Vec<u8> {
+    match request_line(request) {
+        (Some(b"GET"), Some(_)) => match page {
+            Some(page) => respond(200, "OK", page.content_type, &page.body),
+            None => simple(404, "Not Found", "no such page\n"),
+        },
         (Some(_), Some(_)) => simple(405, "Method Not Allowed", "only GET\n"),
         _ => simple(400, "Bad Request", "malformed request line\n"),
     }
@@ -243,7 +269,7 @@ fn simple(code: u16, reason: &str, body: &str) -> Vec<u8> {
 
 fn respond(code: u16, reason: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nServer: virtio-teaching-kernel\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\nServer: virtio-teaching-kernel\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -26,7 +26,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4C
 
 use super::nic::Nic;
 use super::services::Services;
-use super::{http, now, MAX_SLEEP_INTERRUPT, MAX_SLEEP_POLLED};
+use super::{now, MAX_SLEEP_INTERRUPT, MAX_SLEEP_POLLED};
 
 /// What an interface is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,21 +94,25 @@ pub fn poll_all(nics: &mut [Nic]) -> Option<Duration> {
     let mut next: Option<Duration> = None;
     for i in 0..nics.len() {
         poll_card(&mut nics[i]);
-        // HTTP answers describe every card: render with all of them in view.
-        let wants_page = nics[i]
+        // HTTP answers describe every card: render with all of them in view,
+        // one target at a time (`queue_page::route`).
+        let mut answered = false;
+        while let Some(target) = nics[i]
             .stack
             .as_ref()
-            .and_then(|s| s.services.as_ref().map(|svc| (svc, &s.sockets)))
-            .is_some_and(|(svc, sockets)| svc.wants_page(sockets));
-        if wants_page {
-            let page = http::render(nics);
-            let nic = &mut nics[i];
-            if let Some(stack) = nic.stack.as_mut() {
+            .and_then(|s| s.services.as_ref())
+            .and_then(|svc| svc.pending_target())
+        {
+            let page = super::queue_page::route(&target, nics);
+            if let Some(stack) = nics[i].stack.as_mut() {
                 if let Some(services) = stack.services.as_mut() {
-                    services.answer_http(&mut stack.sockets, &page);
+                    services.answer_http(&mut stack.sockets, &target, page.as_ref());
                 }
             }
-            poll_card(nic);
+            answered = true;
+        }
+        if answered {
+            poll_card(&mut nics[i]);
         }
         let nic = &mut nics[i];
         if let Some(stack) = nic.stack.as_mut() {

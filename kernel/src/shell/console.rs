@@ -87,6 +87,12 @@ pub fn lock() -> MutexGuard<'static, Option<Console>> {
     CONSOLE.lock()
 }
 
+/// The console, locked, unless someone holds it right now (the live queue
+/// view, which must not wait on the shell that is printing it).
+pub fn try_lock() -> Option<MutexGuard<'static, Option<Console>>> {
+    CONSOLE.try_lock()
+}
+
 /// Driver options from the command line (see the module docs).
 pub fn options_from_cmdline() -> ConsoleOptions {
     let mut options = ConsoleOptions::default();

@@ -31,6 +31,7 @@
 
 pub mod console;
 pub mod line;
+mod queues;
 #[cfg(feature = "selftest")]
 mod selftests;
 pub mod terminal;
@@ -194,6 +195,18 @@ pub static COMMANDS: &[Command] = &[
         args: "",
         help: "virtio devices: location, transport, ring, features, queue counters",
         run: |_, out| devices(out),
+    },
+    Command {
+        name: "queues",
+        args: "",
+        help: "every queue: size, indices, in flight, notifications, interrupts",
+        run: |_, out| queues::queues(out),
+    },
+    Command {
+        name: "ring",
+        args: "<device> <queue>",
+        help: "draw one ring (e.g. `ring blk 0`, `ring net transmitq`)",
+        run: |call, out| queues::ring(call.args, out),
     },
     Command {
         name: "disks",

@@ -90,6 +90,7 @@ pub mod pci;
 mod selftests;
 #[cfg(feature = "selftest")]
 mod test_bringup;
+pub mod view;
 
 use alloc::format;
 use alloc::string::String;
@@ -185,6 +186,9 @@ pub struct VirtioDevice {
     pub interrupt: InterruptLine,
     /// Found, taken, up, left reset or failed.
     pub state: DeviceState,
+    /// What its driver negotiated (features, ring layout, queues), once a
+    /// driver brought it up; kept for the status page and the queue view.
+    pub negotiated: Option<BroughtUp>,
     /// Its `virtio:` line has been printed (see the module docs: once).
     reported: bool,
 }
@@ -390,7 +394,9 @@ where
     let entry = registry.iter_mut().find(|d| d.location == location);
     match (&result, entry) {
         (Ok(device), Some(entry)) => {
-            entry.report_up(&device.brought_up());
+            let up = device.brought_up();
+            entry.report_up(&up);
+            entry.negotiated = Some(up);
             entry.state = DeviceState::Up { driver };
         }
         (Err(error), Some(entry)) => entry.fail(format!("{driver} driver: {error}")),
@@ -571,6 +577,7 @@ pub fn probe() {
             state: DeviceState::Failed {
                 error: String::new(),
             },
+            negotiated: None,
             reported: false,
         };
         match transport {
