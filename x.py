@@ -41,7 +41,7 @@ BUILD_DIR = REPO / "build"
 KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
-from qemu import bench_compare, bench_echo, display, harness, kernel_builds, scenarios  # noqa: E402  (needs the path above)
+from qemu import bench_compare, bench_echo, browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402  (needs the path above)
 from qemu import machine as qm  # noqa: E402
 from book import bench_page, mdbook, traces  # noqa: E402
 
@@ -107,6 +107,19 @@ def install_package(package: str, program: str, what: str) -> None:
             raise XError(f"`{shlex.join(prefix + step)}` failed")
     if shutil.which(program) is None:
         raise XError(f"{package} was installed but {program} is still not on PATH")
+
+
+def ensure_chromium() -> str:
+    """Debian's headless-capable Chromium, for the browser scenario of the
+    live queue view (tests/qemu/queue_view.py); installed with apt-get when
+    missing, saying so."""
+    path = browser.find_chromium()
+    if path is None:
+        install_package(browser.CHROMIUM_PACKAGE, browser.CHROMIUM_PROGRAMS[0], "Chromium (headless browser)")
+        path = browser.find_chromium()
+    if path is None:
+        raise XError("chromium is still not on PATH after installing it")
+    return path
 
 
 def ensure_nm() -> str:
@@ -449,6 +462,11 @@ def cmd_test(options: argparse.Namespace) -> int:
         if () in kernels and nm_wanted:
             results.append(check_production_symbols(kernels[()]))
         runnable = [s for s in chosen if harness.kernel_features(s) in kernels]
+        if any(s.name in queue_view.BROWSER_SCENARIOS for s in runnable):
+            try:
+                ensure_chromium()
+            except XError as err:  # the browser scenario then fails, saying why
+                say(f"could not install Chromium: {err}")
         results += [StepResult(s.name, "SKIP", 0.0, note=f"{build_names[harness.kernel_features(s)]} failed")
                     for s in chosen if s not in runnable]
         if runnable:

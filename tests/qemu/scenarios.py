@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import bench_compare, blk
+from . import bench_compare, blk, queue_view
 from . import machine as qm
 from .harness import DEFAULT_FORBID, KILLED, SELFTEST_SUMMARY, Outcome, RunContext, Scenario  # noqa: F401
 
@@ -1652,3 +1652,6 @@ SCENARIOS += [
 
 from .scenarios_screen import SCREEN_SCENARIOS  # noqa: E402  (screen and keyboard: issue 21)
 SCENARIOS += SCREEN_SCENARIOS
+
+# The live queue view in a real browser (issue 16): tests/qemu/queue_view.py.
+SCENARIOS += queue_view.SCENARIOS
