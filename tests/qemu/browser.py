@@ -79,7 +79,7 @@ def dump_dom(url: str, budget_ms: int = 3000, timeout_s: float = 90.0) -> str:
     return run_chromium(url, ["--dump-dom"], budget_ms, timeout_s).stdout.decode("utf-8", "replace")
 
 
-def screenshot(url: str, path: Path, size: tuple[int, int] = (1100, 1400), budget_ms: int = 3000,
+def screenshot(url: str, path: Path, size: tuple[int, int] = (1000, 2500), budget_ms: int = 3000,
                timeout_s: float = 90.0) -> None:
     """Saves the page, after `budget_ms` of virtual time, as a PNG at `path`."""
     path = Path(path)
