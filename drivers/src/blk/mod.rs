@@ -28,7 +28,7 @@
 //! INDIRECT_DESC, EVENT_IDX and, on modern transports, VERSION_1), then
 //! reads the configuration ([`BlkInfo`], one consistent read) and creates
 //! the request queues: one, or with VIRTIO_BLK_F_MQ as many as the device
-//! has up to [`BlkOptions::max_queues`]. The queues are [`Virtqueue`](crate::queue::Virtqueue)s:
+//! has up to [`BlkOptions::max_queues`]. The queues are [`Virtqueue`]s:
 //! split rings, or packed ones when [`BlkOptions::ring_features`] includes
 //! VIRTIO_F_RING_PACKED and the device offers it.
 //!

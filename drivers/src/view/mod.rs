@@ -7,7 +7,7 @@
 //!
 //! - [`DeviceRecord`] and [`QueueRecord`]: one device and its queues, taken
 //!   at one moment ([`QueueRecord::capture`] calls
-//!   [`Ring::snapshot`](crate::queue::Ring::snapshot), virtio 1.2 §2.7 and
+//!   [`Ring::snapshot`], virtio 1.2 §2.7 and
 //!   §2.8);
 //! - [`json`]: the `/api/queues` document (its schema is in
 //!   `docs/queue-view.md`; the field names are stable);
@@ -18,7 +18,7 @@
 //! a snapshot plus the interrupt count the kernel's interrupt code keeps.
 //! Rendering allocates nothing beyond the output it writes, and that is
 //! bounded: a fixed part per queue plus at most
-//! [`DESCRIPTOR_VIEW_MAX`](crate::queue::snapshot::DESCRIPTOR_VIEW_MAX)
+//! [`DESCRIPTOR_VIEW_MAX`]
 //! descriptor states.
 
 pub mod json;
