@@ -144,6 +144,9 @@ def session(ctx: RunContext) -> list[str]:
     expect(status == 200, problems, f"GET /api/queues: status {status}")
     expect(headers.get("content-type", "").startswith("application/json"), problems,
            f"GET /api/queues: content type {headers.get('content-type')}")
+    ctx.file("api-queues.json").write_text(body)
+    # The whole document fits the server's 16 KiB send buffer (HTTP_TX_BUFFER in services.rs).
+    expect(len(body.encode()) <= 16 * 1024, problems, f"/api/queues is {len(body.encode())} bytes")
     try:
         doc = json.loads(body)
     except ValueError as err:

@@ -8,8 +8,10 @@
 //! | `/api/queues` | JSON of every device and queue ([`drivers::view::json`]; schema in `docs/queue-view.md`) |
 //!
 //! The server (`services.rs`) asks [`route`] for the page of a request's
-//! target (a query string is ignored); `None` is a 404. The JSON is taken
-//! at the moment of the request, by `crate::virtio::view::collect`.
+//! target (a query string is ignored); `None` is a 404. The two pages of
+//! the view are [`QUEUES_HTML`] and [`api_queues`], so a routing table
+//! gives each one row. The JSON is taken at the moment of the request, by
+//! `crate::virtio::view::collect`.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -21,7 +23,7 @@ use super::services::Page;
 
 /// The `/queues` page, served as it is (plain HTML, CSS and a small
 /// script; no external resources).
-const QUEUES_HTML: &str = include_str!("queues.html");
+pub const QUEUES_HTML: &str = include_str!("queues.html");
 
 /// The page for request target `target`, or `None` (404).
 pub fn route(target: &[u8], nics: &[Nic]) -> Option<Page> {
@@ -43,8 +45,8 @@ pub fn route(target: &[u8], nics: &[Nic]) -> Option<Page> {
     }
 }
 
-/// The `/api/queues` document.
-fn api_queues(nics: &[Nic]) -> Vec<u8> {
+/// The `/api/queues` document, taken now.
+pub fn api_queues(nics: &[Nic]) -> Vec<u8> {
     let devices = crate::virtio::view::collect(nics);
     let queues: usize = devices.iter().map(|d| d.queues.len()).sum();
     // About 900 bytes per queue with its descriptors, 400 per device.
