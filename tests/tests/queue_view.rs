@@ -185,7 +185,11 @@ fn a_split_ring_shows_its_indices_events_and_descriptor_states() {
     let drawing = ring_text(&devices[0]);
     assert!(drawing.contains("split ring, 8 descriptors, event index on"));
     assert!(drawing.contains(" I p . H . . . ."), "{drawing}");
-    assert!(drawing.contains("avail.idx 3 (slot 3)"), "{drawing}");
+    assert!(drawing.contains("avail.idx 3 (slot 3, A"), "{drawing}");
+    assert!(
+        drawing.contains(" . + + A . . . ."),
+        "waiting for the device: {drawing}"
+    );
     assert!(drawing.contains("used.idx 1 (slot 1, U), driver consumed 1"));
     drop((a, b, c, d));
 }

@@ -6,14 +6,15 @@
 //! suppression structures).
 //!
 //! ```text
-//! blk at pci 0000:00:04.0, queue 0 "requestq": split ring, 8 descriptors, event index on
+//! blk at pci 0000:00:04.0, queue 0 "requestq": split ring, 8 descriptors, event index on, indirect tables 4
 //! descriptor table (. free  H head  c chained  I indirect  p pending  u used)
-//!      0  H c c . . . . .
-//! available ring  avail.idx 5 (slot 5), avail.flags 0x0
-//!      0  . . . . . A . .
-//! used ring       used.idx 4 (slot 4), driver consumed 4 (slot 4), used.flags 0x1
-//!      0  . . . . U . . .
-//! ...
+//!      0  I p . H . . . .
+//! available ring  avail.idx 3 (slot 3, A; + published, not yet used), avail.flags 0x0
+//!      0  . + + A . . . .
+//! used ring       used.idx 1 (slot 1, U), driver consumed 1 (slot 1, L; * both; + used, not yet collected), used.flags 0x0
+//!      0  . * . . . . . .
+//! events          used_event 1 (interrupt the driver when used.idx passes it), avail_event 0 (...)
+//! counters        in flight 3, free 5, unpublished 1, added 4, notifications 1 (suppressed 0), ...
 //! ```
 
 use core::fmt::{self, Write};
@@ -118,7 +119,7 @@ pub fn write_ring(out: &mut impl Write, device: &DeviceRecord, queue: &QueueReco
             let avail_slot = usize::from(s.slot_of(s.avail_idx));
             writeln!(
                 out,
-                "available ring  avail.idx {} (slot {avail_slot}), avail.flags {:#x}{}",
+                "available ring  avail.idx {} (slot {avail_slot}, A; + published, not yet used), avail.flags {:#x}{}",
                 s.avail_idx,
                 split.avail_flags,
                 if split.avail_flags & 1 != 0 {
@@ -127,12 +128,25 @@ pub fn write_ring(out: &mut impl Write, device: &DeviceRecord, queue: &QueueReco
                     ""
                 }
             )?;
-            write_cells(out, shown, |i| if i == avail_slot { 'A' } else { '.' })?;
+            // `+`: published, not yet used by the device (from used.idx on).
+            let waiting =
+                usize::from(s.avail_idx.wrapping_sub(s.used_idx)).min(usize::from(s.size));
             let used_slot = usize::from(s.slot_of(s.used_idx));
+            write_cells(out, shown, |i| {
+                if i == avail_slot {
+                    'A'
+                } else if in_stretch(i, used_slot, waiting, s.size) {
+                    '+'
+                } else {
+                    '.'
+                }
+            })?;
             let last_slot = usize::from(s.slot_of(s.last_used_idx));
+            let uncollected =
+                usize::from(s.used_idx.wrapping_sub(s.last_used_idx)).min(usize::from(s.size));
             writeln!(
                 out,
-                "used ring       used.idx {} (slot {used_slot}, U), driver consumed {} (slot {last_slot}, L), used.flags {:#x}{}",
+                "used ring       used.idx {} (slot {used_slot}, U), driver consumed {} (slot {last_slot}, L; * both; + used, not yet collected), used.flags {:#x}{}",
                 s.used_idx,
                 s.last_used_idx,
                 split.used_flags,
@@ -146,6 +160,7 @@ pub fn write_ring(out: &mut impl Write, device: &DeviceRecord, queue: &QueueReco
                 (true, true) => '*',
                 (true, false) => 'U',
                 (false, true) => 'L',
+                _ if in_stretch(i, last_slot, uncollected, s.size) => '+',
                 _ => '.',
             })?;
             if s.event_idx {
@@ -224,6 +239,13 @@ fn write_packed(
         u8::from(p.device_event.position().wrap),
         s.avail_event
     )
+}
+
+/// `true` if `slot` is one of the `count` slots from `first` on, in a ring
+/// of `size` slots.
+fn in_stretch(slot: usize, first: usize, count: usize, size: u16) -> bool {
+    let size = usize::from(size).max(1);
+    (slot + size - first % size) % size < count
 }
 
 /// `count` cells, [`ROW`] per row, each row led by its first index.
