@@ -123,6 +123,36 @@ fn waiter(location: Location) -> KernelWait {
     wait::for_device(virtio::irq::of(location), QueueSet::ALL, COMMAND_TIMEOUT_NS)
 }
 
+/// Hands the rings of the GPU or keyboard at `location` to `visit`, with
+/// their names (`controlq`, `cursorq`; `eventq`, `statusq`): a read-only
+/// look for the live queue view (`crate::virtio::view`). `None` if the
+/// screen or the keyboards are in use right now (the view never waits).
+pub fn try_visit_rings(
+    location: Location,
+    mut visit: impl FnMut(&dyn core::fmt::Display, &drivers::queue::Virtqueue<KernelHal>),
+) -> Option<()> {
+    if let Some(screen) = SCREEN
+        .try_lock()?
+        .as_ref()
+        .filter(|s| s.location == location)
+    {
+        let [control, cursor] = screen.gpu.queues();
+        visit(&"controlq", control);
+        visit(&"cursorq", cursor);
+        return Some(());
+    }
+    if let Some(keyboard) = KEYBOARDS
+        .try_lock()?
+        .iter()
+        .find(|k| k.location == location)
+    {
+        let [events, status] = keyboard.device.queues();
+        visit(&"eventq", events);
+        visit(&"statusq", status);
+    }
+    Some(())
+}
+
 /// Brings up the first GPU and every input device (see the module docs).
 pub fn init() {
     if crate::cmdline::get("screen") == Some("off") {

@@ -12,8 +12,8 @@
 //! The registry's lock is taken first, alone, to list the devices; then
 //! each driver's own lock, one at a time. The HTTP server asks for the view
 //! from inside a network poll, which a shell command (or a disk user) may
-//! have started while holding the console or the disks: so those two are
-//! only *tried*. A driver that is busy gets its facts and no queues, with
+//! have started while holding the console, the disks or the screen: so
+//! those (and the keyboards) are only *tried*. A driver that is busy gets its facts and no queues, with
 //! `(driver busy)` in its state, instead of a deadlock. The network cards
 //! are handed in by the caller, who holds their lock already.
 
@@ -89,6 +89,9 @@ pub fn collect(nics: &[Nic]) -> Vec<DeviceRecord> {
                     }
                 })
                 .is_some(),
+            DeviceType::Gpu | DeviceType::Input => {
+                crate::screen::try_visit_rings(location, &mut take).is_some()
+            }
             _ => true,
         };
         if !visited {
