@@ -572,7 +572,17 @@ impl BlkModel {
                 }
                 (id, status::OK)
             }
-            req::DISCARD | req::WRITE_ZEROES => self.ranges(request_type, payload, seen),
+            req::DISCARD | req::WRITE_ZEROES => {
+                // §5.2.6: the header's `sector` is used only by reads and
+                // writes and set to 0 for every other type; the range
+                // carries its own sector.
+                if sector != 0 {
+                    self.violations.push(format!(
+                        "request type {request_type} with header sector {sector} (must be 0)"
+                    ));
+                }
+                self.ranges(request_type, payload, seen)
+            }
             _ => (vec![0; data_in], status::UNSUPP),
         }
     }

@@ -1015,6 +1015,7 @@ fn flush_discard_and_write_zeroes_reach_the_device_with_the_right_ranges() {
         .iter()
         .map(|r| {
             assert_eq!(r.request_type, req::DISCARD);
+            assert_eq!(r.sector, 0, "§5.2.6: the header's sector is 0");
             assert_eq!(r.data_segment_lens(), [16]);
             r.ranges.clone()
         })
@@ -1035,6 +1036,7 @@ fn flush_discard_and_write_zeroes_reach_the_device_with_the_right_ranges() {
         let n = m.seen.len();
         assert_eq!(m.seen[n - 2].request_type, req::WRITE_ZEROES);
         assert_eq!(m.seen[n - 2].ranges, [(200, 3, 1)], "UNMAP flag set");
+        assert_eq!(m.seen[n - 2].sector, 0, "§5.2.6: the header's sector is 0");
         assert_eq!(m.seen[n - 1].ranges, [(300, 2, 0)], "UNMAP flag clear");
     }
     assert_eq!(disk(&model, 200, 3 * 512), vec![0u8; 3 * 512]);

@@ -167,10 +167,22 @@ impl Job<'_> {
         }
     }
 
+    /// The first sector the request is about (what completions report).
     fn sector(&self) -> u64 {
         match *self {
             Job::Data { sector, .. } | Job::Range { sector, .. } => sector,
             Job::Command { .. } => 0,
+        }
+    }
+
+    /// The header's `sector` field. §5.2.6: it is used only by reads and
+    /// writes and "set to 0 for commands other than read or write"; a
+    /// discard or write-zeroes carries its start in the range
+    /// (`struct virtio_blk_discard_write_zeroes`), not here.
+    fn header_sector(&self) -> u64 {
+        match *self {
+            Job::Data { sector, .. } => sector,
+            Job::Range { .. } | Job::Command { .. } => 0,
         }
     }
 }
@@ -798,7 +810,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         // Below the queue's size, which is the number of slots.
         let slot = next.index();
         let (request, sector) = (job.request(), job.sector());
-        rq.pool.prepare(slot, request, sector);
+        rq.pool.prepare(slot, request, job.header_sector());
         let data_bytes = match rq.describe(slot, job, segments, max_segment_bytes, buffers) {
             Ok(bytes) => bytes,
             Err(e) => {
