@@ -173,6 +173,12 @@ pub enum LenOverride {
     Exactly(u32),
     /// Report the chain's writable total plus this many bytes.
     BeyondWritable(u32),
+    /// Report the whole chain, readable bytes included (a legacy device's
+    /// habit, virtio 1.2 §5.2.6 legacy interface).
+    TotalChain,
+    /// Report the data but not the status byte (an under-report, which
+    /// §2.7.8 allows: "The device MAY write more than len bytes").
+    WithoutStatus,
 }
 
 /// One descriptor of a chain as the device read it.
@@ -723,6 +729,8 @@ impl BlkModel {
             None => writable,
             Some(LenOverride::Exactly(len)) => len,
             Some(LenOverride::BeyondWritable(extra)) => writable + extra,
+            Some(LenOverride::TotalChain) => writable + chain.readable.len() as u32,
+            Some(LenOverride::WithoutStatus) => writable.saturating_sub(1),
         };
         if let Some(vq) = self.queues[queue].as_mut() {
             vq.complete_with_len(chain.head, len);

@@ -152,6 +152,9 @@ pub struct NetModel {
     pub commands: Vec<CtrlCommand>,
     /// The ack the device answers control commands with (0 OK, 1 ERR).
     pub ctrl_ack: u8,
+    /// Report this used length for control commands instead of 1 (the ack
+    /// byte): 0 under-reports (§2.7.8), the whole chain is a legacy habit.
+    pub ctrl_used_len: Option<CtrlUsedLen>,
     /// Notifications already looked at (index into `core.notifications`).
     notifications_seen: usize,
     /// Publishes found while the device slept without a notification.
@@ -171,6 +174,7 @@ impl NetModel {
             sent: Vec::new(),
             commands: Vec::new(),
             ctrl_ack: 0,
+            ctrl_used_len: None,
             notifications_seen: 0,
             missed_notifications: 0,
             interrupts: [0; 3],
@@ -468,7 +472,14 @@ impl NetModel {
             let chains = self.vq(q).take_available();
             for chain in &chains {
                 let reply = handle(self, chain);
-                self.vq(q).complete(chain, &reply);
+                let reported = match (q, self.ctrl_used_len) {
+                    (2, Some(CtrlUsedLen::Exactly(len))) => len,
+                    (2, Some(CtrlUsedLen::TotalChain)) => {
+                        (chain.readable.len() + reply.len()) as u32
+                    }
+                    _ => reply.len() as u32,
+                };
+                self.vq(q).complete_reporting(chain, &reply, reported);
                 done += 1;
             }
             if !chains.is_empty() {
@@ -532,3 +543,12 @@ pub fn test_frame(len: usize, seed: u8) -> Vec<u8> {
 
 /// A shareable handle, for tests that want the model inside a `Wait` closure.
 pub type SharedNetModel = Rc<RefCell<NetModel>>;
+
+/// What a control-queue answer reports as its used length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtrlUsedLen {
+    /// Exactly this many bytes.
+    Exactly(u32),
+    /// The whole chain, device-readable bytes included.
+    TotalChain,
+}

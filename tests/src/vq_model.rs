@@ -256,6 +256,12 @@ impl VqModel {
     /// Writes `data` into the chain's writable buffers (it must fit) and puts
     /// the chain in the used ring with `len = data.len()`.
     pub fn complete(&mut self, chain: &Chain, data: &[u8]) {
+        self.complete_reporting(chain, data, data.len() as u32);
+    }
+
+    /// Like [`VqModel::complete`], but reports `reported` as the used length
+    /// (a device that under- or over-reports what it wrote).
+    pub fn complete_reporting(&mut self, chain: &Chain, data: &[u8], reported: u32) {
         assert!(
             data.len() as u64 <= chain.writable_len() as u64,
             "response larger than the buffers"
@@ -276,7 +282,7 @@ impl VqModel {
                 });
             rest = &rest[n..];
         }
-        self.complete_with_len(chain.head, data.len() as u32);
+        self.complete_with_len(chain.head, reported);
     }
 
     /// Puts `head` in the used ring with length `len` (no data written).

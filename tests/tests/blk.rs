@@ -677,12 +677,13 @@ fn ioerr_unsupp_and_unknown_status_bytes_become_typed_errors() {
 
 #[test]
 fn impossible_used_lengths_fail_the_request() {
+    // On a modern transport a length above the writable bytes breaks
+    // §2.7.8 ("MUST write at least len bytes") and fails the request.
     let (mut blk, model) = device(BlkModelConfig::default());
     let mut data = vec![0u8; 4096];
     let cases = [
         (LenOverride::BeyondWritable(4), 4097 + 4, 4097),
-        (LenOverride::Exactly(0), 0, 1),
-        (LenOverride::Exactly(513), 513, 4097),
+        (LenOverride::TotalChain, 4097 + 16, 4097),
     ];
     for (lie, written, expected_len) in cases {
         model.borrow_mut().len_override = Some(lie);
@@ -712,6 +713,77 @@ fn impossible_used_lengths_fail_the_request() {
     blk.read_blocks(8, &mut data, &mut wait(&model)).unwrap();
     assert_eq!(data, disk(&model, 8, 4096));
     assert!(!blk.is_failed());
+}
+
+/// Reads, writes, flush and GET_ID against a device that reports `lie`
+/// for every request; all must succeed with the right data.
+fn every_request_works_with(kind: TransportKind, lie: LenOverride) {
+    let (mut blk, model) = device_with(BlkModelConfig::default(), kind, BlkOptions::default());
+    model.borrow_mut().len_override = Some(lie);
+    let mut data = vec![0u8; 4096];
+    blk.read_blocks(8, &mut data, &mut wait(&model))
+        .unwrap_or_else(|e| panic!("{kind:?} {lie:?}: read: {e}"));
+    assert_eq!(data, expected(8, 4096), "{kind:?} {lie:?}");
+    let written = vec![0xa5u8; 1024];
+    blk.write_blocks(40, &written, &mut wait(&model))
+        .unwrap_or_else(|e| panic!("{kind:?} {lie:?}: write: {e}"));
+    assert_eq!(disk(&model, 40, 1024), written, "{kind:?} {lie:?}");
+    blk.flush(&mut wait(&model))
+        .unwrap_or_else(|e| panic!("{kind:?} {lie:?}: flush: {e}"));
+    let serial = blk
+        .get_id(&mut wait(&model))
+        .unwrap_or_else(|e| panic!("{kind:?} {lie:?}: GET_ID: {e}"));
+    assert_eq!(serial.as_str(), Some("model-disk"), "{kind:?} {lie:?}");
+    // The device still failing a request is still seen: the status byte,
+    // not the length, says how a request went.
+    model.borrow_mut().force_status = Some(status::IOERR);
+    assert_eq!(
+        blk.read_blocks(8, &mut data, &mut wait(&model)),
+        Err(BlkError::Request(RequestError::IoError)),
+        "{kind:?} {lie:?}"
+    );
+    model.borrow_mut().force_status = None;
+    assert!(!blk.is_failed(), "{kind:?} {lie:?}");
+    assert!(
+        blk.stats().inexact_used_lengths > 0,
+        "{kind:?} {lie:?}: {:?}",
+        blk.stats()
+    );
+    assert_eq!(HostHal::live_shares(), 0, "{kind:?} {lie:?}");
+    assert_model_clean(&model);
+}
+
+#[test]
+fn under_reported_used_lengths_are_accepted() {
+    // §2.7.8: "The device MAY write more than len bytes"; the driver judges
+    // by the status byte, which it preset to a value no device writes.
+    for kind in [TransportKind::MmioV2, TransportKind::PciModern] {
+        for lie in [
+            LenOverride::WithoutStatus,
+            LenOverride::Exactly(0),
+            LenOverride::Exactly(1),
+        ] {
+            every_request_works_with(kind, lie);
+        }
+    }
+}
+
+#[test]
+fn legacy_devices_unreliable_used_lengths_are_ignored() {
+    // §5.2.6 "Legacy Interface: Device Operation": legacy devices may
+    // report the total descriptor length; "transitional drivers SHOULD
+    // ignore the len value in used ring entries". Bounds stay: nothing is
+    // read by the length.
+    for kind in [TransportKind::PciLegacy, TransportKind::MmioV1] {
+        for lie in [
+            LenOverride::TotalChain,
+            LenOverride::BeyondWritable(4),
+            LenOverride::WithoutStatus,
+            LenOverride::Exactly(0),
+        ] {
+            every_request_works_with(kind, lie);
+        }
+    }
 }
 
 // ---- error and completion sizes --------------------------------------------

@@ -19,7 +19,8 @@ use tests::hostile::HostileDevice;
 use tests::models::trace_logging;
 use tests::models::virtio::FAILED;
 use tests::net_model::{
-    bits, net_config, test_frame, NetModel, RawPart, QEMU_LEGACY_FEATURES, QEMU_MODERN_FEATURES,
+    bits, net_config, test_frame, CtrlUsedLen, NetModel, RawPart, QEMU_LEGACY_FEATURES,
+    QEMU_MODERN_FEATURES,
 };
 
 type Net<T> = NetDevice<HostHal, T>;
@@ -616,6 +617,49 @@ fn control_commands_reach_the_device_with_their_exact_bytes() {
     );
     assert_eq!(net.mac(), new_mac);
     assert_eq!(net.stats().ctrl.unwrap().ok, 4);
+}
+
+#[test]
+fn control_answers_are_judged_by_the_ack_byte_not_the_used_length() {
+    // §2.7.8: a device may write more than it reports, so a length of 0
+    // with an OK ack is an OK answer.
+    let mut model = modern_model(32);
+    let mut net = modern_mmio(&mut model, NetOptions::default());
+    model.ctrl_used_len = Some(CtrlUsedLen::Exactly(0));
+    net.set_promiscuous(true, &mut stepper(&mut model)).unwrap();
+    model.ctrl_ack = 1;
+    assert_eq!(
+        net.set_promiscuous(false, &mut stepper(&mut model)),
+        Err(NetError::ControlRejected)
+    );
+    // A modern device claiming more than the one writable byte broke
+    // §2.7.8 ("MUST write at least len bytes").
+    model.ctrl_ack = 0;
+    model.ctrl_used_len = Some(CtrlUsedLen::TotalChain);
+    assert_eq!(
+        net.set_promiscuous(false, &mut stepper(&mut model)),
+        Err(NetError::ControlBadReply { ack: None, len: 4 })
+    );
+
+    // A legacy device reporting the whole chain (§2.7.8 legacy interface:
+    // "ignore the len value"): the ack byte still answers.
+    let mut model = NetModel::new(QEMU_LEGACY_FEATURES, net_config(MAC, 1, 0), 64);
+    let transport = model.mmio(1);
+    let mut net = Net::new(transport).unwrap();
+    model.attach_queues();
+    model.ctrl_used_len = Some(CtrlUsedLen::TotalChain);
+    net.set_promiscuous(true, &mut stepper(&mut model)).unwrap();
+    model.ctrl_used_len = Some(CtrlUsedLen::Exactly(0));
+    net.set_all_multicast(true, &mut stepper(&mut model))
+        .unwrap();
+    model.ctrl_ack = 1;
+    model.ctrl_used_len = Some(CtrlUsedLen::TotalChain);
+    assert_eq!(
+        net.set_promiscuous(false, &mut stepper(&mut model)),
+        Err(NetError::ControlRejected)
+    );
+    let stats = net.stats().ctrl.unwrap();
+    assert_eq!((stats.ok, stats.rejected, stats.bad_replies), (2, 1, 0));
 }
 
 #[test]

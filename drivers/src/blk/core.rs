@@ -890,8 +890,23 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             let (token, used) = match self.queues[q].ring.pop_used() {
                 Ok(None) => return Ok(None),
                 Ok(Some(used)) => (used.token, Ok(used.len)),
-                // The request is over (its descriptors are free again), but
-                // nothing the device left can be trusted.
+                // §5.2.6, "Legacy Interface: Device Operation": some
+                // legacy devices report the total descriptor length, header
+                // included, and "transitional drivers SHOULD ignore the len
+                // value in used ring entries".
+                // Nothing is read by the length (data is in the caller's
+                // buffer, the status at its place in the slot), so the
+                // bound stays the writable bytes the driver shared.
+                Err(QueueError::UsedLengthTooLong { token, len, max })
+                    if self.transport.kind().is_legacy() =>
+                {
+                    trace!("blk q{q}: legacy device reported used length {len} > {max} writable bytes; ignored (§5.2.6 legacy interface)");
+                    self.queues[q].stats.inexact_used_lengths += 1;
+                    (token, Ok(max))
+                }
+                // A modern device broke §2.7.8 ("MUST write at least len
+                // bytes"): the request is over (its descriptors are free
+                // again), but nothing the device left can be trusted.
                 Err(QueueError::UsedLengthTooLong { token, len, max }) => (
                     token,
                     Err(RequestError::BadLength {
@@ -931,7 +946,12 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         // data is in the caller's memory before anyone hears of it.
         rq.unshare_all(slot, buffers);
         let status = rq.pool.status(slot).unwrap_or(status::NOT_WRITTEN);
-        let result = used.and_then(|len| check_completion(&record, status, len));
+        let result = used.and_then(|len| {
+            if used_length_is_inexact(&record, len) {
+                rq.stats.inexact_used_lengths += 1;
+            }
+            check_completion(status)
+        });
         if record.request == RequestType::GetId && result.is_ok() {
             let mut raw = [0u8; ID_BYTES];
             rq.pool.read_payload(slot, &mut raw);
@@ -1157,25 +1177,27 @@ fn push_segments(
     }
 }
 
-/// Judges a completed request from its status byte and used length.
-fn check_completion(record: &Slot, status: u8, len: u32) -> Result<(), RequestError> {
-    if len == 0 {
-        // Not even the status byte: nothing the device left can be trusted.
-        return Err(RequestError::BadLength {
-            written: 0,
-            expected: 1,
-        });
-    }
+/// `true` when `len` is not what a device that wrote every writable byte
+/// reports: the data (for a read or GET_ID) plus the status byte.
+fn used_length_is_inexact(record: &Slot, len: u32) -> bool {
+    let answer = match record.request {
+        RequestType::Read => record.data_bytes,
+        RequestType::GetId => ID_BYTES as u32,
+        _ => 0,
+    };
+    len != answer + 1
+}
+
+/// Judges a completed request by its status byte (see "The device is not
+/// trusted" in `blk/mod.rs`). The used length is not judged here: one above
+/// the writable bytes never gets this far on a modern transport, and one
+/// below them is allowed (§2.7.8: "The device MAY write more than len
+/// bytes"). The
+/// status byte was preset to a value no device writes, so it is never
+/// mistaken for an answer the device did not give.
+fn check_completion(status: u8) -> Result<(), RequestError> {
     match status {
-        status::OK => {
-            if record.request == RequestType::Read && len != record.data_bytes + 1 {
-                return Err(RequestError::BadLength {
-                    written: len,
-                    expected: record.data_bytes + 1,
-                });
-            }
-            Ok(())
-        }
+        status::OK => Ok(()),
         status::IOERR => Err(RequestError::IoError),
         status::UNSUPP => Err(RequestError::Unsupported),
         other => Err(RequestError::BadStatus(other)),

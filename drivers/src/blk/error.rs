@@ -41,13 +41,13 @@ pub enum RequestError {
     /// The device left a status byte that is not OK, IOERR or UNSUPP
     /// (0xff: it did not write one at all).
     BadStatus(u8),
-    /// The device's used length is impossible for the request.
+    /// The device's used length is impossible for the request: more than
+    /// the request's writable bytes, from a modern device (§2.7.8; a
+    /// legacy device's length is ignored, §5.2.6 legacy interface).
     BadLength {
         /// What the device said it wrote.
         written: u32,
-        /// What a correct device says: for a read, data + status; the
-        /// writable total when the device claimed more; at least 1 (the
-        /// status byte) always.
+        /// The request's writable total (data + status).
         expected: u32,
     },
     /// The request was in flight when the device was reset.

@@ -86,10 +86,22 @@
 //! ## The device is not trusted (§5.2.6.2)
 //!
 //! The status byte is preset to a value the device never writes (0xff), so
-//! a device that does not write it is caught. A used length that is larger
-//! than the request's writable buffers, zero (not even the status), or, for
-//! a successful read, anything but data + status, fails the request with
-//! [`RequestError::BadLength`]. IOERR and UNSUPP become
+//! a device that does not write it is caught, and the status byte alone
+//! decides how a request went. The used length is only a bound:
+//!
+//! - Larger than the request's writable buffers: on a modern transport the
+//!   device broke §2.7.8 ("MUST write at least len bytes"), and the request
+//!   fails with [`RequestError::BadLength`]. On a legacy transport it is
+//!   ignored (§5.2.6, "Legacy Interface: Device Operation": "transitional
+//!   drivers SHOULD ignore the len value in used ring entries"; some legacy
+//!   devices report the total descriptor length there).
+//! - Smaller than data + status, zero included: allowed (§2.7.8 lets a
+//!   device write more than it reports) and counted in
+//!   [`BlkQueueStats::inexact_used_lengths`].
+//!
+//! Neither case lets the driver read past what it shared: data lands in
+//! the caller's own buffer and the status byte at its fixed place in the
+//! slot, whatever the length says. IOERR and UNSUPP become
 //! [`RequestError::IoError`] and [`RequestError::Unsupported`]; any other
 //! status, [`RequestError::BadStatus`].
 //!
@@ -250,6 +262,10 @@ pub struct BlkQueueStats {
     pub bytes_read: u64,
     /// Data bytes written successfully.
     pub bytes_written: u64,
+    /// Completions whose used length was not the exact data + status count
+    /// (a device under-reporting, §2.7.8, or a legacy device's unreliable
+    /// length, §5.2.6 legacy interface) and that were judged by the status byte alone.
+    pub inexact_used_lengths: u64,
     /// The ring's own counters (notifications sent and suppressed, ...).
     pub ring: QueueCounters,
 }
@@ -266,6 +282,7 @@ impl BlkQueueStats {
         self.failed += other.failed;
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
+        self.inexact_used_lengths += other.inexact_used_lengths;
         let (a, b) = (&mut self.ring, &other.ring);
         a.added += b.added;
         a.indirect += b.indirect;

@@ -35,7 +35,7 @@ use log::{debug, trace};
 
 use crate::device::{self, Wait};
 use crate::irq;
-use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Virtqueue};
+use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Used, Virtqueue};
 use crate::transport::Transport;
 
 use super::{NetError, CTRL_QUEUE};
@@ -90,11 +90,14 @@ pub struct CtrlQueue<H: Hal> {
     page: DmaRegion<H>,
     /// A command whose answer has not been collected (after a timeout).
     in_flight: Option<Token>,
+    /// The device sits on a legacy transport, whose used lengths are
+    /// unreliable (see `collect_one`).
+    legacy_lengths: bool,
     stats: CtrlStats,
 }
 
 impl<H: Hal> CtrlQueue<H> {
-    pub(crate) fn new(ring: Virtqueue<H>) -> Result<Self, NetError> {
+    pub(crate) fn new(ring: Virtqueue<H>, legacy_lengths: bool) -> Result<Self, NetError> {
         let page = DmaRegion::new(ACK_OFFSET + 1).map_err(|e| NetError::Queue {
             queue: CTRL_QUEUE,
             error: QueueError::Dma(e),
@@ -103,6 +106,7 @@ impl<H: Hal> CtrlQueue<H> {
             ring,
             page,
             in_flight: None,
+            legacy_lengths,
             stats: CtrlStats::default(),
         })
     }
@@ -206,6 +210,17 @@ impl<H: Hal> CtrlQueue<H> {
             let used = match self.ring.pop_used() {
                 Ok(Some(used)) => used,
                 Ok(None) => return Ok(None),
+                // A legacy device may report the whole chain (§2.7.8,
+                // "Legacy Interface: The Virtqueue Used Ring": "it is
+                // generally a good idea to ignore the len value"): the ack
+                // byte is at its fixed place, so the answer is still
+                // readable without trusting the length.
+                Err(QueueError::UsedLengthTooLong { token: t, len, .. })
+                    if t == token && self.legacy_lengths =>
+                {
+                    trace!("ctrl: legacy device reported used length {len}; ignored");
+                    Used { token: t, len: 1 }
+                }
                 Err(QueueError::UsedLengthTooLong { token: t, len, .. }) if t == token => {
                     self.in_flight = None;
                     self.stats.bad_replies += 1;
@@ -224,19 +239,23 @@ impl<H: Hal> CtrlQueue<H> {
                 continue;
             }
             self.in_flight = None;
+            // The ack byte, preset to a value that is neither OK nor ERR,
+            // decides. The used length is not judged (§2.7.8 lets a device
+            // write more than it reports, so 0 is allowed); one above the
+            // single writable byte never gets here from a modern device.
             let ack = self.page.read::<u8>(ACK_OFFSET);
-            let reply = match (used.len, ack) {
-                (1, Some(command::OK)) => {
+            let reply = match ack {
+                Some(command::OK) => {
                     self.stats.ok += 1;
                     Ok(())
                 }
-                (1, Some(command::ERR)) => {
+                Some(command::ERR) => {
                     self.stats.rejected += 1;
                     Err(NetError::ControlRejected)
                 }
-                (len, ack) => {
+                ack => {
                     self.stats.bad_replies += 1;
-                    Err(NetError::ControlBadReply { ack, len })
+                    Err(NetError::ControlBadReply { ack, len: used.len })
                 }
             };
             trace!("ctrl: request {token} answered: {reply:?}");

@@ -188,7 +188,9 @@ pub enum NetError {
     /// The device answered a control command with VIRTIO_NET_ERR.
     ControlRejected,
     /// The device answered a control command with neither OK nor ERR, or
-    /// with a used length other than 1.
+    /// (a modern device) with a used length above the one writable byte.
+    /// A shorter length is allowed (§2.7.8) and a legacy device's length
+    /// ignored: the ack byte decides.
     ControlBadReply {
         /// The ack byte (`None` if unreadable).
         ack: Option<u8>,
@@ -866,7 +868,7 @@ fn setup<H: Hal, T: Transport>(
     rx.refill();
     let tx = TxQueue::new(tx_ring, tx_buffers, plan.tx, location)?;
     let ctrl = match ctrl_ring {
-        Some(ring) => Some(CtrlQueue::new(ring)?),
+        Some(ring) => Some(CtrlQueue::new(ring, t.kind().is_legacy())?),
         None => None,
     };
 
