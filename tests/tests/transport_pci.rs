@@ -699,6 +699,73 @@ fn a_capability_in_a_missing_bar_or_too_small_is_an_error() {
     assert_eq!(err, PciTransportError::InvalidNotifyMultiplier(3));
 }
 
+/// Appends a copy of the virtio capability of `cfg_type` (a second,
+/// later instance of the same structure) and returns the first's offset.
+fn duplicate_virtio_cap(f: &mut FunctionModel, cfg_type: u8) -> usize {
+    let first = virtio_cap(f, cfg_type);
+    let cap_len = usize::from(f.config[first + 2]);
+    let body = f.config[first + 2..first + cap_len].to_vec();
+    f.add_capability(0x09, &body);
+    first
+}
+
+#[test]
+fn a_bad_capability_instance_is_skipped_for_the_next_of_its_type() {
+    // §4.1.4: "The driver SHOULD use the first instance of each virtio
+    // structure type they can support": each case breaks the first
+    // instance of one type and appends a good one after it.
+    type Break = fn(&mut FunctionModel);
+    let cases: [(&str, Break); 5] = [
+        ("common too small", |f| {
+            let first = duplicate_virtio_cap(f, 1);
+            f.config[first + 12..first + 16].copy_from_slice(&0x20u32.to_le_bytes());
+        }),
+        ("common outside its BAR", |f| {
+            let first = duplicate_virtio_cap(f, 1);
+            f.config[first + 8..first + 12].copy_from_slice(&0xffff_ff00u32.to_le_bytes());
+        }),
+        ("notify multiplier 3", |f| {
+            let first = duplicate_virtio_cap(f, 2);
+            f.config[first + 16..first + 20].copy_from_slice(&3u32.to_le_bytes());
+        }),
+        ("ISR in a missing BAR", |f| {
+            let first = duplicate_virtio_cap(f, 3);
+            f.config[first + 4] = 2;
+        }),
+        ("device capability too short", |f| {
+            let first = duplicate_virtio_cap(f, 4);
+            f.config[first + 2] = 8;
+        }),
+    ];
+    for (what, break_first) in cases {
+        let (_p, functions) = hostile_virtio(break_first);
+        let mut transport = probe::<HostHal, _>(&port_io(), &functions[0])
+            .unwrap_or_else(|e| panic!("{what}: the probe gave up: {e}"));
+        assert_eq!(transport.kind(), TransportKind::PciModern, "{what}");
+        // The structures of the good instances answer.
+        assert_eq!(transport.device_features(), 0x101_30bf_8024, "{what}");
+        assert!(transport.config_space_size() > 0, "{what}");
+    }
+
+    // With no good instance left the first one's error is the answer.
+    let (_p, functions) = hostile_virtio(|f| {
+        let first = duplicate_virtio_cap(f, 1);
+        let second = (first + 1..0x100)
+            .find(|&at| f.config[at] == 0x09 && f.config[at + 3] == 1)
+            .unwrap();
+        f.config[first + 12..first + 16].copy_from_slice(&0x20u32.to_le_bytes());
+        f.config[second + 4] = 2;
+    });
+    assert_eq!(
+        probe::<HostHal, _>(&port_io(), &functions[0]).unwrap_err(),
+        PciTransportError::StructureTooSmall {
+            cfg_type: 1,
+            length: 0x20,
+            minimum: 0x38
+        }
+    );
+}
+
 #[test]
 fn a_reserved_bar_number_is_ignored_and_a_modern_device_without_common_fails() {
     let (_p, functions) = hostile_virtio(|f| {

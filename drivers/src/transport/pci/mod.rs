@@ -20,8 +20,11 @@
 //! Every capability is validated before use: a reserved BAR number is
 //! skipped (§4.1.4: "The driver MUST ignore any vendor-specific capability
 //! structure which has a reserved bar value"); a BAR that does not exist, a
-//! structure that does not fit in its BAR, or one shorter than its layout is
-//! an error, never an access outside the device's registers.
+//! structure that does not fit in its BAR, or one shorter than its layout
+//! makes that instance unusable, never an access outside the device's
+//! registers. The next instance of the same type is then tried (§4.1.4:
+//! the first instance "they can support", [`VirtioCaps`]); the probe fails
+//! only when no instance of a needed type works.
 
 pub mod legacy;
 pub mod modern;
@@ -29,6 +32,7 @@ pub mod modern;
 pub use legacy::LegacyPciTransport;
 pub use modern::ModernPciTransport;
 
+use alloc::vec::Vec;
 use core::fmt;
 
 use hal::{Hal, HalError, MmioRegion, PortRange};
@@ -292,7 +296,7 @@ pub fn probe_with<H: Hal, C: ConfigAccess + ?Sized>(
     let caps = VirtioCaps::find(access, function)?;
     let transitional = is_transitional(function);
 
-    let transport: AnyTransport<H> = match (preference, caps.common.is_some(), transitional) {
+    let transport: AnyTransport<H> = match (preference, caps.has(cfg_type::COMMON), transitional) {
         (TransportPreference::ForceLegacy, _, true) | (_, false, true) => {
             let msix_enabled = msix_enabled(access, function)?;
             LegacyPciTransport::new(function, device_type, msix_enabled)?.into()
@@ -324,24 +328,27 @@ pub fn msix_enabled<C: ConfigAccess + ?Sized>(
     Ok(false)
 }
 
-/// The first virtio capability of each type (§4.1.4: "the driver SHOULD use
-/// the first instance of each virtio structure type it can support").
-#[derive(Debug, Clone, Copy, Default)]
+/// Every virtio vendor capability of the types the driver uses, in list
+/// order, each parsed or with the reason it is unusable.
+///
+/// §4.1.4: "The device MAY offer more than one structure of any type ...
+/// The order of the capabilities in the capability list specifies the order
+/// of preference suggested by the device", and "The driver SHOULD use the
+/// first instance of each virtio structure type they can support." So an
+/// instance that is malformed (too short here, or outside its BAR, too
+/// small, a bad multiplier when [`ModernPciTransport::new`] maps it) is
+/// skipped and the next instance of the same type tried; only when no
+/// instance of a needed type works does the probe fail, with the first
+/// instance's error.
+#[derive(Debug, Clone, Default)]
 pub struct VirtioCaps {
-    /// Common configuration.
-    pub common: Option<VirtioPciCap>,
-    /// Notifications.
-    pub notify: Option<VirtioPciCap>,
-    /// ISR status.
-    pub isr: Option<VirtioPciCap>,
-    /// Device configuration.
-    pub device: Option<VirtioPciCap>,
-    /// PCI configuration access.
-    pub pci_cfg: Option<VirtioPciCap>,
+    instances: Vec<(u8, Result<VirtioPciCap, PciTransportError>)>,
 }
 
 impl VirtioCaps {
     /// Walks the capability list and reads every virtio vendor capability.
+    /// Errors only when the list itself cannot be walked (a loop, a bad
+    /// pointer, a failed configuration access).
     pub fn find<C: ConfigAccess + ?Sized>(
         access: &C,
         function: &PciFunction,
@@ -364,25 +371,22 @@ impl VirtioCaps {
                 );
                 continue;
             }
-            let slot = match cfg_type {
-                cfg_type::COMMON => &mut found.common,
-                cfg_type::NOTIFY => &mut found.notify,
-                cfg_type::ISR => &mut found.isr,
-                cfg_type::DEVICE => &mut found.device,
-                cfg_type::PCI_CFG => &mut found.pci_cfg,
-                _ => continue,
-            };
-            if slot.is_some() {
-                continue;
-            }
             let needed = match cfg_type {
+                cfg_type::COMMON | cfg_type::ISR | cfg_type::DEVICE => VIRTIO_CAP_LEN,
                 cfg_type::NOTIFY => VIRTIO_NOTIFY_CAP_LEN,
                 cfg_type::PCI_CFG => VIRTIO_PCI_CFG_CAP_LEN,
-                _ => VIRTIO_CAP_LEN,
+                _ => continue,
             };
             // The capability must fit in the 256 bytes of standard config space.
             if cap_len < needed || usize::from(cap.offset) + usize::from(cap_len) > 256 {
-                return Err(PciTransportError::CapabilityTooShort { cfg_type, cap_len });
+                log::debug!(
+                    "virtio-pci {address}: {} capability at {:#x} is only {cap_len} bytes; trying the next instance",
+                    cfg_type_name(cfg_type),
+                    cap.offset
+                );
+                let error = PciTransportError::CapabilityTooShort { cfg_type, cap_len };
+                found.instances.push((cfg_type, Err(error)));
+                continue;
             }
             let notify_off_multiplier = if cfg_type == cfg_type::NOTIFY {
                 access.read32(address, at + 16)?
@@ -405,9 +409,72 @@ impl VirtioCaps {
                 parsed.offset,
                 parsed.length
             );
-            *slot = Some(parsed);
+            found.instances.push((cfg_type, Ok(parsed)));
         }
         Ok(found)
+    }
+
+    /// The instances of `cfg_type`, in the device's order of preference.
+    pub fn instances(
+        &self,
+        cfg_type: u8,
+    ) -> impl Iterator<Item = &Result<VirtioPciCap, PciTransportError>> + '_ {
+        self.instances
+            .iter()
+            .filter(move |(t, _)| *t == cfg_type)
+            .map(|(_, instance)| instance)
+    }
+
+    /// `true` if the device has at least one capability of `cfg_type`
+    /// (usable or not).
+    pub fn has(&self, cfg_type: u8) -> bool {
+        self.instances(cfg_type).next().is_some()
+    }
+
+    /// The first well-formed capability of `cfg_type`.
+    pub fn first(&self, cfg_type: u8) -> Option<VirtioPciCap> {
+        self.instances(cfg_type).find_map(|i| i.ok())
+    }
+
+    /// Maps the first instance of `cfg_type` that passes `check` and
+    /// [`map_structure`]; `Ok(None)` if the device has none of that type;
+    /// the first instance's error if none works.
+    pub(crate) fn map_first_usable<H: Hal>(
+        &self,
+        function: &PciFunction,
+        cfg_type: u8,
+        minimum: u32,
+        check: impl Fn(&VirtioPciCap) -> Result<(), PciTransportError>,
+    ) -> Result<Option<(VirtioPciCap, RegisterWindow<H>)>, PciTransportError> {
+        let mut first_error = None;
+        for instance in self.instances(cfg_type) {
+            let mapped = instance.and_then(|cap| {
+                check(&cap)?;
+                map_structure::<H>(function, &cap, minimum).map(|window| (cap, window))
+            });
+            match mapped {
+                Ok(found) => {
+                    if let Some(skipped) = first_error {
+                        log::warn!(
+                            "virtio-pci {}: skipped a bad {} capability ({skipped}); using the one at {:#x} (§4.1.4)",
+                            function.address,
+                            cfg_type_name(cfg_type),
+                            found.0.cap_offset
+                        );
+                    }
+                    return Ok(Some(found));
+                }
+                Err(error) => {
+                    log::debug!(
+                        "virtio-pci {}: {} capability unusable ({error}); trying the next instance",
+                        function.address,
+                        cfg_type_name(cfg_type)
+                    );
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(None), Err)
     }
 }
 

@@ -29,7 +29,7 @@ use alloc::vec::Vec;
 use hal::Hal;
 
 use super::{
-    cfg_type, map_structure, PciTransportError, VirtioCaps, MIN_COMMON_LEN, MIN_ISR_LEN,
+    cfg_type, PciTransportError, VirtioCaps, VirtioPciCap, MIN_COMMON_LEN, MIN_ISR_LEN,
     MIN_NOTIFY_LEN,
 };
 use crate::irq::InterruptStatusRegister;
@@ -99,23 +99,31 @@ impl<H: Hal> ModernPciTransport<H> {
         caps: &VirtioCaps,
     ) -> Result<Self, PciTransportError> {
         let missing = |cfg_type| PciTransportError::MissingStructure { cfg_type };
-        let common_cap = caps.common.ok_or(missing(cfg_type::COMMON))?;
-        let notify_cap = caps.notify.ok_or(missing(cfg_type::NOTIFY))?;
-        let isr_cap = caps.isr.ok_or(missing(cfg_type::ISR))?;
-
+        let no_check = |_: &VirtioPciCap| Ok(());
+        // §4.1.4: the first instance of each type the driver can use; a
+        // malformed one is skipped for the next (`VirtioCaps`).
+        let (_, common) = caps
+            .map_first_usable::<H>(function, cfg_type::COMMON, MIN_COMMON_LEN, no_check)?
+            .ok_or(missing(cfg_type::COMMON))?;
+        let (notify_cap, notify) = caps
+            .map_first_usable::<H>(function, cfg_type::NOTIFY, MIN_NOTIFY_LEN, |cap| {
+                // §4.1.4.4: 0, or an even power of two.
+                let multiplier = cap.notify_off_multiplier;
+                if multiplier != 0 && !(multiplier.is_power_of_two() && multiplier >= 2) {
+                    return Err(PciTransportError::InvalidNotifyMultiplier(multiplier));
+                }
+                Ok(())
+            })?
+            .ok_or(missing(cfg_type::NOTIFY))?;
         let multiplier = notify_cap.notify_off_multiplier;
-        if multiplier != 0 && !(multiplier.is_power_of_two() && multiplier >= 2) {
-            return Err(PciTransportError::InvalidNotifyMultiplier(multiplier));
-        }
-        let common = map_structure::<H>(function, &common_cap, MIN_COMMON_LEN)?;
-        let notify = map_structure::<H>(function, &notify_cap, MIN_NOTIFY_LEN)?;
-        let isr = map_structure::<H>(function, &isr_cap, MIN_ISR_LEN)?;
+        let (_, isr) = caps
+            .map_first_usable::<H>(function, cfg_type::ISR, MIN_ISR_LEN, no_check)?
+            .ok_or(missing(cfg_type::ISR))?;
         let device_config = caps
-            .device
-            .map(|cap| map_structure::<H>(function, &cap, 1))
-            .transpose()?;
-        if let Some(cap) = caps.pci_cfg {
-            // Validated but not used: every structure is reachable directly.
+            .map_first_usable::<H>(function, cfg_type::DEVICE, 1, no_check)?
+            .map(|(_, window)| window);
+        if let Some(cap) = caps.first(cfg_type::PCI_CFG) {
+            // Read but not used: every structure is reachable directly.
             log::trace!(
                 "virtio-pci {}: PCI_CFG access capability at {:#x}",
                 function.address,
