@@ -76,6 +76,11 @@ pub enum DeviceError {
         /// Why.
         error: QueueError,
     },
+    /// The device never acknowledged a reset ([`TransportError::ResetTimeout`]):
+    /// it may still read and write its rings and buffers, so the driver keeps
+    /// that memory for ever (`hal::DeviceVisible`) and never touches the
+    /// device again. See [`reset_or_keep`].
+    Dead,
 }
 
 impl From<InitError> for DeviceError {
@@ -103,6 +108,36 @@ impl fmt::Display for DeviceError {
                 "queue {queue}: a packed ring was negotiated, but this driver builds split rings"
             ),
             DeviceError::Queue { queue, error } => write!(f, "queue {queue}: {error}"),
+            DeviceError::Dead => f.write_str(
+                "the device never acknowledged a reset: its memory is kept and it is not used again",
+            ),
+        }
+    }
+}
+
+/// Resets the device before its driver frees or reuses the memory the device
+/// was given. `Ok` when the device acknowledged (§2.1.2: the status reads 0
+/// again), and the memory is the driver's again. `Err(DeviceError::Dead)`
+/// when it did not, within [`crate::transport::RESET_TIMEOUT_US`]: the device
+/// may still be doing DMA, so the caller must keep that memory for ever
+/// (`hal::DeviceVisible::keep_forever`) rather than free it, and must not
+/// use the device again. FAILED is set then, for anyone looking at it.
+pub fn reset_or_keep<T: Transport + ?Sized>(
+    transport: &mut T,
+    driver: &str,
+) -> Result<(), DeviceError> {
+    match transport.reset() {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            log::error!(
+                "{}: {driver}: {error}; the device may still write its memory, which is kept (leaked), and the device is dead",
+                transport.location()
+            );
+            // On top of what the status reads (§2.1.1: FAILED is a bit the
+            // driver adds; the device never cleared the others).
+            let status = transport.status() | crate::transport::DeviceStatus::FAILED;
+            transport.set_status(status);
+            Err(DeviceError::Dead)
         }
     }
 }

@@ -55,6 +55,7 @@ extern crate alloc;
 mod dma;
 mod dma_buffer;
 mod dma_pool;
+mod keep;
 mod mmio;
 mod port;
 mod ring_memory;
@@ -62,6 +63,7 @@ mod ring_memory;
 pub use dma::{DmaRegion, DmaValue};
 pub use dma_buffer::{DmaBuffer, LentDmaBuffer};
 pub use dma_pool::DmaBufferPool;
+pub use keep::{kept_forever, DeviceVisible};
 pub use mmio::{MmioRegion, Register};
 pub use port::{PortRange, PortValue};
 pub use ring_memory::{RingArray, RingMemory, RingWord};
@@ -231,6 +233,13 @@ pub unsafe trait Hal: 'static {
         // SAFETY: the caller guarantees `addr` is a mapped, aligned register.
         unsafe { addr.as_ptr().write_volatile(value) }
     }
+
+    /// Waits at least `micros` microseconds; a busy wait is fine. Drivers
+    /// call it where the specification makes them wait for the device with
+    /// nothing to be woken by, such as a reset (virtio 1.2 §2.1.2: "the
+    /// driver MUST wait for a read of device_status to return 0"). A host
+    /// test Hal advances a fake clock instead of sleeping.
+    fn delay_us(micros: u32);
 }
 
 /// The number of pages needed to hold `bytes` bytes.

@@ -283,6 +283,7 @@ mod tests {
         unsafe fn port_write(_port: u16, _width: PortWidth, _value: u32) -> Result<(), HalError> {
             Err(HalError::Unsupported)
         }
+        fn delay_us(_micros: u32) {}
     }
 
     const WORDS: RingArray<u16> = RingArray::slot(0);

@@ -154,4 +154,25 @@ unsafe impl Hal for KernelHal {
         }
         Ok(())
     }
+
+    /// Spins on the calibrated TSC (`crate::clock`). Before calibration,
+    /// or if it failed, one write per microsecond to port 0x80, the POST
+    /// code port that PC firmware and Linux (`io_delay`) use as a delay:
+    /// roughly a microsecond on real hardware, a VM exit under KVM.
+    fn delay_us(micros: u32) {
+        let hz = crate::clock::tsc_hz();
+        if hz == 0 {
+            for _ in 0..micros {
+                // SAFETY: port 0x80 is the POST diagnostic port; writing it
+                // has no effect beyond the time it takes.
+                unsafe { Port::<u8>::new(0x80).write(0) };
+            }
+            return;
+        }
+        let ticks = (u128::from(hz) * u128::from(micros)).div_ceil(1_000_000) as u64;
+        let start = crate::clock::tsc();
+        while crate::clock::tsc().wrapping_sub(start) < ticks {
+            core::hint::spin_loop();
+        }
+    }
 }

@@ -16,6 +16,10 @@
 //!   port access is routed to the model, which can record it.
 //! - **Leaks are countable**: [`HostHal::live_dma_pages`] and
 //!   [`HostHal::live_shares`] count what the current thread holds.
+//! - **Time is fake.** [`Hal::delay_us`] sleeps not at all: it advances a
+//!   per-thread clock ([`HostHal::fake_clock_us`]), so a test of a device
+//!   that never finishes a reset runs in no time and can still check how
+//!   long the driver would have waited.
 //!
 //! Register devices are per thread, so parallel tests do not see each other's
 //! devices. DMA memory is in a process-wide table so a device model running on
@@ -90,6 +94,8 @@ struct Window {
 thread_local! {
     static MMIO: RefCell<Vec<Window>> = const { RefCell::new(Vec::new()) };
     static PORTS: RefCell<Vec<Window>> = const { RefCell::new(Vec::new()) };
+    /// The fake clock [`Hal::delay_us`] advances (per thread, like the devices).
+    static FAKE_CLOCK_US: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The host test Hal. See the module documentation.
@@ -164,6 +170,12 @@ impl HostHal {
             .sum()
     }
 
+    /// Microseconds this thread has waited in [`Hal::delay_us`] (a fake
+    /// clock: nothing sleeps, the count goes up).
+    pub fn fake_clock_us() -> u64 {
+        FAKE_CLOCK_US.with(|c| c.get())
+    }
+
     /// Buffers currently shared (not yet unshared) by this thread.
     pub fn live_shares() -> usize {
         let me = std::thread::current().id();
@@ -212,6 +224,10 @@ unsafe impl Hal for HostHal {
     // One window (all 64 Ki ports), not a list of the numbers in it.
     #[allow(clippy::single_range_in_vec_init)]
     const DEVICE_IO_PORTS: &'static [core::ops::Range<u32>] = &[0..0x1_0000];
+
+    fn delay_us(micros: u32) {
+        FAKE_CLOCK_US.with(|c| c.set(c.get() + u64::from(micros)));
+    }
 
     fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         if pages == 0 {
@@ -426,6 +442,10 @@ pub struct ZeroCopyHostHal;
 unsafe impl Hal for ZeroCopyHostHal {
     const UNSHARE_IS_NOOP: bool = true;
     const DEVICE_IO_PORTS: &'static [core::ops::Range<u32>] = HostHal::DEVICE_IO_PORTS;
+
+    fn delay_us(micros: u32) {
+        HostHal::delay_us(micros)
+    }
 
     fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         HostHal::dma_alloc(pages)

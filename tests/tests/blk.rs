@@ -14,7 +14,7 @@ use drivers::blk::{
 use drivers::device::{BoundedWait, DeviceError, Wait, WaitTimeout};
 use drivers::features;
 use drivers::transport::mmio::MmioTransport;
-use drivers::transport::{InterruptStatus, TransportKind};
+use drivers::transport::{InterruptStatus, TransportKind, RESET_TIMEOUT_US};
 use hal::{DmaBuffer, Hal};
 use tests::blk_model::{
     pattern_byte, req, status, BlkModel, BlkModelConfig, LenOverride, ModelTransport,
@@ -1592,6 +1592,80 @@ fn the_driver_works_over_virtio_mmio_registers_version_1_and_2() {
         assert_model_clean(&model);
         assert_eq!(model.borrow().seen.len(), 3);
     }
+    HostHal::clear_devices();
+}
+
+#[test]
+fn a_device_that_never_finishes_a_reset_keeps_its_memory_and_is_dead() {
+    // §2.1.2: only a reset that reads back 0 says the device stopped using
+    // its memory. This one never does, so the driver must not free (or hand
+    // back) anything the device was given: a use-after-free by DMA.
+    let (mut blk, core, model) = mmio_device(2, 0xfeb0_0400);
+    core.borrow_mut().reset_delay_reads = u32::MAX;
+    model.borrow_mut().hold = true;
+    let id = blk.register_buffer(DmaBuffer::new(4096).unwrap()).unwrap();
+    let token = blk
+        .submit(Request::new(Op::Read {
+            sector: 0,
+            buffers: &[id],
+        }))
+        .unwrap();
+    {
+        let mut m = model.borrow_mut();
+        m.sync_with_core(&mut core.borrow_mut());
+        m.step();
+    }
+    assert_eq!(model.borrow().held(), 1, "the device holds the request");
+    // A blocking read whose wait gives up: the helper resets the device.
+    let mut data = vec![0u8; 1024];
+    let (kept_before, clock_before) = (hal::kept_forever(), HostHal::fake_clock_us());
+    let live_before = HostHal::live_dma_pages();
+    assert_eq!(
+        blk.read_blocks(8, &mut data, &mut BoundedWait::new(3, || {})),
+        Err(BlkError::Timeout { waits: 3 })
+    );
+    assert!(
+        HostHal::fake_clock_us() - clock_before >= u64::from(RESET_TIMEOUT_US),
+        "the reset was waited for in real time"
+    );
+    assert!(blk.is_dead() && blk.is_failed());
+    assert!(
+        hal::kept_forever() >= kept_before + 2,
+        "rings and buffers kept"
+    );
+    // Both requests end, aborted; the lent buffer is not handed back and
+    // the blocking read's share is not ended (its bounce buffer lives on).
+    let done = blk.poll().unwrap().expect("the held request is aborted");
+    assert_eq!(
+        (done.token, done.result),
+        (token, Err(RequestError::Aborted))
+    );
+    assert_eq!(blk.buffer(id), None, "still the device's");
+    assert_eq!(HostHal::live_shares(), 1);
+    // Dead: no recovery, no requests, and no status write beyond FAILED.
+    assert_eq!(blk.recover(), Err(SetupError::Device(DeviceError::Dead)));
+    assert_eq!(
+        blk.read_blocks(0, &mut data, &mut BoundedWait::new(3, || {})),
+        Err(BlkError::DeviceFailed)
+    );
+    let writes_before_drop = core.borrow().status_writes.len();
+    drop(blk);
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        live_before,
+        "nothing the device was given is freed"
+    );
+    let c = core.borrow();
+    assert_eq!(
+        c.status_writes.len(),
+        writes_before_drop,
+        "a dead device is left alone"
+    );
+    assert_eq!(
+        c.status_writes[c.status_writes.len() - 2..],
+        [0, FAILED | ACK | DRIVER | FEATURES_OK | DRIVER_OK]
+    );
+    drop(c);
     HostHal::clear_devices();
 }
 

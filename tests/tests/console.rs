@@ -8,11 +8,11 @@ use drivers::console::{
     config, feature, ConsoleDevice, ConsoleError, ConsoleEvent, ConsoleOptions,
     CONTROL_RECEIVE_QUEUE,
 };
-use drivers::device::BoundedWait;
+use drivers::device::{BoundedWait, DeviceError};
 use drivers::features;
 use drivers::queue::QueueError;
 use drivers::transport::mmio::MmioTransport;
-use drivers::transport::{Transport, TransportKind};
+use drivers::transport::{Transport, TransportKind, RESET_TIMEOUT_US};
 use tests::console_model::{
     control_bytes, event, ConsoleModel, ConsoleModelConfig, ConsoleModelTransport, HostPortConfig,
     SharedConsoleModel,
@@ -846,6 +846,61 @@ fn dropping_the_driver_resets_the_device_and_frees_its_memory() {
     assert_eq!(model.borrow().status_writes.last(), Some(&0));
     assert_eq!(HostHal::live_dma_pages(), 0);
     assert_eq!(HostHal::live_shares(), 0);
+}
+
+#[test]
+fn a_device_that_never_finishes_a_reset_keeps_its_memory_and_is_dead() {
+    // §2.1.2: without a reset that reads back 0 the device may still write
+    // its buffers and rings: they are kept for ever, not freed.
+    trace_logging();
+    let config = ConsoleModelConfig::single_port(Some((80, 25)));
+    let base = 0xfeb0_0800;
+    let core = VirtioCore::new(
+        3,
+        config.features,
+        config.queue_count(),
+        128,
+        config.config_bytes(),
+    )
+    .shared();
+    HostHal::map_mmio(base, 0x200, MmioWindow::new(core.clone(), 2));
+    let pages_before = HostHal::live_dma_pages();
+    let transport = MmioTransport::<HostHal>::new(base, 0x200).expect("mmio window");
+    let mut console = ConsoleDevice::<HostHal, _>::new(transport).expect("bring-up");
+    let pages_up = HostHal::live_dma_pages();
+    assert!(pages_up > pages_before);
+    core.borrow_mut().reset_delay_reads = u32::MAX;
+    let kept_before = hal::kept_forever();
+    let clock_before = HostHal::fake_clock_us();
+    assert_eq!(
+        console.recover(),
+        Err(ConsoleError::Device(DeviceError::Dead))
+    );
+    assert!(HostHal::fake_clock_us() - clock_before >= u64::from(RESET_TIMEOUT_US));
+    assert!(console.is_dead() && console.is_failed());
+    assert!(
+        hal::kept_forever() >= kept_before + 2,
+        "ports and control kept"
+    );
+    assert_eq!(console.write(0, b"x"), Err(ConsoleError::DeviceFailed));
+    let writes = core.borrow().status_writes.len();
+    drop(console);
+    assert_eq!(core.borrow().status_writes.len(), writes, "left alone");
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        pages_up,
+        "nothing the device was given is freed"
+    );
+    // And a drop that finds the device unresponsive keeps the memory too.
+    core.borrow_mut().reset_delay_reads = 0;
+    core.borrow_mut().write_status(0);
+    let transport = MmioTransport::<HostHal>::new(base, 0x200).expect("mmio window");
+    let console = ConsoleDevice::<HostHal, _>::new(transport).expect("bring-up");
+    let pages_second = HostHal::live_dma_pages();
+    core.borrow_mut().reset_delay_reads = u32::MAX;
+    drop(console);
+    assert_eq!(HostHal::live_dma_pages(), pages_second);
+    HostHal::clear_devices();
 }
 
 #[test]

@@ -148,6 +148,10 @@ macro_rules! windowed_hal {
         unsafe impl hal::Hal for $name {
             const DEVICE_IO_PORTS: &'static [std::ops::Range<u32>] = $windows;
 
+            fn delay_us(micros: u32) {
+                HostHal::delay_us(micros)
+            }
+
             fn dma_alloc(
                 pages: usize,
             ) -> Result<(hal::DeviceAddr, std::ptr::NonNull<u8>), HalError> {

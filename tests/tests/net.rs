@@ -7,12 +7,12 @@
 //! Every test checks data, counts or error values. Set `TRANSPORT_LOG=1` to
 //! see the driver's trace narration.
 
-use drivers::device::{BoundedWait, Wait, WaitTimeout};
+use drivers::device::{BoundedWait, DeviceError, Wait, WaitTimeout};
 use drivers::net::{
     MacAddress, NetDevice, NetError, NetOptions, CTRL_QUEUE, RX_QUEUE, SUPPORTED_FEATURES,
 };
 use drivers::queue::QueueError;
-use drivers::transport::{AnyTransport, DeviceStatus, Transport, TransportKind};
+use drivers::transport::{AnyTransport, DeviceStatus, Transport, TransportKind, RESET_TIMEOUT_US};
 use hal::PAGE_SIZE;
 use tests::host_hal::HostHal;
 use tests::hostile::HostileDevice;
@@ -959,6 +959,43 @@ fn a_broken_receive_ring_is_an_error_and_recover_brings_the_device_back() {
     let frame = test_frame(90, 4);
     model.deliver(&frame).unwrap();
     assert_eq!(receive_all(&mut net), vec![(frame, true, 1)]);
+}
+
+#[test]
+fn a_device_that_never_finishes_a_reset_keeps_its_memory_and_is_dead() {
+    // §2.1.2: without a reset that reads back 0 the device may still write
+    // its receive buffers and rings; freeing them would be a use-after-free
+    // by DMA, so they are kept for ever and the device is never used again.
+    let mut model = modern_model(64);
+    let pages_before = HostHal::live_dma_pages();
+    let mut net = modern_mmio(&mut model, NetOptions::default());
+    let pages_up = HostHal::live_dma_pages();
+    assert!(pages_up > pages_before);
+    model.core.borrow_mut().reset_delay_reads = u32::MAX;
+    let kept_before = hal::kept_forever();
+    let clock_before = HostHal::fake_clock_us();
+    assert_eq!(
+        net.recover(),
+        Err(NetError::Device(DeviceError::Dead)),
+        "no recovery without a reset"
+    );
+    assert!(HostHal::fake_clock_us() - clock_before >= u64::from(RESET_TIMEOUT_US));
+    assert!(net.is_dead() && net.is_failed());
+    assert!(
+        hal::kept_forever() >= kept_before + 3,
+        "rx, tx and ctrl kept"
+    );
+    assert_eq!(net.send(&test_frame(60, 1)), Err(NetError::DeviceFailed));
+    // A second try does not touch the device again.
+    let writes = model.core.borrow().status_writes.len();
+    assert_eq!(net.recover(), Err(NetError::Device(DeviceError::Dead)));
+    drop(net);
+    assert_eq!(model.core.borrow().status_writes.len(), writes);
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        pages_up,
+        "nothing the device was given is freed"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use drivers::transport::pci::probe_with;
 use drivers::transport::pci::TransportPreference;
 use drivers::transport::{
     AnyTransport, DeviceStatus, DeviceType, RingLayout, Transport, TransportError, TransportKind,
-    TransportWrapper, RESET_POLL_LIMIT,
+    TransportWrapper, RESET_MAX_PAUSE_US, RESET_TIMEOUT_US,
 };
 use tests::host_hal::HostHal;
 use tests::models::pci::{
@@ -314,13 +314,35 @@ fn a_reset_that_never_finishes_times_out() {
         c.reset_delay_reads = u32::MAX;
     }
     let mut t = mmio_transport(&core, 2);
+    let clock_before = HostHal::fake_clock_us();
     let result = init::begin(&mut t, BLK_DRIVER).map(|_| ());
+    let waited = HostHal::fake_clock_us() - clock_before;
+    let Err(InitError::Transport(TransportError::ResetTimeout {
+        polls,
+        waited_us,
+        last_status,
+    })) = result
+    else {
+        panic!("expected a reset timeout, got {result:?}");
+    };
+    assert_eq!(last_status, 0x0f);
+    // Real pauses through the Hal (a fake clock here), adding up to the
+    // timeout: not a count of reads that a fast CPU gets through at once.
     assert_eq!(
-        result.unwrap_err(),
-        InitError::Transport(TransportError::ResetTimeout {
-            polls: RESET_POLL_LIMIT,
-            last_status: 0x0f
-        })
+        u64::from(waited_us),
+        waited,
+        "every pause went through Hal::delay_us"
+    );
+    assert!(
+        (RESET_TIMEOUT_US..RESET_TIMEOUT_US + RESET_MAX_PAUSE_US).contains(&waited_us),
+        "waited {waited_us} us"
+    );
+    // Pauses double from 1 us to RESET_MAX_PAUSE_US: about one read per
+    // millisecond once the device is slow.
+    let expected_polls = RESET_TIMEOUT_US / RESET_MAX_PAUSE_US + 11;
+    assert!(
+        (expected_polls - 2..=expected_polls + 2).contains(&polls),
+        "{polls} reads"
     );
     let c = core.borrow();
     let status_reads = c
@@ -328,8 +350,8 @@ fn a_reset_that_never_finishes_times_out() {
         .iter()
         .filter(|a| a.offset == 0x70 && a.dir == Dir::R)
         .count();
-    // The bounded poll, then one read to set FAILED on top of the status.
-    assert_eq!(status_reads as u32, RESET_POLL_LIMIT + 1);
+    // The polls, then one read to set FAILED on top of the status.
+    assert_eq!(status_reads as u32, polls + 1);
     assert_eq!(c.status_writes, vec![0, 0x0f | FAILED]);
 }
 
@@ -342,7 +364,10 @@ fn a_slow_reset_is_waited_for() {
         c.reset_delay_reads = 3;
     }
     let mut t = pci_transport(&core, true);
+    let clock_before = HostHal::fake_clock_us();
     t.reset().unwrap();
+    // Pauses of 1, 2 and 4 us between the four reads.
+    assert_eq!(HostHal::fake_clock_us() - clock_before, 7);
     let c = core.borrow();
     let reads: Vec<u64> = c
         .log

@@ -865,7 +865,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     #[inline(always)]
     pub(super) fn publish_all(&mut self) -> usize {
         let mut sent = 0;
-        for rq in &mut self.queues {
+        for rq in self.queues.iter_mut() {
             if device::kick(&mut self.transport, &mut rq.ring) {
                 sent += 1;
             }
@@ -996,21 +996,30 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// request in flight with [`RequestError::Aborted`] (their buffers are
     /// unshared; their completions wait for `poll`). With `mark_failed`,
     /// sets FAILED and refuses requests until [`BlkDevice::recover`].
+    ///
+    /// If the device does not acknowledge the reset (§2.1.2), it may still
+    /// write the rings, the pool and every buffer it holds: those are kept
+    /// for ever (`hal::DeviceVisible::keep_forever`), the requests' shares
+    /// are not ended and lent buffers not handed back (their requests still
+    /// complete with [`RequestError::Aborted`]), and the device is dead
+    /// ([`BlkDevice::is_dead`]).
     pub(super) fn stop_device(&mut self, why: &str, mark_failed: bool) {
         let location = self.transport.location();
         if mark_failed {
             warn!("{location}: virtio-blk: resetting the device: {why}");
         }
-        if let Err(e) = self.transport.reset() {
-            // Nothing better is possible: the buffers are released anyway,
-            // since their owners cannot wait forever.
-            warn!("{location}: virtio-blk: reset failed ({e}); releasing buffers regardless");
-        }
-        if mark_failed {
+        let stopped = device::reset_or_keep(&mut self.transport, "virtio-blk").is_ok();
+        if !stopped {
+            self.queues.keep_forever();
+            self.buffers.keep_forever();
+            self.dead = true;
+        } else if mark_failed {
             self.transport.set_status(DeviceStatus::FAILED);
         }
-        for rq in &mut self.queues {
-            rq.ring.reset(|_| {});
+        for rq in self.queues.iter_mut() {
+            if stopped {
+                rq.ring.reset(|_| {});
+            }
             for slot in 0..rq.slots.len() {
                 let record = rq.slots[slot];
                 if !record.in_flight {
@@ -1018,7 +1027,13 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 }
                 let result = Err(RequestError::Aborted);
                 rq.count(&record, &result);
-                rq.release(slot, &mut self.buffers);
+                if stopped {
+                    rq.release(slot, &mut self.buffers);
+                } else {
+                    // The device may still write these buffers: no unshare
+                    // (a bounce copy would land in freed memory), no hand-back.
+                    rq.slots[slot].in_flight = false;
+                }
                 let token = BlkToken {
                     queue: rq.index,
                     slot: slot as u16,
@@ -1033,7 +1048,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                 });
             }
         }
-        self.failed = mark_failed;
+        self.failed = mark_failed || !stopped;
     }
 
     /// `true` if queue `queue` is broken (a fatal ring fault: only a reset helps).

@@ -151,11 +151,11 @@ use ::core::fmt;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use hal::Hal;
+use hal::{DeviceVisible, Hal};
 use log::{debug, trace};
 
 use self::core::RequestQueue;
-use crate::device::{self, QueueSpec};
+use crate::device::{self, DeviceError, QueueSpec};
 use crate::features;
 use crate::queue::{QueueCounters, QueueError, Segment, Virtqueue};
 use crate::transport::{DeviceType, InterruptStatus, Transport};
@@ -300,7 +300,9 @@ pub struct BlkDevice<H: Hal, T: Transport> {
     options: BlkOptions,
     features: u64,
     info: BlkInfo,
-    queues: Vec<RequestQueue<H>>,
+    /// The rings and request pools: kept for ever, not freed, if the device
+    /// never acknowledges a reset (`device::reset_or_keep`).
+    queues: DeviceVisible<Vec<RequestQueue<H>>>,
     limits: SplitLimits,
     /// Scratch list of one request's segments (capacity: header, data, status).
     segments: Vec<Segment>,
@@ -311,10 +313,14 @@ pub struct BlkDevice<H: Hal, T: Transport> {
     next_serial: u32,
     batching: bool,
     failed: bool,
+    /// The device never acknowledged a reset: its memory is kept and it is
+    /// not touched again ([`BlkDevice::is_dead`]).
+    dead: bool,
     /// The answer of the last successful GET_ID.
     last_serial: Option<Serial>,
-    /// Data buffers registered for the non-blocking API.
-    buffers: BufferTable<H>,
+    /// Data buffers registered for the non-blocking API (kept for ever with
+    /// the queues, since some may be lent to the device).
+    buffers: DeviceVisible<BufferTable<H>>,
 }
 
 // SAFETY: the raw pointers the driver holds (in `shares`) point at caller
@@ -361,15 +367,16 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             features: negotiated,
             info,
             segments: Vec::with_capacity(limits.max_segments + 3),
-            queues,
+            queues: DeviceVisible::new(queues),
             limits,
             finished: VecDeque::with_capacity(total_slots),
             next_queue: 0,
             next_serial: 1,
             batching: false,
             failed: false,
+            dead: false,
             last_serial: None,
-            buffers: BufferTable::new(),
+            buffers: DeviceVisible::new(BufferTable::new()),
         })
     }
 
@@ -474,6 +481,15 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         self.failed
     }
 
+    /// `true` after the device did not acknowledge a reset (§2.1.2): it may
+    /// still write the rings and the buffers of the requests it held, so
+    /// those are kept for ever (never freed, never handed back) and the
+    /// device is never used again; [`BlkDevice::recover`] refuses with
+    /// [`DeviceError::Dead`](crate::device::DeviceError::Dead).
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
     /// The serial number from the last GET_ID that succeeded (through
     /// [`BlkDevice::get_id`] or a submitted one), if any.
     pub fn last_serial(&self) -> Option<Serial> {
@@ -507,7 +523,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// device will not interrupt for those).
     pub fn enable_interrupts(&mut self) -> bool {
         let mut pending = false;
-        for q in &mut self.queues {
+        for q in self.queues.iter_mut() {
             pending |= q.ring.enable_interrupts();
         }
         pending
@@ -515,7 +531,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
 
     /// Asks every queue not to interrupt (polling mode).
     pub fn disable_interrupts(&mut self) {
-        for q in &mut self.queues {
+        for q in self.queues.iter_mut() {
             q.ring.disable_interrupts();
         }
     }
@@ -575,6 +591,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     pub fn recover(&mut self) -> Result<(), SetupError> {
         if !self.failed {
             self.stop_device("recovery requested", true);
+        }
+        if self.dead {
+            return Err(DeviceError::Dead.into());
         }
         let before = self.features;
         let driver_features = self.options.features & SUPPORTED_FEATURES;

@@ -13,7 +13,7 @@ use crate::queue::Ring;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use hal::Hal;
+use hal::{DeviceVisible, Hal};
 use log::{debug, trace, warn};
 
 use super::buffers::BufferPool;
@@ -25,7 +25,7 @@ use super::{
     Reporter, CONTROL_RECEIVE_QUEUE, CONTROL_TRANSMIT_QUEUE, MAX_PENDING_EVENTS,
     SUPPORTED_FEATURES,
 };
-use crate::device::{self, QueueSpec};
+use crate::device::{self, DeviceError, QueueSpec};
 use crate::features;
 use crate::transport::{DeviceStatus, DeviceType, Transport};
 
@@ -104,6 +104,7 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
                 stats: ConsoleStats::default(),
             },
             failed: false,
+            dead: false,
         };
         console.start()?;
         Ok(console)
@@ -124,11 +125,18 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
         // The device lets go of the old rings and buffers before they are
         // replaced (and freed) below.
         self.halt();
+        if self.dead {
+            return Err(DeviceError::Dead.into());
+        }
         let before = self.features;
         let (parts, negotiated) = bring_up_parts::<H, T>(&mut self.transport, &self.options)?;
         if negotiated != before {
             // Drop the new parts only after the device has let go of them.
-            let _ = self.transport.reset();
+            if device::reset_or_keep(&mut self.transport, "virtio-console").is_err() {
+                DeviceVisible::new(parts).keep_forever();
+                self.dead = true;
+                return Err(DeviceError::Dead.into());
+            }
             self.transport.set_status(DeviceStatus::FAILED);
             drop(parts);
             return Err(ConsoleError::BadConfig(
@@ -184,11 +192,17 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
         self.halt();
     }
 
-    /// [`Self::stop_device`] without the warning.
+    /// [`Self::stop_device`] without the warning. If the device does not
+    /// acknowledge the reset it may still write the rings and buffers
+    /// (§2.1.2): they are kept for ever (`hal::DeviceVisible`), never
+    /// freed, and the device is dead ([`ConsoleDevice::is_dead`]).
     pub(super) fn halt(&mut self) {
-        let location = self.transport.location();
-        if let Err(e) = self.transport.reset() {
-            warn!("{location}: virtio-console: reset failed: {e}");
+        if self.dead {
+            return;
+        }
+        if device::reset_or_keep(&mut self.transport, "virtio-console").is_err() {
+            self.keep_memory_forever();
+            return;
         }
         self.transport.set_status(DeviceStatus::FAILED);
         for port in &mut self.ports {
@@ -201,6 +215,15 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
             control.transmit.reset(|_| {});
             control.pending.clear();
         }
+        self.failed = true;
+    }
+
+    /// Gives up the device's rings and buffers without freeing them: the
+    /// device did not acknowledge a reset and may still write them.
+    pub(super) fn keep_memory_forever(&mut self) {
+        DeviceVisible::new(core::mem::take(&mut self.ports)).keep_forever();
+        DeviceVisible::new(self.control.take()).keep_forever();
+        self.dead = true;
         self.failed = true;
     }
 }

@@ -227,6 +227,8 @@ pub struct ConsoleDevice<H: Hal, T: Transport> {
     control: Option<Control<H>>,
     report: Reporter,
     failed: bool,
+    /// The device never acknowledged a reset (see [`ConsoleDevice::is_dead`]).
+    dead: bool,
 }
 
 /// Where events and counters go.
@@ -287,6 +289,15 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
     /// `true` after a fatal error (a broken queue): the device was reset.
     pub fn is_failed(&self) -> bool {
         self.failed
+    }
+
+    /// `true` after the device did not acknowledge a reset (§2.1.2): its
+    /// rings and buffers were kept for ever rather than freed (it may still
+    /// write them), and the device is not used again;
+    /// [`ConsoleDevice::recover`] refuses with
+    /// [`DeviceError::Dead`](crate::device::DeviceError::Dead).
+    pub fn is_dead(&self) -> bool {
+        self.dead
     }
 
     /// The transport (location, MSI-X vectors).
@@ -551,8 +562,10 @@ impl<H: Hal, T: Transport> Drop for ConsoleDevice<H, T> {
     /// Resets the device before its rings and buffers are freed: the device
     /// must not write into memory that is given to someone else.
     fn drop(&mut self) {
-        if !self.failed {
-            let _ = self.transport.reset();
+        if !self.failed
+            && crate::device::reset_or_keep(&mut self.transport, "virtio-console").is_err()
+        {
+            self.keep_memory_forever();
         }
     }
 }

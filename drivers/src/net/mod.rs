@@ -78,7 +78,7 @@ pub use tx::{TxQueue, TxSlot, TxStats};
 
 use core::fmt;
 
-use hal::Hal;
+use hal::{DeviceVisible, Hal};
 use log::{debug, warn};
 
 use crate::device::{self, DeviceError, QueueSpec, Wait};
@@ -314,11 +314,15 @@ pub struct NetDevice<H: Hal, T: Transport> {
     /// A transmit notification held back while the device reported the
     /// link down (see [`NetDevice::flush`]).
     tx_notify_held: bool,
-    rx: RxQueue<H>,
-    tx: TxQueue<H>,
-    ctrl: Option<CtrlQueue<H>>,
+    /// The queues with their rings and buffers: kept for ever, not freed,
+    /// if the device never acknowledges a reset (`device::reset_or_keep`).
+    rx: DeviceVisible<RxQueue<H>>,
+    tx: DeviceVisible<TxQueue<H>>,
+    ctrl: DeviceVisible<Option<CtrlQueue<H>>>,
     config_changes: u64,
     failed: bool,
+    /// The device never acknowledged a reset ([`NetDevice::is_dead`]).
+    dead: bool,
 }
 
 impl<H: Hal, T: Transport> NetDevice<H, T> {
@@ -359,11 +363,12 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             header_len: parts.header_len,
             link_up,
             tx_notify_held: false,
-            rx: parts.rx,
-            tx: parts.tx,
-            ctrl: parts.ctrl,
+            rx: DeviceVisible::new(parts.rx),
+            tx: DeviceVisible::new(parts.tx),
+            ctrl: DeviceVisible::new(parts.ctrl),
             config_changes: 0,
             failed: false,
+            dead: false,
         };
         // DRIVER_OK is set: the device may now hear about the receive buffers.
         device.flush();
@@ -380,7 +385,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             if device.features & feature::MRG_RXBUF != 0 { " (mergeable)" } else { "" },
             device.tx.size(),
             device.tx.buffer_count(),
-            match &device.ctrl {
+            match &*device.ctrl {
                 Some(c) => ControlNote(Some(c.size())),
                 None => ControlNote(None),
             }
@@ -450,6 +455,15 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// [`NetDevice::recover`].
     pub fn is_failed(&self) -> bool {
         self.failed
+    }
+
+    /// `true` after the device did not acknowledge a reset (§2.1.2): its
+    /// rings and buffers were kept for ever rather than freed (it may still
+    /// write them), and the device is not used again;
+    /// [`NetDevice::recover`] refuses with
+    /// [`DeviceError::Dead`](crate::device::DeviceError::Dead).
+    pub fn is_dead(&self) -> bool {
+        self.dead
     }
 
     /// All counters.
@@ -700,6 +714,9 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// sent and any packet half received are lost.
     pub fn recover(&mut self) -> Result<(), NetError> {
         self.stop_device("recovery requested");
+        if self.dead {
+            return Err(DeviceError::Dead.into());
+        }
         let before = self.features;
         let addresses = [
             (RX_QUEUE, self.rx.ring().addresses()),
@@ -752,13 +769,21 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     }
 
     /// Resets the device (so it stops touching the buffers) and takes
-    /// every buffer back.
+    /// every buffer back. If the device does not acknowledge the reset it
+    /// may still write the rings and buffers (§2.1.2): they are kept for
+    /// ever instead (`hal::DeviceVisible`), never freed or reused, and the
+    /// device is dead ([`NetDevice::is_dead`]).
     fn stop_device(&mut self, why: &str) {
-        if let Err(e) = self.transport.reset() {
-            warn!(
-                "{}: virtio-net: reset failed ({e}); the device may still hold buffers",
-                self.transport.location()
-            );
+        if self.dead {
+            return;
+        }
+        if device::reset_or_keep(&mut self.transport, "virtio-net").is_err() {
+            self.rx.keep_forever();
+            self.tx.keep_forever();
+            self.ctrl.keep_forever();
+            self.dead = true;
+            self.failed = true;
+            return;
         }
         self.rx.reset();
         self.tx.reset();

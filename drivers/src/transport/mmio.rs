@@ -249,7 +249,7 @@ impl<H: Hal> Transport for MmioTransport<H> {
     }
 
     fn reset(&mut self) -> Result<(), TransportError> {
-        reset_and_wait(
+        reset_and_wait::<H>(
             self.location_value(),
             || self.write(regs::STATUS, 0),
             || self.read(regs::STATUS) as u8,

@@ -42,6 +42,7 @@ use alloc::vec;
 use core::fmt;
 
 use bitflags::bitflags;
+use hal::Hal;
 
 use crate::pci::PciAddress;
 pub use crate::queue::{QueueAddresses, RingLayout};
@@ -338,10 +339,13 @@ impl FieldWidth {
 /// Everything a transport operation can report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportError {
-    /// After writing 0 to the status, it did not read back 0 within `polls` reads.
+    /// After writing 0 to the status, it did not read back 0 within
+    /// [`RESET_TIMEOUT_US`]: the device may still be using its memory.
     ResetTimeout {
         /// How many reads were made.
         polls: u32,
+        /// Microseconds waited between them ([`hal::Hal::delay_us`]).
+        waited_us: u32,
         /// What the last one returned.
         last_status: u8,
     },
@@ -442,9 +446,13 @@ pub enum TransportError {
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            TransportError::ResetTimeout { polls, last_status } => write!(
+            TransportError::ResetTimeout {
+                polls,
+                waited_us,
+                last_status,
+            } => write!(
                 f,
-                "device did not finish reset: status still {last_status:#04x} after {polls} reads"
+                "device did not finish reset: status still {last_status:#04x} after {polls} reads over {waited_us} us"
             ),
             TransportError::NoSuchQueue(q) => write!(f, "device has no queue {q}"),
             TransportError::QueueAlreadyActive(q) => write!(f, "queue {q} is already active"),
@@ -507,10 +515,16 @@ impl fmt::Display for TransportError {
 /// The MSI-X "no vector" value (§4.1.4.3, §4.1.5.1.2).
 pub const NO_VECTOR: u16 = 0xffff;
 
-/// How many times [`Transport::reset`] reads the status waiting for 0. The
-/// spec gives no time limit; QEMU resets synchronously, so the first read
-/// already returns 0, and at ~10 µs per register exit this is about a second.
-pub const RESET_POLL_LIMIT: u32 = 100_000;
+/// How long [`Transport::reset`] waits for the status to read 0. The spec
+/// gives no time limit (Linux waits for ever); QEMU resets synchronously, so
+/// the first read already returns 0. A second is far more than any real
+/// device needs, and short enough that a dead device does not hang a boot.
+pub const RESET_TIMEOUT_US: u32 = 1_000_000;
+
+/// The longest single pause between two status reads during a reset: the
+/// pauses double from 1 µs up to this, so a fast device is seen at once and
+/// a slow one costs about one status read per millisecond.
+pub const RESET_MAX_PAUSE_US: u32 = 1_000;
 
 /// How many times a configuration read is retried while the device keeps
 /// changing it before giving up with [`TransportError::ConfigUnstable`].
@@ -534,7 +548,10 @@ pub trait Transport {
     fn status(&self) -> DeviceStatus;
     /// Writes the device status byte.
     fn set_status(&mut self, status: DeviceStatus);
-    /// Writes 0 to the status and waits (at most [`RESET_POLL_LIMIT`] reads) for it to read 0.
+    /// Writes 0 to the status and waits (at most [`RESET_TIMEOUT_US`], with
+    /// real pauses) for it to read 0. An error means the device may still
+    /// be reading and writing its rings and buffers: the caller must not
+    /// free them (see `hal::DeviceVisible`).
     fn reset(&mut self) -> Result<(), TransportError>;
 
     /// All 64 feature bits the device offers (legacy PCI has only the low 32).
@@ -648,30 +665,49 @@ pub(crate) fn trace_status_write(location: Location, status: DeviceStatus) {
     log::trace!("{location}: status <- {status}: {}", status.meaning());
 }
 
-/// Writes 0 through `write_zero` and polls `read_status` until it returns 0,
-/// at most [`RESET_POLL_LIMIT`] times (§2.1.2, §4.1.4.3.2: "After writing 0 to
-/// device_status, the driver MUST wait for a read of device_status to return 0
-/// before reinitializing the device").
-pub(crate) fn reset_and_wait(
+/// Writes 0 through `write_zero` and polls `read_status` until it returns 0
+/// (§2.1.2, §4.1.4.3.2: "After writing 0 to device_status, the driver MUST
+/// wait for a read of device_status to return 0 before reinitializing the
+/// device"). Between reads it pauses through [`Hal::delay_us`], 1 µs first
+/// and twice as long each time up to [`RESET_MAX_PAUSE_US`], and gives up
+/// after [`RESET_TIMEOUT_US`] of pauses: a real time, not a count of reads
+/// that a fast CPU gets through in no time.
+pub(crate) fn reset_and_wait<H: Hal>(
     location: Location,
     write_zero: impl FnOnce(),
     mut read_status: impl FnMut() -> u8,
 ) -> Result<(), TransportError> {
     trace_status_write(location, DeviceStatus::empty());
     write_zero();
-    let mut last_status = 0;
-    for poll in 1..=RESET_POLL_LIMIT {
-        last_status = read_status();
-        if last_status == 0 {
-            log::trace!("{location}: reset complete after {poll} status read(s)");
-            return Ok(());
+    let mut polls = 1u32;
+    let mut last_status = read_status();
+    let mut waited_us = 0u32;
+    let mut pause_us = 1u32;
+    while last_status != 0 {
+        if waited_us >= RESET_TIMEOUT_US {
+            log::warn!(
+                "{location}: reset did not complete: status still {last_status:#04x} after {polls} reads over {waited_us} us"
+            );
+            return Err(TransportError::ResetTimeout {
+                polls,
+                waited_us,
+                last_status,
+            });
         }
+        H::delay_us(pause_us);
+        waited_us = waited_us.saturating_add(pause_us);
+        pause_us = (pause_us * 2).min(RESET_MAX_PAUSE_US);
+        last_status = read_status();
+        polls += 1;
     }
-    log::warn!("{location}: reset did not complete, status still {last_status:#04x}");
-    Err(TransportError::ResetTimeout {
-        polls: RESET_POLL_LIMIT,
-        last_status,
-    })
+    if waited_us == 0 {
+        log::trace!("{location}: reset complete after {polls} status read(s)");
+    } else {
+        log::trace!(
+            "{location}: reset complete after {polls} status read(s) and {waited_us} us of pauses"
+        );
+    }
+    Ok(())
 }
 
 /// Field-by-field access to device configuration inside one consistent read;

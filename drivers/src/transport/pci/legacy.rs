@@ -186,7 +186,7 @@ impl<H: Hal> Transport for LegacyPciTransport<H> {
 
     fn reset(&mut self) -> Result<(), TransportError> {
         let io = self.io.clone();
-        reset_and_wait(
+        reset_and_wait::<H>(
             self.location,
             || {
                 io.write8(regs::DEVICE_STATUS, 0);

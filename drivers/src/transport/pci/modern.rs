@@ -209,7 +209,7 @@ impl<H: Hal> Transport for ModernPciTransport<H> {
 
     fn reset(&mut self) -> Result<(), TransportError> {
         let common = self.common.clone();
-        let result = reset_and_wait(
+        let result = reset_and_wait::<H>(
             self.location,
             || {
                 common.write8(common::DEVICE_STATUS, 0);
