@@ -325,6 +325,24 @@ impl BlkModel {
         }
     }
 
+    /// Grows (or shrinks) the disk to `sectors` at run time, as QEMU's
+    /// `block_resize` does: new `capacity`, a new configuration generation
+    /// (§4.1.4.3), and a configuration-change interrupt (ISR bit 1, §4.1.4.5).
+    /// New sectors read as zeroes.
+    pub fn resize(&mut self, sectors: u64) {
+        self.config.capacity_sectors = sectors;
+        self.disk.resize(sectors as usize * SECTOR, 0);
+        self.generation += 1;
+        self.isr |= 2;
+    }
+
+    /// Sets DEVICE_NEEDS_RESET (§2.1.2) and raises the configuration
+    /// interrupt that goes with it.
+    pub fn needs_reset(&mut self) {
+        self.status |= 0x40;
+        self.isr |= 2;
+    }
+
     /// Wraps the model for sharing.
     pub fn shared(self) -> SharedBlkModel {
         Rc::new(RefCell::new(self))

@@ -1596,6 +1596,78 @@ fn the_driver_works_over_virtio_mmio_registers_version_1_and_2() {
 }
 
 #[test]
+fn a_disk_resized_at_run_time_is_seen_after_its_config_interrupt() {
+    // QEMU's block_resize: the device changes `capacity` and raises a
+    // configuration-change interrupt; the driver re-reads the
+    // configuration (§2.5, config_generation §4.1.4.3) and checks requests
+    // against the new size.
+    let (mut blk, model) = device(BlkModelConfig::default());
+    assert_eq!(blk.capacity_sectors(), 2048);
+    let mut data = vec![0u8; 4096];
+    assert_eq!(
+        blk.read_blocks(2048, &mut data, &mut wait(&model)),
+        Err(BlkError::OutOfRange {
+            sector: 2048,
+            sectors: 8
+        })
+    );
+    model.borrow_mut().resize(4096);
+    let status = blk.handle_interrupt().unwrap();
+    assert!(status.contains(InterruptStatus::CONFIG));
+    assert_eq!(blk.capacity_sectors(), 4096);
+    assert_eq!(blk.info().capacity_sectors, 4096);
+    assert_eq!(blk.config_changes(), 1);
+    blk.read_blocks(4088, &mut data, &mut wait(&model)).unwrap();
+    assert_eq!(data, vec![0u8; 4096], "the new sectors read as zeroes");
+    // A notification without a change changes nothing; a shrink is seen too.
+    assert_eq!(blk.handle_config_change().unwrap(), None);
+    model.borrow_mut().resize(1024);
+    assert_eq!(blk.handle_config_change().unwrap(), Some(1024));
+    assert!(blk.read_blocks(1024, &mut data, &mut wait(&model)).is_err());
+    assert_model_clean(&model);
+}
+
+#[test]
+fn device_needs_reset_at_run_time_fails_pending_requests_and_recovers() {
+    // §2.1.2: a device that sets DEVICE_NEEDS_RESET sends a configuration
+    // change notification; requests in flight fail, the driver resets the
+    // device, and recover() brings it back.
+    let (mut blk, model) = device(BlkModelConfig::default());
+    model.borrow_mut().hold = true;
+    let id = dma_buffer(&mut blk, 4096);
+    let token = blk
+        .submit(Request::new(Op::Read {
+            sector: 0,
+            buffers: &[id],
+        }))
+        .unwrap();
+    model.borrow_mut().step();
+    model.borrow_mut().needs_reset();
+    assert!(matches!(
+        blk.handle_interrupt(),
+        Err(SetupError::Device(DeviceError::Init(
+            drivers::init::InitError::DeviceNeedsReset { .. }
+        )))
+    ));
+    assert!(blk.is_failed() && !blk.is_dead());
+    let done = blk.poll().unwrap().expect("the pending request is failed");
+    assert_eq!(
+        (done.token, done.result),
+        (token, Err(RequestError::Aborted))
+    );
+    assert!(blk.buffer(id).is_some(), "the buffer is back");
+    let mut data = vec![0u8; 512];
+    assert_eq!(
+        blk.read_blocks(0, &mut data, &mut wait(&model)),
+        Err(BlkError::DeviceFailed)
+    );
+    model.borrow_mut().hold = false;
+    blk.recover().unwrap();
+    blk.read_blocks(0, &mut data, &mut wait(&model)).unwrap();
+    assert_eq!(data, expected(0, 512));
+}
+
+#[test]
 fn a_device_that_never_finishes_a_reset_keeps_its_memory_and_is_dead() {
     // §2.1.2: only a reset that reads back 0 says the device stopped using
     // its memory. This one never does, so the driver must not free (or hand

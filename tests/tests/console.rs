@@ -838,6 +838,63 @@ fn a_size_change_is_read_again_on_request() {
 }
 
 #[test]
+fn a_resize_is_applied_on_its_config_interrupt() {
+    // §2.5 / §5.3.4: the device changes cols/rows and raises a
+    // configuration-change interrupt; the driver reads the new size.
+    let (model, mut console) = bring_up(
+        ConsoleModelConfig::single_port(Some((80, 25))),
+        TransportKind::PciModern,
+        ConsoleOptions::default(),
+    );
+    {
+        let mut m = model.borrow_mut();
+        m.config.size = (132, 50);
+        m.generation += 1;
+        m.isr |= 2;
+    }
+    let status = console.handle_interrupt().unwrap();
+    assert!(status.contains(drivers::transport::InterruptStatus::CONFIG));
+    assert_eq!(console.size(), Some((132, 50)));
+    assert_eq!(
+        events(&mut console),
+        vec![ConsoleEvent::Resized {
+            id: 0,
+            cols: 132,
+            rows: 50
+        }]
+    );
+    // An interrupt without the CONFIG bit reads nothing again.
+    model.borrow_mut().config.size = (10, 10);
+    console.handle_interrupt().unwrap();
+    assert_eq!(console.size(), Some((132, 50)));
+}
+
+#[test]
+fn device_needs_reset_at_run_time_stops_the_console_until_recovered() {
+    let (model, mut console) = bring_up(
+        ConsoleModelConfig::single_port(Some((80, 25))),
+        TransportKind::PciModern,
+        ConsoleOptions::default(),
+    );
+    {
+        let mut m = model.borrow_mut();
+        m.status |= 0x40;
+        m.isr |= 2;
+    }
+    assert!(matches!(
+        console.handle_interrupt(),
+        Err(ConsoleError::Device(DeviceError::Init(
+            drivers::init::InitError::DeviceNeedsReset { .. }
+        )))
+    ));
+    assert!(console.is_failed() && !console.is_dead());
+    assert_eq!(console.write(0, b"x"), Err(ConsoleError::DeviceFailed));
+    console.recover().unwrap();
+    assert!(!console.is_failed());
+    assert_eq!(console.write(0, b"x"), Ok(1));
+}
+
+#[test]
 fn dropping_the_driver_resets_the_device_and_frees_its_memory() {
     let (model, console) = multiport(TransportKind::MmioV2);
     assert!(HostHal::live_dma_pages() > 0);

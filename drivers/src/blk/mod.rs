@@ -152,11 +152,12 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use hal::{DeviceVisible, Hal};
-use log::{debug, trace};
+use log::{debug, info, trace};
 
 use self::core::RequestQueue;
 use crate::device::{self, DeviceError, QueueSpec};
 use crate::features;
+use crate::init;
 use crate::queue::{QueueCounters, QueueError, Segment, Virtqueue};
 use crate::transport::{DeviceType, InterruptStatus, Transport};
 use buffers::BufferTable;
@@ -316,6 +317,8 @@ pub struct BlkDevice<H: Hal, T: Transport> {
     /// The device never acknowledged a reset: its memory is kept and it is
     /// not touched again ([`BlkDevice::is_dead`]).
     dead: bool,
+    /// Configuration changes handled ([`BlkDevice::handle_config_change`]).
+    config_changes: u64,
     /// The answer of the last successful GET_ID.
     last_serial: Option<Serial>,
     /// Data buffers registered for the non-blocking API (kept for ever with
@@ -375,6 +378,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             batching: false,
             failed: false,
             dead: false,
+            config_changes: 0,
             last_serial: None,
             buffers: DeviceVisible::new(BufferTable::new()),
         })
@@ -518,6 +522,54 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         self.transport.ack_interrupt()
     }
 
+    /// Reads and acknowledges the interrupt status and, on a configuration
+    /// change, handles it ([`BlkDevice::handle_config_change`]): for a
+    /// device that is polled, or whose line interrupt the caller takes
+    /// itself. Returns the status so the caller knows whether to look at
+    /// the queues.
+    pub fn handle_interrupt(&mut self) -> Result<InterruptStatus, SetupError> {
+        let status = self.transport.ack_interrupt();
+        if status.contains(InterruptStatus::CONFIG) {
+            self.handle_config_change()?;
+        }
+        Ok(status)
+    }
+
+    /// Acts on a configuration-change notification (an MSI-X configuration
+    /// vector, or the ISR's CONFIG bit). The device sends one when its
+    /// configuration changed (§2.5: the driver re-reads it, consistently
+    /// through `config_generation`, §4.1.4.3) and when it set
+    /// DEVICE_NEEDS_RESET (§2.1.2). So:
+    ///
+    /// - DEVICE_NEEDS_RESET: the device is reset (every request in flight
+    ///   completes with [`RequestError::Aborted`]), logged, and the error
+    ///   returned; requests fail with [`BlkError::DeviceFailed`] until
+    ///   [`BlkDevice::recover`].
+    /// - Otherwise the configuration is read again ([`BlkDevice::refresh_info`]):
+    ///   a disk grown or shrunk at run time (QEMU's `block_resize`) has its
+    ///   new `capacity`, and requests are checked against it from now on.
+    ///   Returns `Some(new capacity)` if it changed.
+    pub fn handle_config_change(&mut self) -> Result<Option<u64>, SetupError> {
+        self.config_changes += 1;
+        if self.dead {
+            return Err(DeviceError::Dead.into());
+        }
+        if let Err(error) = init::check_device_status(&self.transport) {
+            if !self.failed {
+                self.stop_device("the device set DEVICE_NEEDS_RESET (§2.1.2)", true);
+            }
+            return Err(DeviceError::Init(error).into());
+        }
+        let before = self.info.capacity_sectors;
+        let now = self.refresh_info()?.capacity_sectors;
+        Ok((now != before).then_some(now))
+    }
+
+    /// Configuration changes handled so far ([`BlkDevice::handle_config_change`]).
+    pub fn config_changes(&self) -> u64 {
+        self.config_changes
+    }
+
     /// Asks every queue for used-buffer interrupts. Returns `true` if
     /// completions are already waiting (collect them before sleeping: the
     /// device will not interrupt for those).
@@ -541,7 +593,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     pub fn refresh_info(&mut self) -> Result<&BlkInfo, SetupError> {
         let info = BlkInfo::read(&mut self.transport, self.features)?;
         if info.capacity_sectors != self.info.capacity_sectors {
-            debug!(
+            info!(
                 "{}: virtio-blk: capacity changed from {} to {} sectors",
                 self.transport.location(),
                 self.info.capacity_sectors,

@@ -390,6 +390,36 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
         self.transport.ack_interrupt()
     }
 
+    /// Reads and acknowledges the interrupt status and, on a configuration
+    /// change, handles it ([`ConsoleDevice::handle_config_change`]): for a
+    /// console that is polled. Returns the status.
+    pub fn handle_interrupt(&mut self) -> Result<InterruptStatus, ConsoleError> {
+        let status = self.transport.ack_interrupt();
+        if status.contains(InterruptStatus::CONFIG) {
+            self.handle_config_change()?;
+        }
+        Ok(status)
+    }
+
+    /// Acts on a configuration-change notification (an MSI-X configuration
+    /// vector, or the ISR's CONFIG bit). The device sends one when its
+    /// configuration changed (§2.5; for a console, §5.3.4: `cols` and `rows`
+    /// with VIRTIO_CONSOLE_F_SIZE) and when it set DEVICE_NEEDS_RESET
+    /// (§2.1.2). DEVICE_NEEDS_RESET stops the device (logged; reads and
+    /// writes fail with [`ConsoleError::DeviceFailed`] until
+    /// [`ConsoleDevice::recover`]) and is returned as the error; otherwise
+    /// the configuration is read again ([`ConsoleDevice::refresh_config`]),
+    /// so a new size is applied to port 0 and reported as
+    /// [`ConsoleEvent::Resized`].
+    pub fn handle_config_change(&mut self) -> Result<(), ConsoleError> {
+        self.check_live()?;
+        if let Err(error) = crate::init::check_device_status(&self.transport) {
+            self.stop_device("the device set DEVICE_NEEDS_RESET (§2.1.2)");
+            return Err(crate::device::DeviceError::Init(error).into());
+        }
+        self.refresh_config().map(|_| ())
+    }
+
     /// Asks for interrupts on every receive queue (data and control).
     /// Returns `true` if something is already waiting: poll before sleeping.
     pub fn enable_interrupts(&mut self) -> bool {
