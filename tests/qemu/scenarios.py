@@ -1655,3 +1655,7 @@ SCENARIOS += SCREEN_SCENARIOS
 
 # The live queue view in a real browser (issue 16): tests/qemu/queue_view.py.
 SCENARIOS += queue_view.SCENARIOS
+
+from .scenarios_resize import RESIZE_SCENARIOS  # noqa: E402 - needs the helpers above
+
+SCENARIOS += RESIZE_SCENARIOS

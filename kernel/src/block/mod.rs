@@ -352,8 +352,41 @@ impl Disk {
         wait::for_device(self.irq, QueueSet::single(0), timeout_ns).with_mode(self.wait_mode)
     }
 
+    /// Acts on a configuration change the device announced (virtio 1.2
+    /// §2.5; QEMU's `block_resize` sends one): the driver re-reads the
+    /// capacity (`BlkDevice::handle_config_change`), or resets a device
+    /// that set DEVICE_NEEDS_RESET, which the next request then recovers.
+    /// An interrupt-driven disk only looks at the flag its interrupt
+    /// handler sets (an atomic, cheap enough for every request); with
+    /// `read_status` a polled disk reads (and acknowledges) its interrupt
+    /// status register, a device access kept off the request path.
+    pub fn check_config(&mut self, read_status: bool) {
+        let interrupt_driven = self.irq.is_some_and(|irq| !irq.state().is_polled());
+        let result = if interrupt_driven {
+            match self.irq {
+                Some(irq) if irq.state().take_config_change() => {
+                    self.device.handle_config_change().map(|_| ())
+                }
+                _ => return,
+            }
+        } else if read_status {
+            self.device.handle_interrupt().map(|_| ())
+        } else {
+            return;
+        };
+        match result {
+            Ok(()) => log::info!(
+                "block: {}: configuration changed: {} sectors",
+                self.name,
+                self.device.capacity_sectors()
+            ),
+            Err(error) => log::warn!("block: {}: configuration change: {error}", self.name),
+        }
+    }
+
     /// Brings the device back if the driver had to reset it.
     fn ensure_live(&mut self) -> Result<(), BlockError> {
+        self.check_config(false);
         if self.device.is_failed() {
             log::warn!(
                 "block: {}: device was reset after a failure; recovering",
@@ -565,10 +598,16 @@ fn claim_all() {
     log::info!("block: {} disk(s), {} MiB in all", disks.len(), total >> 20);
 }
 
-/// Descriptions of every disk (claims the devices first if nobody has).
+/// Descriptions of every disk (claims the devices first if nobody has),
+/// after acting on any configuration change (a disk resized at run time
+/// shows its new capacity).
 pub fn disks() -> Vec<DiskInfo> {
     init();
-    DISKS.lock().iter().map(Disk::info).collect()
+    let mut disks = DISKS.lock();
+    for disk in disks.iter_mut() {
+        disk.check_config(true);
+    }
+    disks.iter().map(Disk::info).collect()
 }
 
 /// Runs `f` on the disk named `name`. The disk list is locked meanwhile;

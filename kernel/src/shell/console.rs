@@ -76,6 +76,31 @@ pub struct Console {
     pub device: KernelConsole,
 }
 
+impl Console {
+    /// Acts on a configuration change the device announced (virtio 1.2
+    /// §2.5): a new size (`cols`/`rows`, §5.3.4) is applied to port 0 and
+    /// logged; DEVICE_NEEDS_RESET (§2.1.2) stops the device, and it is
+    /// brought back at once. An interrupt-driven console only looks at its
+    /// interrupt handler's flag; a polled one reads its interrupt status.
+    pub fn check_config(&mut self) {
+        let result = match virtio::irq::of(self.location) {
+            Some(irq) if !irq.state().is_polled() => {
+                if !irq.state().take_config_change() {
+                    return;
+                }
+                self.device.handle_config_change()
+            }
+            _ => self.device.handle_interrupt().map(|_| ()),
+        };
+        if let Err(error) = result {
+            log::warn!("console: configuration change: {error}; recovering");
+            if let Err(error) = self.device.recover() {
+                log::error!("console: recovery failed: {error}");
+            }
+        }
+    }
+}
+
 /// The claimed console, if any.
 static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
 

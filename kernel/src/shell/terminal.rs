@@ -80,6 +80,7 @@ impl Terminal for ConsoleTerminal {
         if let Err(error) = c.device.poll() {
             log::error!("shell: console: {error}");
         }
+        c.check_config();
         while let Some(event) = c.device.next_event() {
             log::info!("console: {event}");
         }
