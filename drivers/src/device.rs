@@ -39,7 +39,8 @@ use hal::Hal;
 use crate::features;
 use crate::init::{self, InitError};
 use crate::queue::{
-    NotifyDecision, QueueAddresses, QueueConfig, QueueError, Ring, RingKind, SplitQueue, Virtqueue,
+    MemoryOrder, NotifyDecision, QueueAddresses, QueueConfig, QueueError, Ring, RingKind,
+    SplitQueue, Virtqueue,
 };
 use crate::transport::{DeviceType, Transport, TransportError};
 
@@ -311,7 +312,8 @@ fn queue_config<T: Transport + ?Sized>(
     };
     let config = QueueConfig::new(index, size, transport.ring_layout())
         .with_event_idx(event_idx)
-        .with_indirect(indirect_capacity);
+        .with_indirect(indirect_capacity)
+        .with_order(MemoryOrder::from_features(negotiated));
     Ok((config, device_max))
 }
 

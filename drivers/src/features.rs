@@ -42,7 +42,9 @@ pub const ACCESS_PLATFORM: u64 = 1 << 33;
 pub const RING_PACKED: u64 = 1 << 34;
 /// Bit 35: the device uses buffers in the order they were made available.
 pub const IN_ORDER: u64 = 1 << 35;
-/// Bit 36: memory accesses need platform-specific ordering (real hardware).
+/// Bit 36: memory accesses need platform-specific ordering (real hardware):
+/// accepted whenever offered, and the queues then use the platform's device
+/// barriers ([`crate::queue::MemoryOrder`], §6.1).
 pub const ORDER_PLATFORM: u64 = 1 << 36;
 /// Bit 37: the device supports single-root I/O virtualisation.
 pub const SR_IOV: u64 = 1 << 37;
@@ -135,7 +137,9 @@ impl fmt::Display for RingPreference {
 /// - `driver_supported`: what the device driver implements (its device-specific
 ///   bits, plus any ring bit it knows the queue code supports);
 /// - `shared_supported`: what the shared code adds, normally [`SHARED_RING_FEATURES`];
-/// - `kind`: the transport, which decides `VERSION_1`: a modern transport (PCI
+/// - `kind`: the transport, which decides `VERSION_1` and [`ORDER_PLATFORM`]
+///   (accepted whenever a modern device offers it: the queues then use the
+///   platform's barriers, [`crate::queue::MemoryOrder`]): a modern transport (PCI
 ///   modern, MMIO v2) speaks the 1.0 interface and must accept it (§6.1 "A driver
 ///   MUST accept VIRTIO_F_VERSION_1 if it is offered"); a legacy one must not,
 ///   because its registers are the pre-1.0 ones. For the same reason a legacy
@@ -154,6 +158,10 @@ pub fn negotiate(
         implemented &= !(VERSION_1 | RING_PACKED);
     } else {
         implemented |= VERSION_1;
+        // §6.1: with it the driver must use the platform's barriers, which
+        // every queue then does (`queue/order.rs`); offered by hardware
+        // devices, never by QEMU's software ones.
+        implemented |= ORDER_PLATFORM;
     }
     implemented &= !BAD_FEATURE;
     offered & implemented

@@ -52,6 +52,7 @@
 
 extern crate alloc;
 
+pub mod barrier;
 mod dma;
 mod dma_buffer;
 mod dma_pool;

@@ -13,6 +13,7 @@ use drivers::blk::{
 };
 use drivers::device::{BoundedWait, DeviceError, Wait, WaitTimeout};
 use drivers::features;
+use drivers::queue::MemoryOrder;
 use drivers::transport::mmio::MmioTransport;
 use drivers::transport::{InterruptStatus, TransportKind, RESET_TIMEOUT_US};
 use hal::{DmaBuffer, Hal};
@@ -1593,6 +1594,41 @@ fn the_driver_works_over_virtio_mmio_registers_version_1_and_2() {
         assert_eq!(model.borrow().seen.len(), 3);
     }
     HostHal::clear_devices();
+}
+
+#[test]
+fn order_platform_is_accepted_and_the_queues_use_the_platforms_barriers() {
+    // §6.1 VIRTIO_F_ORDER_PLATFORM: a hardware device asks for it; the
+    // driver accepts it and its queues then use the platform's device
+    // barriers (hal::barrier). (The packed ring's barriers go through the
+    // same `MemoryOrder`; its tests are in tests/tests/packed_queue.rs.)
+    for extra in [features::ORDER_PLATFORM, 0] {
+        let config = BlkModelConfig {
+            features: BlkModelConfig::default().features | extra,
+            ..BlkModelConfig::default()
+        };
+        let (mut blk, model) = device_with(config, TransportKind::PciModern, BlkOptions::default());
+        let platform = extra & features::ORDER_PLATFORM != 0;
+        assert_eq!(blk.features() & features::ORDER_PLATFORM != 0, platform);
+        let want = if platform {
+            MemoryOrder::Platform
+        } else {
+            MemoryOrder::Smp
+        };
+        assert_eq!(blk.queue_memory_order(0), Some(want));
+        let mut data = vec![0u8; 8192];
+        blk.read_blocks(16, &mut data, &mut wait(&model)).unwrap();
+        assert_eq!(data, expected(16, 8192));
+        blk.write_blocks(16, &data, &mut wait(&model)).unwrap();
+        assert_model_clean(&model);
+    }
+    // Never on a legacy transport (bit 36 is beyond its 32 feature bits).
+    let config = BlkModelConfig {
+        features: BlkModelConfig::default().features | features::ORDER_PLATFORM,
+        ..BlkModelConfig::default()
+    };
+    let (blk, _model) = device_with(config, TransportKind::PciLegacy, BlkOptions::default());
+    assert_eq!(blk.queue_memory_order(0), Some(MemoryOrder::Smp));
 }
 
 #[test]

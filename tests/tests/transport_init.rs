@@ -454,12 +454,23 @@ fn the_driver_never_accepts_more_than_offered() {
             let accepted = negotiate(offered, driver, features::SHARED_RING_FEATURES, kind);
             assert_eq!(accepted & !offered, 0, "accepted a bit not offered");
             assert_eq!(accepted & features::BAD_FEATURE, 0);
-            let implemented = driver | features::SHARED_RING_FEATURES | features::VERSION_1;
+            // ORDER_PLATFORM: the queue code implements it (queue/order.rs).
+            let implemented = driver
+                | features::SHARED_RING_FEATURES
+                | features::VERSION_1
+                | features::ORDER_PLATFORM;
             assert_eq!(
                 accepted & !implemented,
                 0,
                 "accepted a bit nobody implements"
             );
+            if !kind.is_legacy() {
+                assert_eq!(
+                    accepted & features::ORDER_PLATFORM,
+                    offered & features::ORDER_PLATFORM,
+                    "ORDER_PLATFORM is accepted whenever a modern device offers it"
+                );
+            }
             if kind.is_legacy() {
                 assert_eq!(accepted & features::VERSION_1, 0);
                 // The packed ring needs VERSION_1: never on a legacy transport.

@@ -158,7 +158,7 @@ use self::core::RequestQueue;
 use crate::device::{self, DeviceError, QueueSpec};
 use crate::features;
 use crate::init;
-use crate::queue::{QueueCounters, QueueError, Segment, Virtqueue};
+use crate::queue::{MemoryOrder, QueueCounters, QueueError, Segment, Virtqueue};
 use crate::transport::{DeviceType, InterruptStatus, Transport};
 use buffers::BufferTable;
 use plan::SplitLimits;
@@ -424,6 +424,14 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Descriptors in queue `queue`.
     pub fn queue_size(&self, queue: u16) -> Option<u16> {
         self.queues.get(queue as usize).map(|q| q.ring.size())
+    }
+
+    /// The barriers queue `queue` uses: the platform's when
+    /// VIRTIO_F_ORDER_PLATFORM was negotiated (`queue/order.rs`).
+    pub fn queue_memory_order(&self, queue: u16) -> Option<MemoryOrder> {
+        self.queues
+            .get(queue as usize)
+            .map(|q| q.ring.memory_order())
     }
 
     /// Most data segments in one request (the smallest of `seg_max`,

@@ -485,7 +485,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
         visit(&"receiveq", self.rx.ring());
         visit(&"transmitq", self.tx.ring());
-        if let Some(ctrl) = &self.ctrl {
+        if let Some(ctrl) = &*self.ctrl {
             visit(&"controlq", ctrl.ring());
         }
     }

@@ -17,6 +17,9 @@
 //! - [`choose_queue_size`]: how many descriptors to ask for.
 //! - [`QueueSnapshot`] (module [`snapshot`]): a read-only look at a queue's
 //!   indices, event fields, counters and descriptors, for the live view.
+//! - [`MemoryOrder`] (module [`order`]): the barriers between the driver's
+//!   ring accesses and the device's, SMP or the platform's
+//!   (VIRTIO_F_ORDER_PLATFORM).
 //!
 //! ## One interface, two layouts
 //!
@@ -59,12 +62,14 @@
 //! Code that knows its layout (the kernel's generic bring-up, tests) uses
 //! [`SplitQueue`] or [`PackedQueue`] directly through the same trait.
 
+pub mod order;
 pub mod packed;
 pub mod ring;
 pub mod snapshot;
 pub mod split;
 pub mod virtqueue;
 
+pub use order::MemoryOrder;
 pub use packed::PackedQueue;
 pub use ring::Ring;
 pub use snapshot::{DescriptorView, QueueSnapshot};

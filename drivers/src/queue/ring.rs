@@ -19,8 +19,8 @@
 //! [`choose_chain`] (direct chain or indirect table).
 
 use super::snapshot::{DescriptorView, QueueSnapshot};
+use super::{MemoryOrder, RingKind, Segment, Token, Used};
 use super::{NotifyDecision, QueueAddresses, QueueCounters, QueueError};
-use super::{RingKind, Segment, Token, Used};
 
 /// A virtqueue's ring, driver side: the operations and accessors a device
 /// driver uses. See the module documentation.
@@ -64,6 +64,9 @@ pub trait Ring {
 
     /// Whether VIRTIO_F_RING_EVENT_IDX is in use.
     fn uses_event_idx(&self) -> bool;
+
+    /// The barriers the queue uses (the platform's with VIRTIO_F_ORDER_PLATFORM).
+    fn memory_order(&self) -> MemoryOrder;
 
     /// Statistics since creation (kept across [`Ring::reset`]).
     fn counters(&self) -> QueueCounters;

@@ -25,7 +25,7 @@ use super::ring::Ring;
 use super::snapshot::{DescriptorView, QueueSnapshot};
 use super::split::{QueueConfig, SplitQueue};
 use super::{choose_queue_size, NotifyDecision, QueueAddresses, QueueCounters, QueueError};
-use super::{Segment, Token, Used};
+use super::{MemoryOrder, Segment, Token, Used};
 use crate::features;
 
 /// Which ring layout a device's queues use.
@@ -211,6 +211,14 @@ impl<H: Hal> Ring for Virtqueue<H> {
         match self {
             Virtqueue::Split(q) => q.uses_event_idx(),
             Virtqueue::Packed(q) => q.uses_event_idx(),
+        }
+    }
+
+    #[inline]
+    fn memory_order(&self) -> MemoryOrder {
+        match self {
+            Virtqueue::Split(q) => q.memory_order(),
+            Virtqueue::Packed(q) => q.memory_order(),
         }
     }
 

@@ -14,8 +14,6 @@
 //! A long request may instead take one ring descriptor flagged INDIRECT,
 //! pointing at a table preallocated per buffer id ([`IndirectTables`]).
 
-use core::sync::atomic::{fence, Ordering};
-
 use hal::{DeviceAddr, DmaRegion, Hal};
 use log::Level;
 use log::{log_enabled, trace};
@@ -260,14 +258,14 @@ impl<H: Hal> PackedQueue<H> {
         let new = self.next_avail;
         // §2.8.21.1.1 "Updating flags": the descriptors must be visible before the flags that
         // expose them.
-        fence(Ordering::Release);
+        self.order.before_publish();
         let (first, rest) = self.pending.split_at(1);
         for head in rest.iter().rev() {
             self.write_descriptor_flags(head.slot, head.flags);
         }
         // The later heads before the first: a device that sees the first one
         // finds the rest of the batch behind it.
-        fence(Ordering::Release);
+        self.order.before_publish();
         let first = first[0];
         self.write_descriptor_flags(first.slot, first.flags);
         let published_now = self.pending.len() as u16;
@@ -290,7 +288,7 @@ impl<H: Hal> PackedQueue<H> {
         // Notifications"): a full barrier between exposing the flags and reading
         // the device's suppression state, or both sides may decide to wait
         // for the other.
-        fence(Ordering::SeqCst);
+        self.order.full();
         self.counters.publishes += 1;
         let (off_wrap, flags) = self.read_device_event();
         let notify = self.wants_notification(off_wrap, flags, old, new);

@@ -16,8 +16,6 @@
 //!   are off, ENABLE (or DESC at the next used position, moved after every
 //!   completion like the split ring's `used_event`) while they are on.
 
-use core::sync::atomic::{fence, Ordering};
-
 use hal::Hal;
 use log::{log_enabled, trace, Level};
 
@@ -82,7 +80,7 @@ impl<H: Hal> PackedQueue<H> {
             // The next pop reads the ring; that read must not pass this
             // store, or the device could miss the event while we miss its
             // descriptor.
-            fence(Ordering::SeqCst);
+            self.order.full();
         }
     }
 
@@ -123,7 +121,7 @@ impl<H: Hal> PackedQueue<H> {
         }
         // Our store must be visible before we look at the ring (the mirror
         // of the barrier in `publish`).
-        fence(Ordering::SeqCst);
+        self.order.full();
         let flags = self.read_descriptor_flags(self.last_used.offset);
         let pending = !self.broken && self.published_in_flight > 0 && self.last_used.is_used(flags);
         if log_enabled!(Level::Trace) {

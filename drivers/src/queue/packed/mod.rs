@@ -141,6 +141,7 @@ use self::available::IndirectTables;
 use self::trace::IndirectNote;
 use super::ring::Ring;
 use super::split::QueueConfig;
+use super::MemoryOrder;
 use super::{
     DescriptorView, NotifyDecision, QueueAddresses, QueueCounters, QueueError, QueueSnapshot,
     RingKind, Segment, Token, Used,
@@ -181,6 +182,8 @@ pub struct PackedQueue<H: Hal> {
     index: u16,
     size: u16,
     event_idx: bool,
+    /// The barriers (VIRTIO_F_ORDER_PLATFORM, `queue/order.rs`).
+    order: MemoryOrder,
     layout: PackedRingLayout,
     ring: DmaRegion<H>,
     indirect: Option<IndirectTables<H>>,
@@ -233,6 +236,7 @@ impl<H: Hal> PackedQueue<H> {
             index: config.index,
             size,
             event_idx: config.event_idx,
+            order: config.order,
             layout,
             ring,
             indirect,
@@ -341,6 +345,10 @@ impl<H: Hal> Ring for PackedQueue<H> {
     #[inline]
     fn uses_event_idx(&self) -> bool {
         self.event_idx
+    }
+
+    fn memory_order(&self) -> MemoryOrder {
+        self.order
     }
 
     #[inline]

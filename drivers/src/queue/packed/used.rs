@@ -9,8 +9,6 @@
 //! [`super::PackedQueue`]), the id is freed, and the used position moves on
 //! by as many slots as that buffer occupied.
 
-use core::sync::atomic::{fence, Ordering};
-
 use hal::Hal;
 use log::{log_enabled, trace, warn, Level};
 
@@ -42,7 +40,7 @@ impl<H: Hal> PackedQueue<H> {
         }
         // Read id and length only after the flags that cover them (the
         // device writes them first, then a barrier, then the flags).
-        fence(Ordering::Acquire);
+        self.order.after_index_read();
         let (id, len) = self.read_descriptor_id_len(at.offset);
         let (descriptors, writable_len) = match self.buffers.get(id as usize) {
             None => {

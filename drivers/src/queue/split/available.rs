@@ -13,8 +13,6 @@
 //! (`avail_event` with VIRTIO_F_EVENT_IDX, otherwise the used ring's
 //! NO_NOTIFY flag) and says whether to notify (§2.7.13.4).
 
-use core::sync::atomic::{fence, Ordering};
-
 use hal::Hal;
 use log::{log_enabled, trace, Level};
 
@@ -202,13 +200,13 @@ impl<H: Hal> SplitQueue<H> {
         }
         // §2.7.13.3: the descriptors and ring slots must be visible before the
         // index that tells the device they are there.
-        fence(Ordering::Release);
+        self.order.before_publish();
         self.ring.write_avail_idx(new);
         self.published_idx = new;
         // §2.7.13.4: the device may have decided to sleep just before it saw
         // the new index; only a full barrier between our store of avail.idx and
         // our load of its suppression state guarantees one of us sees the other.
-        fence(Ordering::SeqCst);
+        self.order.full();
         self.counters.publishes += 1;
         let notify = if self.event_idx {
             let event = self.ring.read_avail_event();

@@ -7,8 +7,6 @@
 //! entry, moved after every completion; while they are off, one the device
 //! has already passed, so its `need_event` test stays false.
 
-use core::sync::atomic::{fence, Ordering};
-
 use hal::Hal;
 use log::{log_enabled, trace, Level};
 
@@ -27,7 +25,7 @@ impl<H: Hal> SplitQueue<H> {
             self.ring.write_used_event(self.last_used);
             // The next pop reads used.idx; that read must not pass this store,
             // or the device could miss the new event while we miss its entry.
-            fence(Ordering::SeqCst);
+            self.order.full();
         } else {
             self.ring.write_used_event(self.last_used.wrapping_sub(1));
         }
@@ -73,7 +71,7 @@ impl<H: Hal> SplitQueue<H> {
         }
         // Our store must be visible before we look at used.idx (the mirror of
         // the barrier in `publish`).
-        fence(Ordering::SeqCst);
+        self.order.full();
         let device_idx = self.ring.read_used_idx();
         let pending = !self.broken && device_idx != self.last_used;
         if log_enabled!(Level::Trace) {

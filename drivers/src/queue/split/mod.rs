@@ -87,8 +87,8 @@ use self::memory::SplitRingMemory;
 use self::trace::IndirectNote;
 use super::ring::Ring;
 use super::{
-    DescriptorView, NotifyDecision, QueueAddresses, QueueCounters, QueueError, QueueSnapshot,
-    RingKind, RingLayout, Segment, Token, Used,
+    DescriptorView, MemoryOrder, NotifyDecision, QueueAddresses, QueueCounters, QueueError,
+    QueueSnapshot, RingKind, RingLayout, Segment, Token, Used,
 };
 
 pub use super::ring::DIRECT_MAX_SEGMENTS;
@@ -107,6 +107,8 @@ pub struct QueueConfig {
     /// Entries per indirect table; 0 when VIRTIO_F_INDIRECT_DESC was not
     /// negotiated (or is not wanted). At most `size`.
     pub indirect_capacity: u16,
+    /// The barriers to use ([`MemoryOrder::Platform`] with VIRTIO_F_ORDER_PLATFORM).
+    pub order: MemoryOrder,
 }
 
 impl QueueConfig {
@@ -118,7 +120,14 @@ impl QueueConfig {
             layout,
             event_idx: false,
             indirect_capacity: 0,
+            order: MemoryOrder::Smp,
         }
+    }
+
+    /// Uses the barriers `order` asks for.
+    pub const fn with_order(mut self, order: MemoryOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// Sets whether VIRTIO_F_RING_EVENT_IDX is in use.
@@ -157,6 +166,8 @@ pub struct SplitQueue<H: Hal> {
     index: u16,
     size: u16,
     event_idx: bool,
+    /// The barriers (VIRTIO_F_ORDER_PLATFORM, `queue/order.rs`).
+    order: MemoryOrder,
     layout: SplitRingLayout,
     ring: SplitRingMemory<H>,
     indirect: Option<IndirectPool<H>>,
@@ -203,6 +214,7 @@ impl<H: Hal> SplitQueue<H> {
             index: config.index,
             size,
             event_idx: config.event_idx,
+            order: config.order,
             layout,
             ring,
             indirect,
@@ -302,6 +314,10 @@ impl<H: Hal> Ring for SplitQueue<H> {
     #[inline]
     fn uses_event_idx(&self) -> bool {
         self.event_idx
+    }
+
+    fn memory_order(&self) -> MemoryOrder {
+        self.order
     }
 
     #[inline]

@@ -9,8 +9,6 @@
 //! the free list, and with EVENT_IDX publish `used_event` so the device
 //! knows where the driver is.
 
-use core::sync::atomic::{fence, Ordering};
-
 use hal::Hal;
 use log::{log_enabled, trace, warn, Level};
 
@@ -43,7 +41,7 @@ impl<H: Hal> SplitQueue<H> {
         }
         // Read the entry only after the index that covers it (§2.7.14: the
         // device writes the entry, then a barrier, then the index).
-        fence(Ordering::Acquire);
+        self.order.after_index_read();
         let slot = self.last_used;
         let (id, len) = self.ring.read_used_elem(slot);
         self.last_used = slot.wrapping_add(1);
