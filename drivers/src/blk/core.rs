@@ -947,10 +947,10 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         rq.unshare_all(slot, buffers);
         let status = rq.pool.status(slot).unwrap_or(status::NOT_WRITTEN);
         let result = used.and_then(|len| {
-            if used_length_is_inexact(&record, len) {
+            if request::used_length_is_inexact(record.request, record.data_bytes, len) {
                 rq.stats.inexact_used_lengths += 1;
             }
-            check_completion(status)
+            request::check_status(status)
         });
         if record.request == RequestType::GetId && result.is_ok() {
             let mut raw = [0u8; ID_BYTES];
@@ -1189,32 +1189,5 @@ fn push_segments(
             Segment::readable(at, piece as u32)
         });
         offset += piece;
-    }
-}
-
-/// `true` when `len` is not what a device that wrote every writable byte
-/// reports: the data (for a read or GET_ID) plus the status byte.
-fn used_length_is_inexact(record: &Slot, len: u32) -> bool {
-    let answer = match record.request {
-        RequestType::Read => record.data_bytes,
-        RequestType::GetId => ID_BYTES as u32,
-        _ => 0,
-    };
-    len != answer + 1
-}
-
-/// Judges a completed request by its status byte (see "The device is not
-/// trusted" in `blk/mod.rs`). The used length is not judged here: one above
-/// the writable bytes never gets this far on a modern transport, and one
-/// below them is allowed (§2.7.8: "The device MAY write more than len
-/// bytes"). The
-/// status byte was preset to a value no device writes, so it is never
-/// mistaken for an answer the device did not give.
-fn check_completion(status: u8) -> Result<(), RequestError> {
-    match status {
-        status::OK => Ok(()),
-        status::IOERR => Err(RequestError::IoError),
-        status::UNSUPP => Err(RequestError::Unsupported),
-        other => Err(RequestError::BadStatus(other)),
     }
 }

@@ -34,6 +34,8 @@ use core::fmt;
 
 use hal::{DeviceAddr, DmaRegion, Hal, HalError};
 
+use super::RequestError;
+
 /// The request types this driver sends (§5.2.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestType {
@@ -114,6 +116,35 @@ pub mod status {
             _ => "unknown",
         }
     }
+}
+
+/// Judges a completed request by its status byte (see "The device is not
+/// trusted" in `blk/mod.rs`). The used length is not judged here: one above
+/// the writable bytes never gets this far on a modern transport, and one
+/// below them is allowed (§2.7.8: "The device MAY write more than len
+/// bytes"). The status byte was preset to [`status::NOT_WRITTEN`], a value
+/// no device writes, so it is never mistaken for an answer the device did
+/// not give.
+pub fn check_status(status: u8) -> Result<(), RequestError> {
+    match status {
+        status::OK => Ok(()),
+        status::IOERR => Err(RequestError::IoError),
+        status::UNSUPP => Err(RequestError::Unsupported),
+        other => Err(RequestError::BadStatus(other)),
+    }
+}
+
+/// `true` when `len` is not what a device that wrote every writable byte
+/// reports: the data (`data_bytes` for a read, 20 for GET_ID) plus the
+/// status byte. Such a length is accepted and only counted
+/// (`BlkQueueStats::inexact_used_lengths`).
+pub fn used_length_is_inexact(request: RequestType, data_bytes: u32, len: u32) -> bool {
+    let answer = match request {
+        RequestType::Read => data_bytes,
+        RequestType::GetId => ID_BYTES as u32,
+        _ => 0,
+    };
+    len != answer + 1
 }
 
 /// Size of the request header (`type`, `reserved`, `sector`).
