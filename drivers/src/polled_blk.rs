@@ -17,7 +17,7 @@
 
 use core::fmt;
 
-use hal::{DmaRegion, Hal, HalError};
+use hal::{DeviceVisible, DmaRegion, Hal, HalError};
 
 use crate::device::{Wait, WaitTimeout};
 use crate::features::VERSION_1;
@@ -105,9 +105,9 @@ impl From<HalError> for PolledBlkError {
 /// A virtio-blk device driven one request at a time, by polling.
 pub struct PolledBlk<H: Hal, T: Transport> {
     transport: T,
-    queue: SplitQueue<H>,
+    queue: DeviceVisible<SplitQueue<H>>,
     /// Header, data and status of the one request in flight.
-    request: DmaRegion<H>,
+    request: DeviceVisible<DmaRegion<H>>,
     /// Disk size in 512-byte sectors (config field `capacity`, §5.2.4).
     capacity: u64,
 }
@@ -122,8 +122,8 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
         match Self::initialise(&mut transport) {
             Ok((queue, capacity)) => Ok(Self {
                 transport,
-                queue,
-                request: DmaRegion::new(STATUS_AT + 1)?,
+                queue: DeviceVisible::new(queue),
+                request: DeviceVisible::new(DmaRegion::new(STATUS_AT + 1)?),
                 capacity,
             }),
             Err(error) => {
@@ -290,9 +290,12 @@ impl<H: Hal, T: Transport> Drop for PolledBlk<H, T> {
     /// it can never write into memory that is no longer ours (§2.1.2: a
     /// reset device has forgotten its queues).
     fn drop(&mut self) {
-        // A reset that times out cannot be helped here; the next owner
-        // starts with its own reset and sees the same failure.
-        let _ = self.transport.reset();
+        // A device that never acknowledges the reset may still write that
+        // memory: it is then kept for ever, never freed (hal::DeviceVisible).
+        if self.transport.reset().is_err() {
+            self.queue.keep_forever();
+            self.request.keep_forever();
+        }
     }
 }
 // ANCHOR_END: drop

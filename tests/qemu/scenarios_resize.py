@@ -47,8 +47,10 @@ def resize_session(ctx: RunContext) -> list[str]:
 
     problems: list[str] = []
     shell = Shell(ctx.file("console.sock"))
+    # The first prompt is lost if the shell wrote it before this socket
+    # was connected (the kernel logs `output lost`): ask for another.
     try:
-        shell.wait_prompt(timeout_s=30)
+        shell.wait_prompt(timeout_s=5)
     except AssertionError:
         shell.type(b"\r", timeout_s=10)
     before = SIZE_BEFORE // 512

@@ -497,7 +497,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// still write the rings and the buffers of the requests it held, so
     /// those are kept for ever (never freed, never handed back) and the
     /// device is never used again; [`BlkDevice::recover`] refuses with
-    /// [`DeviceError::Dead`](crate::device::DeviceError::Dead).
+    /// [`DeviceError::Dead`].
     pub fn is_dead(&self) -> bool {
         self.dead
     }

@@ -461,7 +461,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// rings and buffers were kept for ever rather than freed (it may still
     /// write them), and the device is not used again;
     /// [`NetDevice::recover`] refuses with
-    /// [`DeviceError::Dead`](crate::device::DeviceError::Dead).
+    /// [`DeviceError::Dead`].
     pub fn is_dead(&self) -> bool {
         self.dead
     }
