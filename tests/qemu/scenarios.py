@@ -1659,3 +1659,6 @@ SCENARIOS += queue_view.SCENARIOS
 from .scenarios_resize import RESIZE_SCENARIOS  # noqa: E402 - needs the helpers above
 
 SCENARIOS += RESIZE_SCENARIOS
+
+from .scenarios_net_stress import NET_STRESS_SCENARIOS  # noqa: E402  (network under load: issue 18)
+SCENARIOS += NET_STRESS_SCENARIOS

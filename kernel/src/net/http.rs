@@ -1,25 +1,146 @@
-//! The status page the HTTP server returns for `GET /`: a link to the live
-//! queue view (`/queues`, `queue_page.rs`), every virtio device the kernel
-//! found (type, location, transport, state, and the features its driver
-//! negotiated, from the registry)
-//! and, per queue, its counters: for the network cards the driver's own
-//! (packets, bytes, drops, buffers, notifications sent and suppressed,
-//! interrupts). Devices no driver brought up have no queues.
+//! What the HTTP server answers: the method check ([`route`]), the answers
+//! themselves ([`respond`], which asks `queue_page::route`, the one table
+//! from paths to pages), the error responses the server sends on its own
+//! (400 and friends from the parser, 408, 503), and the status page for
+//! `GET /`: a link to the live queue view (`/queues`, `queue_page.rs`),
+//! every virtio device the kernel found (type, location, transport, state,
+//! and the features its driver negotiated, from the registry), per network
+//! card its queues' counters (packets, bytes, drops, buffers, notifications
+//! sent and suppressed, interrupts) and its services' counters (connections
+//! in use, refused, timed out; bytes held). Devices no driver brought up
+//! have no queues.
+//!
+//! The connection handling (reading the request, timeouts, closing) is in
+//! `services.rs`; parsing the request head is in `http_request.rs`.
 //!
 //! Plain HTML, no scripts; every value is the kernel's own text, so nothing
 //! needs escaping beyond what [`escape`] does for safety.
 
+use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
 
 use drivers::net::NetStats;
 use drivers::queue::QueueCounters;
 use drivers::transport::{DeviceType, Transport};
 
+use super::http_request::{Rejection, Request};
 use super::nic::Nic;
 use crate::virtio::{self, DeviceState, FeatureList};
 
-/// Renders the page.
+/// What a valid request is answered with, kept once the request's bytes
+/// are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// GET or HEAD of `path`: its page from `queue_page::route`, or 404.
+    Page {
+        /// The path (without the query).
+        path: String,
+        /// HEAD: the same status and fields, no body.
+        head_only: bool,
+    },
+    /// Another method: 405.
+    MethodNotAllowed,
+}
+
+/// GET and HEAD are served, any other method gets 405; which page a path
+/// names is `queue_page::route`'s (the one table of paths).
+pub fn route(request: &Request<'_>) -> Answer {
+    match request.method {
+        "GET" | "HEAD" => Answer::Page {
+            path: String::from(request.path),
+            head_only: request.method == "HEAD",
+        },
+        _ => Answer::MethodNotAllowed,
+    }
+}
+
+/// The whole response (status line, fields, body) for `answer`, made with
+/// every card in view.
+pub fn respond(answer: &Answer, nics: &[Nic]) -> Vec<u8> {
+    match answer {
+        Answer::Page { path, head_only } => match super::queue_page::route(path.as_bytes(), nics) {
+            Some(page) => response(200, page.content_type, &[], &page.body, *head_only),
+            None => response(404, TEXT, &[], b"no such page\n", *head_only),
+        },
+        Answer::MethodNotAllowed => response(
+            405,
+            TEXT,
+            &[("Allow", "GET, HEAD")],
+            b"only GET and HEAD\n",
+            false,
+        ),
+    }
+}
+
+/// The answer to a request the parser refused (400, 413, 414, 431, 501, 505).
+pub fn refusal(rejection: Rejection) -> Vec<u8> {
+    let body = format!("{}\n", rejection.detail());
+    response(rejection.status(), TEXT, &[], body.as_bytes(), false)
+}
+
+/// The answer to a client that closed its side before its request ended.
+pub fn incomplete() -> Vec<u8> {
+    response(400, TEXT, &[], b"incomplete request\n", false)
+}
+
+/// The answer to a client that did not finish its request in time.
+pub fn request_timeout() -> Vec<u8> {
+    response(408, TEXT, &[], b"request not received in time\n", false)
+}
+
+/// What a refusing slot sends when every connection slot is busy (RFC 9110
+/// §15.6.4). A constant, so that refusing costs no allocation.
+pub const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: virtio-teaching-kernel\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nall slots are busy\n";
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The reason phrase of each status this server sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// A response with `Content-Length` (the body's length even for HEAD,
+/// RFC 9110 §9.3.2) and `Connection: close`.
+fn response(
+    status: u16,
+    content_type: &str,
+    fields: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nServer: virtio-teaching-kernel\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        reason(status),
+        body.len()
+    );
+    for (name, value) in fields {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    // No cache: every page is the state of the moment (`/queues` refreshes).
+    out.push_str("Cache-Control: no-store\r\nConnection: close\r\n\r\n");
+    let mut out = out.into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Renders the status page.
 pub fn render(nics: &[Nic]) -> String {
     let mut page = String::with_capacity(8192);
     // Writing to a String cannot fail.
@@ -180,7 +301,13 @@ fn write_nic(out: &mut String, nic: &Nic) -> core::fmt::Result {
         )?;
         ring_cells(out, &ring, irq_count(2))?;
     }
-    writeln!(out, "</table>")
+    writeln!(out, "</table>")?;
+    if let Some([echo, http]) = nic.stack.as_ref().and_then(|s| s.service_counters()) {
+        writeln!(out, "<p>services</p>\n<ul>")?;
+        writeln!(out, "<li class=\"service\">echo {echo}</li>")?;
+        writeln!(out, "<li class=\"service\">http {http}</li>\n</ul>")?;
+    }
+    Ok(())
 }
 
 fn row(out: &mut String, name: &str, value: &str) -> core::fmt::Result {

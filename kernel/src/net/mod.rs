@@ -39,6 +39,7 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 mod http;
+mod http_request;
 pub mod nic;
 mod queue_page;
 #[cfg(feature = "selftest")]
@@ -56,7 +57,12 @@ pub fn claim_devices() {
     nic::claim_all();
 }
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use smoltcp::time::{Duration, Instant};
+
+pub use services::ServiceCounters;
 
 use crate::interrupts;
 
@@ -87,6 +93,18 @@ pub fn start() {
         services::ECHO_PORT,
         services::HTTP_PORT
     );
+}
+
+/// The servers' counters of every card that runs them: `(card name, [echo, http])`
+/// (the shell's `sockets` command).
+pub fn service_counters() -> Vec<(String, [ServiceCounters; 2])> {
+    nic::nics()
+        .iter()
+        .filter_map(|nic| {
+            let counters = nic.stack.as_ref()?.service_counters()?;
+            Some((nic.name.clone(), counters))
+        })
+        .collect()
 }
 
 /// One round of the network for a caller that owns the CPU's loop instead

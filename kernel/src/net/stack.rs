@@ -25,8 +25,8 @@ use smoltcp::time::Duration;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 
 use super::nic::Nic;
-use super::services::Services;
-use super::{now, MAX_SLEEP_INTERRUPT, MAX_SLEEP_POLLED};
+use super::services::{ServiceCounters, Services};
+use super::{http, now, MAX_SLEEP_INTERRUPT, MAX_SLEEP_POLLED};
 
 /// What an interface is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,13 @@ pub struct Stack {
     services: Option<Services>,
 }
 
+impl Stack {
+    /// The echo and HTTP servers' counters (normal boot only).
+    pub fn service_counters(&self) -> Option<[ServiceCounters; 2]> {
+        self.services.as_ref().map(|s| s.counters(&self.sockets))
+    }
+}
+
 /// Gives `nic` an interface with a DHCP client (and, for
 /// [`Role::Services`], the servers). Does nothing if it has one.
 pub fn attach(nic: &mut Nic, role: Role) {
@@ -94,25 +101,27 @@ pub fn poll_all(nics: &mut [Nic]) -> Option<Duration> {
     let mut next: Option<Duration> = None;
     for i in 0..nics.len() {
         poll_card(&mut nics[i]);
-        // HTTP answers describe every card: render with all of them in view,
-        // one target at a time (`queue_page::route`).
-        let mut answered = false;
-        while let Some(target) = nics[i]
+        // HTTP answers describe every card: made with all of them in view,
+        // then handed to this card's server.
+        let pending = nics[i]
             .stack
             .as_ref()
             .and_then(|s| s.services.as_ref())
-            .and_then(|svc| svc.pending_target())
-        {
-            let page = super::queue_page::route(&target, nics);
-            if let Some(stack) = nics[i].stack.as_mut() {
-                if let Some(services) = stack.services.as_mut() {
-                    services.answer_http(&mut stack.sockets, &target, page.as_ref());
-                }
+            .map(Services::pending_requests)
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            let answers: Vec<_> = pending
+                .into_iter()
+                .map(|request| {
+                    let bytes = http::respond(&request.answer, nics);
+                    (request, bytes)
+                })
+                .collect();
+            let nic = &mut nics[i];
+            if let Some(services) = nic.stack.as_mut().and_then(|s| s.services.as_mut()) {
+                services.deliver(answers);
             }
-            answered = true;
-        }
-        if answered {
-            poll_card(&mut nics[i]);
+            poll_card(nic);
         }
         let nic = &mut nics[i];
         if let Some(stack) = nic.stack.as_mut() {
@@ -141,7 +150,7 @@ pub fn poll_card(nic: &mut Nic) {
     };
     dhcp_events(&nic.name, stack);
     if let Some(services) = stack.services.as_mut() {
-        if services.poll_echo(&mut stack.sockets) {
+        if services.poll(&mut stack.sockets) {
             let mut phy = nic_phy(&mut nic.device, &mut nic.counters);
             stack.iface.poll(now(), &mut phy, &mut stack.sockets);
         }

@@ -34,6 +34,7 @@ pub mod line;
 mod queues;
 #[cfg(feature = "selftest")]
 mod selftests;
+mod sockets;
 pub mod terminal;
 
 #[cfg(feature = "selftest")]
@@ -225,6 +226,12 @@ pub static COMMANDS: &[Command] = &[
         args: "",
         help: "network card: address, MAC, link",
         run: |_, out| net(out),
+    },
+    Command {
+        name: "sockets",
+        args: "",
+        help: "echo and HTTP servers: connections in use, refused, timed out",
+        run: |_, out| sockets::sockets(out),
     },
     Command {
         name: "ping",
