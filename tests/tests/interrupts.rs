@@ -665,6 +665,10 @@ struct SimCpu<'a> {
     interrupts_on: bool,
     on_halt: Box<dyn FnMut() + 'a>,
     patience: u32,
+    /// Steps of the spin before a halt; the device works on step
+    /// `spin_steps - 1` when `work_in_spin` is set.
+    spin_steps: u32,
+    work_in_spin: bool,
 }
 
 impl<'a> SimCpu<'a> {
@@ -676,6 +680,8 @@ impl<'a> SimCpu<'a> {
                 interrupts_on: true,
                 on_halt: Box::new(on_halt),
                 patience,
+                spin_steps: 0,
+                work_in_spin: false,
             },
             calls,
         )
@@ -703,6 +709,17 @@ impl Idle for SimCpu<'_> {
     fn pause(&mut self) {
         self.calls.borrow_mut().push("pause");
         (self.on_halt)();
+    }
+    fn spin_before_halt(&mut self, step: u32) -> bool {
+        if step >= self.spin_steps {
+            return false;
+        }
+        assert!(self.interrupts_on, "the spin runs with interrupts on");
+        self.calls.borrow_mut().push("spin");
+        if self.work_in_spin && step + 1 == self.spin_steps {
+            (self.on_halt)();
+        }
+        true
     }
     fn expired(&mut self) -> bool {
         if self.patience == 0 {
@@ -773,11 +790,39 @@ fn a_wait_halts_until_the_line_interrupt_is_acknowledged_and_dispatched() {
             halts: 1,
             already_pending: 0,
             woken_by_queue: 1,
-            polls: 0
+            polls: 0,
+            spun: 0
         }
     );
     assert_eq!(core.borrow().isr, 0, "acknowledged, so a level line drops");
     assert_eq!(device.counters().line_claimed, 1);
+}
+
+#[test]
+fn an_interrupt_during_the_spin_before_the_halt_ends_the_wait_without_halting() {
+    let device = DeviceInterrupts::new();
+    let queues = QueueSet::first(1);
+    let (mut cpu, calls) = SimCpu::new(10, || device.queue_interrupt(queues));
+    cpu.spin_steps = 3;
+    cpu.work_in_spin = true;
+    let mut wait = InterruptWait::new(&device, queues, cpu);
+    wait.wait().unwrap();
+    assert_eq!(*calls.borrow(), vec!["spin", "spin", "spin"]);
+    let stats = wait.stats();
+    assert_eq!((stats.spun, stats.halts, stats.waits), (1, 0, 1));
+}
+
+#[test]
+fn a_spin_that_sees_nothing_still_halts_race_free() {
+    let device = DeviceInterrupts::new();
+    let queues = QueueSet::first(1);
+    let (mut cpu, calls) = SimCpu::new(10, || device.queue_interrupt(queues));
+    cpu.spin_steps = 2;
+    let mut wait = InterruptWait::new(&device, queues, cpu);
+    wait.wait().unwrap();
+    assert_eq!(*calls.borrow(), vec!["spin", "spin", "cli", "sti;hlt"]);
+    let stats = wait.stats();
+    assert_eq!((stats.spun, stats.halts, stats.woken_by_queue), (0, 1, 1));
 }
 
 #[test]

@@ -100,6 +100,10 @@ struct Measured {
     notifications: u64,
     interrupts: u64,
     halts: u64,
+    /// Waits that ended in the spin before a halt (hybrid polling).
+    spun: u64,
+    /// TSC ticks the CPU spent halted.
+    halted: u64,
     /// TSC ticks the guest spent turning completions into new requests
     /// (reaping, resubmitting, notifying), measured part only.
     turnaround: u64,
@@ -179,13 +183,18 @@ fn report(workload: &Workload, suffix: &str, m: &Measured) {
     let per_req = |count: u64| count as f64 / m.requests.max(1) as f64;
     let iops = m.requests as f64 / seconds;
     println!(
-        "bench: {}.{suffix} stack=ours iops={iops:.0} mib_per_s={:.2} notifications_per_req={:.3} interrupts_per_req={:.3} halts_per_req={:.3} guest_us_per_req={:.2} publish_us_per_req={:.2} requests={} seconds={seconds:.3} depth={} request_bytes={}",
+        "bench: {}.{suffix} stack=ours iops={iops:.0} mib_per_s={:.2} notifications_per_req={:.3} interrupts_per_req={:.3} halts_per_req={:.3} spun_per_req={:.3} guest_us_per_req={:.2} turn_ticks_per_req={:.1} busy_ticks_per_req={:.1} publish_us_per_req={:.2} requests={} seconds={seconds:.3} depth={} request_bytes={}",
         workload.name,
         iops * workload.request_bytes as f64 / (1024.0 * 1024.0),
         per_req(m.notifications),
         per_req(m.interrupts),
         per_req(m.halts),
+        per_req(m.spun),
         crate::clock::ticks_to_ns(m.turnaround) as f64 / 1000.0 / m.requests.max(1) as f64,
+        // Raw TSC ticks: under `-icount shift=0` one tick is one guest
+        // instruction (`x.py bench --section cost`).
+        per_req(m.turnaround),
+        per_req(m.ticks.saturating_sub(m.halted)),
         crate::clock::ticks_to_ns(m.publish) as f64 / 1000.0 / m.publish_requests.max(1) as f64,
         m.requests,
         workload.depth,
@@ -395,6 +404,8 @@ fn drive(
         notifications: after.notifications - before.notifications,
         interrupts: after.interrupts - before.interrupts,
         halts: after.halts - before.halts,
+        spun: after.spun - before.spun,
+        halted: after.halted - before.halted,
         turnaround,
         publish,
         publish_requests,
@@ -409,6 +420,8 @@ fn snapshot(disk: &mut Disk, wait: &KernelWait, completed: u64) -> Measured {
         notifications: disk.device().stats().ring.notifications,
         interrupts: disk.interrupt_count(),
         halts: wait.stats().halts,
+        spun: wait.stats().spun,
+        halted: crate::wait::halted_ticks(),
         turnaround: 0,
         publish: 0,
         publish_requests: 0,

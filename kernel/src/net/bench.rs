@@ -258,7 +258,7 @@ impl PpsRun {
         let total_received = self.received + late;
         let lost = sent.saturating_sub(total_received);
         println!(
-            "bench: {} stack={} tx_pps={:.0} rx_pps={:.0} sent={sent} received={total_received} late={late} lost={lost} loss_pct={:.3} tx_notifications_per_pkt={:.4} rx_notifications_per_pkt={:.4} tx_interrupts_per_pkt={:.4} rx_interrupts_per_pkt={:.4} tx_queue_full={full} batches={batches} publish_us_per_batch={:.1} drain_us_per_batch={:.1} repost_us_per_batch={:.1} seconds={secs:.3} frame_bytes={FRAME_LEN} batch={BATCH}",
+            "bench: {} stack={} tx_pps={:.0} rx_pps={:.0} sent={sent} received={total_received} late={late} lost={lost} loss_pct={:.3} tx_notifications_per_pkt={:.4} rx_notifications_per_pkt={:.4} tx_interrupts_per_pkt={:.4} rx_interrupts_per_pkt={:.4} tx_queue_full={full} batches={batches} publish_us_per_batch={:.1} drain_us_per_batch={:.1} repost_us_per_batch={:.1} ticks_per_pkt={:.1} seconds={secs:.3} frame_bytes={FRAME_LEN} batch={BATCH}",
             self.name,
             self.stack,
             sent as f64 / secs,
@@ -271,6 +271,9 @@ impl PpsRun {
             us_per_batch(self.publish_ticks),
             us_per_batch(self.drain_ticks),
             us_per_batch(self.repost_ticks),
+            // Raw TSC ticks per frame sent (and received): one guest
+            // instruction each under `-icount shift=0`.
+            per(self.elapsed_ticks, sent),
         );
     }
 }

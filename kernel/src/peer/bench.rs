@@ -238,10 +238,11 @@ fn report(workload: &Workload, m: &Measured) {
     let seconds = m.ticks as f64 / crate::clock::tsc_hz() as f64;
     let iops = m.requests as f64 / seconds;
     println!(
-        "bench: {}.peer stack=peer iops={iops:.0} mib_per_s={:.2} guest_us_per_req={:.2} requests={} seconds={seconds:.3} depth={} depth_wanted={} request_bytes={}",
+        "bench: {}.peer stack=peer iops={iops:.0} mib_per_s={:.2} guest_us_per_req={:.2} turn_ticks_per_req={:.1} requests={} seconds={seconds:.3} depth={} depth_wanted={} request_bytes={}",
         workload.name,
         iops * workload.request_bytes as f64 / (1024.0 * 1024.0),
         crate::clock::ticks_to_ns(m.turnaround) as f64 / 1000.0 / m.requests.max(1) as f64,
+        m.turnaround as f64 / m.requests.max(1) as f64,
         m.requests,
         m.depth,
         workload.depth,
