@@ -6,7 +6,7 @@
     ./x.py qemu-cmd     print the QEMU command line `run` would use
     ./x.py build        build the kernel ELF (with the self-tests) and print its path
     ./x.py setup        install what is missing (QEMU, the Rust target)
-    ./x.py bench        benchmarks under KVM: a table and build/bench/<section>.json
+    ./x.py bench        benchmarks (accelerator as `run` picks it): tables, build/bench/
     ./x.py docs         build the book (docs/) into build/book/ with mdBook
 
 The kernel has three builds (tests/qemu/kernel_builds.py), each copied to a
@@ -41,7 +41,8 @@ BUILD_DIR = REPO / "build"
 KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
-from qemu import bench_compare, bench_echo, browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402  (needs the path above)
+from qemu import bench_compare, bench_cost, bench_echo, bench_net_host, bench_results  # noqa: E402  (needs the path above)
+from qemu import browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
 from qemu import machine as qm  # noqa: E402
 from book import bench_page, mdbook, traces  # noqa: E402
 
@@ -498,7 +499,8 @@ def cmd_test(options: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- bench
 #
-# `x.py bench` boots the kernel under KVM in `mode=bench` once per section,
+# `x.py bench` boots the kernel in `mode=bench` once per section (on the
+# accelerator `x.py run` would pick: `qm.choose_accel("auto")`),
 # with the devices that section measures, and reads back the `bench:` lines
 # the kernel prints (kernel/src/bench.rs):
 #
@@ -628,7 +630,7 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
         raise XError(f"benchmark section {section.name} failed: "
                      + "; ".join(errors or outcome.problems or ["no `bench: done`"]))
     if outcome.accel.name != "kvm":
-        say(f"note: ran under TCG ({outcome.accel.reason}): the numbers say little about real speed")
+        say(f"note: ran under TCG ({outcome.accel.reason}): compare only with runs on the same accelerator")
     print()
     print_bench_table(section, median_rows(rows))
     print()
@@ -791,7 +793,49 @@ def run_console_bench(kernel: Path, options: argparse.Namespace) -> dict[str, ob
 
 
 #: Sections with their own runner instead of a `BenchSection` entry.
-BENCH_EXTRA_SECTIONS = ["ring", "console", "net-echo", "boot"]
+BENCH_EXTRA_SECTIONS = ["ring", "console", "net-echo", "boot", "cost", "net-host"]
+
+
+def run_cost_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """Guest instructions per request (tests/qemu/bench_cost.py): the blk
+    compare boot and the net boot again, under TCG with `-icount shift=0`."""
+    icount = argparse.Namespace(**{**vars(options), "accel": "tcg", "seconds": options.cost_seconds,
+                                   "repeat": min(options.repeat, 3)})
+    rows: list[dict[str, object]] = []
+    boots = {}
+    for name in ("blk", "net"):
+        base = BENCH_SECTIONS[name]
+        section = BenchSection(
+            name=f"cost-{name}", description=f"{base.name} under -icount shift=0: TSC ticks are guest instructions",
+            devices=lambda ctx, base=base: [*base.devices(ctx), *bench_cost.ICOUNT_ARGS],
+            machine=base.machine, kernel_sections=base.kernel_sections or base.name, columns=base.columns,
+        )
+        record = run_bench_section(section, kernel, icount)
+        boots[name] = {"qemu": record["qemu"], "serial_log": record["serial_log"]}
+        rows += record["results"]  # type: ignore[arg-type]
+    cost = bench_cost.cost_entries(rows)
+    print(f"Guest instructions per request (-icount shift=0, TCG, median of {icount.repeat} run(s)):")
+    for line in bench_cost.table_lines(cost):
+        print(line)
+    print()
+    return {"section": "cost", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "accel": "tcg",
+            "accel_reason": "-icount needs TCG", "cost": cost, "results": [], "rows": rows, "boots": boots}
+
+
+def run_net_host_bench(production: Path, options: argparse.Namespace) -> dict[str, object]:
+    """The network from the host, beside Linux's recorded figures (tests/qemu/bench_net_host.py)."""
+    say("net-host: 4 MiB TCP echo (reader thread), HTTP GETs for 5 s (new connection each), "
+        "shell ping to 10.0.2.2; Linux 6.1's recorded figures beside")
+    try:
+        with bench_progress("net-host"):
+            record = bench_net_host.run(production, BUILD_DIR, options.accel, rounds=options.repeat)
+    except RuntimeError as err:
+        raise XError(str(err)) from err
+    for line in bench_net_host.table_lines(record["net_host"]):  # type: ignore[arg-type]
+        print(line)
+    print(f"host load average before {record['load_before']}, after {record['load_after']}")
+    print()
+    return record
 
 
 def run_echo_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
@@ -822,8 +866,12 @@ def cmd_bench(options: argparse.Namespace) -> int:
     # Normal boots (no mode=: boot.microvm.ready, net-echo) time the kernel
     # people boot, not the benchmark build, whose extra code and features
     # would be measured with it.
+    choice = qm.choose_accel(options.accel)
+    say(f"accelerator: {describe_accel(choice)}"
+        + (" (x.py run picks the same)" if options.accel == "auto" else f" (--accel {options.accel})"))
+    options.accel_choice = choice
     production = None
-    if "boot" in chosen or "net-echo" in chosen:
+    if "boot" in chosen or "net-echo" in chosen or "net-host" in chosen:
         production = build_kernel(release=not options.debug)
         say(f"kernel for normal boots: {shown(production)} ({kernel_builds.describe(())})")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -832,6 +880,16 @@ def cmd_bench(options: argparse.Namespace) -> int:
         if name == "boot":
             assert production is not None
             records.append(run_boot_bench(kernel, production, options))
+            continue
+        if name in ("cost", "net-host"):
+            if name == "cost":
+                record = run_cost_bench(kernel, options)
+            else:
+                assert production is not None
+                record = run_net_host_bench(production, options)
+            (BENCH_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+            say(f"{name}: results in {(BENCH_DIR / f'{name}.json').relative_to(REPO)}")
+            records.append(record)
             continue
         if name == "net-echo":
             assert production is not None
@@ -1049,15 +1107,14 @@ class bench_progress:
 
 
 def write_comparison(records: Sequence[dict[str, object]], options: argparse.Namespace) -> bool:
-    """Ours against virtio-drivers: table, build/bench/results.json, build/bench/ratios.svg.
+    """Ours against virtio-drivers (and Linux, and ourselves under -icount):
+    the table, build/bench/results.json (every section's latest run, merged:
+    tests/qemu/bench_results.py) and build/bench/ratios.svg (every ratio).
 
     Returns whether results.json was written."""
     rows = [row for record in records for row in record["results"]]  # type: ignore[union-attr]
     summary = bench_compare.summarize(rows)
     boot = bench_compare.boot_summary(rows)
-    ring = [r for record in records for r in record.get("ring", [])]  # type: ignore[union-attr]
-    if not summary and not boot and not ring:
-        return False
     host = host_description()
     accel = ", ".join(sorted({str(r["accel"]) for r in records}))
     if summary or boot:
@@ -1065,28 +1122,34 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
               f"accel {accel}, {host}):")
         for line in bench_compare.table_lines(summary + boot):
             print(line)
-    results = BENCH_DIR / "results.json"
-    results.write_text(json.dumps({
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": host,
-        "accel": accel,
-        "command": "./x.py bench" + "".join(f" --section {s}" for s in options.section or []),
-        "runs_per_workload": options.repeat,
-        "seconds_per_run": options.seconds,
-        "comparison": summary + boot,
-        "markdown": bench_compare.markdown_table(summary + boot),
-        "sections": [str(r["section"]) for r in records],
-        "ring": ring,
-        "ring_markdown": "\n".join(ring_table_lines(ring)) if ring else "",
-    }, indent=2) + "\n")
-    if not summary:
-        say(f"results in {results.relative_to(REPO)} (no ours-vs-virtio-drivers rows: plot left as it was)")
+    choice = getattr(options, "accel_choice", None)
+    load = bench_net_host.load()
+    command = "./x.py bench" + "".join(f" --section {s}" for s in options.section or [])
+    run: dict[str, dict[str, object]] = {}
+    for record in records:
+        header = {"when": record.get("when") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
+                  "host": host, "load": load, "runs_per_workload": options.repeat,
+                  "seconds_per_run": options.seconds,
+                  "accel_reason": record.get("accel_reason") or (choice.reason if choice else "")}
+        run[str(record["section"])] = bench_results.section_entry(record, header, record.get("ring", []))  # type: ignore[arg-type]
+    path = BENCH_DIR / "results.json"
+    results = bench_results.merge(bench_results.load(path), run, {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host, "command": command,
+        "runs_per_workload": options.repeat, "seconds_per_run": options.seconds, "load": load,
+        "accel_choice": {"name": choice.name, "requested": choice.requested, "reason": choice.reason}
+        if choice else None,
+    })
+    ring = results["ring"]
+    results["ring_markdown"] = "\n".join(ring_table_lines(ring)) if ring else ""  # type: ignore[arg-type]
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    bars = bench_results.plot_entries(results)
+    if not bars:
+        say(f"results in {path.relative_to(REPO)} (nothing with a ratio: plot left as it was)")
         return True
     plot = BENCH_DIR / "ratios.svg"
-    devices = {"blk": "virtio-blk null-co", "net": "virtio-net hub", "console": "virtio-console file"}
-    measured = sorted({str(e["workload"]).split(".")[0] for e in summary})
-    bench_compare.write_svg(summary, plot, f"{', '.join(devices.get(m, m) for m in measured)}, {accel}, {host}")
-    say(f"comparison in {results.relative_to(REPO)}, plot in {plot.relative_to(REPO)}")
+    bench_compare.write_svg(bars, plot, f"latest run of each section ({results['accel']}), {host}")
+    say(f"results in {path.relative_to(REPO)} (sections {', '.join(results['sections'])}), "  # type: ignore[arg-type]
+        f"plot in {plot.relative_to(REPO)}")
     return True
 
 
@@ -1171,17 +1234,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       help="QEMU scenarios run at once (default 2; each QEMU uses one CPU)")
 
     bench = commands.add_parser(
-        "bench", help="measure the drivers under KVM (table + build/bench/<section>.json)",
-        description="Boot the kernel in mode=bench under KVM, once per section, and report what it "
-                    "measured with the TSC. Sections: "
+        "bench", help="measure the drivers (table + build/bench/<section>.json + results.json)",
+        description="Boot the kernel in mode=bench, once per section, on the accelerator `run` would pick "
+                    "(TCG where KVM is the nested kvm_pvm), and report what it measured with the TSC. "
+                    "Extra sections: cost (guest instructions per request under -icount shift=0), net-host "
+                    "(echo, HTTP and ping from the host, beside Linux). Sections: "
                     + "; ".join(f"{s.name}: {s.description}" for s in BENCH_SECTIONS.values()))
     bench.add_argument("--section", action="append", choices=sorted([*BENCH_SECTIONS, *BENCH_EXTRA_SECTIONS]), metavar="NAME",
                        help=f"only this section (repeatable; default all: "
                             f"{', '.join([*BENCH_SECTIONS, *BENCH_EXTRA_SECTIONS])})")
     bench.add_argument("--seconds", type=float, default=1.0, metavar="S",
                        help="time per workload and mode (default 1)")
-    bench.add_argument("--accel", choices=("kvm", "tcg", "auto"), default="kvm",
-                       help="accelerator (default kvm; falls back to TCG, with a note, without /dev/kvm)")
+    bench.add_argument("--accel", choices=("kvm", "tcg", "auto"), default="auto",
+                       help="accelerator (default auto, as `run`: KVM where it runs the guest at speed, TCG "
+                            "where /dev/kvm is unusable or the nested kvm_pvm module that emulates it)")
+    bench.add_argument("--cost-seconds", type=float, default=0.05, metavar="S",
+                       help="guest seconds per workload of the `cost` section (under -icount shift=0 one "
+                            "guest second is 10^9 instructions; default 0.05)")
     bench.add_argument("--debug", action="store_true", help="use the debug build instead of release")
     bench.add_argument("--firmware", choices=qm.FIRMWARES, default=None,
                        help="firmware for the pc/q35 boots (default qboot)")

@@ -87,17 +87,50 @@ def render(results: dict[str, object], plot: str | None) -> str:
         f"| sections | {', '.join(str(s) for s in results.get('sections', []) or []) or 'none'} |",
         "",
     ]
+    latest = results.get("latest")
+    if isinstance(latest, dict) and latest:
+        lines += ["Each section keeps its latest run (a run of some sections leaves the others as they were):",
+                  "", *section_lines(latest), ""]
     markdown = str(results.get("markdown") or "").strip()
     lines += ["## Ours against virtio-drivers", ""]
     lines += [markdown if markdown else "This run compared nothing (no section with a peer ran).", ""]
     ring = str(results.get("ring_markdown") or "").strip()
     if ring:
         lines += ["## Split against packed ring (our stack)", "", ring, ""]
+    cost = str(results.get("cost_markdown") or "").strip()
+    if cost:
+        lines += ["## Guest instructions per request (`--section cost`)", "",
+                  "Counted exactly: under `-icount shift=0` (TCG) the guest's TSC advances one tick per guest "
+                  "instruction (tests/qemu/bench_cost.py). *ours (poll)* and *virtio-drivers* count the "
+                  "driver's path from the poll that finds a completion to the next request's notification; "
+                  "*ours (irq, whole CPU)* counts everything the CPU did per request in interrupt mode except "
+                  "halting, including the spin before a halt, which lasts as long as QEMU takes to complete "
+                  "the request (so that column moves with the host). For net, instructions per 64-byte frame "
+                  "sent and received by the polled loop.", "", cost, ""]
+    net_host = str(results.get("net_host_markdown") or "").strip()
+    if net_host:
+        lines += ["## The network from the host, beside Linux (`--section net-host`)", "",
+                  "A Linux 6.1 guest measured the same way on the same QEMU (TCG, user networking): 4 MiB to "
+                  "the echo port while a second thread reads it back; sequential HTTP GETs with a new "
+                  "connection each for 5 s; ping from the guest to 10.0.2.2 (tests/qemu/bench_net_host.py). "
+                  "Wall-clock figures: see the load in the table above.", "", net_host, ""]
     if plot:
         lines += ["## The ratios as a picture", "",
-                  f"![ours / virtio-drivers per workload, this run]({plot})", ""]
+                  f"![every ratio of the latest run of each section]({plot})", ""]
     lines.append(METHOD)
     return "\n".join(lines)
+
+
+def section_lines(latest: dict[str, object]) -> list[str]:
+    """When, where and how each section last ran."""
+    lines = ["| section | when | accelerator | why | load (1, 5, 15 min) |", "| --- | --- | --- | --- | --- |"]
+    for name, entry in latest.items():
+        if not isinstance(entry, dict):
+            continue
+        load = ", ".join(str(x) for x in entry.get("load") or []) or "?"
+        lines.append(f"| {name} | {entry.get('when', '?')} | {entry.get('accel', '?')} | "
+                     f"{entry.get('accel_reason', '') or '-'} | {load} |")
+    return lines
 
 
 def write_page(results_path: Path = RESULTS, plot_path: Path = PLOT, page: Path = PAGE,
@@ -105,7 +138,7 @@ def write_page(results_path: Path = RESULTS, plot_path: Path = PLOT, page: Path 
     """Writes the page (and a copy of the plot beside it) from a results.json; returns the page."""
     results = json.loads(results_path.read_text())
     plot = None
-    if plot_path.is_file() and results.get("comparison"):
+    if plot_path.is_file() and (results.get("comparison") or results.get("cost") or results.get("net_host")):
         shutil.copyfile(plot_path, page_plot)
         plot = page_plot.name
     page.write_text(render(results, plot))

@@ -261,7 +261,7 @@ def markdown_table(summary: Sequence[dict[str, object]]) -> str:
 
 
 def write_svg(summary: Sequence[dict[str, object]], path: Path, title: str) -> None:
-    """A horizontal bar per workload: ours / virtio-drivers (1.0 marked)."""
+    """A horizontal bar per entry with a `ratio` (1.0 marked); above 1: ours is better."""
     entries = [(str(e["workload"]), float(e["ratio"])) for e in summary if isinstance(e.get("ratio"), float)]
     row_h, left, width, top = 28, 190, 420, 50
     height = top + row_h * max(len(entries), 1) + 40
@@ -272,8 +272,8 @@ def write_svg(summary: Sequence[dict[str, object]], path: Path, title: str) -> N
         f'font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="10" y="20" font-size="14">{escape(title)}</text>',
-        f'<text x="10" y="38" fill="#555">ours (polling where it can) / virtio-drivers, median of runs; '
-        f'&gt; 1 means ours is faster</text>',
+        f'<text x="10" y="38" fill="#555">ours / the other side (virtio-drivers, Linux; peer / ours for '
+        f'instruction counts), medians; &gt; 1 means ours is better</text>',
     ]
     for i, (name, ratio) in enumerate(entries):
         y = top + i * row_h
