@@ -1662,3 +1662,8 @@ SCENARIOS += RESIZE_SCENARIOS
 
 from .scenarios_net_stress import NET_STRESS_SCENARIOS  # noqa: E402  (network under load: issue 18)
 SCENARIOS += NET_STRESS_SCENARIOS
+
+# Smoke runs of `x.py bench --section cost` and `--section net-host`.
+from .scenarios_bench import SCENARIOS as BENCH_SMOKE_SCENARIOS  # noqa: E402
+
+SCENARIOS += BENCH_SMOKE_SCENARIOS

@@ -127,36 +127,78 @@ pub fn run() -> ! {
         }
     }
     loop {
-        interrupts::disable();
-        let next = {
-            let mut nics = nic::nics();
-            let next = stack::poll_all(&mut nics);
-            if next.is_some_and(|d| d == Duration::ZERO) {
-                None
-            } else {
-                let sleep = stack::sleep_limit(&nics, next);
-                // Ask for receive interrupts, and look once more: packets that
-                // arrived before the request will not interrupt (§2.7.7).
-                let pending = nics.iter_mut().any(|n| n.device.rx().enable_interrupts());
-                if pending {
-                    // No sleep after all: off again while the stack polls.
-                    for nic in nics.iter_mut() {
-                        nic.device.rx().disable_interrupts();
-                    }
-                }
-                (!pending).then_some(sleep)
+        round(None, || false, || {});
+    }
+}
+
+/// One round of the network for a caller that waits for it (the shell's
+/// `ping`): polls every card, sleeps until a packet arrives, smoltcp's next
+/// timer, or `at_most` (whichever comes first), and polls again, so what
+/// woke the CPU has reached the sockets when this returns. Unlike a spin
+/// between [`poll`]s, a reply is taken as soon as its interrupt arrives.
+pub fn poll_and_wait(at_most: Duration) {
+    if nic::count() == 0 {
+        return;
+    }
+    timer::init();
+    round(Some(at_most), || false, || {});
+    poll();
+}
+
+/// The idle step of a caller that owns the CPU's loop and has a device of
+/// its own to wait for (the shell and its console): one network round,
+/// then one halt that ends on whichever comes first: a received packet,
+/// the caller's device (`arm_other` asks it for interrupts and returns
+/// `true` if it already has work; `disarm_other` turns them off again),
+/// smoltcp's next timer, or `at_most`. Before this, the shell halted on
+/// its console alone, so the network was served only when a 10 ms
+/// watchdog or a key woke it: echo, HTTP and ping all ran at that pace.
+pub fn idle_with(at_most: Duration, arm_other: impl FnOnce() -> bool, disarm_other: impl FnOnce()) {
+    timer::init();
+    round(Some(at_most), arm_other, disarm_other);
+}
+
+/// One round of the idle loop: poll every interface with interrupts off;
+/// if there is nothing to do at once, ask the cards (and `arm_other`) for
+/// interrupts, look once more, and halt until an interrupt or the alarm
+/// (smoltcp's next timer, capped by `cap` and by how the cards wake the
+/// CPU). Interrupts stay off from before the requests until the `sti; hlt`,
+/// so an interrupt that comes in between is held by the CPU and ends the
+/// halt at once: no wake-up is lost.
+fn round(cap: Option<Duration>, arm_other: impl FnOnce() -> bool, disarm_other: impl FnOnce()) {
+    interrupts::disable();
+    let next = {
+        let mut nics = nic::nics();
+        let next = stack::poll_all(&mut nics);
+        if next.is_some_and(|d| d == Duration::ZERO) {
+            None
+        } else {
+            let mut sleep = stack::sleep_limit(&nics, next);
+            if let Some(cap) = cap {
+                sleep = sleep.min(cap);
             }
-        };
-        match next {
-            None => interrupts::enable(),
-            Some(sleep) => {
-                timer::arm(sleep);
-                interrupts::wait_for_interrupt();
-                timer::disarm();
-                for nic in nic::nics().iter_mut() {
-                    nic.device.rx().disable_interrupts();
-                }
+            // Ask for receive interrupts, and look once more: packets that
+            // arrived before the request will not interrupt (§2.7.7).
+            let mut pending = false;
+            for nic in nics.iter_mut() {
+                pending |= nic.device.rx().enable_interrupts();
             }
+            (!pending).then_some(sleep)
         }
+    };
+    // The caller's device, armed (and re-checked) after the cards.
+    let next = next.filter(|_| !arm_other());
+    match next {
+        None => interrupts::enable(),
+        Some(sleep) => {
+            timer::arm(sleep);
+            interrupts::wait_for_interrupt();
+            timer::disarm();
+        }
+    }
+    // Interrupts are only wanted while nobody looks (§2.7.7).
+    disarm_other();
+    for nic in nic::nics().iter_mut() {
+        nic.device.rx().disable_interrupts();
     }
 }

@@ -119,33 +119,33 @@ fn wait_for_console_port() -> Option<(drivers::transport::Location, u32)> {
     }
 }
 
-/// Services the network, then sleeps until the console interrupts (or the
-/// interrupt code's 10 ms watchdog, or any other interrupt, ends the halt).
-///
-/// The console's one wait (`drivers::irq::wait_until_used`): receive
-/// interrupts on, one more look at the rings, the halt, and interrupts off
-/// again, so that input arriving while a command runs (a long `ping`, a
-/// stream) does not interrupt a shell that is not waiting for it (§2.7.7).
-/// The console lock is taken only to arm and disarm, not across the halt.
-fn idle(location: drivers::transport::Location) {
-    crate::net::poll();
-    let mut wait = console::waiter(location, 1_000_000_000);
-    // A timeout only ends this idle round; the shell loop looks and idles again.
-    let _ = drivers::irq::wait_until_used(
-        &mut wait,
-        &mut (),
-        |()| {
+/// Services the network, then sleeps until the console or a network card
+/// interrupts, smoltcp's next timer, or [`IDLE_AT_MOST`]
+/// (`crate::net::idle_with`, the same race-free round as the kernel's idle
+/// loop: interrupts off, receive and console interrupts on, one more look
+/// at the rings, `sti; hlt`, and the device interrupts off again, so that
+/// input arriving while a command runs (a long `ping`, a stream) does not
+/// interrupt a shell that is not waiting for it, §2.7.7). The console lock
+/// is taken only to arm and disarm, not across the halt.
+fn idle(_location: drivers::transport::Location) {
+    crate::net::idle_with(
+        IDLE_AT_MOST,
+        || {
             console::lock()
                 .as_mut()
                 .is_some_and(|c| c.device.enable_interrupts())
         },
-        |()| {
+        || {
             if let Some(c) = console::lock().as_mut() {
                 c.device.disable_interrupts();
             }
         },
     );
 }
+
+/// The longest the shell sleeps with nothing to do (the pace of the old
+/// watchdog: a lost interrupt costs at most this much).
+const IDLE_AT_MOST: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(10);
 
 /// Sends what a command printed.
 fn flush(port: u32, out: &mut Output) {
@@ -752,7 +752,8 @@ fn ping(args: &[&str], out: &mut Output) -> CommandResult {
         let deadline = sent_ns.saturating_add(1_000_000_000);
         let mut answered = false;
         while !answered && crate::clock::uptime_ns() < deadline {
-            crate::net::poll();
+            // Sleeps until the reply's interrupt (or 1 ms), then polls.
+            crate::net::poll_and_wait(smoltcp::time::Duration::from_millis(1));
             with_socket(&mut |socket| {
                 while socket.can_recv() {
                     let (bytes, from) = socket.recv().map_err(|e| format!("recv: {e:?}"))?;
@@ -776,11 +777,6 @@ fn ping(args: &[&str], out: &mut Output) -> CommandResult {
                 }
                 Ok(())
             })?;
-            if !answered {
-                for _ in 0..10_000 {
-                    core::hint::spin_loop();
-                }
-            }
         }
         if answered {
             replies += 1;
