@@ -74,13 +74,23 @@ const WATCHDOG_PERIOD_NS: u64 = 10_000_000;
 const POLLS_PER_CLOCK_READ: u32 = 64;
 
 /// How long an interrupt-driven wait spins, with interrupts on, before it
-/// halts (hybrid polling, [`drivers::irq::Idle::spin_before_halt`]). Under
-/// TCG a halted vCPU is woken by QEMU's I/O thread through a condition
-/// variable, which costs more than a 4 KiB request on a null disk takes;
-/// a running vCPU takes the same interrupt at its next block of
-/// instructions. Long waits (the shell waiting for a key) lose at most
-/// this much CPU time per wake-up.
-const SPIN_BEFORE_HALT_NS: u64 = 50_000;
+/// halts (hybrid polling, [`drivers::irq::Idle::spin_before_halt`]): the
+/// command line's `wait.spin_us=` (0, the default: halt at once). A running
+/// CPU takes the completion's interrupt at once, where a halted one must be
+/// woken (under TCG, QEMU's I/O thread signals the sleeping vCPU thread).
+/// Measured under TCG on a 2-core host loaded five times over (docs/04):
+/// 50 µs cut the interrupts per 4 KiB read at depth 1 from 0.92 to 0.15,
+/// but the spinning vCPU thread then competes with the QEMU thread that
+/// completes the request, and some runs fell to 1-2 thousand IOPS, as
+/// polling mode does on such a host; so it is off unless asked for.
+fn spin_before_halt_ns() -> u64 {
+    static SPIN_NS: Once<u64> = Once::new();
+    *SPIN_NS.call_once(|| {
+        crate::cmdline::get("wait.spin_us")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |us| us.min(10_000) * 1000)
+    })
+}
 
 /// TSC ticks spent halted in waits since boot (benchmark build only: the
 /// block benchmark subtracts them to count what an interrupt-driven request
@@ -192,17 +202,19 @@ impl Idle for KernelIdle {
         let now = crate::clock::tsc();
         if step == 0 {
             let hz = crate::clock::tsc_hz();
-            if hz == 0 {
-                return false; // no clock to bound the spin: halt at once
+            let spin_ns = spin_before_halt_ns();
+            if hz == 0 || spin_ns == 0 {
+                return false; // no spin asked for, or no clock to bound it
             }
-            let budget = (u128::from(hz) * u128::from(SPIN_BEFORE_HALT_NS) / 1_000_000_000) as u64;
+            let budget = (u128::from(hz) * u128::from(spin_ns) / 1_000_000_000) as u64;
             self.spin_until = now.saturating_add(budget);
         }
-        if now >= self.spin_until {
-            return false;
-        }
-        core::hint::spin_loop();
-        true
+        // No `pause` (`spin_loop`) here: under TCG it ends the translated
+        // block and goes back to QEMU's CPU loop, which can then wait for
+        // the lock QEMU's I/O thread holds while it completes the very
+        // request we spin for (seen: steps of hundreds of µs on a loaded
+        // host). One CPU, no hyper-thread sibling to yield to.
+        now < self.spin_until
     }
 
     fn pause(&mut self) {
