@@ -101,7 +101,7 @@ def ping_interact(out: dict[str, object], commands: int) -> Callable[[harness.Ru
 
         shell = Shell(ctx.file("console.sock"))
         try:
-            shell.wait_prompt(timeout_s=5)
+            shell.wait_prompt(timeout_s=1)
         except AssertionError:
             shell.type(b"\r", timeout_s=10)
         for _ in range(80):  # the lease may come after the prompt
