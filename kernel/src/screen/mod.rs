@@ -361,17 +361,3 @@ pub fn disarm() {
         keyboard.device.disable_interrupts();
     }
 }
-
-/// A wait that ends when the first keyboard interrupts (or any other
-/// interrupt, or the wait's 10 ms watchdog, ends the halt).
-pub fn input_waiter(timeout_ns: u64) -> KernelWait {
-    let location = KEYBOARDS
-        .lock()
-        .iter()
-        .find(|k| k.device.is_keyboard())
-        .map(|k| k.location);
-    match location {
-        Some(location) => wait::for_device(virtio::irq::of(location), QueueSet::ALL, timeout_ns),
-        None => KernelWait::polling(timeout_ns),
-    }
-}

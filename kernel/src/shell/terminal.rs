@@ -18,13 +18,12 @@
 //!
 //! ## Waiting for a key
 //!
-//! Between keys [`run`] runs a network round and sleeps: it asks every
-//! terminal's device for an interrupt on new input ([`Terminal::arm`]),
-//! looks once more, and halts through the wait of the first terminal
-//! (`drivers::irq::wait_until_used`, as the console alone did). Any
-//! interrupt ends the halt, so input on another terminal wakes it too; if
-//! that interrupt came between the arming and the halt, the wait's 10 ms
-//! watchdog ends the halt instead (`kernel/src/wait.rs`).
+//! Between keys [`run`] runs the kernel's idle round (`crate::net::idle_with`):
+//! with interrupts off it polls the network, asks the network cards and
+//! every terminal's device for an interrupt on new input ([`Terminal::arm`]),
+//! looks once more, and halts with `sti; hlt`, so a key on any terminal, a
+//! packet or smoltcp's next timer ends the halt, and one that comes between
+//! the arming and the halt is held by the CPU and ends it at once.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -35,10 +34,6 @@ use drivers::transport::Location;
 
 use super::line::{Action, LineEditor};
 use super::{console, execute, Output, PROMPT};
-use crate::wait::KernelWait;
-
-/// How long one idle wait may last before the loop looks again.
-const IDLE_TIMEOUT_NS: u64 = 1_000_000_000;
 
 /// One place a person types commands and reads answers.
 pub trait Terminal {
@@ -54,8 +49,6 @@ pub trait Terminal {
     fn arm(&mut self) -> bool;
     /// Interrupts off again.
     fn disarm(&mut self);
-    /// The wait that sleeps until this terminal's device interrupts.
-    fn waiter(&self) -> KernelWait;
 }
 
 /// The virtio console's shell port.
@@ -105,10 +98,6 @@ impl Terminal for ConsoleTerminal {
             c.device.disable_interrupts();
         }
     }
-
-    fn waiter(&self) -> KernelWait {
-        console::waiter(self.location, IDLE_TIMEOUT_NS)
-    }
 }
 
 /// The virtio-gpu screen with the virtio-input keyboards.
@@ -137,10 +126,6 @@ impl Terminal for ScreenTerminal {
 
     fn disarm(&mut self) {
         crate::screen::disarm();
-    }
-
-    fn waiter(&self) -> KernelWait {
-        crate::screen::input_waiter(IDLE_TIMEOUT_NS)
     }
 }
 
@@ -239,26 +224,27 @@ fn serve(session: &mut Session, input: &[u8]) {
     }
 }
 
-/// Services the network, then sleeps until a terminal has input (see the
-/// module docs).
+/// Services the network, then sleeps until a terminal has input, a packet
+/// arrives or smoltcp's timer is due (see the module docs).
 fn idle(sessions: &mut [Session]) {
-    crate::net::poll();
-    let mut wait = sessions[0].terminal.waiter();
-    // A timeout only ends this idle round; the loop looks and idles again.
-    let _ = drivers::irq::wait_until_used(
-        &mut wait,
-        sessions,
-        |sessions| {
+    let sessions = core::cell::RefCell::new(sessions);
+    crate::net::idle_with(
+        IDLE_AT_MOST,
+        || {
             let mut pending = false;
-            for session in sessions.iter_mut() {
+            for session in sessions.borrow_mut().iter_mut() {
                 pending |= session.terminal.arm();
             }
             pending
         },
-        |sessions| {
-            for session in sessions.iter_mut() {
+        || {
+            for session in sessions.borrow_mut().iter_mut() {
                 session.terminal.disarm();
             }
         },
     );
 }
+
+/// The longest the shell sleeps with nothing to do (the pace of the old
+/// wait's watchdog).
+const IDLE_AT_MOST: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(10);
