@@ -160,6 +160,16 @@ def ratio_lines(results: dict[str, object]) -> list[str]:
                     f"{fmt(peer.get('median'))} | {float(entry['ratio']):.2f}{note} |")
     if not rows:
         return ["(The last `./x.py bench` compared nothing.)"]
+    latest = results.get("latest")
+    if isinstance(latest, dict):
+        # Each section's own latest run (results.json keeps them apart).
+        runs = "; ".join(
+            f"{name}: medians of {entry.get('runs_per_workload', '?')} runs, {entry.get('when', '?')}, "
+            f"`{entry.get('command', './x.py bench')}` under {entry.get('accel', '?')}"
+            for name, entry in latest.items() if isinstance(entry, dict) and entry.get("comparison")
+            and any(isinstance(c, dict) and "peer" in c for c in entry["comparison"]))
+        return ["| workload | unit | ours (polling) | virtio-drivers | ratio |", "| --- | --- | --- | --- | --- |", *rows,
+                "", f"{runs}; on {results.get('host', 'an unknown host')}."]
     return ["| workload | unit | ours (polling) | virtio-drivers | ratio |", "| --- | --- | --- | --- | --- |", *rows, "",
             f"Medians of {results.get('runs_per_workload', '?')} runs, {results.get('when', '?')}, "
             f"`{results.get('command', './x.py bench')}` under {results.get('accel', '?')} on "
