@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from qemu import bench_compare, bench_cost, bench_echo, bench_net_host, bench_results  # noqa: E402  (needs the path above)
 from qemu import browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
 from qemu import machine as qm  # noqa: E402
+from qemu import soak  # noqa: E402
 from book import bench_page, mdbook, traces  # noqa: E402
 
 #: The interactive boot's scratch disk (created on first use).
@@ -422,7 +423,8 @@ def cmd_test(options: argparse.Namespace) -> int:
         # The harness's own unit tests import the `qemu` package from tests/.
         ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net",
                           "qemu.test_bench_compare", "qemu.test_bench_cost", "qemu.test_kernel_builds",
-                          "qemu.test_screen", "qemu.test_queue_view", "qemu.test_qmp", "qemu.test_net_stress"],
+                          "qemu.test_screen", "qemu.test_queue_view", "qemu.test_qmp",
+                          "qemu.test_net_stress", "qemu.test_soak"],
          REPO / "tests"),
         # The book and README: every path, symbol, link and include they name exists.
         ("docs-check", [sys.executable, "tests/book/check.py"], REPO),
@@ -920,6 +922,24 @@ def cmd_bench(options: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- docs
 
 
+def cmd_soak(options: argparse.Namespace) -> int:
+    """Block I/O in the guest under network load from the host for --minutes
+    (tests/qemu/soak.py); fails on a lost or changed byte, a stall or growth
+    of the guest's heap or frame use."""
+    setup()
+    seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
+    seconds = max(1, round(options.minutes * 60))
+    say(f"soak: {seconds} s of block rounds under network load, seed {seed} "
+        f"(repeat: ./x.py soak --minutes {options.minutes:g} --seed {seed})")
+    kernel = build_kernel(features=("selftest",))
+    scenario = soak.soak_scenario("soak", seconds, seed)
+    [outcome] = harness.run_scenarios([scenario], {("selftest",): kernel}, BUILD_DIR, jobs=1, tcg_only=True)
+    if not outcome.passed:
+        print("\n" + harness.failure_report(outcome), flush=True)
+        return 1
+    return 0
+
+
 def cmd_docs(options: argparse.Namespace) -> int:
     if options.capture_traces:
         return capture_traces(options)
@@ -1259,6 +1279,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("--repeat", type=int, default=5, metavar="N",
                        help="runs of every workload, for min / median / max (default 5)")
 
+    soak_parser = commands.add_parser(
+        "soak", help="block I/O in the guest under network load from the host, for N minutes",
+        description="Boot the self-test kernel with soak=on and load its echo and HTTP services from "
+                    "the host while it writes, reads back and checks its scratch disk (tests/qemu/soak.py). "
+                    "Fails on any lost or corrupted byte, a stall, or heap/frame growth.")
+    soak_parser.add_argument("--minutes", type=float, default=5.0, metavar="N", help="how long (default 5)")
+    soak_parser.add_argument("--seed", type=int, default=None,
+                             help="seed of the guest's data and the host's load (default: random, printed)")
+
     docs = commands.add_parser(
         "docs", help="build the book (docs/) into build/book/ and print the path of index.html",
         description="Build the book with mdBook (installed with `cargo install mdbook --locked` when "
@@ -1273,6 +1302,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("`-- extra QEMU args` only go with run and qemu-cmd")
     if options.command == "test" and options.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if options.command == "soak" and not 0 < options.minutes <= 24 * 60:
+        parser.error("--minutes must be in (0, 1440]")
     if options.command == "bench" and not 0 < options.seconds <= 60:
         parser.error("--seconds must be in (0, 60]")
     if options.command == "bench" and not 1 <= options.repeat <= 20:
@@ -1291,6 +1322,7 @@ def main(argv: list[str]) -> int:
         "test": cmd_test,
         "bench": cmd_bench,
         "docs": cmd_docs,
+        "soak": cmd_soak,
     }
     try:
         return handlers[options.command](options)

@@ -74,6 +74,8 @@ mod selftest;
 mod selftest_api;
 mod serial;
 mod shell;
+#[cfg(feature = "selftest")]
+mod soak;
 mod virtio;
 mod wait;
 
@@ -120,6 +122,9 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     block::init();
 
     net::start();
+    // `soak=on` (self-test build): block I/O under network load; does not return.
+    #[cfg(feature = "selftest")]
+    soak::run_if_asked();
     // Brought up before `kernel: ready`, so that every `virtio:` line (the
     // console's comes from its driver) precedes it; a device no driver took
     // is left reset, with its line.

@@ -1667,3 +1667,9 @@ SCENARIOS += NET_STRESS_SCENARIOS
 from .scenarios_bench import SCENARIOS as BENCH_SMOKE_SCENARIOS  # noqa: E402
 
 SCENARIOS += BENCH_SMOKE_SCENARIOS
+
+from .scenarios_faults import FAULT_SCENARIOS  # noqa: E402  (blkdebug errors, a disk that stops answering)
+SCENARIOS += FAULT_SCENARIOS
+
+from .soak import SOAK_SCENARIOS  # noqa: E402  (soak-short: block I/O under network load)
+SCENARIOS += SOAK_SCENARIOS

@@ -1428,6 +1428,11 @@ fn a_timeout_resets_the_device_releases_buffers_and_recover_brings_it_back() {
         Ok(None),
         "the blocking call's own aborted requests are not handed out"
     );
+    // Two aborted (the pending read and the blocking call's one request),
+    // counted as failures that never came back through the ring.
+    let stats = blk.stats();
+    assert_eq!((stats.aborted, stats.failed), (2, 2));
+    assert_eq!(stats.ring.completions + stats.aborted, stats.completions);
     assert_eq!(
         blk.read_blocks(0, &mut data, &mut wait(&model)),
         Err(BlkError::DeviceFailed)

@@ -327,6 +327,10 @@ impl<H: Hal> RequestQueue<H> {
             (Ok(()), RequestType::Read) => stats.bytes_read += u64::from(record.data_bytes),
             (Ok(()), RequestType::Write) => stats.bytes_written += u64::from(record.data_bytes),
             (Ok(()), _) => {}
+            (Err(RequestError::Aborted), _) => {
+                stats.failed += 1;
+                stats.aborted += 1;
+            }
             (Err(_), _) => stats.failed += 1,
         }
     }

@@ -259,6 +259,10 @@ pub struct BlkQueueStats {
     pub completions: u64,
     /// Of those, how many failed.
     pub failed: u64,
+    /// Of the failed, how many a reset aborted ([`RequestError::Aborted`]):
+    /// the ring never returned those, so `ring.completions` is short of
+    /// `completions` by exactly this many.
+    pub aborted: u64,
     /// Data bytes read successfully.
     pub bytes_read: u64,
     /// Data bytes written successfully.
@@ -281,6 +285,7 @@ impl BlkQueueStats {
         self.requests += other.requests;
         self.completions += other.completions;
         self.failed += other.failed;
+        self.aborted += other.aborted;
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
         self.inexact_used_lengths += other.inexact_used_lengths;

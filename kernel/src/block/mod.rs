@@ -250,6 +250,9 @@ pub struct Disk {
     device: KernelBlk,
     irq: Option<DeviceIrq>,
     wait_mode: WaitMode,
+    /// How long one blocking call waits ([`CALL_TIMEOUT_NS`]; the fault
+    /// self-tests shorten it).
+    call_timeout_ns: u64,
     /// Requests the self-tests made fail on purpose (injected errors).
     #[cfg(feature = "selftest")]
     expected_failures: u64,
@@ -279,6 +282,7 @@ impl Disk {
             device,
             irq: virtio::irq::of(location),
             wait_mode: WaitMode::Interrupt,
+            call_timeout_ns: CALL_TIMEOUT_NS,
             #[cfg(feature = "selftest")]
             expected_failures: 0,
         };
@@ -342,7 +346,7 @@ impl Disk {
 
     /// A fresh wait for one blocking call (its deadline starts now).
     pub fn new_wait(&self) -> KernelWait {
-        self.new_wait_for(CALL_TIMEOUT_NS)
+        self.new_wait_for(self.call_timeout_ns)
     }
 
     /// A fresh wait that gives up after `timeout_ns`: halting until the
@@ -475,6 +479,13 @@ impl Disk {
     /// Notes that the self-tests made a request fail on purpose.
     pub(crate) fn expect_failure(&mut self) {
         self.expected_failures += 1;
+    }
+
+    /// How long each blocking call waits from now on (default
+    /// [`CALL_TIMEOUT_NS`]): the fault self-tests wait less for a device
+    /// they made stop answering.
+    pub fn set_call_timeout(&mut self, timeout_ns: u64) {
+        self.call_timeout_ns = timeout_ns;
     }
 
     /// Requests that failed on purpose so far.

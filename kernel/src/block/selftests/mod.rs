@@ -14,7 +14,8 @@
 //! | scratch: queue depths | idem | 1, 2, 4, .. up to the most requests the queue holds, all in flight at once, completed in any order; one more is refused (queue full) |
 //! | scratch: largest request | idem | the largest request the device allows for page-sized buffers (`seg_max` segments of 4 KiB) goes out as one request, one page more as two |
 //! | scratch: flush, zeroes, discard | idem | FLUSH succeeds; WRITE_ZEROES reads back as zeroes; DISCARD leaves old data or zeroes and nothing outside the range changes |
-//! | injected errors | `expect.blk.ioerr=<serial>:<read\|write>:<sector>,..` | those requests fail with IOERR, the error is logged, the disk keeps working |
+//! | injected errors | `expect.blk.ioerr=<serial>:<op>[:<sector>],..` | those requests (read, write or flush; every time, or `-once`) fail with IOERR, the error is logged, the disk keeps working ([`faults`]) |
+//! | a disk that stops answering | `expect.blk.hang=<serial>` | a read times out, the device is reset and recovered, the disk serves again ([`faults`]) |
 //! | counters | a blk device came up | per disk: completions = requests, nothing in flight, failures = the ones caused on purpose |
 //!
 //! `blk.workload=quick` makes the scratch tests lighter for slow
@@ -23,8 +24,8 @@
 //! leaves them out.
 //!
 //! Writes happen only on disks whose serial starts with `scratch` (and that
-//! are not read-only, and not named in `expect.blk.ioerr=`, which get the
-//! injected-error test instead). A scratch disk must have at least
+//! are not read-only, and not named in `expect.blk.ioerr=` or `expect.blk.hang=`,
+//! which get the fault tests instead). A scratch disk must have at least
 //! [`MIN_SCRATCH_SECTORS`] sectors; its layout:
 //!
 //! ```text
@@ -56,7 +57,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use drivers::blk::{BlkError, BlkToken, BufferId, RequestError};
+use drivers::blk::{BlkError, BlkToken, BufferId};
 use drivers::irq::wait_until_used;
 use drivers::transport::DeviceType;
 use hal::DmaBuffer;
@@ -68,6 +69,7 @@ use crate::println;
 use crate::selftest_api::SelfTest;
 use crate::virtio;
 
+mod faults;
 mod in_flight;
 
 /// The smallest scratch disk the write tests accept (8 MiB + the low area).
@@ -94,7 +96,6 @@ const TAG_RANDOM: u64 = 0x1_0000;
 const TAG_DEPTH: u64 = 0x2_0000;
 const TAG_SEGMENTS: u64 = 0x3_0000;
 const TAG_RANGES: u64 = 0x4_0000;
-const TAG_FAULT: u64 = 0x5_0000;
 const TAG_CHOICES: u64 = 0x6_0000;
 
 /// The block self-tests (see the module docs).
@@ -140,12 +141,7 @@ pub fn selftests() -> Vec<SelfTest> {
     } else {
         tests.extend(scratch_tests());
     }
-    if crate::cmdline::get("expect.blk.ioerr").is_some() {
-        tests.push(SelfTest {
-            name: "block: injected I/O errors are reported (IOERR) and the disk keeps working",
-            run: test_injected_errors,
-        });
-    }
+    tests.extend(faults::selftests());
     tests.push(SelfTest {
         name: "block: request counters agree (completions, failures, nothing in flight)",
         run: test_counters,
@@ -212,41 +208,10 @@ fn workload() -> Workload {
     }
 }
 
-/// `expect.blk.ioerr=` entries: (serial, is_write, sector).
-fn injected_errors() -> Result<Vec<(String, bool, u64)>, String> {
-    let Some(value) = crate::cmdline::get("expect.blk.ioerr") else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for entry in value.split(',') {
-        let mut parts = entry.split(':');
-        let (Some(serial), Some(op), Some(sector), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!(
-                "expect.blk.ioerr entry {entry:?} is not <serial>:<read|write>:<sector>"
-            ));
-        };
-        let is_write = match op {
-            "read" => false,
-            "write" => true,
-            _ => {
-                return Err(format!(
-                    "expect.blk.ioerr entry {entry:?}: op must be read or write"
-                ))
-            }
-        };
-        let sector = parse_u64(sector)
-            .ok_or_else(|| format!("expect.blk.ioerr entry {entry:?}: bad sector"))?;
-        out.push((serial.to_string(), is_write, sector));
-    }
-    Ok(out)
-}
-
 /// Disks the write workload runs on: writable scratch disks that are not
 /// the target of injected errors.
-fn is_workload_disk(disk: &Disk, faulty: &[(String, bool, u64)]) -> bool {
-    disk.writable() && !faulty.iter().any(|(serial, _, _)| serial == disk.serial())
+fn is_workload_disk(disk: &Disk, faulty: &[String]) -> bool {
+    disk.writable() && !faulty.iter().any(|serial| serial == disk.serial())
 }
 
 /// Runs `test` on every workload disk; `Ok` with a log line if there is none.
@@ -254,7 +219,7 @@ fn for_each_scratch(
     what: &str,
     mut test: impl FnMut(&mut Disk) -> Result<(), String>,
 ) -> Result<(), String> {
-    let faulty = injected_errors()?;
+    let faulty = faults::faulty_serials()?;
     super::with_disks(|disks| {
         let mut tested = 0;
         for disk in disks.iter_mut().filter(|d| is_workload_disk(d, &faulty)) {
@@ -892,80 +857,6 @@ fn discard(disk: &mut Disk, region: u64, seed: u64) -> Result<(), String> {
 
 // ---------------------------------------------------------------- injected errors
 
-fn test_injected_errors() -> Result<(), String> {
-    let faults = injected_errors()?;
-    let base = base_seed();
-    for (i, (serial, is_write, sector)) in faults.iter().enumerate() {
-        super::with_disks(|disks| {
-            let disk = disks
-                .iter_mut()
-                .find(|d| d.serial() == serial)
-                .ok_or_else(|| format!("no disk with serial {serial:?}"))?;
-            let seed = pattern::derive_seed(base, TAG_FAULT + i as u64);
-            injected(disk, *is_write, *sector, seed)
-                .map_err(|e| format!("{} ({serial}): {e}", disk.name()))
-        })?;
-    }
-    Ok(())
-}
-
-/// The request at `sector` must fail with IOERR (twice: the fault stays),
-/// a request spanning it too, and the disk must go on working next to it.
-fn injected(disk: &mut Disk, is_write: bool, sector: u64, seed: u64) -> Result<(), String> {
-    let capacity = disk.capacity_sectors();
-    if sector + 64 + 8 > capacity || sector < 8 {
-        return Err(format!(
-            "sector {sector} is too close to an end of the disk"
-        ));
-    }
-    let failed_before = disk.device().stats().failed;
-    let what = if is_write { "write" } else { "read" };
-    let mut buffer = IoBuffer::new(8 * SECTOR)?;
-    for (first, count) in [(sector, 1u64), (sector, 1), (sector - 4, 8)] {
-        let data = &mut buffer.as_mut_slice()[..count as usize * SECTOR];
-        let result = if is_write {
-            pattern::fill(seed, first * SECTOR as u64, data);
-            disk.write(first, data)
-        } else {
-            disk.read(first, data)
-        };
-        match result {
-            Err(super::BlockError::Device(BlkError::Request(RequestError::IoError))) => {
-                disk.expect_failure();
-                if is_write {
-                    announce(disk, "write-failed", first, count);
-                }
-            }
-            other => {
-                return Err(format!(
-                "{what} of {count} sector(s) at {first} returned {other:?}, expected an I/O error"
-            ))
-            }
-        }
-    }
-    let failed = disk.device().stats().failed - failed_before;
-    if failed != 3 {
-        return Err(format!("{failed} requests counted as failed, expected 3"));
-    }
-    if disk.device().is_failed() {
-        return Err("an I/O error took the whole device down".into());
-    }
-    // Keeps working: right next to the bad sector, and far from it.
-    let mut one = vec![0u8; SECTOR];
-    for other in [sector + 1, sector + 64, 0] {
-        disk.read(other, &mut one)
-            .map_err(|e| format!("read at {other} after the error: {e}"))?;
-    }
-    if disk.writable() {
-        write_verified(disk, sector + 64, 8, seed).map_err(|e| format!("after the error: {e}"))?;
-    }
-    log::info!(
-        "block: {}: {what} at sector {sector} failed with IOERR as injected (3 times); the disk keeps working",
-        disk.name()
-    );
-    Ok(())
-}
-
 // ---------------------------------------------------------------- counters
 
 fn test_counters() -> Result<(), String> {
@@ -993,10 +884,12 @@ fn test_counters() -> Result<(), String> {
                     stats.failed
                 ));
             }
-            if stats.ring.completions != stats.completions {
+            // A reset (a request timed out) aborts what was in flight:
+            // those completions never came through the ring.
+            if stats.ring.completions + stats.aborted != stats.completions {
                 return Err(format!(
-                    "{name}: the ring returned {} chains for {} completions",
-                    stats.ring.completions, stats.completions
+                    "{name}: the ring returned {} chains and a reset aborted {} for {} completions",
+                    stats.ring.completions, stats.aborted, stats.completions
                 ));
             }
             log::info!(
