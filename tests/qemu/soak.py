@@ -45,16 +45,24 @@ from .qmp import Qmp, qmp_args
 
 MiB = 1024 * 1024
 
-#: Echo client threads.
-ECHO_STREAMS = 3
+#: Echo client threads (the echo service has two listening sockets, so a
+#: third client would mostly be turned away).
+ECHO_STREAMS = 2
+#: A connection the guest resets before it answered anything was turned
+#: away (every listening socket busy, one still closing): the client tries
+#: again, up to this many times in a row before it calls it a stall.
+MAX_TURNED_AWAY = 200
 #: Chunks per echo connection before it is closed and another opened.
 CHUNKS_PER_CONNECTION = 8
 #: Longest any one client operation (or a counters line) may take.
 STALL_S = 20.0
 #: How long the machine is paused once, half-way.
 PAUSE_S = 2.0
-#: Growth allowed between the baseline and the end.
-HEAP_SLACK = 0
+#: Growth allowed between the baseline and the end: the heap's bookkeeping
+#: moves by a few hundred bytes with what the stack holds at the moment
+#: (seen: +368 bytes at one instant, back to +168); a leak of anything per
+#: connection or per request over thousands of them is far more.
+HEAP_SLACK = 4096
 FRAME_SLACK = 0
 
 COUNTERS = re.compile(
@@ -112,6 +120,7 @@ class Load:
     echo_bytes: int = 0
     echo_connections: int = 0
     http_gets: int = 0
+    turned_away: int = 0
     problems: list[str] = field(default_factory=list)
 
     def fail(self, problem: str) -> None:
@@ -124,6 +133,7 @@ class Load:
 def echo_client(port: int, load: Load, index: int) -> None:
     """Seeded chunks through echo; every byte compared; reconnects."""
     rng = random.Random(load.seed * 1000 + index)
+    refused_in_a_row = 0
     while not load.stop.is_set():
         try:
             sock = net.connect(port, timeout_s=STALL_S)
@@ -131,6 +141,7 @@ def echo_client(port: int, load: Load, index: int) -> None:
             load.fail(f"echo {index}: connect: {err}")
             return
         sock.settimeout(STALL_S)
+        echoed = 0
         try:
             for _ in range(CHUNKS_PER_CONNECTION):
                 if load.stop.is_set():
@@ -141,6 +152,8 @@ def echo_client(port: int, load: Load, index: int) -> None:
                 got = bytearray()
                 while len(got) < size:
                     chunk = sock.recv(size - len(got))
+                    if not chunk and echoed == 0 and not got:
+                        raise ConnectionResetError("closed before echoing anything")
                     if not chunk:
                         load.fail(f"echo {index}: connection closed after {len(got)} of {size} bytes")
                         return
@@ -150,30 +163,56 @@ def echo_client(port: int, load: Load, index: int) -> None:
                     load.fail(f"echo {index}: byte {at} of a {size}-byte chunk came back {got[at]:#04x}, "
                               f"sent {data[at]:#04x}")
                     return
+                echoed += size
                 with load.lock:
                     load.echo_bytes += size
             sock.shutdown(socket.SHUT_WR)
             if sock.recv(1) != b"":
                 load.fail(f"echo {index}: bytes after the echo")
                 return
+        except (ConnectionResetError, BrokenPipeError) as err:
+            if echoed:
+                load.fail(f"echo {index}: reset after {echoed} bytes echoed: {err}")
+                return
+            refused_in_a_row += 1
+            with load.lock:
+                load.turned_away += 1
+            if refused_in_a_row > MAX_TURNED_AWAY:
+                load.fail(f"echo {index}: turned away {refused_in_a_row} times in a row")
+                return
+            time.sleep(0.05)
+            continue
         except OSError as err:
             load.fail(f"echo {index}: {type(err).__name__}: {err}")
             return
         finally:
             sock.close()
+        refused_in_a_row = 0
         with load.lock:
             load.echo_connections += 1
 
 
 def http_client(port: int, load: Load) -> None:
     """GET / (200, the status page) and a missing page (404), in turn."""
+    refused_in_a_row = 0
     while not load.stop.is_set():
         for path, status_wanted in (("/", 200), ("/soak-missing", 404)):
             try:
                 status, _, body = net.http_get(port, path, timeout_s=STALL_S)
+            except ConnectionResetError:
+                # Turned away: every HTTP socket busy (see MAX_TURNED_AWAY).
+                refused_in_a_row += 1
+                with load.lock:
+                    load.turned_away += 1
+                if refused_in_a_row > MAX_TURNED_AWAY:
+                    load.fail(f"http GET {path}: turned away {refused_in_a_row} times in a row")
+                    return
+                time.sleep(0.05)
+                continue
             except (OSError, AssertionError) as err:
                 load.fail(f"http GET {path}: {err}")
                 return
+            refused_in_a_row = 0
             if status != status_wanted or (status == 200 and "</html>" not in body):
                 load.fail(f"http GET {path}: status {status}, {len(body)} body bytes")
                 return
@@ -250,7 +289,8 @@ def soak_interaction(seconds: int, seed: int):
         end = counters_after(ctx, mark, 2)[-1]
         problems += growth_problems(baseline, end)
         print(f"soak: {seconds} s: {load.echo_bytes} echo bytes checked over {load.echo_connections} "
-              f"connections, {load.http_gets} HTTP answers; heap {baseline.heap} -> {end.heap} bytes, "
+              f"connections ({load.turned_away} turned away and retried), {load.http_gets} HTTP answers, "
+              f"paused {PAUSE_S:g} s once; heap {baseline.heap} -> {end.heap} bytes, "
               f"free frames {baseline.frames} -> {end.frames}", flush=True)
         if load.echo_bytes == 0 or load.http_gets == 0:
             problems.append(f"the load did nothing: {load.echo_bytes} echo bytes, {load.http_gets} GETs")
@@ -269,6 +309,9 @@ def check_soak(outcome: Outcome) -> list[str]:
         problems.append("no block rounds were made")
     elif lines[-1].errors:
         problems.append(f"{lines[-1].errors} block errors")
+    if re.search(r"^soak: blk done", log, re.MULTILINE) is None:
+        # Stopped with a write in flight: the image need not match.
+        return problems + ["the block rounds did not finish; the image is not checked"]
     image = outcome.ctx.file(f"{SERIAL}.img")
     problems += blk.check_image(image, blk.original(image).read_bytes(), log, SERIAL)
     return problems
