@@ -925,19 +925,38 @@ def cmd_bench(options: argparse.Namespace) -> int:
 def cmd_soak(options: argparse.Namespace) -> int:
     """Block I/O in the guest under network load from the host for --minutes
     (tests/qemu/soak.py); fails on a lost or changed byte, a stall or growth
-    of the guest's heap or frame use."""
+    of the guest's heap or frame use. Then --crash-runs more crash-consistency
+    runs (tests/qemu/scenarios_crash.py, where the tree has it), their kill
+    points drawn from the same seed."""
     setup()
     seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
     seconds = max(1, round(options.minutes * 60))
     say(f"soak: {seconds} s of block rounds under network load, seed {seed} "
-        f"(repeat: ./x.py soak --minutes {options.minutes:g} --seed {seed})")
+        f"(repeat: ./x.py soak --minutes {options.minutes:g} --crash-runs {options.crash_runs} --seed {seed})")
     kernel = build_kernel(features=("selftest",))
-    scenario = soak.soak_scenario("soak", seconds, seed)
-    [outcome] = harness.run_scenarios([scenario], {("selftest",): kernel}, BUILD_DIR, jobs=1, tcg_only=True)
-    if not outcome.passed:
+    kernels = {("selftest",): kernel}
+    outcomes = harness.run_scenarios([soak.soak_scenario("soak", seconds, seed)], kernels, BUILD_DIR, jobs=1,
+                                     tcg_only=True)
+    if options.crash_runs:
+        try:
+            from qemu import scenarios_crash  # noqa: PLC0415  (not in every tree yet)
+        except ImportError:
+            say("soak: no crash-consistency scenarios in this tree (tests/qemu/scenarios_crash.py): skipped")
+        else:
+            import random  # noqa: PLC0415
+            random.seed(seed)  # the crash scenarios draw their kill points from `random`
+            crash = harness.run_scenarios(scenarios_crash.soak_scenarios(options.crash_runs), kernels, BUILD_DIR,
+                                          jobs=1, tcg_only=True)
+            for outcome in crash:
+                assert outcome.ctx is not None
+                summary = outcome.ctx.file("crash-summary.txt")
+                print(f"{outcome.scenario.name}: {summary.read_text().strip() if summary.exists() else '-'}")
+            outcomes += crash
+    failed = [outcome for outcome in outcomes if not outcome.passed]
+    for outcome in failed:
         print("\n" + harness.failure_report(outcome), flush=True)
-        return 1
-    return 0
+    print(f"soak: {len(outcomes) - len(failed)} of {len(outcomes)} runs passed (seed {seed})")
+    return 1 if failed else 0
 
 
 def cmd_docs(options: argparse.Namespace) -> int:
@@ -1285,6 +1304,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "the host while it writes, reads back and checks its scratch disk (tests/qemu/soak.py). "
                     "Fails on any lost or corrupted byte, a stall, or heap/frame growth.")
     soak_parser.add_argument("--minutes", type=float, default=5.0, metavar="N", help="how long (default 5)")
+    soak_parser.add_argument("--crash-runs", type=int, default=10, metavar="N",
+                             help="crash-consistency runs after the soak, each killing QEMU at another "
+                                  "moment (default 10; 0: none)")
     soak_parser.add_argument("--seed", type=int, default=None,
                              help="seed of the guest's data and the host's load (default: random, printed)")
 
@@ -1304,6 +1326,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if options.command == "soak" and not 0 < options.minutes <= 24 * 60:
         parser.error("--minutes must be in (0, 1440]")
+    if options.command == "soak" and not 0 <= options.crash_runs <= 10000:
+        parser.error("--crash-runs must be in 0..10000")
     if options.command == "bench" and not 0 < options.seconds <= 60:
         parser.error("--seconds must be in (0, 60]")
     if options.command == "bench" and not 1 <= options.repeat <= 20:
