@@ -6,7 +6,7 @@ from __future__ import annotations
 import unittest
 
 from . import scenarios  # noqa: F401  (first: scenarios_faults builds on it)
-from . import scenarios_faults, soak
+from . import blk, scenarios_faults, soak
 
 LOG = """\
 soak: start disk=vda serial=scratch-soak0 seconds=20
@@ -41,6 +41,15 @@ class CountersTest(unittest.TestCase):
         lines = soak.Counters.all_in(LOG)
         self.assertEqual(soak.stall_problems(lines[:2]), [])
         self.assertEqual(soak.stall_problems(lines), ["no counters line between t=1 and t=30"])
+
+
+class StillVisibleTest(unittest.TestCase):
+    def test_only_writes_not_covered_later_are_kept(self) -> None:
+        def wrote(sector: int, count: int) -> blk.Op:
+            return blk.Op("wrote", "s", sector, count, 1, 0)
+
+        operations = [wrote(64, 64), wrote(64, 8), wrote(128, 1), wrote(64, 64), wrote(64, 3)]
+        self.assertEqual(soak.still_visible(operations), [wrote(128, 1), wrote(64, 64), wrote(64, 3)])
 
 
 class FaultScenariosTest(unittest.TestCase):
