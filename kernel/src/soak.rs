@@ -20,9 +20,9 @@
 //!
 //! ```text
 //! soak: start disk=vda serial=scratch0 seconds=20
-//! soak: t=3 rounds=412 bytes=6733824 errors=0 heap_used=1052672 frames_free=52911
+//! soak: t=3 rounds=412 bytes=6733824 errors=0 heap_used=1052672 frames_free=52911 sockets=3 held=0 queued=5120
 //! soak: blk done rounds=2733 errors=0
-//! soak: t=21 rounds=2733 bytes=... errors=0 heap_used=1052672 frames_free=52911
+//! soak: t=21 rounds=2733 bytes=... errors=0 heap_used=1052672 frames_free=52911 sockets=0 held=0 queued=0
 //! ```
 //!
 //! A failed or mismatching block request prints `soak: ERROR ...` and counts
@@ -33,9 +33,11 @@
 //!
 //! The counters are the kernel's own: the heap's bytes in use
 //! (`memory::heap::stats`) and free page frames (`memory::free_frame_count`),
-//! the two pools every driver and socket buffer come from. With no client
-//! connected and no request in flight they must come back to where they
-//! were; the host compares them before and after its load.
+//! the two pools every driver and socket buffer come from, and the network
+//! services' connection slots in use and bytes held and queued
+//! (`net::service_counters`). With no client connected and no request in
+//! flight they must come back to where they were (the services' to 0); the
+//! host compares them before and after its load.
 
 use alloc::vec::Vec;
 
@@ -129,8 +131,18 @@ pub fn run_if_asked() {
 
 fn report(elapsed_ns: u64, progress: &Progress) {
     let heap = crate::memory::heap::stats();
+    // The services' connection slots in use (serving or refusing) and the
+    // bytes they hold and have queued, over every card and both services.
+    let (mut sockets, mut held, mut queued) = (0usize, 0usize, 0usize);
+    for (_, services) in crate::net::service_counters() {
+        for service in services {
+            sockets += service.in_use + service.refusing;
+            held += service.held;
+            queued += service.queued;
+        }
+    }
     println!(
-        "soak: t={} rounds={} bytes={} errors={} heap_used={} frames_free={}",
+        "soak: t={} rounds={} bytes={} errors={} heap_used={} frames_free={} sockets={sockets} held={held} queued={queued}",
         elapsed_ns / 1_000_000_000,
         progress.rounds,
         progress.bytes,

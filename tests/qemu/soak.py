@@ -45,9 +45,8 @@ from .qmp import Qmp, qmp_args
 
 MiB = 1024 * 1024
 
-#: Echo client threads (the echo service has two listening sockets, so a
-#: third client would mostly be turned away).
-ECHO_STREAMS = 2
+#: Echo client threads.
+ECHO_STREAMS = 3
 #: A connection the guest resets before it answered anything was turned
 #: away (every listening socket busy, one still closing): the client tries
 #: again, up to this many times in a row before it calls it a stall.
@@ -67,7 +66,8 @@ FRAME_SLACK = 0
 
 COUNTERS = re.compile(
     r"^soak: t=(?P<t>\d+) rounds=(?P<rounds>\d+) bytes=(?P<bytes>\d+) errors=(?P<errors>\d+) "
-    r"heap_used=(?P<heap>\d+) frames_free=(?P<frames>\d+)",
+    r"heap_used=(?P<heap>\d+) frames_free=(?P<frames>\d+)"
+    r"(?: sockets=(?P<sockets>\d+) held=(?P<held>\d+) queued=(?P<queued>\d+))?",
     re.MULTILINE,
 )
 DHCP_LINE = r"net0: dhcp: address 10\.0\.2\.15/24"
@@ -84,11 +84,20 @@ class Counters:
     heap: int
     frames: int
     offset: int = 0
+    #: Connection slots in use, bytes held and queued by the services (None
+    #: from a kernel that does not print them).
+    sockets: int | None = None
+    held: int | None = None
+    queued: int | None = None
 
     @staticmethod
     def all_in(text: str) -> list[Counters]:
+        def number(value: str | None) -> int | None:
+            return None if value is None else int(value)
+
         return [Counters(int(m["t"]), int(m["rounds"]), int(m["errors"]), int(m["heap"]), int(m["frames"]),
-                         m.end()) for m in COUNTERS.finditer(text)]
+                         m.end(), number(m["sockets"]), number(m["held"]), number(m["queued"]))
+                for m in COUNTERS.finditer(text)]
 
 
 def growth_problems(baseline: Counters, end: Counters) -> list[str]:
@@ -98,6 +107,10 @@ def growth_problems(baseline: Counters, end: Counters) -> list[str]:
         problems.append(f"heap in use grew from {baseline.heap} to {end.heap} bytes (t={baseline.t} -> {end.t})")
     if end.frames + FRAME_SLACK < baseline.frames:
         problems.append(f"free frames fell from {baseline.frames} to {end.frames} (t={baseline.t} -> {end.t})")
+    for name in ("sockets", "held", "queued"):
+        value = getattr(end, name)
+        if value:
+            problems.append(f"the services' {name} is {value} with no client left (t={end.t})")
     return problems
 
 
@@ -291,7 +304,8 @@ def soak_interaction(seconds: int, seed: int):
         print(f"soak: {seconds} s: {load.echo_bytes} echo bytes checked over {load.echo_connections} "
               f"connections ({load.turned_away} turned away and retried), {load.http_gets} HTTP answers, "
               f"paused {PAUSE_S:g} s once; heap {baseline.heap} -> {end.heap} bytes, "
-              f"free frames {baseline.frames} -> {end.frames}", flush=True)
+              f"free frames {baseline.frames} -> {end.frames}; services at the end: sockets={end.sockets} "
+              f"held={end.held} queued={end.queued}", flush=True)
         if load.echo_bytes == 0 or load.http_gets == 0:
             problems.append(f"the load did nothing: {load.echo_bytes} echo bytes, {load.http_gets} GETs")
         return problems

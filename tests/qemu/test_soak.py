@@ -12,7 +12,7 @@ LOG = """\
 soak: start disk=vda serial=scratch-soak0 seconds=20
 soak: t=0 rounds=1 bytes=1024 errors=0 heap_used=1000 frames_free=500
 blk: wrote serial=scratch-soak0 sector=64 count=1 seed=0x1 crc32=0x00000000
-soak: t=1 rounds=40 bytes=99999 errors=0 heap_used=1000 frames_free=500
+soak: t=1 rounds=40 bytes=99999 errors=0 heap_used=1000 frames_free=500 sockets=0 held=0 queued=0
 soak: t=30 rounds=80 bytes=199999 errors=2 heap_used=99999 frames_free=499
 """
 
@@ -25,6 +25,14 @@ class CountersTest(unittest.TestCase):
         self.assertEqual(lines[2].heap, 99999)
         self.assertEqual(lines[2].frames, 499)
         self.assertLess(lines[0].offset, lines[1].offset)
+        self.assertEqual((lines[0].sockets, lines[1].sockets), (None, 0))
+
+    def test_services_must_be_empty_at_the_end(self) -> None:
+        base = soak.Counters.all_in(LOG)[1]
+        busy = soak.Counters(t=9, rounds=1, errors=0, heap=1000, frames=500, sockets=2, held=0, queued=10)
+        self.assertEqual(soak.growth_problems(base, busy),
+                         ["the services' sockets is 2 with no client left (t=9)",
+                          "the services' queued is 10 with no client left (t=9)"])
 
     def test_growth_is_reported(self) -> None:
         base, _, end = soak.Counters.all_in(LOG)
