@@ -55,6 +55,7 @@ pub mod net;
 pub mod pci;
 pub mod polled_blk;
 pub mod queue;
+pub mod rng;
 pub mod screen;
 pub mod transport;
 pub mod view;

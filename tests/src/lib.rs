@@ -16,5 +16,6 @@ pub mod log_capture;
 pub mod models;
 pub mod net_model;
 pub mod packed_model;
+pub mod rng_model;
 pub mod screen_models;
 pub mod vq_model;
