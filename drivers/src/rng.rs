@@ -13,7 +13,8 @@
 //!
 //! - bring-up through the shared §3.1.1 code ([`crate::device::bring_up`]),
 //!   accepting no device bits (there are none) and the ring features the
-//!   caller allows (split or packed, event indices);
+//!   caller allows (split or packed, event indices) except indirect
+//!   descriptors (a request is one descriptor);
 //! - one request at a time: a chain of one device-writable buffer and
 //!   nothing readable (§5.4.6.1: the driver "MUST NOT place driver-readable
 //!   buffers into the queue"), in one [`DmaRegion`];
@@ -35,6 +36,7 @@ use core::fmt;
 use hal::{DmaRegion, Hal, HalError};
 
 use crate::device::{self, DeviceError, QueueSpec, Wait, WaitTimeout};
+use crate::features;
 use crate::irq;
 use crate::queue::{QueueError, Ring, Segment, Virtqueue};
 use crate::transport::{DeviceType, Transport};
@@ -130,13 +132,17 @@ pub struct RngDevice<H: Hal, T: Transport> {
 impl<H: Hal, T: Transport> RngDevice<H, T> {
     /// Brings the device up (§3.1.1 through [`device::bring_up`]), with the
     /// ring features `ring_features` allows (normally
-    /// [`crate::features::SHARED_RING_FEATURES`], plus RING_PACKED to allow
-    /// a packed ring).
+    /// [`features::SHARED_RING_FEATURES`], plus RING_PACKED to allow a
+    /// packed ring) minus indirect descriptors, which a one-descriptor
+    /// request never needs.
     pub fn new(mut transport: T, ring_features: u64) -> Result<Self, RngError> {
         device::expect_device_type(&transport, DeviceType::Entropy)?;
         let buffer = DmaRegion::new(REQUEST_BYTES)?;
         // Step 7 of §3.1.1: the device has no configuration (§5.4.4), so
         // it is only requestq. One descriptor per request: no indirect tables.
+        // A request is one descriptor, so an indirect table would only cost
+        // memory: RING_INDIRECT_DESC is not accepted even when allowed.
+        let ring_features = ring_features & !features::RING_INDIRECT_DESC;
         let (queue, features) = device::bring_up(
             &mut transport,
             DRIVER_FEATURES,
