@@ -17,6 +17,7 @@
 //! acpi        RSDP -> MADT, MCFG
 //! interrupts  PIC masked, LAPIC, IOAPIC
 //! virtio      find every virtio device (PCI, virtio-mmio); bring none up
+//! entropy     the virtio-rng driver, else RDSEED/RDRAND, else the TSC (entropy.rs)
 //! net         the virtio-net driver brings each network card up (net/nic.rs)
 //! [mode=...]  selftest / bench builds only: run them and exit QEMU
 //! block       bring the disks up, name them vda, vdb, ... (block/mod.rs)
@@ -59,6 +60,7 @@ mod bootinfo;
 mod clock;
 mod cmdline;
 mod cpu;
+mod entropy;
 mod exit;
 mod hal_impl;
 mod interrupts;
@@ -108,6 +110,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     acpi_tables::init(boot_info.rsdp);
     interrupts::init();
     virtio::probe();
+    entropy::init();
     net::claim_devices();
 
     // Neither returns: each exits QEMU when done.

@@ -1673,3 +1673,6 @@ SCENARIOS += FAULT_SCENARIOS
 
 from .soak import SOAK_SCENARIOS  # noqa: E402  (soak-short: block I/O under network load)
 SCENARIOS += SOAK_SCENARIOS
+
+from .scenarios_rng import RNG_SCENARIOS  # noqa: E402  (issue 20: virtio-rng, entropy)
+SCENARIOS += RNG_SCENARIOS

@@ -77,11 +77,10 @@ pub fn attach(nic: &mut Nic, role: Role) {
     }
     let mac = nic.device.mac();
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
-    // Different on every boot (TCP initial sequence numbers, DHCP ids).
-    config.random_seed = crate::clock::tsc()
-        ^ u64::from_le_bytes([
-            mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0,
-        ]);
+    // smoltcp draws TCP initial sequence numbers, DHCP transaction ids
+    // and ephemeral ports from this seed: from the kernel's entropy source
+    // (virtio-rng when there is one, `crate::entropy`).
+    config.random_seed = crate::entropy::seed_u64(&nic.name);
     let iface = Interface::new(config, &mut nic.phy(), now());
     let mut sockets = SocketSet::new(vec![]);
     let dhcp = sockets.add(dhcpv4::Socket::new());

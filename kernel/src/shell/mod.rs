@@ -32,6 +32,7 @@
 pub mod console;
 pub mod line;
 mod queues;
+mod rng;
 #[cfg(feature = "selftest")]
 mod selftests;
 mod sockets;
@@ -274,6 +275,12 @@ pub static COMMANDS: &[Command] = &[
         args: "<level>",
         help: "off|error|warn|info|debug|trace",
         run: |call, out| set_log(call.args, out),
+    },
+    Command {
+        name: "rng",
+        args: "<n>",
+        help: "n random bytes (hex) from the entropy source",
+        run: |call, out| rng::rng(call.args, out),
     },
     Command {
         name: "uptime",

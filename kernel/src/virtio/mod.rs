@@ -21,7 +21,8 @@
 //!
 //! **Bring-up** is done exactly once per device, by the driver of its type
 //! (blk: `crate::block`, net: `crate::net::nic`, console:
-//! `crate::shell::console`), through one function, [`bring_up`]:
+//! `crate::shell::console`, rng: `crate::entropy`), through one function,
+//! [`bring_up`]:
 //!
 //! ```text
 //!  virtio::take(type)          Found → Taken: the transport leaves the registry
@@ -332,7 +333,7 @@ impl VirtioDevice {
 
 /// The kernel driver that brings up devices of `device_type`, if there is
 /// one (`crate::block`, `crate::net`, `crate::shell::console`,
-/// `crate::screen` for the GPU and input devices).
+/// `crate::screen` for the GPU and input devices, `crate::entropy`).
 pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
     match device_type {
         DeviceType::Block => Some("blk"),
@@ -340,6 +341,7 @@ pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
         DeviceType::Console => Some("console"),
         DeviceType::Gpu => Some("gpu"),
         DeviceType::Input => Some("input"),
+        DeviceType::Entropy => Some("rng"),
         _ => None,
     }
 }
