@@ -41,6 +41,7 @@ use crate::println;
 use crate::virtio::{self, BroughtUp, DrivenDevice, KernelTransport};
 use crate::wait;
 
+// ANCHOR: driven
 /// The virtio-rng driver on the kernel's Hal and transport.
 pub type KernelRng = RngDevice<KernelHal, KernelTransport>;
 
@@ -57,6 +58,7 @@ impl DrivenDevice for KernelRng {
         BroughtUp::new(self.transport().kind(), 1, self.features())
     }
 }
+// ANCHOR_END: driven
 
 /// The name the registry and the `virtio:` FAILED line give this driver.
 pub const DRIVER_NAME: &str = "rng";
@@ -98,6 +100,7 @@ static DEVICE: Mutex<Option<Device>> = Mutex::new(None);
 /// What the CPU offers when there is no device (decided once).
 static CPU_SOURCE: Once<Source> = Once::new();
 
+// ANCHOR: init
 /// Brings up the first virtio-rng device, if any, and prints the source
 /// the kernel's random numbers come from. Call after `virtio::probe` and
 /// before anything asks for random bytes (the network stack).
@@ -125,6 +128,7 @@ pub fn init() {
         source => println!("entropy: no virtio-rng; source {source} (CPU instruction)"),
     }
 }
+// ANCHOR_END: init
 
 /// Fills `out` with random bytes from the best source available (see the
 /// module docs) and says which one.
