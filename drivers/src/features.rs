@@ -177,6 +177,7 @@ pub fn feature_name(device: DeviceType, bit: u32) -> Option<&'static str> {
         DeviceType::Block => block_feature_name(bit),
         DeviceType::Console => console_feature_name(bit),
         DeviceType::Balloon => balloon_feature_name(bit),
+        DeviceType::NineP => (bit == 0).then_some("9P_MOUNT_TAG"),
         _ => None,
     }
 }

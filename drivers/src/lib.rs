@@ -52,6 +52,7 @@ pub mod input;
 pub mod irq;
 pub mod mmio_discovery;
 pub mod net;
+pub mod p9;
 pub mod pci;
 pub mod polled_blk;
 pub mod queue;

@@ -15,6 +15,7 @@ pub mod json_value;
 pub mod log_capture;
 pub mod models;
 pub mod net_model;
+pub mod p9_model;
 pub mod packed_model;
 pub mod rng_model;
 pub mod screen_models;
