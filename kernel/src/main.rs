@@ -21,6 +21,7 @@
 //! net         the virtio-net driver brings each network card up (net/nic.rs)
 //! [mode=...]  selftest / bench builds only: run them and exit QEMU
 //! block       bring the disks up, name them vda, vdb, ... (block/mod.rs)
+//! 9p          mount each virtio-9p host folder at /<mount_tag> (ninep.rs)
 //! console     bring the virtio console up for the shell (shell/console.rs)
 //! screen      virtio-gpu text screen and virtio-input keyboards (screen/mod.rs)
 //!             then print "kernel: ready" and idle
@@ -67,6 +68,7 @@ mod interrupts;
 mod logger;
 mod memory;
 mod net;
+mod ninep;
 #[cfg(feature = "bench")]
 mod peer;
 mod screen;
@@ -123,6 +125,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
         bench::run_mode();
     }
     block::init();
+    ninep::init();
 
     net::start();
     // `soak=on` (self-test build): block I/O under network load; does not return.

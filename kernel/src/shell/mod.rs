@@ -30,6 +30,7 @@
 //! ([`crate::net::poll`]) whenever it idles.
 
 pub mod console;
+mod fs;
 pub mod line;
 mod queues;
 mod rng;
@@ -37,6 +38,7 @@ mod rng;
 mod selftests;
 mod sockets;
 pub mod terminal;
+mod words;
 
 #[cfg(feature = "selftest")]
 pub use selftests::selftests;
@@ -248,9 +250,9 @@ pub static COMMANDS: &[Command] = &[
     },
     Command {
         name: "write",
-        args: "<port> <text>",
-        help: "send a line on a port (name or number)",
-        run: |call, out| write_port(call.line, call.args, out),
+        args: "<port|/file> <text>",
+        help: "send a line on a port (name or number), or make it a file's contents",
+        run: |call, out| fs::write(call, out),
     },
     Command {
         name: "read",
@@ -275,6 +277,30 @@ pub static COMMANDS: &[Command] = &[
         args: "<level>",
         help: "off|error|warn|info|debug|trace",
         run: |call, out| set_log(call.args, out),
+    },
+    Command {
+        name: "ls",
+        args: "[/mount/dir]",
+        help: "the mounted host folders (virtio-9p), or a directory in one",
+        run: |call, out| fs::ls(call.args, out),
+    },
+    Command {
+        name: "cat",
+        args: "<file>",
+        help: "print a file (the first 64 KiB)",
+        run: |call, out| fs::cat(call.args, out),
+    },
+    Command {
+        name: "sha256",
+        args: "<file>",
+        help: "SHA-256 of a file of any size, read in msize pieces",
+        run: |call, out| fs::sha256(call.args, out),
+    },
+    Command {
+        name: "cp",
+        args: "<file> <disk>:<lba>",
+        help: "copy a file onto a scratch disk from sector lba",
+        run: |call, out| fs::cp(call.args, out),
     },
     Command {
         name: "rng",
@@ -309,9 +335,18 @@ pub fn command(name: &str) -> Option<&'static Command> {
 
 /// Runs one command line.
 pub fn execute(line: &str, out: &mut Output) {
-    let mut words = line.split_whitespace();
-    let Some(name) = words.next() else { return };
-    let args: Vec<&str> = words.collect();
+    let words = match words::split(line) {
+        Ok(words) => words,
+        Err(message) => {
+            let _ = writeln!(out, "error: {message}");
+            return;
+        }
+    };
+    let Some((name, args)) = words.split_first() else {
+        return;
+    };
+    let name = name.as_str();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match command(name) {
         Some(command) => (command.run)(&Call { line, args: &args }, out),
         None => Err(format!("unknown command `{name}`; try `help`")),

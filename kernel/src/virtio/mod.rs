@@ -21,7 +21,8 @@
 //!
 //! **Bring-up** is done exactly once per device, by the driver of its type
 //! (blk: `crate::block`, net: `crate::net::nic`, console:
-//! `crate::shell::console`, rng: `crate::entropy`), through one function,
+//! `crate::shell::console`, rng: `crate::entropy`, 9p: `crate::ninep`),
+//! through one function,
 //! [`bring_up`]:
 //!
 //! ```text
@@ -333,7 +334,8 @@ impl VirtioDevice {
 
 /// The kernel driver that brings up devices of `device_type`, if there is
 /// one (`crate::block`, `crate::net`, `crate::shell::console`,
-/// `crate::screen` for the GPU and input devices, `crate::entropy`).
+/// `crate::screen` for the GPU and input devices, `crate::entropy`,
+/// `crate::ninep`).
 pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
     match device_type {
         DeviceType::Block => Some("blk"),
@@ -342,6 +344,7 @@ pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
         DeviceType::Gpu => Some("gpu"),
         DeviceType::Input => Some("input"),
         DeviceType::Entropy => Some("rng"),
+        DeviceType::NineP => Some("9p"),
         _ => None,
     }
 }
