@@ -1676,3 +1676,6 @@ SCENARIOS += SOAK_SCENARIOS
 
 from .scenarios_rng import RNG_SCENARIOS  # noqa: E402  (issue 20: virtio-rng, entropy)
 SCENARIOS += RNG_SCENARIOS
+
+from .scenarios_9p import P9_SCENARIOS  # noqa: E402  (issue 20: virtio-9p)
+SCENARIOS += P9_SCENARIOS
