@@ -41,6 +41,7 @@
 extern crate alloc;
 
 // Only for the blocking helpers' sharing of caller slices (crate docs).
+pub mod balloon;
 #[allow(unsafe_code)]
 pub mod blk;
 pub mod console;

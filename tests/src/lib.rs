@@ -6,6 +6,7 @@
 //!
 //! The QEMU scenarios that `x.py test` runs live in `tests/qemu/`.
 
+pub mod balloon_model;
 pub mod blk_model;
 pub mod console_model;
 pub mod host_hal;
