@@ -22,6 +22,7 @@
 //! [mode=...]  selftest / bench builds only: run them and exit QEMU
 //! block       bring the disks up, name them vda, vdb, ... (block/mod.rs)
 //! 9p          mount each virtio-9p host folder at /<mount_tag> (ninep.rs)
+//! balloon     the virtio-balloon, followed from the idle loops (balloon.rs)
 //! console     bring the virtio console up for the shell (shell/console.rs)
 //! screen      virtio-gpu text screen and virtio-input keyboards (screen/mod.rs)
 //!             then print "kernel: ready" and idle
@@ -53,6 +54,7 @@
 extern crate alloc;
 
 mod acpi_tables;
+mod balloon;
 #[cfg(feature = "bench")]
 mod bench;
 mod block;
@@ -126,6 +128,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     }
     block::init();
     ninep::init();
+    balloon::init();
 
     net::start();
     // `soak=on` (self-test build): block I/O under network load; does not return.

@@ -1679,3 +1679,6 @@ SCENARIOS += RNG_SCENARIOS
 
 from .scenarios_9p import P9_SCENARIOS  # noqa: E402  (issue 20: virtio-9p)
 SCENARIOS += P9_SCENARIOS
+
+from .scenarios_balloon import BALLOON_SCENARIOS  # noqa: E402  (issue 20: virtio-balloon)
+SCENARIOS += BALLOON_SCENARIOS

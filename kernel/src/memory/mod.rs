@@ -115,6 +115,7 @@ pub fn init(boot: &BootInfo) {
         allocator.first_phys(),
         allocator.first_phys() + allocator.frame_count() * FRAME_SIZE
     );
+    MANAGED_FRAMES.call_once(|| allocator.free_frames());
     *FRAMES.lock() = Some(allocator);
 
     let ram = collect_ram_ranges(boot);
@@ -387,6 +388,16 @@ pub unsafe fn free_frames(phys: u64, count: usize) -> Result<(), FrameError> {
             .ok_or(FrameError::InvalidArgument)?
             .free(phys, count as u64)
     })
+}
+
+/// The frames the allocator manages: usable RAM less what boot reserved,
+/// counted once at `init` (the "total" of the shell's `mem` and the
+/// balloon's statistics).
+static MANAGED_FRAMES: spin::Once<u64> = spin::Once::new();
+
+/// Frames the allocator manages (see [`MANAGED_FRAMES`]; 0 before `init`).
+pub fn managed_frame_count() -> u64 {
+    MANAGED_FRAMES.get().copied().unwrap_or(0)
 }
 
 /// Frames currently free (0 before `init`).

@@ -123,6 +123,7 @@ pub fn poll() {
 pub fn run() -> ! {
     if nic::count() == 0 {
         loop {
+            crate::balloon::poll();
             interrupts::wait_for_interrupt();
         }
     }
@@ -166,6 +167,9 @@ pub fn idle_with(at_most: Duration, arm_other: impl FnOnce() -> bool, disarm_oth
 /// so an interrupt that comes in between is held by the CPU and ends the
 /// halt at once: no wake-up is lost.
 fn round(cap: Option<Duration>, arm_other: impl FnOnce() -> bool, disarm_other: impl FnOnce()) {
+    // The balloon follows the host's target between network rounds
+    // (`crate::balloon`); cheap when nothing changed.
+    crate::balloon::poll();
     interrupts::disable();
     let next = {
         let mut nics = nic::nics();

@@ -32,6 +32,7 @@
 pub mod console;
 mod fs;
 pub mod line;
+mod mem;
 mod queues;
 mod rng;
 #[cfg(feature = "selftest")]
@@ -301,6 +302,12 @@ pub static COMMANDS: &[Command] = &[
         args: "<file> <disk>:<lba>",
         help: "copy a file onto a scratch disk from sector lba",
         run: |call, out| fs::cp(call.args, out),
+    },
+    Command {
+        name: "mem",
+        args: "",
+        help: "free and total memory, the balloon's size and target",
+        run: |_, out| mem::mem(out),
     },
     Command {
         name: "rng",

@@ -21,8 +21,8 @@
 //!
 //! **Bring-up** is done exactly once per device, by the driver of its type
 //! (blk: `crate::block`, net: `crate::net::nic`, console:
-//! `crate::shell::console`, rng: `crate::entropy`, 9p: `crate::ninep`),
-//! through one function,
+//! `crate::shell::console`, rng: `crate::entropy`, 9p: `crate::ninep`,
+//! balloon: `crate::balloon`), through one function,
 //! [`bring_up`]:
 //!
 //! ```text
@@ -335,7 +335,7 @@ impl VirtioDevice {
 /// The kernel driver that brings up devices of `device_type`, if there is
 /// one (`crate::block`, `crate::net`, `crate::shell::console`,
 /// `crate::screen` for the GPU and input devices, `crate::entropy`,
-/// `crate::ninep`).
+/// `crate::ninep`, `crate::balloon`).
 pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
     match device_type {
         DeviceType::Block => Some("blk"),
@@ -345,6 +345,7 @@ pub fn driver_for(device_type: DeviceType) -> Option<&'static str> {
         DeviceType::Input => Some("input"),
         DeviceType::Entropy => Some("rng"),
         DeviceType::NineP => Some("9p"),
+        DeviceType::Balloon => Some("balloon"),
         _ => None,
     }
 }
