@@ -170,7 +170,7 @@ fn server_errors_come_back_by_name_and_paths_cannot_leave_the_share() {
     assert_eq!(
         p9.read_file("dir one", &mut runs(&core, &model, 10), |_| true),
         Err(P9Error::Server(errno::EISDIR)),
-        "reading a directory: EISDIR from Tread"
+        "reading a directory: EISDIR, without a Tread"
     );
     assert_eq!(
         p9.list("..", &mut runs(&core, &model, 10)),

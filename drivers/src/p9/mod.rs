@@ -368,7 +368,12 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
     ) -> Result<u64, P9Error> {
         let names = split_path(path)?;
         self.with_fid(&names, wait, |dev, fid, wait| {
-            let (_, iounit) = dev.lopen(fid, proto::flags::READ, wait)?;
+            let (qid, iounit) = dev.lopen(fid, proto::flags::READ, wait)?;
+            // 9P2000.L reads directories with Treaddir; QEMU answers a Tread
+            // on one with EOPNOTSUPP. Say what it is instead.
+            if qid.is_dir() {
+                return Err(P9Error::Server(errno::EISDIR));
+            }
             let mut per_read = dev.msize - READ_OVERHEAD;
             if iounit != 0 {
                 per_read = per_read.min(iounit);
