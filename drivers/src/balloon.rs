@@ -316,6 +316,11 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
             let n = batch.len();
             self.pages.extend(batch);
             self.write_actual()?;
+            log::trace!(
+                "{}: balloon: inflated {n} pages (target {target}); actual = {}",
+                self.transport.location(),
+                self.pages.len()
+            );
             Ok(Adjusted::Inflated(n))
         } else if held > target {
             let n = (held - target).min(PFNS_PER_REQUEST);
@@ -326,6 +331,11 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
             self.pages.truncate(held - n);
             batch.into_iter().for_each(|pfn| source.give_back(pfn));
             self.write_actual()?;
+            log::trace!(
+                "{}: balloon: deflated {n} pages, acknowledged before reuse (target {target}); actual = {}",
+                self.transport.location(),
+                self.pages.len()
+            );
             Ok(Adjusted::Deflated(n))
         } else {
             Ok(Adjusted::Settled)

@@ -248,6 +248,11 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
         }
         self.stats.requests += 1;
         self.stats.bytes += u64::from(used.len);
+        log::trace!(
+            "{}: rng: asked for {len} bytes in one device-writable buffer, the device wrote {}",
+            self.transport.location(),
+            used.len
+        );
         Ok(used.len as usize)
     }
     // ANCHOR_END: fill

@@ -697,6 +697,12 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
             return Err(self.stop(P9Error::Queue(QueueError::DeviceBroken)));
         }
         self.stats.requests += 1;
+        log::trace!(
+            "{}: 9p: message type {request_type} tag {tag}: {} bytes out, {} bytes of reply",
+            self.transport.location(),
+            message.len(),
+            used.len
+        );
         // `pop_used` checked `used.len <= msize` (the writable length).
         let mut reply = vec![0u8; used.len as usize];
         self.reply.read_bytes(0, &mut reply);
