@@ -268,6 +268,16 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
         self.pages.len()
     }
 
+    /// Hands each ring, with its name (`inflateq`, `deflateq`, `statsq`),
+    /// to `visit`: a read-only look for the live queue view (`crate::view`).
+    pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
+        visit(&"inflateq", &self.inflate);
+        visit(&"deflateq", &self.deflate);
+        if let Some(stats) = &self.stats {
+            visit(&"statsq", stats);
+        }
+    }
+
     /// Statistics requests answered.
     pub fn stats_answered(&self) -> u64 {
         self.stats_answered

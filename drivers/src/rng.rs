@@ -197,6 +197,12 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
         self.stats
     }
 
+    /// Hands requestq's ring, with its name, to `visit`: a read-only look
+    /// for the live queue view (`crate::view`).
+    pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
+        visit(&"requestq", &self.queue);
+    }
+
     // ANCHOR: fill
     /// Fills all of `out` with random bytes from the device, one request of
     /// at most [`REQUEST_BYTES`] after another, waiting through `wait`.

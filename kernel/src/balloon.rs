@@ -163,6 +163,23 @@ pub fn poll() {
     }
 }
 
+/// Hands the rings of the balloon at `location` to `visit` (the live queue
+/// view, `crate::virtio::view`); `None` if the driver is in use right now
+/// (the view never waits).
+pub fn try_visit_rings(
+    location: Location,
+    visit: impl FnMut(&dyn core::fmt::Display, &drivers::queue::Virtqueue<KernelHal>),
+) -> Option<()> {
+    if let Some(balloon) = BALLOON
+        .try_lock()?
+        .as_ref()
+        .filter(|b| b.location == location)
+    {
+        balloon.driver.visit_rings(visit);
+    }
+    Some(())
+}
+
 /// What `mem` shows about the balloon: pages held, the host's target, stats
 /// requests answered, and whether it stopped.
 pub fn summary() -> Option<(Location, usize, Option<u32>, u64, bool)> {

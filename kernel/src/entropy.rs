@@ -159,6 +159,23 @@ pub fn seed_u64(purpose: &str) -> u64 {
     seed
 }
 
+/// Hands the rings of the virtio-rng at `location` to `visit` (the live queue
+/// view, `crate::virtio::view`); `None` if the driver is in use right now
+/// (the view never waits).
+pub fn try_visit_rings(
+    location: Location,
+    visit: impl FnMut(&dyn core::fmt::Display, &drivers::queue::Virtqueue<KernelHal>),
+) -> Option<()> {
+    if let Some(device) = DEVICE
+        .try_lock()?
+        .as_ref()
+        .filter(|d| d.location == location)
+    {
+        device.driver.visit_rings(visit);
+    }
+    Some(())
+}
+
 /// The device in use, for the shell: where it is and what it has done.
 pub fn device_summary() -> Option<(Location, drivers::rng::RngStats, bool)> {
     DEVICE

@@ -122,6 +122,19 @@ pub fn init() {
     }
 }
 
+/// Hands the rings of the virtio-9p device at `location` to `visit` (the live queue
+/// view, `crate::virtio::view`); `None` if the driver is in use right now
+/// (the view never waits).
+pub fn try_visit_rings(
+    location: Location,
+    visit: impl FnMut(&dyn core::fmt::Display, &drivers::queue::Virtqueue<KernelHal>),
+) -> Option<()> {
+    if let Some(mount) = MOUNTS.try_lock()?.iter().find(|m| m.location == location) {
+        mount.device.visit_rings(visit);
+    }
+    Some(())
+}
+
 /// The mounts, locked.
 pub fn mounts() -> MutexGuard<'static, Vec<Mount>> {
     MOUNTS.lock()

@@ -287,6 +287,12 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
         self.stats
     }
 
+    /// Hands the requests queue's ring, with its name, to `visit`: a
+    /// read-only look for the live queue view (`crate::view`).
+    pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
+        visit(&"requests", &self.queue);
+    }
+
     /// `true` after a device error.
     pub fn is_stopped(&self) -> bool {
         self.stopped

@@ -13,7 +13,7 @@
 //! each driver's own lock, one at a time. The HTTP server asks for the view
 //! from inside a network poll, which a shell command (or a disk user) may
 //! have started while holding the console, the disks or the screen: so
-//! those (and the keyboards) are only *tried*. A driver that is busy gets its facts and no queues, with
+//! those (and the keyboards, the rng, the 9p mounts, the balloon) are only *tried*. A driver that is busy gets its facts and no queues, with
 //! `(driver busy)` in its state, instead of a deadlock. The network cards
 //! are handed in by the caller, who holds their lock already.
 
@@ -92,6 +92,9 @@ pub fn collect(nics: &[Nic]) -> Vec<DeviceRecord> {
             DeviceType::Gpu | DeviceType::Input => {
                 crate::screen::try_visit_rings(location, &mut take).is_some()
             }
+            DeviceType::Entropy => crate::entropy::try_visit_rings(location, &mut take).is_some(),
+            DeviceType::NineP => crate::ninep::try_visit_rings(location, &mut take).is_some(),
+            DeviceType::Balloon => crate::balloon::try_visit_rings(location, &mut take).is_some(),
             _ => true,
         };
         if !visited {
