@@ -61,9 +61,11 @@ def session(ctx: RunContext) -> list[str]:
 
     shell = Shell(ctx.file("console.sock"))
     try:
-        shell.wait_prompt(timeout_s=30)
+        # The banner and prompt go out when the shell starts; if that was
+        # before we connected, they are lost: ask for a fresh prompt.
+        shell.wait_prompt(timeout_s=5)
     except AssertionError:
-        shell.type(b"\r", timeout_s=10)
+        shell.type(b"\r", timeout_s=30)
     share = ctx.file(SHARE)
 
     text = shell.run("ls")

@@ -41,9 +41,11 @@ def session(report: Callable[[str], None]) -> Callable[[RunContext], list[str]]:
         problems: list[str] = []
         shell = Shell(ctx.file("console.sock"))
         try:
-            shell.wait_prompt(timeout_s=30)
+            # The banner and prompt go out when the shell starts; if that was
+            # before we connected, they are lost: ask for a fresh prompt.
+            shell.wait_prompt(timeout_s=5)
         except AssertionError:
-            shell.type(b"\r", timeout_s=10)
+            shell.type(b"\r", timeout_s=30)
         qmp = Qmp(ctx.file("qmp.sock"))
 
         def mem() -> tuple[int, int, int, int]:

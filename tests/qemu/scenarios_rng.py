@@ -125,9 +125,11 @@ def rng_session(ctx: RunContext) -> list[str]:
     problems: list[str] = []
     shell = Shell(ctx.file("console.sock"))
     try:
-        shell.wait_prompt(timeout_s=30)
+        # The banner and prompt go out when the shell starts; if that was
+        # before we connected, they are lost: ask for a fresh prompt.
+        shell.wait_prompt(timeout_s=5)
     except AssertionError:
-        shell.type(b"\r", timeout_s=10)
+        shell.type(b"\r", timeout_s=30)
     given = ctx.file(ENTROPY_FILE).read_bytes()
     outputs = []
     for n in (16, 64):
