@@ -36,7 +36,9 @@ pub const RING_EVENT_IDX: u64 = 1 << 29;
 pub const BAD_FEATURE: u64 = 1 << 30;
 /// Bit 32: the device follows virtio 1.0 or later (the "modern" interface).
 pub const VERSION_1: u64 = 1 << 32;
-/// Bit 33: the device sits behind an IOMMU / uses platform-specific DMA.
+/// Bit 33: the device sits behind an IOMMU / uses platform-specific DMA: the addresses the
+/// driver gives it are translated by the platform (§6.1). Accepted on every modern transport
+/// ([`negotiate`]).
 pub const ACCESS_PLATFORM: u64 = 1 << 33;
 /// Bit 34: the packed virtqueue layout (§2.8).
 pub const RING_PACKED: u64 = 1 << 34;
@@ -146,6 +148,13 @@ impl fmt::Display for RingPreference {
 ///   transport never gets [`RING_PACKED`]: the packed ring is a 1.1 format
 ///   that only exists together with VERSION_1.
 ///
+/// [`ACCESS_PLATFORM`] is accepted whenever a modern device offers it (§6.1: a device
+/// behind an IOMMU, or in a confidential VM, offers it and may refuse FEATURES_OK without it).
+/// With it the device uses the platform's DMA translation for every address the driver gives
+/// it; every driver here already takes all such addresses from the Hal (`dma_alloc` for rings,
+/// `share` for request buffers), never from the CPU's own mapping, so nothing else changes.
+/// Legacy interfaces have no such bit (it lies above bit 31).
+///
 /// The result is always a subset of `offered` and never contains [`BAD_FEATURE`].
 pub fn negotiate(
     offered: u64,
@@ -155,9 +164,9 @@ pub fn negotiate(
 ) -> u64 {
     let mut implemented = driver_supported | shared_supported;
     if kind.is_legacy() {
-        implemented &= !(VERSION_1 | RING_PACKED);
+        implemented &= !(VERSION_1 | RING_PACKED | ACCESS_PLATFORM);
     } else {
-        implemented |= VERSION_1;
+        implemented |= VERSION_1 | ACCESS_PLATFORM;
         // §6.1: with it the driver must use the platform's barriers, which
         // every queue then does (`queue/order.rs`); offered by hardware
         // devices, never by QEMU's software ones.

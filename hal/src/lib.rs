@@ -173,6 +173,16 @@ pub unsafe trait Hal: 'static {
     /// share must be ended by its own `unshare`.
     const UNSHARE_IS_NOOP: bool = false;
 
+    /// Whether [`Hal::share`] / [`Hal::unshare`] are zero-copy no-ops *right now*: by default
+    /// [`Hal::UNSHARE_IS_NOOP`]. A Hal whose answer is decided at boot overrides it (the
+    /// kernel's is `true` unless an IOMMU in strict mode maps every share and must see every
+    /// unshare). Drivers ask this, not the constant. The answer must not change while any
+    /// share is live.
+    #[inline(always)]
+    fn unshare_is_noop() -> bool {
+        Self::UNSHARE_IS_NOOP
+    }
+
     /// The I/O port windows decoded only by devices the drivers may drive
     /// (where PCI I/O BARs live), so that a driver reaching a port in them
     /// reaches a device's registers, as it does through a memory BAR with

@@ -53,6 +53,10 @@ use core::fmt;
 use core::ptr::NonNull;
 use spin::Once;
 
+mod dmar;
+#[cfg(feature = "selftest")]
+pub use dmar::selftests as dmar_selftests;
+pub use dmar::{dmar, DmarInfo};
 #[cfg(feature = "selftest")]
 mod selftests;
 #[cfg(feature = "selftest")]
@@ -323,6 +327,7 @@ fn parse(rsdp: u64) -> Platform {
         Ok(mcfg) => platform.ecam = parse_mcfg(&mcfg),
         Err(_) => log::debug!("no MCFG table: no PCI Express ECAM (legacy PCI config only)"),
     }
+    dmar::find(&tables);
     platform
 }
 

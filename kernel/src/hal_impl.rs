@@ -3,10 +3,16 @@
 //!
 //! - DMA memory comes from the frame allocator (`memory::allocate_frames`), so
 //!   it is physically contiguous and page-aligned; it is zeroed here.
-//! - There is no IOMMU, so a device sees RAM at its physical address, and the
+//! - A device sees RAM at its physical address (the IOMMU, where there is one,
+//!   maps I/O virtual address = physical address, `iommu/mod.rs`), and the
 //!   kernel identity-maps RAM, so the CPU sees it there too. The two facts are
 //!   kept apart in code: `memory::phys_to_virt` / `memory::virt_to_phys` are
 //!   the CPU side, [`device_addr_of`] / [`phys_of_device_addr`] the bus side.
+//! - With an IOMMU in strict mode (`iommu::strict`), a device reaches only
+//!   what is mapped: `dma_alloc` maps its pages (rings) and `dma_dealloc`
+//!   unmaps them; `share` maps the buffer's pages (writable only if the device
+//!   may write it) and `unshare` unmaps them and waits for the IOTLB
+//!   invalidation. Without one, each of these checks one flag and nothing else.
 //! - Sharing a buffer is zero-copy: the device is given the buffer's own
 //!   address, after checking that the whole buffer is identity-mapped RAM
 //!   (hence physically contiguous). x86 DMA is cache-coherent, so beyond
@@ -26,7 +32,8 @@ use crate::memory;
 pub struct KernelHal;
 
 /// The bus address at which a device reaches physical address `phys`. The
-/// identity, because no IOMMU sits between devices and RAM.
+/// identity: without an IOMMU devices see physical addresses, and the IOMMU's
+/// mappings (strict mode) are made at I/O virtual address = physical address.
 pub fn device_addr_of(phys: u64) -> DeviceAddr {
     phys
 }
@@ -38,7 +45,8 @@ pub fn phys_of_device_addr(device_addr: DeviceAddr) -> u64 {
 
 // SAFETY: DMA memory is a fresh run of contiguous frames (never handed out
 // twice, see `memory::frames`), zeroed before it is returned, identity-mapped
-// and reachable by devices at its physical address (no IOMMU); `mmio_map`
+// and reachable by devices at its physical address (mapped there first in
+// strict IOMMU mode, where a failed mapping fails the allocation); `mmio_map`
 // maps uncached through `memory::map_mmio`; `share` returns the physical
 // address of a buffer it has checked to be contiguous, identity-mapped RAM;
 // `DEVICE_IO_PORTS` are the PCI I/O windows, where only BARs are decoded.
@@ -63,6 +71,13 @@ unsafe impl Hal for KernelHal {
         // and writable, and `pages * PAGE_SIZE` bytes long.
         unsafe { core::ptr::write_bytes(vaddr.as_ptr(), 0, pages * PAGE_SIZE) };
         let device_addr = device_addr_of(phys);
+        if crate::iommu::strict() {
+            if let Err(error) = crate::iommu::map(phys, pages * PAGE_SIZE, true) {
+                // SAFETY: just allocated above, never handed out.
+                let _ = unsafe { memory::free_frames(phys, pages) };
+                return Err(error);
+            }
+        }
         if log::log_enabled!(log::Level::Trace) {
             log::trace!("dma_alloc {pages} pages at {phys:#x} (device {device_addr:#x})");
         }
@@ -79,6 +94,10 @@ unsafe impl Hal for KernelHal {
             );
             return;
         }
+        if crate::iommu::strict() {
+            // The device loses the pages before anyone else gets them.
+            crate::iommu::unmap(phys, pages * PAGE_SIZE);
+        }
         // SAFETY: the caller promises these are the pages of one `dma_alloc`
         // that nothing uses any more.
         if let Err(error) = unsafe { memory::free_frames(phys, pages) } {
@@ -94,8 +113,15 @@ unsafe impl Hal for KernelHal {
 
     // Sharing is zero-copy (RAM is identity-mapped and DMA is cache-coherent
     // on x86), so `unshare` below only orders memory, which a driver's
-    // acquire read of the used ring already does.
+    // acquire read of the used ring already does...
     const UNSHARE_IS_NOOP: bool = true;
+
+    // ...unless an IOMMU in strict mode maps each share and must unmap it.
+    // Decided once at boot, before any device is brought up.
+    #[inline(always)]
+    fn unshare_is_noop() -> bool {
+        !crate::iommu::strict()
+    }
 
     unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DeviceAddr, HalError> {
         let len = buffer.len();
@@ -113,6 +139,9 @@ unsafe impl Hal for KernelHal {
         // driver tells the device about it.
         fence(Ordering::SeqCst);
         let device_addr = device_addr_of(phys);
+        if crate::iommu::strict() {
+            crate::iommu::map(phys, len, direction != Direction::ToDevice)?;
+        }
         if log::log_enabled!(log::Level::Trace) {
             log::trace!("share {len} bytes at {phys:#x} ({direction:?}), zero-copy");
         }
@@ -123,6 +152,9 @@ unsafe impl Hal for KernelHal {
         // Zero-copy: the data is already in place. The fence keeps the CPU's
         // later reads of the buffer after whatever told it the device is done.
         fence(Ordering::SeqCst);
+        if crate::iommu::strict() {
+            crate::iommu::unmap(phys_of_device_addr(device_addr), buffer.len());
+        }
         if log::log_enabled!(log::Level::Trace) {
             log::trace!(
                 "unshare {} bytes at device {device_addr:#x} ({direction:?})",

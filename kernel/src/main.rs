@@ -17,6 +17,7 @@
 //! acpi        RSDP -> MADT, MCFG
 //! interrupts  PIC masked, LAPIC, IOAPIC
 //! virtio      find every virtio device (PCI, virtio-mmio); bring none up
+//! iommu       DMA remapping (VT-d) for those devices, iommu=strict|passthrough|off
 //! entropy     the virtio-rng driver, else RDSEED/RDRAND, else the TSC (entropy.rs)
 //! net         the virtio-net driver brings each network card up (net/nic.rs)
 //! [mode=...]  selftest / bench builds only: run them and exit QEMU
@@ -67,6 +68,7 @@ mod entropy;
 mod exit;
 mod hal_impl;
 mod interrupts;
+mod iommu;
 mod logger;
 mod memory;
 mod net;
@@ -114,6 +116,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     acpi_tables::init(boot_info.rsdp);
     interrupts::init();
     virtio::probe();
+    iommu::init();
     entropy::init();
     net::claim_devices();
 

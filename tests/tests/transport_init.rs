@@ -458,7 +458,8 @@ fn the_driver_never_accepts_more_than_offered() {
             let implemented = driver
                 | features::SHARED_RING_FEATURES
                 | features::VERSION_1
-                | features::ORDER_PLATFORM;
+                | features::ORDER_PLATFORM
+                | features::ACCESS_PLATFORM;
             assert_eq!(
                 accepted & !implemented,
                 0,
@@ -475,10 +476,16 @@ fn the_driver_never_accepts_more_than_offered() {
                 assert_eq!(accepted & features::VERSION_1, 0);
                 // The packed ring needs VERSION_1: never on a legacy transport.
                 assert_eq!(accepted & features::RING_PACKED, 0);
+                assert_eq!(accepted & features::ACCESS_PLATFORM, 0);
             } else {
                 assert_eq!(
                     accepted & features::VERSION_1,
                     offered & features::VERSION_1
+                );
+                // Every address comes from the Hal, so a device behind an IOMMU is welcome.
+                assert_eq!(
+                    accepted & features::ACCESS_PLATFORM,
+                    offered & features::ACCESS_PLATFORM
                 );
             }
             // Everything offered and implemented is accepted.
@@ -487,7 +494,7 @@ fn the_driver_never_accepts_more_than_offered() {
                 & !features::BAD_FEATURE
                 & !features::VERSION_1
                 & if kind.is_legacy() {
-                    !features::RING_PACKED
+                    !(features::RING_PACKED | features::ACCESS_PLATFORM)
                 } else {
                     !0
                 };

@@ -39,7 +39,7 @@
 //! address and length next to its "lent" flag (`blk/buffers.rs`): moving
 //! buffers between `hal::DmaBuffer` and `hal::LentDmaBuffer` per request,
 //! and a pass over the ids per check, cost about 90 more. The blocking
-//! helpers skip share records for a zero-copy Hal (`Hal::UNSHARE_IS_NOOP`,
+//! helpers skip share records for a zero-copy Hal (`Hal::unshare_is_noop`,
 //! in `share_data`), about 70 fewer. Take a mark or a shortcut away only
 //! with a count that says it is not needed.
 //!
@@ -1106,7 +1106,7 @@ fn share_data<H: Hal>(
         }
         let part_len = available.min(left);
         let shares = rq.slots[slot].shares as usize;
-        if !H::UNSHARE_IS_NOOP && shares >= rq.max_shares {
+        if !H::unshare_is_noop() && shares >= rq.max_shares {
             return Err(BlkError::TooManySegments {
                 needed: count_u32(shares + 1),
                 max: count_u32(rq.max_shares),
@@ -1122,9 +1122,9 @@ fn share_data<H: Hal>(
         // completes; the slot records the share so it is ended exactly once.
         let addr = unsafe { H::share(part, direction) }.map_err(BlkError::Share)?;
         // A share is recorded only so that its `unshare` can be called; a
-        // zero-copy Hal needs none (`Hal::UNSHARE_IS_NOOP`). Measured: the
+        // zero-copy Hal needs none (`Hal::unshare_is_noop`). Measured: the
         // records cost a 4 KiB request about 70 instructions (module docs).
-        if !H::UNSHARE_IS_NOOP {
+        if !H::unshare_is_noop() {
             rq.shares[slot * rq.max_shares + shares] = Loan::Shared {
                 addr,
                 buffer: part,

@@ -143,6 +143,10 @@ pub enum BlockError {
     Device(BlkError),
     /// The device was down after a failure and could not be brought back.
     Recovery(SetupError),
+    /// The IOMMU blocked a DMA of this device while the request was in flight
+    /// (strict mode, `iommu/mod.rs`): the data cannot be trusted, whatever
+    /// status the device wrote.
+    DmaBlocked(crate::iommu::Fault),
 }
 
 impl From<BlkError> for BlockError {
@@ -162,6 +166,12 @@ impl fmt::Display for BlockError {
             ),
             BlockError::Device(e) => write!(f, "{e}"),
             BlockError::Recovery(e) => write!(f, "recovery failed: {e}"),
+            BlockError::DmaBlocked(fault) => write!(
+                f,
+                "the IOMMU blocked a DMA {} at {:#x} by this device during the request",
+                if fault.read { "read" } else { "write" },
+                fault.address
+            ),
         }
     }
 }
@@ -423,9 +433,30 @@ impl Disk {
         self.ensure_live()?;
         let mut wait = self.new_wait();
         let sectors = (buffer.len() / SECTOR) as u64;
-        self.device
+        let faults = crate::iommu::faults_of(self.location);
+        let result = self
+            .device
             .read_blocks(sector, buffer, &mut wait)
-            .map_err(|e| self.report("read", sector, sectors, e))
+            .map_err(|e| self.report("read", sector, sectors, e));
+        self.dma_checked("read", faults, result)
+    }
+
+    /// Fails a request during which the IOMMU blocked a DMA of this device
+    /// (`iommu::check_request`; one relaxed load without a strict IOMMU).
+    fn dma_checked(
+        &self,
+        what: &str,
+        faults_before: u64,
+        result: Result<(), BlockError>,
+    ) -> Result<(), BlockError> {
+        result?;
+        crate::iommu::check_request(self.location, faults_before).map_err(|fault| {
+            log::warn!(
+                "block: {}: {what} failed: the IOMMU blocked a DMA of the device",
+                self.name
+            );
+            BlockError::DmaBlocked(fault)
+        })
     }
 }
 
@@ -512,9 +543,12 @@ impl Disk {
         self.ensure_live()?;
         let mut wait = self.new_wait();
         let sectors = buffers.iter().map(|b| b.len() / SECTOR).sum::<usize>() as u64;
-        self.device
+        let faults = crate::iommu::faults_of(self.location);
+        let result = self
+            .device
             .read_blocks_vectored(sector, buffers, &mut wait)
-            .map_err(|e| self.report("read", sector, sectors, e))
+            .map_err(|e| self.report("read", sector, sectors, e));
+        self.dma_checked("read", faults, result)
     }
 
     /// Writes `data` to consecutive sectors starting at `sector` (scratch
@@ -524,9 +558,12 @@ impl Disk {
         self.ensure_live()?;
         let mut wait = self.new_wait();
         let sectors = (data.len() / SECTOR) as u64;
-        self.device
+        let faults = crate::iommu::faults_of(self.location);
+        let result = self
+            .device
             .write_blocks(sector, data, &mut wait)
-            .map_err(|e| self.report("write", sector, sectors, e))
+            .map_err(|e| self.report("write", sector, sectors, e));
+        self.dma_checked("write", faults, result)
     }
 
     /// Writes `buffers`, in order, to consecutive sectors (scratch disks only).
@@ -535,9 +572,12 @@ impl Disk {
         self.ensure_live()?;
         let mut wait = self.new_wait();
         let sectors = buffers.iter().map(|b| b.len() / SECTOR).sum::<usize>() as u64;
-        self.device
+        let faults = crate::iommu::faults_of(self.location);
+        let result = self
+            .device
             .write_blocks_vectored(sector, buffers, &mut wait)
-            .map_err(|e| self.report("write", sector, sectors, e))
+            .map_err(|e| self.report("write", sector, sectors, e));
+        self.dma_checked("write", faults, result)
     }
 
     /// Commits the device's write cache (VIRTIO_BLK_T_FLUSH).

@@ -91,7 +91,7 @@ pub mod pci;
 #[cfg(feature = "selftest")]
 mod selftests;
 #[cfg(feature = "selftest")]
-mod test_bringup;
+pub(crate) mod test_bringup;
 pub mod view;
 
 use alloc::format;

@@ -98,6 +98,8 @@ pub fn selftests() -> Vec<SelfTest> {
     }
     // Interrupts: routes, round trips that complete by interrupt, halts.
     tests.extend(super::irq::selftests());
+    // DMA isolation: a borrowed blk device makes a stray DMA (strict IOMMU only).
+    tests.extend(crate::iommu::selftests_with_lent_devices());
     // Always last: the devices go back to their drivers.
     tests.push(SelfTest {
         name: "virtio: the self-tests' devices are reset and handed back to their drivers",
