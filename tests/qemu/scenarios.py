@@ -1682,3 +1682,8 @@ SCENARIOS += P9_SCENARIOS
 
 from .scenarios_balloon import BALLOON_SCENARIOS  # noqa: E402  (issue 20: virtio-balloon)
 SCENARIOS += BALLOON_SCENARIOS
+
+# DMA isolation behind QEMU's intel-iommu (tests/qemu/scenarios_iommu.py).
+from .scenarios_iommu import IOMMU_SCENARIOS  # noqa: E402
+
+SCENARIOS += IOMMU_SCENARIOS

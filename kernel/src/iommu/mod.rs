@@ -60,7 +60,7 @@ use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
 use page_table::SecondLevelTable;
-pub use vtd::Fault;
+pub use vtd::{reason_text, Fault};
 use vtd::{ContextMode, Unit};
 
 #[cfg(feature = "selftest")]

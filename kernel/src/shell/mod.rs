@@ -31,6 +31,8 @@
 
 pub mod console;
 mod fs;
+
+mod iommu;
 pub mod line;
 mod mem;
 mod queues;
@@ -218,6 +220,12 @@ pub static COMMANDS: &[Command] = &[
         args: "",
         help: "block devices",
         run: |_, out| disks(out),
+    },
+    Command {
+        name: "iommu",
+        args: "[address]",
+        help: "DMA isolation: mode, mappings, faults; or one device address's mapping",
+        run: iommu::run,
     },
     Command {
         name: "blk",
