@@ -42,7 +42,7 @@ KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
 from qemu import bench_compare, bench_cost, bench_echo, bench_net_host, bench_results  # noqa: E402  (needs the path above)
-from qemu import browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
+from qemu import bench_iommu, browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
 from qemu import machine as qm  # noqa: E402
 from qemu import soak  # noqa: E402
 from book import bench_page, mdbook, traces  # noqa: E402
@@ -794,8 +794,30 @@ def run_console_bench(kernel: Path, options: argparse.Namespace) -> dict[str, ob
     return record
 
 
+def run_iommu_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """Two boots back to back, strict IOMMU and none (tests/qemu/bench_iommu.py)."""
+    boots: dict[str, dict[str, object]] = {}
+    for label, with_iommu in bench_iommu.BOOTS:
+        section = BenchSection(
+            name=f"iommu-{label}", kernel_sections="iommu", devices=bench_iommu.devices(with_iommu),
+            description=f"virtio-blk null-co behind {'intel-iommu, strict' if with_iommu else 'no IOMMU'}",
+            columns=[("iops", "IOPS", "{:.0f}"), ("ns_per_pair", "ns/pair", "{:.0f}"),
+                     ("pages_mapped_per_req", "pages/req", "{:.2f}"),
+                     ("invalidations_per_req", "inval/req", "{:.2f}")],
+        )
+        boots[label] = run_bench_section(section, kernel, options)
+    table = bench_iommu.side_by_side(median_rows(boots["strict"]["results"]),  # type: ignore[arg-type]
+                                     median_rows(boots["none"]["results"]))  # type: ignore[arg-type]
+    print(f"Strict IOMMU vs none, our stack (median of {options.repeat} runs x {options.seconds:g}s):")
+    for line in bench_iommu.table_lines(table):
+        print(line)
+    print()
+    return {"section": "iommu", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "accel": boots["strict"]["accel"], "iommu": table, "results": [], "boots": boots}
+
+
 #: Sections with their own runner instead of a `BenchSection` entry.
-BENCH_EXTRA_SECTIONS = ["ring", "console", "net-echo", "boot", "cost", "net-host"]
+BENCH_EXTRA_SECTIONS = ["ring", "console", "net-echo", "boot", "cost", "net-host", "iommu"]
 
 
 def run_cost_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
@@ -900,8 +922,9 @@ def cmd_bench(options: argparse.Namespace) -> int:
             say(f"net-echo: results in {(BENCH_DIR / 'net-echo.json').relative_to(REPO)}")
             records.append(record)
             continue
-        if name in ("ring", "console"):
-            record = run_ring_bench(kernel, options) if name == "ring" else run_console_bench(kernel, options)
+        if name in ("ring", "console", "iommu"):
+            runner = {"ring": run_ring_bench, "console": run_console_bench, "iommu": run_iommu_bench}[name]
+            record = runner(kernel, options)
             (BENCH_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
             say(f"{name}: results in {(BENCH_DIR / f'{name}.json').relative_to(REPO)}")
             records.append(record)
@@ -1180,6 +1203,8 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
     })
     ring = results["ring"]
     results["ring_markdown"] = "\n".join(ring_table_lines(ring)) if ring else ""  # type: ignore[arg-type]
+    iommu = results["iommu"]
+    results["iommu_markdown"] = "\n".join(bench_iommu.table_lines(iommu)) if iommu else ""  # type: ignore[arg-type]
     path.write_text(json.dumps(results, indent=2) + "\n")
     bars = bench_results.plot_entries(results)
     if not bars:

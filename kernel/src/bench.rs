@@ -51,6 +51,7 @@ pub fn run() -> ! {
             "compare" => crate::peer::bench::compare(),
             "console" => console(),
             "net" => crate::net::bench::run(),
+            "iommu" => crate::iommu::bench::run(),
             // Boot time: every device up (probe and net ran before `bench`).
             "ready" => {
                 crate::block::init();
@@ -61,7 +62,7 @@ pub fn run() -> ! {
                 Ok(())
             }
             other => Err(alloc::format!(
-                "unknown section {other:?} (known: blk, compare, console, net, ready)"
+                "unknown section {other:?} (known: blk, compare, console, net, iommu, ready)"
             )),
         };
         match result {

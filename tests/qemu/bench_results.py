@@ -19,9 +19,9 @@ from pathlib import Path
 from . import bench_compare, bench_cost, bench_net_host
 
 #: The lists a section may contribute, in results.json.
-ENTRY_KEYS = ("comparison", "ring", "cost", "net_host")
+ENTRY_KEYS = ("comparison", "ring", "cost", "net_host", "iommu")
 #: Sections in the order the tables show them.
-ORDER = ("blk", "net", "console", "ring", "boot", "net-echo", "cost", "net-host")
+ORDER = ("blk", "net", "console", "ring", "boot", "net-echo", "cost", "net-host", "iommu")
 
 
 def load(path: Path) -> dict[str, object]:
@@ -61,6 +61,7 @@ def merge(previous: Mapping[str, object], run: Mapping[str, Mapping[str, object]
         **flat,
         "markdown": bench_compare.markdown_table(flat["comparison"]) if flat["comparison"] else "",  # type: ignore[arg-type]
         "ring_markdown": "",  # filled by x.py (it owns the ring table)
+        "iommu_markdown": "",  # filled by x.py (tests/qemu/bench_iommu.py)
         "cost_markdown": "\n".join(bench_cost.table_lines(flat["cost"])) if flat["cost"] else "",  # type: ignore[arg-type]
         "net_host_markdown": "\n".join(bench_net_host.table_lines(flat["net_host"])) if flat["net_host"] else "",  # type: ignore[arg-type]
     }
@@ -92,4 +93,5 @@ def section_entry(record: Mapping[str, object], header: Mapping[str, object],
         "ring": list(ring_table),
         "cost": list(record.get("cost", []) or []),  # type: ignore[call-overload]
         "net_host": list(record.get("net_host", []) or []),  # type: ignore[call-overload]
+        "iommu": list(record.get("iommu", []) or []),  # type: ignore[call-overload]
     }

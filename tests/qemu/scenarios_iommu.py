@@ -16,7 +16,7 @@ would need `-machine q35,kernel-irqchip=split`; these scenarios run under TCG.
 - `iommu-passthrough-q35`: `iommu=passthrough` (translation on, virtio devices
   untranslated): the block self-tests pass and the disk holds what was written.
 
-The kernel side is kernel/src/iommu/; the book chapter docs/18-dma-isolation.md.
+The kernel side is kernel/src/iommu/; the book chapter docs/dma-isolation.md.
 """
 
 from __future__ import annotations

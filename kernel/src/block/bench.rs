@@ -121,13 +121,36 @@ struct Measured {
 /// keeps both engines at the same clock reads per request.
 const PUBLISH_SAMPLE_EVERY: u64 = 64;
 
+/// `bench.seconds=` (default 1, at most 60): how long each workload runs.
+pub(crate) fn bench_seconds() -> f64 {
+    crate::cmdline::get("bench.seconds")
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0 && *s <= 60.0)
+        .unwrap_or(1.0)
+}
+
+/// Only the workloads named in `names`, waiting by interrupt, on the first
+/// disk, with the usual `bench:` lines (the `iommu` section compares them
+/// with and without an IOMMU: `iommu/bench.rs`).
+pub(crate) fn run_selected(names: &[&str]) -> Result<(), String> {
+    super::init();
+    let seconds = bench_seconds();
+    super::with_disks(|disks| {
+        let disk = disks.first_mut().ok_or("no disk to measure")?;
+        disk.set_wait_mode(WaitMode::Interrupt);
+        for workload in WORKLOADS.iter().filter(|w| names.contains(&w.name)) {
+            let measured = measure(disk, workload, seconds)
+                .map_err(|e| format!("{}.irq: {e}", workload.name))?;
+            report(workload, "irq", &measured);
+        }
+        Ok(())
+    })
+}
+
 /// Runs the block benchmark and prints its `bench:` lines.
 pub fn run() -> Result<(), String> {
     super::init();
-    let seconds = crate::cmdline::get("bench.seconds")
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0 && *s <= 60.0)
-        .unwrap_or(1.0);
+    let seconds = bench_seconds();
     if crate::clock::tsc_hz() == 0 {
         return Err("the TSC is not calibrated: nothing can be timed".into());
     }

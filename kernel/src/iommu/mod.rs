@@ -44,8 +44,10 @@
 //! happens: the device sees an error for that access (QEMU's virtio devices then mark
 //! themselves DEVICE_NEEDS_RESET), its request fails, and the kernel runs on.
 //!
-//! The book's chapter `docs/18-dma-isolation.md` walks through all of this.
+//! The book's chapter `docs/dma-isolation.md` walks through all of this.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod page_table;
 #[cfg(feature = "selftest")]
 mod selftests;
