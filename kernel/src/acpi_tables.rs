@@ -1,7 +1,8 @@
 //! # ACPI static tables: what the firmware says about interrupts and PCI
 //!
 //! Firmware describes the machine in ACPI tables (ACPI 6.5, chapter 5 "ACPI Software Programming
-//! Model"). The kernel reads exactly two of them, once, right after the heap exists:
+//! Model"). The kernel reads two of them here, once, right after the heap exists (and the DMAR,
+//! where the DMA-remapping hardware is, in `acpi_tables/dmar.rs`):
 //!
 //! - **MADT** ("APIC", ACPI 6.5 §5.2.12): where the local APIC and every I/O APIC live, which
 //!   range of global system interrupts (GSIs) each I/O APIC serves, how the 16 legacy ISA IRQs
