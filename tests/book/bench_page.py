@@ -114,6 +114,11 @@ def render(results: dict[str, object], plot: str | None) -> str:
                   "the echo port while a second thread reads it back; sequential HTTP GETs with a new "
                   "connection each for 5 s; ping from the guest to 10.0.2.2 (tests/qemu/bench_net_host.py). "
                   "Wall-clock figures: see the load in the table above.", "", net_host, ""]
+
+    iommu = str(results.get("iommu_markdown") or "").strip()
+    if iommu:
+        lines += ["## Strict IOMMU against none (our stack)", "", iommu, "",
+                  "What each row costs and why: [DMA isolation](dma-isolation.md#what-it-costs).", ""]
     if plot:
         lines += ["## The ratios as a picture", "",
                   f"![every ratio of the latest run of each section]({plot})", ""]

@@ -38,6 +38,12 @@ class BenchPageTest(unittest.TestCase):
         self.assertIn("compared nothing", page)
         self.assertNotIn(".svg", page)
 
+    def test_iommu_table(self) -> None:
+        results = dict(RESULTS, iommu_markdown="| workload | unit |\n| --- | --- |")
+        page = bench_page.render(results, None)
+        self.assertIn("Strict IOMMU against none", page)
+        self.assertNotIn("Strict IOMMU", bench_page.render(RESULTS, None))
+
     def test_the_method_names_no_figures(self) -> None:
         prose = re.sub(r"\]\([^)]*\)", "]", bench_page.METHOD.replace("§3.1.1", ""))
         self.assertIsNone(re.search(r"\d", prose),
