@@ -264,6 +264,27 @@ fn mmio_v1_sequence() {
 }
 
 #[test]
+fn a_device_behind_an_iommu_comes_up() {
+    // QEMU's `iommu_platform=on`: ACCESS_PLATFORM offered, and FEATURES_OK
+    // refused unless the driver accepts it (virtio 1.2 §6.1).
+    for flavour in ["pci", "mmio"] {
+        let offer = BLK_MODERN | features::ACCESS_PLATFORM;
+        let core = VirtioCore::new(2, offer, 1, 256, vec![0; 64]).shared();
+        core.borrow_mut().required_features = features::ACCESS_PLATFORM;
+        let result = if flavour == "pci" {
+            let mut t = pci_transport(&core, true);
+            bring_up(&mut t, BLK_DRIVER, 64)
+        } else {
+            let mut t = mmio_transport(&core, 2);
+            bring_up(&mut t, BLK_DRIVER, 64)
+        };
+        let accepted = result.unwrap_or_else(|e| panic!("{flavour}: {e:?}"));
+        assert_ne!(accepted & features::ACCESS_PLATFORM, 0, "{flavour}");
+        assert_ne!(core.borrow().status & FEATURES_OK, 0, "{flavour}");
+    }
+}
+
+#[test]
 fn refused_features_set_failed_and_return_an_error() {
     for flavour in ["pci", "mmio"] {
         let core = VirtioCore::new(2, BLK_MODERN, 1, 256, vec![0; 64]).shared();

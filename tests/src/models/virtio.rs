@@ -113,6 +113,10 @@ pub struct VirtioCore {
     pub notifications: Vec<u16>,
     /// The device clears FEATURES_OK when the driver sets it.
     pub refuse_features_ok: bool,
+    /// Feature bits the device insists on: FEATURES_OK is refused unless the
+    /// driver accepted all of them (QEMU's `iommu_platform=on` insists on
+    /// VIRTIO_F_ACCESS_PLATFORM).
+    pub required_features: u64,
     /// Status reads after a reset that still return the old status
     /// (`u32::MAX`: the reset never completes).
     pub reset_delay_reads: u32,
@@ -170,6 +174,7 @@ impl VirtioCore {
             accept_msix_vectors: true,
             notifications: Vec::new(),
             refuse_features_ok: false,
+            required_features: 0,
             reset_delay_reads: 0,
             pending_reset_reads: 0,
             stale_status: 0,
@@ -235,7 +240,9 @@ impl VirtioCore {
             ));
         }
         let mut value = value;
-        if value & FEATURES_OK != 0 && self.refuse_features_ok {
+        let missing_required =
+            self.driver_features & self.required_features != self.required_features;
+        if value & FEATURES_OK != 0 && (self.refuse_features_ok || missing_required) {
             value &= !FEATURES_OK;
         }
         if value & DRIVER_OK != 0 && self.needs_reset_on_driver_ok {
