@@ -13,8 +13,13 @@ would need `-machine q35,kernel-irqchip=split`; these scenarios run under TCG.
   DHCP/ping, console round trips) passes, including the stray-DMA test (a blk
   request aimed at a never-shared page: fault logged and counted, request
   failed, canary page unchanged).
+- `iommu-strict-q35` also runs the use-after-unshare test: a page the device
+  read into is unshared and the same read is sent again; the IOTLB invalidation
+  at unshare must make it fault.
 - `iommu-passthrough-q35`: `iommu=passthrough` (translation on, virtio devices
   untranslated): the block self-tests pass and the disk holds what was written.
+- `iommu-off-q35`: `iommu=off`: the unit stays off; a device that insists on
+  ACCESS_PLATFORM still works, untranslated.
 
 The kernel side is kernel/src/iommu/; the book chapter docs/dma-isolation.md.
 """
@@ -74,6 +79,7 @@ IOMMU_SCENARIOS: list[Scenario] = [
             r"^\[.*\] WARN kernel::iommu: iommu: DMA fault: device \S+ write at 0x[0-9a-f]+ blocked: ",
             r"^selftest: PASS iommu: share maps the buffer's pages, unshare unmaps them \(strict\)$",
             r"^selftest: PASS iommu: a blk DMA to a never-shared page faults, fails, and leaves it unchanged$",
+            r"^selftest: PASS iommu: after unshare the device cannot reach the page \(IOTLB invalidated\)$",
             r"^selftest: PASS net: ",
             r"^selftest: PASS virtio: console round trip",
         ],
@@ -82,6 +88,11 @@ IOMMU_SCENARIOS: list[Scenario] = [
     behind_iommu(
         "iommu-passthrough-q35", "passthrough",
         [r"^\[.*\] INFO kernel::iommu: iommu: blk at pci \S+: passthrough "],
+        with_net_console=False,
+    ),
+    behind_iommu(
+        "iommu-off-q35", "off",
+        [r"^\[.*\] INFO kernel::iommu: iommu: blk at pci \S+: off \(iommu=off\)"],
         with_net_console=False,
     ),
 ]  # fmt: skip

@@ -8,6 +8,9 @@
 //!   at a page that was never shared (a canary page filled with a pattern). The IOMMU must
 //!   block the device's write, record a fault naming the device, the page and "write", the
 //!   request must not complete successfully, and the canary must be unchanged.
+//! - In strict mode, **use after unshare**: a page is shared, the device reads into it (the
+//!   unit caches the translation), the page is unshared, and the same read is sent again: the
+//!   IOTLB invalidation at unshare must make the second write fault like a stray one.
 //!
 //! The stray-DMA test uses a blk device the virtio self-tests borrowed
 //! (`virtio/test_bringup.rs`), so it runs from their list, just before they hand the devices
@@ -27,7 +30,7 @@ use super::Mode;
 use crate::hal_impl::KernelHal;
 use crate::memory;
 use crate::selftest_api::SelfTest;
-use crate::virtio::test_bringup::lent;
+use crate::virtio::test_bringup::{lent, LiveDevice};
 
 /// How long the stray request may take to fail.
 const STRAY_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -60,10 +63,16 @@ pub fn selftests_with_lent_devices() -> Vec<SelfTest> {
     if !super::strict() {
         return Vec::new();
     }
-    vec![SelfTest {
-        name: "iommu: a blk DMA to a never-shared page faults, fails, and leaves it unchanged",
-        run: test_stray_dma,
-    }]
+    vec![
+        SelfTest {
+            name: "iommu: a blk DMA to a never-shared page faults, fails, and leaves it unchanged",
+            run: test_stray_dma,
+        },
+        SelfTest {
+            name: "iommu: after unshare the device cannot reach the page (IOTLB invalidated)",
+            run: test_use_after_unshare,
+        },
+    ]
 }
 
 fn test_expected_mode() -> Result<(), String> {
@@ -131,25 +140,21 @@ fn test_share_maps() -> Result<(), String> {
     result
 }
 
-fn test_stray_dma() -> Result<(), String> {
-    let mut devices = lent();
-    let Some(device) = devices
-        .iter_mut()
-        .find(|d| d.device_type == DeviceType::Block && d.is_live())
-    else {
-        return Err("no live blk device to test with".into());
-    };
-    let Location::Pci(pci) = device.location else {
-        return Err(format!("blk at {} is not on PCI", device.location));
-    };
-    let location = device.location;
-    let source = super::source_of(location).unwrap_or(0);
-    let live = device.live().ok_or("not live")?;
+/// What became of one hand-built blk read.
+struct ReadOutcome {
+    /// The device put it in the used ring.
+    completed: bool,
+    /// The device set DEVICE_NEEDS_RESET instead.
+    needs_reset: bool,
+    /// The status byte the device wrote (0xff: none).
+    status: u8,
+}
 
-    let canary = memory::allocate_frames(1).map_err(|e| format!("frames: {e:?}"))?;
-    let canary_ptr = memory::phys_to_virt(canary);
-    // SAFETY: a frame just allocated to us, identity-mapped.
-    unsafe { core::ptr::write_bytes(canary_ptr, CANARY, 4096) };
+/// One VIRTIO_BLK_T_IN of sector 0's first 512 bytes into device address `data` on the borrowed
+/// device's queue 0; header and status live in DMA memory of their own (mapped). Waits until the
+/// device completes it or says it needs a reset (or 2 s); in the last two cases the device is
+/// reset, so that it lets go of the request before its memory is freed.
+fn read_sector_to(live: &mut LiveDevice, data: u64) -> Result<ReadOutcome, String> {
     let request = DmaRegion::<KernelHal>::new(64).map_err(|e| format!("DMA memory: {e}"))?;
     request.write::<u32>(0, 0u32.to_le()); // VIRTIO_BLK_T_IN: the device writes the data
     request.write::<u64>(8, 0u64.to_le());
@@ -157,12 +162,9 @@ fn test_stray_dma() -> Result<(), String> {
     let base = request.device_addr();
     let segments = [
         Segment::readable(base, 16),
-        // The stray part: a device address nobody shared.
-        Segment::writable(crate::hal_impl::device_addr_of(canary), 512),
+        Segment::writable(data, 512),
         Segment::writable(base + 16, 1),
     ];
-    let faults_before = super::counters().faults;
-    let device_faults_before = super::faults_of(location);
     let queue = live.queues.get_mut(0).ok_or("no queue 0")?;
     queue.add(&segments).map_err(|e| format!("add: {e}"))?;
     let index = queue.index();
@@ -170,54 +172,78 @@ fn test_stray_dma() -> Result<(), String> {
         live.transport.notify(index);
     }
     let deadline = crate::clock::uptime_ns() + STRAY_TIMEOUT_NS;
-    let mut completed = None;
-    let mut needs_reset;
-    loop {
-        super::on_fault_interrupt();
-        if let Ok(Some(used)) = live.queues[0].pop_used() {
-            completed = Some(used);
-        }
-        needs_reset = live
+    let (completed, needs_reset) = loop {
+        let completed = matches!(live.queues[0].pop_used(), Ok(Some(_)));
+        let needs_reset = live
             .transport
             .status()
             .contains(DeviceStatus::DEVICE_NEEDS_RESET);
-        let faulted = super::counters().faults > faults_before;
-        if (faulted && (needs_reset || completed.is_some())) || crate::clock::uptime_ns() > deadline
-        {
-            break;
+        if completed || needs_reset || crate::clock::uptime_ns() > deadline {
+            break (completed, needs_reset);
         }
         core::hint::spin_loop();
+    };
+    if !completed {
+        let _ = live.transport.reset();
+        live.queues[0].reset(|_| {});
     }
-    // Whatever happened, the device lets go of the request before its memory is freed.
-    let _ = live.transport.reset();
-    live.queues[0].reset(|_| {});
-    drop(devices);
+    // Read the fault records now rather than wait for the interrupt.
+    super::on_fault_interrupt();
+    Ok(ReadOutcome {
+        completed,
+        needs_reset,
+        status: request.read::<u8>(16).unwrap_or(0xff),
+    })
+}
 
-    let status = request.read::<u8>(16).unwrap_or(0xff);
-    let mut changed = 0usize;
-    for offset in 0..4096 {
-        // SAFETY: our canary frame.
-        if unsafe { canary_ptr.add(offset).read_volatile() } != CANARY {
-            changed += 1;
-        }
-    }
-    // SAFETY: nobody (CPU or device: it was reset) uses the canary any more.
-    let _ = unsafe { memory::free_frames(canary, 1) };
+/// A fresh page filled with [`CANARY`] (never shared).
+fn canary_page() -> Result<u64, String> {
+    let page = memory::allocate_frames(1).map_err(|e| format!("frames: {e:?}"))?;
+    fill_canary(page);
+    Ok(page)
+}
 
+fn fill_canary(page: u64) {
+    // SAFETY: a frame of ours, identity-mapped, not shared with any device.
+    unsafe { core::ptr::write_bytes(memory::phys_to_virt(page), CANARY, 4096) };
+}
+
+/// How many bytes of the canary page changed.
+fn canary_changes(page: u64) -> usize {
+    let base = memory::phys_to_virt(page);
+    (0..4096)
+        // SAFETY: our frame, identity-mapped.
+        .filter(|&offset| unsafe { base.add(offset).read_volatile() } != CANARY)
+        .count()
+}
+
+/// The checks both DMA tests make after a device wrote (or tried to) to `page`, which it must
+/// not reach: a fault naming `location`, `page` and "write"; the request failed by
+/// `iommu::check_request`; not one canary byte changed.
+fn blocked_write_problems(
+    location: Location,
+    device_faults_before: u64,
+    page: u64,
+    outcome: &ReadOutcome,
+) -> Vec<String> {
+    let source = super::source_of(location).unwrap_or(0);
+    // Only faults recorded during this request count (an older one may name the same page).
+    let new_faults = super::faults_of(location).saturating_sub(device_faults_before);
     let fault = super::recent_faults()
         .into_iter()
         .rev()
-        .find(|f| f.address == canary);
+        .take(new_faults as usize)
+        .find(|f| f.address == page);
     let mut problems = Vec::new();
     match fault {
         None => problems.push(format!(
-            "no fault recorded at {canary:#x} (faults: {:?})",
+            "no fault recorded at {page:#x} (faults: {:?})",
             super::recent_faults()
         )),
         Some(f) => {
             if f.source != source {
                 problems.push(format!(
-                    "fault names device {} instead of {pci}",
+                    "fault names device {} instead of {location}",
                     f.source_text()
                 ));
             }
@@ -231,30 +257,102 @@ fn test_stray_dma() -> Result<(), String> {
     let verdict = super::check_request(location, device_faults_before);
     if verdict.is_ok() {
         problems.push(format!(
-            "the request counts as successful (status {status:#04x}, completed: {})",
-            completed.is_some()
+            "the request counts as successful (status {:#04x}, completed: {})",
+            outcome.status, outcome.completed
         ));
     }
+    let changed = canary_changes(page);
     if changed != 0 {
         problems.push(format!("{changed} canary bytes changed"));
     }
     log::info!(
-        "iommu: stray DMA test: fault recorded: {} ({} fault interrupt(s) so far), request: {}, canary intact: {}",
+        "iommu: blocked-write check: fault recorded: {} ({} fault interrupt(s) so far), request: {}, canary intact: {}",
         fault.is_some(),
         super::counters().fault_interrupts,
-        match (completed, needs_reset) {
-            (Some(_), _) => format!(
-                "device said status {status:#04x}, failed by the IOMMU check: {}",
+        match (outcome.completed, outcome.needs_reset) {
+            (true, _) => format!(
+                "device said status {:#04x}, failed by the IOMMU check: {}",
+                outcome.status,
                 verdict.is_err()
             ),
-            (None, true) => "failed (device set DEVICE_NEEDS_RESET)".into(),
-            (None, false) => "never completed (timed out)".into(),
+            (false, true) => "failed (device set DEVICE_NEEDS_RESET)".into(),
+            (false, false) => "never completed (timed out)".into(),
         },
         changed == 0
     );
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
+    problems
+}
+
+/// The first live blk device the virtio self-tests borrowed, with its location.
+fn with_lent_blk(
+    test: impl FnOnce(Location, &mut LiveDevice) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut devices = lent();
+    let device = devices
+        .iter_mut()
+        .find(|d| d.device_type == DeviceType::Block && d.is_live())
+        .ok_or("no live blk device to test with")?;
+    let location = device.location;
+    if !matches!(location, Location::Pci(_)) {
+        return Err(format!("blk at {location} is not on PCI"));
     }
+    test(location, device.live().ok_or("not live")?)
+}
+
+fn test_stray_dma() -> Result<(), String> {
+    with_lent_blk(|location, live| {
+        let canary = canary_page()?;
+        let before = super::faults_of(location);
+        // The stray part: a device address nobody shared.
+        let outcome = read_sector_to(live, crate::hal_impl::device_addr_of(canary));
+        let problems = outcome.map(|o| blocked_write_problems(location, before, canary, &o));
+        // SAFETY: nobody uses the canary any more (the device completed or was reset).
+        let _ = unsafe { memory::free_frames(canary, 1) };
+        let problems = problems?;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    })
+}
+
+/// Shares a page, lets the device read into it (so the unit caches the translation in its
+/// IOTLB), unshares it, and aims the same read at the same device address again: the
+/// invalidation at unshare must have removed the cached translation, so the second write is
+/// blocked. Without the invalidation QEMU's IOTLB would still let it through.
+fn test_use_after_unshare() -> Result<(), String> {
+    with_lent_blk(|location, live| {
+        let page = canary_page()?;
+        let result = (|| {
+            let start = NonNull::new(memory::phys_to_virt(page)).ok_or("null")?;
+            let buffer = NonNull::slice_from_raw_parts(start, 4096);
+            // SAFETY: our own frame; the CPU leaves it alone until the unshare.
+            let address = unsafe { KernelHal::share(buffer, Direction::FromDevice) }
+                .map_err(|e| format!("share: {e}"))?;
+            let before = super::faults_of(location);
+            let first = read_sector_to(live, address);
+            // SAFETY: the share above; the device completed the request or was reset.
+            unsafe { KernelHal::unshare(address, buffer, Direction::FromDevice) };
+            let first = first?;
+            if !first.completed || first.status != 0 || super::faults_of(location) != before {
+                return Err(format!(
+                    "the read into the shared page failed (completed {}, status {:#04x})",
+                    first.completed, first.status
+                ));
+            }
+            fill_canary(page);
+            let before = super::faults_of(location);
+            let second = read_sector_to(live, address)?;
+            let problems = blocked_write_problems(location, before, page, &second);
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("after unshare: {}", problems.join("; ")))
+            }
+        })();
+        // SAFETY: unshared; the device completed or was reset.
+        let _ = unsafe { memory::free_frames(page, 1) };
+        result
+    })
 }
