@@ -8,6 +8,7 @@
 //! | `blk.randread.qd1.shared.irq` | the same reads through the blocking `Disk::read` on an ordinary heap buffer: each request shares (maps) and unshares (unmaps, invalidates the IOTLB, waits) the buffer |
 //! | `iommu.share_unshare_4k.poll` | `Hal::share` + `Hal::unshare` of one 4 KiB page, no device: the guest's cost of one mapping's life |
 //! | `iommu.share_unshare_64k.poll` | the same for 16 pages: still one IOTLB invalidation (one page-selective descriptor with address mask 4), so the wait is paid once per buffer, not per page |
+//! | `iommu.share_unshare_64k_per_page.poll` | the same, invalidating page by page (16 descriptors and 16 waits): what the batching saves |
 //!
 //! Each line carries `iommu=strict|none` and, where it applies, the pages mapped and the IOTLB
 //! invalidations per request (from the `iommu` counters).
@@ -16,6 +17,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use hal::{Direction, Hal};
 
@@ -27,6 +29,9 @@ use crate::println;
 /// Pairs timed in the share/unshare micro-benchmark.
 const PAIRS: u64 = 20_000;
 
+/// Set while the `_per_page` row runs: `iommu::release` then invalidates page by page.
+pub static PER_PAGE_INVALIDATION: AtomicBool = AtomicBool::new(false);
+
 /// Runs the section (see the module docs).
 pub fn run() -> Result<(), String> {
     let mode = if super::strict() { "strict" } else { "none" };
@@ -36,8 +41,12 @@ pub fn run() -> Result<(), String> {
     );
     run_selected(&["blk.randread.qd1", "blk.randread.qd32"])?;
     shared_reads(mode)?;
-    share_unshare(mode, 1)?;
-    share_unshare(mode, 16)
+    share_unshare(mode, 1, "")?;
+    share_unshare(mode, 16, "")?;
+    PER_PAGE_INVALIDATION.store(true, Ordering::Relaxed);
+    let per_page = share_unshare(mode, 16, "_per_page");
+    PER_PAGE_INVALIDATION.store(false, Ordering::Relaxed);
+    per_page
 }
 
 fn ticks_to_us(ticks: u64) -> f64 {
@@ -84,7 +93,7 @@ fn shared_reads(mode: &str) -> Result<(), String> {
 }
 
 /// Shares and unshares `pages` pages `PAIRS` times, no device involved.
-fn share_unshare(mode: &str, pages: usize) -> Result<(), String> {
+fn share_unshare(mode: &str, pages: usize, variant: &str) -> Result<(), String> {
     let phys = crate::memory::allocate_frames(pages).map_err(|e| format!("frames: {e:?}"))?;
     let start_ptr = NonNull::new(crate::memory::phys_to_virt(phys)).ok_or("null frame")?;
     let buffer = NonNull::slice_from_raw_parts(start_ptr, pages * 4096);
@@ -108,7 +117,7 @@ fn share_unshare(mode: &str, pages: usize) -> Result<(), String> {
     let _ = unsafe { crate::memory::free_frames(phys, pages) };
     result?;
     println!(
-        "bench: iommu.share_unshare_{}k.poll stack=ours iommu={mode} ns_per_pair={:.0} invalidations_per_pair={:.3} pairs={PAIRS}",
+        "bench: iommu.share_unshare_{}k{variant}.poll stack=ours iommu={mode} ns_per_pair={:.0} invalidations_per_pair={:.3} pairs={PAIRS}",
         pages * 4,
         crate::clock::ticks_to_ns(ticks) as f64 / PAIRS as f64,
         (after.invalidations - before.invalidations) as f64 / PAIRS as f64
