@@ -73,9 +73,9 @@ IOMMU_SCENARIOS: list[Scenario] = [
     behind_iommu(
         "iommu-strict-q35", "strict",
         [
-            r"^\[.*\] INFO kernel::iommu: iommu: blk at pci \S+: strict ",
-            r"^\[.*\] INFO kernel::iommu: iommu: net at pci \S+: strict ",
-            r"^\[.*\] INFO kernel::iommu: iommu: console at pci \S+: strict ",
+            r"^iommu: blk at pci \S+: strict ",
+            r"^iommu: net at pci \S+: strict ",
+            r"^iommu: console at pci \S+: strict ",
             r"^\[.*\] WARN kernel::iommu: iommu: DMA fault: device \S+ write at 0x[0-9a-f]+ blocked: ",
             r"^selftest: PASS iommu: share maps the buffer's pages, unshare unmaps them \(strict\)$",
             r"^selftest: PASS iommu: a blk DMA to a never-shared page faults, fails, and leaves it unchanged$",
@@ -87,12 +87,12 @@ IOMMU_SCENARIOS: list[Scenario] = [
     ),
     behind_iommu(
         "iommu-passthrough-q35", "passthrough",
-        [r"^\[.*\] INFO kernel::iommu: iommu: blk at pci \S+: passthrough "],
+        [r"^iommu: blk at pci \S+: passthrough "],
         with_net_console=False,
     ),
     behind_iommu(
         "iommu-off-q35", "off",
-        [r"^\[.*\] INFO kernel::iommu: iommu: blk at pci \S+: off \(iommu=off\)"],
+        [r"^iommu: blk at pci \S+: off \(iommu=off\)"],
         with_net_console=False,
     ),
 ]  # fmt: skip

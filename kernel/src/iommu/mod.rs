@@ -6,8 +6,8 @@
 //! found through the ACPI DMAR table) translates each device's DMA through page tables the
 //! kernel writes, and blocks and records everything else.
 //!
-//! `iommu=` on the kernel command line picks the mode (one `iommu:` line per device says
-//! which it got):
+//! `iommu=` on the kernel command line picks the mode (one `iommu:` line per device, printed
+//! whatever the log level like the `virtio:` lines, says which it got):
 //!
 //! - `strict` (the default when a DMAR table is present): every virtio device on the unit gets
 //!   a context entry pointing at the **virtio DMA domain**, whose second-level page table
@@ -60,6 +60,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use drivers::transport::Location;
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
+
+use crate::println;
 
 use page_table::SecondLevelTable;
 pub use vtd::{reason_text, Fault};
@@ -273,7 +275,7 @@ pub fn init() {
     let base = dmar.units[unit_index].register_base;
     if mode == Mode::Off {
         for (location, name) in &devices {
-            log::info!("iommu: {name} at {location}: off (iommu=off), reaches all of RAM");
+            println!("iommu: {name} at {location}: off (iommu=off), reaches all of RAM");
         }
         *ACTIVE.lock() = Some(Mode::Off);
         return;
@@ -359,14 +361,14 @@ fn bring_up(
         }
     }
     unit.enable_translation()?;
-    log::info!(
+    println!(
         "iommu: VT-d at {base:#x} on, {} mode, {}-level tables, {} (devices without an entry are blocked)",
         if pass_through { "passthrough" } else { "strict" },
         unit.levels,
         if unit.coherent() { "coherent" } else { "non-coherent (clflush)" },
     );
     for line in lines {
-        log::info!("{line}");
+        println!("{line}");
     }
     *REMAPPING.lock() = Some(Remapping { unit, table });
     Ok(())
