@@ -171,6 +171,9 @@ pub unsafe trait Hal: 'static {
     ///
     /// `false` (the default) for a Hal that bounces or maps buffers: every
     /// share must be ended by its own `unshare`.
+    ///
+    /// Drivers read it through [`Hal::unshare_is_noop`], which a Hal whose
+    /// answer depends on the machine (an IOMMU found at boot) overrides.
     const UNSHARE_IS_NOOP: bool = false;
 
     /// Whether [`Hal::share`] / [`Hal::unshare`] are zero-copy no-ops *right now*: by default
