@@ -18,6 +18,10 @@ would need `-machine q35,kernel-irqchip=split`; these scenarios run under TCG.
   at unshare must make it fault.
 - `iommu-passthrough-q35`: `iommu=passthrough` (translation on, virtio devices
   untranslated): the block self-tests pass and the disk holds what was written.
+- `iommu-strict-mixed-q35`: one disk with `iommu_platform=on`, one without:
+  the second's DMA bypasses the IOMMU (QEMU gives it the plain address
+  space), and its `iommu:` line says it is not isolated; both disks' data are
+  checked.
 - `iommu-off-q35`: `iommu=off`: the unit stays off; a device that insists on
   ACCESS_PLATFORM still works, untranslated.
 
@@ -89,6 +93,19 @@ IOMMU_SCENARIOS: list[Scenario] = [
         "iommu-passthrough-q35", "passthrough",
         [r"^iommu: blk at pci \S+: passthrough "],
         with_net_console=False,
+    ),
+    # One disk behind the IOMMU, one not (no iommu_platform): the second's DMA
+    # bypasses the IOMMU, and its `iommu:` line must say so; the DMA tests pick the first.
+    blk_scenario(
+        "iommu-strict-mixed-q35", "q35", "pci-modern",
+        [BlkDrive("scratch0", props=BEHIND_IOMMU, want={"features": ("ACCESS_PLATFORM",)}),
+         BlkDrive("scratch1", props=MODERN, want={"features_absent": ("ACCESS_PLATFORM",)})],
+        extra_args=["-device", "intel-iommu"],
+        append="iommu=strict expect.iommu=strict",
+        expect_anywhere=[
+            r"^iommu: blk at pci \S+: ACCESS_PLATFORM not negotiated, so its DMA bypasses the IOMMU ",
+            r"^selftest: PASS iommu: a blk DMA to a never-shared page faults, fails, and leaves it unchanged$",
+        ],
     ),
     behind_iommu(
         "iommu-off-q35", "off",

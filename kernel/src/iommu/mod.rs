@@ -118,7 +118,7 @@ static REMAPPING: Mutex<Option<Remapping>> = Mutex::new(None);
 /// `true` once strict translation is on: the Hal maps and unmaps. Checked first on every share,
 /// so that a machine without an IOMMU pays one relaxed load.
 static STRICT: AtomicBool = AtomicBool::new(false);
-/// The mode in force (as a `Mode` index), for the shell and the self-tests.
+/// The mode in force, for the shell and the self-tests.
 static ACTIVE: Mutex<Option<Mode>> = Mutex::new(None);
 
 /// Counters, readable at any time (shell `iommu`, bench, self-tests).
@@ -128,6 +128,8 @@ static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
 static FAULTS: AtomicU64 = AtomicU64::new(0);
 static FAULT_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 static RECENT: Mutex<Vec<Fault>> = Mutex::new(Vec::new());
+/// The devices given a translating context entry (strict mode).
+static TRANSLATED: Mutex<Vec<Location>> = Mutex::new(Vec::new());
 /// Faults per requester (source ID), for [`faults_of`]: (source + 1, count); 0 = free slot.
 static PER_DEVICE: [(AtomicU64, AtomicU64); 32] =
     [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 32];
@@ -345,6 +347,9 @@ fn bring_up(
             )
         };
         unit.set_context(address.bus, devfn, context)?;
+        if !pass_through {
+            TRANSLATED.lock().push(*location);
+        }
         lines.push(alloc::format!(
             "iommu: {name} at {location}: {words}, domain {VIRTIO_DOMAIN}"
         ));
@@ -372,6 +377,21 @@ fn bring_up(
     }
     *REMAPPING.lock() = Some(Remapping { unit, table });
     Ok(())
+}
+
+/// Called with each device's negotiated features when its driver has brought it up: a device
+/// with a translating context entry that did not negotiate `VIRTIO_F_ACCESS_PLATFORM` (QEMU:
+/// `iommu_platform=off`, or a legacy transport) bypasses the platform's translation (§6.1: it
+/// uses physical addresses), so its `iommu:` line overstated what is enforced: say so.
+pub fn note_negotiated(device: impl core::fmt::Display, location: Location, features: u64) {
+    if features & drivers::features::ACCESS_PLATFORM != 0 || !strict() {
+        return;
+    }
+    if TRANSLATED.lock().contains(&location) {
+        println!(
+            "iommu: {device} at {location}: ACCESS_PLATFORM not negotiated, so its DMA bypasses the IOMMU (QEMU: iommu_platform=off): not isolated"
+        );
+    }
 }
 
 /// Maps `len` bytes at physical `phys` for the devices (device address = `phys`), readable,

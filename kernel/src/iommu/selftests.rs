@@ -30,7 +30,7 @@ use super::Mode;
 use crate::hal_impl::KernelHal;
 use crate::memory;
 use crate::selftest_api::SelfTest;
-use crate::virtio::test_bringup::{lent, LiveDevice};
+use crate::virtio::test_bringup::{lent, LiveDevice, TestState};
 
 /// How long the stray request may take to fail.
 const STRAY_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -283,15 +283,20 @@ fn blocked_write_problems(
     problems
 }
 
-/// The first live blk device the virtio self-tests borrowed, with its location.
+/// The first live blk device the virtio self-tests borrowed that negotiated
+/// VIRTIO_F_ACCESS_PLATFORM (one that did not bypasses the IOMMU), with its location.
 fn with_lent_blk(
     test: impl FnOnce(Location, &mut LiveDevice) -> Result<(), String>,
 ) -> Result<(), String> {
     let mut devices = lent();
     let device = devices
         .iter_mut()
-        .find(|d| d.device_type == DeviceType::Block && d.is_live())
-        .ok_or("no live blk device to test with")?;
+        .filter(|d| d.device_type == DeviceType::Block)
+        .find(|d| {
+            matches!(&d.state, TestState::Live(l)
+                if l.features & drivers::features::ACCESS_PLATFORM != 0)
+        })
+        .ok_or("no live blk device behind the IOMMU (ACCESS_PLATFORM negotiated) to test with")?;
     let location = device.location;
     if !matches!(location, Location::Pci(_)) {
         return Err(format!("blk at {location} is not on PCI"));

@@ -284,6 +284,7 @@ impl VirtioDevice {
                 bits: up.features,
             }
         ));
+        crate::iommu::note_negotiated(name, location, up.features);
     }
 
     /// Marks the device failed with `error` (its transport, if any, is
