@@ -224,6 +224,13 @@ pub fn counters() -> Counters {
     }
 }
 
+/// Frames the IOMMU code has taken for its tables so far: a DMA allocation in strict mode may
+/// take one more (a new page table) besides its own.
+#[cfg(feature = "selftest")]
+pub fn table_frames() -> u64 {
+    page_table::TABLE_FRAMES.load(Ordering::Relaxed)
+}
+
 /// The mode in force: `None` when there is no IOMMU (or it could not be set up).
 pub fn active_mode() -> Option<Mode> {
     *ACTIVE.lock()

@@ -201,9 +201,14 @@ fn entry(table: u64, index: u64) -> *mut u64 {
     memory::phys_to_virt(table + index * 8).cast::<u64>()
 }
 
+/// Frames taken for IOMMU tables so far (root, context, page tables, queue), for tests that
+/// count the frame allocator's frames around a DMA allocation (`iommu::table_frames`).
+pub static TABLE_FRAMES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// A zeroed page for a table (all entries not present).
 pub fn new_table() -> Result<u64, TableError> {
     let phys = memory::allocate_frames(1).map_err(|_| TableError::OutOfMemory)?;
+    TABLE_FRAMES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: a frame just allocated to us: RAM, identity-mapped, 4 KiB, unused by anyone else.
     unsafe { core::ptr::write_bytes(memory::phys_to_virt(phys), 0, PAGE as usize) };
     // A unit that does not snoop caches must see the zeroes in memory, not stale contents.
