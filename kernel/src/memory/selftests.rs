@@ -291,7 +291,10 @@ fn test_dma_regions() -> Result<(), String> {
         String::from("freed frame not free")
     })?;
     let again = DmaRegion::<KernelHal>::new(4 * PAGE_SIZE).map_err(|e| e.to_string())?;
-    check(again.device_addr() == device_addr, || {
+    // The allocator hands out the run after its latest allocation, so the dirty frames come
+    // back only if nothing was allocated after them: not so when strict IOMMU mode took a
+    // page-table frame to map them (then only the zeroing below is checked).
+    check(tables != 0 || again.device_addr() == device_addr, || {
         format!(
             "dirty frames {device_addr:#x} not reused (got {:#x})",
             again.device_addr()
