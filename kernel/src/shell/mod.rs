@@ -31,7 +31,6 @@
 
 pub mod console;
 mod fs;
-
 mod iommu;
 pub mod line;
 mod mem;
