@@ -8,6 +8,7 @@
     ./x.py setup        install what is missing (QEMU, the Rust target)
     ./x.py bench        benchmarks (accelerator as `run` picks it): tables, build/bench/
     ./x.py docs         build the book (docs/) into build/book/ with mdBook
+    ./x.py fuzz         the cargo-fuzz targets of fuzz/ (nightly, libFuzzer), one after another
 
 The kernel has three builds (tests/qemu/kernel_builds.py), each copied to a
 path of its own under build/: the production kernel `run` boots
@@ -45,6 +46,7 @@ from qemu import bench_compare, bench_cost, bench_echo, bench_net_host, bench_re
 from qemu import bench_iommu, browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
 from qemu import machine as qm  # noqa: E402
 from qemu import soak  # noqa: E402
+from qemu import fuzz  # noqa: E402
 from book import bench_page, mdbook, traces  # noqa: E402
 
 #: The interactive boot's scratch disk (created on first use).
@@ -1250,6 +1252,14 @@ def add_boot_options(parser: argparse.ArgumentParser) -> None:
                              "open (DISPLAY set), else VNC and screendumps (tests/qemu/display.py)")
 
 
+def cmd_fuzz(options: argparse.Namespace) -> int:
+    """`./x.py fuzz [TARGET...] [--seconds N]`: see tests/qemu/fuzz.py and fuzz/README.md."""
+    try:
+        return fuzz.run(options.targets, options.seconds, options.sanitizer, options.merge, say)
+    except fuzz.FuzzError as err:
+        raise XError(str(err)) from err
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     # Everything after a lone `--` goes to QEMU untouched.
     qemu_args: list[str] = []
@@ -1344,7 +1354,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     docs.add_argument("--capture-traces", action="store_true",
                       help="boot once with log=trace and rewrite the book's excerpts (docs/traces/)")
 
+    fuzz_cmd = commands.add_parser(
+        "fuzz", help="run the cargo-fuzz targets (nightly; installs cargo-fuzz) and report executions",
+        description="Fuzz what a device or a user controls (targets in tests/src/fuzz/, shims in "
+                    "fuzz/), one target at a time under nice. New inputs go to build/fuzz/corpus/, "
+                    "crashes to build/fuzz/artifacts/, the figures to build/fuzz/results.json. "
+                    "`cargo test` replays the committed corpus on stable.")
+    fuzz_cmd.add_argument("targets", nargs="*", metavar="TARGET", help="targets to run (default: all)")
+    fuzz_cmd.add_argument("--seconds", type=int, default=60, metavar="N", help="time per target (default 60)")
+    fuzz_cmd.add_argument("--sanitizer", choices=("none", "address"), default="none",
+                          help="libFuzzer build sanitizer (default none: the drivers have no unsafe code, "
+                               "and it runs several times faster; address checks the host Hal too)")
+    fuzz_cmd.add_argument("--merge", action="store_true",
+                          help="afterwards, add the new inputs that cover new code to fuzz/corpus/")
+
     options = parser.parse_args(argv)
+    if options.command == "fuzz" and options.seconds < 1:
+        parser.error("--seconds must be at least 1")
     if qemu_args and options.command not in ("run", "qemu-cmd"):
         parser.error("`-- extra QEMU args` only go with run and qemu-cmd")
     if options.command == "test" and options.jobs < 1:
@@ -1372,6 +1398,7 @@ def main(argv: list[str]) -> int:
         "bench": cmd_bench,
         "docs": cmd_docs,
         "soak": cmd_soak,
+        "fuzz": cmd_fuzz,
     }
     try:
         return handlers[options.command](options)

@@ -937,6 +937,33 @@ fn a_merged_packet_longer_than_the_mtu_allows_is_dropped_whole() {
     assert_eq!(receive_all(&mut net), vec![(frame, false, 2)]);
 }
 
+/// Found by the `net_rx` fuzz target (`fuzz/regressions/net_rx/`): with a
+/// small MTU a receive buffer holds far more than the MTU allows, and a
+/// frame in one buffer was handed out whatever its length; only merged
+/// frames were held to the MTU.
+#[test]
+fn a_frame_in_one_buffer_longer_than_the_mtu_allows_is_dropped() {
+    for mergeable in [true, false] {
+        let offer = if mergeable {
+            QEMU_MODERN_FEATURES | bits::MTU
+        } else {
+            (QEMU_MODERN_FEATURES | bits::MTU) & !bits::MRG_RXBUF
+        };
+        let mut model = NetModel::new(offer, net_config(MAC, 1, 68), 16);
+        let mut net = modern_mmio(&mut model, NetOptions::default());
+        assert_eq!(net.max_frame(), 82);
+        // 68 + 14 + a VLAN tag is the most; one byte more is dropped.
+        let too_long = test_frame(87, 1);
+        assert_eq!(model.deliver(&too_long), Ok(1));
+        assert!(receive_all(&mut net).is_empty(), "mergeable: {mergeable}");
+        assert_eq!(net.stats().rx.dropped_too_long, 1);
+        let longest = test_frame(86, 2);
+        model.deliver(&longest).unwrap();
+        assert_eq!(receive_all(&mut net), vec![(longest, true, 1)]);
+        assert_eq!(model.rx_available(), 16, "every buffer back");
+    }
+}
+
 #[test]
 fn a_broken_receive_ring_is_an_error_and_recover_brings_the_device_back() {
     let mut model = modern_model(16);

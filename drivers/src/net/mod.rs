@@ -951,7 +951,7 @@ impl Plan {
                 mergeable,
                 split_header: !any_layout && !mergeable,
                 buffer_len: rx_buffer,
-                max_merged_frame: max_frame + VLAN_TAG_LEN,
+                max_frame: max_frame + VLAN_TAG_LEN,
             },
             tx: TxLayout {
                 header_len,

@@ -33,8 +33,8 @@
 //! checked before use. A used length longer than the buffer (the ring
 //! itself catches it), shorter than the header, a `num_buffers` of 0 or
 //! more than the queue holds, a segmentation type the driver never
-//! negotiated, a frame shorter than an Ethernet header, or a merged frame
-//! longer than the driver can hold: each drops the packet, counts it in
+//! negotiated, a frame shorter than an Ethernet header, or a frame (in one
+//! buffer or merged) longer than the MTU allows: each drops the packet, counts it in
 //! [`RxStats`], and puts every buffer involved back in the queue. None of
 //! them panics or loses a buffer.
 //!
@@ -86,7 +86,8 @@ pub struct RxStats {
     pub dropped_bad_header: u64,
     /// Dropped: a frame shorter than an Ethernet header.
     pub dropped_runt: u64,
-    /// Dropped: a merged frame longer than the assembly buffer.
+    /// Dropped: a frame longer than the MTU allows (MTU + Ethernet header +
+    /// VLAN tag), in one buffer or merged from several.
     pub dropped_too_long: u64,
     /// Used entries the ring rejected (bad id), and merged packets cut short by one.
     pub device_errors: u64,
@@ -115,8 +116,11 @@ pub(crate) struct RxLayout {
     pub split_header: bool,
     /// Bytes per buffer, header included.
     pub buffer_len: usize,
-    /// The longest frame a merged packet may have.
-    pub max_merged_frame: usize,
+    /// The longest frame accepted, in one buffer or merged from several:
+    /// the MTU plus the Ethernet header and a VLAN tag (§5.1.4.2: with
+    /// VIRTIO_NET_F_MTU the device must not deliver more). A buffer may be
+    /// larger (without MRG_RXBUF it is at least 1526 bytes whatever the MTU).
+    pub max_frame: usize,
 }
 
 /// A merged packet being collected, buffer by buffer.
@@ -178,7 +182,7 @@ impl<H: Hal> RxQueue<H> {
             error: QueueError::Dma(e),
         })?;
         let scratch = if layout.mergeable {
-            Vec::with_capacity(layout.max_merged_frame)
+            Vec::with_capacity(layout.max_frame)
         } else {
             Vec::new()
         };
@@ -396,6 +400,9 @@ impl<H: Hal> RxQueue<H> {
             if frame_len < ETH_HEADER_LEN {
                 return self.drop_packet(id, DropReason::Runt(frame_len));
             }
+            if frame_len > self.layout.max_frame {
+                return self.drop_packet(id, DropReason::TooLong(frame_len));
+            }
             return Step::Packet(Source::Buffer {
                 id,
                 offset: header_len,
@@ -444,7 +451,7 @@ impl<H: Hal> RxQueue<H> {
             self.stats.dropped_too_long += 1;
             warn!(
                 "{}: rx: merged packet of {} buffers longer than {} bytes; dropped",
-                self.location, assembly.expected, self.layout.max_merged_frame
+                self.location, assembly.expected, self.layout.max_frame
             );
             return Step::Continue;
         }
@@ -464,7 +471,7 @@ impl<H: Hal> RxQueue<H> {
         if assembly.overflow {
             return;
         }
-        if self.scratch.len() + len > self.layout.max_merged_frame {
+        if self.scratch.len() + len > self.layout.max_frame {
             assembly.overflow = true;
             return;
         }
@@ -483,6 +490,7 @@ impl<H: Hal> RxQueue<H> {
             DropReason::BadNumBuffers(_) => self.stats.dropped_bad_num_buffers += 1,
             DropReason::BadHeader(_) => self.stats.dropped_bad_header += 1,
             DropReason::Runt(_) => self.stats.dropped_runt += 1,
+            DropReason::TooLong(_) => self.stats.dropped_too_long += 1,
         }
         if self.stats.dropped() <= LOUD_DROPS {
             warn!("{}: rx: buffer {id}: {why}; packet dropped", self.location);
@@ -633,6 +641,7 @@ enum DropReason {
     BadNumBuffers(u16),
     BadHeader(u8),
     Runt(usize),
+    TooLong(usize),
 }
 
 impl fmt::Display for DropReason {
@@ -643,6 +652,9 @@ impl fmt::Display for DropReason {
             DropReason::BadHeader(gso) => write!(f, "gso_type {gso} was never negotiated"),
             DropReason::Runt(len) => {
                 write!(f, "{len}-byte frame is shorter than an Ethernet header")
+            }
+            DropReason::TooLong(len) => {
+                write!(f, "{len}-byte frame is longer than the MTU allows")
             }
         }
     }
