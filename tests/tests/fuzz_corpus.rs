@@ -1,7 +1,7 @@
 //! Replays the fuzz corpus on stable: every input committed under
 //! `fuzz/corpus/<target>/` (what the fuzzer found interesting) and
 //! `fuzz/regressions/<target>/` (inputs that once crashed a target, each
-//! also explained by a named test in `fuzz_regressions.rs`) runs through
+//! also explained by a named test beside the code it broke) runs through
 //! its target function from `tests::fuzz`, which panics on a crash, a
 //! broken invariant or a leak. See `fuzz/README.md`.
 
