@@ -426,7 +426,8 @@ def cmd_test(options: argparse.Namespace) -> int:
         ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net",
                           "qemu.test_bench_compare", "qemu.test_bench_cost", "qemu.test_kernel_builds",
                           "qemu.test_screen", "qemu.test_queue_view", "qemu.test_qmp",
-                          "qemu.test_net_stress", "qemu.test_soak", "qemu.test_bench_iommu"],
+                          "qemu.test_net_stress", "qemu.test_soak", "qemu.test_bench_iommu",
+                          "qemu.test_fuzz"],
          REPO / "tests"),
         # The book and README: every path, symbol, link and include they name exists.
         ("docs-check", [sys.executable, "tests/book/check.py"], REPO),
