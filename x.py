@@ -427,7 +427,7 @@ def cmd_test(options: argparse.Namespace) -> int:
                           "qemu.test_bench_compare", "qemu.test_bench_cost", "qemu.test_kernel_builds",
                           "qemu.test_screen", "qemu.test_queue_view", "qemu.test_qmp",
                           "qemu.test_net_stress", "qemu.test_soak", "qemu.test_bench_iommu",
-                          "qemu.test_fuzz"],
+                          "qemu.test_fuzz", "qemu.test_crash"],
          REPO / "tests"),
         # The book and README: every path, symbol, link and include they name exists.
         ("docs-check", [sys.executable, "tests/book/check.py"], REPO),

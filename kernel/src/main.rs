@@ -132,6 +132,9 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     block::init();
     ninep::init();
     balloon::init();
+    // `crash=records` (self-test build): the crash-consistency workload; does not return.
+    #[cfg(feature = "selftest")]
+    block::crash::run_if_asked();
 
     net::start();
     // `soak=on` (self-test build): block I/O under network load; does not return.

@@ -1687,3 +1687,5 @@ SCENARIOS += BALLOON_SCENARIOS
 from .scenarios_iommu import IOMMU_SCENARIOS  # noqa: E402
 
 SCENARIOS += IOMMU_SCENARIOS
+from .scenarios_crash import CRASH_SCENARIOS  # noqa: E402  (crash-*: data flushed survives a SIGKILL)
+SCENARIOS += CRASH_SCENARIOS

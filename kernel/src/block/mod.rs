@@ -70,6 +70,8 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "selftest")]
+pub mod crash;
 #[cfg(any(feature = "selftest", feature = "bench"))]
 mod io_buffer;
 #[cfg(any(feature = "selftest", feature = "bench"))]

@@ -1,0 +1,135 @@
+"""The `crash-*` scenarios: does data the kernel reported flushed survive a kill?
+
+The guest runs the crash workload (`crash=records`, kernel/src/block/crash.rs):
+numbered, checksummed records, one per sector, written to the scratch disk
+in commits of 1 to 8, each commit followed by a FLUSH and announced as
+`crash: committed N` once the flush completed. The host lets it run for a
+random time after the first commit, kills QEMU with SIGKILL (the harness's
+`stop_after_interact`), and then reads the image: every record up to the
+highest N the guest announced must be there, intact (magic, number,
+FNV-1a checksum). Records after it may be anything.
+
+`CRASH_SCENARIOS` (a handful, in `./x.py test`) covers the split ring on PCI,
+the packed ring on PCI and virtio-mmio on microvm; `soak_scenarios(n)` makes
+`n` more with other kill points for a long run. Each run writes what it tried
+(kill delay, records committed, records checked) to `crash-summary.txt` in
+its work directory.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Iterable
+
+from . import machine as qm
+from .harness import KILLED, Outcome, RunContext, Scenario
+
+IMAGE = "scratch.img"
+IMAGE_SIZE = 16 * 1024 * 1024
+SECTOR = 512
+MAGIC = b"CRASHREC"
+COMMITTED = re.compile(r"^crash: committed (\d+)$", re.MULTILINE)
+#: Kill points: this many seconds after the first commit, uniformly.
+KILL_WINDOW_S = (0.0, 1.5)
+
+
+def fnv1a(data: bytes) -> int:
+    """FNV-1a 64, as the guest computes it."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def record_problem(image: bytes, n: int) -> str | None:
+    """What is wrong with record `n` in `image`, or None if it is intact."""
+    rec = image[n * SECTOR:(n + 1) * SECTOR]
+    if len(rec) < SECTOR:
+        return "beyond the end of the image"
+    if rec[:8] != MAGIC:
+        return f"no magic (starts {rec[:16].hex()})"
+    number = int.from_bytes(rec[8:16], "little")
+    if number != n:
+        return f"holds record {number}"
+    if fnv1a(rec[:504]) != int.from_bytes(rec[504:512], "little"):
+        return "checksum mismatch"
+    return None
+
+
+def check_records(image: bytes, log_text: str) -> tuple[int, list[str]]:
+    """The highest record committed, and the problems with records 0 to it."""
+    failed = [line for line in log_text.splitlines() if line.startswith("crash: FAILED")]
+    if failed:
+        return -1, failed
+    committed = [int(n) for n in COMMITTED.findall(log_text)]
+    if not committed:
+        return -1, ["no `crash: committed` line before the kill"]
+    last = max(committed)
+    problems = []
+    for n in range(last + 1):
+        problem = record_problem(image, n)
+        if problem is not None:
+            problems.append(f"record {n} of 0..{last} committed: {problem}")
+            if len(problems) >= 5:
+                break
+    return last, problems
+
+
+def kill_at_random(ctx: RunContext) -> Iterable[str]:
+    """Waits a random time after the first commit; returning kills QEMU."""
+    delay = random.uniform(*KILL_WINDOW_S)
+    ctx.crash_delay = delay  # type: ignore[attr-defined]  (read by the check)
+    time.sleep(delay)
+    return []
+
+
+def check_crash(outcome: Outcome) -> Iterable[str]:
+    assert outcome.ctx is not None
+    image = outcome.ctx.file(IMAGE).read_bytes()
+    last, problems = check_records(image, outcome.log_text)
+    delay = getattr(outcome.ctx, "crash_delay", None)
+    summary = f"kill {delay:.3f} s after the first commit; " if delay is not None else ""
+    summary += f"records committed 0..{last}; {len(problems)} problem(s)\n"
+    outcome.ctx.file("crash-summary.txt").write_text(summary)
+    return [f"{p} ({summary.strip()})" for p in problems]
+
+
+def crash_scenario(name: str, machine: str, append: str = "") -> Scenario:
+    def make_image(path) -> None:
+        qm.create_raw_image(path, IMAGE_SIZE)
+
+    def devices(ctx: RunContext) -> list[str]:
+        return qm.scratch_disk_args(machine, ctx.file(IMAGE))
+
+    return Scenario(
+        name=name,
+        machine=machine,
+        firmware=None if machine == "microvm" else "qboot",
+        accel="tcg",
+        files={IMAGE: make_image},
+        devices=devices,
+        append=f"crash=records {append}".strip(),
+        kernel_features=("selftest",),
+        expect_status=KILLED,
+        expect_in_order=[r"^crash: writing records to ", r"^crash: committed \d+$"],
+        interact=kill_at_random,
+        interact_after=r"^crash: committed",
+        stop_after_interact=True,
+        check=check_crash,
+        timeout_s=60.0,
+    )
+
+
+CRASH_SCENARIOS: list[Scenario] = [
+    crash_scenario("crash-pc-split", "pc", "virtio.ring=split"),
+    crash_scenario("crash-q35-packed", "q35", "virtio.ring=packed"),
+    crash_scenario("crash-microvm-mmio", "microvm"),
+]
+
+
+def soak_scenarios(count: int) -> list[Scenario]:
+    """`count` more crash runs, cycling through the three set-ups (for `soak`)."""
+    base = [("pc", "virtio.ring=split"), ("q35", "virtio.ring=packed"), ("microvm", "")]
+    return [crash_scenario(f"crash-soak-{i}", *base[i % len(base)]) for i in range(count)]
