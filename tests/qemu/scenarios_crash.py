@@ -11,7 +11,8 @@ FNV-1a checksum). Records after it may be anything.
 
 `CRASH_SCENARIOS` (a handful, in `./x.py test`) covers the split ring on PCI,
 the packed ring on PCI and virtio-mmio on microvm; `soak_scenarios(n)` makes
-`n` more with other kill points for a long run. Each run writes what it tried
+`n` more with other kill points for a long run (`python3 -m qemu.scenarios_crash N`
+from tests/ runs them). Each run writes what it tried
 (kill delay, records committed, records checked) to `crash-summary.txt` in
 its work directory.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 import time
 from collections.abc import Iterable
 
@@ -133,3 +135,34 @@ def soak_scenarios(count: int) -> list[Scenario]:
     """`count` more crash runs, cycling through the three set-ups (for `soak`)."""
     base = [("pc", "virtio.ring=split"), ("q35", "virtio.ring=packed"), ("microvm", "")]
     return [crash_scenario(f"crash-soak-{i}", *base[i % len(base)]) for i in range(count)]
+
+
+def main(argv: list[str]) -> int:
+    """`python3 -m qemu.scenarios_crash [N]` (from tests/, after `./x.py build`):
+    N crash runs (default 30) under TCG, one at a time, each with its kill
+    point and the records checked; the soak's share until `x.py soak` runs them."""
+    from pathlib import Path
+
+    from . import harness
+
+    count = int(argv[0]) if argv else 30
+    repo = Path(__file__).resolve().parents[2]
+    kernel = repo / "build" / "kernel-selftest.elf"
+    if not kernel.exists():
+        print(f"{kernel} is missing: run ./x.py build first", file=sys.stderr)
+        return 2
+    outcomes = harness.run_scenarios(soak_scenarios(count), {("selftest",): kernel}, repo / "build",
+                                     jobs=1, tcg_only=True)
+    for outcome in outcomes:
+        assert outcome.ctx is not None
+        summary = outcome.ctx.file("crash-summary.txt")
+        print(f"{outcome.scenario.name}: {summary.read_text().strip() if summary.exists() else '-'}")
+        if not outcome.passed:
+            print(harness.failure_report(outcome))
+    passed = sum(o.passed for o in outcomes)
+    print(f"crash runs: {passed} of {len(outcomes)} passed")
+    return 0 if passed == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
