@@ -10,12 +10,17 @@
 //! names a request in flight (once), its length fits, `in_flight` matches,
 //! no descriptor goes missing; after a final [`Ring::reset`] every request
 //! is handed back, every descriptor is free, and once dropped nothing leaks.
+//! Now and then the queue is also drawn as the queue view does
+//! ([`drivers::view`]: `Ring::snapshot`, text and JSON), over whatever the
+//! device wrote.
 
 use std::collections::BTreeMap;
 
 use drivers::queue::{
     PackedQueue, QueueConfig, QueueError, Ring, RingLayout, Segment, SplitQueue, Token,
 };
+use drivers::transport::DeviceType;
+use drivers::view::{json, text, DeviceRecord, QueueRecord};
 use hal::{DmaRegion, PAGE_SIZE};
 
 use super::Input;
@@ -215,6 +220,23 @@ fn pop<R: Ring>(queue: &mut R, outstanding: &mut Outstanding) {
     }
 }
 
+/// Draws the queue as the shell and the HTTP view do (`drivers::view`):
+/// its snapshot reads what the device wrote without trusting it, and the
+/// text and JSON renderings must not panic on whatever that is.
+fn view<R: Ring>(queue: &R) {
+    let mut device = DeviceRecord::new("fuzz", DeviceType::Block, "fuzz");
+    device.ring = Some(queue.kind());
+    device
+        .queues
+        .push(QueueRecord::capture("fuzzq", queue, Some(0)));
+    let mut out = String::new();
+    let queue = &device.queues[0];
+    assert!(usize::from(queue.snapshot.descriptors_shown) <= usize::from(queue.snapshot.size));
+    text::write_queue_line(&mut out, &device, queue).expect("writing to a String");
+    text::write_ring(&mut out, &device, queue).expect("writing to a String");
+    json::write_document(&mut out, 0, core::slice::from_ref(&device)).expect("writing to a String");
+}
+
 /// Runs the operations the input describes on `queue` with `side` as its
 /// device, then resets, checks that everything came back, and drops it all.
 fn drive<R: Ring, S: HostileSide>(
@@ -241,6 +263,7 @@ fn drive<R: Ring, S: HostileSide>(
             6 => {
                 let _ = queue.enable_interrupts();
             }
+            11 => view(&queue),
             7 if op & 0xf0 == 0x70 => {
                 // The device was reset: everything in flight comes back.
                 queue.reset(|token| {
