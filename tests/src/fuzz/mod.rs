@@ -24,9 +24,11 @@
 //! | `net_rx` | virtio-net headers, `num_buffers` and used lengths of received buffers (§5.1.6.3, §5.1.6.4) | [`net`] |
 //! | `pci_caps` | the PCI capability list and the virtio-pci capabilities in it (PCI 3.0 §6.7, virtio §4.1.4) | [`pci`] |
 //! | `shell_line` | keys typed at the shell (`kernel/src/shell/line.rs`) | [`shell`] |
+//! | `http_request` | what a client sends to port 80 (`kernel/src/net/http_request.rs`) | [`http`] |
 
 pub mod config;
 pub mod console;
+pub mod http;
 pub mod input;
 pub mod net;
 pub mod pci;
@@ -37,6 +39,7 @@ use crate::host_hal::HostHal;
 
 pub use config::device_config;
 pub use console::console_control;
+pub use http::http_request;
 pub use input::Input;
 pub use net::net_rx;
 pub use pci::pci_caps;
@@ -56,6 +59,7 @@ pub const TARGETS: &[Target] = &[
     ("net_rx", net_rx),
     ("pci_caps", pci_caps),
     ("shell_line", shell_line),
+    ("http_request", http_request),
 ];
 
 /// The target called `name`.
