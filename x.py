@@ -84,6 +84,10 @@ def setup() -> None:
     """Install what a fresh machine lacks; silent when everything is there."""
     if shutil.which(qm.QEMU) is None:
         install_qemu()
+    if shutil.which("qemu-img") is None:
+        # The crash-* scenarios keep their disk in qcow2, whose cluster
+        # mappings QEMU holds in memory until a FLUSH (tests/qemu/scenarios_crash.py).
+        install_package("qemu-utils", "qemu-img", "qemu-img (qemu-utils)")
     if shutil.which("cargo") is None:
         raise XError("cargo is not installed: install Rust with rustup (https://rustup.rs) first")
     ensure_rust_target()

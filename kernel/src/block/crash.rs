@@ -76,6 +76,10 @@ pub fn run_if_asked() {
             disk.name(),
             disk.serial()
         );
+        // `crash.flush=skip` announces commits without flushing: a broken
+        // driver on purpose, to show the host's check catches one
+        // (the `crash-no-flush-caught` scenario).
+        let skip_flush = crate::cmdline::get("crash.flush") == Some("skip");
         let mut buffer = vec![0u8; MAX_BATCH as usize * SECTOR];
         let mut next = 0u64;
         let mut commit = 0u64;
@@ -88,8 +92,10 @@ pub fn run_if_asked() {
             }
             disk.write(next, bytes)
                 .map_err(|e| alloc::format!("write at {next}: {e}"))?;
-            disk.flush()
-                .map_err(|e| alloc::format!("flush after {next}: {e}"))?;
+            if !skip_flush {
+                disk.flush()
+                    .map_err(|e| alloc::format!("flush after {next}: {e}"))?;
+            }
             next += batch;
             commit += 1;
             println!("crash: committed {}", next - 1);
