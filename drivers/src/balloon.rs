@@ -32,9 +32,8 @@ use core::fmt;
 
 use hal::{DmaRegion, Hal, HalError};
 
-use crate::device::{self, DeviceError, QueueSpec, Wait, WaitTimeout};
+use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
-use crate::irq;
 use crate::queue::{QueueError, Ring, Segment, Token, Virtqueue};
 use crate::transport::{read_config_consistent, DeviceType, Transport, TransportError};
 
@@ -433,28 +432,13 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
         } else {
             &mut self.deflate
         };
-        let token = queue.add(&[segment]).map_err(BalloonError::Queue)?;
-        device::kick(&mut self.transport, queue);
-        loop {
-            let queue = if queue_index == INFLATE_QUEUE {
-                &mut self.inflate
-            } else {
-                &mut self.deflate
-            };
-            match queue.pop_used() {
-                Ok(Some(used)) if used.token == token => return Ok(()),
-                Ok(Some(_)) => return Err(self.stop(BalloonError::Queue(QueueError::DeviceBroken))),
-                Ok(None) => {}
-                Err(e) => return Err(self.stop(BalloonError::Queue(e))),
-            }
-            let waited = irq::wait_until_used(
-                wait,
-                queue,
-                |q| q.enable_interrupts(),
-                |q| q.disable_interrupts(),
-            );
-            if let Err(t) = waited {
-                return Err(self.stop(BalloonError::TimedOut(t)));
+        match device::request_and_wait(&mut self.transport, queue, &[segment], wait) {
+            Ok(_) => Ok(()),
+            Err(RequestError::NotAdded(e)) => Err(BalloonError::Queue(e)),
+            Err(RequestError::Queue(e)) => Err(self.stop(BalloonError::Queue(e))),
+            Err(RequestError::TimedOut(t)) => Err(self.stop(BalloonError::TimedOut(t))),
+            Err(RequestError::WrongCompletion) => {
+                Err(self.stop(BalloonError::Queue(QueueError::DeviceBroken)))
             }
         }
     }

@@ -23,6 +23,9 @@
 //!   negotiated).
 //! - [`kick`]: publish what a queue has queued and notify the device only if
 //!   the queue says it must (§2.7.13.4, §2.8.21.3); any [`Ring`].
+//! - [`request_and_wait`]: one request at a time, the way the rng, 9p,
+//!   balloon and gpu drivers talk to their devices: add a chain, kick, wait
+//!   for it to come back, check it is the one just added.
 //! - [`Wait`] and [`BoundedWait`]: how a blocking helper waits for a device
 //!   without spinning forever. The caller decides what waiting *is*: the
 //!   kernel halts until the next interrupt (or spins, in polling mode), host
@@ -39,8 +42,8 @@ use hal::Hal;
 use crate::features;
 use crate::init::{self, InitError};
 use crate::queue::{
-    MemoryOrder, NotifyDecision, QueueAddresses, QueueConfig, QueueError, Ring, RingKind,
-    SplitQueue, Virtqueue,
+    MemoryOrder, NotifyDecision, QueueAddresses, QueueConfig, QueueError, Ring, RingKind, Segment,
+    SplitQueue, Used, Virtqueue,
 };
 use crate::transport::{DeviceType, Transport, TransportError};
 
@@ -348,6 +351,66 @@ pub fn kick<R: Ring + ?Sized, T: Transport + ?Sized>(transport: &mut T, queue: &
         }
         NotifyDecision::Suppressed | NotifyDecision::NothingNew => false,
     }
+}
+
+/// Why [`request_and_wait`] returned no completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    /// The queue refused the chain (no room, too long, ...). The device
+    /// never saw it, so nothing needs resetting.
+    NotAdded(QueueError),
+    /// The used ring broke a rule (§2.7.14). The device saw the request:
+    /// the caller resets it (§2.4) before reusing the buffers.
+    Queue(QueueError),
+    /// The wait gave up. The device may still own the buffers: the caller
+    /// resets it.
+    TimedOut(WaitTimeout),
+    /// The device returned another chain than the one just added (only one
+    /// is ever in flight): the caller resets it.
+    WrongCompletion,
+}
+
+/// One request on a queue that has nothing else in flight: adds `chain`
+/// (§2.7.13 "Supplying Buffers to The Device"), publishes it and notifies
+/// the device if the queue says so ([`kick`], §2.7.13.4), then collects
+/// used buffers (§2.7.14 "Receiving Used Buffers From The Device"), waiting
+/// between looks with [`crate::irq::wait_until_used`] (interrupts re-armed
+/// and the ring looked at again before each sleep, §2.7.7), and checks the
+/// completion is the chain just added.
+///
+/// Returns the used element (`len` already checked against the chain's
+/// writable length by `pop_used`). On error only [`RequestError::NotAdded`]
+/// leaves the device untouched; after the others the caller resets the
+/// device before the buffers are reused (its own `stop`).
+pub fn request_and_wait<T, R, W>(
+    transport: &mut T,
+    queue: &mut R,
+    chain: &[Segment],
+    wait: &mut W,
+) -> Result<Used, RequestError>
+where
+    T: Transport + ?Sized,
+    R: Ring + ?Sized,
+    W: Wait + ?Sized,
+{
+    let token = queue.add(chain).map_err(RequestError::NotAdded)?;
+    kick(transport, queue);
+    let used = loop {
+        if let Some(used) = queue.pop_used().map_err(RequestError::Queue)? {
+            break used;
+        }
+        crate::irq::wait_until_used(
+            wait,
+            queue,
+            |q| q.enable_interrupts(),
+            |q| q.disable_interrupts(),
+        )
+        .map_err(RequestError::TimedOut)?;
+    };
+    if used.token != token {
+        return Err(RequestError::WrongCompletion);
+    }
+    Ok(used)
 }
 
 /// The caller's wait gave up (its budget of waits or time ran out).

@@ -35,9 +35,8 @@ use core::fmt;
 
 use hal::{DmaRegion, Hal, HalError};
 
-use crate::device::{self, DeviceError, QueueSpec, Wait, WaitTimeout};
+use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
-use crate::irq;
 use crate::queue::{QueueError, Ring, Segment, Virtqueue};
 use crate::transport::{DeviceType, Transport};
 
@@ -227,27 +226,18 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
         }
         // §5.4.6.1: writable only. `len` is at most REQUEST_BYTES (256).
         let buffer = Segment::writable(self.buffer.device_addr(), len as u32);
-        let token = self.queue.add(&[buffer]).map_err(RngError::Queue)?;
-        device::kick(&mut self.transport, &mut self.queue);
-        let used = loop {
-            match self.queue.pop_used() {
-                Ok(Some(used)) => break used,
-                Ok(None) => {}
-                Err(error) => return Err(self.stop(RngError::Queue(error))),
-            }
-            let waited = irq::wait_until_used(
-                wait,
-                &mut self.queue,
-                |q| q.enable_interrupts(),
-                |q| q.disable_interrupts(),
-            );
-            if let Err(timeout) = waited {
-                return Err(self.stop(RngError::TimedOut(timeout)));
-            }
-        };
-        if used.token != token {
-            return Err(self.stop(RngError::WrongCompletion));
-        }
+        let used =
+            match device::request_and_wait(&mut self.transport, &mut self.queue, &[buffer], wait) {
+                Ok(used) => used,
+                Err(RequestError::NotAdded(error)) => return Err(RngError::Queue(error)),
+                Err(RequestError::Queue(error)) => return Err(self.stop(RngError::Queue(error))),
+                Err(RequestError::TimedOut(timeout)) => {
+                    return Err(self.stop(RngError::TimedOut(timeout)))
+                }
+                Err(RequestError::WrongCompletion) => {
+                    return Err(self.stop(RngError::WrongCompletion))
+                }
+            };
         // §5.4.6.1: "MUST examine the length written by the device".
         if used.len == 0 {
             return Err(self.stop(RngError::NoBytes));

@@ -45,9 +45,8 @@ use core::fmt;
 
 use hal::{DmaRegion, Hal, HalError};
 
-use crate::device::{self, DeviceError, QueueSpec, Wait, WaitTimeout};
+use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
-use crate::irq;
 use crate::queue::{QueueError, Ring, Segment, Virtqueue};
 use crate::screen::{Canvas, PixelRect};
 use crate::transport::{DeviceType, FieldWidth, Transport, TransportError};
@@ -375,34 +374,25 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
             Segment::readable(self.request.device_addr(), request.len() as u32),
             Segment::writable(self.response.device_addr(), response_len as u32),
         ];
-        let token = self.control.add(&segments).map_err(GpuError::Queue)?;
-        device::kick(&mut self.transport, &mut self.control);
-        loop {
-            match self.control.pop_used() {
-                Ok(Some(used)) if used.token == token => {
-                    if (used.len as usize) < protocol::HEADER_LEN {
-                        return Err(GpuError::ShortResponse {
-                            command,
-                            len: used.len,
-                        });
-                    }
-                    let kind = self.response.read::<u32>(0).unwrap_or(0);
-                    return Ok((kind, used.len));
+        let used =
+            match device::request_and_wait(&mut self.transport, &mut self.control, &segments, wait)
+            {
+                Ok(used) => used,
+                Err(RequestError::NotAdded(e)) => return Err(GpuError::Queue(e)),
+                Err(RequestError::Queue(e)) => return Err(self.fail(GpuError::Queue(e))),
+                Err(RequestError::TimedOut(t)) => return Err(self.fail(GpuError::TimedOut(t))),
+                Err(RequestError::WrongCompletion) => {
+                    return Err(self.fail(GpuError::Queue(QueueError::DeviceBroken)))
                 }
-                Ok(Some(_)) => return Err(self.fail(GpuError::Queue(QueueError::DeviceBroken))),
-                Ok(None) => {}
-                Err(e) => return Err(self.fail(GpuError::Queue(e))),
-            }
-            let waited = irq::wait_until_used(
-                wait,
-                &mut self.control,
-                |q| q.enable_interrupts(),
-                |q| q.disable_interrupts(),
-            );
-            if let Err(timeout) = waited {
-                return Err(self.fail(GpuError::TimedOut(timeout)));
-            }
+            };
+        if (used.len as usize) < protocol::HEADER_LEN {
+            return Err(GpuError::ShortResponse {
+                command,
+                len: used.len,
+            });
         }
+        let kind = self.response.read::<u32>(0).unwrap_or(0);
+        Ok((kind, used.len))
     }
 
     /// A command whose answer must be OK_NODATA.

@@ -42,9 +42,8 @@ use core::fmt;
 
 use hal::{DmaRegion, Hal, HalError};
 
-use crate::device::{self, DeviceError, QueueSpec, Wait, WaitTimeout};
+use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
-use crate::irq;
 use crate::queue::{QueueError, Ring, Segment, Virtqueue};
 use crate::transport::{read_config_consistent, DeviceType, Transport, TransportError};
 
@@ -681,27 +680,18 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
             Segment::readable(self.request.device_addr(), message.len() as u32),
             Segment::writable(self.reply.device_addr(), self.msize),
         ];
-        let token = self.queue.add(&chain).map_err(P9Error::Queue)?;
-        device::kick(&mut self.transport, &mut self.queue);
-        let used = loop {
-            match self.queue.pop_used() {
-                Ok(Some(used)) => break used,
-                Ok(None) => {}
-                Err(error) => return Err(self.stop(P9Error::Queue(error))),
-            }
-            let waited = irq::wait_until_used(
-                wait,
-                &mut self.queue,
-                |q| q.enable_interrupts(),
-                |q| q.disable_interrupts(),
-            );
-            if let Err(timeout) = waited {
-                return Err(self.stop(P9Error::TimedOut(timeout)));
-            }
-        };
-        if used.token != token {
-            return Err(self.stop(P9Error::Queue(QueueError::DeviceBroken)));
-        }
+        let used =
+            match device::request_and_wait(&mut self.transport, &mut self.queue, &chain, wait) {
+                Ok(used) => used,
+                Err(RequestError::NotAdded(error)) => return Err(P9Error::Queue(error)),
+                Err(RequestError::Queue(error)) => return Err(self.stop(P9Error::Queue(error))),
+                Err(RequestError::TimedOut(timeout)) => {
+                    return Err(self.stop(P9Error::TimedOut(timeout)))
+                }
+                Err(RequestError::WrongCompletion) => {
+                    return Err(self.stop(P9Error::Queue(QueueError::DeviceBroken)))
+                }
+            };
         self.stats.requests += 1;
         log::trace!(
             "{}: 9p: message type {request_type} tag {tag}: {} bytes out, {} bytes of reply",
