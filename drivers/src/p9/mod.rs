@@ -591,10 +591,35 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
         count: u32,
         wait: &mut impl Wait,
     ) -> Result<Vec<u8>, P9Error> {
+        self.counted(msg::TREAD, fid, offset, count, wait)
+    }
+
+    fn readdir(
+        &mut self,
+        fid: u32,
+        offset: u64,
+        wait: &mut impl Wait,
+    ) -> Result<Vec<DirEntry>, P9Error> {
+        let count = self.msize - READ_OVERHEAD;
+        let entries = self.counted(msg::TREADDIR, fid, offset, count, wait)?;
+        Ok(proto::parse_dir_entries(Decoder::new(&entries))?)
+    }
+
+    /// Tread and Treaddir have one shape: `fid[4] offset[8] count[4]` asks,
+    /// `count[4] data[count]` answers. A server that returns more than was
+    /// asked is refused, not trusted.
+    fn counted(
+        &mut self,
+        kind: u8,
+        fid: u32,
+        offset: u64,
+        count: u32,
+        wait: &mut impl Wait,
+    ) -> Result<Vec<u8>, P9Error> {
         let tag = self.tag();
-        let mut m = Encoder::new(msg::TREAD, tag);
+        let mut m = Encoder::new(kind, tag);
         m.u32(fid).u64(offset).u32(count);
-        let body = self.rpc(m.finish(), tag, msg::TREAD, wait)?;
+        let body = self.rpc(m.finish(), tag, kind, wait)?;
         let mut d = Decoder::new(&body);
         let returned = d.u32()?;
         if returned > count {
@@ -605,31 +630,6 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
             .into());
         }
         Ok(d.take(returned as usize)?.to_vec())
-    }
-
-    fn readdir(
-        &mut self,
-        fid: u32,
-        offset: u64,
-        wait: &mut impl Wait,
-    ) -> Result<Vec<DirEntry>, P9Error> {
-        let count = self.msize - READ_OVERHEAD;
-        let tag = self.tag();
-        let mut m = Encoder::new(msg::TREADDIR, tag);
-        m.u32(fid).u64(offset).u32(count);
-        let body = self.rpc(m.finish(), tag, msg::TREADDIR, wait)?;
-        let mut d = Decoder::new(&body);
-        let returned = d.u32()?;
-        if returned > count {
-            return Err(ProtocolError::TooMuchData {
-                asked: count,
-                returned,
-            }
-            .into());
-        }
-        Ok(proto::parse_dir_entries(Decoder::new(
-            d.take(returned as usize)?,
-        ))?)
     }
 
     fn write(
