@@ -82,6 +82,7 @@ mod selftest;
 mod selftest_api;
 mod serial;
 mod shell;
+mod smp;
 #[cfg(feature = "selftest")]
 mod soak;
 mod virtio;
