@@ -557,13 +557,19 @@ pub fn route_isa_irq(isa_irq: u8, vector: u8) -> Result<IsaRoute, IrqError> {
 /// destination, edge-triggered (SDM vol. 3A §11.11.1-2). Returns `(address, data)`; for plain
 /// MSI the device takes the low 16 bits of `data`. `vector` must be allocated.
 pub fn msi_message(vector: u8) -> Result<(u64, u32), IrqError> {
+    let apic_id = local_apic_id().ok_or(IrqError::NotInitialized)?;
+    msi_message_to(vector, apic_id)
+}
+
+/// The MSI / MSI-X message that delivers `vector` to the CPU whose local APIC ID is `apic_id`
+/// (see [`crate::smp::apic_id`] for a CPU's ID); otherwise as [`msi_message`].
+pub fn msi_message_to(vector: u8, apic_id: u32) -> Result<(u64, u32), IrqError> {
     if !vectors::is_allocatable(vector) {
         return Err(IrqError::VectorNotAllocatable(vector));
     }
     if !vectors::is_allocated(vector) {
         return Err(IrqError::VectorNotAllocated(vector));
     }
-    let apic_id = local_apic_id().ok_or(IrqError::NotInitialized)?;
     let destination =
         u8::try_from(apic_id).map_err(|_| IrqError::DestinationOutOfRange(apic_id))?;
     // Address: 0xFEE in 31:20, destination ID in 19:12, redirection hint (bit 3) and destination

@@ -27,3 +27,23 @@ pub fn apic_id(cpu: usize) -> Option<u32> {
         None
     }
 }
+
+/// Which virtqueues a CPU submits on and takes interrupts for, by label (`"blk0 requestq2"`),
+/// recorded by the drivers as they assign queues and listed by the shell's `cpus` command.
+static QUEUE_ASSIGNMENTS: spin::Mutex<alloc::vec::Vec<(usize, alloc::string::String)>> =
+    spin::Mutex::new(alloc::vec::Vec::new());
+
+/// Records that `cpu` owns the queue named `label`.
+pub fn note_queue(cpu: usize, label: alloc::string::String) {
+    QUEUE_ASSIGNMENTS.lock().push((cpu, label));
+}
+
+/// The labels of the queues [`note_queue`] recorded for `cpu`, in the order recorded.
+pub fn queues_of(cpu: usize) -> alloc::vec::Vec<alloc::string::String> {
+    QUEUE_ASSIGNMENTS
+        .lock()
+        .iter()
+        .filter(|(owner, _)| *owner == cpu)
+        .map(|(_, label)| label.clone())
+        .collect()
+}
