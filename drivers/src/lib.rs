@@ -45,6 +45,7 @@ pub mod balloon;
 #[allow(unsafe_code)]
 pub mod blk;
 pub mod console;
+pub mod cpu_queues;
 pub mod device;
 pub mod features;
 pub mod gpu;

@@ -1689,3 +1689,5 @@ from .scenarios_iommu import IOMMU_SCENARIOS  # noqa: E402
 SCENARIOS += IOMMU_SCENARIOS
 from .scenarios_crash import CRASH_SCENARIOS  # noqa: E402  (crash-*: data flushed survives a SIGKILL)
 SCENARIOS += CRASH_SCENARIOS
+from .scenarios_blk_mq import BLK_MQ_SCENARIOS  # noqa: E402  (issue 22: multiqueue virtio-blk)
+SCENARIOS += BLK_MQ_SCENARIOS

@@ -774,7 +774,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         job: &Job<'_>,
     ) -> Result<BlkToken, BlkError> {
         let count = self.queues.len();
-        if let Some(q) = queue {
+        if let Some(q) = queue.or(self.home_queue) {
             if q as usize >= count {
                 return Err(BlkError::NoSuchQueue(q));
             }

@@ -120,7 +120,10 @@
 //! With several queues, requests go round robin: each submission starts
 //! with the queue after the one used last and takes the first that has
 //! room. [`Request::on_queue`] pins a request to a queue instead (a CPU's
-//! own queue, for instance). Tokens name their queue.
+//! own queue, for instance), and [`BlkDevice::set_home_queue`] pins every
+//! request that names none, the blocking helpers' included (the kernel
+//! sets it to the calling CPU's queue, `crate::cpu_queues`). Tokens name
+//! their queue.
 //!
 //! ## Narration
 //!
@@ -315,6 +318,9 @@ pub struct BlkDevice<H: Hal, T: Transport> {
     /// Completions collected from the rings, not yet handed out.
     finished: VecDeque<Completion>,
     next_queue: usize,
+    /// Where requests that name no queue go instead of round robin
+    /// ([`BlkDevice::set_home_queue`]).
+    home_queue: Option<u16>,
     /// The serial number of the next request (see [`BlkToken`]).
     next_serial: u32,
     batching: bool,
@@ -379,6 +385,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             limits,
             finished: VecDeque::with_capacity(total_slots),
             next_queue: 0,
+            home_queue: None,
             next_serial: 1,
             batching: false,
             failed: false,
@@ -424,6 +431,26 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Number of request queues in use.
     pub fn queue_count(&self) -> usize {
         self.queues.len()
+    }
+
+    /// Sends requests that name no queue ([`Request::on_queue`]), the
+    /// blocking helpers' included, to `queue` instead of round robin: the
+    /// caller's own queue, on a multiqueue device driven one queue per CPU
+    /// (`crate::cpu_queues`). `None` goes back to round robin.
+    pub fn set_home_queue(&mut self, queue: Option<u16>) -> Result<(), BlkError> {
+        match queue {
+            Some(q) if usize::from(q) >= self.queues.len() => Err(BlkError::NoSuchQueue(q)),
+            _ => {
+                self.home_queue = queue;
+                Ok(())
+            }
+        }
+    }
+
+    /// The queue requests that name none go to, if one is set
+    /// ([`BlkDevice::set_home_queue`]).
+    pub fn home_queue(&self) -> Option<u16> {
+        self.home_queue
     }
 
     /// Descriptors in queue `queue`.

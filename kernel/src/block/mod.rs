@@ -12,7 +12,7 @@
 //!        │                 take it from the virtio registry (virtio::take),
 //!        │                 virtio::bring_up: interrupt set-up around
 //!        │                 BlkDevice::with_options (§3.1.1 with the blk features,
-//!        │                 one request queue of up to 1024 descriptors), its
+//!        │                 request queues of up to 1024 descriptors), its
 //!        │                 `virtio:` line; then GET_ID for the serial,
 //!        ▼                 name it vda, vdb, ... and print its `block:` line
 //!  DISKS: vda vdb ...    read / write / flush / discard / write-zeroes, blocking,
@@ -39,8 +39,8 @@
 //! `virtio::bring_up`: MSI-X is prepared before the driver's §3.1.1
 //! sequence (so `MsixRouted` writes the queue's entry number before the
 //! queue is enabled), the driver negotiates the blk features (FLUSH,
-//! SEG_MAX, DISCARD, ...) and sets up one request queue, and the interrupt
-//! route is made for that queue. The ring layout follows
+//! SEG_MAX, DISCARD, ...) and sets up the request queues, and the interrupt
+//! route is made for them. The ring layout follows
 //! `virtio.ring=split|packed|auto` like every driver's
 //! (`virtio::ring_preference`), and the device's one `virtio:` line says
 //! what the driver negotiated.
@@ -49,6 +49,25 @@
 //! virtio and interrupt self-tests have borrowed the device, used raw rings
 //! on it and reset it; in every other mode `main` calls [`init`] right
 //! after probing.
+//!
+//! ## Request queues and CPUs
+//!
+//! A device with VIRTIO_BLK_F_MQ (§5.2.3; QEMU's `num-queues=N`) gets all
+//! its request queues, up to [`MAX_QUEUES`]: one MSI-X entry each. Each
+//! CPU submits on its own queue and each queue's MSI-X message is
+//! addressed to the CPU that submits on it (`drivers::cpu_queues`: CPU `c`
+//! submits on queue `c mod queues`, queue `q` interrupts CPU `q mod cpus`;
+//! `virtio::DrivenDevice::queue_cpu` hands that to the interrupt code, and
+//! `crate::smp::note_queue` records it). Before every call a disk points
+//! the driver at the calling CPU's queue (`BlkDevice::set_home_queue`) and
+//! waits for that queue's interrupt. Unlike Linux, which makes
+//! `min(queues, CPUs)` queues, the kernel takes every queue the device
+//! offers (so the `virtio:` line says `queues=N` whatever the CPU count);
+//! the queues no CPU submits on by default carry the requests a caller
+//! sends there, as the self-tests do ([`Disk::pin_queue`]). Per-queue
+//! counters: [`Disk::queue_lines`] (the shell's `blkq`, the self-tests'
+//! last lines). `docs/14-multiqueue.md` follows a request and its
+//! completion.
 //!
 //! ## Writes only to scratch disks
 //!
@@ -90,9 +109,11 @@ use spin::{Mutex, Once};
 
 use crate::hal_impl::KernelHal;
 use crate::println;
+use crate::smp;
 use crate::virtio::irq::DeviceIrq;
 use crate::virtio::{self, BroughtUp, DrivenDevice, FeatureList, KernelTransport};
 use crate::wait::{self, KernelWait};
+use drivers::cpu_queues;
 
 #[cfg(any(feature = "selftest", feature = "bench"))]
 pub use io_buffer::IoBuffer;
@@ -114,6 +135,15 @@ impl DrivenDevice for KernelBlk {
     fn brought_up(&self) -> BroughtUp {
         BroughtUp::new(self.transport().kind(), self.queue_count(), self.features())
     }
+
+    fn queue_cpu(&self, queue: u16) -> usize {
+        cpu_queues::cpu_for_queue(queue, smp::online_cpus(), queue_total(self))
+    }
+}
+
+/// The request queues `device` uses, as a queue index.
+fn queue_total(device: &KernelBlk) -> u16 {
+    u16::try_from(device.queue_count()).unwrap_or(u16::MAX)
 }
 
 /// The name the registry and the `virtio:` FAILED line give this driver.
@@ -123,6 +153,10 @@ pub const DRIVER_NAME: &str = "blk";
 pub const SCRATCH_PREFIX: &str = "scratch";
 /// The most descriptors the request queue gets (QEMU allows up to 1024).
 pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// The most request queues a multiqueue disk gets (VIRTIO_BLK_F_MQ): one
+/// MSI-X entry each, next to the configuration entry, within the
+/// interrupt code's 16 entries per device (`virtio::irq`).
+pub const MAX_QUEUES: u16 = 15;
 /// How long one blocking call may wait for the device before the driver
 /// gives up and resets it.
 pub const CALL_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -268,6 +302,10 @@ pub struct Disk {
     /// Requests the self-tests made fail on purpose (injected errors).
     #[cfg(feature = "selftest")]
     expected_failures: u64,
+    /// The queue the self-tests pin this disk's requests to, instead of
+    /// the calling CPU's own ([`Disk::pin_queue`]).
+    #[cfg(feature = "selftest")]
+    pinned_queue: Option<u16>,
 }
 
 impl Disk {
@@ -278,7 +316,7 @@ impl Disk {
         let transport_kind = found.transport.kind();
         let options = BlkOptions {
             max_queue_size: MAX_QUEUE_SIZE,
-            max_queues: 1,
+            max_queues: MAX_QUEUES,
             // `virtio.ring=split|packed|auto`, as for every driver.
             ring_features: virtio::ring_preference().ring_features(),
             ..BlkOptions::default()
@@ -297,7 +335,11 @@ impl Disk {
             call_timeout_ns: CALL_TIMEOUT_NS,
             #[cfg(feature = "selftest")]
             expected_failures: 0,
+            #[cfg(feature = "selftest")]
+            pinned_queue: None,
         };
+        disk.note_queues();
+        disk.use_own_queue();
         let mut wait = disk.new_wait();
         match disk.device.get_id(&mut wait) {
             Ok(serial) => disk.serial = serial.to_string(),
@@ -310,6 +352,62 @@ impl Disk {
     /// `vda`, `vdb`, ...
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Request queues in use (more than 1 with VIRTIO_BLK_F_MQ).
+    pub fn queue_count(&self) -> u16 {
+        queue_total(&self.device)
+    }
+
+    /// The queue the calling CPU submits on (`drivers::cpu_queues`).
+    pub fn own_queue(&self) -> u16 {
+        cpu_queues::queue_for_cpu(smp::current_cpu(), smp::online_cpus(), self.queue_count())
+    }
+
+    /// Records in `crate::smp` which CPU takes each queue's interrupts.
+    fn note_queues(&self) {
+        let count = self.queue_count();
+        for q in 0..count {
+            let cpu = cpu_queues::cpu_for_queue(q, smp::online_cpus(), count);
+            let label = if count > 1 {
+                alloc::format!("{} requestq{}", self.name, q + 1)
+            } else {
+                alloc::format!("{} requestq", self.name)
+            };
+            smp::note_queue(cpu, label);
+        }
+    }
+
+    /// Points requests that name no queue (the blocking helpers') at the
+    /// calling CPU's own queue, or at the one the self-tests pinned; the
+    /// waits of [`Disk::new_wait`] wait for that queue.
+    fn use_own_queue(&mut self) {
+        #[cfg(feature = "selftest")]
+        let queue = self.pinned_queue.unwrap_or_else(|| self.own_queue());
+        #[cfg(not(feature = "selftest"))]
+        let queue = self.own_queue();
+        // In range by construction (`queue_for_cpu` answers below the count).
+        let _ = self.device.set_home_queue(Some(queue));
+    }
+
+    /// Per-queue counters, one line per queue:
+    /// `queue <q> cpu=<cpu> requests=<n> completions=<n> failed=<n> interrupts=<n>`
+    /// (the self-tests log them as `block: <disk> queue ...`; the shell's
+    /// `blkq` prints them).
+    pub fn queue_lines(&mut self) -> Vec<String> {
+        let count = self.queue_count();
+        let irq = self.irq;
+        (0..count)
+            .filter_map(|q| {
+                let stats = self.device.queue_stats(q)?;
+                let cpu = cpu_queues::cpu_for_queue(q, smp::online_cpus(), count);
+                let interrupts = irq.map_or(0, |irq| irq.state().queue_interrupt_count(q));
+                Some(alloc::format!(
+                    "queue {q} cpu={cpu} requests={} completions={} failed={} interrupts={interrupts}",
+                    stats.requests, stats.completions, stats.failed
+                ))
+            })
+            .collect()
     }
 
     /// Where the device is.
@@ -365,7 +463,8 @@ impl Disk {
     /// request queue's interrupt, or polling (no interrupt route, or the
     /// benchmarks' `set_wait_mode` asked for it).
     pub fn new_wait_for(&self, timeout_ns: u64) -> KernelWait {
-        wait::for_device(self.irq, QueueSet::single(0), timeout_ns).with_mode(self.wait_mode)
+        let queue = self.device.home_queue().unwrap_or(0);
+        wait::for_device(self.irq, QueueSet::single(queue), timeout_ns).with_mode(self.wait_mode)
     }
 
     /// Acts on a configuration change the device announced (virtio 1.2
@@ -402,6 +501,7 @@ impl Disk {
 
     /// Brings the device back if the driver had to reset it.
     fn ensure_live(&mut self) -> Result<(), BlockError> {
+        self.use_own_queue();
         self.check_config(false);
         if self.device.is_failed() {
             log::warn!(
@@ -475,10 +575,13 @@ impl Disk {
         self.device.capacity_sectors()
     }
 
-    /// Used-buffer interrupts counted for the request queue so far.
+    /// Used-buffer interrupts counted for the request queues so far.
     pub fn interrupt_count(&self) -> u64 {
-        self.irq
-            .map_or(0, |irq| irq.state().queue_interrupt_count(0))
+        self.irq.map_or(0, |irq| {
+            (0..self.queue_count())
+                .map(|q| irq.state().queue_interrupt_count(q))
+                .sum()
+        })
     }
 }
 
@@ -509,6 +612,18 @@ impl Disk {
 /// disk.
 #[cfg(feature = "selftest")]
 impl Disk {
+    /// Sends this disk's requests to queue `queue` (`None`: the calling
+    /// CPU's own again), so a self-test can exercise every queue of a
+    /// multiqueue disk from one CPU.
+    pub fn pin_queue(&mut self, queue: Option<u16>) -> Result<(), BlockError> {
+        if let Some(q) = queue.filter(|&q| q >= self.queue_count()) {
+            return Err(BlockError::Device(BlkError::NoSuchQueue(q)));
+        }
+        self.pinned_queue = queue;
+        self.use_own_queue();
+        Ok(())
+    }
+
     /// Notes that the self-tests made a request fail on purpose.
     pub(crate) fn expect_failure(&mut self) {
         self.expected_failures += 1;

@@ -29,6 +29,7 @@
 //! CPU loop while it runs, so it runs a network round
 //! ([`crate::net::poll`]) whenever it idles.
 
+mod blk_queues;
 pub mod console;
 mod fs;
 mod iommu;
@@ -309,6 +310,12 @@ pub static COMMANDS: &[Command] = &[
         args: "<file> <disk>:<lba>",
         help: "copy a file onto a scratch disk from sector lba",
         run: |call, out| fs::cp(call.args, out),
+    },
+    Command {
+        name: "blkq",
+        args: "",
+        help: "each disk's request queues: CPU, requests, completions, interrupts",
+        run: |_, out| blk_queues::blk_queues(out),
     },
     Command {
         name: "mem",

@@ -232,6 +232,9 @@ pub struct MsixVector {
     pub entry: EntryUse,
     /// The CPU vector its message raises.
     pub vector: u8,
+    /// The CPU its message is addressed to (`crate::smp` numbering): the
+    /// CPU that owns the entry's first queue ([`DrivenDevice::queue_cpu`](super::DrivenDevice::queue_cpu)).
+    pub cpu: usize,
     /// Its handler's index into [`TARGETS`].
     target: usize,
 }
@@ -279,7 +282,13 @@ impl fmt::Display for IrqMode {
                 ..
             } => {
                 write!(f, "MSI-X, {} of {table_size} entries:", entries.len())?;
-                for (i, MsixVector { entry, vector, .. }) in entries.iter().enumerate() {
+                for (
+                    i,
+                    MsixVector {
+                        entry, vector, cpu, ..
+                    },
+                ) in entries.iter().enumerate()
+                {
                     f.write_str(if i == 0 { " " } else { ", " })?;
                     match (entry.config, entry.queues.is_empty()) {
                         (true, true) => write!(f, "config")?,
@@ -288,6 +297,10 @@ impl fmt::Display for IrqMode {
                         (false, true) => write!(f, "spare entry {}", entry.entry)?,
                     }
                     write!(f, " -> vector {vector:#04x}")?;
+                    // CPU 0 is every single-queue device's: said only otherwise.
+                    if *cpu != 0 {
+                        write!(f, " on cpu {cpu}")?;
+                    }
                 }
                 Ok(())
             }
@@ -504,6 +517,7 @@ pub fn route(
     interrupt: InterruptLine,
     transport: &mut KernelTransport,
     queues: QueueSet,
+    queue_cpus: &[usize],
 ) -> Option<DeviceIrq> {
     let (slot, previous) = {
         let mut slots = SLOTS.lock();
@@ -526,6 +540,8 @@ pub fn route(
         }
     };
     let rerouted = previous.is_some();
+    // What the earlier route said, to tell whether this one differs.
+    let previous_text = previous.as_ref().map(|mode| mode.to_string());
     if !rerouted {
         STATES[slot].reset();
     }
@@ -535,12 +551,18 @@ pub fn route(
         location,
         interrupt,
         queues,
+        queue_cpus,
     };
     let mode = choose_mode(&target, transport, previous);
     STATES[slot].set_polled(matches!(mode, IrqMode::Polled(_)));
     let name = type_name(device_type);
     if rerouted {
-        log::debug!("virtio-irq: {name} at {location}: route kept for queues {queues}: {mode}");
+        if previous_text.is_some_and(|text| text != mode.to_string()) {
+            // More queues (or other CPUs) than the earlier bring-up had.
+            log::info!("virtio-irq: {name} at {location}: re-routed: {mode}");
+        } else {
+            log::debug!("virtio-irq: {name} at {location}: route kept for queues {queues}: {mode}");
+        }
     } else {
         match &mode {
             IrqMode::Polled(PollReason::Requested) => {
@@ -567,12 +589,15 @@ pub fn route(
 }
 
 /// The device a route is being made for.
-struct RouteTarget {
+struct RouteTarget<'a> {
     slot: usize,
     device_type: DeviceType,
     location: Location,
     interrupt: InterruptLine,
     queues: QueueSet,
+    /// The CPU each queue's interrupts go to, by queue index (CPU 0 for a
+    /// queue past the end); only MSI-X can steer them.
+    queue_cpus: &'a [usize],
 }
 
 fn choose_mode(
@@ -629,7 +654,14 @@ fn choose_mode(
                 });
             }
             if transport.layout().is_some() {
-                match setup_msix(slot, access, function, transport, queues, previous_msix) {
+                match setup_msix(
+                    slot,
+                    access,
+                    function,
+                    transport,
+                    (queues, target.queue_cpus),
+                    previous_msix,
+                ) {
                     Ok(mode) => return mode,
                     Err(why) => {
                         log::warn!("virtio-irq: {address}: MSI-X set-up failed ({why}); falling back to INTx");
@@ -713,7 +745,7 @@ fn setup_msix(
     access: &PciConfig,
     function: &PciFunction,
     transport: &KernelTransport,
-    queues: QueueSet,
+    (queues, queue_cpus): (QueueSet, &[usize]),
     previous: Option<(MsixTable<KernelHal>, Vec<MsixVector>)>,
 ) -> Result<IrqMode, String> {
     if let Some(rejection) = transport.rejection() {
@@ -764,12 +796,28 @@ fn setup_msix(
             t.device.store(slot, Ordering::Release);
             t.queues.store(entry.queues.bits(), Ordering::Release);
             t.config.store(entry.config, Ordering::Release);
+            // The message goes to the CPU that owns the entry's first queue
+            // (the one that submits on it): its completion is handled where
+            // the request started. Configuration-only entries go to CPU 0.
+            let cpu = entry
+                .queues
+                .iter()
+                .next()
+                .and_then(|q| queue_cpus.get(usize::from(q)).copied())
+                .unwrap_or(0);
+            let message = match crate::smp::apic_id(cpu) {
+                Some(apic_id) => interrupts::msi_message_to(vector, apic_id),
+                // Not online (cannot happen for a CPU the mapping named):
+                // the CPU running this.
+                None => interrupts::msi_message(vector),
+            };
             entries.push(MsixVector {
                 entry,
                 vector,
+                cpu,
                 target,
             });
-            let (address, data) = interrupts::msi_message(vector).map_err(|e| e.to_string())?;
+            let (address, data) = message.map_err(|e| e.to_string())?;
             table
                 .program(entry.entry, address, data)
                 .map_err(|e| e.to_string())?;

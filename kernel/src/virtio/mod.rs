@@ -246,6 +246,14 @@ pub trait DrivenDevice {
     fn queues_in_use(&self) -> QueueSet;
     /// What the `virtio:` line says.
     fn brought_up(&self) -> BroughtUp;
+    /// The CPU (`crate::smp` numbering) that submits on queue `queue` and
+    /// should take its interrupts (the MSI-X message's destination). CPU 0
+    /// for every queue unless the driver spreads its queues over the CPUs
+    /// (multiqueue virtio-blk, `drivers::cpu_queues`).
+    fn queue_cpu(&self, queue: u16) -> usize {
+        let _ = queue;
+        0
+    }
 }
 
 /// Why a device no driver brought up was left reset.
@@ -431,12 +439,17 @@ where
     } = found;
     let mut device = bring_up(transport)?;
     let queues = device.queues_in_use();
+    let last = queues.iter().last().map_or(0, |q| usize::from(q) + 1);
+    let queue_cpus: Vec<usize> = (0..last)
+        .map(|q| device.queue_cpu(u16::try_from(q).unwrap_or(u16::MAX)))
+        .collect();
     irq::route(
         device_type,
         location,
         interrupt,
         device.transport_for_routing(),
         queues,
+        &queue_cpus,
     );
     Ok(device)
 }

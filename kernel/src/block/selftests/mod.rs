@@ -14,6 +14,7 @@
 //! | scratch: queue depths | idem | 1, 2, 4, .. up to the most requests the queue holds, all in flight at once, completed in any order; one more is refused (queue full) |
 //! | scratch: largest request | idem | the largest request the device allows for page-sized buffers (`seg_max` segments of 4 KiB) goes out as one request, one page more as two |
 //! | scratch: flush, zeroes, discard | idem | FLUSH succeeds; WRITE_ZEROES reads back as zeroes; DISCARD leaves old data or zeroes and nothing outside the range changes |
+//! | scratch: every queue | idem, on a multiqueue disk | each request queue in turn writes, reads back and verifies regions; only that queue's completions grow ([`queues`]) |
 //! | injected errors | `expect.blk.ioerr=<serial>:<op>[:<sector>],..` | those requests (read, write or flush; every time, or `-once`) fail with IOERR, the error is logged, the disk keeps working ([`faults`]) |
 //! | a disk that stops answering | `expect.blk.hang=<serial>` | a read times out, the device is reset and recovered, the disk serves again ([`faults`]) |
 //! | counters | a blk device came up | per disk: completions = requests, nothing in flight, failures = the ones caused on purpose |
@@ -71,6 +72,7 @@ use crate::virtio;
 
 mod faults;
 mod in_flight;
+mod queues;
 
 /// The smallest scratch disk the write tests accept (8 MiB + the low area).
 pub const MIN_SCRATCH_SECTORS: u64 = 16_640;
@@ -150,7 +152,7 @@ pub fn selftests() -> Vec<SelfTest> {
 }
 
 /// The write workload on scratch disks.
-fn scratch_tests() -> [SelfTest; 4] {
+fn scratch_tests() -> [SelfTest; 5] {
     [
         SelfTest {
             name: "block: scratch: write, read back, verify at many offsets and sizes",
@@ -167,6 +169,10 @@ fn scratch_tests() -> [SelfTest; 4] {
         SelfTest {
             name: "block: scratch: flush, write-zeroes and discard",
             run: test_flush_zeroes_discard,
+        },
+        SelfTest {
+            name: "block: scratch: every request queue of a multiqueue disk completes requests",
+            run: queues::test_every_queue,
         },
     ]
 }
@@ -902,6 +908,11 @@ fn test_counters() -> Result<(), String> {
                 stats.ring.notifications_suppressed,
                 disk.interrupt_count()
             );
+            if disk.queue_count() > 1 {
+                for line in disk.queue_lines() {
+                    log::info!("block: {name} {line}");
+                }
+            }
         }
         Ok(())
     })
