@@ -43,7 +43,7 @@ KERNEL_TARGET = "x86_64-unknown-none"
 
 sys.path.insert(0, str(REPO / "tests"))
 from qemu import bench_compare, bench_cost, bench_echo, bench_net_host, bench_results  # noqa: E402  (needs the path above)
-from qemu import bench_iommu, browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
+from qemu import bench_iommu, bench_scale, browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
 from qemu import machine as qm  # noqa: E402
 from qemu import soak  # noqa: E402
 from qemu import fuzz  # noqa: E402
@@ -430,7 +430,7 @@ def cmd_test(options: argparse.Namespace) -> int:
         ("harness-unit", [sys.executable, "-m", "unittest", "-q", "qemu.test_harness", "qemu.test_blk", "qemu.test_net",
                           "qemu.test_bench_compare", "qemu.test_bench_cost", "qemu.test_kernel_builds",
                           "qemu.test_screen", "qemu.test_queue_view", "qemu.test_qmp",
-                          "qemu.test_net_stress", "qemu.test_soak", "qemu.test_bench_iommu",
+                          "qemu.test_net_stress", "qemu.test_soak", "qemu.test_bench_iommu", "qemu.test_bench_scale",
                           "qemu.test_fuzz", "qemu.test_crash"],
          REPO / "tests"),
         # The book and README: every path, symbol, link and include they name exists.
@@ -823,8 +823,32 @@ def run_iommu_bench(kernel: Path, options: argparse.Namespace) -> dict[str, obje
             "accel": boots["strict"]["accel"], "iommu": table, "results": [], "boots": boots}
 
 
+def run_scale_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
+    """One boot per CPU count, `-smp N` and `num-queues=N` (tests/qemu/bench_scale.py)."""
+    entries = []
+    boots: dict[str, dict[str, object]] = {}
+    for cpus in bench_scale.CPU_COUNTS:
+        section = BenchSection(
+            name=f"scale-{cpus}cpu", kernel_sections="scale", devices=bench_scale.devices(cpus),
+            description=f"{bench_scale.WORKLOAD} with {cpus} vCPU(s), a null-co disk of num-queues={cpus}",
+            columns=[("iops", "IOPS", "{:.0f}"), ("interrupts_per_req", "irq/req", "{:.3f}"),
+                     ("notifications_per_req", "notify/req", "{:.3f}")],
+        )
+        record = run_bench_section(section, kernel, options)
+        boots[str(cpus)] = record
+        setup = dict(record["setup"]).get("scale.setup", {})  # type: ignore[call-overload]
+        entries.append(bench_scale.entry(cpus, record["results"], setup))  # type: ignore[arg-type]
+    entries = bench_scale.with_speedup(entries)
+    print(f"Scale: {bench_scale.WORKLOAD} by vCPU count (median of {options.repeat} runs x {options.seconds:g}s):")
+    for line in bench_scale.table_lines(entries):
+        print(line)
+    print()
+    return {"section": "scale", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "accel": boots["1"]["accel"], "scale": entries, "results": [], "boots": boots}
+
+
 #: Sections with their own runner instead of a `BenchSection` entry.
-BENCH_EXTRA_SECTIONS = ["ring", "console", "net-echo", "boot", "cost", "net-host", "iommu"]
+BENCH_EXTRA_SECTIONS = ["ring", "console", "net-echo", "boot", "cost", "net-host", "iommu", "scale"]
 
 
 def run_cost_bench(kernel: Path, options: argparse.Namespace) -> dict[str, object]:
@@ -929,8 +953,9 @@ def cmd_bench(options: argparse.Namespace) -> int:
             say(f"net-echo: results in {(BENCH_DIR / 'net-echo.json').relative_to(REPO)}")
             records.append(record)
             continue
-        if name in ("ring", "console", "iommu"):
-            runner = {"ring": run_ring_bench, "console": run_console_bench, "iommu": run_iommu_bench}[name]
+        if name in ("ring", "console", "iommu", "scale"):
+            runner = {"ring": run_ring_bench, "console": run_console_bench, "iommu": run_iommu_bench,
+                      "scale": run_scale_bench}[name]
             record = runner(kernel, options)
             (BENCH_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
             say(f"{name}: results in {(BENCH_DIR / f'{name}.json').relative_to(REPO)}")
@@ -1212,6 +1237,8 @@ def write_comparison(records: Sequence[dict[str, object]], options: argparse.Nam
     results["ring_markdown"] = "\n".join(ring_table_lines(ring)) if ring else ""  # type: ignore[arg-type]
     iommu = results["iommu"]
     results["iommu_markdown"] = "\n".join(bench_iommu.table_lines(iommu)) if iommu else ""  # type: ignore[arg-type]
+    scale = results["scale"]
+    results["scale_markdown"] = "\n".join(bench_scale.table_lines(scale)) if scale else ""  # type: ignore[arg-type]
     path.write_text(json.dumps(results, indent=2) + "\n")
     bars = bench_results.plot_entries(results)
     if not bars:

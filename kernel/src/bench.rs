@@ -17,6 +17,9 @@
 //! - `compare`: [`crate::peer::bench::compare`], `bench.repeat=` rounds of
 //!   the `blk` workloads on our stack and then on the `virtio-drivers`
 //!   crate, on the same device, handed over with a reset each way.
+//! - `scale`: [`crate::block::bench::run_scale`], `blk.randread.qd32` on
+//!   a multiqueue disk, each submitting CPU on its own queue (`x.py bench
+//!   --section scale` boots it with 1, 2 and 4 CPUs).
 //! - `ready`: claims the disks and prints `bench: boot.ready uptime_us=`,
 //!   for `x.py bench`'s boot-time rows (it times QEMU from the host).
 //!
@@ -52,6 +55,8 @@ pub fn run() -> ! {
             "console" => console(),
             "net" => crate::net::bench::run(),
             "iommu" => crate::iommu::bench::run(),
+            // One queue per CPU: `x.py bench --section scale`.
+            "scale" => crate::block::bench::run_scale(),
             // Boot time: every device up (probe and net ran before `bench`).
             "ready" => {
                 crate::block::init();
@@ -62,7 +67,7 @@ pub fn run() -> ! {
                 Ok(())
             }
             other => Err(alloc::format!(
-                "unknown section {other:?} (known: blk, compare, console, net, iommu, ready)"
+                "unknown section {other:?} (known: blk, compare, console, net, iommu, scale, ready)"
             )),
         };
         match result {

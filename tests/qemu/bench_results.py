@@ -19,9 +19,9 @@ from pathlib import Path
 from . import bench_compare, bench_cost, bench_net_host
 
 #: The lists a section may contribute, in results.json.
-ENTRY_KEYS = ("comparison", "ring", "cost", "net_host", "iommu")
+ENTRY_KEYS = ("comparison", "ring", "cost", "net_host", "iommu", "scale")
 #: Sections in the order the tables show them.
-ORDER = ("blk", "net", "console", "ring", "boot", "net-echo", "cost", "net-host", "iommu")
+ORDER = ("blk", "net", "console", "ring", "boot", "net-echo", "cost", "net-host", "iommu", "scale")
 
 
 def load(path: Path) -> dict[str, object]:
@@ -94,4 +94,5 @@ def section_entry(record: Mapping[str, object], header: Mapping[str, object],
         "cost": list(record.get("cost", []) or []),  # type: ignore[call-overload]
         "net_host": list(record.get("net_host", []) or []),  # type: ignore[call-overload]
         "iommu": list(record.get("iommu", []) or []),  # type: ignore[call-overload]
+        "scale": list(record.get("scale", []) or []),  # type: ignore[call-overload]
     }

@@ -10,6 +10,9 @@
   show completions on every queue; and the image holds what was announced.
 - `blk-mq2-pc`: the same on `pc` with a transitional device (modern interface)
   and 2 queues, ring layout packed: the mapping is not tied to 4.
+- `bench-scale-smoke-tcg`: a short `x.py bench --section scale` boot (2 vCPUs,
+  `num-queues=2`): the `scale.setup` line and an IOPS figure are produced and
+  parse into a `"scale"` entry (tests/qemu/bench_scale.py). Never judged.
 
 The kernel side is kernel/src/block/ (queue per CPU, `drivers::cpu_queues`),
 the book chapter docs/14-multiqueue.md.
@@ -21,6 +24,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import replace
 
+from . import bench_compare, bench_scale
+from . import machine as qm
 from .harness import Outcome, Scenario
 from .scenarios import MODERN, BlkDrive, blk_scenario
 
@@ -80,7 +85,29 @@ def mq_scenario(name: str, machine: str, transport: str, queues: int, props: str
     return replace(scenario, check=check, timeout_s=60.0)
 
 
+def check_scale_smoke(cpus: int):
+    """A check: the boot produced a parsable `"scale"` entry for `cpus` vCPUs."""
+
+    def check(outcome: Outcome) -> Iterable[str]:
+        setups, rows, errors, _ = bench_compare.parse_bench_lines(outcome.log_text)
+        entry = bench_scale.entry(cpus, rows, setups.get("scale.setup", {}))
+        problems = list(errors)
+        if not isinstance(entry.get("median"), float) or entry["median"] <= 0:
+            problems.append(f"no IOPS figure: {entry}")
+        if entry.get("queues") != cpus:
+            problems.append(f"scale.setup says queues={entry.get('queues')}, the disk has {cpus}")
+        return problems
+
+    return check
+
+
 BLK_MQ_SCENARIOS: list[Scenario] = [
     mq_scenario("blk-mq4-q35", "q35", "pci-modern", 4, MODERN),
     mq_scenario("blk-mq2-pc", "pc", "pci-modern", 2, ",packed=on", append="virtio.ring=packed"),
+    Scenario(
+        name="bench-scale-smoke-tcg", machine="q35", accel="tcg", devices=bench_scale.devices(2),
+        append="mode=bench bench=scale bench.seconds=0.02 bench.repeat=1",
+        expect_status=qm.EXIT_SELFTEST_PASS, expect_in_order=[r"^bench: scale\.setup ", r"^bench: done$"],
+        timeout_s=60.0, check=check_scale_smoke(2),
+    ),
 ]  # fmt: skip
