@@ -966,7 +966,14 @@ def cmd_bench(options: argparse.Namespace) -> int:
         path.write_text(json.dumps(record, indent=2) + "\n")
         say(f"{name}: results in {path.relative_to(REPO)}")
         records.append(record)
-    if write_comparison(records, options):
+    written = write_comparison(records, options)
+    missing = bench_results.missing_sections(bench_results.load(BENCH_DIR / "results.json"),
+                                             [*BENCH_SECTIONS, *extra]) if written else []
+    if missing:
+        say(f"docs/benchmarks.md and the README's table left as they are: build/bench/results.json has no run "
+            f"of {', '.join(missing)} yet, and a page without them would drop their tables "
+            f"(./x.py bench runs every section; then python3 tests/book/bench_page.py rewrites the page)")
+    elif written:
         page = bench_page.write_page()
         say(f"benchmark page in {page.relative_to(REPO)} (the book's Benchmarks chapter)")
         if bench_page.update_readme():

@@ -34,6 +34,15 @@ def load(path: Path) -> dict[str, object]:
     return previous if isinstance(previous, dict) and isinstance(previous.get("latest"), dict) else {}
 
 
+def missing_sections(results: Mapping[str, object], wanted: Sequence[str]) -> list[str]:
+    """The sections of `wanted` that `results` holds no run of. The book's page and the README's
+    table are written only when this is empty: rendered from a results.json that lacks sections
+    (a fresh clone's first `--section X` run), they would lose the tables of every other section."""
+    latest = results.get("latest")
+    have = latest if isinstance(latest, Mapping) else {}
+    return [name for name in wanted if name not in have]
+
+
 def _sorted_sections(latest: Mapping[str, object]) -> list[str]:
     return sorted(latest, key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
 

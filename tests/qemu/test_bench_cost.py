@@ -92,6 +92,12 @@ class MergeTest(unittest.TestCase):
             path.write_text(json.dumps({"comparison": []}))  # before sections were kept apart
             self.assertEqual(bench_results.load(path), {})
 
+    def test_missing_sections_names_those_never_run(self) -> None:
+        results = {"latest": {"blk": {}, "scale": {}}}
+        self.assertEqual(bench_results.missing_sections(results, ["blk", "net", "scale", "iommu"]), ["net", "iommu"])
+        self.assertEqual(bench_results.missing_sections({}, ["blk"]), ["blk"])
+        self.assertEqual(bench_results.missing_sections(results, ["scale"]), [])
+
 
 if __name__ == "__main__":
     unittest.main()
