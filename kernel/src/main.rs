@@ -16,6 +16,7 @@
 //! memory      frames, the kernel's page tables, heap: `alloc` works after this
 //! acpi        RSDP -> MADT, MCFG
 //! interrupts  PIC masked, LAPIC, IOAPIC
+//! smp         start the other CPUs (MADT, INIT-SIPI-SIPI): "cpus: N online"
 //! virtio      find every virtio device (PCI, virtio-mmio); bring none up
 //! iommu       DMA remapping (VT-d) for those devices, iommu=strict|passthrough|off
 //! entropy     the virtio-rng driver, else RDSEED/RDRAND, else the TSC (entropy.rs)
@@ -89,7 +90,6 @@ mod virtio;
 mod wait;
 
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Called by `boot/entry.rs` in 64-bit mode, on the boot stack, interrupts off.
 pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
@@ -116,6 +116,7 @@ pub extern "C" fn kernel_main(start_info_phys: u64) -> ! {
     memory::init(boot_info);
     acpi_tables::init(boot_info.rsdp);
     interrupts::init();
+    smp::init();
     virtio::probe();
     iommu::init();
     entropy::init();
@@ -193,23 +194,33 @@ fn refuse_modes_not_built() {
     }
 }
 
-/// Set by the first panic; a panic while reporting one must not recurse.
-static PANICKING: AtomicBool = AtomicBool::new(false);
-
+/// A panic on any CPU: the first CPU to fail stops the others (smp::stop) and prints one report;
+/// a CPU that panics while another reports parks silently; a panic inside the report prints
+/// one line.
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     use core::fmt::Write;
     x86_64::instructions::interrupts::disable();
     // The serial lock may be held by whoever panicked: bypass it.
     let mut out = serial::emergency_writer();
-    if PANICKING.swap(true, Ordering::SeqCst) {
-        let _ = writeln!(out, "\nPANIC while panicking: {}", info.message());
-        exit::qemu_exit(exit::EXIT_PANIC);
+    match smp::stop::begin_crash_report() {
+        smp::stop::CrashRole::Report => {}
+        smp::stop::CrashRole::Park => smp::stop::park_this_cpu(),
+        smp::stop::CrashRole::Recursive => {
+            let _ = writeln!(out, "\nPANIC while panicking: {}", info.message());
+            exit::qemu_exit(exit::EXIT_PANIC);
+        }
     }
     let (file, line) = info
         .location()
         .map_or(("<unknown>", 0), |l| (l.file(), l.line()));
     let _ = writeln!(out, "\nPANIC at {file}:{line}: {}", info.message());
+    let _ = writeln!(
+        out,
+        "  on CPU {} of {} online",
+        smp::current_cpu(),
+        smp::online_cpus()
+    );
     // The person at the virtio console sees it too (EMERG_WRITE, no queues).
     shell::console::emergency_print(format_args!(
         "\nPANIC at {file}:{line}: {}\n",
@@ -218,5 +229,17 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     let _ = write!(out, "  backtrace:");
     let _ = cpu::backtrace::write(&mut out, cpu::backtrace::current_rbp());
     let _ = writeln!(out);
+    write_cpus_not_stopped(&mut out);
     exit::qemu_exit(exit::EXIT_PANIC)
+}
+
+/// The last line of a crash report when some other CPU did not park after the NMI.
+pub fn write_cpus_not_stopped(out: &mut impl core::fmt::Write) {
+    let running = smp::stop::still_running_mask();
+    if running != 0 {
+        let _ = writeln!(
+            out,
+            "  CPUs still running (did not take the stop NMI): {running:#x}"
+        );
+    }
 }

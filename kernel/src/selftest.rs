@@ -61,6 +61,7 @@ pub fn run_all() -> ! {
         crate::clock::selftests(),
         crate::memory::selftests(),
         crate::interrupts::selftests(),
+        crate::smp::selftests(),
         crate::iommu::selftests(),
         crate::virtio::selftests(),
         // The first block test brings the blk devices up, after the

@@ -48,7 +48,7 @@
 //! [`for_device`] (or `virtio::irq::DeviceIrq::wait`); `docs/04-interrupts.md`
 //! follows one completion through it.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use drivers::device::{Wait, WaitTimeout};
 use drivers::irq::{DeviceInterrupts, Idle, InterruptWait, QueueSet, WaitMode};
@@ -106,12 +106,13 @@ pub fn halted_ticks() -> u64 {
 
 /// How many times a wait halted the CPU since boot.
 static HALTS: AtomicU64 = AtomicU64::new(0);
-/// How many times the watchdog timer fired while the CPU was halted in a
+/// How many times the watchdog timer fired while a CPU was halted in a
 /// wait (the timer keeps running after a device interrupt ended the halt,
-/// and a later expiry outside a halt is not counted).
+/// and a later expiry outside a halt is not counted). Shared by all CPUs:
+/// an atomic, never a lock. Whether *this* CPU is in a wait's `hlt` is
+/// per-CPU (`smp::percpu::PerCpu::in_wait_halt`): each CPU has its own
+/// local APIC timer, so its watchdog fires on it.
 static WATCHDOG_WAKES: AtomicU64 = AtomicU64::new(0);
-/// Set while a wait is in `hlt`.
-static IN_HALT: AtomicBool = AtomicBool::new(false);
 static WATCHDOG_VECTOR: Once<Option<u8>> = Once::new();
 
 /// The pending bits of a wait that has no device interrupts behind it: it
@@ -119,7 +120,10 @@ static WATCHDOG_VECTOR: Once<Option<u8>> = Once::new();
 static NO_INTERRUPTS: DeviceInterrupts = DeviceInterrupts::new();
 
 fn watchdog_fired(_vector: u8) {
-    if IN_HALT.load(Ordering::Relaxed) {
+    if crate::smp::percpu::this_cpu()
+        .in_wait_halt
+        .load(Ordering::Relaxed)
+    {
         WATCHDOG_WAKES.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -144,6 +148,25 @@ pub fn halt_count() -> u64 {
 #[cfg(feature = "selftest")]
 pub fn watchdog_count() -> u64 {
     WATCHDOG_WAKES.load(Ordering::Relaxed)
+}
+
+/// Arms this CPU's watchdog (its local APIC timer, one shot of 10 ms) and
+/// halts with `sti; hlt` until an interrupt: the one step of every wait.
+/// Call with interrupts disabled, after checking there is nothing to wait
+/// for; returns with interrupts enabled.
+pub fn halt_with_watchdog() {
+    if let Some(vector) = watchdog_vector() {
+        let _ = interrupts::start_timer_oneshot(vector, WATCHDOG_TICKS);
+    }
+    let in_halt = &crate::smp::percpu::this_cpu().in_wait_halt;
+    HALTS.fetch_add(1, Ordering::Relaxed);
+    in_halt.store(true, Ordering::Relaxed);
+    #[cfg(feature = "bench")]
+    let halted = crate::clock::tsc();
+    interrupts::wait_for_interrupt();
+    #[cfg(feature = "bench")]
+    HALTED_TICKS.fetch_add(crate::clock::tsc() - halted, Ordering::Relaxed);
+    in_halt.store(false, Ordering::Relaxed);
 }
 
 /// The CPU side of a wait: `cli`, `sti; hlt` with the watchdog armed, a
@@ -185,17 +208,7 @@ impl Idle for KernelIdle {
     }
 
     fn enable_interrupts_and_halt(&mut self) {
-        if let Some(vector) = watchdog_vector() {
-            let _ = interrupts::start_timer_oneshot(vector, WATCHDOG_TICKS);
-        }
-        HALTS.fetch_add(1, Ordering::Relaxed);
-        IN_HALT.store(true, Ordering::Relaxed);
-        #[cfg(feature = "bench")]
-        let halted = crate::clock::tsc();
-        interrupts::wait_for_interrupt();
-        #[cfg(feature = "bench")]
-        HALTED_TICKS.fetch_add(crate::clock::tsc() - halted, Ordering::Relaxed);
-        IN_HALT.store(false, Ordering::Relaxed);
+        halt_with_watchdog();
     }
 
     fn spin_before_halt(&mut self, step: u32) -> bool {

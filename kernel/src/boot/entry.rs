@@ -251,6 +251,13 @@ pvh_start64:
     mov fs, ax
     mov gs, ax
 
+    /* IA32_GS_BASE = the bootstrap processor's per-CPU entry (smp::percpu::CPUS[0]), so
+       smp::current_cpu() (a load from gs:[0]) works from the first line of Rust on. */
+    mov ecx, {gs_base_msr}
+    mov eax, offset {per_cpu}
+    xor edx, edx
+    wrmsr
+
     mov edi, ebp                    /* rdi = hvm_start_info physical address (zero-extended) */
     xor ebp, ebp                    /* end of the frame-pointer chain for backtraces */
     mov rsp, offset boot_stack_top  /* 16-byte aligned before the call, as the SysV ABI wants */
@@ -265,4 +272,6 @@ pvh_start64:
     "#,
     stack_size = const BOOT_STACK_SIZE,
     kernel_main = sym crate::kernel_main,
+    gs_base_msr = const crate::smp::percpu::IA32_GS_BASE,
+    per_cpu = sym crate::smp::percpu::CPUS,
 );

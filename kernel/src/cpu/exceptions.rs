@@ -34,7 +34,9 @@
 use super::idt::InterruptFrame;
 use crate::exit;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(feature = "selftest")]
+use core::sync::atomic::AtomicBool;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Vector 2: non-maskable interrupt (#NMI).
 pub const NMI: usize = 2;
@@ -113,8 +115,6 @@ static NMI_TEST_ARMED: AtomicBool = AtomicBool::new(false);
 /// Where the frame of that NMI was (to check it is on the NMI IST stack).
 #[cfg(feature = "selftest")]
 static NMI_TEST_FRAME: AtomicU64 = AtomicU64::new(0);
-/// Set while a fatal report is being printed, to catch a fault inside it.
-static REPORTING: AtomicBool = AtomicBool::new(false);
 
 #[cfg(feature = "selftest")]
 /// Announces one deliberate `ud2`: the `#UD` it raises is skipped and
@@ -156,6 +156,10 @@ pub fn disarm_nmi_test() {
 /// resumable cases described in the module docs.
 pub fn handle(frame: &mut InterruptFrame) {
     let vector = frame.vector as usize;
+    if vector == NMI && crate::smp::stop::crash_in_progress() {
+        // Another CPU is printing a crash report and asked this one to stop.
+        crate::smp::stop::park_this_cpu();
+    }
     if vector == BREAKPOINT {
         // The saved RIP already points past the one-byte int3: say so and
         // resume. The lock-free writer, because the interrupted code may be
@@ -207,17 +211,23 @@ fn report_and_exit(frame: &InterruptFrame) -> ! {
         .get(vector)
         .copied()
         .unwrap_or(("?", "unknown"));
-    if REPORTING.swap(true, Ordering::SeqCst) {
-        // A fault while printing a report: print the bare minimum, stop.
-        let _ = writeln!(
-            out,
-            "\nEXCEPTION {vector} {mnemonic} ({name}) rip={:#x} while reporting an earlier exception",
-            frame.rip
-        );
-        exit::qemu_exit(exit::EXIT_EXCEPTION);
+    match crate::smp::stop::begin_crash_report() {
+        crate::smp::stop::CrashRole::Report => {}
+        // Another CPU's report is under way: one report, not two interleaved.
+        crate::smp::stop::CrashRole::Park => crate::smp::stop::park_this_cpu(),
+        crate::smp::stop::CrashRole::Recursive => {
+            // A fault while printing a report: print the bare minimum, stop.
+            let _ = writeln!(
+                out,
+                "\nEXCEPTION {vector} {mnemonic} ({name}) rip={:#x} while reporting an earlier crash",
+                frame.rip
+            );
+            exit::qemu_exit(exit::EXIT_EXCEPTION);
+        }
     }
     // Errors from the UART writer cannot happen; ignore the fmt::Result.
     let _ = write_report(&mut out, frame, mnemonic, name);
+    crate::write_cpus_not_stopped(&mut out);
     exit::qemu_exit(exit::EXIT_EXCEPTION)
 }
 
@@ -279,7 +289,11 @@ fn write_report(
         .start_address()
         .as_u64();
     let cr4 = x86_64::registers::control::Cr4::read_raw();
-    writeln!(out, "  cr0={cr0:#x} cr3={cr3:#x} cr4={cr4:#x}")?;
+    writeln!(
+        out,
+        "  cr0={cr0:#x} cr3={cr3:#x} cr4={cr4:#x} cpu={}",
+        crate::smp::current_cpu()
+    )?;
     write!(out, "  backtrace: {:#x}", frame.rip)?;
     super::backtrace::write(out, frame.rbp)?;
     writeln!(out)

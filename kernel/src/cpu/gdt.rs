@@ -25,7 +25,7 @@
 use core::cell::UnsafeCell;
 use core::mem::size_of;
 use spin::Once;
-use x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, SS};
 use x86_64::instructions::tables::{lgdt, load_tss};
 use x86_64::registers::segmentation::SegmentSelector;
 use x86_64::structures::DescriptorTablePointer;
@@ -142,31 +142,55 @@ fn tss_descriptor(tss: &'static TaskStateSegment) -> [u64; 2] {
     [low, high]
 }
 
-/// Builds the TSS and GDT, loads the GDT, reloads every segment register and
-/// loads the task register. Interrupts must be off (they are, at boot).
-pub fn init() {
-    let tss = TSS.call_once(|| TaskStateSegment {
+/// A TSS whose IST slots 1..=3 hold `ist_tops` (double fault, NMI, machine check).
+fn tss_with_ist(ist_tops: [u64; 3]) -> TaskStateSegment {
+    TaskStateSegment {
         reserved_0: 0,
         privilege_stacks: [0; 3],
         reserved_1: 0,
-        interrupt_stacks: [
-            DOUBLE_FAULT_STACK.bounds().1,
-            NMI_STACK.bounds().1,
-            MACHINE_CHECK_STACK.bounds().1,
-            0,
-            0,
-            0,
-            0,
-        ],
+        interrupt_stacks: [ist_tops[0], ist_tops[1], ist_tops[2], 0, 0, 0, 0],
         reserved_2: 0,
         reserved_3: 0,
         io_map_base: size_of::<TaskStateSegment>() as u16,
-    });
-    let [tss_low, tss_high] = tss_descriptor(tss);
-    let gdt = GDT.call_once(|| Gdt {
-        entries: [0, CODE_DESCRIPTOR, DATA_DESCRIPTOR, tss_low, tss_high],
-    });
+    }
+}
 
+/// The GDT that goes with `tss`.
+fn gdt_for(tss: &'static TaskStateSegment) -> Gdt {
+    let [tss_low, tss_high] = tss_descriptor(tss);
+    Gdt {
+        entries: [0, CODE_DESCRIPTOR, DATA_DESCRIPTOR, tss_low, tss_high],
+    }
+}
+
+/// Builds the bootstrap processor's TSS and GDT (IST stacks in `.bss`), loads the GDT, reloads
+/// the segment registers and loads the task register. Interrupts must be off (they are, at
+/// boot).
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        tss_with_ist([
+            DOUBLE_FAULT_STACK.bounds().1,
+            NMI_STACK.bounds().1,
+            MACHINE_CHECK_STACK.bounds().1,
+        ])
+    });
+    load(GDT.call_once(|| gdt_for(tss)));
+}
+
+/// An application processor's own TSS and GDT (`smp/startup.rs`): each CPU needs its own TSS,
+/// because its IST stacks must be its own (two CPUs taking an NMI at once must not share a
+/// stack) and because `ltr` marks the descriptor busy, which a second `ltr` of the same
+/// descriptor refuses with #GP. `ist_tops` are the tops of its double-fault, NMI and
+/// machine-check stacks. The tables are leaked: a CPU never goes away.
+pub fn init_application_processor(ist_tops: [u64; 3]) {
+    let tss: &'static TaskStateSegment =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(tss_with_ist(ist_tops)));
+    let gdt: &'static Gdt = alloc::boxed::Box::leak(alloc::boxed::Box::new(gdt_for(tss)));
+    load(gdt);
+}
+
+/// Loads `gdt`, reloads CS, SS, DS, ES (FS null) and the task register.
+fn load(gdt: &'static Gdt) {
     let pointer = DescriptorTablePointer {
         limit: (size_of::<Gdt>() - 1) as u16,
         base: VirtAddr::new(gdt as *const Gdt as u64),
@@ -175,11 +199,12 @@ pub fn init() {
     let data = SegmentSelector::new(KERNEL_DATA_SELECTOR >> 3, PrivilegeLevel::Ring0);
     let null = SegmentSelector(0);
     let task = SegmentSelector::new(TSS_SELECTOR >> 3, PrivilegeLevel::Ring0);
-    // SAFETY: the GDT lives in a static for the rest of the run; its code and
-    // data descriptors are the ones the boot GDT had under the same
-    // selectors, so reloading CS (a far return) and SS/DS/ES keeps the
-    // running code valid; FS/GS are unused (null); the TSS descriptor points
-    // to a static, correctly sized TSS whose IST stacks are static too.
+    // SAFETY: the GDT lives for the rest of the run (a static, or leaked); its code and
+    // data descriptors are the ones the boot GDT (and the SMP trampoline's) had under the same
+    // selectors, so reloading CS (a far return) and SS/DS/ES keeps the running code valid; FS
+    // is unused (null). GS is not reloaded: a null selector load may clear the GS base, which
+    // holds this CPU's per-CPU pointer (smp::percpu). The TSS descriptor points to a TSS that
+    // lives as long as the GDT, correctly sized, whose IST stacks live forever too.
     unsafe {
         lgdt(&pointer);
         CS::set_reg(code);
@@ -187,7 +212,6 @@ pub fn init() {
         DS::set_reg(data);
         ES::set_reg(data);
         FS::set_reg(null);
-        GS::set_reg(null);
         load_tss(task);
     }
 }

@@ -258,6 +258,21 @@ pub fn init() {
     unsafe { lidt(&pointer) };
 }
 
+/// Loads the IDT [`init`] built on the calling CPU (an application processor: every CPU shares
+/// the one table). Does nothing before [`init`].
+pub fn load_on_this_cpu() {
+    let Some(idt) = IDT.get() else {
+        return;
+    };
+    let pointer = DescriptorTablePointer {
+        limit: (size_of::<Idt>() - 1) as u16,
+        base: VirtAddr::new(idt as *const Idt as u64),
+    };
+    // SAFETY: as in `init`: the table is a static with valid gates, and this CPU's TSS (loaded
+    // by `gdt::init_application_processor`) fills the IST slots the gates name.
+    unsafe { lidt(&pointer) };
+}
+
 /// The IDT, once [`init`] ran.
 #[cfg(feature = "selftest")]
 pub fn idt() -> Option<&'static Idt> {

@@ -12,7 +12,6 @@
 //! aligned offset (SDM table 11-1) and must be accessed with single aligned 32-bit loads and
 //! stores. The page is mapped uncached, as the SDM requires (§11.4.1).
 
-#[cfg(feature = "selftest")]
 use super::IrqError;
 use core::ptr::NonNull;
 use x86_64::registers::model_specific::Msr;
@@ -45,10 +44,8 @@ pub mod reg {
     /// LVT entry for corrected machine-check interrupts.
     pub const LVT_CMCI: usize = 0x2f0;
     /// Interrupt command, low half (writing it sends the IPI).
-    #[cfg(feature = "selftest")]
     pub const ICR_LOW: usize = 0x300;
     /// Interrupt command, high half (destination).
-    #[cfg(feature = "selftest")]
     pub const ICR_HIGH: usize = 0x310;
     /// LVT entry for the APIC timer.
     pub const LVT_TIMER: usize = 0x320;
@@ -83,16 +80,23 @@ pub mod lvt {
 }
 
 /// Bits of the interrupt command register (SDM vol. 3A §11.6.1, figure 11-12).
-#[cfg(feature = "selftest")]
-mod icr {
+pub mod icr {
     /// Delivery mode fixed (the vector in bits 7:0).
     pub const DELIVERY_FIXED: u32 = 0b000 << 8;
+    /// Delivery mode NMI (vector ignored).
+    pub const DELIVERY_NMI: u32 = 0b100 << 8;
+    /// Delivery mode INIT (vector ignored): the target resets into wait-for-SIPI.
+    pub const DELIVERY_INIT: u32 = 0b101 << 8;
+    /// Delivery mode start-up (SIPI): the target starts in real mode at `vector << 12`.
+    pub const DELIVERY_STARTUP: u32 = 0b110 << 8;
     /// Send pending: the previous IPI has not been accepted yet.
     pub const DELIVERY_PENDING: u32 = 1 << 12;
     /// Level assert (required for everything but INIT de-assert).
     pub const LEVEL_ASSERT: u32 = 1 << 14;
     /// Destination shorthand: this CPU only.
     pub const SHORTHAND_SELF: u32 = 0b01 << 18;
+    /// Destination shorthand: every CPU but this one.
+    pub const SHORTHAND_ALL_BUT_SELF: u32 = 0b11 << 18;
 }
 
 /// Spurious-interrupt vector register: bit 8 is the APIC software enable (SDM §11.9).
@@ -102,18 +106,19 @@ pub const SVR_APIC_ENABLE: u32 = 1 << 8;
 pub const TIMER_DIVIDE_BY_16: u32 = 0b0011;
 
 /// How long to wait for the ICR's delivery-status bit before giving up (iterations).
-#[cfg(feature = "selftest")]
 const ICR_SPIN_LIMIT: u32 = 1_000_000;
 
-/// The local APIC of the (only) CPU, through its MMIO page.
+/// The local APIC, through its MMIO page. Every CPU has its own APIC at the same physical
+/// address (each CPU's accesses to the page reach its own), so one handle serves all CPUs and
+/// every register read or write concerns the calling CPU's APIC.
 pub struct LocalApic {
     registers: NonNull<u8>,
-    id: u32,
 }
 
-// SAFETY: the pointer is an uncached, permanent mapping of this CPU's APIC page; every access
-// is a single volatile 32-bit load or store, and multi-register sequences (the ICR) are done
-// with interrupts disabled by the callers, so sharing the handle between contexts is sound.
+// SAFETY: the pointer is an uncached, permanent mapping of the APIC page, which each CPU sees
+// as its own APIC; every access is a single volatile 32-bit load or store, and multi-register
+// sequences (the ICR) are done with interrupts disabled by the callers, so no other code on the
+// same CPU interleaves, and other CPUs write their own ICR. Sharing the handle is sound.
 unsafe impl Send for LocalApic {}
 // SAFETY: as above; `&LocalApic` only exposes volatile register accesses.
 unsafe impl Sync for LocalApic {}
@@ -160,9 +165,7 @@ impl LocalApic {
     /// `registers` must be an uncached mapping of the current CPU's 4 KiB xAPIC page that stays
     /// valid for the rest of the run, with the APIC in xAPIC mode.
     pub unsafe fn new(registers: NonNull<u8>) -> Self {
-        let mut apic = LocalApic { registers, id: 0 };
-        apic.id = apic.read(reg::ID) >> 24;
-        apic
+        LocalApic { registers }
     }
 
     /// Reads a 32-bit register.
@@ -191,10 +194,10 @@ impl LocalApic {
         }
     }
 
-    /// This CPU's local APIC ID (bits 31:24 of the ID register in xAPIC mode), read once at
-    /// start-up: it is what I/O APIC entries and MSI addresses name as the destination.
+    /// The calling CPU's local APIC ID (bits 31:24 of the ID register in xAPIC mode): what
+    /// I/O APIC entries, MSI addresses and IPIs name as the destination.
     pub fn id(&self) -> u32 {
-        self.id
+        self.read(reg::ID) >> 24
     }
 
     /// Version register: bits 7:0 version (0x1X for integrated APICs), bits 23:16 the index of
@@ -243,6 +246,22 @@ impl LocalApic {
     pub fn take_errors(&self) -> u32 {
         self.write(reg::ERROR_STATUS, 0);
         self.read(reg::ERROR_STATUS)
+    }
+
+    /// Writes the ICR: destination `apic_id` (ignored with a shorthand in `command`), then the
+    /// command word, which sends the IPI; waits until the APIC has accepted it (delivery status
+    /// idle, SDM §11.6.1). Callers disable interrupts, so that no handler on this CPU writes the
+    /// ICR between the two halves.
+    pub fn send_ipi(&self, apic_id: u32, command: u32) -> Result<(), IrqError> {
+        self.write(reg::ICR_HIGH, (apic_id & 0xff) << 24);
+        self.write(reg::ICR_LOW, command);
+        for _ in 0..ICR_SPIN_LIMIT {
+            if self.read(reg::ICR_LOW) & icr::DELIVERY_PENDING == 0 {
+                return Ok(());
+            }
+            core::hint::spin_loop();
+        }
+        Err(IrqError::IpiNotDelivered)
     }
 
     /// Sends a fixed interrupt with `vector` to this CPU itself through the ICR (SDM §11.6.1,

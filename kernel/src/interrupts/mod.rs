@@ -58,7 +58,9 @@ pub use ioapic::RedirectionEntry;
 pub use selftests::selftests;
 #[cfg(feature = "selftest")]
 pub use vectors::LAST_ALLOCATABLE;
-pub use vectors::{Handler, APIC_ERROR_VECTOR, FIRST_ALLOCATABLE, SPURIOUS_VECTOR};
+pub use vectors::{
+    Handler, APIC_ERROR_VECTOR, FIRST_ALLOCATABLE, SPURIOUS_VECTOR, WORK_IPI_VECTOR,
+};
 
 use crate::acpi_tables;
 use alloc::vec::Vec;
@@ -87,7 +89,6 @@ pub enum IrqError {
     /// The local APIC ID does not fit the 8-bit xAPIC destination field.
     DestinationOutOfRange(u32),
     /// The local APIC kept its ICR delivery-status bit set.
-    #[cfg(feature = "selftest")]
     IpiNotDelivered,
 }
 
@@ -101,7 +102,6 @@ impl fmt::Display for IrqError {
             IrqError::NoIoApicForGsi(gsi) => write!(f, "no I/O APIC serves GSI {gsi}"),
             IrqError::IsaIrqOutOfRange(irq) => write!(f, "ISA IRQ {irq} out of range 0..=15"),
             IrqError::DestinationOutOfRange(id) => write!(f, "APIC ID {id} exceeds xAPIC's 8 bits"),
-            #[cfg(feature = "selftest")]
             IrqError::IpiNotDelivered => f.write_str("local APIC did not accept the IPI"),
         }
     }
@@ -317,20 +317,53 @@ fn configure_local_apic(apic: &LocalApic, platform: &acpi_tables::Platform) {
     );
 }
 
+/// Sets up the calling application processor's local APIC the way [`init`] set up the
+/// bootstrap processor's (xAPIC mode, local sources masked, LINT NMIs as the MADT says,
+/// spurious vector, error interrupt). The I/O APICs and the vector table are shared and need
+/// nothing. Returns the CPU's local APIC ID.
+pub fn init_this_cpu() -> Result<u32, IrqError> {
+    let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
+    let base = lapic::enable_xapic_mode();
+    if base.physical_address != acpi_tables::platform().local_apic_address {
+        // The shared mapping is of the bootstrap processor's base: one APIC page for all CPUs
+        // is what this kernel relies on (and what every PC does).
+        log::warn!(
+            "this CPU's IA32_APIC_BASE says {:#x}: its local APIC is not where the others' is",
+            base.physical_address
+        );
+    }
+    configure_local_apic(apic, acpi_tables::platform());
+    Ok(apic.id())
+}
+
 /// Whether [`init`] mapped and enabled the local APIC.
 pub fn is_initialized() -> bool {
     LOCAL_APIC.get().is_some()
 }
 
-/// The local APIC ID of this CPU (the destination of routed interrupts and MSIs).
+/// The local APIC ID of the calling CPU (the destination of routed interrupts and MSIs), read
+/// from its ID register.
 pub fn local_apic_id() -> Option<u32> {
     LOCAL_APIC.get().map(LocalApic::id)
 }
 
 /// Handles interrupt `vector` (32..=255). Called by the IDT stubs with interrupts disabled.
+///
+/// On several CPUs at once: the counters are atomics (the per-vector ones shared by all CPUs,
+/// the per-CPU total in the CPU's own `smp` entry), the handler registry lock is held only to
+/// copy the handler out, and the EOI goes to the calling CPU's own local APIC.
 pub fn dispatch(vector: u8) {
     PER_VECTOR[usize::from(vector)].fetch_add(1, Ordering::Relaxed);
+    crate::smp::count_interrupt();
     let apic = LOCAL_APIC.get();
+
+    if vector == WORK_IPI_VECTOR {
+        crate::smp::work_ipi_arrived();
+        if let Some(apic) = apic {
+            apic.end_of_interrupt();
+        }
+        return;
+    }
 
     if vector == SPURIOUS_VECTOR {
         let occurrence = SPURIOUS.fetch_add(1, Ordering::Relaxed) + 1;
@@ -580,6 +613,48 @@ pub fn msi_message_to(vector: u8, apic_id: u32) -> Result<(u64, u32), IrqError> 
     Ok((address, data))
 }
 
+/// Sends a fixed interrupt with `vector` to the CPU whose local APIC ID is `apic_id`
+/// (SDM vol. 3A §11.6.1: fixed delivery, physical destination, edge).
+pub fn send_ipi(apic_id: u32, vector: u8) -> Result<(), IrqError> {
+    let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
+    if apic_id > 0xff {
+        return Err(IrqError::DestinationOutOfRange(apic_id));
+    }
+    let command = u32::from(vector) | lapic::icr::DELIVERY_FIXED | lapic::icr::LEVEL_ASSERT;
+    without_interrupts(|| apic.send_ipi(apic_id, command))
+}
+
+/// Sends an INIT IPI to `apic_id`: the target CPU resets and waits for a start-up IPI (SDM vol.
+/// 3A §9.4.4.1 / §11.6.1).
+pub fn send_init(apic_id: u32) -> Result<(), IrqError> {
+    let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
+    if apic_id > 0xff {
+        return Err(IrqError::DestinationOutOfRange(apic_id));
+    }
+    let command = lapic::icr::DELIVERY_INIT | lapic::icr::LEVEL_ASSERT;
+    without_interrupts(|| apic.send_ipi(apic_id, command))
+}
+
+/// Sends a start-up IPI to `apic_id`: a CPU waiting for one starts in real mode at CS:IP =
+/// `page << 8`:0, i.e. at physical address `page << 12` (SDM vol. 3A §9.4.4.1).
+pub fn send_startup(apic_id: u32, page: u8) -> Result<(), IrqError> {
+    let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
+    if apic_id > 0xff {
+        return Err(IrqError::DestinationOutOfRange(apic_id));
+    }
+    let command = u32::from(page) | lapic::icr::DELIVERY_STARTUP | lapic::icr::LEVEL_ASSERT;
+    without_interrupts(|| apic.send_ipi(apic_id, command))
+}
+
+/// Sends an NMI to every CPU but the caller (a crash report stopping the others: an NMI
+/// arrives even where interrupts are disabled). Lock-free, for the panic path.
+pub fn send_nmi_to_others() -> Result<(), IrqError> {
+    let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
+    let command =
+        lapic::icr::DELIVERY_NMI | lapic::icr::LEVEL_ASSERT | lapic::icr::SHORTHAND_ALL_BUT_SELF;
+    without_interrupts(|| apic.send_ipi(0, command))
+}
+
 /// Sends interrupt `vector` to this CPU through the local APIC (a self-IPI).
 #[cfg(feature = "selftest")]
 pub fn send_self_ipi(vector: u8) -> Result<(), IrqError> {
@@ -600,6 +675,34 @@ pub fn start_timer_oneshot(vector: u8, initial_count: u32) -> Result<(), IrqErro
     // Writing the initial count starts the countdown.
     apic.write(reg::TIMER_INITIAL_COUNT, initial_count);
     Ok(())
+}
+
+/// Measures the calling CPU's local APIC timer: ticks of its divide-by-16 clock per second,
+/// counted against the TSC over about a millisecond with the timer's LVT entry masked (so no
+/// interrupt). 0 without a calibrated TSC or a local APIC. Leaves the timer stopped.
+pub fn measure_timer_hz() -> u64 {
+    use lapic::{lvt, reg};
+    let (Some(apic), hz) = (LOCAL_APIC.get(), crate::clock::tsc_hz()) else {
+        return 0;
+    };
+    if hz == 0 {
+        return 0;
+    }
+    without_interrupts(|| {
+        apic.write(reg::TIMER_DIVIDE, lapic::TIMER_DIVIDE_BY_16);
+        apic.write(reg::LVT_TIMER, lvt::MASKED);
+        apic.write(reg::TIMER_INITIAL_COUNT, u32::MAX);
+        let start = crate::clock::tsc();
+        let window = hz / 1000;
+        while crate::clock::tsc().wrapping_sub(start) < window {
+            core::hint::spin_loop();
+        }
+        let remaining = apic.read(reg::TIMER_CURRENT_COUNT);
+        let elapsed = crate::clock::tsc().wrapping_sub(start).max(1);
+        apic.write(reg::TIMER_INITIAL_COUNT, 0);
+        let ticks = u64::from(u32::MAX - remaining);
+        (u128::from(ticks) * u128::from(hz) / u128::from(elapsed)) as u64
+    })
 }
 
 /// Stops the local APIC timer and masks its LVT entry.

@@ -7,7 +7,8 @@
 //! | 0x00-0x1F   | CPU exceptions (reserved by the architecture, SDM vol. 3A §6.3) |
 //! | 0x20-0x2F   | where the masked 8259 PICs would deliver; only strays arrive here |
 //! | 0x30-0xEF   | handed out by [`allocate`] to drivers and tests |
-//! | 0xF0-0xFD   | reserved for the kernel (unused so far) |
+//! | 0xF0        | the SMP work IPI: "look at your work queue" (`smp/work.rs`) |
+//! | 0xF1-0xFD   | reserved for the kernel (unused so far) |
 //! | 0xFE        | local APIC error interrupt |
 //! | 0xFF        | local APIC spurious-interrupt vector |
 //!
@@ -34,6 +35,9 @@ use x86_64::instructions::interrupts::without_interrupts;
 pub const FIRST_ALLOCATABLE: u8 = 0x30;
 /// Last vector the allocator hands out.
 pub const LAST_ALLOCATABLE: u8 = 0xef;
+/// The inter-processor interrupt that tells a CPU its work queue has something (`smp::run_on`)
+/// or that a job it waits for is done.
+pub const WORK_IPI_VECTOR: u8 = 0xf0;
 /// The local APIC's error interrupt (LVT error entry).
 pub const APIC_ERROR_VECTOR: u8 = 0xfe;
 /// The local APIC's spurious-interrupt vector (SDM §11.9). All-ones low nibble, which older

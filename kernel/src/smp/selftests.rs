@@ -1,0 +1,169 @@
+//! Self-tests of SMP bring-up and `run_on` (feature `selftest`).
+//!
+//! - every online CPU runs a job sent with `run_on` and reports its own `current_cpu()` and
+//!   local APIC ID, which must be the CPU's number and `apic_id(cpu)` (all distinct); with
+//!   `expect.cpus=N` on the command line, N CPUs must be online;
+//! - IPI round trips: a number of empty jobs to every other CPU, each waited for; the counts of
+//!   jobs run and work IPIs taken on the target must grow by at least that much;
+//! - a job an application processor sends to CPU 0 runs on CPU 0 (in its IPI handler);
+//! - each CPU's local APIC timer fires on that CPU (a one-shot armed from a job on it).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::{apic_id, current_cpu, online_cpus, run_on, CPUS, MAX_CPUS};
+use crate::selftest_api::SelfTest;
+
+/// Patience for one job.
+const JOB_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Round trips per CPU in the IPI test.
+const ROUND_TRIPS: u64 = 100;
+
+pub fn selftests() -> Vec<SelfTest> {
+    vec![
+        SelfTest {
+            name: "smp: every CPU runs a job and reports its own number and APIC ID",
+            run: every_cpu_reports_itself,
+        },
+        SelfTest {
+            name: "smp: IPI round trips to every other CPU",
+            run: ipi_round_trips,
+        },
+        SelfTest {
+            name: "smp: a job sent from another CPU to CPU 0 runs on CPU 0",
+            run: job_to_cpu0,
+        },
+        SelfTest {
+            name: "smp: each CPU's local APIC timer fires on that CPU",
+            run: timer_fires_per_cpu,
+        },
+    ]
+}
+
+fn every_cpu_reports_itself() -> Result<(), String> {
+    let online = online_cpus();
+    if let Some(expected) = crate::cmdline::get("expect.cpus") {
+        if expected != format!("{online}") {
+            return Err(format!("{online} CPUs online, expect.cpus={expected}"));
+        }
+    }
+    let mut seen_ids = Vec::new();
+    for cpu in 0..online {
+        let (reported, local_id) =
+            run_on(cpu, || (current_cpu(), crate::interrupts::local_apic_id()))
+                .and_then(|pending| pending.wait(JOB_TIMEOUT_NS))
+                .map_err(|e| format!("CPU {cpu}: {e}"))?;
+        if reported != cpu {
+            return Err(format!("a job sent to CPU {cpu} ran on CPU {reported}"));
+        }
+        let expected = apic_id(cpu).ok_or_else(|| format!("no APIC ID for CPU {cpu}"))?;
+        if local_id != Some(expected) {
+            return Err(format!(
+                "CPU {cpu} reads APIC ID {local_id:?}, apic_id() says {expected}"
+            ));
+        }
+        if seen_ids.contains(&expected) {
+            return Err(format!("APIC ID {expected} appears twice"));
+        }
+        seen_ids.push(expected);
+    }
+    log::info!("smp: {online} CPU(s) ran a job each, APIC IDs {seen_ids:?}");
+    Ok(())
+}
+
+fn ipi_round_trips() -> Result<(), String> {
+    let online = online_cpus();
+    if online < 2 {
+        log::info!("smp: one CPU online, no round trips to make");
+        return Ok(());
+    }
+    let mut total = 0;
+    for cpu in 1..online {
+        let runs_before = CPUS[cpu].work_run.load(Ordering::Relaxed);
+        let ipis_before = CPUS[cpu].work_ipis.load(Ordering::Relaxed);
+        for trip in 0..ROUND_TRIPS {
+            let answer = run_on(cpu, move || trip + 1)
+                .and_then(|pending| pending.wait(JOB_TIMEOUT_NS))
+                .map_err(|e| format!("round trip {trip} to CPU {cpu}: {e}"))?;
+            if answer != trip + 1 {
+                return Err(format!("CPU {cpu} answered {answer} to round trip {trip}"));
+            }
+            total += 1;
+        }
+        let runs = CPUS[cpu].work_run.load(Ordering::Relaxed) - runs_before;
+        let ipis = CPUS[cpu].work_ipis.load(Ordering::Relaxed) - ipis_before;
+        if runs < ROUND_TRIPS || ipis == 0 {
+            return Err(format!(
+                "CPU {cpu}: {runs} jobs run and {ipis} work IPIs for {ROUND_TRIPS} round trips"
+            ));
+        }
+    }
+    log::info!("smp: {total} IPI round trips to {} CPU(s)", online - 1);
+    Ok(())
+}
+
+fn job_to_cpu0() -> Result<(), String> {
+    if online_cpus() < 2 {
+        return Ok(());
+    }
+    let nested = run_on(1, || {
+        run_on(0, current_cpu).and_then(|pending| pending.wait(JOB_TIMEOUT_NS))
+    })
+    .and_then(|pending| pending.wait(2 * JOB_TIMEOUT_NS))
+    .map_err(|e| format!("the job on CPU 1: {e}"))?;
+    match nested {
+        Ok(0) => Ok(()),
+        Ok(other) => Err(format!("the job for CPU 0 ran on CPU {other}")),
+        Err(e) => Err(format!("CPU 1's job for CPU 0: {e}")),
+    }
+}
+
+/// Timer interrupts taken, per CPU.
+static TIMER_FIRES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+fn timer_fired(_vector: u8) {
+    TIMER_FIRES[current_cpu()].fetch_add(1, Ordering::Relaxed);
+}
+
+fn timer_fires_per_cpu() -> Result<(), String> {
+    let vector = crate::interrupts::allocate_vector(timer_fired).map_err(|e| format!("{e}"))?;
+    let result = (|| {
+        for cpu in 0..online_cpus() {
+            if CPUS[cpu].apic_timer_hz.load(Ordering::Relaxed) == 0 {
+                return Err(format!("CPU {cpu}'s APIC timer was not measured"));
+            }
+            let before = TIMER_FIRES[cpu].load(Ordering::Relaxed);
+            let fired = run_on(cpu, move || {
+                let armed = crate::interrupts::start_timer_oneshot(vector, 20_000);
+                let start = crate::clock::uptime_ns();
+                while TIMER_FIRES[current_cpu()].load(Ordering::Relaxed) == before
+                    && crate::clock::uptime_ns() - start < JOB_TIMEOUT_NS / 2
+                {
+                    // Interrupts are on in a job on an application processor; on CPU 0 the
+                    // job runs inside `run_on` with whatever the caller had: allow them.
+                    crate::interrupts::enable();
+                    core::hint::spin_loop();
+                }
+                crate::interrupts::stop_timer();
+                armed.map(|()| TIMER_FIRES[current_cpu()].load(Ordering::Relaxed) - before)
+            })
+            .and_then(|pending| pending.wait(JOB_TIMEOUT_NS))
+            .map_err(|e| format!("CPU {cpu}: {e}"))?
+            .map_err(|e| format!("CPU {cpu}: timer not armed: {e}"))?;
+            if fired == 0 {
+                return Err(format!("CPU {cpu}'s one-shot APIC timer never fired"));
+            }
+        }
+        Ok(())
+    })();
+    let _ = crate::interrupts::free_vector(vector);
+    result?;
+    log::info!(
+        "smp: one-shot APIC timer fired on each of {} CPU(s)",
+        online_cpus()
+    );
+    Ok(())
+}

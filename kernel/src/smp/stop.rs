@@ -1,0 +1,103 @@
+//! One crash report, whichever CPUs fail: who prints, and how the other CPUs are stopped.
+//!
+//! A panic (main.rs) or a fatal exception (`cpu/exceptions.rs`) on any CPU calls
+//! [`begin_crash_report`] before printing. The first CPU to get there owns the report: it sends
+//! every other CPU an NMI (Intel SDM vol. 3A §11.6.1, shorthand "all excluding self"; an NMI is
+//! delivered even to a CPU that has interrupts disabled or spins on a lock), waits briefly for
+//! them to park, then prints and exits QEMU. A CPU that takes that NMI, or that crashes itself
+//! while another CPU's report is under way, parks: interrupts off, `hlt` forever, printing
+//! nothing, so two CPUs panicking at once give one readable report. A crash *inside* the
+//! report (the owner failing again) is told apart so that the caller prints a one-line note
+//! instead of recursing.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::percpu::{this_cpu, CpuState, CPUS};
+
+/// No CPU is reporting a crash.
+const NO_OWNER: usize = usize::MAX;
+
+/// The CPU that owns the crash report, or [`NO_OWNER`].
+static CRASH_OWNER: AtomicUsize = AtomicUsize::new(NO_OWNER);
+
+/// How long the reporting CPU waits for the others to park (TSC ticks are read through the
+/// clock; without one, a spin count).
+const STOP_WAIT_NS: u64 = 100_000_000;
+
+/// What the caller of [`begin_crash_report`] should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashRole {
+    /// Print the report and exit: the other CPUs have been stopped.
+    Report,
+    /// This CPU failed again while printing its report: print a short note and exit.
+    Recursive,
+    /// Another CPU is reporting: call [`park_this_cpu`].
+    Park,
+}
+
+/// Claims the crash report for this CPU (see the module docs). Call with interrupts disabled.
+pub fn begin_crash_report() -> CrashRole {
+    let me = super::current_cpu();
+    match CRASH_OWNER.compare_exchange(NO_OWNER, me, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => {
+            stop_other_cpus(me);
+            CrashRole::Report
+        }
+        Err(owner) if owner == me => CrashRole::Recursive,
+        Err(_) => CrashRole::Park,
+    }
+}
+
+/// Whether some CPU is reporting a crash (an NMI is then the request to park).
+pub fn crash_in_progress() -> bool {
+    let owner = CRASH_OWNER.load(Ordering::SeqCst);
+    owner != NO_OWNER && owner != super::current_cpu()
+}
+
+/// Stops this CPU for good: marked stopped, interrupts off, `hlt` forever.
+pub fn park_this_cpu() -> ! {
+    this_cpu().set_state(CpuState::Stopped);
+    crate::exit::halt_forever()
+}
+
+/// NMIs every other online CPU and waits (boundedly) until they have parked.
+fn stop_other_cpus(me: usize) {
+    let online = super::online_cpus();
+    if online <= 1 {
+        return;
+    }
+    if crate::interrupts::send_nmi_to_others().is_err() {
+        return;
+    }
+    let others_parked = || {
+        CPUS[..online]
+            .iter()
+            .enumerate()
+            .all(|(index, cpu)| index == me || cpu.state() != CpuState::Online)
+    };
+    let start = crate::clock::uptime_ns();
+    let mut spins: u64 = 0;
+    while !others_parked() {
+        let waited = if crate::clock::tsc_hz() != 0 {
+            crate::clock::uptime_ns().saturating_sub(start)
+        } else {
+            spins * 100
+        };
+        if waited >= STOP_WAIT_NS {
+            break;
+        }
+        spins += 1;
+        core::hint::spin_loop();
+    }
+}
+
+/// The CPUs that did not park in time (for the report's last line), as a bit mask of CPU
+/// numbers below 64.
+pub fn still_running_mask() -> u64 {
+    let me = super::current_cpu();
+    CPUS[..super::online_cpus()]
+        .iter()
+        .enumerate()
+        .filter(|(index, cpu)| *index != me && cpu.state() == CpuState::Online)
+        .fold(0, |mask, (index, _)| mask | 1u64 << index)
+}
