@@ -58,6 +58,7 @@ struct Balloon {
     settled_at: Option<usize>,
 }
 
+/// The balloon driver and its state (followed from the idle loops; thread context only).
 static BALLOON: Mutex<Option<Balloon>> = Mutex::new(None);
 
 /// Pages from and to the frame allocator. Frames are identity-mapped and the

@@ -96,6 +96,7 @@ struct Device {
     driver: KernelRng,
 }
 
+/// The virtio-rng driver: one request at a time (thread context only).
 static DEVICE: Mutex<Option<Device>> = Mutex::new(None);
 /// What the CPU offers when there is no device (decided once).
 static CPU_SOURCE: Once<Source> = Once::new();

@@ -77,6 +77,8 @@ impl Mount {
     }
 }
 
+/// The mounted 9p shares and their drivers: one request at a time per mount (the shell's file
+/// commands, from thread context; never from an interrupt handler).
 static MOUNTS: Mutex<Vec<Mount>> = Mutex::new(Vec::new());
 
 /// Brings up and mounts every virtio-9p device (see the module docs).

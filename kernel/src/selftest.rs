@@ -46,7 +46,11 @@ pub fn fail_on_request() {
             let value = unsafe { core::ptr::read_volatile(UNMAPPED_ADDRESS as *const u64) };
             log::error!("fail=pagefault: read {value:#x} from an unmapped address?!");
         }
-        Some(other) => log::warn!("unknown fail={other:?} ignored (want panic or pagefault)"),
+        // After the other CPUs started: smp::selftests::fail_on_request.
+        Some("smp-panic" | "smp-pagefault") => {}
+        Some(other) => log::warn!(
+            "unknown fail={other:?} ignored (want panic, pagefault, smp-panic or smp-pagefault)"
+        ),
         None => {}
     }
 }

@@ -1691,3 +1691,7 @@ from .scenarios_crash import CRASH_SCENARIOS  # noqa: E402  (crash-*: data flush
 SCENARIOS += CRASH_SCENARIOS
 from .scenarios_blk_mq import BLK_MQ_SCENARIOS  # noqa: E402  (issue 22: multiqueue virtio-blk)
 SCENARIOS += BLK_MQ_SCENARIOS
+
+from .scenarios_smp import SMP_SCENARIOS  # noqa: E402  (issue 22: SMP bring-up, run_on, crash reports)
+
+SCENARIOS += SMP_SCENARIOS

@@ -12,14 +12,21 @@ use core::fmt::{self, Write};
 /// Stop after this many frames (a loop would otherwise run forever).
 const MAX_FRAMES: usize = 24;
 
-/// The kernel's stacks: the boot (main) stack and the IST stacks.
-fn known_stacks() -> [(u64, u64); 4] {
+/// The kernel's stacks: the boot (main) stack and the IST stacks, and the
+/// calling CPU's own stacks if it is an application processor (`smp`;
+/// empty ranges on the bootstrap processor).
+fn known_stacks() -> [(u64, u64); 8] {
     use super::gdt::{DOUBLE_FAULT_STACK, MACHINE_CHECK_STACK, NMI_STACK};
+    let own = crate::smp::percpu::this_cpu().stacks();
     [
         crate::boot::entry::boot_stack_bounds(),
         DOUBLE_FAULT_STACK.bounds(),
         NMI_STACK.bounds(),
         MACHINE_CHECK_STACK.bounds(),
+        own[0],
+        own[1],
+        own[2],
+        own[3],
     ]
 }
 
@@ -35,7 +42,8 @@ pub fn write(out: &mut impl Write, mut rbp: u64) -> fmt::Result {
         }
         let frame = rbp as *const u64;
         // SAFETY: rbp is 8-aligned and [rbp, rbp + 16) lies inside one of the
-        // kernel's static stacks, which are always mapped and readable.
+        // kernel's stacks (static, or frames an application processor got at
+        // start-up and never gives back), which are always mapped and readable.
         let (caller_rbp, return_address) = unsafe { (frame.read(), frame.add(1).read()) };
         if return_address == 0 {
             break;

@@ -113,6 +113,8 @@ const MSI_ADDRESS_BASE: u64 = 0xfee0_0000;
 const MSI_DESTINATION_SHIFT: u32 = 12;
 
 static LOCAL_APIC: Once<LocalApic> = Once::new();
+/// One lock per I/O APIC: its select-then-access register window (IOREGSEL, IOWIN) must not
+/// interleave between CPUs. Taken with interrupts off.
 static IO_APICS: Once<Vec<Mutex<IoApic>>> = Once::new();
 
 static PER_VECTOR: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];

@@ -114,6 +114,10 @@ struct Remapping {
     table: SecondLevelTable,
 }
 
+/// The remapping unit and the one second-level table all virtio devices share: every `map` /
+/// `unmap` (each DMA share in strict mode, from any CPU) and the fault handler take it, always
+/// with interrupts off. A global lock on the strict-mode hot path: one table per CPU is not
+/// possible with one domain per device set.
 static REMAPPING: Mutex<Option<Remapping>> = Mutex::new(None);
 /// `true` once strict translation is on: the Hal maps and unmaps. Checked first on every share,
 /// so that a machine without an IOMMU pays one relaxed load.
@@ -127,6 +131,7 @@ static PAGES_UNMAPPED: AtomicU64 = AtomicU64::new(0);
 static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
 static FAULTS: AtomicU64 = AtomicU64::new(0);
 static FAULT_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// The last faults read from the unit (taken with interrupts off; the fault handler fills it).
 static RECENT: Mutex<Vec<Fault>> = Mutex::new(Vec::new());
 /// The devices given a translating context entry (strict mode).
 static TRANSLATED: Mutex<Vec<Location>> = Mutex::new(Vec::new());
@@ -507,9 +512,9 @@ fn fault_vector_handler(_vector: u8) {
 /// (the self-test polls it, in case the interrupt is late or was not set up).
 pub fn on_fault_interrupt() {
     without_interrupts(|| {
-        let Some(mut guard) = REMAPPING.try_lock() else {
-            return;
-        };
+        // Everyone takes it with interrupts off, so this CPU does not hold it; another CPU
+        // may, for the length of one map or unmap.
+        let mut guard = REMAPPING.lock();
         let Some(remapping) = guard.as_mut() else {
             return;
         };

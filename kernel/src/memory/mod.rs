@@ -63,9 +63,13 @@ const HEAP_MAX_BYTES: u64 = 16 << 20;
 /// lower half must stay below 2^47 to be canonical (SDM 3.3.7.1).
 const CANONICAL_LOWER_HALF_END: u64 = 1 << 47;
 
-/// The machine's frames, once `init` has run.
+/// The machine's frames, once `init` has run. Taken with interrupts off, by any CPU.
 static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
-/// The kernel's live page tables (what CR3 points to), once `init` has run.
+/// The kernel's live page tables (what CR3 points to on every CPU), once `init` has run. Taken
+/// with interrupts off. After the other CPUs start, the tables only gain mappings (`map_mmio`),
+/// which needs no TLB shootdown (a non-present entry is never cached). The one exception, a
+/// `map_mmio` that changes the attributes of a page already mapped, is flushed on the calling
+/// CPU only: the kernel maps each device window once, at bring-up, before other CPUs use it.
 static KERNEL_TABLES: Mutex<Option<PageTables>> = Mutex::new(None);
 /// The physical ranges mapped as RAM, sorted and merged.
 static RAM_RANGES: Once<RamRanges> = Once::new();

@@ -114,7 +114,11 @@ struct KeyboardInput {
     failed: bool,
 }
 
+/// The text grid and the GPU driver that shows it. The logger only ever `try_lock`s it (a log
+/// line from any CPU, or from inside the GPU driver, is dropped from the screen rather than
+/// waited for).
 static SCREEN: Mutex<Option<Screen>> = Mutex::new(None);
+/// The virtio-input keyboards (read by the shell loop; thread context only).
 static KEYBOARDS: Mutex<Vec<KeyboardInput>> = Mutex::new(Vec::new());
 /// Set once the screen shows text (the logger checks it before formatting).
 static SCREEN_UP: AtomicBool = AtomicBool::new(false);

@@ -101,7 +101,8 @@ impl Console {
     }
 }
 
-/// The claimed console, if any.
+/// The claimed console, if any; the lock makes one reader or writer at a time use its queues
+/// (thread context only; the panic path uses EMERG_WRITE, not this).
 static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
 
 /// Default for `console.ports=`.

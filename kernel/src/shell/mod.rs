@@ -31,6 +31,7 @@
 
 mod blk_queues;
 pub mod console;
+pub mod cpus;
 mod fs;
 mod iommu;
 pub mod line;
@@ -208,6 +209,12 @@ pub static COMMANDS: &[Command] = &[
         args: "",
         help: "every queue: size, indices, in flight, notifications, interrupts",
         run: |_, out| queues::queues(out),
+    },
+    Command {
+        name: "cpus",
+        args: "",
+        help: "every CPU: APIC ID, state, interrupts, work items run, its queues",
+        run: |_, out| cpus::cpus(out),
     },
     Command {
         name: "ring",

@@ -83,6 +83,9 @@ pub struct PerCpu {
     /// The local APIC timer's input frequency as measured on this CPU (ticks of the
     /// divide-by-16 clock per second), 0 if not measured.
     pub apic_timer_hz: AtomicU64,
+    /// `(lowest address, one past the highest)` of this CPU's kernel stack and its three IST
+    /// stacks, for backtraces; zero for the bootstrap processor (whose stacks are statics).
+    stacks: [(AtomicU64, AtomicU64); 4],
     /// Jobs waiting to run on this CPU (pushed by any CPU, popped by this one). Taken with
     /// interrupts disabled, so the work IPI handler can never find it held by the code it
     /// interrupted on the same CPU.
@@ -100,6 +103,7 @@ impl PerCpu {
             work_run: AtomicU64::new(0),
             work_ipis: AtomicU64::new(0),
             apic_timer_hz: AtomicU64::new(0),
+            stacks: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 4],
             work: Mutex::new(VecDeque::new()),
         }
     }
@@ -119,6 +123,25 @@ impl PerCpu {
         self.state.store(state as u8, Ordering::Release);
     }
 
+    /// This CPU's own stacks (see the field).
+    pub fn stacks(&self) -> [(u64, u64); 4] {
+        let bounds = |i: usize| {
+            (
+                self.stacks[i].0.load(Ordering::Relaxed),
+                self.stacks[i].1.load(Ordering::Relaxed),
+            )
+        };
+        [bounds(0), bounds(1), bounds(2), bounds(3)]
+    }
+
+    /// Records the CPU's kernel stack and IST stacks (see the field).
+    pub fn set_stacks(&self, stacks: [(u64, u64); 4]) {
+        for (slot, (low, high)) in self.stacks.iter().zip(stacks) {
+            slot.0.store(low, Ordering::Relaxed);
+            slot.1.store(high, Ordering::Relaxed);
+        }
+    }
+
     /// Clears the entry for CPU `index` (before starting a CPU on it).
     pub fn reset(&self, index: usize, apic_id: u32) {
         self.index.store(index, Ordering::Relaxed);
@@ -128,6 +151,7 @@ impl PerCpu {
         self.work_run.store(0, Ordering::Relaxed);
         self.work_ipis.store(0, Ordering::Relaxed);
         self.apic_timer_hz.store(0, Ordering::Relaxed);
+        self.set_stacks([(0, 0); 4]);
         self.set_state(CpuState::Absent);
     }
 }

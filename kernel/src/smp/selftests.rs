@@ -6,13 +6,18 @@
 //! - IPI round trips: a number of empty jobs to every other CPU, each waited for; the counts of
 //!   jobs run and work IPIs taken on the target must grow by at least that much;
 //! - a job an application processor sends to CPU 0 runs on CPU 0 (in its IPI handler);
-//! - each CPU's local APIC timer fires on that CPU (a one-shot armed from a job on it).
+//! - each CPU's local APIC timer fires on that CPU (a one-shot armed from a job on it);
+//! - the shell's `cpus` table has one row per CPU that matches the per-CPU entries.
+//!
+//! And, on request, crashes on several CPUs ([`fail_on_request`]): `fail=smp-panic` makes
+//! every CPU panic at the same moment (one report must come out), `fail=smp-pagefault` makes
+//! CPU 1 read an unmapped address (its exception report must name CPU 1).
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{apic_id, current_cpu, online_cpus, run_on, CPUS, MAX_CPUS};
 use crate::selftest_api::SelfTest;
@@ -39,6 +44,10 @@ pub fn selftests() -> Vec<SelfTest> {
         SelfTest {
             name: "smp: each CPU's local APIC timer fires on that CPU",
             run: timer_fires_per_cpu,
+        },
+        SelfTest {
+            name: "smp: the shell's `cpus` lists every online CPU with its APIC ID and counts",
+            run: cpus_command_lists_every_cpu,
         },
     ]
 }
@@ -166,4 +175,83 @@ fn timer_fires_per_cpu() -> Result<(), String> {
         online_cpus()
     );
     Ok(())
+}
+
+fn cpus_command_lists_every_cpu() -> Result<(), String> {
+    let mut table = String::new();
+    crate::shell::cpus::write_table(&mut table).map_err(|_| "formatting failed")?;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    if rows.len() != online_cpus() {
+        return Err(format!(
+            "{} rows for {} CPUs:\n{table}",
+            rows.len(),
+            online_cpus()
+        ));
+    }
+    for (cpu, row) in rows.iter().enumerate() {
+        let apic = apic_id(cpu).unwrap_or(u32::MAX);
+        let work = CPUS[cpu].work_run.load(Ordering::Relaxed);
+        let expected_start = [format!("{cpu}"), format!("{apic}"), String::from("online")];
+        if row.len() < 7 || row[..3] != expected_start {
+            return Err(format!(
+                "row {cpu} is {row:?}, expected {expected_start:?} first"
+            ));
+        }
+        // The jobs of the tests before ran and were counted (CPU 0 ran some inline).
+        if row[4].parse::<u64>().ok() > Some(work) || (cpu > 0 && work == 0) {
+            return Err(format!(
+                "row {cpu}: {} work items, the counter says {work}",
+                row[4]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Canonical, far above any RAM: reading it page-faults (as `selftest::UNMAPPED_ADDRESS`).
+const UNMAPPED_ADDRESS: u64 = 0x7e57_dead_0000;
+
+/// CPUs that reached the start line of `fail=smp-panic`.
+static AT_START_LINE: AtomicUsize = AtomicUsize::new(0);
+
+/// Every online CPU waits until all are there, then panics.
+fn panic_together(online: usize) -> ! {
+    AT_START_LINE.fetch_add(1, Ordering::SeqCst);
+    let start = crate::clock::uptime_ns();
+    while AT_START_LINE.load(Ordering::SeqCst) < online
+        && crate::clock::uptime_ns() - start < JOB_TIMEOUT_NS
+    {
+        core::hint::spin_loop();
+    }
+    panic!("deliberate panic on CPU {} (fail=smp-panic)", current_cpu())
+}
+
+/// `fail=smp-panic` / `fail=smp-pagefault` (see the module docs); called by `smp::init`.
+pub fn fail_on_request() {
+    let online = online_cpus();
+    match crate::cmdline::get("fail") {
+        Some("smp-panic") => {
+            for cpu in 1..online {
+                if let Err(error) = run_on(cpu, move || panic_together(online)) {
+                    log::error!("fail=smp-panic: CPU {cpu}: {error}");
+                }
+            }
+            panic_together(online)
+        }
+        Some("smp-pagefault") if online > 1 => {
+            let pending = run_on(1, || {
+                log::info!("fail=smp-pagefault: CPU 1 reads {UNMAPPED_ADDRESS:#x}");
+                // SAFETY: not safe at all, on purpose: the address is unmapped and the read
+                // raises #PF, whose report ends the run.
+                unsafe { core::ptr::read_volatile(UNMAPPED_ADDRESS as *const u64) }
+            })
+            .and_then(|pending| pending.wait(JOB_TIMEOUT_NS));
+            log::error!("fail=smp-pagefault: CPU 1 came back with {pending:?}");
+        }
+        _ => {}
+    }
 }

@@ -229,6 +229,12 @@ fn start_one(trampoline: &Trampoline, index: usize, apic_id: u32, timeout_ms: u6
     }
     let entry = &CPUS[index];
     entry.reset(index, apic_id);
+    entry.set_stacks([
+        (stack_top - AP_STACK_BYTES, stack_top),
+        (df - IST_STACK_BYTES, df),
+        (nmi - IST_STACK_BYTES, nmi),
+        (mc - IST_STACK_BYTES, mc),
+    ]);
     entry.set_state(CpuState::Starting);
 
     use x86_64::registers::control::{Cr3, Cr4};
@@ -290,7 +296,7 @@ fn start_one(trampoline: &Trampoline, index: usize, apic_id: u32, timeout_ms: u6
     let how_far = if trampoline.has_arrived() {
         "it ran the trampoline but did not reach the kernel"
     } else if silent {
-        "no start-up IPI was sent (smp.test_silent)"
+        "smp.test_silent: no start-up IPI was sent"
     } else {
         "it never ran the trampoline"
     };

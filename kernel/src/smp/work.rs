@@ -153,9 +153,10 @@ where
     Ok(pending)
 }
 
+/// Runs one job, counted first (so that whoever sees its result also sees the count).
 fn run_job(me: &PerCpu, job: Job) {
-    job();
     me.work_run.fetch_add(1, Ordering::Relaxed);
+    job();
 }
 
 /// The next job queued for this CPU.

@@ -147,9 +147,11 @@ struct LineTable {
     sources: Vec<LineSource>,
 }
 
-/// Taken by the line handler (interrupts off) and, outside interrupt
-/// context, only with interrupts off, so on this one CPU the handler never
-/// finds it held. Nothing is allocated while the handler holds it.
+/// Every routed line and the devices on it. Taken by the line handler
+/// (interrupts off) and, outside interrupt context, only with interrupts
+/// off, so the handler never finds it held by the code it interrupted on its
+/// own CPU; another CPU may hold it for a moment (routing a device), and then
+/// the handler waits for it. Nothing is allocated while the handler holds it.
 static LINES: Mutex<LineTable> = Mutex::new(LineTable {
     lines: Vec::new(),
     sources: Vec::new(),
@@ -339,6 +341,9 @@ struct SlotInfo {
     mode: IrqMode,
 }
 
+/// Each device's interrupt set-up (mode, vectors, queues), by slot; written at
+/// bring-up and teardown, read by the shell and self-tests. Never taken in an
+/// interrupt handler (those use the lock-free `STATES`/`TARGETS`).
 static SLOTS: Mutex<Vec<SlotInfo>> = Mutex::new(Vec::new());
 
 /// A device's interrupt slot.
@@ -414,11 +419,9 @@ fn msix_handler(_vector: u8, target: usize) {
 /// interrupt counted as unclaimed; a line that keeps firing unclaimed is
 /// masked and its devices polled.
 fn line_handler(_vector: u8, index: usize) {
-    let Some(mut table) = LINES.try_lock() else {
-        // Cannot happen (see LINES); returning still lets the EOI through,
-        // and a level-triggered line that is still up simply fires again.
-        return;
-    };
+    // Never held by the code this interrupted (see LINES): at worst another
+    // CPU holds it, briefly, with interrupts off.
+    let mut table = LINES.lock();
     let LineTable { lines, sources } = &mut *table;
     if index >= lines.len() {
         return;

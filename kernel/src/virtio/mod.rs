@@ -511,7 +511,8 @@ pub fn ring_preference() -> RingPreference {
     }
 }
 
-/// Every virtio device found at boot, in discovery order (PCI, then MMIO).
+/// Every virtio device found at boot, in discovery order (PCI, then MMIO). The lock guards
+/// claiming a device (one driver per device); thread context only.
 static REGISTRY: Mutex<Vec<VirtioDevice>> = Mutex::new(Vec::new());
 
 /// The registry of devices [`probe`] found, locked. Device drivers take
