@@ -94,6 +94,7 @@ pub mod icr {
     /// Level assert (required for everything but INIT de-assert).
     pub const LEVEL_ASSERT: u32 = 1 << 14;
     /// Destination shorthand: this CPU only.
+    #[cfg(feature = "selftest")]
     pub const SHORTHAND_SELF: u32 = 0b01 << 18;
     /// Destination shorthand: every CPU but this one.
     pub const SHORTHAND_ALL_BUT_SELF: u32 = 0b11 << 18;

@@ -95,11 +95,11 @@ pub fn init() {
     }
     #[cfg(feature = "selftest")]
     selftests::fail_on_request();
-    for cpu in 1..online {
+    for (cpu, entry) in CPUS.iter().enumerate().take(online).skip(1) {
         log::info!(
             "smp: CPU {cpu} online (local APIC ID {}, APIC timer {} kHz)",
-            CPUS[cpu].apic_id.load(Ordering::Relaxed),
-            CPUS[cpu].apic_timer_hz.load(Ordering::Relaxed) / 1000
+            entry.apic_id.load(Ordering::Relaxed),
+            entry.apic_timer_hz.load(Ordering::Relaxed) / 1000
         );
     }
 }

@@ -90,9 +90,9 @@ fn ipi_round_trips() -> Result<(), String> {
         return Ok(());
     }
     let mut total = 0;
-    for cpu in 1..online {
-        let runs_before = CPUS[cpu].work_run.load(Ordering::Relaxed);
-        let ipis_before = CPUS[cpu].work_ipis.load(Ordering::Relaxed);
+    for (cpu, entry) in CPUS.iter().enumerate().take(online).skip(1) {
+        let runs_before = entry.work_run.load(Ordering::Relaxed);
+        let ipis_before = entry.work_ipis.load(Ordering::Relaxed);
         for trip in 0..ROUND_TRIPS {
             let answer = run_on(cpu, move || trip + 1)
                 .and_then(|pending| pending.wait(JOB_TIMEOUT_NS))
@@ -102,8 +102,8 @@ fn ipi_round_trips() -> Result<(), String> {
             }
             total += 1;
         }
-        let runs = CPUS[cpu].work_run.load(Ordering::Relaxed) - runs_before;
-        let ipis = CPUS[cpu].work_ipis.load(Ordering::Relaxed) - ipis_before;
+        let runs = entry.work_run.load(Ordering::Relaxed) - runs_before;
+        let ipis = entry.work_ipis.load(Ordering::Relaxed) - ipis_before;
         if runs < ROUND_TRIPS || ipis == 0 {
             return Err(format!(
                 "CPU {cpu}: {runs} jobs run and {ipis} work IPIs for {ROUND_TRIPS} round trips"
