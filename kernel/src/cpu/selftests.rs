@@ -255,8 +255,8 @@ fn send_nmi_to_self() -> Result<(), String> {
         .as_ptr();
     // SAFETY: `registers` maps the local APIC's 4 KiB register page uncached;
     // ICR high and low are 32-bit registers at 16-byte aligned offsets in it.
-    // Nothing else sends IPIs while the self-tests run (one CPU, tests run
-    // in sequence).
+    // Nothing else uses this CPU's ICR meanwhile (each CPU has its own local
+    // APIC, and the tests run in sequence).
     unsafe {
         let icr_high = registers.add(ICR_HIGH).cast::<u32>();
         let icr_low = registers.add(ICR_LOW).cast::<u32>();

@@ -9,9 +9,9 @@
 //! itself does nothing; waking the CPU from `hlt` is the whole point.
 //!
 //! The timer is shared with the interrupt-driven waits of `virtio::irq`
-//! (their watchdog); that is fine on one CPU because the idle loop and a
-//! blocking wait never run at the same time, and each arms the timer just
-//! before it halts.
+//! (their watchdog); that is fine because every CPU has its own APIC timer,
+//! and on one CPU the idle loop and a blocking wait never run at the same
+//! time, and each arms the timer just before it halts.
 
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 

@@ -19,10 +19,10 @@
 //! operation, and keeps it while the driver waits for the device (nothing
 //! else needs the console meanwhile). Interrupt handlers never take it. The
 //! panic handler ([`emergency_write`]) may find it held by the code that
-//! panicked: it then breaks the lock, which is sound only because the
-//! kernel runs on one CPU, interrupts are off by then, and the holder will
-//! never run again; and EMERG_WRITE touches nothing but one configuration
-//! register.
+//! panicked: it then breaks the lock, which is sound only because by then
+//! interrupts are off, every other CPU has been stopped (`smp::stop`: the
+//! panicking CPU owns the one crash report), and the holder will never run
+//! again; and EMERG_WRITE touches nothing but one configuration register.
 //!
 //! Command line: `console.ports=N` caps the ports the driver sets queues
 //! up for (default 16); `virtio.ring=split|packed|auto` chooses the ring.
@@ -219,9 +219,10 @@ pub fn emergency_write(message: &[u8]) {
     let guard = match CONSOLE.try_lock() {
         Some(guard) => guard,
         None => {
-            // SAFETY: one CPU, interrupts off, and the holder (the code
-            // that panicked) never resumes: nobody else uses the console
-            // any more. EMERG_WRITE only writes one configuration field.
+            // SAFETY: interrupts off, every other CPU stopped (smp::stop),
+            // and the holder (the code that panicked) never resumes: nobody
+            // else uses the console any more. EMERG_WRITE only writes one
+            // configuration field.
             unsafe { CONSOLE.force_unlock() };
             match CONSOLE.try_lock() {
                 Some(guard) => guard,
