@@ -35,6 +35,7 @@ from .scenarios import BOOT_BANNER, SELFTEST_OK, MiB, raw_image, selftest_summar
 #: What the SMP self-tests print when they pass.
 SMP_PASSES = [
     r"^selftest: PASS smp: every CPU runs a job and reports its own number and APIC ID$",
+    r"^selftest: PASS smp: run_on_all runs a share on every CPU at the same time$",
     r"^selftest: PASS smp: IPI round trips to every other CPU$",
     r"^selftest: PASS smp: a job sent from another CPU to CPU 0 runs on CPU 0$",
     r"^selftest: PASS smp: each CPU's local APIC timer fires on that CPU$",

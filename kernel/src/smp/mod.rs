@@ -8,7 +8,8 @@
 //! - [`percpu`]: each CPU's own data, found through its GS base: [`current_cpu`] is one load.
 //! - [`startup`] and [`trampoline`]: the other CPUs, from the ACPI MADT through INIT-SIPI-SIPI
 //!   and a real-mode trampoline into the kernel (Intel SDM vol. 3A §9.4, §11.6).
-//! - [`work`]: [`run_on`], running a function on a given CPU (per-CPU queue + work IPI).
+//! - [`work`]: [`run_on`], running a function on a given CPU (per-CPU queue + work IPI), and
+//!   [`run_on_all`], on every CPU at once.
 //! - [`stop`]: one crash report when CPUs fail, the others stopped by NMI.
 //!
 //! To make a device interrupt a given CPU, put that CPU's APIC ID in the MSI-X message:
@@ -41,7 +42,7 @@ pub use percpu::{CpuState, CPUS, MAX_CPUS};
 #[cfg(feature = "selftest")]
 pub use selftests::selftests;
 #[allow(unused_imports)]
-pub use work::{run_on, Pending, SmpError};
+pub use work::{run_on, run_on_all, Pending, SmpError};
 
 /// CPUs online (entries `0..ONLINE` of [`CPUS`] are in use). Written only by [`init`] on the
 /// bootstrap processor; read-mostly.

@@ -3,6 +3,7 @@
 //! - every online CPU runs a job sent with `run_on` and reports its own `current_cpu()` and
 //!   local APIC ID, which must be the CPU's number and `apic_id(cpu)` (all distinct); with
 //!   `expect.cpus=N` on the command line, N CPUs must be online;
+//! - `run_on_all`: every CPU runs its share at the same time (each waits until all started);
 //! - IPI round trips: a number of empty jobs to every other CPU, each waited for; the counts of
 //!   jobs run and work IPIs taken on the target must grow by at least that much;
 //! - a job an application processor sends to CPU 0 runs on CPU 0 (in its IPI handler);
@@ -32,6 +33,10 @@ pub fn selftests() -> Vec<SelfTest> {
         SelfTest {
             name: "smp: every CPU runs a job and reports its own number and APIC ID",
             run: every_cpu_reports_itself,
+        },
+        SelfTest {
+            name: "smp: run_on_all runs a share on every CPU at the same time",
+            run: every_cpu_at_once,
         },
         SelfTest {
             name: "smp: IPI round trips to every other CPU",
@@ -80,6 +85,45 @@ fn every_cpu_reports_itself() -> Result<(), String> {
         seen_ids.push(expected);
     }
     log::info!("smp: {online} CPU(s) ran a job each, APIC IDs {seen_ids:?}");
+    Ok(())
+}
+
+/// Shares of `every_cpu_at_once` that have started.
+static SHARES_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+fn every_cpu_at_once() -> Result<(), String> {
+    let online = online_cpus();
+    SHARES_STARTED.store(0, Ordering::SeqCst);
+    // Each share waits until every share has started: that ends only if they all run at once.
+    let results = super::run_on_all(
+        move |cpu| {
+            SHARES_STARTED.fetch_add(1, Ordering::SeqCst);
+            let start = crate::clock::uptime_ns();
+            while SHARES_STARTED.load(Ordering::SeqCst) < online
+                && crate::clock::uptime_ns() - start < JOB_TIMEOUT_NS / 2
+            {
+                core::hint::spin_loop();
+            }
+            (cpu, current_cpu(), SHARES_STARTED.load(Ordering::SeqCst))
+        },
+        JOB_TIMEOUT_NS,
+    )
+    .map_err(|e| format!("{e}"))?;
+    if results.len() != online {
+        return Err(format!("{} results for {online} CPUs", results.len()));
+    }
+    for (index, (cpu, ran_on, started)) in results.into_iter().enumerate() {
+        if cpu != index || ran_on != index {
+            return Err(format!(
+                "share {index} was for CPU {cpu} and ran on CPU {ran_on}"
+            ));
+        }
+        if started != online {
+            return Err(format!(
+                "CPU {cpu} saw {started} of {online} shares started"
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -154,6 +155,38 @@ where
 }
 
 /// Runs one job, counted first (so that whoever sees its result also sees the count).
+/// Runs `job(cpu)` on every online CPU at the same time and returns the results in CPU order:
+/// the other CPUs get it through [`run_on`], the calling CPU runs its own share inline (so,
+/// called from CPU 0, no share runs in an interrupt handler). Waits at most `timeout_ns` for
+/// each of the others after its own share is done. For work spread over all CPUs (a benchmark
+/// submitting from each).
+pub fn run_on_all<R, F>(job: F, timeout_ns: u64) -> Result<Vec<R>, SmpError>
+where
+    F: Fn(usize) -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    let job = Arc::new(job);
+    let me = super::current_cpu();
+    let mut others = Vec::new();
+    for cpu in (0..super::online_cpus()).filter(|&cpu| cpu != me) {
+        let job = job.clone();
+        others.push(run_on(cpu, move || job(cpu))?);
+    }
+    let mine = job(me);
+    this_cpu().work_run.fetch_add(1, Ordering::Relaxed);
+    let mut results: Vec<Option<R>> = (0..super::online_cpus()).map(|_| None).collect();
+    results[me] = Some(mine);
+    for pending in others {
+        let cpu = pending.cpu();
+        results[cpu] = Some(pending.wait(timeout_ns)?);
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(cpu, result)| result.ok_or(SmpError::NoSuchCpu(cpu)))
+        .collect()
+}
+
 fn run_job(me: &PerCpu, job: Job) {
     me.work_run.fetch_add(1, Ordering::Relaxed);
     job();
