@@ -39,6 +39,7 @@ SMP_PASSES = [
     r"^selftest: PASS smp: IPI round trips to every other CPU$",
     r"^selftest: PASS smp: a job sent from another CPU to CPU 0 runs on CPU 0$",
     r"^selftest: PASS smp: each CPU's local APIC timer fires on that CPU$",
+    r"^selftest: PASS smp: an interrupt addressed to a CPU.s APIC ID runs its handler on that CPU$",
     r"^selftest: PASS smp: the shell's `cpus` lists every online CPU with its APIC ID and counts$",
 ]
 

@@ -8,6 +8,8 @@
 //!   jobs run and work IPIs taken on the target must grow by at least that much;
 //! - a job an application processor sends to CPU 0 runs on CPU 0 (in its IPI handler);
 //! - each CPU's local APIC timer fires on that CPU (a one-shot armed from a job on it);
+//! - a fixed interrupt sent to `apic_id(cpu)` (what an MSI-X message made by
+//!   `interrupts::msi_message_to` delivers) runs its handler on CPU `cpu`, and is counted there;
 //! - the shell's `cpus` table has one row per CPU that matches the per-CPU entries.
 //!
 //! And, on request, crashes on several CPUs ([`fail_on_request`]): `fail=smp-panic` makes
@@ -49,6 +51,10 @@ pub fn selftests() -> Vec<SelfTest> {
         SelfTest {
             name: "smp: each CPU's local APIC timer fires on that CPU",
             run: timer_fires_per_cpu,
+        },
+        SelfTest {
+            name: "smp: an interrupt addressed to a CPU's APIC ID runs its handler on that CPU",
+            run: interrupt_reaches_the_addressed_cpu,
         },
         SelfTest {
             name: "smp: the shell's `cpus` lists every online CPU with its APIC ID and counts",
@@ -298,4 +304,52 @@ pub fn fail_on_request() {
         }
         _ => {}
     }
+}
+
+/// Interrupts of `interrupt_reaches_the_addressed_cpu` taken, per CPU.
+static ADDRESSED_FIRES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+fn addressed_interrupt(_vector: u8) {
+    ADDRESSED_FIRES[current_cpu()].fetch_add(1, Ordering::Relaxed);
+}
+
+fn interrupt_reaches_the_addressed_cpu() -> Result<(), String> {
+    let vector =
+        crate::interrupts::allocate_vector(addressed_interrupt).map_err(|e| format!("{e}"))?;
+    let result = (|| {
+        for cpu in 0..online_cpus() {
+            let target = apic_id(cpu).ok_or_else(|| format!("no APIC ID for CPU {cpu}"))?;
+            let before: Vec<u64> = ADDRESSED_FIRES
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .collect();
+            let counted_before = CPUS[cpu].interrupts.load(Ordering::Relaxed);
+            crate::interrupts::send_ipi(target, vector).map_err(|e| format!("{e}"))?;
+            let start = crate::clock::uptime_ns();
+            while ADDRESSED_FIRES[cpu].load(Ordering::Relaxed) == before[cpu]
+                && crate::clock::uptime_ns() - start < JOB_TIMEOUT_NS
+            {
+                // CPU 0 (the sender) takes its own interrupt once they are enabled.
+                crate::interrupts::enable();
+                core::hint::spin_loop();
+            }
+            let fired: Vec<u64> = ADDRESSED_FIRES
+                .iter()
+                .zip(&before)
+                .map(|(count, before)| count.load(Ordering::Relaxed) - before)
+                .collect();
+            if fired[cpu] != 1 || fired.iter().sum::<u64>() != 1 {
+                return Err(format!(
+                    "vector {vector:#04x} sent to APIC ID {target} (CPU {cpu}): handler runs per CPU {:?}",
+                    &fired[..online_cpus()]
+                ));
+            }
+            if CPUS[cpu].interrupts.load(Ordering::Relaxed) == counted_before {
+                return Err(format!("CPU {cpu}'s interrupt count did not move"));
+            }
+        }
+        Ok(())
+    })();
+    let _ = crate::interrupts::free_vector(vector);
+    result
 }
