@@ -76,6 +76,12 @@ pub fn start_all() -> Report {
         .store(crate::interrupts::measure_timer_hz(), Ordering::Relaxed);
     super::set_online(1);
 
+    if let crate::acpi_tables::InterruptSource::Defaults(reason) = &platform.interrupt_source {
+        // No MADT (e.g. microvm with acpi=off): there is no list of CPUs to start.
+        log::info!(
+            "smp: no ACPI MADT ({reason:?}): only this CPU is known; any others stay stopped"
+        );
+    }
     let others: Vec<u32> = platform
         .processors
         .iter()
