@@ -50,7 +50,7 @@ static NEXT_IST_TOPS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
 /// What happened to one MADT CPU.
 pub enum StartOutcome {
-    /// Online as CPU `index`.
+    /// Online, as the CPU number it was started with.
     Online,
     /// Did not come up; the text says how far it got.
     Failed(String),
@@ -181,7 +181,7 @@ fn find_trampoline_page() -> Option<u64> {
         })
 }
 
-/// `count` contiguous frames, returned as the top address of the run.
+/// Contiguous frames for a stack of `bytes`, returned as the top address of the run.
 fn stack(bytes: u64) -> Option<u64> {
     let frames = bytes.div_ceil(FRAME_SIZE) as usize;
     crate::memory::allocate_frames(frames)
