@@ -20,9 +20,10 @@ const NO_OWNER: usize = usize::MAX;
 /// The CPU that owns the crash report, or [`NO_OWNER`].
 static CRASH_OWNER: AtomicUsize = AtomicUsize::new(NO_OWNER);
 
-/// How long the reporting CPU waits for the others to park (TSC ticks are read through the
-/// clock; without one, a spin count).
-const STOP_WAIT_NS: u64 = 100_000_000;
+/// How long the reporting CPU waits at most for the others to park (usually microseconds; the
+/// bound only matters for a CPU that does not take the NMI, or a vCPU thread the host does not
+/// schedule for a while).
+const STOP_WAIT_NS: u64 = 1_000_000_000;
 
 /// What the caller of [`begin_crash_report`] should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
