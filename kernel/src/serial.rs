@@ -10,7 +10,9 @@
 //! set the baud-rate divisor, then 8 data bits, no parity, one stop bit (8N1).
 //!
 //! Printing takes a spin lock with interrupts disabled, so an interrupt handler
-//! that logs cannot deadlock against the code it interrupted. Panic and
+//! that logs cannot deadlock against the code it interrupted; the lock is held
+//! for a whole `print!`/log line, so lines from several CPUs never interleave
+//! (one waits for the other's line). Panic and
 //! exception reports use [`emergency_writer`], which skips the lock: by then
 //! the lock may be held by the code that failed.
 
