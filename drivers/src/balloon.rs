@@ -198,8 +198,8 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
         stats: MemoryStats,
     ) -> Result<Self, BalloonError> {
         device::expect_device_type(&transport, DeviceType::Balloon)?;
-        let pfns = DmaRegion::new(PFNS_PER_REQUEST * 4)?;
-        let stats_buffer = DmaRegion::new(MemoryStats::BYTES)?;
+        let pfns = DmaRegion::new(transport.dma_owner(), PFNS_PER_REQUEST * 4)?;
+        let stats_buffer = DmaRegion::new(transport.dma_owner(), MemoryStats::BYTES)?;
         // One descriptor per request: no indirect tables.
         let ring_features = ring_features & !features::RING_INDIRECT_DESC;
         let ((inflate, deflate, stats_queue), features) = device::bring_up(

@@ -314,6 +314,7 @@ fn queue_config<T: Transport + ?Sized>(
         0
     };
     let config = QueueConfig::new(index, size, transport.ring_layout())
+        .with_owner(transport.dma_owner())
         .with_event_idx(event_idx)
         .with_indirect(indirect_capacity)
         .with_order(MemoryOrder::from_features(negotiated));

@@ -119,11 +119,12 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
         if transport.device_type() != DeviceType::Block {
             return Err(PolledBlkError::NotABlockDevice);
         }
+        let owner = transport.dma_owner();
         match Self::initialise(&mut transport) {
             Ok((queue, capacity)) => Ok(Self {
                 transport,
                 queue: DeviceVisible::new(queue),
-                request: DeviceVisible::new(DmaRegion::new(STATUS_AT + 1)?),
+                request: DeviceVisible::new(DmaRegion::new(owner, STATUS_AT + 1)?),
                 capacity,
             }),
             Err(error) => {
@@ -178,11 +179,11 @@ impl<H: Hal, T: Transport> PolledBlk<H, T> {
         //    areas in DMA memory, their addresses programmed into the device.
         let max = transport.max_queue_size(REQUEST_QUEUE)?;
         let size = choose_queue_size(max, QUEUE_SIZE_WANTED, transport.queue_size_is_fixed())?;
-        let mut queue = SplitQueue::new(QueueConfig::new(
-            REQUEST_QUEUE,
-            size,
-            transport.ring_layout(),
-        ))?;
+        //    (The memory is this device's: behind an IOMMU no other can reach it.)
+        let mut queue = SplitQueue::new(
+            QueueConfig::new(REQUEST_QUEUE, size, transport.ring_layout())
+                .with_owner(transport.dma_owner()),
+        )?;
         //    We poll, so we ask the device not to interrupt
         //    (VIRTQ_AVAIL_F_NO_INTERRUPT, §2.7.7).
         queue.disable_interrupts();

@@ -136,7 +136,7 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
     /// request never needs.
     pub fn new(mut transport: T, ring_features: u64) -> Result<Self, RngError> {
         device::expect_device_type(&transport, DeviceType::Entropy)?;
-        let buffer = DmaRegion::new(REQUEST_BYTES)?;
+        let buffer = DmaRegion::new(transport.dma_owner(), REQUEST_BYTES)?;
         // Step 7 of §3.1.1: the device has no configuration (§5.4.4), so
         // it is only requestq. One descriptor per request: no indirect tables.
         // A request is one descriptor, so an indirect table would only cost

@@ -30,7 +30,7 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use crate::{pages_for, DeviceAddr, Hal, HalError, PAGE_SIZE};
+use crate::{pages_for, DeviceAddr, DmaOwner, Hal, HalError, PAGE_SIZE};
 
 /// The widest access [`DmaRegion::read_bytes`] and [`DmaRegion::write_bytes`] use.
 const WORD: usize = core::mem::size_of::<u64>();
@@ -62,9 +62,10 @@ dma_value!(u8, u16, u32, u64, i8, i16, i32, i64);
 impl<T: DmaValue, const N: usize> sealed::Sealed for [T; N] {}
 impl<T: DmaValue, const N: usize> DmaValue for [T; N] {}
 
-/// Physically contiguous, page-aligned, zeroed memory shared with a device.
-/// Freed (through the Hal that allocated it) when dropped.
+/// Physically contiguous, page-aligned, zeroed memory shared with one device
+/// (its [`DmaOwner`]). Freed (through the Hal that allocated it) when dropped.
 pub struct DmaRegion<H: Hal> {
+    owner: DmaOwner,
     device_addr: DeviceAddr,
     vaddr: NonNull<u8>,
     pages: usize,
@@ -79,14 +80,15 @@ unsafe impl<H: Hal> Send for DmaRegion<H> {}
 unsafe impl<H: Hal> Sync for DmaRegion<H> {}
 
 impl<H: Hal> DmaRegion<H> {
-    /// Allocates enough whole pages to hold `bytes` bytes.
-    pub fn new(bytes: usize) -> Result<Self, HalError> {
+    /// Allocates enough whole pages to hold `bytes` bytes, for device `owner`.
+    pub fn new(owner: DmaOwner, bytes: usize) -> Result<Self, HalError> {
         if bytes == 0 {
             return Err(HalError::InvalidArgument);
         }
         let pages = pages_for(bytes);
-        let (device_addr, vaddr) = H::dma_alloc(pages)?;
+        let (device_addr, vaddr) = H::dma_alloc(owner, pages)?;
         Ok(Self {
+            owner,
             device_addr,
             vaddr,
             pages,
@@ -97,6 +99,11 @@ impl<H: Hal> DmaRegion<H> {
     /// The address to give the device for byte 0.
     pub fn device_addr(&self) -> DeviceAddr {
         self.device_addr
+    }
+
+    /// The device this memory was allocated for.
+    pub fn owner(&self) -> DmaOwner {
+        self.owner
     }
 
     /// The CPU pointer to byte 0.
@@ -230,13 +237,14 @@ impl<H: Hal> Drop for DmaRegion<H> {
     fn drop(&mut self) {
         // SAFETY: these are exactly the values `dma_alloc` returned and was
         // asked for, and the handle is gone after this, so nobody uses them.
-        unsafe { H::dma_dealloc(self.device_addr, self.vaddr, self.pages) };
+        unsafe { H::dma_dealloc(self.owner, self.device_addr, self.vaddr, self.pages) };
     }
 }
 
 impl<H: Hal> core::fmt::Debug for DmaRegion<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DmaRegion")
+            .field("owner", &self.owner)
             .field("device_addr", &format_args!("{:#x}", self.device_addr))
             .field("vaddr", &self.vaddr)
             .field("pages", &self.pages)

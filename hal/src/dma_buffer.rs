@@ -47,7 +47,7 @@
 //! # }
 //! ```
 
-use crate::{DeviceAddr, DmaRegion, Hal, HalError};
+use crate::{DeviceAddr, DmaOwner, DmaRegion, Hal, HalError};
 
 /// `len` bytes of zeroed DMA memory (page-aligned, physically contiguous),
 /// held by its owner. Freed when dropped.
@@ -66,17 +66,17 @@ pub struct LentDmaBuffer<H: Hal> {
 
 impl<H: Hal> DmaBuffer<H> {
     /// Allocates a zeroed buffer of `len` bytes (non-zero; whole pages are
-    /// allocated underneath).
-    pub fn new(len: usize) -> Result<Self, HalError> {
+    /// allocated underneath) that device `owner` may be lent.
+    pub fn new(owner: DmaOwner, len: usize) -> Result<Self, HalError> {
         Ok(Self {
-            region: DmaRegion::new(len)?,
+            region: DmaRegion::new(owner, len)?,
             len,
         })
     }
 
-    /// A buffer holding a copy of `bytes` (non-empty).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HalError> {
-        let mut buffer = Self::new(bytes.len())?;
+    /// A buffer for device `owner` holding a copy of `bytes` (non-empty).
+    pub fn from_bytes(owner: DmaOwner, bytes: &[u8]) -> Result<Self, HalError> {
+        let mut buffer = Self::new(owner, bytes.len())?;
         buffer.as_bytes_mut().copy_from_slice(bytes);
         Ok(buffer)
     }
@@ -89,6 +89,12 @@ impl<H: Hal> DmaBuffer<H> {
     /// Never true: a buffer has at least one byte.
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// The device this buffer was allocated for: the only one that can
+    /// reach it when it is lent (behind an IOMMU).
+    pub fn owner(&self) -> DmaOwner {
+        self.region.owner()
     }
 
     /// The bytes, for reading.

@@ -22,7 +22,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::{DeviceAddr, DmaRegion, Hal, HalError};
+use crate::{DeviceAddr, DmaOwner, DmaRegion, Hal, HalError};
 
 /// `count` buffers of `buffer_len` bytes in one DMA region, all held by the
 /// driver at first (zeroed).
@@ -36,8 +36,9 @@ pub struct DmaBufferPool<H: Hal> {
 
 impl<H: Hal> DmaBufferPool<H> {
     /// Allocates `count` buffers of `buffer_len` bytes each (both non-zero,
-    /// `buffer_len` at most `u32::MAX`, a descriptor's length field).
-    pub fn new(count: u16, buffer_len: usize) -> Result<Self, HalError> {
+    /// `buffer_len` at most `u32::MAX`, a descriptor's length field), for
+    /// device `owner`.
+    pub fn new(owner: DmaOwner, count: u16, buffer_len: usize) -> Result<Self, HalError> {
         if count == 0 || buffer_len == 0 || buffer_len > u32::MAX as usize {
             return Err(HalError::InvalidArgument);
         }
@@ -45,7 +46,7 @@ impl<H: Hal> DmaBufferPool<H> {
             .checked_mul(buffer_len)
             .ok_or(HalError::InvalidArgument)?;
         Ok(Self {
-            region: DmaRegion::new(bytes)?,
+            region: DmaRegion::new(owner, bytes)?,
             buffer_len,
             count,
             lent: vec![false; usize::from(count)],

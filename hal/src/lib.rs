@@ -18,6 +18,11 @@
 //! - **Sharing a buffer** for one request ([`Hal::share`] / [`Hal::unshare`]):
 //!   zero-copy in the kernel; a host Hal may bounce-copy and poison to catch a
 //!   driver that reads a buffer before the device is done with it.
+//! - **Whose DMA it is** ([`DmaOwner`]): every allocation and every share
+//!   names the one device that may reach it, so that a Hal with an IOMMU can
+//!   map it for that device alone (the kernel keeps one I/O page table per
+//!   device). A driver passes its transport's owner (`Transport::dma_owner`
+//!   in `drivers`); memory with no device yet says [`DmaOwner::NO_DEVICE`].
 //! - **MMIO mapping** ([`Hal::mmio_map`]) of device registers, uncached, and
 //!   typed volatile access to them ([`MmioRegion`]). Every register access goes
 //!   through [`Hal::mmio_read`] / [`Hal::mmio_write`], plain volatile loads and
@@ -80,6 +85,34 @@ pub type DeviceAddr = u64;
 /// A CPU physical address (of MMIO registers, before they are mapped).
 pub type PhysAddr = u64;
 
+/// The device a piece of DMA memory or a shared buffer is for: only that
+/// device may reach it. An opaque number the transport layer chooses (the
+/// drivers derive it from where the device is, `Location::dma_owner`), so
+/// that the Hal can tell devices apart without knowing what a bus is.
+///
+/// A Hal without an IOMMU ignores it; the kernel's, in strict IOMMU mode,
+/// maps an allocation or share into the I/O page table of this device only,
+/// so another device's DMA to it faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DmaOwner(u64);
+
+impl DmaOwner {
+    /// Memory no device may reach yet: a CPU buffer that is later shared for
+    /// one request ([`Hal::share`] with the device's owner). Never mapped
+    /// for a device at allocation.
+    pub const NO_DEVICE: DmaOwner = DmaOwner(0);
+
+    /// The owner numbered `id` (0 is [`DmaOwner::NO_DEVICE`]).
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The number it was made from.
+    pub const fn id(self) -> u64 {
+        self.0
+    }
+}
+
 /// Who writes a shared buffer during a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -137,26 +170,33 @@ impl core::fmt::Display for HalError {
 /// Implementors promise that:
 /// - `dma_alloc` returns memory that is zeroed, page-aligned, `pages * PAGE_SIZE`
 ///   bytes long, physically contiguous, not aliased by any other allocation, and
-///   reachable by the device at the returned device address until `dma_dealloc`;
+///   reachable by the `owner` device at the returned device address until
+///   `dma_dealloc`;
 /// - `mmio_map` returns a pointer through which volatile accesses reach the
 ///   device registers at the given physical address, uncached;
-/// - `share` returns a device address at which the device sees the buffer's
-///   contents (or a bounce copy of them) until `unshare`;
+/// - `share` returns a device address at which the `owner` device sees the
+///   buffer's contents (or a bounce copy of them) until `unshare`;
 /// - [`Hal::DEVICE_IO_PORTS`] holds only ports of devices the drivers may
 ///   drive (PCI I/O BARs), never a chipset, firmware or PCI configuration
 ///   port.
 pub unsafe trait Hal: 'static {
-    /// Allocates `pages` physically contiguous, zeroed pages.
+    /// Allocates `pages` physically contiguous, zeroed pages that device
+    /// `owner` may reach (and, behind an IOMMU, no other device).
     /// Returns the device address and the CPU pointer of the first byte.
-    fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError>;
+    fn dma_alloc(owner: DmaOwner, pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError>;
 
     /// Frees pages from [`Hal::dma_alloc`].
     ///
     /// # Safety
-    /// `device_addr`, `vaddr` and `pages` must be exactly what one earlier
-    /// `dma_alloc` returned and was asked for, and the memory must not be used
-    /// (by the CPU or the device) afterwards.
-    unsafe fn dma_dealloc(device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize);
+    /// `owner`, `device_addr`, `vaddr` and `pages` must be exactly what one
+    /// earlier `dma_alloc` returned and was asked for, and the memory must
+    /// not be used (by the CPU or the device) afterwards.
+    unsafe fn dma_dealloc(
+        owner: DmaOwner,
+        device_addr: DeviceAddr,
+        vaddr: NonNull<u8>,
+        pages: usize,
+    );
 
     /// Maps `size` bytes of device registers at physical address `phys`,
     /// uncached, and returns the CPU pointer to the first byte.
@@ -198,13 +238,17 @@ pub unsafe trait Hal: 'static {
     /// Empty by default (a Hal without port I/O).
     const DEVICE_IO_PORTS: &'static [core::ops::Range<u32>] = &[];
 
-    /// Makes `buffer` visible to the device for one request and returns the
-    /// address the device must use.
+    /// Makes `buffer` visible to device `owner` (and, behind an IOMMU, to no
+    /// other device) for one request and returns the address it must use.
     ///
     /// # Safety
     /// `buffer` must stay valid, and must not be accessed by the CPU, until the
     /// matching [`Hal::unshare`].
-    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DeviceAddr, HalError>;
+    unsafe fn share(
+        owner: DmaOwner,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+    ) -> Result<DeviceAddr, HalError>;
 
     /// Ends a [`Hal::share`]: after it returns, data the device wrote is in
     /// `buffer` and the device address is no longer valid.
@@ -212,7 +256,12 @@ pub unsafe trait Hal: 'static {
     /// # Safety
     /// The arguments must be those of one earlier `share` (and its result), and
     /// the device must be done with the buffer.
-    unsafe fn unshare(device_addr: DeviceAddr, buffer: NonNull<[u8]>, direction: Direction);
+    unsafe fn unshare(
+        owner: DmaOwner,
+        device_addr: DeviceAddr,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+    );
 
     /// Reads an I/O port. The value is zero-extended to 32 bits.
     ///

@@ -241,7 +241,7 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::{DeviceAddr, Direction, PhysAddr, PortWidth, PAGE_SIZE};
+    use crate::{DeviceAddr, Direction, DmaOwner, PhysAddr, PortWidth, PAGE_SIZE};
     use std::alloc::{alloc_zeroed, dealloc, Layout};
 
     /// Page-aligned heap memory; device address = CPU address + 1 TiB.
@@ -256,13 +256,21 @@ mod tests {
     // SAFETY: `dma_alloc` returns zeroed, page-aligned, exclusively owned
     // memory of the asked size; the other functions refuse.
     unsafe impl Hal for TestHal {
-        fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
+        fn dma_alloc(
+            _owner: DmaOwner,
+            pages: usize,
+        ) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
             // SAFETY: the layout has a non-zero size (pages >= 1).
             let ptr = NonNull::new(unsafe { alloc_zeroed(layout(pages)) })
                 .ok_or(HalError::OutOfMemory)?;
             Ok((ptr.as_ptr() as u64 + OFFSET, ptr))
         }
-        unsafe fn dma_dealloc(_device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize) {
+        unsafe fn dma_dealloc(
+            _owner: DmaOwner,
+            _device_addr: DeviceAddr,
+            vaddr: NonNull<u8>,
+            pages: usize,
+        ) {
             // SAFETY: the caller passes what `dma_alloc` returned, with the same layout.
             unsafe { dealloc(vaddr.as_ptr(), layout(pages)) }
         }
@@ -270,12 +278,18 @@ mod tests {
             Err(HalError::Unsupported)
         }
         unsafe fn share(
+            _owner: DmaOwner,
             _buffer: NonNull<[u8]>,
             _direction: Direction,
         ) -> Result<DeviceAddr, HalError> {
             Err(HalError::Unsupported)
         }
-        unsafe fn unshare(_device_addr: DeviceAddr, _buffer: NonNull<[u8]>, _direction: Direction) {
+        unsafe fn unshare(
+            _owner: DmaOwner,
+            _device_addr: DeviceAddr,
+            _buffer: NonNull<[u8]>,
+            _direction: Direction,
+        ) {
         }
         unsafe fn port_read(_port: u16, _width: PortWidth) -> Result<u32, HalError> {
             Err(HalError::Unsupported)
@@ -292,7 +306,7 @@ mod tests {
     const PAIRS: RingArray<u128> = RingArray::slot(0);
 
     fn memory(pages: usize) -> RingMemory<TestHal> {
-        RingMemory::new(DmaRegion::new(pages * PAGE_SIZE).unwrap())
+        RingMemory::new(DmaRegion::new(DmaOwner::new(1), pages * PAGE_SIZE).unwrap())
     }
 
     #[test]

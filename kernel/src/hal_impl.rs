@@ -9,10 +9,13 @@
 //!   kept apart in code: `memory::phys_to_virt` / `memory::virt_to_phys` are
 //!   the CPU side, [`device_addr_of`] / [`phys_of_device_addr`] the bus side.
 //! - With an IOMMU in strict mode (`iommu::strict`), a device reaches only
-//!   what is mapped: `dma_alloc` maps its pages (rings) and `dma_dealloc`
-//!   unmaps them; `share` maps the buffer's pages (writable only if the device
-//!   may write it) and `unshare` unmaps them and waits for the IOTLB
-//!   invalidation. Without one, each of these checks one flag and nothing else.
+//!   what is mapped in its own domain: `dma_alloc` maps its pages (rings) in
+//!   the page table of the device the caller names (`hal::DmaOwner`) and
+//!   `dma_dealloc` unmaps them there; `share` maps the buffer's pages in that
+//!   device's table (writable only if the device may write it) and `unshare`
+//!   unmaps them and waits for the IOTLB invalidation. Another device's DMA to
+//!   the same address faults. Without an IOMMU, each of these checks one flag
+//!   and nothing else.
 //! - Sharing a buffer is zero-copy: the device is given the buffer's own
 //!   address, after checking that the whole buffer is identity-mapped RAM
 //!   (hence physically contiguous). x86 DMA is cache-coherent, so beyond
@@ -23,7 +26,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, Ordering};
 
-use hal::{DeviceAddr, Direction, Hal, HalError, PhysAddr, PortWidth, PAGE_SIZE};
+use hal::{DeviceAddr, Direction, DmaOwner, Hal, HalError, PhysAddr, PortWidth, PAGE_SIZE};
 use x86_64::instructions::port::Port;
 
 use crate::memory;
@@ -61,7 +64,7 @@ unsafe impl Hal for KernelHal {
     /// power management at 0xB000). `microvm` has no PCI and no I/O BARs.
     const DEVICE_IO_PORTS: &'static [core::ops::Range<u32>] = &[0x1000..0xa000, 0xc000..0x1_0000];
 
-    fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
+    fn dma_alloc(owner: DmaOwner, pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         if pages == 0 {
             return Err(HalError::InvalidArgument);
         }
@@ -72,19 +75,26 @@ unsafe impl Hal for KernelHal {
         unsafe { core::ptr::write_bytes(vaddr.as_ptr(), 0, pages * PAGE_SIZE) };
         let device_addr = device_addr_of(phys);
         if crate::iommu::strict() {
-            if let Err(error) = crate::iommu::map(phys, pages * PAGE_SIZE, true) {
+            if let Err(error) = crate::iommu::map(owner, phys, pages * PAGE_SIZE, true) {
                 // SAFETY: just allocated above, never handed out.
                 let _ = unsafe { memory::free_frames(phys, pages) };
                 return Err(error);
             }
         }
         if log::log_enabled!(log::Level::Trace) {
-            log::trace!("dma_alloc {pages} pages at {phys:#x} (device {device_addr:#x})");
+            log::trace!(
+                "dma_alloc {pages} pages at {phys:#x} (device {device_addr:#x}) for {owner:?}"
+            );
         }
         Ok((device_addr, vaddr))
     }
 
-    unsafe fn dma_dealloc(device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize) {
+    unsafe fn dma_dealloc(
+        owner: DmaOwner,
+        device_addr: DeviceAddr,
+        vaddr: NonNull<u8>,
+        pages: usize,
+    ) {
         let phys = memory::virt_to_phys(vaddr.as_ptr());
         if phys_of_device_addr(device_addr) != phys {
             // Freeing the wrong frames would corrupt someone else's memory;
@@ -96,7 +106,7 @@ unsafe impl Hal for KernelHal {
         }
         if crate::iommu::strict() {
             // The device loses the pages before anyone else gets them.
-            crate::iommu::unmap(phys, pages * PAGE_SIZE);
+            crate::iommu::unmap(owner, phys, pages * PAGE_SIZE);
         }
         // SAFETY: the caller promises these are the pages of one `dma_alloc`
         // that nothing uses any more.
@@ -123,7 +133,11 @@ unsafe impl Hal for KernelHal {
         !crate::iommu::strict()
     }
 
-    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DeviceAddr, HalError> {
+    unsafe fn share(
+        owner: DmaOwner,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+    ) -> Result<DeviceAddr, HalError> {
         let len = buffer.len();
         if len == 0 {
             return Err(HalError::InvalidArgument);
@@ -140,20 +154,25 @@ unsafe impl Hal for KernelHal {
         fence(Ordering::SeqCst);
         let device_addr = device_addr_of(phys);
         if crate::iommu::strict() {
-            crate::iommu::map(phys, len, direction != Direction::ToDevice)?;
+            crate::iommu::map(owner, phys, len, direction != Direction::ToDevice)?;
         }
         if log::log_enabled!(log::Level::Trace) {
-            log::trace!("share {len} bytes at {phys:#x} ({direction:?}), zero-copy");
+            log::trace!("share {len} bytes at {phys:#x} ({direction:?}) with {owner:?}, zero-copy");
         }
         Ok(device_addr)
     }
 
-    unsafe fn unshare(device_addr: DeviceAddr, buffer: NonNull<[u8]>, direction: Direction) {
+    unsafe fn unshare(
+        owner: DmaOwner,
+        device_addr: DeviceAddr,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+    ) {
         // Zero-copy: the data is already in place. The fence keeps the CPU's
         // later reads of the buffer after whatever told it the device is done.
         fence(Ordering::SeqCst);
         if crate::iommu::strict() {
-            crate::iommu::unmap(phys_of_device_addr(device_addr), buffer.len());
+            crate::iommu::unmap(owner, phys_of_device_addr(device_addr), buffer.len());
         }
         if log::log_enabled!(log::Level::Trace) {
             log::trace!(

@@ -15,7 +15,10 @@ would need `-machine q35,kernel-irqchip=split`; these scenarios run under TCG.
   failed, canary page unchanged).
 - `iommu-strict-q35` also runs the use-after-unshare test: a page the device
   read into is unshared and the same read is sent again; the IOTLB invalidation
-  at unshare must make it fault.
+  at unshare must make it fault. And the per-device domain test: each device
+  has its own domain (1, 2, 3); a page shared (writable) with another device
+  is aimed at by a blk read: the blk device's write must fault, its request
+  fail and the page stay unchanged.
 - `iommu-passthrough-q35`: `iommu=passthrough` (translation on, virtio devices
   untranslated): the block self-tests pass and the disk holds what was written.
 - `iommu-strict-mixed-q35`: one disk with `iommu_platform=on`, one without:
@@ -77,13 +80,14 @@ IOMMU_SCENARIOS: list[Scenario] = [
     behind_iommu(
         "iommu-strict-q35", "strict",
         [
-            r"^iommu: blk at pci \S+: strict ",
-            r"^iommu: net at pci \S+: strict ",
-            r"^iommu: console at pci \S+: strict ",
+            r"^iommu: net at pci \S+: strict .*, domain 1$",
+            r"^iommu: console at pci \S+: strict .*, domain 2$",
+            r"^iommu: blk at pci \S+: strict .*, domain 3$",
             r"^\[.*\] WARN kernel::iommu: iommu: DMA fault: device \S+ write at 0x[0-9a-f]+ blocked: ",
             r"^selftest: PASS iommu: share maps the buffer's pages, unshare unmaps them \(strict\)$",
             r"^selftest: PASS iommu: a blk DMA to a never-shared page faults, fails, and leaves it unchanged$",
             r"^selftest: PASS iommu: after unshare the device cannot reach the page \(IOTLB invalidated\)$",
+            r"^selftest: PASS iommu: a blk DMA to a page shared with another device faults \(a domain per device\)$",
             r"^selftest: PASS net: ",
             r"^selftest: PASS virtio: console round trip",
         ],

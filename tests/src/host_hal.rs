@@ -16,6 +16,11 @@
 //!   port access is routed to the model, which can record it.
 //! - **Leaks are countable**: [`HostHal::live_dma_pages`] and
 //!   [`HostHal::live_shares`] count what the current thread holds.
+//! - **Owners are recorded.** Every allocation and share keeps the
+//!   [`DmaOwner`] it was made for; `dma_dealloc` and `unshare` must name the
+//!   same one, and [`HostHal::owners_seen`] lists every owner this thread
+//!   allocated or shared for, so a test can check that a driver passes its
+//!   own transport's (what the kernel's IOMMU maps by).
 //! - **Time is fake.** [`Hal::delay_us`] sleeps not at all: it advances a
 //!   per-thread clock ([`HostHal::fake_clock_us`]), so a test of a device
 //!   that never finishes a reset runs in no time and can still check how
@@ -33,12 +38,21 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
-use hal::{DeviceAddr, Direction, Hal, HalError, PhysAddr, PortWidth, Register, PAGE_SIZE};
+use std::collections::BTreeSet;
+
+use hal::{
+    DeviceAddr, Direction, DmaOwner, Hal, HalError, PhysAddr, PortWidth, Register, PAGE_SIZE,
+};
 
 /// First device address handed out. Far from any heap pointer on Linux/x86_64
 /// user space, so a CPU pointer given to a device never translates, yet below
 /// 2^44 so that legacy transports (a 32-bit page frame number) can reach it.
 pub const DEVICE_ADDR_BASE: u64 = 0x0e00_0000_0000;
+
+/// The owner tests without a transport (queue tests, models sharing their
+/// own buffers) allocate and share for: one device, never
+/// [`DmaOwner::NO_DEVICE`].
+pub const TEST_OWNER: DmaOwner = DmaOwner::new(0x7e57);
 
 /// What a `FromDevice` bounce buffer holds before the device writes it.
 pub const POISON: u8 = 0xa5;
@@ -73,6 +87,8 @@ struct Allocation {
     len: usize,
     kind: Kind,
     owner: ThreadId,
+    /// The device it was allocated or shared for.
+    device: DmaOwner,
 }
 
 struct DmaTable {
@@ -96,6 +112,8 @@ thread_local! {
     static PORTS: RefCell<Vec<Window>> = const { RefCell::new(Vec::new()) };
     /// The fake clock [`Hal::delay_us`] advances (per thread, like the devices).
     static FAKE_CLOCK_US: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Every owner this thread allocated or shared for ([`HostHal::owners_seen`]).
+    static OWNERS_SEEN: RefCell<BTreeSet<DmaOwner>> = const { RefCell::new(BTreeSet::new()) };
 }
 
 /// The host test Hal. See the module documentation.
@@ -110,7 +128,8 @@ fn page_layout(len: usize) -> Layout {
     Layout::from_size_align(len.max(1), PAGE_SIZE).expect("page layout")
 }
 
-fn insert(cpu: usize, len: usize, kind: Kind) -> DeviceAddr {
+fn insert(cpu: usize, len: usize, kind: Kind, device: DmaOwner) -> DeviceAddr {
+    OWNERS_SEEN.with(|seen| seen.borrow_mut().insert(device));
     let mut table = lock();
     let device_addr = table.next_device_addr;
     // Leave an unmapped page after each range so an overrun does not translate.
@@ -123,6 +142,7 @@ fn insert(cpu: usize, len: usize, kind: Kind) -> DeviceAddr {
             len,
             kind,
             owner: std::thread::current().id(),
+            device,
         },
     );
     device_addr
@@ -168,6 +188,24 @@ impl HostHal {
             .filter(|a| a.owner == me && a.kind == Kind::Dma)
             .map(|a| a.len / PAGE_SIZE)
             .sum()
+    }
+
+    /// Every [`DmaOwner`] this thread has allocated DMA memory or shared a
+    /// buffer for since the last [`HostHal::forget_owners_seen`].
+    pub fn owners_seen() -> BTreeSet<DmaOwner> {
+        OWNERS_SEEN.with(|seen| seen.borrow().clone())
+    }
+
+    /// Starts [`HostHal::owners_seen`] afresh.
+    pub fn forget_owners_seen() {
+        OWNERS_SEEN.with(|seen| seen.borrow_mut().clear());
+    }
+
+    /// The owner of the live allocation or share that holds `device_addr`.
+    pub fn owner_of(device_addr: DeviceAddr) -> Option<DmaOwner> {
+        let table = lock();
+        let (&start, alloc) = table.by_device_addr.range(..=device_addr).next_back()?;
+        (device_addr - start < alloc.len as u64).then_some(alloc.device)
     }
 
     /// Microseconds this thread has waited in [`Hal::delay_us`] (a fake
@@ -229,7 +267,7 @@ unsafe impl Hal for HostHal {
         FAKE_CLOCK_US.with(|c| c.set(c.get() + u64::from(micros)));
     }
 
-    fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
+    fn dma_alloc(owner: DmaOwner, pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
         if pages == 0 {
             return Err(HalError::InvalidArgument);
         }
@@ -237,14 +275,19 @@ unsafe impl Hal for HostHal {
         // SAFETY: the layout has a non-zero size.
         let cpu =
             NonNull::new(unsafe { alloc_zeroed(page_layout(len)) }).ok_or(HalError::OutOfMemory)?;
-        let device_addr = insert(cpu.as_ptr() as usize, len, Kind::Dma);
+        let device_addr = insert(cpu.as_ptr() as usize, len, Kind::Dma, owner);
         Ok((device_addr, cpu))
     }
 
-    unsafe fn dma_dealloc(device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize) {
+    unsafe fn dma_dealloc(
+        owner: DmaOwner,
+        device_addr: DeviceAddr,
+        vaddr: NonNull<u8>,
+        pages: usize,
+    ) {
         let alloc = lock().by_device_addr.remove(&device_addr);
         match alloc {
-            Some(a) if a.kind == Kind::Dma && a.cpu == vaddr.as_ptr() as usize && a.len == pages * PAGE_SIZE => {
+            Some(a) if a.kind == Kind::Dma && a.cpu == vaddr.as_ptr() as usize && a.len == pages * PAGE_SIZE && a.device == owner => {
                 // SAFETY: allocated in dma_alloc with this layout.
                 unsafe { dealloc(vaddr.as_ptr(), page_layout(a.len)) }
             }
@@ -264,7 +307,11 @@ unsafe impl Hal for HostHal {
         NonNull::new((FAKE_MMIO_BASE + phys as usize) as *mut u8).ok_or(HalError::MapFailed)
     }
 
-    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DeviceAddr, HalError> {
+    unsafe fn share(
+        owner: DmaOwner,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+    ) -> Result<DeviceAddr, HalError> {
         let len = buffer.len();
         if len == 0 {
             return Err(HalError::InvalidArgument);
@@ -289,14 +336,21 @@ unsafe impl Hal for HostHal {
                 direction,
                 original: original as usize,
             },
+            owner,
         ))
     }
 
-    unsafe fn unshare(device_addr: DeviceAddr, buffer: NonNull<[u8]>, direction: Direction) {
+    unsafe fn unshare(
+        owner: DmaOwner,
+        device_addr: DeviceAddr,
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+    ) {
         let alloc = lock().by_device_addr.remove(&device_addr);
         let Some(a) = alloc else {
             panic!("unshare({device_addr:#x}): not a shared buffer");
         };
+        assert_eq!(a.device, owner, "unshare names another device than share");
         let original = buffer.as_ptr() as *mut u8;
         assert_eq!(
             a.kind,
@@ -365,7 +419,11 @@ mod self_tests {
 
     #[test]
     fn device_addresses_differ_from_cpu_pointers_and_translate_back() {
-        let region = DmaRegion::<HostHal>::new(3 * PAGE_SIZE).unwrap();
+        let region = DmaRegion::<HostHal>::new(DmaOwner::new(7), 3 * PAGE_SIZE).unwrap();
+        assert_eq!(
+            HostHal::owner_of(region.device_addr() + 5),
+            Some(DmaOwner::new(7))
+        );
         assert_ne!(region.device_addr(), region.as_ptr().as_ptr() as u64);
         assert_eq!(
             HostHal::translate(region.device_addr() + 8, 8),
@@ -386,7 +444,8 @@ mod self_tests {
         let mut buffer = [0u8; 16];
         let ptr = NonNull::from(&mut buffer[..]);
         // SAFETY: `buffer` outlives the share and is not touched until unshare.
-        let device_addr = unsafe { HostHal::share(ptr, Direction::FromDevice) }.unwrap();
+        let device_addr =
+            unsafe { HostHal::share(DmaOwner::new(3), ptr, Direction::FromDevice) }.unwrap();
         let bounce = HostHal::translate(device_addr, 16).unwrap();
         // SAFETY: the bounce buffer is 16 bytes.
         unsafe {
@@ -398,7 +457,7 @@ mod self_tests {
             "the driver's buffer must not change before unshare"
         );
         // SAFETY: same arguments as the share.
-        unsafe { HostHal::unshare(device_addr, ptr, Direction::FromDevice) };
+        unsafe { HostHal::unshare(DmaOwner::new(3), device_addr, ptr, Direction::FromDevice) };
         assert_eq!(buffer[0], 42);
         assert_eq!(HostHal::live_shares(), 0);
     }
@@ -447,20 +506,30 @@ unsafe impl Hal for ZeroCopyHostHal {
         HostHal::delay_us(micros)
     }
 
-    fn dma_alloc(pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
-        HostHal::dma_alloc(pages)
+    fn dma_alloc(owner: DmaOwner, pages: usize) -> Result<(DeviceAddr, NonNull<u8>), HalError> {
+        HostHal::dma_alloc(owner, pages)
     }
 
-    unsafe fn dma_dealloc(device_addr: DeviceAddr, vaddr: NonNull<u8>, pages: usize) {
+    unsafe fn dma_dealloc(
+        owner: DmaOwner,
+        device_addr: DeviceAddr,
+        vaddr: NonNull<u8>,
+        pages: usize,
+    ) {
         // SAFETY: passed on from the caller.
-        unsafe { HostHal::dma_dealloc(device_addr, vaddr, pages) }
+        unsafe { HostHal::dma_dealloc(owner, device_addr, vaddr, pages) }
     }
 
     fn mmio_map(phys: PhysAddr, size: usize) -> Result<NonNull<u8>, HalError> {
         HostHal::mmio_map(phys, size)
     }
 
-    unsafe fn share(buffer: NonNull<[u8]>, _direction: Direction) -> Result<DeviceAddr, HalError> {
+    unsafe fn share(
+        owner: DmaOwner,
+        buffer: NonNull<[u8]>,
+        _direction: Direction,
+    ) -> Result<DeviceAddr, HalError> {
+        OWNERS_SEEN.with(|seen| seen.borrow_mut().insert(owner));
         // Like the kernel's identity map: only memory the device can reach
         // (here, a DMA allocation) can be shared, at its own device address.
         let (start, len) = (buffer.as_ptr() as *mut u8 as usize, buffer.len());
@@ -475,7 +544,12 @@ unsafe impl Hal for ZeroCopyHostHal {
             .ok_or(HalError::InvalidArgument)
     }
 
-    unsafe fn unshare(device_addr: DeviceAddr, _buffer: NonNull<[u8]>, _direction: Direction) {
+    unsafe fn unshare(
+        _owner: DmaOwner,
+        device_addr: DeviceAddr,
+        _buffer: NonNull<[u8]>,
+        _direction: Direction,
+    ) {
         panic!("unshare({device_addr:#x}) on a Hal that said it need not be called");
     }
 

@@ -38,7 +38,7 @@ use virtio_queue::desc::split::Descriptor as ModelDescriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
-use crate::host_hal::HostHal;
+use crate::host_hal::{HostHal, TEST_OWNER};
 
 /// `PROT_READ | PROT_WRITE` and `MAP_PRIVATE | MAP_ANONYMOUS` on Linux: recorded
 /// by `build_raw` for an existing mapping, never used to map anything.
@@ -383,7 +383,7 @@ impl SharedBuffer {
         let ptr = std::ptr::NonNull::from(&mut data[..]);
         // SAFETY: the boxed slice lives on the heap, so it stays put while
         // `self` moves, and nothing touches it until `finish`/drop unshares it.
-        let addr = unsafe { HostHal::share(ptr, direction) }.expect("share");
+        let addr = unsafe { HostHal::share(TEST_OWNER, ptr, direction) }.expect("share");
         Self {
             data,
             addr,
@@ -433,7 +433,7 @@ impl SharedBuffer {
             self.shared = false;
             let ptr = std::ptr::NonNull::from(&mut self.data[..]);
             // SAFETY: the same buffer, address and direction as the share.
-            unsafe { HostHal::unshare(self.addr, ptr, self.direction) };
+            unsafe { HostHal::unshare(TEST_OWNER, self.addr, ptr, self.direction) };
         }
     }
 }

@@ -15,7 +15,7 @@ use drivers::device::{BoundedWait, DeviceError, Wait, WaitTimeout};
 use drivers::features;
 use drivers::queue::MemoryOrder;
 use drivers::transport::mmio::MmioTransport;
-use drivers::transport::{InterruptStatus, TransportKind, RESET_TIMEOUT_US};
+use drivers::transport::{InterruptStatus, Transport, TransportKind, RESET_TIMEOUT_US};
 use hal::{DmaBuffer, Hal};
 use tests::blk_model::{
     pattern_byte, req, status, BlkModel, BlkModelConfig, LenOverride, ModelTransport,
@@ -95,7 +95,9 @@ fn data_lens(model: &SharedBlkModel) -> Vec<Vec<u32>> {
 
 /// Registers a zeroed DMA buffer of `len` bytes for the non-blocking API.
 fn dma_buffer(blk: &mut Blk, len: usize) -> BufferId {
-    blk.register_buffer(DmaBuffer::new(len).unwrap()).unwrap()
+    let owner = blk.transport().dma_owner();
+    blk.register_buffer(DmaBuffer::new(owner, len).unwrap())
+        .unwrap()
 }
 
 /// The bytes of registered buffer `id` (held, not lent).
@@ -1716,7 +1718,10 @@ fn a_device_that_never_finishes_a_reset_keeps_its_memory_and_is_dead() {
     let (mut blk, core, model) = mmio_device(2, 0xfeb0_0400);
     core.borrow_mut().reset_delay_reads = u32::MAX;
     model.borrow_mut().hold = true;
-    let id = blk.register_buffer(DmaBuffer::new(4096).unwrap()).unwrap();
+    let owner = blk.transport().dma_owner();
+    let id = blk
+        .register_buffer(DmaBuffer::new(owner, 4096).unwrap())
+        .unwrap();
     let token = blk
         .submit(Request::new(Op::Read {
             sector: 0,
@@ -1801,13 +1806,16 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     .expect("the device comes up");
     let mut w = wait(&model);
     // Buffers the device can reach as they are: inside DMA memory.
-    let (device_addr, pages) = ZeroCopyHostHal::dma_alloc(2).unwrap();
+    let owner = blk.transport().dma_owner();
+    let (device_addr, pages) = ZeroCopyHostHal::dma_alloc(owner, 2).unwrap();
     // SAFETY: two zeroed pages, ours until freed below.
     let memory = unsafe { std::slice::from_raw_parts_mut(pages.as_ptr(), 2 * 4096) };
     let (_, rest) = memory.split_at_mut(4096);
 
     // The non-blocking API reads into a registered DMA buffer in place.
-    let data = blk.register_buffer(DmaBuffer::new(4096).unwrap()).unwrap();
+    let data = blk
+        .register_buffer(DmaBuffer::new(owner, 4096).unwrap())
+        .unwrap();
     let token = blk.submit_read(40, &[data]).unwrap();
     let done = loop {
         match blk.poll().expect("no ring errors") {
@@ -1839,5 +1847,5 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     assert_model_clean(&model);
     drop(blk);
     // SAFETY: what dma_alloc returned; the device is gone.
-    unsafe { ZeroCopyHostHal::dma_dealloc(device_addr, pages, 2) };
+    unsafe { ZeroCopyHostHal::dma_dealloc(owner, device_addr, pages, 2) };
 }

@@ -3,14 +3,14 @@
 //! touch a byte outside the range.
 
 use hal::{DmaRegion, PAGE_SIZE};
-use tests::host_hal::HostHal;
+use tests::host_hal::{HostHal, TEST_OWNER};
 
 /// A byte that no copy in these tests writes, to spot stray stores.
 const SENTINEL: u8 = 0xa5;
 
 #[test]
 fn copies_round_trip_at_every_alignment_and_length_without_touching_neighbours() {
-    let region = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let region = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     for offset in 0..17 {
         for len in 0..41 {
             let filler = vec![SENTINEL; 64];
@@ -38,7 +38,7 @@ fn copies_round_trip_at_every_alignment_and_length_without_touching_neighbours()
 
 #[test]
 fn copies_past_the_end_are_refused_and_write_nothing() {
-    let region = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let region = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let len = region.len();
     assert!(region.write_bytes(len - 16, &[SENTINEL; 16]));
     assert!(!region.write_bytes(len - 8, &[0u8; 16]));

@@ -8,11 +8,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use hal::{DmaBufferPool, HalError, PortRange};
-use tests::host_hal::{HostHal, RegisterDevice};
+use tests::host_hal::{HostHal, RegisterDevice, TEST_OWNER};
 
 #[test]
 fn a_lent_buffer_has_no_slices_until_it_is_reclaimed() {
-    let mut pool = DmaBufferPool::<HostHal>::new(4, 100).unwrap();
+    let mut pool = DmaBufferPool::<HostHal>::new(TEST_OWNER, 4, 100).unwrap();
     assert_eq!(pool.count(), 4);
     assert!(pool.bytes(1, 0, 100).is_some(), "held at first");
 
@@ -39,7 +39,7 @@ fn a_lent_buffer_has_no_slices_until_it_is_reclaimed() {
 
 #[test]
 fn pool_slices_stay_inside_their_buffer() {
-    let mut pool = DmaBufferPool::<HostHal>::new(2, 64).unwrap();
+    let mut pool = DmaBufferPool::<HostHal>::new(TEST_OWNER, 2, 64).unwrap();
     assert!(pool.bytes(0, 0, 64).is_some());
     assert!(
         pool.bytes(0, 1, 64).is_none(),
@@ -58,7 +58,7 @@ fn pool_slices_stay_inside_their_buffer() {
         "a reset takes all back"
     );
     assert_eq!(
-        DmaBufferPool::<HostHal>::new(0, 64).err(),
+        DmaBufferPool::<HostHal>::new(TEST_OWNER, 0, 64).err(),
         Some(HalError::InvalidArgument)
     );
 }
@@ -153,17 +153,19 @@ macro_rules! windowed_hal {
             }
 
             fn dma_alloc(
+                owner: hal::DmaOwner,
                 pages: usize,
             ) -> Result<(hal::DeviceAddr, std::ptr::NonNull<u8>), HalError> {
-                HostHal::dma_alloc(pages)
+                HostHal::dma_alloc(owner, pages)
             }
             unsafe fn dma_dealloc(
+                owner: hal::DmaOwner,
                 device_addr: hal::DeviceAddr,
                 vaddr: std::ptr::NonNull<u8>,
                 pages: usize,
             ) {
                 // SAFETY: passed on from the caller.
-                unsafe { HostHal::dma_dealloc(device_addr, vaddr, pages) }
+                unsafe { HostHal::dma_dealloc(owner, device_addr, vaddr, pages) }
             }
             fn mmio_map(
                 phys: hal::PhysAddr,
@@ -172,19 +174,21 @@ macro_rules! windowed_hal {
                 HostHal::mmio_map(phys, size)
             }
             unsafe fn share(
+                owner: hal::DmaOwner,
                 buffer: std::ptr::NonNull<[u8]>,
                 direction: hal::Direction,
             ) -> Result<hal::DeviceAddr, HalError> {
                 // SAFETY: passed on from the caller.
-                unsafe { HostHal::share(buffer, direction) }
+                unsafe { HostHal::share(owner, buffer, direction) }
             }
             unsafe fn unshare(
+                owner: hal::DmaOwner,
                 device_addr: hal::DeviceAddr,
                 buffer: std::ptr::NonNull<[u8]>,
                 direction: hal::Direction,
             ) {
                 // SAFETY: passed on from the caller.
-                unsafe { HostHal::unshare(device_addr, buffer, direction) }
+                unsafe { HostHal::unshare(owner, device_addr, buffer, direction) }
             }
             unsafe fn port_read(_port: u16, _width: hal::PortWidth) -> Result<u32, HalError> {
                 Err(HalError::Unsupported)

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use drivers::queue::{QueueConfig, QueueError, Ring, RingLayout, Segment, SplitQueue, Token};
 use hal::{DmaRegion, PAGE_SIZE};
-use tests::host_hal::HostHal;
+use tests::host_hal::{HostHal, TEST_OWNER};
 use tests::hostile::HostileDevice;
 use tests::vq_model::Rng;
 
@@ -29,7 +29,7 @@ impl Bench {
             .with_indirect(indirect);
         let queue = Queue::new(config).unwrap();
         let device = HostileDevice::new(queue.addresses());
-        let memory = DmaRegion::new(PAGE_SIZE).unwrap();
+        let memory = DmaRegion::new(TEST_OWNER, PAGE_SIZE).unwrap();
         Self {
             queue,
             device,

@@ -23,7 +23,7 @@ use drivers::transport::pci::{probe_with, TransportPreference};
 use drivers::transport::{
     AnyTransport, InterruptStatus, Transport, TransportError, TransportKind, NO_VECTOR,
 };
-use tests::host_hal::{HostHal, SharedDevice};
+use tests::host_hal::{HostHal, SharedDevice, TEST_OWNER};
 use tests::models::msix::{MsixTableModel, SharedMsixTable, PBA_OFFSET};
 use tests::models::pci::{
     attach, virtio_legacy, virtio_modern, virtio_transitional, Attach, BarSpec, FunctionModel,
@@ -885,7 +885,7 @@ fn one_request(
 fn entries_used_while_interrupts_were_off_are_found_by_the_recheck_not_by_halting() {
     for event_idx in [false, true] {
         let (mut queue, mut model) = queue_and_model(event_idx);
-        let buffer = hal::DmaRegion::<HostHal>::new(4096).unwrap();
+        let buffer = hal::DmaRegion::<HostHal>::new(TEST_OWNER, 4096).unwrap();
         let device = DeviceInterrupts::new();
         // The driver is busy collecting: it asked for no interrupts.
         queue.disable_interrupts();
@@ -918,7 +918,7 @@ fn entries_used_while_interrupts_were_off_are_found_by_the_recheck_not_by_haltin
 fn a_completion_after_the_recheck_interrupts_and_ends_the_halt() {
     for event_idx in [false, true] {
         let (mut queue, mut model) = queue_and_model(event_idx);
-        let buffer = hal::DmaRegion::<HostHal>::new(4096).unwrap();
+        let buffer = hal::DmaRegion::<HostHal>::new(TEST_OWNER, 4096).unwrap();
         let device = DeviceInterrupts::new();
         queue.disable_interrupts();
         one_request(&mut queue, &mut model, &buffer);

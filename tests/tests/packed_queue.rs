@@ -15,7 +15,7 @@ use drivers::queue::{
 };
 use drivers::transport::TransportKind;
 use hal::{Direction, DmaRegion, PAGE_SIZE};
-use tests::host_hal::{HostHal, POISON};
+use tests::host_hal::{HostHal, POISON, TEST_OWNER};
 use tests::hostile_packed::{HostilePackedDevice, Slot, F_AVAIL, F_USED, F_WRITE};
 use tests::packed_model::PackedModel;
 use tests::vq_model::{Chain, Rng, SharedBuffer, VqModel};
@@ -166,7 +166,7 @@ fn an_indirect_table_round_trips_real_data() {
 #[test]
 fn direct_or_indirect_follows_the_same_rule_as_the_split_ring() {
     let (mut queue, mut model) = setup(8, false, 4);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let base = memory.device_addr();
     let request = |n: usize| -> Vec<Segment> {
         (0..n)
@@ -243,7 +243,7 @@ fn malformed_requests_are_rejected_without_side_effects() {
 #[test]
 fn a_batch_becomes_visible_with_one_store_at_publish() {
     let (mut queue, mut model) = setup(16, true, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     for i in 0..5u64 {
         queue
             .add(&[
@@ -337,7 +337,7 @@ fn many_in_flight_complete_out_of_order_on_a_ring_that_is_not_a_power_of_two() {
 #[test]
 fn a_chain_that_runs_past_the_end_continues_at_slot_0_with_the_flipped_wrap_counter() {
     let (mut queue, mut model) = setup(5, false, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let base = memory.device_addr();
     // Move both sides to slot 3.
     for _ in 0..3 {
@@ -397,7 +397,7 @@ fn a_chain_that_runs_past_the_end_continues_at_slot_0_with_the_flipped_wrap_coun
 /// The driver-to-device direction, scripted so each step's decision is known.
 fn notification_script(event_idx: bool) {
     let (mut queue, mut model) = setup(11, event_idx, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let seg = Segment::readable(memory.device_addr(), 8);
     let add = |queue: &mut Packed, n: usize| {
         for _ in 0..n {
@@ -467,7 +467,7 @@ fn enable_and_disable_flags_suppress_notifications_exactly_when_the_device_is_aw
 /// The device-to-driver direction: which completions interrupt.
 fn interrupt_script(event_idx: bool) -> Vec<bool> {
     let (mut queue, mut model) = setup(6, event_idx, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     for _ in 0..4 {
         queue
             .add(&[Segment::writable(memory.device_addr(), 8)])
@@ -523,7 +523,7 @@ fn enable_and_disable_flags_suppress_interrupts_while_the_driver_polls() {
 #[test]
 fn the_desc_event_carries_the_wrap_counter_across_the_end_of_the_ring() {
     let (mut queue, mut model) = setup(3, true, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let seg = Segment::writable(memory.device_addr(), 8);
     assert_eq!(
         model.driver_event(),
@@ -649,8 +649,8 @@ fn run_many(queue: &mut Vq, device: &mut dyn Device, total: u64, seed: u64) -> O
     let size = queue.size();
     let mut rng = Rng::new(seed);
     let slots = size as usize;
-    let requests = DmaRegion::<HostHal>::new(slots * 8).unwrap();
-    let answers = DmaRegion::<HostHal>::new(slots * 8).unwrap();
+    let requests = DmaRegion::<HostHal>::new(TEST_OWNER, slots * 8).unwrap();
+    let answers = DmaRegion::<HostHal>::new(TEST_OWNER, slots * 8).unwrap();
     let mut free_slots: Vec<usize> = (0..slots).collect();
     let mut by_token: HashMap<Token, (usize, u64)> = HashMap::new();
     let mut device_pending: Vec<Chain> = Vec::new();
@@ -954,7 +954,7 @@ fn the_ring_kind_follows_the_negotiated_features() {
 #[test]
 fn reset_hands_back_every_request_in_flight() {
     let (mut queue, mut model) = setup(9, true, 4);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let seg = |i: u64| Segment::writable(memory.device_addr() + 64 * i, 64);
     let mut issued = Vec::new();
     for n in [1usize, 3, 2] {
@@ -1000,7 +1000,7 @@ impl Bench {
         install_logger();
         let queue = Packed::new(config(SIZE, event_idx, indirect)).unwrap();
         let device = HostilePackedDevice::new(queue.addresses());
-        let memory = DmaRegion::new(PAGE_SIZE).unwrap();
+        let memory = DmaRegion::new(TEST_OWNER, PAGE_SIZE).unwrap();
         Self {
             queue,
             device,
@@ -1453,7 +1453,7 @@ fn the_queue_narrates_the_wrap_counters_and_the_desc_event_arithmetic() {
     install_logger();
     let mut queue = Packed::new(QueueConfig::new(3, 5, MODERN).with_event_idx(true)).unwrap();
     let mut device = HostilePackedDevice::new(queue.addresses());
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let seg = Segment::readable(memory.device_addr(), 8);
     // A simple, correct device: bring both positions to slot 3 of the second lap.
     for _ in 0..8 {

@@ -11,7 +11,7 @@ use drivers::queue::{
     SplitQueue, Token, Used,
 };
 use hal::{Direction, DmaRegion, PAGE_SIZE};
-use tests::host_hal::HostHal;
+use tests::host_hal::{HostHal, TEST_OWNER};
 use tests::hostile::HostileDevice;
 use tests::vq_model::{Chain, Rng, SharedBuffer, VqModel};
 
@@ -146,7 +146,7 @@ fn an_indirect_table_round_trips_real_data() {
 #[test]
 fn direct_or_indirect_follows_the_documented_rule() {
     let (mut queue, mut model) = setup(8, MODERN, false, 4);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let base = memory.device_addr();
     let request = |n: usize| -> Vec<Segment> {
         (0..n)
@@ -285,7 +285,7 @@ fn many_in_flight_complete_out_of_order() {
 #[test]
 fn a_batch_is_published_under_one_notification() {
     let (mut queue, mut model) = setup(16, MODERN, true, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     for i in 0..10u64 {
         queue
             .add(&[Segment::readable(memory.device_addr() + 8 * i, 8)])
@@ -306,7 +306,7 @@ fn a_batch_is_published_under_one_notification() {
 /// The driver-to-device direction, scripted so each step's decision is known.
 fn notification_script(event_idx: bool) {
     let (mut queue, mut model) = setup(16, MODERN, event_idx, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let seg = Segment::readable(memory.device_addr(), 8);
     let add = |queue: &mut Queue, n: usize| {
         for _ in 0..n {
@@ -374,7 +374,7 @@ fn no_notify_flag_suppresses_notifications_exactly_when_the_device_is_awake() {
 /// The device-to-driver direction: which completions interrupt.
 fn interrupt_script(event_idx: bool) -> Vec<bool> {
     let (mut queue, mut model) = setup(8, MODERN, event_idx, 0);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     for _ in 0..4 {
         queue
             .add(&[Segment::writable(memory.device_addr(), 8)])
@@ -430,8 +430,8 @@ fn run_many(layout: RingLayout, size: u16, event_idx: bool, indirect: u16, total
     let (mut queue, mut model) = setup(size, layout, event_idx, indirect);
     let mut rng = Rng::new(seed);
     let slots = size as usize;
-    let requests = DmaRegion::<HostHal>::new(slots * 8).unwrap();
-    let answers = DmaRegion::<HostHal>::new(slots * 8).unwrap();
+    let requests = DmaRegion::<HostHal>::new(TEST_OWNER, slots * 8).unwrap();
+    let answers = DmaRegion::<HostHal>::new(TEST_OWNER, slots * 8).unwrap();
     let mut free_slots: Vec<usize> = (0..slots).collect();
     let mut by_token: HashMap<Token, (usize, u64)> = HashMap::new();
     let mut device_pending: Vec<Chain> = Vec::new();
@@ -674,7 +674,7 @@ fn queue_size_choice() {
 #[test]
 fn reset_hands_back_every_request_in_flight() {
     let (mut queue, mut model) = setup(8, MODERN, true, 4);
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let seg = |i: u64| Segment::writable(memory.device_addr() + 64 * i, 64);
     let mut issued = Vec::new();
     for n in [1usize, 3, 2] {
@@ -712,7 +712,7 @@ fn the_queue_narrates_the_event_index_arithmetic_across_the_wrap() {
     install_logger();
     let mut queue = Queue::new(QueueConfig::new(3, 4, MODERN).with_event_idx(true)).unwrap();
     let mut device = HostileDevice::new(queue.addresses());
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).unwrap();
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).unwrap();
     let seg = Segment::readable(memory.device_addr(), 8);
     // A simple, correct device: bring both indices to 65534.
     for _ in 0..65534u32 {

@@ -3,8 +3,9 @@
 //! copy and no `Hal::share` (virtio 1.2 §5.2.6: the data part of
 //! `struct virtio_blk_req`).
 //!
-//! The caller hands a [`hal::DmaBuffer`] to [`BlkDevice::register_buffer`]
-//! and gets a [`BufferId`]; reads and writes name buffers by id
+//! The caller hands a [`hal::DmaBuffer`] allocated for this device (with
+//! its `Transport::dma_owner`) to [`BlkDevice::register_buffer`] and gets a
+//! [`BufferId`]; reads and writes name buffers by id
 //! ([`BlkDevice::submit_read`], [`BlkDevice::submit_write`]), which makes
 //! submitting them a safe call. While a request holds a buffer it is lent
 //! (what [`hal::LentDmaBuffer`] is for one buffer: a device address, no
@@ -145,9 +146,14 @@ impl<H: Hal> BufferTable<H> {
 
 impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Registers a data buffer for [`BlkDevice::submit_read`] and
-    /// [`BlkDevice::submit_write`]. Gives the buffer back if the table is
-    /// full (65,535 buffers).
+    /// [`BlkDevice::submit_write`]. Gives the buffer back if it was not
+    /// allocated for this device (its [`hal::DmaOwner`] is another's:
+    /// behind an IOMMU this device could not reach it) or the table is full
+    /// (65,535 buffers).
     pub fn register_buffer(&mut self, buffer: DmaBuffer<H>) -> Result<BufferId, DmaBuffer<H>> {
+        if buffer.owner() != self.transport.dma_owner() {
+            return Err(buffer);
+        }
         self.buffers.register(buffer)
     }
 

@@ -53,7 +53,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
-use hal::{DeviceAddr, Direction, Hal};
+use hal::{DeviceAddr, Direction, DmaOwner, Hal};
 
 use super::buffers::{BufferId, BufferTable};
 use super::notes::{ResultNote, SectorsNote, SegmentsNote, UsedNote};
@@ -247,6 +247,9 @@ pub(super) struct RequestQueue<H: Hal> {
     pub(super) stats: BlkQueueStats,
     /// The last device error the ring caught ([`BlkDevice::ring_fault`]).
     pub(super) fault: Option<QueueError>,
+    /// The device the requests go to: its pool is allocated, and caller
+    /// buffers are shared, for it alone (`Transport::dma_owner`).
+    owner: DmaOwner,
 }
 
 impl<H: Hal> RequestQueue<H> {
@@ -254,9 +257,10 @@ impl<H: Hal> RequestQueue<H> {
         index: u16,
         ring: Virtqueue<H>,
         max_shares: usize,
+        owner: DmaOwner,
     ) -> Result<Self, SetupError> {
         let size = ring.size() as usize;
-        let pool = RequestPool::new(size).map_err(|e| {
+        let pool = RequestPool::new(owner, size).map_err(|e| {
             SetupError::Device(DeviceError::Queue {
                 queue: index,
                 error: QueueError::Dma(e),
@@ -271,6 +275,7 @@ impl<H: Hal> RequestQueue<H> {
             max_shares,
             stats: BlkQueueStats::default(),
             fault: None,
+            owner,
         })
     }
 
@@ -298,7 +303,7 @@ impl<H: Hal> RequestQueue<H> {
                     // buffer (its chain came back in the used ring, or the
                     // device was reset), and the count drops to 0 below, so
                     // no share ends twice.
-                    unsafe { H::unshare(addr, buffer, direction) };
+                    unsafe { H::unshare(self.owner, addr, buffer, direction) };
                 }
             }
         }
@@ -1120,7 +1125,7 @@ fn share_data<H: Hal>(
         // the borrow until every request is done or the device is reset)
         // guarantees the buffer stays valid and untouched until the request
         // completes; the slot records the share so it is ended exactly once.
-        let addr = unsafe { H::share(part, direction) }.map_err(BlkError::Share)?;
+        let addr = unsafe { H::share(rq.owner, part, direction) }.map_err(BlkError::Share)?;
         // A share is recorded only so that its `unshare` can be called; a
         // zero-copy Hal needs none (`Hal::unshare_is_noop`). Measured: the
         // records cost a 4 KiB request about 70 instructions (module docs).

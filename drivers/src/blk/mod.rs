@@ -763,7 +763,12 @@ fn create_queues<H: Hal, T: Transport + ?Sized>(
     let mut queues = Vec::with_capacity(wanted as usize);
     for index in 0..wanted {
         let ring = device::setup_queue_with::<H, T>(transport, index, spec, negotiated)?;
-        queues.push(RequestQueue::new(index, ring, data_segments)?);
+        queues.push(RequestQueue::new(
+            index,
+            ring,
+            data_segments,
+            transport.dma_owner(),
+        )?);
     }
     Ok(queues)
 }

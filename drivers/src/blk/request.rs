@@ -32,7 +32,7 @@
 
 use core::fmt;
 
-use hal::{DeviceAddr, DmaRegion, Hal, HalError};
+use hal::{DeviceAddr, DmaOwner, DmaRegion, Hal, HalError};
 
 use super::RequestError;
 
@@ -189,13 +189,13 @@ pub struct RequestPool<H: Hal> {
 }
 
 impl<H: Hal> RequestPool<H> {
-    /// Allocates `slots` slots (one per descriptor of the queue).
-    pub fn new(slots: usize) -> Result<Self, HalError> {
+    /// Allocates `slots` slots (one per descriptor of the queue), for device `owner`.
+    pub fn new(owner: DmaOwner, slots: usize) -> Result<Self, HalError> {
         let bytes = slots
             .checked_mul(SLOT_BYTES)
             .ok_or(HalError::InvalidArgument)?;
         Ok(Self {
-            region: DmaRegion::new(bytes)?,
+            region: DmaRegion::new(owner, bytes)?,
             slots,
         })
     }

@@ -13,7 +13,7 @@ use crate::queue::Ring;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use hal::{DeviceVisible, Hal};
+use hal::{DeviceVisible, DmaOwner, Hal};
 use log::{debug, trace, warn};
 
 use super::buffers::BufferPool;
@@ -305,15 +305,21 @@ pub(super) fn create_control<H: Hal, T: Transport>(
     let transmit =
         device::setup_queue_with::<H, T>(t, CONTROL_TRANSMIT_QUEUE, spec(options), negotiated)?;
     let receive_slots = options.control_buffers.min(receive.size());
-    let mut receive_pool = BufferPool::new(receive_slots, RECEIVE_BUFFER_BYTES, receive.size())
-        .map_err(ConsoleError::Dma)?;
+    let mut receive_pool = BufferPool::new(
+        t.dma_owner(),
+        receive_slots,
+        RECEIVE_BUFFER_BYTES,
+        receive.size(),
+    )
+    .map_err(ConsoleError::Dma)?;
     for slot in 0..receive_slots {
         post_receive(&mut receive, &mut receive_pool, slot)
             .map_err(|e| queue_error(CONTROL_RECEIVE_QUEUE, e))?;
     }
     let transmit_slots = options.control_buffers.min(transmit.size());
-    let transmit_pool = BufferPool::new(transmit_slots, HEADER_BYTES, transmit.size())
-        .map_err(ConsoleError::Dma)?;
+    let transmit_pool =
+        BufferPool::new(t.dma_owner(), transmit_slots, HEADER_BYTES, transmit.size())
+            .map_err(ConsoleError::Dma)?;
     Ok(Control {
         receive,
         receive_pool,
@@ -363,7 +369,7 @@ pub(super) fn create_ports<H: Hal, T: Transport>(
     };
     if negotiated & feature::MULTIPORT == 0 {
         // The one port exists from the start, open on both sides (§5.3.6).
-        ensure_buffers(port0, options)?;
+        ensure_buffers(port0, options, t.dma_owner())?;
         port0.state = PortState {
             present: true,
             console: true,
@@ -382,6 +388,7 @@ pub(super) fn create_ports<H: Hal, T: Transport>(
 pub(super) fn ensure_buffers<H: Hal>(
     port: &mut Port<H>,
     options: &ConsoleOptions,
+    owner: DmaOwner,
 ) -> Result<(), ConsoleError> {
     if port.buffers.is_some() {
         return Ok(());
@@ -389,12 +396,14 @@ pub(super) fn ensure_buffers<H: Hal>(
     let receive_slots = options.receive_buffers.min(port.receive.size());
     let transmit_slots = options.transmit_buffers.min(port.transmit.size());
     let mut receive = BufferPool::new(
+        owner,
         receive_slots,
         options.receive_buffer_bytes,
         port.receive.size(),
     )
     .map_err(ConsoleError::Dma)?;
     let transmit = BufferPool::new(
+        owner,
         transmit_slots,
         options.transmit_buffer_bytes,
         port.transmit.size(),

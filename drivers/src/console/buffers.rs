@@ -11,7 +11,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use hal::{DeviceAddr, DmaRegion, Hal, HalError};
+use hal::{DeviceAddr, DmaOwner, DmaRegion, Hal, HalError};
 
 use crate::queue::Token;
 
@@ -28,8 +28,14 @@ pub(crate) struct BufferPool<H: Hal> {
 
 impl<H: Hal> BufferPool<H> {
     /// A pool for a queue of `queue_size` descriptors. `slots` must be
-    /// below `u16::MAX` and `slots * slot_bytes` non-zero.
-    pub(crate) fn new(slots: u16, slot_bytes: usize, queue_size: u16) -> Result<Self, HalError> {
+    /// below `u16::MAX` and `slots * slot_bytes` non-zero. The memory is
+    /// device `owner`'s.
+    pub(crate) fn new(
+        owner: DmaOwner,
+        slots: u16,
+        slot_bytes: usize,
+        queue_size: u16,
+    ) -> Result<Self, HalError> {
         let bytes = (slots as usize)
             .checked_mul(slot_bytes)
             .ok_or(HalError::InvalidArgument)?;
@@ -37,7 +43,7 @@ impl<H: Hal> BufferPool<H> {
             return Err(HalError::InvalidArgument);
         }
         Ok(Self {
-            region: DmaRegion::new(bytes)?,
+            region: DmaRegion::new(owner, bytes)?,
             slot_bytes,
             slot_of_head: vec![NO_SLOT; queue_size as usize],
         })

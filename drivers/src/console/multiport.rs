@@ -89,6 +89,7 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
         message: DeviceMessage<'_>,
     ) -> Result<(), ControlError> {
         let location = self.transport.location();
+        let owner = self.transport.dma_owner();
         trace!("{location}: virtio-console: control <- {message}");
         let id = message.id();
         let max_nr_ports = self.config.max_nr_ports;
@@ -121,7 +122,7 @@ impl<H: Hal, T: Transport> ConsoleDevice<H, T> {
                 return Err(ControlError::AlreadyAdded { id });
             }
             let options = &self.options;
-            if let Err(error) = ensure_buffers(port, options) {
+            if let Err(error) = ensure_buffers(port, options, owner) {
                 warn!("{location}: virtio-console: port {id}: {error}; answering PORT_READY 0");
                 control
                     .pending

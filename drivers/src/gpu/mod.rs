@@ -43,7 +43,7 @@ pub mod protocol;
 use alloc::vec::Vec;
 use core::fmt;
 
-use hal::{DmaRegion, Hal, HalError};
+use hal::{DmaOwner, DmaRegion, Hal, HalError};
 
 use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
@@ -181,9 +181,9 @@ pub struct Framebuffer<H: Hal> {
 }
 
 impl<H: Hal> Framebuffer<H> {
-    /// Allocates a zeroed (black) framebuffer; the size must have passed
-    /// [`check_size`].
-    pub fn new(width: u32, height: u32) -> Result<Self, GpuError> {
+    /// Allocates a zeroed (black) framebuffer for device `owner`; the size
+    /// must have passed [`check_size`].
+    pub fn new(owner: DmaOwner, width: u32, height: u32) -> Result<Self, GpuError> {
         check_size(width, height)?;
         let stride = (width * BYTES_PER_PIXEL) as usize;
         let rows_per_chunk = (CHUNK_TARGET_BYTES / stride).max(1) as u32;
@@ -191,7 +191,7 @@ impl<H: Hal> Framebuffer<H> {
         let mut row = 0;
         while row < height {
             let rows = rows_per_chunk.min(height - row);
-            chunks.push(DmaRegion::new(rows as usize * stride)?);
+            chunks.push(DmaRegion::new(owner, rows as usize * stride)?);
             row += rows;
         }
         Ok(Framebuffer {
@@ -296,8 +296,9 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
                 cursor.disable_interrupts();
                 Ok::<_, GpuError>((control, cursor, num_scanouts))
             })?;
-        let request = DmaRegion::new(32 + protocol::MEM_ENTRY_LEN * MAX_CHUNKS)?;
-        let response = DmaRegion::new(protocol::DISPLAY_INFO_LEN)?;
+        let owner = transport.dma_owner();
+        let request = DmaRegion::new(owner, 32 + protocol::MEM_ENTRY_LEN * MAX_CHUNKS)?;
+        let response = DmaRegion::new(owner, protocol::DISPLAY_INFO_LEN)?;
         log::debug!(
             "{}: gpu up, {num_scanouts} scanout(s)",
             transport.location()
@@ -468,7 +469,7 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
             .ok_or(GpuError::NoDisplay)?;
         let (width, height) = (chosen.rect.width, chosen.rect.height);
         check_size(width, height)?;
-        let framebuffer = Framebuffer::<H>::new(width, height)?;
+        let framebuffer = Framebuffer::<H>::new(self.transport.dma_owner(), width, height)?;
         let resource = self.next_resource;
         self.next_resource = self.next_resource.wrapping_add(1).max(1);
         self.command_ok(

@@ -218,7 +218,7 @@ impl<H: Hal, T: Transport> InputDevice<H, T> {
                 Ok::<_, InputError>((events, status, name, key_bits))
             })?;
         let slots = usize::from(events.size());
-        let buffers = DmaRegion::new(slots * EVENT_LEN)?;
+        let buffers = DmaRegion::new(transport.dma_owner(), slots * EVENT_LEN)?;
         let mut device = InputDevice {
             transport,
             events,

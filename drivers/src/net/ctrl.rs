@@ -30,7 +30,7 @@
 
 use core::fmt;
 
-use hal::{DmaRegion, Hal};
+use hal::{DmaOwner, DmaRegion, Hal};
 use log::{debug, trace};
 
 use crate::device::{self, Wait};
@@ -97,8 +97,12 @@ pub struct CtrlQueue<H: Hal> {
 }
 
 impl<H: Hal> CtrlQueue<H> {
-    pub(crate) fn new(ring: Virtqueue<H>, legacy_lengths: bool) -> Result<Self, NetError> {
-        let page = DmaRegion::new(ACK_OFFSET + 1).map_err(|e| NetError::Queue {
+    pub(crate) fn new(
+        ring: Virtqueue<H>,
+        legacy_lengths: bool,
+        owner: DmaOwner,
+    ) -> Result<Self, NetError> {
+        let page = DmaRegion::new(owner, ACK_OFFSET + 1).map_err(|e| NetError::Queue {
             queue: CTRL_QUEUE,
             error: QueueError::Dma(e),
         })?;

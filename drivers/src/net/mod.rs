@@ -893,7 +893,7 @@ fn setup<H: Hal, T: Transport>(
     rx.refill();
     let tx = TxQueue::new(tx_ring, tx_buffers, plan.tx, location)?;
     let ctrl = match ctrl_ring {
-        Some(ring) => Some(CtrlQueue::new(ring, t.kind().is_legacy())?),
+        Some(ring) => Some(CtrlQueue::new(ring, t.kind().is_legacy(), t.dma_owner())?),
         None => None,
     };
 

@@ -177,10 +177,13 @@ impl<H: Hal> RxQueue<H> {
         layout: RxLayout,
         location: Location,
     ) -> Result<Self, NetError> {
-        let pool = BufferPool::new(buffers, layout.buffer_len).map_err(|e| NetError::Queue {
-            queue: RX_QUEUE,
-            error: QueueError::Dma(e),
-        })?;
+        let pool =
+            BufferPool::new(location.dma_owner(), buffers, layout.buffer_len).map_err(|e| {
+                NetError::Queue {
+                    queue: RX_QUEUE,
+                    error: QueueError::Dma(e),
+                }
+            })?;
         let scratch = if layout.mergeable {
             Vec::with_capacity(layout.max_frame)
         } else {

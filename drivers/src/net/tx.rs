@@ -87,11 +87,14 @@ impl<H: Hal> TxQueue<H> {
         layout: TxLayout,
         location: Location,
     ) -> Result<Self, NetError> {
-        let pool = BufferPool::new(buffers, layout.header_len + layout.max_frame).map_err(|e| {
-            NetError::Queue {
-                queue: TX_QUEUE,
-                error: QueueError::Dma(e),
-            }
+        let pool = BufferPool::new(
+            location.dma_owner(),
+            buffers,
+            layout.header_len + layout.max_frame,
+        )
+        .map_err(|e| NetError::Queue {
+            queue: TX_QUEUE,
+            error: QueueError::Dma(e),
         })?;
         Ok(Self {
             by_token: vec![NO_BUFFER; ring.size() as usize],

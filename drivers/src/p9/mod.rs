@@ -209,8 +209,8 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
     /// its mount tag. [`P9Device::mount`] then starts the 9P session.
     pub fn new(mut transport: T, ring_features: u64) -> Result<Self, P9Error> {
         device::expect_device_type(&transport, DeviceType::NineP)?;
-        let request = DmaRegion::new(MAX_MSIZE as usize)?;
-        let reply = DmaRegion::new(MAX_MSIZE as usize)?;
+        let request = DmaRegion::new(transport.dma_owner(), MAX_MSIZE as usize)?;
+        let reply = DmaRegion::new(transport.dma_owner(), MAX_MSIZE as usize)?;
         // Two descriptors per request: direct chains, no indirect tables.
         let ring_features = ring_features & !features::RING_INDIRECT_DESC;
         let ((queue, mount_tag), features) = device::bring_up(

@@ -42,7 +42,7 @@ use alloc::vec;
 use core::fmt;
 
 use bitflags::bitflags;
-use hal::Hal;
+use hal::{DmaOwner, Hal};
 
 use crate::pci::PciAddress;
 pub use crate::queue::{QueueAddresses, RingLayout};
@@ -206,6 +206,49 @@ pub enum Location {
         /// Physical address of register 0 (MagicValue).
         base: u64,
     },
+}
+
+/// [`Location::dma_owner`]'s tag for a PCI function (bits 63:56).
+const OWNER_PCI: u64 = 1 << 56;
+/// [`Location::dma_owner`]'s tag for a virtio-mmio window.
+const OWNER_MMIO: u64 = 2 << 56;
+/// The bits below the tag.
+const OWNER_VALUE: u64 = (1 << 56) - 1;
+
+impl Location {
+    /// The [`DmaOwner`] of the device here: what its driver passes with every
+    /// DMA allocation and share, so that a Hal with an IOMMU maps them for
+    /// this device only. A tag in bits 63:56 (PCI or mmio), then segment,
+    /// bus, device and function (the PCI requester ID in bits 15:0), or the
+    /// mmio window's base. Never [`DmaOwner::NO_DEVICE`].
+    pub fn dma_owner(self) -> DmaOwner {
+        DmaOwner::new(match self {
+            Location::Pci(a) => {
+                OWNER_PCI
+                    | u64::from(a.segment) << 16
+                    | u64::from(a.bus) << 8
+                    | u64::from(a.device & 0x1f) << 3
+                    | u64::from(a.function & 7)
+            }
+            Location::Mmio { base } => OWNER_MMIO | (base & OWNER_VALUE),
+        })
+    }
+
+    /// The location [`Location::dma_owner`] made `owner` from; `None` for
+    /// [`DmaOwner::NO_DEVICE`] and numbers it does not make.
+    pub fn of_dma_owner(owner: DmaOwner) -> Option<Location> {
+        let value = owner.id() & OWNER_VALUE;
+        match owner.id() & !OWNER_VALUE {
+            OWNER_PCI if value >> 32 == 0 => Some(Location::Pci(PciAddress {
+                segment: (value >> 16) as u16,
+                bus: (value >> 8) as u8,
+                device: ((value >> 3) & 0x1f) as u8,
+                function: (value & 7) as u8,
+            })),
+            OWNER_MMIO => Some(Location::Mmio { base: value }),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Location {
@@ -542,6 +585,11 @@ pub trait Transport {
     fn device_type(&self) -> DeviceType;
     /// Where it is.
     fn location(&self) -> Location;
+    /// Whose DMA the driver's allocations and shares are: this device's
+    /// (see [`hal::DmaOwner`]), derived from [`Transport::location`].
+    fn dma_owner(&self) -> DmaOwner {
+        self.location().dma_owner()
+    }
 
     /// Reads the device status byte. A register that cannot be reached reads
     /// as all ones (FAILED | DEVICE_NEEDS_RESET | ...), like an absent device.

@@ -301,13 +301,14 @@ fn measure(disk: &mut Disk, workload: &Workload, seconds: f64) -> Result<Measure
     // fills them in place, no copy per request.
     let mut pieces: Vec<BufferId> = Vec::with_capacity(workload.depth);
     for _ in 0..workload.depth {
-        let registered = DmaBuffer::<KernelHal>::new(workload.request_bytes)
-            .map_err(|e| format!("buffer: {e}"))
-            .and_then(|b| {
-                disk.device()
-                    .register_buffer(b)
-                    .map_err(|_| String::from("buffer table full"))
-            });
+        let registered =
+            DmaBuffer::<KernelHal>::new(disk.location().dma_owner(), workload.request_bytes)
+                .map_err(|e| format!("buffer: {e}"))
+                .and_then(|b| {
+                    disk.device()
+                        .register_buffer(b)
+                        .map_err(|_| String::from("buffer table full"))
+                });
         match registered {
             Ok(id) => pieces.push(id),
             Err(e) => {

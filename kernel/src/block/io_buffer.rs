@@ -8,7 +8,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use hal::DmaBuffer;
+use hal::{DmaBuffer, DmaOwner};
 
 use crate::hal_impl::KernelHal;
 
@@ -25,8 +25,9 @@ pub struct IoBuffer {
 impl IoBuffer {
     /// A buffer of `len` bytes.
     pub fn new(len: usize) -> Result<Self, String> {
-        let buffer =
-            DmaBuffer::new(len.max(1)).map_err(|e| format!("{len} bytes of DMA memory: {e}"))?;
+        // No device's yet: a driver shares (maps) it for its device per request.
+        let buffer = DmaBuffer::new(DmaOwner::NO_DEVICE, len.max(1))
+            .map_err(|e| format!("{len} bytes of DMA memory: {e}"))?;
         Ok(Self { buffer, len })
     }
 

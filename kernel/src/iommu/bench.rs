@@ -19,7 +19,7 @@ use alloc::vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use hal::{Direction, Hal};
+use hal::{Direction, DmaOwner, Hal};
 
 use crate::block::bench::{bench_seconds, run_selected};
 use crate::block::pattern::Rng;
@@ -94,6 +94,10 @@ fn shared_reads(mode: &str) -> Result<(), String> {
 
 /// Shares and unshares `pages` pages `PAIRS` times, no device involved.
 fn share_unshare(mode: &str, pages: usize, variant: &str) -> Result<(), String> {
+    // Shared with the first translated device (mapped in its domain); no IOMMU: any owner.
+    let owner = super::domains()
+        .first()
+        .map_or(DmaOwner::NO_DEVICE, |(location, _)| location.dma_owner());
     let phys = crate::memory::allocate_frames(pages).map_err(|e| format!("frames: {e:?}"))?;
     let start_ptr = NonNull::new(crate::memory::phys_to_virt(phys)).ok_or("null frame")?;
     let buffer = NonNull::slice_from_raw_parts(start_ptr, pages * 4096);
@@ -102,9 +106,11 @@ fn share_unshare(mode: &str, pages: usize, variant: &str) -> Result<(), String> 
     let mut result = Ok(());
     for _ in 0..PAIRS {
         // SAFETY: our own frame, untouched by the CPU while shared, never given to a device.
-        match unsafe { KernelHal::share(buffer, Direction::FromDevice) } {
+        match unsafe { KernelHal::share(owner, buffer, Direction::FromDevice) } {
             // SAFETY: the share just made; no device was told about it.
-            Ok(address) => unsafe { KernelHal::unshare(address, buffer, Direction::FromDevice) },
+            Ok(address) => unsafe {
+                KernelHal::unshare(owner, address, buffer, Direction::FromDevice)
+            },
             Err(e) => {
                 result = Err(format!("share: {e}"));
                 break;

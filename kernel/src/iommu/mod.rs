@@ -10,12 +10,13 @@
 //! whatever the log level like the `virtio:` lines, says which it got):
 //!
 //! - `strict` (the default when a DMAR table is present): every virtio device on the unit gets
-//!   a context entry pointing at the **virtio DMA domain**, whose second-level page table
-//!   (`page_table.rs`) starts empty. `hal_impl.rs` maps a buffer when a driver shares it (and
-//!   DMA pages when they are allocated: rings) and unmaps it, with an IOTLB invalidation that
-//!   has completed before `unshare` returns, when the driver ends the share. Any other address
-//!   faults. Devices the kernel does not drive get no context entry at all: all their DMA is
-//!   blocked.
+//!   **a domain of its own**: a domain ID and a second-level page table (`page_table.rs`) that
+//!   starts empty, and a context entry pointing its requester ID at them. `hal_impl.rs` maps a
+//!   buffer, in the table of the device the driver shares it with, when the driver shares it
+//!   (and DMA pages when they are allocated: rings) and unmaps it, with an IOTLB invalidation of
+//!   that domain that has completed before `unshare` returns, when the driver ends the share.
+//!   Any other address faults, including what other devices' drivers share. Devices the kernel
+//!   does not drive get no context entry at all: all their DMA is blocked.
 //! - `passthrough`: the unit is on, but virtio devices' context entries say "untranslated"
 //!   (TT = 10b): DMA addresses are physical addresses, as without an IOMMU; other devices are
 //!   still blocked. Costs nothing per request.
@@ -28,13 +29,16 @@
 //! (`drivers/src/features.rs` accepts it on every modern transport: the drivers never hand a
 //! device an address that did not come from the Hal).
 //!
-//! ## One domain, not one per device
+//! ## One domain per device
 //!
-//! `hal::Hal` is a set of associated functions that do not say *which* device a buffer is
-//! shared with, so every translated device shares one domain (domain ID 1): a device can reach
-//! what any virtio driver currently shares, and nothing else. Separating devices from each
-//! other needs a device handle in `Hal::share`; the unit code (`vtd.rs`) already takes a domain
-//! per context entry.
+//! Every `hal::Hal` call that makes memory device-visible names the device: a `hal::DmaOwner`,
+//! which a driver takes from its transport (`Transport::dma_owner`, made from the device's
+//! `Location`: for PCI, segment, bus, device and function). [`map`] and [`unmap`] look the
+//! owner up among the domains ([`Domain`]) and change that device's table only, then invalidate
+//! that domain's IOTLB entries. So "the blk driver shares a buffer with the disk at 00:03.0"
+//! becomes "a leaf entry in 00:03.0's table", and the network card at 00:02.0, whose context
+//! entry points at another table, faults on the same address. An owner with no domain
+//! (`DmaOwner::NO_DEVICE`, a virtio-mmio device, a device outside the unit) maps nothing.
 //!
 //! ## Faults
 //!
@@ -58,6 +62,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use drivers::transport::Location;
+use hal::DmaOwner;
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
@@ -70,8 +75,9 @@ use vtd::{ContextMode, Unit};
 #[cfg(feature = "selftest")]
 pub use selftests::{selftests, selftests_with_lent_devices};
 
-/// The domain every translated virtio device is in.
-const VIRTIO_DOMAIN: u16 = 1;
+/// The domain ID of the first device's domain; the others follow (domain 0 is reserved when the
+/// unit caches not-present entries, §11.4.2 CAP.CM).
+const FIRST_DOMAIN_ID: u16 = 1;
 /// How many faults [`recent_faults`] keeps.
 const RECENT_FAULTS: usize = 16;
 const PAGE: u64 = 4096;
@@ -108,10 +114,29 @@ impl Mode {
     }
 }
 
-/// The unit and the virtio domain's table, once translation is on.
+/// One device's translation domain: what its context entry points at.
+struct Domain {
+    /// The device, as its driver names it to the Hal.
+    owner: DmaOwner,
+    /// The device, as the log names it.
+    location: Location,
+    /// The domain ID in its context entry, which tags its IOTLB entries.
+    id: u16,
+    /// Its second-level page table: what this device can reach.
+    table: SecondLevelTable,
+}
+
+/// The unit and the domains of the translated devices, once translation is on.
 struct Remapping {
     unit: Unit,
-    table: SecondLevelTable,
+    domains: Vec<Domain>,
+}
+
+impl Remapping {
+    /// The domain of device `owner`, if it has one.
+    fn domain_of(&self, owner: DmaOwner) -> Option<&Domain> {
+        self.domains.iter().find(|d| d.owner == owner)
+    }
 }
 
 /// The remapping unit and the one second-level table all virtio devices share: every `map` /
@@ -315,7 +340,8 @@ fn bring_up(
     devices: &[(Location, String)],
 ) -> Result<(), vtd::VtdError> {
     let mut unit = Unit::new(base)?;
-    let table = SecondLevelTable::new(unit.levels, unit.coherent())?;
+    let mut domains = Vec::new();
+    let mut next_id = FIRST_DOMAIN_ID;
     let pass_through = mode == Mode::PassThrough && unit.supports_pass_through();
     if mode == Mode::PassThrough && !pass_through {
         log::warn!("iommu: unit has no pass-through (ECAP.PT): using strict instead");
@@ -342,28 +368,42 @@ fn bring_up(
             continue;
         }
         let devfn = (address.device << 3) | address.function;
-        let (context, words) = if pass_through {
-            (
-                ContextMode::PassThrough {
-                    domain: VIRTIO_DOMAIN,
-                },
-                "passthrough (untranslated, reaches all of RAM)",
-            )
-        } else {
-            (
-                ContextMode::Translate {
-                    domain: VIRTIO_DOMAIN,
-                    table: table.root(),
-                },
-                "strict (reaches only what its driver shares)",
-            )
-        };
-        unit.set_context(address.bus, devfn, context)?;
-        if !pass_through {
-            TRANSLATED.lock().push(*location);
+        let id = next_id;
+        if u32::from(id) >= unit.domain_ids() {
+            // No domain ID left: no context entry, so the unit blocks all its DMA.
+            lines.push(alloc::format!(
+                "iommu: {name} at {location}: no domain ID left (the unit has {}), all its DMA is blocked",
+                unit.domain_ids()
+            ));
+            continue;
         }
+        next_id += 1;
+        if pass_through {
+            unit.set_context(address.bus, devfn, ContextMode::PassThrough { domain: id })?;
+            lines.push(alloc::format!(
+                "iommu: {name} at {location}: passthrough (untranslated, reaches all of RAM), domain {id}"
+            ));
+            continue;
+        }
+        // Its own table: it starts empty, and only this device's driver fills it.
+        let table = SecondLevelTable::new(unit.levels, unit.coherent())?;
+        unit.set_context(
+            address.bus,
+            devfn,
+            ContextMode::Translate {
+                domain: id,
+                table: table.root(),
+            },
+        )?;
+        domains.push(Domain {
+            owner: location.dma_owner(),
+            location: *location,
+            id,
+            table,
+        });
+        TRANSLATED.lock().push(*location);
         lines.push(alloc::format!(
-            "iommu: {name} at {location}: {words}, domain {VIRTIO_DOMAIN}"
+            "iommu: {name} at {location}: strict (reaches only what its driver shares), domain {id}"
         ));
     }
     match crate::interrupts::allocate_vector(fault_vector_handler)
@@ -387,7 +427,7 @@ fn bring_up(
     for line in lines {
         println!("{line}");
     }
-    *REMAPPING.lock() = Some(Remapping { unit, table });
+    *REMAPPING.lock() = Some(Remapping { unit, domains });
     Ok(())
 }
 
@@ -406,9 +446,10 @@ pub fn note_negotiated(device: impl core::fmt::Display, location: Location, feat
     }
 }
 
-/// Maps `len` bytes at physical `phys` for the devices (device address = `phys`), readable,
-/// and writable if `writable`. On failure nothing stays mapped.
-pub fn map(phys: u64, len: usize, writable: bool) -> Result<(), hal::HalError> {
+/// Maps `len` bytes at physical `phys` for device `owner` alone (device address = `phys`, in
+/// `owner`'s page table), readable, and writable if `writable`. On failure nothing stays
+/// mapped. Nothing to do for an owner without a domain (not translated, or `NO_DEVICE`).
+pub fn map(owner: DmaOwner, phys: u64, len: usize, writable: bool) -> Result<(), hal::HalError> {
     if len == 0 {
         return Err(hal::HalError::InvalidArgument);
     }
@@ -419,9 +460,13 @@ pub fn map(phys: u64, len: usize, writable: bool) -> Result<(), hal::HalError> {
         let Some(remapping) = guard.as_mut() else {
             return Ok(());
         };
+        let Remapping { unit, domains } = remapping;
+        let Some(domain) = domains.iter_mut().find(|d| d.owner == owner) else {
+            return Ok(());
+        };
         let mut newly_present = false;
         for page in first..=last {
-            match remapping.table.map_page(page * PAGE, page * PAGE, writable) {
+            match domain.table.map_page(page * PAGE, page * PAGE, writable) {
                 Ok(new) => {
                     if new {
                         PAGES_MAPPED.fetch_add(1, Ordering::Relaxed);
@@ -429,25 +474,30 @@ pub fn map(phys: u64, len: usize, writable: bool) -> Result<(), hal::HalError> {
                     newly_present |= new;
                 }
                 Err(error) => {
-                    log::error!("iommu: cannot map page {:#x}: {error:?}", page * PAGE);
+                    log::error!(
+                        "iommu: cannot map page {:#x} for {}: {error:?}",
+                        page * PAGE,
+                        domain.location
+                    );
                     if page > first {
-                        release(remapping, first, page - 1);
+                        release(unit, domain, first, page - 1);
                     }
                     return Err(hal::HalError::MapFailed);
                 }
             }
         }
         // A caching-mode unit may cache "not present": tell it (§6.1).
-        if newly_present && remapping.unit.caching_mode() {
-            invalidate(remapping, first, last);
+        if newly_present && unit.caching_mode() {
+            invalidate(unit, domain.id, first, last);
         }
         Ok(())
     })
 }
 
-/// Ends the share of `len` bytes at physical `phys` that [`map`] made. When that was the last
-/// share of a page, the page is unmapped and the IOTLB invalidated before this returns (strict).
-pub fn unmap(phys: u64, len: usize) {
+/// Ends the share of `len` bytes at physical `phys` that [`map`] made for `owner`. When that
+/// was the last share of a page in `owner`'s table, the page is unmapped there and the
+/// domain's IOTLB entries for it invalidated before this returns (strict).
+pub fn unmap(owner: DmaOwner, phys: u64, len: usize) {
     if len == 0 {
         return;
     }
@@ -455,16 +505,19 @@ pub fn unmap(phys: u64, len: usize) {
     let last = (phys + len as u64 - 1) / PAGE;
     without_interrupts(|| {
         if let Some(remapping) = REMAPPING.lock().as_mut() {
-            release(remapping, first, last);
+            let Remapping { unit, domains } = remapping;
+            if let Some(domain) = domains.iter_mut().find(|d| d.owner == owner) {
+                release(unit, domain, first, last);
+            }
         }
     });
 }
 
-/// Unshares pages `first..=last`, then one invalidation for the cleared ones.
-fn release(remapping: &mut Remapping, first: u64, last: u64) {
+/// Unshares pages `first..=last` in `domain`, then one invalidation for the cleared ones.
+fn release(unit: &mut Unit, domain: &mut Domain, first: u64, last: u64) {
     let mut cleared: Option<(u64, u64)> = None;
     for page in first..=last {
-        match remapping.table.unmap_page(page * PAGE) {
+        match domain.table.unmap_page(page * PAGE) {
             Ok(true) => {
                 PAGES_UNMAPPED.fetch_add(1, Ordering::Relaxed);
                 cleared = Some(cleared.map_or((page, page), |(lo, _)| (lo, page)));
@@ -478,27 +531,46 @@ fn release(remapping: &mut Remapping, first: u64, last: u64) {
         #[cfg(feature = "bench")]
         if bench::PER_PAGE_INVALIDATION.load(Ordering::Relaxed) {
             for page in lo..=hi {
-                invalidate(remapping, page, page);
+                invalidate(unit, domain.id, page, page);
             }
             return;
         }
-        invalidate(remapping, lo, hi);
+        invalidate(unit, domain.id, lo, hi);
     }
 }
 
-fn invalidate(remapping: &mut Remapping, first: u64, last: u64) {
+/// Makes the unit forget domain `domain`'s cached translations of pages `first..=last`.
+fn invalidate(unit: &mut Unit, domain: u16, first: u64, last: u64) {
     INVALIDATIONS.fetch_add(1, Ordering::Relaxed);
-    if let Err(error) = remapping.unit.invalidate_pages(VIRTIO_DOMAIN, first, last) {
-        log::error!("iommu: IOTLB invalidation failed ({error}); stale translations possible");
+    if let Err(error) = unit.invalidate_pages(domain, first, last) {
+        log::error!(
+            "iommu: IOTLB invalidation of domain {domain} failed ({error}); stale translations possible"
+        );
     }
 }
 
-/// What the virtio domain's table says about device address `iova` (tests, shell).
-pub fn translation(iova: u64) -> Option<(u64, bool, bool, u64)> {
+/// What device `owner`'s page table says about device address `iova`: (physical page, read,
+/// write, live shares); `None` if not mapped there (tests, shell).
+pub fn translation(owner: DmaOwner, iova: u64) -> Option<(u64, bool, bool, u64)> {
     without_interrupts(|| {
         let guard = REMAPPING.lock();
-        let t = guard.as_ref()?.table.translate(iova & !(PAGE - 1))?;
+        let t = guard
+            .as_ref()?
+            .domain_of(owner)?
+            .table
+            .translate(iova & !(PAGE - 1))?;
         Some((t.phys, t.read, t.write, t.shares))
+    })
+}
+
+/// The translated devices (strict mode), each with its domain ID, in bring-up order.
+pub fn domains() -> Vec<(Location, u16)> {
+    without_interrupts(|| {
+        REMAPPING
+            .lock()
+            .as_ref()
+            .map(|r| r.domains.iter().map(|d| (d.location, d.id)).collect())
+            .unwrap_or_default()
     })
 }
 

@@ -3,14 +3,20 @@
 //! - The DMAR parser against good and hostile tables (always).
 //! - `expect.iommu=MODE`: the mode in force is MODE (so a scenario that wants strict mode
 //!   fails if the IOMMU was not found or not set up).
-//! - In strict mode: a share maps exactly its pages with the right rights and an unshare
-//!   unmaps them; and the **stray DMA** test: a virtio-blk read whose data descriptor points
+//! - In strict mode: a share maps exactly its pages, in the page table of the device it is
+//!   shared with only, with the right rights, and an unshare unmaps them; and the **stray DMA**
+//!   test: a virtio-blk read whose data descriptor points
 //!   at a page that was never shared (a canary page filled with a pattern). The IOMMU must
 //!   block the device's write, record a fault naming the device, the page and "write", the
 //!   request must not complete successfully, and the canary must be unchanged.
 //! - In strict mode, **use after unshare**: a page is shared, the device reads into it (the
 //!   unit caches the translation), the page is unshared, and the same read is sent again: the
 //!   IOTLB invalidation at unshare must make the second write fault like a stray one.
+//! - In strict mode, **another device's buffer**: a page is shared (writable) with a second
+//!   translated device B, and the blk device A is made to read a sector into it. The page is
+//!   mapped, but in B's domain, not A's: the write must fault naming A, A's request must fail,
+//!   and B's buffer must be unchanged. With one domain for all devices (as before per-device
+//!   domains) the write would land.
 //!
 //! The stray-DMA test uses a blk device the virtio self-tests borrowed
 //! (`virtio/test_bringup.rs`), so it runs from their list, just before they hand the devices
@@ -24,7 +30,7 @@ use core::ptr::NonNull;
 
 use drivers::queue::{Ring, Segment};
 use drivers::transport::{DeviceStatus, DeviceType, Location, Transport};
-use hal::{Direction, DmaRegion, Hal};
+use hal::{Direction, DmaOwner, DmaRegion, Hal};
 
 use super::Mode;
 use crate::hal_impl::KernelHal;
@@ -72,6 +78,11 @@ pub fn selftests_with_lent_devices() -> Vec<SelfTest> {
             name: "iommu: after unshare the device cannot reach the page (IOTLB invalidated)",
             run: test_use_after_unshare,
         },
+        SelfTest {
+            name:
+                "iommu: a blk DMA to a page shared with another device faults (a domain per device)",
+            run: test_other_devices_buffer,
+        },
     ]
 }
 
@@ -94,6 +105,12 @@ fn test_expected_mode() -> Result<(), String> {
 }
 
 fn test_share_maps() -> Result<(), String> {
+    // Shared with the first translated device; every other one must not see it.
+    let domains = super::domains();
+    let (location, _) = *domains
+        .first()
+        .ok_or("strict mode, but no device has a domain")?;
+    let owner = location.dma_owner();
     // Two pages of our own, so that nothing else shares them.
     let phys = memory::allocate_frames(2).map_err(|e| format!("frames: {e:?}"))?;
     let result = (|| {
@@ -101,14 +118,25 @@ fn test_share_maps() -> Result<(), String> {
         let buffer = NonNull::slice_from_raw_parts(start, 4096);
         let before = super::counters();
         // SAFETY: our own frames, untouched until the unshare below.
-        let address = unsafe { KernelHal::share(buffer, Direction::ToDevice) }
+        let address = unsafe { KernelHal::share(owner, buffer, Direction::ToDevice) }
             .map_err(|e| format!("share: {e}"))?;
         let mapped: Vec<_> = [phys, phys + 4096]
             .iter()
-            .map(|&page| super::translation(page))
+            .map(|&page| super::translation(owner, page))
+            .collect();
+        let elsewhere: Vec<Location> = domains
+            .iter()
+            .skip(1)
+            .filter(|(other, _)| super::translation(other.dma_owner(), phys).is_some())
+            .map(|(other, _)| *other)
             .collect();
         // SAFETY: the share above, the device never saw it.
-        unsafe { KernelHal::unshare(address, buffer, Direction::ToDevice) };
+        unsafe { KernelHal::unshare(owner, address, buffer, Direction::ToDevice) };
+        if !elsewhere.is_empty() {
+            return Err(format!(
+                "shared with {location}, but also mapped for {elsewhere:?}"
+            ));
+        }
         let after = super::counters();
         for (page, t) in [phys, phys + 4096].iter().zip(&mapped) {
             match t {
@@ -119,7 +147,7 @@ fn test_share_maps() -> Result<(), String> {
                     ))
                 }
             }
-            if let Some(left) = super::translation(*page) {
+            if let Some(left) = super::translation(owner, *page) {
                 return Err(format!(
                     "page {page:#x} still mapped after unshare: {left:?}"
                 ));
@@ -155,7 +183,8 @@ struct ReadOutcome {
 /// device completes it or says it needs a reset (or 2 s); in the last two cases the device is
 /// reset, so that it lets go of the request before its memory is freed.
 fn read_sector_to(live: &mut LiveDevice, data: u64) -> Result<ReadOutcome, String> {
-    let request = DmaRegion::<KernelHal>::new(64).map_err(|e| format!("DMA memory: {e}"))?;
+    let request = DmaRegion::<KernelHal>::new(live.transport.dma_owner(), 64)
+        .map_err(|e| format!("DMA memory: {e}"))?;
     request.write::<u32>(0, 0u32.to_le()); // VIRTIO_BLK_T_IN: the device writes the data
     request.write::<u64>(8, 0u64.to_le());
     request.write::<u8>(16, 0xff);
@@ -332,13 +361,14 @@ fn test_use_after_unshare() -> Result<(), String> {
         let result = (|| {
             let start = NonNull::new(memory::phys_to_virt(page)).ok_or("null")?;
             let buffer = NonNull::slice_from_raw_parts(start, 4096);
+            let owner = live.transport.dma_owner();
             // SAFETY: our own frame; the CPU leaves it alone until the unshare.
-            let address = unsafe { KernelHal::share(buffer, Direction::FromDevice) }
+            let address = unsafe { KernelHal::share(owner, buffer, Direction::FromDevice) }
                 .map_err(|e| format!("share: {e}"))?;
             let before = super::faults_of(location);
             let first = read_sector_to(live, address);
             // SAFETY: the share above; the device completed the request or was reset.
-            unsafe { KernelHal::unshare(address, buffer, Direction::FromDevice) };
+            unsafe { KernelHal::unshare(owner, address, buffer, Direction::FromDevice) };
             let first = first?;
             if !first.completed || first.status != 0 || super::faults_of(location) != before {
                 return Err(format!(
@@ -354,6 +384,56 @@ fn test_use_after_unshare() -> Result<(), String> {
                 Ok(())
             } else {
                 Err(format!("after unshare: {}", problems.join("; ")))
+            }
+        })();
+        // SAFETY: unshared; the device completed or was reset.
+        let _ = unsafe { memory::free_frames(page, 1) };
+        result
+    })
+}
+
+/// Shares a page, writable, with another translated device B (as B's driver would share a
+/// receive buffer) and aims the blk device A's read at it. The page is mapped, but only in B's
+/// domain: A's write must be blocked and recorded against A, A's request must fail, and B's
+/// buffer must keep its contents. In one domain shared by all devices the write would land.
+fn test_other_devices_buffer() -> Result<(), String> {
+    with_lent_blk(|location, live| {
+        let other = super::domains()
+            .into_iter()
+            .map(|(l, _)| l)
+            .find(|l| *l != location)
+            .ok_or("no second translated device to share a buffer with")?;
+        let page = canary_page()?;
+        let result = (|| {
+            let start = NonNull::new(memory::phys_to_virt(page)).ok_or("null")?;
+            let buffer = NonNull::slice_from_raw_parts(start, 4096);
+            let b: DmaOwner = other.dma_owner();
+            // SAFETY: our own frame; the CPU leaves it alone until the unshare, and device B
+            // is never told about it.
+            let address = unsafe { KernelHal::share(b, buffer, Direction::FromDevice) }
+                .map_err(|e| format!("share with {other}: {e}"))?;
+            let in_b = super::translation(b, page);
+            let in_a = super::translation(live.transport.dma_owner(), page);
+            let before = super::faults_of(location);
+            let outcome = read_sector_to(live, address);
+            // SAFETY: the share above; A completed its request or was reset, B never saw it.
+            unsafe { KernelHal::unshare(b, address, buffer, Direction::FromDevice) };
+            let outcome = outcome?;
+            let mut problems = Vec::new();
+            if !matches!(in_b, Some((_, true, true, _))) {
+                problems.push(format!("not mapped writable in {other}'s domain: {in_b:?}"));
+            }
+            if in_a.is_some() {
+                problems.push(format!("also mapped in {location}'s domain: {in_a:?}"));
+            }
+            problems.extend(blocked_write_problems(location, before, page, &outcome));
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "page shared with {other}, written by {location}: {}",
+                    problems.join("; ")
+                ))
             }
         })();
         // SAFETY: unshared; the device completed or was reset.

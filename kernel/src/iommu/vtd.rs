@@ -282,6 +282,12 @@ impl Unit {
         self.extended & ECAP_PT != 0
     }
 
+    /// How many domain IDs the unit tells apart (CAP.ND, bits 2:0: 2^(4 + 2 * ND), §11.4.2).
+    pub fn domain_ids(&self) -> u32 {
+        let nd = (self.capability & 0x7).min(6) as u32;
+        1 << (4 + 2 * nd)
+    }
+
     /// The unit caches not-present entries (CAP.CM): mapping then needs an invalidation too.
     pub fn caching_mode(&self) -> bool {
         self.capability & CAP_CM != 0

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-use hal::{DmaRegion, Hal, HalError, PortWidth, PAGE_SIZE};
+use hal::{DmaOwner, DmaRegion, Hal, HalError, PortWidth, PAGE_SIZE};
 use x86_64::registers::control::Cr3;
 use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::PageTableFlags;
@@ -242,7 +242,8 @@ fn test_dma_regions() -> Result<(), String> {
     let free_before = super::free_frame_count();
     // In strict IOMMU mode mapping the region may take a page-table frame too.
     let tables_before = crate::iommu::table_frames();
-    let region = DmaRegion::<KernelHal>::new(3 * PAGE_SIZE + 1).map_err(|e| e.to_string())?;
+    let region = DmaRegion::<KernelHal>::new(DmaOwner::NO_DEVICE, 3 * PAGE_SIZE + 1)
+        .map_err(|e| e.to_string())?;
     let tables = crate::iommu::table_frames() - tables_before;
     let device_addr = region.device_addr();
     check(region.pages() == 4, || {
@@ -290,7 +291,8 @@ fn test_dma_regions() -> Result<(), String> {
     check(super::frame_is_free(device_addr), || {
         String::from("freed frame not free")
     })?;
-    let again = DmaRegion::<KernelHal>::new(4 * PAGE_SIZE).map_err(|e| e.to_string())?;
+    let again = DmaRegion::<KernelHal>::new(DmaOwner::NO_DEVICE, 4 * PAGE_SIZE)
+        .map_err(|e| e.to_string())?;
     // The allocator hands out the run after its latest allocation, so the dirty frames come
     // back only if nothing was allocated after them: not so when strict IOMMU mode took a
     // page-table frame to map them (then only the zeroing below is checked).
@@ -307,7 +309,7 @@ fn test_dma_regions() -> Result<(), String> {
 
     check(
         matches!(
-            DmaRegion::<KernelHal>::new(0),
+            DmaRegion::<KernelHal>::new(DmaOwner::NO_DEVICE, 0),
             Err(HalError::InvalidArgument)
         ),
         || String::from("zero-byte DMA region accepted"),
@@ -315,12 +317,13 @@ fn test_dma_regions() -> Result<(), String> {
     let too_many = (super::free_frame_count() as usize + 1) * PAGE_SIZE;
     check(
         matches!(
-            DmaRegion::<KernelHal>::new(too_many),
+            DmaRegion::<KernelHal>::new(DmaOwner::NO_DEVICE, too_many),
             Err(HalError::OutOfMemory)
         ),
         || String::from("DMA region larger than free memory did not fail"),
     )?;
-    let after = DmaRegion::<KernelHal>::new(PAGE_SIZE).map_err(|e| e.to_string())?;
+    let after =
+        DmaRegion::<KernelHal>::new(DmaOwner::NO_DEVICE, PAGE_SIZE).map_err(|e| e.to_string())?;
     drop(after);
     let tables = crate::iommu::table_frames() - tables_before;
     check(super::free_frame_count() == free_before - tables, || {
@@ -333,7 +336,7 @@ fn test_share_and_ports() -> Result<(), String> {
     let buffer = vec![7u8; 10_000];
     let slice = NonNull::from(buffer.as_slice());
     // SAFETY: the buffer outlives the share and is not touched in between.
-    let device_addr = unsafe { KernelHal::share(slice, Direction::ToDevice) }
+    let device_addr = unsafe { KernelHal::share(DmaOwner::NO_DEVICE, slice, Direction::ToDevice) }
         .map_err(|e| format!("share of a heap buffer: {e}"))?;
     let cpu = buffer.as_ptr() as u64;
     let walked = super::translate(cpu).ok_or("heap buffer not mapped")?;
@@ -347,16 +350,22 @@ fn test_share_and_ports() -> Result<(), String> {
         },
     )?;
     // SAFETY: matching the share above.
-    unsafe { KernelHal::unshare(device_addr, slice, Direction::ToDevice) };
+    unsafe { KernelHal::unshare(DmaOwner::NO_DEVICE, device_addr, slice, Direction::ToDevice) };
 
     let on_stack = [1u8; 64];
     // SAFETY: as above; the stack buffer lives across both calls.
-    let stack_addr =
-        unsafe { KernelHal::share(NonNull::from(&on_stack[..]), Direction::FromDevice) }
-            .map_err(|e| format!("share of a stack buffer: {e}"))?;
+    let stack_addr = unsafe {
+        KernelHal::share(
+            DmaOwner::NO_DEVICE,
+            NonNull::from(&on_stack[..]),
+            Direction::FromDevice,
+        )
+    }
+    .map_err(|e| format!("share of a stack buffer: {e}"))?;
     // SAFETY: matching the share above.
     unsafe {
         KernelHal::unshare(
+            DmaOwner::NO_DEVICE,
             stack_addr,
             NonNull::from(&on_stack[..]),
             Direction::FromDevice,
@@ -367,7 +376,7 @@ fn test_share_and_ports() -> Result<(), String> {
         let fake = core::ptr::slice_from_raw_parts_mut(addr as *mut u8, len);
         NonNull::new(fake).map(|buffer| {
             // SAFETY: `share` must refuse these without touching them.
-            unsafe { KernelHal::share(buffer, Direction::Bidirectional) }
+            unsafe { KernelHal::share(DmaOwner::NO_DEVICE, buffer, Direction::Bidirectional) }
         })
     };
     check(matches!(not_ram(0xfee0_0000, 16), Some(Err(_))), || {

@@ -5,7 +5,7 @@
 //! mode strict: 41 pages mapped, 37 unmapped, 37 IOTLB invalidations, 1 fault (1 interrupt)
 //! fault: device 00:02.0 write at 0x13e8000: write to a page not mapped writable
 //! > iommu 0x13e8000
-//! 0x13e8000: not mapped (a device access faults)
+//! 0x13e8000: not mapped for any device (a device access faults in strict mode)
 //! ```
 
 use alloc::format;
@@ -14,8 +14,8 @@ use core::fmt::Write;
 use super::{Call, CommandResult, Output};
 use crate::iommu;
 
-/// `iommu [address]`: the mode and counters and the last faults, or what the virtio domain's
-/// page table says about one device address.
+/// `iommu [address]`: the mode and counters and the last faults, or what each device's page
+/// table says about one device address.
 pub fn run(call: &Call<'_>, out: &mut Output) -> CommandResult {
     let Some(mode) = iommu::active_mode() else {
         let _ = writeln!(
@@ -28,21 +28,26 @@ pub fn run(call: &Call<'_>, out: &mut Output) -> CommandResult {
         let digits = text.trim_start_matches("0x");
         let address = u64::from_str_radix(digits, 16)
             .map_err(|_| format!("{text:?} is not a hex address"))?;
-        match iommu::translation(address) {
-            Some((phys, read, write, shares)) => {
+        // One line per device whose table maps it: each device has its own.
+        let mut mapped = false;
+        for (location, domain) in iommu::domains() {
+            if let Some((phys, read, write, shares)) =
+                iommu::translation(location.dma_owner(), address)
+            {
+                mapped = true;
                 let _ = writeln!(
                     out,
-                    "{address:#x}: page {phys:#x}, {}{}, {shares} share(s)",
+                    "{address:#x} for {location} (domain {domain}): page {phys:#x}, {}{}, {shares} share(s)",
                     if read { "read" } else { "" },
                     if write { "+write" } else { "" }
                 );
             }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "{address:#x}: not mapped (a device access faults in strict mode)"
-                );
-            }
+        }
+        if !mapped {
+            let _ = writeln!(
+                out,
+                "{address:#x}: not mapped for any device (a device access faults in strict mode)"
+            );
         }
         return Ok(());
     }

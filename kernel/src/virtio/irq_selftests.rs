@@ -265,8 +265,11 @@ fn round_trip_with(
         RoundTrip::NetTransmit | RoundTrip::ConsoleTransmit => 1,
     };
     let data_bytes = 512;
-    let buffer = DmaRegion::<KernelHal>::new(DATA_AT + data_bytes.max(PAGE_SIZE))
-        .map_err(|e| format!("DMA memory: {e}"))?;
+    let buffer = DmaRegion::<KernelHal>::new(
+        live.transport.dma_owner(),
+        DATA_AT + data_bytes.max(PAGE_SIZE),
+    )
+    .map_err(|e| format!("DMA memory: {e}"))?;
     let base = buffer.device_addr();
     let segments: Vec<Segment> = match kind {
         RoundTrip::BlkRead => {

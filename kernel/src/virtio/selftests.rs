@@ -457,8 +457,8 @@ fn blk_request(
 ) -> Result<Vec<u8>, String> {
     const STATUS_AT: usize = 16;
     const DATA_AT: usize = 512;
-    let buffer =
-        DmaRegion::<KernelHal>::new(DATA_AT + data_len).map_err(|e| format!("DMA memory: {e}"))?;
+    let buffer = DmaRegion::<KernelHal>::new(live.transport.dma_owner(), DATA_AT + data_len)
+        .map_err(|e| format!("DMA memory: {e}"))?;
     buffer.write::<u32>(0, kind.to_le());
     buffer.write::<u32>(4, 0);
     buffer.write::<u64>(8, sector.to_le());
@@ -555,8 +555,8 @@ fn test_console_round_trip() -> Result<(), String> {
         let kind = live.transport.kind();
         let line = format!("virtio-probe: console at {location} transport={kind}\n");
         let result = (|| {
-            let buffer =
-                DmaRegion::<KernelHal>::new(line.len()).map_err(|e| format!("DMA memory: {e}"))?;
+            let buffer = DmaRegion::<KernelHal>::new(live.transport.dma_owner(), line.len())
+                .map_err(|e| format!("DMA memory: {e}"))?;
             buffer.write_bytes(0, line.as_bytes());
             let segment = Segment::readable(buffer.device_addr(), line.len() as u32);
             // The queue itself rejects a used length above 0 (nothing here is

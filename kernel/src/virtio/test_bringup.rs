@@ -334,6 +334,7 @@ fn setup_queue<T: Transport + ?Sized>(
         0
     };
     let config = QueueConfig::new(index, size, transport.ring_layout())
+        .with_owner(transport.dma_owner())
         .with_event_idx(negotiated & features::RING_EVENT_IDX != 0)
         .with_indirect(indirect);
     let mut queue = KernelQueue::new(config).map_err(queue_error)?;

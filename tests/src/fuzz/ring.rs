@@ -24,7 +24,7 @@ use drivers::view::{json, text, DeviceRecord, QueueRecord};
 use hal::{DmaRegion, PAGE_SIZE};
 
 use super::Input;
-use crate::host_hal::HostHal;
+use crate::host_hal::{HostHal, TEST_OWNER};
 use crate::hostile::HostileDevice;
 use crate::hostile_packed::HostilePackedDevice;
 
@@ -245,7 +245,7 @@ fn drive<R: Ring, S: HostileSide>(
     input: &mut Input,
     target: &str,
 ) {
-    let memory = DmaRegion::<HostHal>::new(PAGE_SIZE).expect("one page");
+    let memory = DmaRegion::<HostHal>::new(TEST_OWNER, PAGE_SIZE).expect("one page");
     let size = queue.size();
     let mut side = make_side(&queue);
     let mut outstanding = Outstanding::new();

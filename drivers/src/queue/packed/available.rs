@@ -14,7 +14,7 @@
 //! A long request may instead take one ring descriptor flagged INDIRECT,
 //! pointing at a table preallocated per buffer id ([`IndirectTables`]).
 
-use hal::{DeviceAddr, DmaRegion, Hal};
+use hal::{DeviceAddr, DmaOwner, DmaRegion, Hal};
 use log::Level;
 use log::{log_enabled, trace};
 
@@ -32,13 +32,13 @@ pub(super) struct IndirectTables<H: Hal> {
 }
 
 impl<H: Hal> IndirectTables<H> {
-    pub(super) fn new(tables: u16, capacity: u16) -> Result<Self, QueueError> {
+    pub(super) fn new(owner: DmaOwner, tables: u16, capacity: u16) -> Result<Self, QueueError> {
         if capacity == 0 {
             return Err(QueueError::InvalidIndirectCapacity(capacity));
         }
         let bytes = tables as usize * capacity as usize * DESCRIPTOR_BYTES;
         Ok(Self {
-            region: DmaRegion::new(bytes)?,
+            region: DmaRegion::new(owner, bytes)?,
             capacity,
         })
     }

@@ -225,10 +225,10 @@ impl<H: Hal> PackedQueue<H> {
                 config.indirect_capacity,
             ));
         }
-        let ring = DmaRegion::<H>::new(layout.total_bytes)?;
+        let ring = DmaRegion::<H>::new(config.owner, layout.total_bytes)?;
         let indirect = match config.indirect_capacity {
             0 => None,
-            capacity => Some(IndirectTables::new(size, capacity)?),
+            capacity => Some(IndirectTables::new(config.owner, size, capacity)?),
         };
         let mut pending = Vec::new();
         pending.reserve_exact(size as usize);

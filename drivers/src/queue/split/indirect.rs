@@ -16,7 +16,7 @@
 //! Memory cost: `queue size * capacity * 16` bytes (capacity rounded up to
 //! a power of two), e.g. 256 KiB for a 1024-entry queue with 16-entry tables.
 
-use hal::{DeviceAddr, DmaRegion, Hal, RingArray, RingMemory};
+use hal::{DeviceAddr, DmaOwner, DmaRegion, Hal, RingArray, RingMemory};
 
 use super::layout::{Descriptor, DESCRIPTOR_BYTES};
 use crate::queue::QueueError;
@@ -40,8 +40,9 @@ pub struct IndirectPool<H: Hal> {
 
 impl<H: Hal> IndirectPool<H> {
     /// Allocates `tables` tables of `capacity` descriptors each (both
-    /// non-zero; `tables` a power of two, as a split queue's size is).
-    pub fn new(tables: u16, capacity: u16) -> Result<Self, QueueError> {
+    /// non-zero; `tables` a power of two, as a split queue's size is), for
+    /// device `owner`.
+    pub fn new(owner: DmaOwner, tables: u16, capacity: u16) -> Result<Self, QueueError> {
         if tables == 0 || capacity == 0 {
             return Err(QueueError::InvalidIndirectCapacity(capacity));
         }
@@ -50,7 +51,7 @@ impl<H: Hal> IndirectPool<H> {
             .checked_next_power_of_two()
             .and_then(|t| t.checked_mul(stride))
             .ok_or(QueueError::InvalidIndirectCapacity(capacity))?;
-        let mut memory = RingMemory::new(DmaRegion::new(descriptors * DESCRIPTOR_BYTES)?);
+        let mut memory = RingMemory::new(DmaRegion::new(owner, descriptors * DESCRIPTOR_BYTES)?);
         memory.place(TABLES, 0, descriptors)?;
         Ok(Self {
             base: memory.region().device_addr(),

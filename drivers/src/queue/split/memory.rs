@@ -11,7 +11,7 @@
 //! the single fields are one-element arrays, read and written at index 0.
 //! Everything is little-endian in memory and converted here.
 
-use hal::{DeviceAddr, DmaRegion, Hal, RingArray, RingMemory};
+use hal::{DeviceAddr, DmaOwner, DmaRegion, Hal, RingArray, RingMemory};
 
 use super::layout::{avail, used, Descriptor, SplitRingLayout, USED_ELEM_BYTES};
 use crate::queue::QueueError;
@@ -46,10 +46,10 @@ pub(super) struct SplitRingMemory<H: Hal> {
 }
 
 impl<H: Hal> SplitRingMemory<H> {
-    /// Allocates zeroed memory for `layout` and names its fields.
-    pub(super) fn new(layout: &SplitRingLayout) -> Result<Self, QueueError> {
+    /// Allocates zeroed memory for `layout`, for device `owner`, and names its fields.
+    pub(super) fn new(owner: DmaOwner, layout: &SplitRingLayout) -> Result<Self, QueueError> {
         let size = usize::from(layout.size);
-        let mut memory = RingMemory::new(DmaRegion::<H>::new(layout.total_bytes)?);
+        let mut memory = RingMemory::new(DmaRegion::<H>::new(owner, layout.total_bytes)?);
         let (a, u) = (layout.avail_offset, layout.used_offset);
         memory.place(DESCRIPTORS, layout.desc_offset, size)?;
         memory.place(AVAIL_FLAGS, a + avail::FLAGS, 1)?;

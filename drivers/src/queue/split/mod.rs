@@ -78,7 +78,7 @@ mod used;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use hal::Hal;
+use hal::{DmaOwner, Hal};
 use log::{log_enabled, trace, Level};
 
 use self::indirect::IndirectPool;
@@ -109,6 +109,9 @@ pub struct QueueConfig {
     pub indirect_capacity: u16,
     /// The barriers to use ([`MemoryOrder::Platform`] with VIRTIO_F_ORDER_PLATFORM).
     pub order: MemoryOrder,
+    /// The device whose rings these are ([`hal::DmaOwner`]; a driver passes
+    /// its transport's): behind an IOMMU, only it can reach them.
+    pub owner: DmaOwner,
 }
 
 impl QueueConfig {
@@ -121,7 +124,14 @@ impl QueueConfig {
             event_idx: false,
             indirect_capacity: 0,
             order: MemoryOrder::Smp,
+            owner: DmaOwner::NO_DEVICE,
         }
+    }
+
+    /// Allocates the rings for device `owner` (a driver: `transport.dma_owner()`).
+    pub const fn with_owner(mut self, owner: DmaOwner) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// Uses the barriers `order` asks for.
@@ -205,10 +215,10 @@ impl<H: Hal> SplitQueue<H> {
                 config.indirect_capacity,
             ));
         }
-        let ring = SplitRingMemory::new(&layout)?;
+        let ring = SplitRingMemory::new(config.owner, &layout)?;
         let indirect = match config.indirect_capacity {
             0 => None,
-            capacity => Some(IndirectPool::new(size, capacity)?),
+            capacity => Some(IndirectPool::new(config.owner, size, capacity)?),
         };
         let queue = Self {
             index: config.index,

@@ -94,7 +94,7 @@ fn in_flight_together(
     let mut pieces: Vec<BufferId> = Vec::new();
     let mut registered = Ok(());
     for sector in buffer.chunks_exact(SECTOR).chain([&[0u8; SECTOR][..]]) {
-        match DmaBuffer::<KernelHal>::from_bytes(sector) {
+        match DmaBuffer::<KernelHal>::from_bytes(disk.location().dma_owner(), sector) {
             Ok(dma) => match disk.device().register_buffer(dma) {
                 Ok(id) => pieces.push(id),
                 Err(_) => registered = Err(String::from("buffer table full")),
