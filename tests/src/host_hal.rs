@@ -196,6 +196,19 @@ impl HostHal {
         OWNERS_SEEN.with(|seen| seen.borrow().clone())
     }
 
+    /// Panics unless `owner` is the only device this thread allocated DMA
+    /// memory or shared a buffer for (since [`HostHal::forget_owners_seen`]):
+    /// a driver must name its own transport's owner every time, or behind
+    /// the kernel's IOMMU its device could not reach the memory.
+    pub fn assert_dma_only_for(owner: DmaOwner) {
+        let seen = Self::owners_seen();
+        assert_eq!(
+            seen,
+            BTreeSet::from([owner]),
+            "DMA allocated or shared for other owners than the driver's transport's"
+        );
+    }
+
     /// Starts [`HostHal::owners_seen`] afresh.
     pub fn forget_owners_seen() {
         OWNERS_SEEN.with(|seen| seen.borrow_mut().clear());

@@ -13,6 +13,7 @@ use drivers::balloon::{
 use drivers::device::BoundedWait;
 use drivers::features;
 use drivers::transport::mmio::MmioTransport;
+use drivers::transport::Transport;
 use tests::balloon_model::{BalloonModel, SharedBalloonModel};
 use tests::host_hal::HostHal;
 use tests::models::trace_logging;
@@ -155,7 +156,9 @@ fn follows_the_target_down_and_up_with_free_pages_only() {
             model.borrow().violations
         );
         assert!(core.borrow().violations.is_empty());
+        HostHal::assert_dma_only_for(balloon.transport().dma_owner());
         drop(balloon);
+        HostHal::forget_owners_seen();
         HostHal::clear_devices();
     }
 }

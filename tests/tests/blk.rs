@@ -388,6 +388,30 @@ fn reads_and_writes_move_the_right_bytes_to_and_from_the_disk() {
 
     assert_eq!(HostHal::live_shares(), 0, "every buffer unshared");
     assert_model_clean(&model);
+    // Every bounce-shared buffer and all ring memory named the disk.
+    HostHal::assert_dma_only_for(blk.transport().dma_owner());
+}
+
+#[test]
+fn a_buffer_allocated_for_another_device_is_not_registered() {
+    // Behind an IOMMU the disk could not reach another device's memory, so
+    // the driver gives such a buffer back instead of lending it.
+    let (mut blk, model) = device(BlkModelConfig::default());
+    let other = drivers::transport::Location::Mmio { base: 0xfeb0_7000 }.dma_owner();
+    assert_ne!(other, blk.transport().dma_owner());
+    let foreign = DmaBuffer::<HostHal>::new(other, 4096).unwrap();
+    let back = blk.register_buffer(foreign).expect_err("refused");
+    assert_eq!(back.owner(), other);
+    let unowned = DmaBuffer::<HostHal>::new(hal::DmaOwner::NO_DEVICE, 512).unwrap();
+    assert!(
+        blk.register_buffer(unowned).is_err(),
+        "NO_DEVICE refused too"
+    );
+    let own = dma_buffer(&mut blk, 4096);
+    let token = blk.submit_read(8, &[own]).unwrap();
+    let done = collect(&mut blk, &model, 1);
+    assert_eq!((done[0].token, done[0].result), (token, Ok(())));
+    assert_eq!(bytes(&blk, own), expected(8, 4096));
 }
 
 #[test]
@@ -1845,6 +1869,8 @@ fn with_a_zero_copy_hal_data_arrives_without_unshare() {
     ));
     assert_eq!(blk.stats().bytes_read, 4096 + 3 * 512);
     assert_model_clean(&model);
+    // Rings, request pool, the registered buffer and every share: the disk's own.
+    HostHal::assert_dma_only_for(owner);
     drop(blk);
     // SAFETY: what dma_alloc returned; the device is gone.
     unsafe { ZeroCopyHostHal::dma_dealloc(owner, device_addr, pages, 2) };

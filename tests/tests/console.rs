@@ -132,6 +132,7 @@ fn without_multiport_port_0_is_there_from_the_start_and_echoes() {
     let stats = console.port(0).unwrap().stats;
     assert_eq!((stats.bytes_sent, stats.bytes_received), (11, 15));
     assert_clean(&model);
+    HostHal::assert_dma_only_for(console.transport().dma_owner());
 }
 
 #[test]
@@ -199,6 +200,8 @@ fn multiport_handshake_sends_ready_and_open_and_learns_names() {
     assert_eq!(console.write(2, b"x"), Err(ConsoleError::PortClosed(2)));
     assert_eq!(model.borrow().port(2).discarded, 0);
     assert_clean(&model);
+    // Control queues and every port's pools included.
+    HostHal::assert_dma_only_for(console.transport().dma_owner());
 }
 
 #[test]

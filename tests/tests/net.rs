@@ -278,6 +278,7 @@ fn legacy_mmio_without_mrg_rxbuf_uses_the_10_byte_header() {
     assert_eq!(model.negotiated() & (1 << 30), 0, "never BAD_FEATURE");
     assert_ne!(model.negotiated() & bits::ANY_LAYOUT, 0);
     round_trip(&mut net, &mut model, 10);
+    HostHal::assert_dma_only_for(net.transport().dma_owner());
 }
 
 #[test]

@@ -142,6 +142,7 @@ fn mounts_lists_reads_and_writes_without_leaking_fids() {
         Some(&b"replaced"[..])
     );
     assert_clean(&p9, &core, &model);
+    HostHal::assert_dma_only_for(p9.transport().dma_owner());
     drop(p9);
     HostHal::clear_devices();
 }

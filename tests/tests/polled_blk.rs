@@ -117,6 +117,7 @@ fn reads_sectors_and_the_device_id_after_the_spec_init_sequence() {
             core.borrow().violations
         );
         drop(m);
+        HostHal::assert_dma_only_for(drivers::transport::Location::Mmio { base }.dma_owner());
         drop(blk);
         assert_eq!(
             core.borrow().status_writes.last(),

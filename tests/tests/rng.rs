@@ -143,6 +143,8 @@ fn mmio_v2_brings_up_with_one_queue_and_returns_the_devices_bytes() {
     assert_eq!(rng.stats().requests, 8);
     assert_eq!(core.borrow().isr, 0, "polling: interrupts stay off");
     assert_clean(&core, &model);
+    // Its ring and request buffer are its device's (behind an IOMMU, no other can reach them).
+    HostHal::assert_dma_only_for(rng.transport().dma_owner());
     drop(rng);
     assert_eq!(
         core.borrow().status_writes.last(),

@@ -14,7 +14,7 @@ use drivers::input::keymap::{code, Keyboard};
 use drivers::input::{InputDevice, InputEvent};
 use drivers::screen::font::{self, GLYPH_HEIGHT, GLYPH_WIDTH};
 use drivers::screen::{self, pixel, DirtySpan, PixelRect, TextGrid, BACKGROUND, FOREGROUND};
-use drivers::transport::TransportKind;
+use drivers::transport::{Transport, TransportKind};
 use tests::host_hal::HostHal;
 use tests::screen_models::{shared, GpuKnob, GpuModel, InputModel, ModelTransport, Shared};
 
@@ -69,6 +69,7 @@ fn gpu_shows_a_framebuffer_of_the_size_the_device_asks_for() {
         assert_eq!(total, 640 * 400 * 4);
         assert_eq!(d.model.scanout_resource[&0], 1);
         assert!(d.model.violations.is_empty(), "{:?}", d.model.violations);
+        HostHal::assert_dma_only_for(driver.transport().dma_owner());
     }
 }
 
@@ -381,6 +382,7 @@ fn a_keyboard_types_through_the_event_queue_which_stays_full() {
         "{:?}",
         device.borrow().model.violations
     );
+    HostHal::assert_dma_only_for(driver.transport().dma_owner());
 }
 
 #[test]
