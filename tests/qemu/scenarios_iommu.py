@@ -18,7 +18,9 @@ would need `-machine q35,kernel-irqchip=split`; these scenarios run under TCG.
   at unshare must make it fault. And the per-device domain test: each device
   has its own domain (1, 2, 3); a page shared (writable) with another device
   is aimed at by a blk read: the blk device's write must fault, its request
-  fail and the page stay unchanged.
+  fail and the page stay unchanged. net and console check for faults as the
+  block layer does: a fault armed for each (as if the unit had blocked one of
+  its DMAs) fails the console write and is counted once by the next net poll.
 - `iommu-passthrough-q35`: `iommu=passthrough` (translation on, virtio devices
   untranslated): the block self-tests pass and the disk holds what was written.
 - `iommu-strict-mixed-q35`: one disk with `iommu_platform=on`, one without:
@@ -89,7 +91,9 @@ IOMMU_SCENARIOS: list[Scenario] = [
             r"^selftest: PASS iommu: after unshare the device cannot reach the page \(IOTLB invalidated\)$",
             r"^selftest: PASS iommu: a blk DMA to a page shared with another device faults \(a domain per device\)$",
             r"^selftest: PASS net: ",
+            r"^selftest: PASS net: a poll after the IOMMU blocked a DMA of the card fails its traffic, once$",
             r"^selftest: PASS virtio: console round trip",
+            r"^selftest: PASS console: a write during which the IOMMU blocked a DMA of the console fails$",
         ],
         with_net_console=True,
     ),

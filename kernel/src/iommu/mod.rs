@@ -73,7 +73,7 @@ pub use vtd::{reason_text, Fault};
 use vtd::{ContextMode, Unit};
 
 #[cfg(feature = "selftest")]
-pub use selftests::{selftests, selftests_with_lent_devices};
+pub use selftests::{arm_fault, selftests, selftests_with_lent_devices};
 
 /// The domain ID of the first device's domain; the others follow (domain 0 is reserved when the
 /// unit caches not-present entries, §11.4.2 CAP.CM).
@@ -186,6 +186,9 @@ pub fn faults_of(location: Location) -> u64 {
 /// `Err` with the latest fault if the device at `location` faulted since [`faults_of`] said
 /// `before`: the request in flight in between failed.
 pub fn check_request(location: Location, before: u64) -> Result<(), Fault> {
+    // The self-tests' stand-in for a fault the unit reports during a request.
+    #[cfg(feature = "selftest")]
+    selftests::fire_armed_fault(location);
     if !strict() || faults_of(location) == before {
         return Ok(());
     }
@@ -595,22 +598,29 @@ pub fn on_fault_interrupt() {
         if overflow {
             log::warn!("iommu: fault records overflowed: some faults were not recorded");
         }
-        let mut recent = RECENT.lock();
         for fault in faults {
-            FAULTS.fetch_add(1, Ordering::Relaxed);
-            count_for_device(fault.source);
-            log::warn!(
-                "iommu: DMA fault: device {} {} at {:#x} blocked: {} (reason {:#x})",
-                fault.source_text(),
-                if fault.read { "read" } else { "write" },
-                fault.address,
-                vtd::reason_text(fault.reason),
-                fault.reason
-            );
-            if recent.len() == RECENT_FAULTS {
-                recent.remove(0);
-            }
-            recent.push(fault);
+            record(fault);
         }
+    });
+}
+
+/// Logs and counts one fault (in total and for its requester) and keeps it among the recent.
+fn record(fault: Fault) {
+    FAULTS.fetch_add(1, Ordering::Relaxed);
+    count_for_device(fault.source);
+    log::warn!(
+        "iommu: DMA fault: device {} {} at {:#x} blocked: {} (reason {:#x})",
+        fault.source_text(),
+        if fault.read { "read" } else { "write" },
+        fault.address,
+        vtd::reason_text(fault.reason),
+        fault.reason
+    );
+    without_interrupts(|| {
+        let mut recent = RECENT.lock();
+        if recent.len() == RECENT_FAULTS {
+            recent.remove(0);
+        }
+        recent.push(fault);
     });
 }

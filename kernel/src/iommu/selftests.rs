@@ -18,6 +18,10 @@
 //!   and B's buffer must be unchanged. With one domain for all devices (as before per-device
 //!   domains) the write would land.
 //!
+//! - [`arm_fault`]: for the net and console self-tests, a fault "reported" for a device at its
+//!   next `iommu::check_request`, as if the unit had blocked one of its DMAs during the request
+//!   being checked: it proves those paths fail the request, without breaking the device.
+//!
 //! The stray-DMA test uses a blk device the virtio self-tests borrowed
 //! (`virtio/test_bringup.rs`), so it runs from their list, just before they hand the devices
 //! back (the device is reset at the end of the test, as after any failed request).
@@ -32,7 +36,7 @@ use drivers::queue::{Ring, Segment};
 use drivers::transport::{DeviceStatus, DeviceType, Location, Transport};
 use hal::{Direction, DmaOwner, DmaRegion, Hal};
 
-use super::Mode;
+use super::{Fault, Mode};
 use crate::hal_impl::KernelHal;
 use crate::memory;
 use crate::selftest_api::SelfTest;
@@ -440,4 +444,43 @@ fn test_other_devices_buffer() -> Result<(), String> {
         let _ = unsafe { memory::free_frames(page, 1) };
         result
     })
+}
+
+/// A fault [`arm_fault`] armed, for the device with this source ID.
+static ARMED: spin::Mutex<Option<Fault>> = spin::Mutex::new(None);
+
+/// Makes the next `iommu::check_request` for the PCI device at `location` find a fault (a read
+/// or a write at `address`), recorded and counted as the fault interrupt would, as if the unit
+/// had blocked a DMA of the device during the request being checked. For the self-tests of the
+/// paths that check (net, console). `false` if `location` has no source ID.
+pub fn arm_fault(location: Location, read: bool, address: u64) -> bool {
+    let Some(source) = super::source_of(location) else {
+        return false;
+    };
+    *ARMED.lock() = Some(Fault {
+        source,
+        address,
+        read,
+        // What the unit says for an access to a page that is not mapped (§7.1.3).
+        reason: if read { 0x6 } else { 0x5 },
+    });
+    true
+}
+
+/// Called by `check_request`: records the armed fault if it is for `location`.
+pub(super) fn fire_armed_fault(location: Location) {
+    let Some(source) = super::source_of(location) else {
+        return;
+    };
+    let fault = {
+        let mut armed = ARMED.lock();
+        match *armed {
+            Some(f) if f.source == source => armed.take(),
+            _ => None,
+        }
+    };
+    if let Some(fault) = fault {
+        log::info!("iommu: self-test: reporting the armed fault for {location}");
+        super::record(fault);
+    }
 }

@@ -87,6 +87,12 @@ pub struct BridgeCounters {
     pub recoveries: u64,
     /// Configuration-change events handled.
     pub config_events: u64,
+    /// Polls that found a DMA of the card blocked by the IOMMU (strict
+    /// mode) since the previous one ([`Nic::check_dma`]).
+    pub dma_blocked: u64,
+    /// Received frames dropped because the IOMMU blocked a write of the
+    /// card while they were arriving: their data cannot be trusted.
+    pub rx_dma_dropped: u64,
 }
 
 /// One network card.
@@ -106,6 +112,8 @@ pub struct Nic {
     pub stack: Option<super::stack::Stack>,
     /// When the configuration was last looked at (polled cards only).
     last_config_check_ns: u64,
+    /// The card's IOMMU fault count at the previous [`Nic::check_dma`].
+    dma_faults_seen: u64,
 }
 
 /// Every network card brought up, in discovery order.
@@ -198,6 +206,7 @@ pub fn claim_all() {
             counters: BridgeCounters::default(),
             stack: None,
             last_config_check_ns: 0,
+            dma_faults_seen: crate::iommu::faults_of(location),
         });
     }
 }
@@ -206,6 +215,42 @@ pub fn claim_all() {
 pub const DRIVER_NAME: &str = "virtio-net";
 
 impl Nic {
+    /// Fails what the card did while the IOMMU blocked one of its DMAs, as
+    /// the block layer fails such a request (`iommu::check_request`; one
+    /// relaxed load without a strict IOMMU). Called before each poll: a
+    /// blocked **write** (the card storing a received frame or a used
+    /// entry) makes every frame now in the receive ring suspect, so they
+    /// are dropped (their buffers reposted) before smoltcp sees them; a
+    /// blocked **read** (the card fetching a frame to send, or a ring)
+    /// means frames sent since the last poll may be lost or garbled, which
+    /// cannot be undone: it is logged and counted. Returns the fault.
+    pub fn check_dma(&mut self) -> Option<crate::iommu::Fault> {
+        let fault = crate::iommu::check_request(self.location, self.dma_faults_seen).err()?;
+        self.dma_faults_seen = crate::iommu::faults_of(self.location);
+        self.counters.dma_blocked += 1;
+        if fault.read {
+            log::warn!(
+                "{}: transmit failed: the IOMMU blocked a DMA read of the device at {:#x}; frames sent since the last poll may be lost",
+                self.name,
+                fault.address
+            );
+            return Some(fault);
+        }
+        let mut dropped = 0u64;
+        let (rx, _) = self.device.queues();
+        // Dropping a packet reposts its buffer.
+        while let Ok(Some(_packet)) = rx.receive() {
+            dropped += 1;
+        }
+        self.counters.rx_dma_dropped += dropped;
+        log::warn!(
+            "{}: receive failed: the IOMMU blocked a DMA write of the device at {:#x}; {dropped} received frame(s) dropped",
+            self.name,
+            fault.address
+        );
+        Some(fault)
+    }
+
     /// Publishes what the queues gathered and notifies where needed.
     pub fn flush(&mut self) -> usize {
         self.device.flush()

@@ -13,6 +13,11 @@
 //!   finds the pair(s) that see each other (two `-netdev hubport` on one
 //!   hub) and checks each frame byte for byte, in order, none lost; at least
 //!   one pair must exist;
+//! - in strict IOMMU mode: **a blocked DMA fails the card's traffic**: a fault
+//!   armed for the card (`iommu::arm_fault`, as if the unit had blocked a DMA
+//!   of it) is found by the next poll, counted once, with receive buffers
+//!   reposted (a write) or the transmit failure logged (a read), and the card
+//!   stays live;
 //! - with two cards or more that all have CTRL_RX: **the control queue
 //!   works**: on a hub pair, a frame to a foreign unicast address reaches
 //!   the receiver only while it is promiscuous; with CTRL_MAC_ADDR, a frame
@@ -81,6 +86,12 @@ pub fn selftests() -> Vec<SelfTest> {
         name: "net: the gateway answers ping",
         run: test_ping,
     });
+    if crate::iommu::strict() {
+        tests.push(SelfTest {
+            name: "net: a poll after the IOMMU blocked a DMA of the card fails its traffic, once",
+            run: test_dma_blocked,
+        });
+    }
     if count >= 2 {
         tests.push(SelfTest {
             name: "net: frames sent on one card arrive intact on the other (hub)",
@@ -136,6 +147,48 @@ fn test_cards_live() -> Result<(), String> {
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// A fault armed for the first card (a write, then a read) must be found by the next
+/// `stack::poll_card`, counted once (`dma_blocked`), and leave the card live with its receive
+/// queue full.
+fn test_dma_blocked() -> Result<(), String> {
+    let mut nics = nic::nics();
+    let nic = nics.first_mut().ok_or("no card")?;
+    for read in [false, true] {
+        let before = nic.counters;
+        if !crate::iommu::arm_fault(nic.location, read, 0xdead_0000) {
+            return Err(format!(
+                "{} at {} has no PCI source ID",
+                nic.name, nic.location
+            ));
+        }
+        stack::poll_card(nic);
+        stack::poll_card(nic);
+        let after = nic.counters;
+        if after.dma_blocked != before.dma_blocked + 1 {
+            return Err(format!(
+                "{} {}: {} blocked DMA(s) found by two polls, want 1",
+                nic.name,
+                if read { "read" } else { "write" },
+                after.dma_blocked - before.dma_blocked
+            ));
+        }
+        if read && after.rx_dma_dropped != before.rx_dma_dropped {
+            return Err("a blocked read dropped received frames".into());
+        }
+        let failed = nic.device.is_failed();
+        let rx = nic.device.rx();
+        let (posted, count) = (rx.buffers_posted(), rx.buffer_count());
+        if posted != count || failed {
+            return Err(format!(
+                "{} after the blocked {}: {posted} of {count} receive buffers posted, failed: {failed}",
+                nic.name,
+                if read { "read" } else { "write" },
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ----------------------------------------------------------------- DHCP

@@ -139,6 +139,10 @@ pub fn poll_card(nic: &mut Nic) {
     if nic.device.is_failed() {
         return;
     }
+    if nic.check_dma().is_some() {
+        // Reposted buffers go back to the device now.
+        nic.flush();
+    }
     let Some(stack) = nic.stack.as_mut() else {
         return;
     };

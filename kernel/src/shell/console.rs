@@ -200,16 +200,59 @@ pub fn waiter(location: Location, timeout_ns: u64) -> KernelWait {
     wait::for_device(virtio::irq::of(location), QueueSet::ALL, timeout_ns)
 }
 
+/// Why [`write_all`] failed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The driver or the device refused or failed the write.
+    Device(ConsoleError),
+    /// The IOMMU blocked a DMA of the console while the write was in flight
+    /// (strict mode, `iommu/mod.rs`): the device may have sent something
+    /// else than the bytes, or nothing.
+    DmaBlocked(crate::iommu::Fault),
+}
+
+impl From<ConsoleError> for WriteError {
+    fn from(error: ConsoleError) -> Self {
+        WriteError::Device(error)
+    }
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::Device(error) => write!(f, "{error}"),
+            WriteError::DmaBlocked(fault) => write!(
+                f,
+                "the IOMMU blocked a DMA {} at {:#x} by the console during the write",
+                if fault.read { "read" } else { "write" },
+                fault.address
+            ),
+        }
+    }
+}
+
 /// Writes all of `bytes` to port `port`, waiting up to `timeout_ns` for
 /// room (the driver's [`ConsoleDevice::write_all`], which turns transmit
-/// interrupts on only while it waits). A timeout says how much went.
-pub fn write_all(port: u32, bytes: &[u8], timeout_ns: u64) -> Result<(), ConsoleError> {
+/// interrupts on only while it waits). A timeout says how much went. A
+/// write during which the IOMMU blocked a DMA of the console failed, as a
+/// block request does (`iommu::check_request`; one relaxed load without a
+/// strict IOMMU).
+pub fn write_all(port: u32, bytes: &[u8], timeout_ns: u64) -> Result<(), WriteError> {
     let mut guard = lock();
     let Some(console) = guard.as_mut() else {
-        return Err(ConsoleError::DeviceFailed);
+        return Err(ConsoleError::DeviceFailed.into());
     };
     let mut wait = waiter(console.location, timeout_ns);
-    console.device.write_all(port, bytes, &mut wait)
+    let faults = crate::iommu::faults_of(console.location);
+    console.device.write_all(port, bytes, &mut wait)?;
+    crate::iommu::check_request(console.location, faults).map_err(|fault| {
+        // Not through the console: its output is what failed.
+        log::warn!(
+            "console: write of {} bytes to port {port} failed: the IOMMU blocked a DMA of the device",
+            bytes.len()
+        );
+        WriteError::DmaBlocked(fault)
+    })
 }
 
 /// The panic path: writes `message` to the console through EMERG_WRITE if

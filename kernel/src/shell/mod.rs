@@ -53,7 +53,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::{self, Write as _};
 
-use drivers::console::{ConsoleError, QueueRole};
+use drivers::console::QueueRole;
 use drivers::features;
 use drivers::transport::{DeviceType, Transport};
 
@@ -909,7 +909,7 @@ fn resolve_port(spec: &str) -> Result<u32, String> {
     }
 }
 
-fn console_error(error: ConsoleError) -> String {
+fn console_error(error: impl core::fmt::Display) -> String {
     error.to_string()
 }
 

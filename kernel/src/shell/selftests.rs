@@ -41,6 +41,12 @@ pub fn selftests() -> Vec<SelfTest> {
             name: "console: the driver claims the console, runs the handshake and writes port 0",
             run: test_console_driver,
         });
+        if crate::iommu::strict() {
+            tests.push(SelfTest {
+                name: "console: a write during which the IOMMU blocked a DMA of the console fails",
+                run: test_console_dma_blocked,
+            });
+        }
     }
     tests
 }
@@ -204,4 +210,29 @@ fn test_line_editing() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// With a fault armed for the console (`iommu::arm_fault`: as if the unit had blocked its read
+/// of the bytes), `console::write_all` fails with the fault; the next write succeeds.
+fn test_console_dma_blocked() -> Result<(), String> {
+    let (location, port) = {
+        let guard = console::lock();
+        let c = guard
+            .as_ref()
+            .ok_or("no console (the driver test claims it first)")?;
+        (
+            c.location,
+            c.device.console_port().ok_or("no console port")?,
+        )
+    };
+    if !crate::iommu::arm_fault(location, true, 0xdead_0000) {
+        return Err(format!("console at {location} has no PCI source ID"));
+    }
+    match console::write_all(port, b"console: write with a blocked DMA\n", 2_000_000_000) {
+        Err(console::WriteError::DmaBlocked(fault))
+            if fault.read && fault.address == 0xdead_0000 => {}
+        other => return Err(format!("the write with a blocked DMA gave {other:?}")),
+    }
+    console::write_all(port, b"console: write after it\n", 2_000_000_000)
+        .map_err(|e| format!("the next write failed: {e}"))
 }
