@@ -30,7 +30,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use hal::{DmaRegion, Hal, HalError};
+use hal::{DeviceVisible, DmaRegion, Hal, HalError};
 
 use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
@@ -173,13 +173,15 @@ pub enum Adjusted {
 /// A virtio-balloon device.
 pub struct BalloonDevice<H: Hal, T: Transport> {
     transport: T,
-    inflate: Virtqueue<H>,
-    deflate: Virtqueue<H>,
-    stats: Option<Virtqueue<H>>,
+    /// The rings and the two buffers: kept for ever, not freed, if the
+    /// device never acknowledges a reset (`device::reset_or_keep`).
+    inflate: DeviceVisible<Virtqueue<H>>,
+    deflate: DeviceVisible<Virtqueue<H>>,
+    stats: DeviceVisible<Option<Virtqueue<H>>>,
     /// PFNs of one request.
-    pfns: DmaRegion<H>,
+    pfns: DeviceVisible<DmaRegion<H>>,
     /// The statistics buffer (on statsq while the device holds it).
-    stats_buffer: DmaRegion<H>,
+    stats_buffer: DeviceVisible<DmaRegion<H>>,
     stats_token: Option<Token>,
     /// Every page in the balloon.
     pages: Vec<u32>,
@@ -226,11 +228,11 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
         )?;
         let mut balloon = Self {
             transport,
-            inflate,
-            deflate,
-            stats: stats_queue,
-            pfns,
-            stats_buffer,
+            inflate: DeviceVisible::new(inflate),
+            deflate: DeviceVisible::new(deflate),
+            stats: DeviceVisible::new(stats_queue),
+            pfns: DeviceVisible::new(pfns),
+            stats_buffer: DeviceVisible::new(stats_buffer),
             stats_token: None,
             pages: Vec::new(),
             features,
@@ -272,7 +274,7 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
     pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
         visit(&"inflateq", &self.inflate);
         visit(&"deflateq", &self.deflate);
-        if let Some(stats) = &self.stats {
+        if let Some(stats) = self.stats.as_ref() {
             visit(&"statsq", stats);
         }
     }
@@ -428,9 +430,9 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
         self.pfns.write_bytes(0, &bytes);
         let segment = Segment::readable(self.pfns.device_addr(), bytes.len() as u32);
         let queue = if queue_index == INFLATE_QUEUE {
-            &mut self.inflate
+            &mut *self.inflate
         } else {
-            &mut self.deflate
+            &mut *self.deflate
         };
         match device::request_and_wait(&mut self.transport, queue, &[segment], wait) {
             Ok(_) => Ok(()),
@@ -452,21 +454,49 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
             "{}: virtio-balloon stopped: {error}",
             self.transport.location()
         );
-        let _ = self.transport.reset();
-        self.inflate.reset(|_| {});
-        self.deflate.reset(|_| {});
-        if let Some(q) = self.stats.as_mut() {
-            q.reset(|_| {});
+        if self.reset_or_keep() {
+            self.inflate.reset(|_| {});
+            self.deflate.reset(|_| {});
+            if let Some(q) = self.stats.as_mut() {
+                q.reset(|_| {});
+            }
         }
         self.stats_token = None;
         self.stopped = true;
         error
     }
 
+    /// Resets the device; `false` if it never acknowledged, and may still
+    /// read and write its rings and buffers: they are then kept for ever,
+    /// never freed (`hal::DeviceVisible`), and the device is not reset
+    /// again.
+    fn reset_or_keep(&mut self) -> bool {
+        if self.is_dead() {
+            return false;
+        }
+        if device::reset_or_keep(&mut self.transport, "virtio-balloon").is_err() {
+            self.inflate.keep_forever();
+            self.deflate.keep_forever();
+            self.stats.keep_forever();
+            self.pfns.keep_forever();
+            self.stats_buffer.keep_forever();
+            return false;
+        }
+        true
+    }
+
+    /// `true` once the device failed to acknowledge a reset: its memory is
+    /// kept, and the pages in the balloon are never given back (the host
+    /// may still hold them).
+    pub fn is_dead(&self) -> bool {
+        self.inflate.is_kept_forever()
+    }
+
     /// After a device error (the device is reset, so it holds no pages):
-    /// every page the balloon held, for the caller to give back.
+    /// every page the balloon held, for the caller to give back. Nothing
+    /// if the device is dead: it never confirmed it let them go.
     pub fn take_pages_after_reset(&mut self) -> Vec<u32> {
-        if self.stopped {
+        if self.stopped && !self.is_dead() {
             core::mem::take(&mut self.pages)
         } else {
             Vec::new()
@@ -477,7 +507,8 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
 impl<H: Hal, T: Transport> Drop for BalloonDevice<H, T> {
     /// Resets the device before its buffers are freed. Pages still in the
     /// balloon are the caller's to give back first ([`BalloonDevice::empty`]).
+    /// A device that never acknowledges keeps its memory.
     fn drop(&mut self) {
-        let _ = self.transport.reset();
+        self.reset_or_keep();
     }
 }

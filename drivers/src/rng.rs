@@ -33,7 +33,7 @@
 
 use core::fmt;
 
-use hal::{DmaRegion, Hal, HalError};
+use hal::{DeviceVisible, DmaRegion, Hal, HalError};
 
 use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
@@ -117,10 +117,12 @@ pub struct RngStats {
 /// A virtio-rng device: hands out the bytes the device writes.
 pub struct RngDevice<H: Hal, T: Transport> {
     transport: T,
-    /// requestq.
-    queue: Virtqueue<H>,
-    /// The one buffer the device fills, [`REQUEST_BYTES`] long.
-    buffer: DmaRegion<H>,
+    /// requestq. Kept for ever, not freed, if the device never
+    /// acknowledges a reset (`device::reset_or_keep`).
+    queue: DeviceVisible<Virtqueue<H>>,
+    /// The one buffer the device fills, [`REQUEST_BYTES`] long (kept like
+    /// the ring).
+    buffer: DeviceVisible<DmaRegion<H>>,
     /// What was negotiated (ring features only: §5.4.3 defines no others).
     features: u64,
     /// Set once a device error reset the device.
@@ -157,8 +159,8 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
         )?;
         Ok(Self {
             transport,
-            queue,
-            buffer,
+            queue: DeviceVisible::new(queue),
+            buffer: DeviceVisible::new(buffer),
             features,
             stopped: false,
             stats: RngStats::default(),
@@ -226,18 +228,20 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
         }
         // §5.4.6.1: writable only. `len` is at most REQUEST_BYTES (256).
         let buffer = Segment::writable(self.buffer.device_addr(), len as u32);
-        let used =
-            match device::request_and_wait(&mut self.transport, &mut self.queue, &[buffer], wait) {
-                Ok(used) => used,
-                Err(RequestError::NotAdded(error)) => return Err(RngError::Queue(error)),
-                Err(RequestError::Queue(error)) => return Err(self.stop(RngError::Queue(error))),
-                Err(RequestError::TimedOut(timeout)) => {
-                    return Err(self.stop(RngError::TimedOut(timeout)))
-                }
-                Err(RequestError::WrongCompletion) => {
-                    return Err(self.stop(RngError::WrongCompletion))
-                }
-            };
+        let used = match device::request_and_wait(
+            &mut self.transport,
+            &mut *self.queue,
+            &[buffer],
+            wait,
+        ) {
+            Ok(used) => used,
+            Err(RequestError::NotAdded(error)) => return Err(RngError::Queue(error)),
+            Err(RequestError::Queue(error)) => return Err(self.stop(RngError::Queue(error))),
+            Err(RequestError::TimedOut(timeout)) => {
+                return Err(self.stop(RngError::TimedOut(timeout)))
+            }
+            Err(RequestError::WrongCompletion) => return Err(self.stop(RngError::WrongCompletion)),
+        };
         // §5.4.6.1: "MUST examine the length written by the device".
         if used.len == 0 {
             return Err(self.stop(RngError::NoBytes));
@@ -257,19 +261,35 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
     /// forgets what was in flight, and refuses further reads. Returns `error`.
     fn stop(&mut self, error: RngError) -> RngError {
         log::warn!("{}: virtio-rng stopped: {error}", self.transport.location());
-        // A reset that times out cannot be helped: the driver reads no more.
-        let _ = self.transport.reset();
-        self.queue.reset(|_| {});
+        if self.reset_or_keep() {
+            self.queue.reset(|_| {});
+        }
         self.stopped = true;
         error
+    }
+
+    /// Resets the device; `false` if it never acknowledged, and may still
+    /// write the ring and the buffer: they are then kept for ever, never
+    /// freed (`hal::DeviceVisible`), and the device is not reset again.
+    fn reset_or_keep(&mut self) -> bool {
+        if self.queue.is_kept_forever() {
+            return false;
+        }
+        if device::reset_or_keep(&mut self.transport, "virtio-rng").is_err() {
+            self.queue.keep_forever();
+            self.buffer.keep_forever();
+            return false;
+        }
+        true
     }
 }
 
 // ANCHOR: drop
 impl<H: Hal, T: Transport> Drop for RngDevice<H, T> {
-    /// Resets the device before the ring and the buffer are freed (§2.1.2).
+    /// Resets the device before the ring and the buffer are freed (§2.1.2),
+    /// or keeps them if it never acknowledges.
     fn drop(&mut self) {
-        let _ = self.transport.reset();
+        self.reset_or_keep();
     }
 }
 // ANCHOR_END: drop

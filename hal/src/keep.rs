@@ -59,6 +59,20 @@ impl<T> DeviceVisible<T> {
     pub fn is_kept_forever(&self) -> bool {
         self.keep
     }
+
+    /// The value, unwrapped, once the device is known not to use it any
+    /// more or to have let it go in order (for example after the command
+    /// that handed it over succeeded, to store it elsewhere). `None` if it
+    /// was kept forever: it stays where it is, never dropped.
+    pub fn into_inner(self) -> Option<T> {
+        let mut this = ManuallyDrop::new(self);
+        if this.keep {
+            return None;
+        }
+        // SAFETY: the value is taken out once, here, and `this` is never
+        // dropped (ManuallyDrop), so it is neither dropped nor used again.
+        Some(unsafe { ManuallyDrop::take(&mut this.value) })
+    }
 }
 
 impl<T> Deref for DeviceVisible<T> {
@@ -112,5 +126,18 @@ mod tests {
         drop(kept);
         assert_eq!(Rc::strong_count(&witness), 2, "never dropped");
         assert_eq!(kept_forever(), before + 1, "counted once");
+    }
+
+    #[test]
+    fn into_inner_hands_over_a_value_that_was_not_kept_only() {
+        let witness = Rc::new(());
+        let handed = DeviceVisible::new(witness.clone()).into_inner();
+        assert_eq!(Rc::strong_count(&witness), 2, "handed over, not dropped");
+        drop(handed);
+        assert_eq!(Rc::strong_count(&witness), 1);
+        let mut kept = DeviceVisible::new(witness.clone());
+        kept.keep_forever();
+        assert!(kept.into_inner().is_none());
+        assert_eq!(Rc::strong_count(&witness), 2, "still kept, never dropped");
     }
 }

@@ -69,6 +69,10 @@ pub struct Device<M> {
     pub status_writes: Vec<u8>,
     /// What the driver accepted.
     pub driver_features: u64,
+    /// The device never acknowledges a reset: writing 0 to the status
+    /// changes nothing (it keeps its queues and may still use them), and
+    /// `reset` times out.
+    pub never_resets: bool,
 }
 
 /// A device shared between the test and the transport.
@@ -81,6 +85,7 @@ pub fn shared<M>(model: M) -> Shared<M> {
         status: 0,
         status_writes: Vec::new(),
         driver_features: 0,
+        never_resets: false,
     }))
 }
 
@@ -112,6 +117,9 @@ impl<M: DeviceModel> Transport for ModelTransport<M> {
     fn set_status(&mut self, status: DeviceStatus) {
         let mut d = self.device.borrow_mut();
         d.status_writes.push(status.bits());
+        if status.bits() == 0 && d.never_resets {
+            return;
+        }
         d.status = status.bits();
         if status.bits() == 0 {
             d.driver_features = 0;
@@ -121,6 +129,14 @@ impl<M: DeviceModel> Transport for ModelTransport<M> {
 
     fn reset(&mut self) -> Result<(), TransportError> {
         self.set_status(DeviceStatus::empty());
+        let last_status = self.device.borrow().status;
+        if last_status != 0 {
+            return Err(TransportError::ResetTimeout {
+                polls: 1,
+                waited_us: 0,
+                last_status,
+            });
+        }
         Ok(())
     }
 

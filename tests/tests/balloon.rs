@@ -273,3 +273,56 @@ fn a_used_length_on_a_read_only_buffer_is_refused() {
     drop(balloon);
     HostHal::clear_devices();
 }
+
+#[test]
+fn a_device_that_never_finishes_a_reset_keeps_its_memory_and_its_pages() {
+    let base = 0xfeb0_6e00;
+    let (mut balloon, core, model) = attach(base, 2);
+    let mut frames = Frames::new(600);
+    BalloonModel::set_target(&mut core.borrow_mut(), 100);
+    settle(&mut balloon, &mut frames, &core, &model);
+    assert_eq!(balloon.pages(), 100);
+    let live = HostHal::live_dma_pages();
+    core.borrow_mut().reset_delay_reads = u32::MAX;
+    let kept = hal::kept_forever();
+    drop(balloon);
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        live,
+        "rings and buffers not freed: the device may still use them"
+    );
+    assert!(
+        hal::kept_forever() >= kept + 5,
+        "three rings, two buffers kept"
+    );
+    HostHal::clear_devices();
+}
+
+#[test]
+fn a_stalled_device_that_never_finishes_its_reset_keeps_the_pages_it_holds() {
+    // Unlike a reset device, this one never confirmed it let go of the
+    // balloon's pages: giving them back could hand the host's pages to the
+    // guest again. They stay in the balloon, and its memory is kept.
+    let (mut balloon, core, model) = attach(0xfeb0_6a00, 2);
+    let mut frames = Frames::new(3000);
+    BalloonModel::set_target(&mut core.borrow_mut(), 1500);
+    balloon
+        .adjust(&mut frames, &mut runs(&core, &model, 10))
+        .unwrap();
+    let held = balloon.pages();
+    assert!(held > 0);
+    model.borrow_mut().stall = true;
+    core.borrow_mut().reset_delay_reads = u32::MAX;
+    let live = HostHal::live_dma_pages();
+    let error = balloon.adjust(&mut frames, &mut runs(&core, &model, 10));
+    assert!(matches!(error, Err(BalloonError::TimedOut(_))), "{error:?}");
+    assert!(balloon.is_dead());
+    assert!(
+        balloon.take_pages_after_reset().is_empty(),
+        "no page comes back from a device that was never reset"
+    );
+    assert_eq!(balloon.pages(), held);
+    drop(balloon);
+    assert_eq!(HostHal::live_dma_pages(), live, "nothing freed");
+    HostHal::clear_devices();
+}

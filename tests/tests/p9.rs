@@ -324,3 +324,22 @@ fn a_stopped_device_refuses_everything_after_its_reset() {
     drop(p9);
     HostHal::clear_devices();
 }
+
+#[test]
+fn a_device_that_never_finishes_a_reset_keeps_its_memory() {
+    let base = 0xfeb0_4e00;
+    let (mut p9, core, model) = attach(base, 2, share(P9Behaviour::Correct));
+    p9.mount(&mut runs(&core, &model, 10))
+        .expect("version + attach");
+    let live = HostHal::live_dma_pages();
+    core.borrow_mut().reset_delay_reads = u32::MAX;
+    let kept = hal::kept_forever();
+    drop(p9);
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        live,
+        "ring and messages not freed: the device may still use them"
+    );
+    assert!(hal::kept_forever() >= kept + 3, "ring, request, reply kept");
+    HostHal::clear_devices();
+}

@@ -369,3 +369,29 @@ fn a_device_without_a_queue_fails_and_is_marked_failed() {
     assert_eq!(last.map(|s| s & 0x80), Some(0x80), "FAILED set");
     HostHal::clear_devices();
 }
+
+#[test]
+fn a_device_that_never_finishes_a_reset_keeps_its_memory() {
+    // §2.1.2: only a reset that reads back 0 says the device stopped using
+    // its ring and buffer; freeing them otherwise is a use-after-free by DMA.
+    let base = 0xfeb0_2e00;
+    let (transport, core, model) = mmio_rng(base, 2, RngBehaviour::Fill, mmio);
+    let mut rng = RngDevice::<HostHal, _>::new(transport, features::SHARED_RING_FEATURES)
+        .expect("the device comes up");
+    read_and_compare(&mut rng, &core, &model, 100);
+    let live = HostHal::live_dma_pages();
+    assert!(live > 0);
+    core.borrow_mut().reset_delay_reads = u32::MAX;
+    let kept = hal::kept_forever();
+    drop(rng);
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        live,
+        "nothing freed: the device may still write it"
+    );
+    assert!(
+        hal::kept_forever() >= kept + 2,
+        "ring and buffer kept, counted"
+    );
+    HostHal::clear_devices();
+}

@@ -672,3 +672,33 @@ fn render_draws_the_font_in_the_two_colours() {
     assert_eq!(font::glyph(0x80), &font::REPLACEMENT);
     assert_eq!(font::glyph(b'\n'), &font::REPLACEMENT);
 }
+
+#[test]
+fn a_gpu_that_never_finishes_a_reset_keeps_its_framebuffer_and_queues() {
+    let (driver, device) = gpu(GpuModel::with_display(640, 400), TransportKind::PciModern);
+    let mut driver = driver.expect("the gpu comes up");
+    assert_eq!(driver.set_up_display(&mut patience()), Ok((640, 400)));
+    let live = HostHal::live_dma_pages();
+    assert!(live > 0);
+    device.borrow_mut().never_resets = true;
+    let kept = hal::kept_forever();
+    drop(driver);
+    assert_eq!(
+        HostHal::live_dma_pages(),
+        live,
+        "framebuffer, queues and command buffers not freed: the device may still use them"
+    );
+    assert!(hal::kept_forever() >= kept + 5);
+}
+
+#[test]
+fn an_input_device_that_never_finishes_a_reset_keeps_its_queues_and_buffers() {
+    let (driver, device) = input(InputModel::keyboard("QEMU Virtio Keyboard"));
+    let live = HostHal::live_dma_pages();
+    assert!(live > 0);
+    device.borrow_mut().never_resets = true;
+    let kept = hal::kept_forever();
+    drop(driver);
+    assert_eq!(HostHal::live_dma_pages(), live, "nothing freed");
+    assert!(hal::kept_forever() >= kept + 3);
+}

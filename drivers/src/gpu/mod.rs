@@ -43,7 +43,7 @@ pub mod protocol;
 use alloc::vec::Vec;
 use core::fmt;
 
-use hal::{DmaOwner, DmaRegion, Hal, HalError};
+use hal::{DeviceVisible, DmaOwner, DmaRegion, Hal, HalError};
 
 use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
@@ -269,13 +269,16 @@ struct Display<H: Hal> {
 /// A virtio-gpu device driven in 2D mode. See the module documentation.
 pub struct GpuDevice<H: Hal, T: Transport> {
     transport: T,
-    control: Virtqueue<H>,
-    cursor: Virtqueue<H>,
-    request: DmaRegion<H>,
-    response: DmaRegion<H>,
+    /// The queues, the command buffers and the framebuffer shown: kept for
+    /// ever, not freed, if the device never acknowledges a reset
+    /// (`device::reset_or_keep`).
+    control: DeviceVisible<Virtqueue<H>>,
+    cursor: DeviceVisible<Virtqueue<H>>,
+    request: DeviceVisible<DmaRegion<H>>,
+    response: DeviceVisible<DmaRegion<H>>,
     features: u64,
     num_scanouts: u32,
-    display: Option<Display<H>>,
+    display: DeviceVisible<Option<Display<H>>>,
     next_resource: u32,
     broken: bool,
 }
@@ -305,13 +308,13 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
         );
         Ok(GpuDevice {
             transport,
-            control,
-            cursor,
-            request,
-            response,
+            control: DeviceVisible::new(control),
+            cursor: DeviceVisible::new(cursor),
+            request: DeviceVisible::new(request),
+            response: DeviceVisible::new(response),
             features,
             num_scanouts,
-            display: None,
+            display: DeviceVisible::new(None),
             next_resource: 1,
             broken: false,
         })
@@ -375,17 +378,20 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
             Segment::readable(self.request.device_addr(), request.len() as u32),
             Segment::writable(self.response.device_addr(), response_len as u32),
         ];
-        let used =
-            match device::request_and_wait(&mut self.transport, &mut self.control, &segments, wait)
-            {
-                Ok(used) => used,
-                Err(RequestError::NotAdded(e)) => return Err(GpuError::Queue(e)),
-                Err(RequestError::Queue(e)) => return Err(self.fail(GpuError::Queue(e))),
-                Err(RequestError::TimedOut(t)) => return Err(self.fail(GpuError::TimedOut(t))),
-                Err(RequestError::WrongCompletion) => {
-                    return Err(self.fail(GpuError::Queue(QueueError::DeviceBroken)))
-                }
-            };
+        let used = match device::request_and_wait(
+            &mut self.transport,
+            &mut *self.control,
+            &segments,
+            wait,
+        ) {
+            Ok(used) => used,
+            Err(RequestError::NotAdded(e)) => return Err(GpuError::Queue(e)),
+            Err(RequestError::Queue(e)) => return Err(self.fail(GpuError::Queue(e))),
+            Err(RequestError::TimedOut(t)) => return Err(self.fail(GpuError::TimedOut(t))),
+            Err(RequestError::WrongCompletion) => {
+                return Err(self.fail(GpuError::Queue(QueueError::DeviceBroken)))
+            }
+        };
         if (used.len as usize) < protocol::HEADER_LEN {
             return Err(GpuError::ShortResponse {
                 command,
@@ -420,9 +426,34 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
             "{}: gpu: {error}; resetting the device",
             self.transport.location()
         );
-        let _ = self.transport.reset();
+        self.reset_or_keep();
         self.broken = true;
         error
+    }
+
+    /// Resets the device; `false` if it never acknowledged, and may still
+    /// read and write its queues, command buffers and framebuffer: they are
+    /// then kept for ever, never freed (`hal::DeviceVisible`), and the
+    /// device is not reset again.
+    fn reset_or_keep(&mut self) -> bool {
+        if self.is_dead() {
+            return false;
+        }
+        if device::reset_or_keep(&mut self.transport, "virtio-gpu").is_err() {
+            self.control.keep_forever();
+            self.cursor.keep_forever();
+            self.request.keep_forever();
+            self.response.keep_forever();
+            self.display.keep_forever();
+            return false;
+        }
+        true
+    }
+
+    /// `true` once the device failed to acknowledge a reset: its memory is
+    /// kept for ever and the device is not used again.
+    pub fn is_dead(&self) -> bool {
+        self.control.is_kept_forever()
     }
 
     /// GET_DISPLAY_INFO: every scanout the device reports.
@@ -469,15 +500,17 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
             .ok_or(GpuError::NoDisplay)?;
         let (width, height) = (chosen.rect.width, chosen.rect.height);
         check_size(width, height)?;
-        let framebuffer = Framebuffer::<H>::new(self.transport.dma_owner(), width, height)?;
+        // Device-visible from ATTACH_BACKING on: kept for ever if a failed
+        // command then leaves the device dead (never reset).
+        let mut framebuffer = DeviceVisible::new(Framebuffer::<H>::new(
+            self.transport.dma_owner(),
+            width,
+            height,
+        )?);
         let resource = self.next_resource;
         self.next_resource = self.next_resource.wrapping_add(1).max(1);
         self.command_ok(
             &protocol::resource_create_2d(resource, protocol::FORMAT_B8G8R8X8, width, height),
-            wait,
-        )?;
-        self.command_ok(
-            &protocol::resource_attach_backing(resource, &framebuffer.scatter_list()),
             wait,
         )?;
         let whole = Rect {
@@ -486,7 +519,21 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
             width,
             height,
         };
-        self.command_ok(&protocol::set_scanout(whole, chosen.id, resource), wait)?;
+        let shown = self
+            .command_ok(
+                &protocol::resource_attach_backing(resource, &framebuffer.scatter_list()),
+                wait,
+            )
+            .and_then(|()| {
+                self.command_ok(&protocol::set_scanout(whole, chosen.id, resource), wait)
+            });
+        if let Err(error) = shown {
+            if self.is_dead() {
+                framebuffer.keep_forever();
+            }
+            return Err(error);
+        }
+        let framebuffer = framebuffer.into_inner().ok_or(GpuError::Broken)?;
         let new = Display {
             scanout: chosen.id,
             resource,
@@ -499,9 +546,16 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
             new.framebuffer.chunks.len()
         );
         if let Some(old) = self.display.replace(new) {
-            // The old memory is freed only after the device let go of it.
-            self.command_ok(&protocol::resource_detach_backing(old.resource), wait)?;
-            self.command_ok(&protocol::resource_unref(old.resource), wait)?;
+            // The old memory is freed only after the device let go of it
+            // (or was reset); kept for ever if it is dead.
+            let mut old = DeviceVisible::new(old);
+            let released = self
+                .command_ok(&protocol::resource_detach_backing(old.resource), wait)
+                .and_then(|()| self.command_ok(&protocol::resource_unref(old.resource), wait));
+            if released.is_err() && self.is_dead() {
+                old.keep_forever();
+            }
+            released?;
         }
         Ok((width, height))
     }
@@ -561,8 +615,9 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
 
 impl<H: Hal, T: Transport> Drop for GpuDevice<H, T> {
     /// Resets the device before the framebuffer and queues are freed
-    /// (§2.1.2: a reset device has forgotten its resources' backing).
+    /// (§2.1.2: a reset device has forgotten its resources' backing), or
+    /// keeps them for ever if it never acknowledges.
     fn drop(&mut self) {
-        let _ = self.transport.reset();
+        self.reset_or_keep();
     }
 }

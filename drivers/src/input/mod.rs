@@ -31,7 +31,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use hal::{DmaRegion, Hal, HalError};
+use hal::{DeviceVisible, DmaRegion, Hal, HalError};
 
 use crate::device::{self, DeviceError, QueueSpec};
 use crate::features;
@@ -174,10 +174,12 @@ pub fn bitmap_has(bitmap: &[u8], bit: u16) -> bool {
 /// A virtio-input device. See the module documentation.
 pub struct InputDevice<H: Hal, T: Transport> {
     transport: T,
-    events: Virtqueue<H>,
-    status: Virtqueue<H>,
+    /// The queues and the event buffers: kept for ever, not freed, if the
+    /// device never acknowledges a reset (`device::reset_or_keep`).
+    events: DeviceVisible<Virtqueue<H>>,
+    status: DeviceVisible<Virtqueue<H>>,
     /// One 8-byte slot per buffer in the event queue.
-    buffers: DmaRegion<H>,
+    buffers: DeviceVisible<DmaRegion<H>>,
     /// Which slot each token in flight fills (indexed by `Token::index`).
     slot_of_token: Vec<Option<usize>>,
     features: u64,
@@ -221,9 +223,9 @@ impl<H: Hal, T: Transport> InputDevice<H, T> {
         let buffers = DmaRegion::new(transport.dma_owner(), slots * EVENT_LEN)?;
         let mut device = InputDevice {
             transport,
-            events,
-            status,
-            buffers,
+            events: DeviceVisible::new(events),
+            status: DeviceVisible::new(status),
+            buffers: DeviceVisible::new(buffers),
             slot_of_token: vec![None; slots],
             features,
             name,
@@ -233,7 +235,7 @@ impl<H: Hal, T: Transport> InputDevice<H, T> {
         for slot in 0..slots {
             device.post(slot)?;
         }
-        device::kick(&mut device.transport, &mut device.events);
+        device::kick(&mut device.transport, &mut *device.events);
         Ok(device)
     }
 
@@ -317,7 +319,7 @@ impl<H: Hal, T: Transport> InputDevice<H, T> {
             self.post(slot)?;
         }
         if self.events.unpublished() > 0 {
-            device::kick(&mut self.transport, &mut self.events);
+            device::kick(&mut self.transport, &mut *self.events);
         }
         Ok(taken)
     }
@@ -336,8 +338,13 @@ impl<H: Hal, T: Transport> InputDevice<H, T> {
 }
 
 impl<H: Hal, T: Transport> Drop for InputDevice<H, T> {
-    /// Resets the device before its buffers are freed.
+    /// Resets the device before its buffers are freed, or keeps them for
+    /// ever if it never acknowledges (it may still write them).
     fn drop(&mut self) {
-        let _ = self.transport.reset();
+        if device::reset_or_keep(&mut self.transport, "virtio-input").is_err() {
+            self.events.keep_forever();
+            self.status.keep_forever();
+            self.buffers.keep_forever();
+        }
     }
 }

@@ -40,7 +40,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use hal::{DmaRegion, Hal, HalError};
+use hal::{DeviceVisible, DmaRegion, Hal, HalError};
 
 use crate::device::{self, DeviceError, QueueSpec, RequestError, Wait, WaitTimeout};
 use crate::features;
@@ -189,11 +189,13 @@ pub struct P9Stats {
 /// A virtio-9p device and the 9P2000.L client on it.
 pub struct P9Device<H: Hal, T: Transport> {
     transport: T,
-    queue: Virtqueue<H>,
+    /// The ring and the two messages: kept for ever, not freed, if the
+    /// device never acknowledges a reset (`device::reset_or_keep`).
+    queue: DeviceVisible<Virtqueue<H>>,
     /// The T-message the device reads.
-    request: DmaRegion<H>,
+    request: DeviceVisible<DmaRegion<H>>,
     /// The R-message the device writes.
-    reply: DmaRegion<H>,
+    reply: DeviceVisible<DmaRegion<H>>,
     features: u64,
     mount_tag: String,
     msize: u32,
@@ -232,9 +234,9 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
         )?;
         Ok(Self {
             transport,
-            queue,
-            request,
-            reply,
+            queue: DeviceVisible::new(queue),
+            request: DeviceVisible::new(request),
+            reply: DeviceVisible::new(reply),
             features,
             mount_tag,
             msize: MAX_MSIZE,
@@ -681,7 +683,7 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
             Segment::writable(self.reply.device_addr(), self.msize),
         ];
         let used =
-            match device::request_and_wait(&mut self.transport, &mut self.queue, &chain, wait) {
+            match device::request_and_wait(&mut self.transport, &mut *self.queue, &chain, wait) {
                 Ok(used) => used,
                 Err(RequestError::NotAdded(error)) => return Err(P9Error::Queue(error)),
                 Err(RequestError::Queue(error)) => return Err(self.stop(P9Error::Queue(error))),
@@ -711,12 +713,30 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
     /// Resets the device and refuses further requests.
     fn stop(&mut self, error: P9Error) -> P9Error {
         log::warn!("{}: virtio-9p stopped: {error}", self.transport.location());
-        let _ = self.transport.reset();
-        self.queue.reset(|_| {});
+        if self.reset_or_keep() {
+            self.queue.reset(|_| {});
+        }
         self.stopped = true;
         self.mounted = false;
         self.fids.iter_mut().for_each(|f| *f = false);
         error
+    }
+
+    /// Resets the device; `false` if it never acknowledged, and may still
+    /// read and write the ring and the messages: they are then kept for
+    /// ever, never freed (`hal::DeviceVisible`), and the device is not
+    /// reset again.
+    fn reset_or_keep(&mut self) -> bool {
+        if self.queue.is_kept_forever() {
+            return false;
+        }
+        if device::reset_or_keep(&mut self.transport, "virtio-9p").is_err() {
+            self.queue.keep_forever();
+            self.request.keep_forever();
+            self.reply.keep_forever();
+            return false;
+        }
+        true
     }
 }
 
@@ -740,8 +760,8 @@ fn read_mount_tag<T: Transport + ?Sized>(transport: &mut T) -> Result<String, P9
 }
 
 impl<H: Hal, T: Transport> Drop for P9Device<H, T> {
-    /// Resets the device before its buffers are freed.
+    /// Resets the device before its buffers are freed, or keeps them.
     fn drop(&mut self) {
-        let _ = self.transport.reset();
+        self.reset_or_keep();
     }
 }
