@@ -36,7 +36,7 @@
 //! `Location`: for PCI, segment, bus, device and function). [`map`] and [`unmap`] look the
 //! owner up among the domains ([`Domain`]) and change that device's table only, then invalidate
 //! that domain's IOTLB entries. So "the blk driver shares a buffer with the disk at 00:03.0"
-//! becomes "a leaf entry in 00:03.0's table", and the network card at 00:02.0, whose context
+//! becomes "a leaf entry in 00:03.0's table", and the network card at 00:01.0, whose context
 //! entry points at another table, faults on the same address. An owner with no domain
 //! (`DmaOwner::NO_DEVICE`, a virtio-mmio device, a device outside the unit) maps nothing.
 //!
