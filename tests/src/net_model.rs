@@ -18,9 +18,17 @@
 //!   notification stays there, and is counted in
 //!   [`NetModel::missed_notifications`]: a driver that forgets to notify
 //!   loses frames here, as it would on QEMU.
-//! - **Configuration**: MAC, status and MTU at their §5.1.4 offsets;
-//!   [`NetModel::set_link`] changes the status and raises the configuration
-//!   interrupt bit.
+//! - **Configuration**: MAC, status, max_virtqueue_pairs and MTU at their
+//!   §5.1.4 offsets; [`NetModel::set_link`] changes the status and raises the
+//!   configuration interrupt bit.
+//! - **Several queue pairs** ([`NetModel::with_queue_pairs`], VIRTIO_NET_F_MQ):
+//!   receiveqN and transmitqN at 2(N-1) and 2(N-1)+1, the control queue at
+//!   `2 * max_virtqueue_pairs` once MQ is negotiated (queue 2 otherwise). Like
+//!   QEMU, the device uses only the first pair until a VQ_PAIRS_SET with a
+//!   count in 1..=max_virtqueue_pairs is acked, and throws away what the
+//!   driver sends on a transmit queue beyond the active pairs
+//!   ([`NetModel::dropped_inactive_tx`]). [`NetModel::deliver_on`] receives on
+//!   a chosen pair (the steering decision is the test's).
 //!
 //! Queue addresses are read back from the register core after the driver set
 //! them up, for every transport flavour (separate areas, or the legacy
@@ -71,6 +79,8 @@ pub mod bits {
     pub const CTRL_VQ: u64 = 1 << 17;
     /// VIRTIO_NET_F_CTRL_RX.
     pub const CTRL_RX: u64 = 1 << 18;
+    /// VIRTIO_NET_F_MQ.
+    pub const MQ: u64 = 1 << 22;
     /// VIRTIO_NET_F_CTRL_MAC_ADDR.
     pub const CTRL_MAC_ADDR: u64 = 1 << 23;
     /// VIRTIO_F_ANY_LAYOUT.
@@ -83,12 +93,17 @@ pub mod bits {
     pub const VERSION_1: u64 = 1 << 32;
 }
 
-/// The device configuration bytes (§5.1.4): mac, status, max_virtqueue_pairs, mtu.
+/// The device configuration bytes (§5.1.4): mac, status, max_virtqueue_pairs (1), mtu.
 pub fn net_config(mac: [u8; 6], status: u16, mtu: u16) -> Vec<u8> {
+    net_config_mq(mac, status, mtu, 1)
+}
+
+/// [`net_config`] with `max_virtqueue_pairs` = `max_pairs` (any value, for the hostile tests).
+pub fn net_config_mq(mac: [u8; 6], status: u16, mtu: u16, max_pairs: u16) -> Vec<u8> {
     let mut config = Vec::with_capacity(12);
     config.extend_from_slice(&mac);
     config.extend_from_slice(&status.to_le_bytes());
-    config.extend_from_slice(&1u16.to_le_bytes());
+    config.extend_from_slice(&max_pairs.to_le_bytes());
     config.extend_from_slice(&mtu.to_le_bytes());
     config
 }
@@ -102,6 +117,8 @@ pub struct SentFrame {
     pub frame: Vec<u8>,
     /// Descriptors in the chain (table entries for an indirect one).
     pub descriptors: usize,
+    /// The transmit queue it came on (1, 3, 5, ...).
+    pub queue: u16,
 }
 
 /// A control command the driver sent.
@@ -144,8 +161,18 @@ pub struct NetModel {
     /// The register core (status, features, config, ISR, access log).
     pub core: SharedCore,
     queues: Vec<Option<DeviceQueue>>,
-    /// Receive buffers taken from the ring and not yet used.
-    rx_chains: VecDeque<Chain>,
+    /// Queues the device has (3, or 2 * pairs + 1 with several pairs).
+    queue_count: u16,
+    /// Receive buffers taken from each receive queue and not yet used, by pair.
+    rx_chains: Vec<VecDeque<Chain>>,
+    /// Pairs the device uses (1 until a VQ_PAIRS_SET is acked).
+    pub active_pairs: u16,
+    /// Frames the driver put on a transmit queue beyond the active pairs:
+    /// thrown away unsent, as QEMU does.
+    pub dropped_inactive_tx: u64,
+    /// The ack for VQ_PAIRS_SET commands instead of the normal judgement
+    /// (0 OK for a count in range, 1 ERR otherwise).
+    pub mq_ack: Option<u8>,
     /// Frames the driver sent.
     pub sent: Vec<SentFrame>,
     /// Control commands the driver sent.
@@ -160,25 +187,66 @@ pub struct NetModel {
     /// Publishes found while the device slept without a notification.
     pub missed_notifications: u64,
     /// Used-buffer interrupts the device would have raised, per queue.
-    pub interrupts: [u64; 3],
+    pub interrupts: Vec<u64>,
 }
 
 impl NetModel {
     /// A device offering `features` with `config`, queues of at most `queue_max`.
     pub fn new(features: u64, config: Vec<u8>, queue_max: u16) -> Self {
-        let core = VirtioCore::new(NET_DEVICE_ID, features, QUEUES, queue_max, config).shared();
+        Self::with_queues(features, config, queue_max, QUEUES)
+    }
+
+    /// A device with `pairs` queue pairs and its control queue behind them
+    /// (`2 * pairs + 1` queues); `config` should say `pairs` in
+    /// `max_virtqueue_pairs` ([`net_config_mq`]) unless a test lies on purpose.
+    pub fn with_queue_pairs(features: u64, config: Vec<u8>, queue_max: u16, pairs: u16) -> Self {
+        Self::with_queues(features, config, queue_max, 2 * pairs + 1)
+    }
+
+    /// A device with exactly `queue_count` queues, whatever its configuration says.
+    pub fn with_queues(features: u64, config: Vec<u8>, queue_max: u16, queue_count: u16) -> Self {
+        let core =
+            VirtioCore::new(NET_DEVICE_ID, features, queue_count, queue_max, config).shared();
         Self {
             core,
             queues: Vec::new(),
-            rx_chains: VecDeque::new(),
+            queue_count,
+            rx_chains: Vec::new(),
+            active_pairs: 1,
+            dropped_inactive_tx: 0,
+            mq_ack: None,
             sent: Vec::new(),
             commands: Vec::new(),
             ctrl_ack: 0,
             ctrl_used_len: None,
             notifications_seen: 0,
             missed_notifications: 0,
-            interrupts: [0; 3],
+            interrupts: vec![0; usize::from(queue_count)],
         }
+    }
+
+    /// `max_virtqueue_pairs` as the configuration says it.
+    pub fn config_max_pairs(&self) -> u16 {
+        let core = self.core.borrow();
+        match core.config.get(8..10) {
+            Some(bytes) => u16::from_le_bytes([bytes[0], bytes[1]]),
+            None => 1,
+        }
+    }
+
+    /// Where the device looks for the control queue: `2 * max_virtqueue_pairs`
+    /// once MQ was negotiated, queue 2 otherwise (§5.1.2).
+    pub fn ctrl_queue(&self) -> u16 {
+        if self.negotiated() & bits::MQ != 0 {
+            self.config_max_pairs().saturating_mul(2)
+        } else {
+            2
+        }
+    }
+
+    /// Queues the device has.
+    pub fn queue_count(&self) -> u16 {
+        self.queue_count
     }
 
     /// Attaches the device as virtio-mmio `version` (1 or 2) and returns the transport.
@@ -271,14 +339,17 @@ impl NetModel {
             "the driver has not set DRIVER_OK"
         );
         let event_idx = self.negotiated() & bits::EVENT_IDX != 0;
-        self.queues = (0..QUEUES)
+        self.queues = (0..self.queue_count)
             .map(|q| {
                 self.queue_addresses(q).map(|addrs| DeviceQueue {
                     vq: VqModel::new(addrs, event_idx),
                 })
             })
             .collect();
-        self.rx_chains.clear();
+        self.rx_chains = (0..self.queue_count.div_ceil(2))
+            .map(|_| VecDeque::new())
+            .collect();
+        self.active_pairs = 1;
         self.notifications_seen = 0;
     }
 
@@ -299,27 +370,47 @@ impl NetModel {
 
     /// Takes newly published receive buffers; returns how many the device holds.
     pub fn rx_available(&mut self) -> usize {
-        let chains = self.vq(0).take_available();
-        self.rx_chains.extend(chains);
-        self.rx_chains.len()
+        self.rx_available_on(0)
+    }
+
+    /// [`NetModel::rx_available`] for the receive queue of pair `pair`.
+    pub fn rx_available_on(&mut self, pair: u16) -> usize {
+        let chains = self.vq(2 * pair).take_available();
+        let held = &mut self.rx_chains[usize::from(pair)];
+        held.extend(chains);
+        held.len()
     }
 
     /// Lengths of the receive buffers the device holds, in ring order.
     pub fn rx_buffer_lens(&mut self) -> Vec<u32> {
         self.rx_available();
-        self.rx_chains.iter().map(Chain::writable_len).collect()
+        self.rx_chains[0].iter().map(Chain::writable_len).collect()
     }
 
     /// Descriptors per receive chain the device holds, in ring order.
     pub fn rx_chain_descriptors(&mut self) -> Vec<usize> {
         self.rx_available();
-        self.rx_chains.iter().map(|c| c.descriptors).collect()
+        self.rx_chains[0].iter().map(|c| c.descriptors).collect()
     }
 
     /// Delivers `frame` as a correct device: header + frame in one buffer,
     /// or (MRG_RXBUF) spread over as many as needed. Returns the buffers used.
     pub fn deliver(&mut self, frame: &[u8]) -> Result<usize, Starved> {
-        self.rx_available();
+        self.deliver_on(0, frame)
+    }
+
+    /// [`NetModel::deliver`] on the receive queue of pair `pair`. Like a
+    /// device, it delivers only on active pairs.
+    pub fn deliver_on(&mut self, pair: u16, frame: &[u8]) -> Result<usize, Starved> {
+        if pair >= self.active_pairs {
+            return Err(Starved {
+                needed: 1,
+                available: 0,
+            });
+        }
+        let rxq = 2 * pair;
+        self.rx_available_on(pair);
+        let held = usize::from(pair);
         let header_len = self.header_len();
         let mut packet = vec![0u8; header_len];
         packet.extend_from_slice(frame);
@@ -327,7 +418,7 @@ impl NetModel {
         // How many buffers, and what goes in each.
         let mut pieces: Vec<usize> = Vec::new();
         let mut rest = packet.len();
-        for chain in &self.rx_chains {
+        for chain in &self.rx_chains[held] {
             if rest == 0 {
                 break;
             }
@@ -351,7 +442,7 @@ impl NetModel {
         if rest > 0 {
             return Err(Starved {
                 needed: pieces.len() + 1,
-                available: self.rx_chains.len(),
+                available: self.rx_chains[held].len(),
             });
         }
         if header_len >= 12 {
@@ -361,12 +452,12 @@ impl NetModel {
         let mut offset = 0;
         let used = pieces.len();
         for len in pieces {
-            let chain = self.rx_chains.pop_front().expect("counted above");
+            let chain = self.rx_chains[held].pop_front().expect("counted above");
             let chunk = &packet[offset..offset + len];
-            self.vq(0).complete(&chain, chunk);
+            self.vq(rxq).complete(&chain, chunk);
             offset += len;
         }
-        self.signal(0);
+        self.signal(rxq);
         Ok(used)
     }
 
@@ -375,14 +466,14 @@ impl NetModel {
     /// Returns `Err` if fewer buffers are available than parts.
     pub fn deliver_raw(&mut self, parts: &[RawPart]) -> Result<(), Starved> {
         self.rx_available();
-        if self.rx_chains.len() < parts.len() {
+        if self.rx_chains[0].len() < parts.len() {
             return Err(Starved {
                 needed: parts.len(),
-                available: self.rx_chains.len(),
+                available: self.rx_chains[0].len(),
             });
         }
         for part in parts {
-            let chain = self.rx_chains.pop_front().expect("counted above");
+            let chain = self.rx_chains[0].pop_front().expect("counted above");
             write_chain(&chain, &part.bytes);
             self.vq(0).complete_with_len(chain.head, part.claimed_len);
         }
@@ -416,39 +507,78 @@ impl NetModel {
         }
     }
 
-    /// Runs the transmit queue once: if the device is awake, it reads every
+    /// Runs every transmit queue once: if the device is awake, it reads every
     /// published frame, completes it (used length 0) and goes back to sleep.
+    /// Frames on a queue beyond the active pairs are completed unsent.
     /// Returns the frames read.
     pub fn process_tx(&mut self) -> usize {
         self.look_at_notifications();
         let header_len = self.header_len();
-        self.run_queue(1, |model, chain| {
-            let header = chain.readable[..header_len.min(chain.readable.len())].to_vec();
-            let frame = chain.readable[header.len()..].to_vec();
-            model.sent.push(SentFrame {
-                header,
-                frame,
-                descriptors: chain.descriptors,
+        let ctrl = self.ctrl_queue();
+        let mut done = 0;
+        for q in (1..self.queue_count).step_by(2) {
+            if q == ctrl || !self.has_queue(q) {
+                continue;
+            }
+            let active = q / 2 < self.active_pairs;
+            done += self.run_queue(q, |model, chain| {
+                if !active {
+                    model.dropped_inactive_tx += 1;
+                    return Vec::new();
+                }
+                let header = chain.readable[..header_len.min(chain.readable.len())].to_vec();
+                let frame = chain.readable[header.len()..].to_vec();
+                model.sent.push(SentFrame {
+                    header,
+                    frame,
+                    descriptors: chain.descriptors,
+                    queue: q,
+                });
+                Vec::new()
             });
-            Vec::new()
-        })
+        }
+        done
     }
 
-    /// Runs the control queue once, answering each command with `ctrl_ack`.
+    /// Runs the control queue once, answering each command with `ctrl_ack`
+    /// (VQ_PAIRS_SET: with `mq_ack`, or OK for a pair count the device has,
+    /// which it then uses).
     pub fn process_ctrl(&mut self) -> usize {
         self.look_at_notifications();
-        if !self.has_queue(2) {
+        let ctrl = self.ctrl_queue();
+        if !self.has_queue(ctrl) {
             return 0;
         }
-        self.run_queue(2, |model, chain| {
+        self.run_queue(ctrl, |model, chain| {
             let bytes = &chain.readable;
-            model.commands.push(CtrlCommand {
+            let command = CtrlCommand {
                 class: bytes.first().copied().unwrap_or(0xff),
                 command: bytes.get(1).copied().unwrap_or(0xff),
                 data: bytes.get(2..).map(<[u8]>::to_vec).unwrap_or_default(),
-            });
-            vec![model.ctrl_ack]
+            };
+            let ack = if (command.class, command.command) == (4, 0) {
+                model.vq_pairs_set(&command.data)
+            } else {
+                model.ctrl_ack
+            };
+            model.commands.push(command);
+            vec![ack]
         })
+    }
+
+    /// VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (§5.1.6.5.5): `le16 virtqueue_pairs`.
+    fn vq_pairs_set(&mut self, data: &[u8]) -> u8 {
+        let pairs = match data {
+            [low, high] => u16::from_le_bytes([*low, *high]),
+            _ => return 1,
+        };
+        let ack = self.mq_ack.unwrap_or(u8::from(
+            self.negotiated() & bits::MQ == 0 || pairs == 0 || pairs > self.config_max_pairs(),
+        ));
+        if ack == 0 {
+            self.active_pairs = pairs;
+        }
+        ack
     }
 
     /// Runs transmit and control once.
@@ -472,9 +602,10 @@ impl NetModel {
             let chains = self.vq(q).take_available();
             for chain in &chains {
                 let reply = handle(self, chain);
-                let reported = match (q, self.ctrl_used_len) {
-                    (2, Some(CtrlUsedLen::Exactly(len))) => len,
-                    (2, Some(CtrlUsedLen::TotalChain)) => {
+                let is_ctrl = q == self.ctrl_queue();
+                let reported = match (is_ctrl, self.ctrl_used_len) {
+                    (true, Some(CtrlUsedLen::Exactly(len))) => len,
+                    (true, Some(CtrlUsedLen::TotalChain)) => {
                         (chain.readable.len() + reply.len()) as u32
                     }
                     _ => reply.len() as u32,

@@ -10,7 +10,7 @@
 //! offset  field                        present with
 //! 0       u8 mac[6]                    MAC
 //! 6       le16 status                  STATUS   (bit 0 LINK_UP, bit 1 ANNOUNCE)
-//! 8       le16 max_virtqueue_pairs     MQ       (not used: one queue pair)
+//! 8       le16 max_virtqueue_pairs     MQ       (queue pairs the device has, 1..=0x8000)
 //! 10      le16 mtu                     MTU
 //! 12      le32 speed                   SPEED_DUPLEX (not used)
 //! 16      u8 duplex                    SPEED_DUPLEX (not used)
@@ -26,6 +26,7 @@
 //! | STATUS        | 16  | link state in `status` and its change interrupt           |
 //! | CTRL_VQ       | 17  | the control queue (§5.1.6.5)                              |
 //! | CTRL_RX       | 18  | promiscuous and all-multicast modes through it            |
+//! | MQ            | 22  | several receive/transmit queue pairs (§5.1.6.5.5)         |
 //! | CTRL_MAC_ADDR | 23  | setting the MAC address through it                        |
 //! | ANY_LAYOUT    | 27  | legacy only: header and packet may share a descriptor     |
 //!
@@ -35,7 +36,7 @@
 //! both directions, so the header the driver sends is all zeroes and the one
 //! it receives must say "no segmentation".
 //!
-//! CTRL_RX and CTRL_MAC_ADDR *require* CTRL_VQ (§5.1.3.1): a device must not
+//! CTRL_RX, MQ and CTRL_MAC_ADDR *require* CTRL_VQ (§5.1.3.1): a device must not
 //! offer them alone, and a driver must not accept them alone. The driver
 //! enforces the second rule after negotiation (see `NetDevice::with_options`).
 
@@ -81,11 +82,18 @@ pub const SUPPORTED_FEATURES: u64 = feature::MTU
     | feature::STATUS
     | feature::CTRL_VQ
     | feature::CTRL_RX
+    | feature::MQ
     | feature::CTRL_MAC_ADDR
     | features::ANY_LAYOUT;
 
 /// Features that need CTRL_VQ (§5.1.3.1).
-pub const NEEDS_CTRL_VQ: u64 = feature::CTRL_RX | feature::CTRL_MAC_ADDR;
+pub const NEEDS_CTRL_VQ: u64 = feature::CTRL_RX | feature::MQ | feature::CTRL_MAC_ADDR;
+
+/// The range §5.1.4.1 allows for `max_virtqueue_pairs` ("between 1 and
+/// 0x8000 inclusive"; VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN / _MAX, §5.1.6.5.5).
+pub const QUEUE_PAIRS_MIN: u16 = 1;
+/// See [`QUEUE_PAIRS_MIN`].
+pub const QUEUE_PAIRS_MAX: u16 = 0x8000;
 
 /// Byte offsets of the configuration fields (§5.1.4).
 pub mod offset {
@@ -160,6 +168,9 @@ pub struct NetInfo {
     pub status: Option<u16>,
     /// The device's MTU (`None` without VIRTIO_NET_F_MTU).
     pub mtu: Option<u16>,
+    /// `max_virtqueue_pairs` as the device wrote it (`None` without
+    /// VIRTIO_NET_F_MQ), not yet checked against §5.1.4.1.
+    pub max_queue_pairs: Option<u16>,
 }
 
 impl NetInfo {
@@ -210,7 +221,17 @@ fn read_fields<T: Transport + ?Sized>(
     } else {
         None
     };
-    Ok(NetInfo { mac, status, mtu })
+    let max_queue_pairs = if negotiated & feature::MQ != 0 {
+        Some(c.u16(offset::MAX_VIRTQUEUE_PAIRS)?)
+    } else {
+        None
+    };
+    Ok(NetInfo {
+        mac,
+        status,
+        mtu,
+        max_queue_pairs,
+    })
 }
 
 impl fmt::Display for NetInfo {
@@ -233,6 +254,9 @@ impl fmt::Display for NetInfo {
         }
         if let Some(mtu) = self.mtu {
             write!(f, ", mtu {mtu}")?;
+        }
+        if let Some(pairs) = self.max_queue_pairs {
+            write!(f, ", {pairs} queue pair(s) at most")?;
         }
         Ok(())
     }

@@ -21,6 +21,11 @@
 //! | RX (0)     | PROMISC (0)      | u8 on/off     | CTRL_RX        |
 //! | RX (0)     | ALLMULTI (1)     | u8 on/off     | CTRL_RX        |
 //! | MAC (1)    | ADDR_SET (1)     | `u8 mac[6]`   | CTRL_MAC_ADDR  |
+//! | MQ (4)     | VQ_PAIRS_SET (0) | le16 pairs    | MQ             |
+//!
+//! Without VIRTIO_NET_F_MQ the control queue is queue 2; with it, it is
+//! queue `2 * max_virtqueue_pairs`, after *all* the pairs the device has
+//! (§5.1.2), however many of them the driver uses.
 //!
 //! Commands are rare and the caller wants the answer, so [`CtrlQueue::command`]
 //! blocks through the caller's [`Wait`]. The command and its ack live in
@@ -38,7 +43,7 @@ use crate::irq;
 use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Used, Virtqueue};
 use crate::transport::Transport;
 
-use super::{NetError, CTRL_QUEUE};
+use super::NetError;
 
 /// Command classes and commands (§5.1.6.5.1, §5.1.6.5.2).
 pub mod command {
@@ -54,6 +59,11 @@ pub mod command {
     pub const MAC_TABLE_SET: u8 = 0;
     /// MAC: set the device's own address.
     pub const MAC_ADDR_SET: u8 = 1;
+    /// Class: multiqueue (§5.1.6.5.5).
+    pub const CLASS_MQ: u8 = 4;
+    /// MQ: how many queue pairs the device spreads received packets over
+    /// (`le16 virtqueue_pairs`, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET).
+    pub const MQ_VQ_PAIRS_SET: u8 = 0;
     /// The ack for success.
     pub const OK: u8 = 0;
     /// The ack for failure.
@@ -103,7 +113,7 @@ impl<H: Hal> CtrlQueue<H> {
         owner: DmaOwner,
     ) -> Result<Self, NetError> {
         let page = DmaRegion::new(owner, ACK_OFFSET + 1).map_err(|e| NetError::Queue {
-            queue: CTRL_QUEUE,
+            queue: ring.index(),
             error: QueueError::Dma(e),
         })?;
         Ok(Self {
@@ -162,8 +172,9 @@ impl<H: Hal> CtrlQueue<H> {
         } else {
             &with_data
         };
+        let index = self.ring.index();
         let token = self.ring.add(segments).map_err(|error| NetError::Queue {
-            queue: CTRL_QUEUE,
+            queue: index,
             error,
         })?;
         self.in_flight = Some(token);
@@ -232,7 +243,7 @@ impl<H: Hal> CtrlQueue<H> {
                 }
                 Err(error) if self.ring.is_broken() => {
                     return Err(NetError::Queue {
-                        queue: CTRL_QUEUE,
+                        queue: self.ring.index(),
                         error,
                     })
                 }

@@ -49,6 +49,29 @@
 //! Promiscuous and all-multicast modes and the MAC address go through the
 //! control queue ([`ctrl`]) when the device has one.
 //!
+//! ## Several queue pairs (VIRTIO_NET_F_MQ, §5.1.6.5.5)
+//!
+//! A device with VIRTIO_NET_F_MQ has `max_virtqueue_pairs` receive/transmit
+//! pairs: receiveqN is queue 2(N-1), transmitqN queue 2(N-1)+1, and the
+//! control queue comes after *all* of them, at `2 * max_virtqueue_pairs`,
+//! however many the driver uses (§5.1.2). The driver accepts MQ only when
+//! [`NetOptions::max_queue_pairs`] allows more than one pair (the kernel
+//! asks for one per online CPU), sets up
+//! `min(max_virtqueue_pairs, max_queue_pairs)` pairs and fills every
+//! receive queue; the device still uses only the first pair until
+//! [`NetDevice::start_multiqueue`] sends VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
+//! (after DRIVER_OK: it is a control command). From then on the device
+//! steers each flow's received packets to one receive queue ("automatic
+//! receive steering": the queue of the transmit queue the flow's packets
+//! were last sent on, §5.1.6.5.5, or a hash of the flow), and the driver
+//! may send on any active pair ([`NetDevice::pair`]).
+//!
+//! A device that reports an impossible `max_virtqueue_pairs` (0, above
+//! 0x8000, or 0x8000, which would put the control queue at index 65536), or
+//! whose extra queues cannot be set up, is brought up again without MQ, on
+//! one pair, with a warning; a VQ_PAIRS_SET the device rejects leaves the
+//! driver on the first pair (the device's default). Neither is fatal.
+//!
 //! ## Memory
 //!
 //! Per device, allocated once at bring-up: three rings, one receive buffer
@@ -71,7 +94,9 @@ pub mod header;
 pub mod rx;
 pub mod tx;
 
-pub use config::{feature, MacAddress, NetInfo, SUPPORTED_FEATURES};
+pub use config::{
+    feature, MacAddress, NetInfo, QUEUE_PAIRS_MAX, QUEUE_PAIRS_MIN, SUPPORTED_FEATURES,
+};
 pub use ctrl::{CtrlQueue, CtrlStats};
 pub use rx::{RxPacket, RxQueue, RxStats};
 pub use tx::{TxQueue, TxSlot, TxStats};
@@ -89,6 +114,8 @@ use crate::transport::{
     DeviceType, InterruptStatus, Location, Transport, TransportError, TransportKind,
 };
 
+use alloc::vec::Vec;
+
 use config::{offset, DEFAULT_MTU, MIN_MTU, NEEDS_CTRL_VQ};
 use rx::RxLayout;
 use tx::TxLayout;
@@ -99,6 +126,38 @@ pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
 /// The control queue's index without VIRTIO_NET_F_MQ (controlq).
 pub const CTRL_QUEUE: u16 = 2;
+/// The most queue pairs this driver sets up, whatever the device and the
+/// options offer (each pair costs two rings and their buffers).
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+/// The receive queue index of pair `pair` (0-based: receiveq`pair+1`, §5.1.2).
+pub const fn rx_queue_of(pair: u16) -> u16 {
+    2 * pair
+}
+
+/// The transmit queue index of pair `pair` (transmitq`pair+1`).
+pub const fn tx_queue_of(pair: u16) -> u16 {
+    2 * pair + 1
+}
+
+/// Where the control queue is with VIRTIO_NET_F_MQ: after every pair the
+/// device has (§5.1.2), `2 * max_virtqueue_pairs` (without MQ it is
+/// [`CTRL_QUEUE`]). `None` if that does not fit a 16-bit queue index (0x8000 pairs).
+pub const fn ctrl_queue_of(device_max_pairs: u16) -> Option<u16> {
+    device_max_pairs.checked_mul(2)
+}
+
+/// The bytes of VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET for `pairs` pairs: class,
+/// command, `le16 virtqueue_pairs` (§5.1.6.5.5), as the device reads them.
+pub fn vq_pairs_set_command(pairs: u16) -> [u8; 4] {
+    let [low, high] = pairs.to_le_bytes();
+    [
+        ctrl::command::CLASS_MQ,
+        ctrl::command::MQ_VQ_PAIRS_SET,
+        low,
+        high,
+    ]
+}
 
 /// Bytes of an Ethernet header (destination, source, EtherType).
 pub const ETH_HEADER_LEN: usize = 14;
@@ -136,6 +195,10 @@ pub struct NetOptions {
     /// more often. Ignored without MRG_RXBUF, where every buffer must hold
     /// a whole packet.
     pub mergeable_buffer_len: usize,
+    /// The most receive/transmit queue pairs to use (capped at
+    /// [`MAX_QUEUE_PAIRS`] and the device's `max_virtqueue_pairs`). With 1,
+    /// VIRTIO_NET_F_MQ is not accepted at all.
+    pub max_queue_pairs: u16,
 }
 
 impl Default for NetOptions {
@@ -147,6 +210,7 @@ impl Default for NetOptions {
             tx_queue_size: 256,
             ctrl_queue_size: 16,
             mergeable_buffer_len: DEFAULT_MERGEABLE_BUFFER,
+            max_queue_pairs: 1,
         }
     }
 }
@@ -168,11 +232,21 @@ pub enum NetError {
     },
     /// The device has a configuration this driver cannot work with.
     BadConfig(&'static str),
-    /// The negotiated features break a dependency (CTRL_RX or CTRL_MAC_ADDR
-    /// without CTRL_VQ, §5.1.3.1). The driver retries without them.
+    /// The negotiated features break a dependency (CTRL_RX, MQ or
+    /// CTRL_MAC_ADDR without CTRL_VQ, §5.1.3.1). The driver retries without them.
     FeatureDependency {
         /// What was negotiated.
         negotiated: u64,
+    },
+    /// VIRTIO_NET_F_MQ was negotiated but the device's queue pairs cannot
+    /// be used: `max_virtqueue_pairs` outside what §5.1.4.1 allows, or an
+    /// extra queue (or the control queue behind them) that cannot be set
+    /// up. The driver retries without MQ, on one pair.
+    MultiqueueUnusable {
+        /// `max_virtqueue_pairs` as the device reported it.
+        max_pairs: u16,
+        /// What was wrong.
+        why: &'static str,
     },
     /// The operation needs a feature that was not negotiated.
     NotNegotiated(&'static str),
@@ -242,8 +316,12 @@ impl fmt::Display for NetError {
             NetError::BadConfig(what) => write!(f, "unusable device configuration: {what}"),
             NetError::FeatureDependency { negotiated } => write!(
                 f,
-                "CTRL_RX/CTRL_MAC_ADDR negotiated without CTRL_VQ ({})",
+                "CTRL_RX/MQ/CTRL_MAC_ADDR negotiated without CTRL_VQ ({})",
                 FeatureNames::new(DeviceType::Net, negotiated)
+            ),
+            NetError::MultiqueueUnusable { max_pairs, why } => write!(
+                f,
+                "multiqueue unusable (max_virtqueue_pairs {max_pairs:#x}): {why}"
             ),
             NetError::NotNegotiated(what) => write!(f, "needs {what}, which was not negotiated"),
             NetError::TxQueueFull => write!(f, "transmit queue full"),
@@ -288,6 +366,34 @@ pub struct NetStats {
     pub config_changes: u64,
 }
 
+/// The counters of one queue pair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PairStats {
+    /// Its receive queue.
+    pub rx: RxStats,
+    /// Its receive ring.
+    pub rx_ring: QueueCounters,
+    /// Its transmit queue.
+    pub tx: TxStats,
+    /// Its transmit ring.
+    pub tx_ring: QueueCounters,
+}
+
+/// A receive and a transmit queue beyond the first pair (VIRTIO_NET_F_MQ).
+pub struct QueuePair<H: Hal> {
+    rx: RxQueue<H>,
+    tx: TxQueue<H>,
+}
+
+impl<H: Hal> fmt::Debug for QueuePair<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .finish()
+    }
+}
+
 /// What step 7 builds.
 struct Parts<H: Hal> {
     info: NetInfo,
@@ -296,6 +402,8 @@ struct Parts<H: Hal> {
     header_len: usize,
     rx: RxQueue<H>,
     tx: TxQueue<H>,
+    more_pairs: Vec<QueuePair<H>>,
+    device_max_pairs: u16,
     ctrl: Option<CtrlQueue<H>>,
 }
 
@@ -311,14 +419,20 @@ pub struct NetDevice<H: Hal, T: Transport> {
     mtu: u16,
     header_len: usize,
     link_up: bool,
-    /// A transmit notification held back while the device reported the
-    /// link down (see [`NetDevice::flush`]).
-    tx_notify_held: bool,
+    /// Transmit notifications held back while the device reported the
+    /// link down, one bit per pair (see [`NetDevice::flush`]).
+    tx_notify_held: u32,
     /// The queues with their rings and buffers: kept for ever, not freed,
     /// if the device never acknowledges a reset (`device::reset_or_keep`).
+    /// `rx` and `tx` are the first pair; `more_pairs` the others (MQ).
     rx: DeviceVisible<RxQueue<H>>,
     tx: DeviceVisible<TxQueue<H>>,
+    more_pairs: DeviceVisible<Vec<QueuePair<H>>>,
     ctrl: DeviceVisible<Option<CtrlQueue<H>>>,
+    /// `max_virtqueue_pairs` (1 without MQ): where the control queue is.
+    device_max_pairs: u16,
+    /// Pairs the device spreads traffic over: 1 until VQ_PAIRS_SET is acked.
+    active_pairs: u16,
     config_changes: u64,
     failed: bool,
     /// The device never acknowledged a reset ([`NetDevice::is_dead`]).
@@ -336,6 +450,10 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     pub fn with_options(mut transport: T, options: NetOptions) -> Result<Self, NetError> {
         device::expect_device_type(&transport, DeviceType::Net)?;
         let mut driver_features = options.features & SUPPORTED_FEATURES;
+        if options.max_queue_pairs <= 1 {
+            // One pair needs no MQ; without it the control queue stays at 2.
+            driver_features &= !feature::MQ;
+        }
         let (parts, negotiated) =
             match bring_up_once::<H, T>(&mut transport, driver_features, &options) {
                 Err(NetError::FeatureDependency { negotiated }) => {
@@ -347,6 +465,14 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
                     FeatureNames::new(DeviceType::Net, negotiated & NEEDS_CTRL_VQ)
                 );
                     driver_features &= !NEEDS_CTRL_VQ;
+                    bring_up_once::<H, T>(&mut transport, driver_features, &options)?
+                }
+                Err(error @ NetError::MultiqueueUnusable { .. }) => {
+                    warn!(
+                        "{}: virtio-net: {error}; retrying without NET_MQ, on one queue pair",
+                        transport.location()
+                    );
+                    driver_features &= !feature::MQ;
                     bring_up_once::<H, T>(&mut transport, driver_features, &options)?
                 }
                 other => other?,
@@ -362,10 +488,13 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             mtu: parts.mtu,
             header_len: parts.header_len,
             link_up,
-            tx_notify_held: false,
+            tx_notify_held: 0,
             rx: DeviceVisible::new(parts.rx),
             tx: DeviceVisible::new(parts.tx),
+            more_pairs: DeviceVisible::new(parts.more_pairs),
             ctrl: DeviceVisible::new(parts.ctrl),
+            device_max_pairs: parts.device_max_pairs,
+            active_pairs: 1,
             config_changes: 0,
             failed: false,
             dead: false,
@@ -373,12 +502,13 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         // DRIVER_OK is set: the device may now hear about the receive buffers.
         device.flush();
         debug!(
-            "{}: virtio-net: {}; using mac {}, mtu {}, {}-byte header; rx: {} descriptors, {} buffers of {} bytes{}; tx: {} descriptors, {} buffers; {}",
+            "{}: virtio-net: {}; using mac {}, mtu {}, {}-byte header; {} queue pair(s), each rx: {} descriptors, {} buffers of {} bytes{}; tx: {} descriptors, {} buffers; {}",
             device.transport.location(),
             device.info,
             device.mac,
             device.mtu,
             device.header_len,
+            device.queue_pairs(),
             device.rx.size(),
             device.rx.buffer_count(),
             device.rx.buffer_len(),
@@ -386,7 +516,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             device.tx.size(),
             device.tx.buffer_count(),
             match &*device.ctrl {
-                Some(c) => ControlNote(Some(c.size())),
+                Some(c) => ControlNote(Some((c.ring().index(), c.size()))),
                 None => ControlNote(None),
             }
         );
@@ -479,14 +609,119 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         }
     }
 
-    /// Hands each queue's ring, with its name (`receiveq`, `transmitq`,
-    /// `controlq`), to `visit`: a read-only look for the live queue view
-    /// ([`crate::view`]).
+    /// Hands each queue's ring, with its name, to `visit`: a read-only look
+    /// for the live queue view ([`crate::view`]). One pair is `receiveq`
+    /// and `transmitq`; several are `receiveq1`, `transmitq1`, ...,
+    /// `receiveqN`, `transmitqN` (the spec's names, §5.1.2); then `controlq`.
     pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
-        visit(&"receiveq", self.rx.ring());
-        visit(&"transmitq", self.tx.ring());
+        if self.more_pairs.is_empty() {
+            visit(&"receiveq", self.rx.ring());
+            visit(&"transmitq", self.tx.ring());
+        } else {
+            visit(&QueueName("receiveq", 1), self.rx.ring());
+            visit(&QueueName("transmitq", 1), self.tx.ring());
+            for (i, pair) in self.more_pairs.iter().enumerate() {
+                visit(&QueueName("receiveq", i + 2), pair.rx.ring());
+                visit(&QueueName("transmitq", i + 2), pair.tx.ring());
+            }
+        }
         if let Some(ctrl) = &*self.ctrl {
             visit(&"controlq", ctrl.ring());
+        }
+    }
+
+    // ----- queue pairs (VIRTIO_NET_F_MQ) ----------------------------------
+
+    /// Queue pairs set up (1 without MQ).
+    pub fn queue_pairs(&self) -> u16 {
+        1 + self.more_pairs.len() as u16
+    }
+
+    /// Queue pairs the device uses: all that were set up once
+    /// [`NetDevice::start_multiqueue`] succeeded, else 1.
+    pub fn active_queue_pairs(&self) -> u16 {
+        self.active_pairs
+    }
+
+    /// The device's `max_virtqueue_pairs` (1 without MQ).
+    pub fn device_max_queue_pairs(&self) -> u16 {
+        self.device_max_pairs
+    }
+
+    /// Every queue index the driver set up: the pairs' queues, then the
+    /// control queue (which, with MQ, may be far above them).
+    pub fn queue_indices(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..2 * self.queue_pairs()).chain(self.ctrl.as_ref().map(|c| c.ring().index()))
+    }
+
+    /// Both queues of pair `pair` (0-based), if it was set up. Call
+    /// [`NetDevice::flush`] afterwards.
+    pub fn pair(&mut self, pair: u16) -> Option<(&mut RxQueue<H>, &mut TxQueue<H>)> {
+        if pair == 0 {
+            return Some((&mut self.rx, &mut self.tx));
+        }
+        self.more_pairs
+            .get_mut(usize::from(pair) - 1)
+            .map(|p| (&mut p.rx, &mut p.tx))
+    }
+
+    /// The pair to transmit on from CPU `cpu`: one per CPU while there are
+    /// enough active pairs, shared round robin when there are fewer.
+    pub fn tx_pair_for_cpu(&self, cpu: usize) -> u16 {
+        (cpu % usize::from(self.active_pairs.max(1))) as u16
+    }
+
+    /// The counters of pair `pair`, if it was set up.
+    pub fn pair_stats(&self, pair: u16) -> Option<PairStats> {
+        let (rx, tx) = if pair == 0 {
+            (&*self.rx, &*self.tx)
+        } else {
+            let p = self.more_pairs.get(usize::from(pair) - 1)?;
+            (&p.rx, &p.tx)
+        };
+        Some(PairStats {
+            rx: rx.stats(),
+            rx_ring: rx.ring_counters(),
+            tx: tx.stats(),
+            tx_ring: tx.ring_counters(),
+        })
+    }
+
+    /// Tells the device to spread traffic over every pair that was set up
+    /// (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, §5.1.6.5.5) and returns the pairs
+    /// now active. With one pair there is nothing to say (`Ok(1)`).
+    ///
+    /// On an error (the device answered VIRTIO_NET_ERR, a bad reply, no
+    /// answer) the device keeps using only the first pair (its default,
+    /// §5.1.6.5.5), and so does the driver: the error is for the caller to
+    /// report; the card works on.
+    pub fn start_multiqueue<W: Wait + ?Sized>(&mut self, wait: &mut W) -> Result<u16, NetError> {
+        self.check_live()?;
+        let pairs = self.queue_pairs();
+        if pairs <= 1 {
+            return Ok(1);
+        }
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            return Err(NetError::NotNegotiated("VIRTIO_NET_F_CTRL_VQ"));
+        };
+        let [class, command, data @ ..] = vq_pairs_set_command(pairs);
+        match ctrl.command(&mut self.transport, class, command, &data, wait) {
+            Ok(()) => {
+                self.active_pairs = pairs;
+                debug!(
+                    "{}: virtio-net: VQ_PAIRS_SET {pairs} acknowledged: traffic spread over {pairs} queue pairs",
+                    self.transport.location()
+                );
+                Ok(pairs)
+            }
+            Err(error) => {
+                self.active_pairs = 1;
+                warn!(
+                    "{}: virtio-net: VQ_PAIRS_SET {pairs}: {error}; staying on one queue pair",
+                    self.transport.location()
+                );
+                Err(error)
+            }
         }
     }
 
@@ -521,7 +756,11 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             return 0;
         }
         self.rx.refill();
-        let rx = device::kick(&mut self.transport, self.rx.ring_mut());
+        let mut rx = usize::from(device::kick(&mut self.transport, self.rx.ring_mut()));
+        for pair in self.more_pairs.iter_mut() {
+            pair.rx.refill();
+            rx += usize::from(device::kick(&mut self.transport, pair.rx.ring_mut()));
+        }
         // The transmit notification is held back while the device reports
         // the link down, the way Linux stops its queue on carrier off. A
         // device notified then drops the frames and returns them as used,
@@ -534,20 +773,34 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         // interrupt for the change may not have been handled yet (§5.1.4,
         // VIRTIO_NET_S_LINK_UP). Published frames wait in the ring; the
         // held notification goes out at the first flush with the link up.
-        let wanted = self.tx.ring_mut().publish().should_notify() || self.tx_notify_held;
-        let tx = wanted && self.device_link_up();
-        if wanted && !tx && !self.tx_notify_held {
-            debug!(
-                "{}: virtio-net: the device reports the link down: transmit notification held back",
-                self.transport.location()
-            );
+        // One bit per pair whose transmit queue wants a notification.
+        let mut wanted = u32::from(self.tx.ring_mut().publish().should_notify());
+        for (i, pair) in self.more_pairs.iter_mut().enumerate() {
+            wanted |= u32::from(pair.tx.ring_mut().publish().should_notify()) << (i + 1);
         }
-        self.tx_notify_held = wanted && !tx;
-        if tx {
-            let index = self.tx.ring().index();
-            self.transport.notify(index);
+        wanted |= self.tx_notify_held;
+        if wanted == 0 {
+            return rx;
         }
-        usize::from(rx) + usize::from(tx)
+        if !self.device_link_up() {
+            if self.tx_notify_held == 0 {
+                debug!(
+                    "{}: virtio-net: the device reports the link down: transmit notification held back",
+                    self.transport.location()
+                );
+            }
+            self.tx_notify_held = wanted;
+            return rx;
+        }
+        self.tx_notify_held = 0;
+        let mut tx = 0;
+        for pair in 0..self.queue_pairs() {
+            if wanted & (1 << pair) != 0 {
+                self.transport.notify(tx_queue_of(pair));
+                tx += 1;
+            }
+        }
+        rx + tx
     }
 
     /// The link state as the device reports it now (one configuration
@@ -718,11 +971,17 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             return Err(DeviceError::Dead.into());
         }
         let before = self.features;
-        let addresses = [
-            (RX_QUEUE, self.rx.ring().addresses()),
-            (TX_QUEUE, self.tx.ring().addresses()),
-        ];
-        let ctrl = self.ctrl.as_ref().map(|c| c.ring().addresses());
+        let mut addresses = Vec::with_capacity(2 * usize::from(self.queue_pairs()));
+        addresses.push((RX_QUEUE, self.rx.ring().addresses()));
+        addresses.push((TX_QUEUE, self.tx.ring().addresses()));
+        for pair in self.more_pairs.iter() {
+            addresses.push((pair.rx.ring().index(), pair.rx.ring().addresses()));
+            addresses.push((pair.tx.ring().index(), pair.tx.ring().addresses()));
+        }
+        let ctrl = self
+            .ctrl
+            .as_ref()
+            .map(|c| (c.ring().index(), c.ring().addresses()));
         let (info, now) = device::bring_up(
             &mut self.transport,
             self.driver_features,
@@ -738,8 +997,8 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
                 for (index, addrs) in addresses {
                     t.setup_queue(index, &addrs)?;
                 }
-                if let Some(addrs) = ctrl {
-                    t.setup_queue(CTRL_QUEUE, &addrs)?;
+                if let Some((index, addrs)) = ctrl {
+                    t.setup_queue(index, &addrs)?;
                 }
                 Ok(info)
             },
@@ -750,7 +1009,10 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             ..info
         };
         self.link_up = self.info.link_up();
-        self.tx_notify_held = false;
+        self.tx_notify_held = 0;
+        // A reset device uses one pair again until told otherwise
+        // ([`NetDevice::start_multiqueue`]).
+        self.active_pairs = 1;
         self.failed = false;
         self.flush();
         debug!(
@@ -780,6 +1042,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         if device::reset_or_keep(&mut self.transport, "virtio-net").is_err() {
             self.rx.keep_forever();
             self.tx.keep_forever();
+            self.more_pairs.keep_forever();
             self.ctrl.keep_forever();
             self.dead = true;
             self.failed = true;
@@ -787,6 +1050,10 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         }
         self.rx.reset();
         self.tx.reset();
+        for pair in self.more_pairs.iter_mut() {
+            pair.rx.reset();
+            pair.tx.reset();
+        }
         if let Some(ctrl) = self.ctrl.as_mut() {
             ctrl.reset();
         }
@@ -820,6 +1087,8 @@ impl<H: Hal, T: Transport> fmt::Debug for NetDevice<H, T> {
             .field("link_up", &self.link_up)
             .field("rx", &self.rx)
             .field("tx", &self.tx)
+            .field("more_pairs", &self.more_pairs)
+            .field("active_pairs", &self.active_pairs)
             .field("ctrl", &self.ctrl)
             .field("failed", &self.failed)
             .finish()
@@ -857,45 +1126,49 @@ fn setup<H: Hal, T: Transport>(
         None => DEFAULT_MTU,
     };
     let plan = Plan::new(negotiated, t.kind(), mtu, options);
+    let (device_max_pairs, ctrl_index) = queue_pair_layout(info.max_queue_pairs)?;
+    let pairs = device_max_pairs.min(options.max_queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
 
-    let rx_ring = device::setup_queue_with::<H, T>(
-        t,
-        RX_QUEUE,
-        QueueSpec::new(options.rx_queue_size).with_indirect_capacity(plan.indirect),
-        negotiated,
-    )?;
-    let tx_ring = device::setup_queue_with::<H, T>(
-        t,
-        TX_QUEUE,
-        QueueSpec::new(options.tx_queue_size).with_indirect_capacity(plan.indirect),
-        negotiated,
-    )?;
-    let ctrl_ring = if negotiated & feature::CTRL_VQ != 0 {
-        Some(device::setup_queue_with::<H, T>(
+    let (rx, tx) = setup_pair::<H, T>(t, 0, negotiated, options, &plan)?;
+    let mut more_pairs = Vec::new();
+    for pair in 1..pairs {
+        // A device whose advertised pairs cannot be set up is brought up
+        // again without MQ (`NetDevice::with_options`).
+        let (rx, tx) = setup_pair::<H, T>(t, pair, negotiated, options, &plan).map_err(|_| {
+            NetError::MultiqueueUnusable {
+                max_pairs: device_max_pairs,
+                why: "an extra queue pair cannot be set up",
+            }
+        })?;
+        more_pairs.push(QueuePair { rx, tx });
+    }
+    let ctrl = if negotiated & feature::CTRL_VQ != 0 {
+        let ring = device::setup_queue_with::<H, T>(
             t,
-            CTRL_QUEUE,
+            ctrl_index,
             QueueSpec::new(options.ctrl_queue_size).with_indirect_capacity(3),
             negotiated,
-        )?)
+        );
+        let ring = match ring {
+            Ok(ring) => ring,
+            Err(_) if negotiated & feature::MQ != 0 => {
+                return Err(NetError::MultiqueueUnusable {
+                    max_pairs: device_max_pairs,
+                    why: "no control queue at 2 * max_virtqueue_pairs",
+                })
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Some(CtrlQueue::new(ring, t.kind().is_legacy(), t.dma_owner())?)
     } else {
         None
     };
-
-    let rx_buffers = buffers_for(rx_ring.size(), plan.rx.split_header);
-    let tx_buffers = buffers_for(tx_ring.size(), plan.tx.split_header);
-    if rx_buffers == 0 || tx_buffers == 0 {
-        return Err(NetError::BadConfig(
-            "queues too small for a header and a frame in separate descriptors",
-        ));
+    if pairs > 1 {
+        debug!(
+            "{location}: virtio-net: {pairs} of the device's {device_max_pairs} queue pairs set up (queues 0..{}), control queue at {ctrl_index}",
+            2 * pairs
+        );
     }
-    let mut rx = RxQueue::new(rx_ring, rx_buffers, plan.rx, location)?;
-    // Posted now, published after DRIVER_OK (§5.1.5 step "fill the receive queues").
-    rx.refill();
-    let tx = TxQueue::new(tx_ring, tx_buffers, plan.tx, location)?;
-    let ctrl = match ctrl_ring {
-        Some(ring) => Some(CtrlQueue::new(ring, t.kind().is_legacy(), t.dma_owner())?),
-        None => None,
-    };
 
     let mac = match info.mac {
         Some(mac) => mac,
@@ -916,8 +1189,69 @@ fn setup<H: Hal, T: Transport>(
         header_len: plan.rx.header_len,
         rx,
         tx,
+        more_pairs,
+        device_max_pairs,
         ctrl,
     })
+}
+
+/// The device's `max_virtqueue_pairs` (1 without MQ) and the control
+/// queue's index, after checking the field against §5.1.4.1 ("between 1
+/// and 0x8000 inclusive"). 0x8000 itself is refused too: its control queue
+/// would be queue 65536, which no 16-bit `queue_select` can name.
+fn queue_pair_layout(max_queue_pairs: Option<u16>) -> Result<(u16, u16), NetError> {
+    let Some(max_pairs) = max_queue_pairs else {
+        return Ok((1, CTRL_QUEUE));
+    };
+    if !(QUEUE_PAIRS_MIN..=QUEUE_PAIRS_MAX).contains(&max_pairs) {
+        return Err(NetError::MultiqueueUnusable {
+            max_pairs,
+            why: "outside 1..=0x8000 (virtio 1.2 §5.1.4.1)",
+        });
+    }
+    match ctrl_queue_of(max_pairs) {
+        Some(ctrl) => Ok((max_pairs, ctrl)),
+        None => Err(NetError::MultiqueueUnusable {
+            max_pairs,
+            why: "the control queue would be queue 65536, beyond a 16-bit queue index",
+        }),
+    }
+}
+
+/// Sets up the receive and transmit queues of pair `pair` and posts (not
+/// yet publishes) the receive buffers.
+fn setup_pair<H: Hal, T: Transport>(
+    t: &mut T,
+    pair: u16,
+    negotiated: u64,
+    options: &NetOptions,
+    plan: &Plan,
+) -> Result<(RxQueue<H>, TxQueue<H>), NetError> {
+    let location = t.location();
+    let rx_ring = device::setup_queue_with::<H, T>(
+        t,
+        rx_queue_of(pair),
+        QueueSpec::new(options.rx_queue_size).with_indirect_capacity(plan.indirect),
+        negotiated,
+    )?;
+    let tx_ring = device::setup_queue_with::<H, T>(
+        t,
+        tx_queue_of(pair),
+        QueueSpec::new(options.tx_queue_size).with_indirect_capacity(plan.indirect),
+        negotiated,
+    )?;
+    let rx_buffers = buffers_for(rx_ring.size(), plan.rx.split_header);
+    let tx_buffers = buffers_for(tx_ring.size(), plan.tx.split_header);
+    if rx_buffers == 0 || tx_buffers == 0 {
+        return Err(NetError::BadConfig(
+            "queues too small for a header and a frame in separate descriptors",
+        ));
+    }
+    let mut rx = RxQueue::new(rx_ring, rx_buffers, plan.rx, location)?;
+    // Posted now, published after DRIVER_OK (§5.1.5 step "fill the receive queues").
+    rx.refill();
+    let tx = TxQueue::new(tx_ring, tx_buffers, plan.tx, location)?;
+    Ok((rx, tx))
 }
 
 /// The sizes and layouts that follow from the negotiated features.
@@ -991,14 +1325,23 @@ fn location_seed(location: Location) -> u64 {
     hash.0
 }
 
-/// Formats the control-queue part of the bring-up summary.
-struct ControlNote(Option<u16>);
+/// Formats the control-queue part of the bring-up summary: its index and size.
+struct ControlNote(Option<(u16, u16)>);
 
 impl fmt::Display for ControlNote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(size) => write!(f, "ctrl: {size} descriptors"),
+            Some((index, size)) => write!(f, "ctrl: queue {index}, {size} descriptors"),
             None => f.write_str("no control queue"),
         }
+    }
+}
+
+/// A numbered queue name (`receiveq2`), formatted without allocating.
+struct QueueName(&'static str, usize);
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.0, self.1)
     }
 }

@@ -59,7 +59,7 @@ use crate::transport::Location;
 
 use super::buffers::{BufferPool, FreeList, NO_BUFFER};
 use super::header::{RxHeader, GSO_NONE};
-use super::{NetError, ETH_HEADER_LEN, RX_QUEUE};
+use super::{NetError, ETH_HEADER_LEN};
 
 /// Dropped packets are logged as warnings up to this many, then at debug
 /// level only: a misbehaving device must not flood the (slow) serial log.
@@ -180,7 +180,7 @@ impl<H: Hal> RxQueue<H> {
         let pool =
             BufferPool::new(location.dma_owner(), buffers, layout.buffer_len).map_err(|e| {
                 NetError::Queue {
-                    queue: RX_QUEUE,
+                    queue: ring.index(),
                     error: QueueError::Dma(e),
                 }
             })?;
@@ -320,7 +320,7 @@ impl<H: Hal> RxQueue<H> {
     fn used_error(&mut self, error: QueueError) -> Result<(), NetError> {
         if self.ring.is_broken() {
             return Err(NetError::Queue {
-                queue: RX_QUEUE,
+                queue: self.ring.index(),
                 error,
             });
         }

@@ -36,7 +36,7 @@ use crate::queue::{QueueCounters, QueueError, Ring, Segment, Token, Virtqueue};
 use crate::transport::Location;
 
 use super::buffers::{BufferPool, FreeList, NO_BUFFER};
-use super::{NetError, TX_QUEUE};
+use super::NetError;
 
 /// Transmit counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl<H: Hal> TxQueue<H> {
             layout.header_len + layout.max_frame,
         )
         .map_err(|e| NetError::Queue {
-            queue: TX_QUEUE,
+            queue: ring.index(),
             error: QueueError::Dma(e),
         })?;
         Ok(Self {
@@ -139,7 +139,7 @@ impl<H: Hal> TxQueue<H> {
                 }
                 Err(error) if self.ring.is_broken() => {
                     return Err(NetError::Queue {
-                        queue: TX_QUEUE,
+                        queue: self.ring.index(),
                         error,
                     })
                 }
@@ -272,7 +272,7 @@ impl<H: Hal> TxQueue<H> {
                 // Room was checked, so only a ring that broke in between gets here.
                 self.free.put(id);
                 Err(NetError::Queue {
-                    queue: TX_QUEUE,
+                    queue: self.ring.index(),
                     error,
                 })
             }
