@@ -362,7 +362,7 @@ def run_step(name: str, args: list[str], cwd: Path = REPO) -> StepResult:
 def scenario_row(outcome: harness.Outcome) -> StepResult:
     return StepResult(
         outcome.scenario.name,
-        "PASS" if outcome.passed else "FAIL",
+        "SKIP" if outcome.skipped else "PASS" if outcome.passed else "FAIL",
         outcome.wall_s,
         boot=outcome.scenario.label(outcome.accel),
         first_line=harness.fmt_seconds(outcome.first_line_s),
@@ -431,7 +431,7 @@ def cmd_test(options: argparse.Namespace) -> int:
                           "qemu.test_bench_compare", "qemu.test_bench_cost", "qemu.test_kernel_builds",
                           "qemu.test_screen", "qemu.test_queue_view", "qemu.test_qmp",
                           "qemu.test_net_stress", "qemu.test_soak", "qemu.test_bench_iommu", "qemu.test_bench_scale",
-                          "qemu.test_fuzz", "qemu.test_crash"],
+                          "qemu.test_fuzz", "qemu.test_crash", "qemu.test_net_mq"],
          REPO / "tests"),
         # The book and README: every path, symbol, link and include they name exists.
         ("docs-check", [sys.executable, "tests/book/check.py"], REPO),

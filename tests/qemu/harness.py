@@ -37,6 +37,8 @@ KILLED = "killed after stop_on"
 TIMEOUT = "TIMEOUT"
 #: Status of a scenario whose QEMU could not be started at all.
 NOT_STARTED = "NOT STARTED"
+#: Status of a scenario whose `requires` said this host cannot run it (not a failure).
+SKIPPED = "SKIPPED"
 
 #: Patterns that mean something went wrong in any boot that does not ask for it.
 DEFAULT_FORBID: tuple[str, ...] = (r"^PANIC at ", r"^EXCEPTION ", r"^selftest: FAIL ")
@@ -148,6 +150,11 @@ class Scenario:
     #: production kernel). Set it for a `command` scenario, or to boot a
     #: build that lacks what the command line asks for on purpose.
     kernel_features: Sequence[str] | None = None
+    #: What the host must offer, checked before anything else: returns None
+    #: if the scenario can run here, or one sentence saying why not (e.g. no
+    #: network namespaces for a tap backend). The scenario is then SKIPPED
+    #: with that sentence, neither passed nor failed.
+    requires: Callable[[], str | None] | None = None
 
     def label(self, accel: qm.AccelChoice) -> str:
         """machine/firmware/accel, as shown in the summary."""
@@ -195,13 +202,21 @@ class Outcome:
     stop_on_cpu_s: float | None = None
     problems: list[str] = field(default_factory=list)
     ctx: RunContext | None = None
+    #: Why the scenario was SKIPPED (its `requires` answer).
+    skip_reason: str = ""
 
     @property
     def passed(self) -> bool:
         return not self.problems
 
     @property
+    def skipped(self) -> bool:
+        return self.status == SKIPPED
+
+    @property
     def note(self) -> str:
+        if self.skipped:
+            return f"skipped: {self.skip_reason}"
         if self.accel.name == "tcg" and self.accel.requested in ("kvm", "auto"):
             return f"TCG instead of KVM: {self.accel.reason}"
         return ""
@@ -290,6 +305,11 @@ def build_command(scenario: Scenario, ctx: RunContext, accel: qm.AccelChoice) ->
 def run_scenario(scenario: Scenario, kernel: Kernels, build_dir: Path, tcg_only: bool = False) -> Outcome:
     """Boot one scenario to completion (or timeout) and judge it. `kernel` is
     the ELF, or a map from features to ELFs to pick it from (`kernel_for`)."""
+    if scenario.requires is not None:
+        reason = scenario.requires()
+        if reason:
+            return Outcome(scenario, qm.AccelChoice("tcg", scenario.accel, "not run"),
+                           status=SKIPPED, skip_reason=reason)
     kernel = kernel_for(scenario, kernel)
     log_dir = build_dir / "qemu-logs"
     workdir = build_dir / "qemu-work" / scenario.name
@@ -456,6 +476,8 @@ def fmt_seconds(value: float | None) -> str:
 
 def describe(outcome: Outcome) -> str:
     """One line per finished scenario, printed as soon as it ends."""
+    if outcome.skipped:
+        return f"SKIP {outcome.scenario.name}: {outcome.skip_reason}"
     verdict = "PASS" if outcome.passed else "FAIL"
     text = (
         f"{verdict} {outcome.scenario.name} [{outcome.scenario.label(outcome.accel)}] "

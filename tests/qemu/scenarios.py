@@ -1695,3 +1695,8 @@ SCENARIOS += BLK_MQ_SCENARIOS
 from .scenarios_smp import SMP_SCENARIOS  # noqa: E402  (issue 22: SMP bring-up, run_on, crash reports)
 
 SCENARIOS += SMP_SCENARIOS
+
+# Multiqueue virtio-net on a multiqueue tap in a network namespace (tests/qemu/scenarios_net_mq.py).
+from .scenarios_net_mq import NET_MQ_SCENARIOS  # noqa: E402
+
+SCENARIOS += NET_MQ_SCENARIOS

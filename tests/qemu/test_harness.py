@@ -217,6 +217,30 @@ class RunnerTest(unittest.TestCase):
             self.assertIsNotNone(outcome.stop_on_cpu_s)
             self.assertGreaterEqual(outcome.stop_on_cpu_s, outcome.first_line_cpu_s)
 
+    def test_a_host_without_what_the_scenario_requires_skips_it(self):
+        started = []
+        scenario = selftest_scenario(
+            name="fake-skip",
+            command=lambda ctx: started.append(ctx) or ["false"],
+            requires=lambda: "no network namespaces here",
+        )
+        outcome = self.run_one(scenario)
+        self.assertEqual(outcome.status, harness.SKIPPED)
+        self.assertTrue(outcome.skipped and outcome.passed)
+        self.assertEqual(outcome.note, "skipped: no network namespaces here")
+        self.assertEqual(started, [], "nothing was set up or started")
+        self.assertEqual(harness.describe(outcome), "SKIP fake-skip: no network namespaces here")
+
+    def test_a_host_with_what_the_scenario_requires_runs_it(self):
+        scenario = selftest_scenario(
+            name="fake-not-skipped",
+            command=fake_qemu("import sys; sys.exit(33)"),
+            requires=lambda: None,
+        )
+        outcome = self.run_one(scenario)
+        self.assertFalse(outcome.skipped)
+        self.assertEqual(outcome.status, 33)
+
     def test_missing_program_is_reported(self):
         scenario = selftest_scenario(name="fake-missing", command=lambda ctx: ["/nonexistent/qemu"])
         outcome = self.run_one(scenario)

@@ -164,6 +164,8 @@ pub struct RxQueue<H: Hal> {
     assembly: Option<Assembly>,
     /// Where merged packets are assembled; capacity reserved once.
     scratch: Vec<u8>,
+    /// A packet found by [`RxQueue::has_packet`] and not yet handed out.
+    ready: Option<Source>,
     stats: RxStats,
     location: Location,
 }
@@ -197,6 +199,7 @@ impl<H: Hal> RxQueue<H> {
             free: FreeList::full(buffers),
             assembly: None,
             scratch,
+            ready: None,
             stats: RxStats::default(),
             location,
         })
@@ -267,6 +270,33 @@ impl<H: Hal> RxQueue<H> {
     /// `Err` only for a broken ring (`NetError::Queue` with an index error):
     /// the device must be reset (`NetDevice::recover`).
     pub fn receive(&mut self) -> Result<Option<RxPacket<'_, H>>, NetError> {
+        let source = match self.ready.take() {
+            Some(source) => source,
+            None => match self.next_packet()? {
+                Some(source) => source,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(RxPacket {
+            queue: self,
+            source,
+        }))
+    }
+
+    /// `true` if [`RxQueue::receive`] has a packet to hand out now. The
+    /// packet found is kept for it (a caller looking at several queues, one
+    /// per pair, asks each before borrowing one for the packet).
+    ///
+    /// `Err` only for a broken ring, as for `receive`.
+    pub fn has_packet(&mut self) -> Result<bool, NetError> {
+        if self.ready.is_none() {
+            self.ready = self.next_packet()?;
+        }
+        Ok(self.ready.is_some())
+    }
+
+    /// The next good packet's place (see [`RxQueue::receive`]).
+    fn next_packet(&mut self) -> Result<Option<Source>, NetError> {
         loop {
             let used = match self.ring.pop_used() {
                 Ok(Some(used)) => used,
@@ -305,10 +335,7 @@ impl<H: Hal> RxQueue<H> {
                             }
                         );
                     }
-                    return Ok(Some(RxPacket {
-                        queue: self,
-                        source,
-                    }));
+                    return Ok(Some(source));
                 }
             }
         }
@@ -540,6 +567,10 @@ impl<H: Hal> RxQueue<H> {
                 }
             }
         });
+        // A packet found but not handed out: its buffer is the driver's.
+        if let Some(Source::Buffer { id, .. }) = self.ready.take() {
+            self.free.put(id);
+        }
         // A reset device holds no buffers (§2.4).
         self.pool.reclaim_all();
         self.assembly = None;
@@ -602,9 +633,10 @@ impl<H: Hal> RxQueue<H> {
     }
 
     /// Asks for an interrupt when packets arrive. Returns `true` if some
-    /// already did (receive them before sleeping).
+    /// already did (receive them before sleeping), or one found by
+    /// [`RxQueue::has_packet`] is waiting.
     pub fn enable_interrupts(&mut self) -> bool {
-        self.ring.enable_interrupts()
+        self.ring.enable_interrupts() || self.ready.is_some()
     }
 
     /// Asks the device not to interrupt for received packets (polling).

@@ -185,7 +185,11 @@ fn round(cap: Option<Duration>, arm_other: impl FnOnce() -> bool, disarm_other: 
             // arrived before the request will not interrupt (§2.7.7).
             let mut pending = false;
             for nic in nics.iter_mut() {
-                pending |= nic.device.rx().enable_interrupts();
+                for pair in 0..nic.device.queue_pairs() {
+                    if let Some((rx, _)) = nic.device.pair(pair) {
+                        pending |= rx.enable_interrupts();
+                    }
+                }
             }
             (!pending).then_some(sleep)
         }
@@ -203,6 +207,10 @@ fn round(cap: Option<Duration>, arm_other: impl FnOnce() -> bool, disarm_other: 
     // Interrupts are only wanted while nobody looks (§2.7.7).
     disarm_other();
     for nic in nic::nics().iter_mut() {
-        nic.device.rx().disable_interrupts();
+        for pair in 0..nic.device.queue_pairs() {
+            if let Some((rx, _)) = nic.device.pair(pair) {
+                rx.disable_interrupts();
+            }
+        }
     }
 }

@@ -38,6 +38,25 @@
 //! Tokens only add to the rings; [`Nic::flush`] after a whole
 //! `Interface::poll` publishes everything at once, so a poll that answers
 //! twenty packets costs at most one notification per queue.
+//!
+//! ## Several queue pairs (VIRTIO_NET_F_MQ)
+//!
+//! The driver sets up one receive/transmit pair per online CPU (at most
+//! [`DEFAULT_MAX_PAIRS`], or `net.pairs=N`), and [`claim_all`] then sends
+//! VQ_PAIRS_SET ([`NetDevice::start_multiqueue`]) and steers each pair's
+//! MSI-X entries to its CPU (pair `p` belongs to CPU `p mod online CPUs`,
+//! recorded with `smp::note_queue`), one line per pair:
+//!
+//! ```text
+//! net0: 4 queue pairs in use (the device has 4), control queue 8
+//! net0: pair 1 (receiveq2 = queue 2, transmitq2 = queue 3) -> cpu 1, vectors [0x36, 0x37]
+//! ```
+//!
+//! All pairs feed the card's one smoltcp interface: [`Phy`] takes received
+//! frames from every receive queue in turn (the device chose the queue, by
+//! flow), answers a frame from inside its receive token on the pair it came
+//! in on, and sends everything else on the current CPU's pair
+//! (`NetDevice::tx_pair_for_cpu`). `Nic::flush` refills every receive queue.
 
 use alloc::format;
 use alloc::string::String;
@@ -45,7 +64,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use drivers::irq::QueueSet;
-use drivers::net::{NetDevice, NetError, NetOptions, RxPacket, TxQueue, SUPPORTED_FEATURES};
+use drivers::net::{
+    rx_queue_of, tx_queue_of, NetDevice, NetError, NetOptions, RxPacket, TxQueue, MAX_QUEUE_PAIRS,
+    SUPPORTED_FEATURES,
+};
 use drivers::transport::{DeviceType, InterruptStatus, Location, Transport};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -62,10 +84,16 @@ impl DrivenDevice for KernelNetDevice {
         self.transport_mut()
     }
 
-    /// receiveq1 and transmitq1, and the control queue (queue 2) with
-    /// VIRTIO_NET_F_CTRL_VQ (virtio 1.2 §5.1.2).
+    /// receiveqN and transmitqN of every pair set up, and the control
+    /// queue with VIRTIO_NET_F_CTRL_VQ (queue 2, or `2 * max_virtqueue_pairs`
+    /// with MQ; virtio 1.2 §5.1.2). A control queue beyond the 64 queues an
+    /// interrupt slot tracks is not routed: its commands' waits poll.
     fn queues_in_use(&self) -> QueueSet {
-        QueueSet::first(queue_count(self) as u16)
+        let mut queues = QueueSet::EMPTY;
+        for queue in self.queue_indices() {
+            queues.insert(queue);
+        }
+        queues
     }
 
     fn brought_up(&self) -> BroughtUp {
@@ -73,10 +101,16 @@ impl DrivenDevice for KernelNetDevice {
     }
 }
 
-/// The queues the driver set up: rx, tx, and the control queue if any.
+/// The queues the driver set up: rx and tx of every pair, and the control queue if any.
 fn queue_count(device: &KernelNetDevice) -> usize {
-    2 + usize::from(device.ctrl().is_some())
+    device.queue_indices().count()
 }
+
+/// Queue pairs a card gets without `net.pairs=`: one per online CPU, at most this many.
+pub const DEFAULT_MAX_PAIRS: u16 = 8;
+
+/// How long VQ_PAIRS_SET may take before the card stays on one pair.
+const CTRL_TIMEOUT_NS: u64 = 2_000_000_000;
 
 /// Counters of the bridge to smoltcp (the driver keeps its own).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,6 +167,10 @@ pub fn nics() -> MutexGuard<'static, Vec<Nic>> {
 ///   small value makes the device merge buffers for ordinary frames);
 /// - `net.features=0xMASK`: device-specific features to offer to accept
 ///   (default: all the driver implements);
+/// - `net.pairs=N`: at most N receive/transmit queue pairs with
+///   VIRTIO_NET_F_MQ (default: one per online CPU, at most
+///   [`DEFAULT_MAX_PAIRS`]; 1 turns multiqueue off). More pairs than CPUs
+///   share CPUs (the tests use it to drive several pairs from one CPU);
 /// - `virtio.ring=split|packed|auto`: the ring layout, as for every device.
 pub fn options_from_cmdline() -> NetOptions {
     let mut options = NetOptions::default();
@@ -147,6 +185,11 @@ pub fn options_from_cmdline() -> NetOptions {
     if let Some(mask) = number("net.features") {
         options.features = mask & SUPPORTED_FEATURES;
     }
+    let per_cpu = u16::try_from(crate::smp::online_cpus()).unwrap_or(u16::MAX);
+    options.max_queue_pairs = match number("net.pairs").and_then(|n| u16::try_from(n).ok()) {
+        Some(pairs) => pairs.clamp(1, MAX_QUEUE_PAIRS),
+        None => per_cpu.clamp(1, DEFAULT_MAX_PAIRS),
+    };
     options.ring_features = crate::virtio::ring_preference().ring_features();
     options
 }
@@ -198,6 +241,7 @@ pub fn claim_all() {
             device.rx().buffer_len(),
             device.tx().size(),
         );
+        start_pairs(&name, location, &mut device);
         nics.push(Nic {
             name,
             location,
@@ -213,6 +257,51 @@ pub fn claim_all() {
 
 /// The name the registry and the `virtio:` FAILED line give this driver.
 pub const DRIVER_NAME: &str = "virtio-net";
+
+/// With several queue pairs: VQ_PAIRS_SET, then each pair's interrupts to
+/// its CPU and its assignment noted (see the module docs). A rejected
+/// command leaves the card on one pair, with a warning; a pair whose
+/// interrupts cannot be steered keeps interrupting CPU 0.
+fn start_pairs(name: &str, location: Location, device: &mut KernelNetDevice) {
+    let set_up = device.queue_pairs();
+    if set_up <= 1 {
+        crate::smp::note_queue(0, format!("{name} receiveq+transmitq"));
+        return;
+    }
+    let ctrl = device.queue_indices().last().unwrap_or(0);
+    let mut wait = crate::wait::for_device(
+        crate::virtio::irq::of(location),
+        QueueSet::single(ctrl),
+        CTRL_TIMEOUT_NS,
+    );
+    let active = match device.start_multiqueue(&mut wait) {
+        Ok(active) => active,
+        Err(error) => {
+            log::warn!("{name}: VQ_PAIRS_SET {set_up} failed ({error}); using one queue pair");
+            1
+        }
+    };
+    crate::println!(
+        "{name}: {active} queue pairs in use (the device has {}), control queue {ctrl}",
+        device.device_max_queue_pairs()
+    );
+    let cpus = crate::smp::online_cpus().max(1);
+    for pair in 0..active {
+        let cpu = usize::from(pair) % cpus;
+        let (rx, tx) = (rx_queue_of(pair), tx_queue_of(pair));
+        let mut queues = QueueSet::single(rx);
+        queues.insert(tx);
+        let steered = match crate::virtio::irq::steer_queues(location, queues, cpu) {
+            Ok(vectors) => format!("vectors {vectors:#04x?}"),
+            Err(why) => format!("interrupts stay on cpu 0: {why}"),
+        };
+        log::info!(
+            "{name}: pair {pair} (receiveq{n} = queue {rx}, transmitq{n} = queue {tx}) -> cpu {cpu}, {steered}",
+            n = pair + 1
+        );
+        crate::smp::note_queue(cpu, format!("{name} pair{pair} (queues {rx},{tx})"));
+    }
+}
 
 impl Nic {
     /// Fails what the card did while the IOMMU blocked one of its DMAs, as
@@ -330,6 +419,9 @@ pub struct Phy<'a> {
     counters: &'a mut BridgeCounters,
     /// A ring broke while smoltcp polled: the caller recovers afterwards.
     pub broken: Option<NetError>,
+    /// The pair whose receive queue is looked at first next time, so that
+    /// a busy pair does not starve the others.
+    next_rx_pair: u16,
 }
 
 impl<'a> Phy<'a> {
@@ -339,6 +431,7 @@ impl<'a> Phy<'a> {
             device,
             counters,
             broken: None,
+            next_rx_pair: 0,
         }
     }
 
@@ -359,13 +452,22 @@ impl phy::Device for Phy<'_> {
         Self: 'a;
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        let (rx, tx) = self.device.queues();
-        // smoltcp may answer from inside the receive token: only hand out a
-        // packet when there is room to answer it, and leave it in the ring
-        // otherwise (the next poll gets it).
-        if !tx.can_send() {
-            return None;
-        }
+        // Every pair's receive queue in turn, starting after the last one
+        // that had a packet; the answer goes out on the same pair.
+        let pairs = self.device.queue_pairs();
+        let chosen = (0..pairs)
+            .map(|i| (self.next_rx_pair + i) % pairs)
+            .find(|&pair| {
+                self.device.pair(pair).is_some_and(|(rx, tx)| {
+                    // smoltcp may answer from inside the receive token: only
+                    // hand out a packet when there is room to answer it, and
+                    // leave it in the ring otherwise (the next poll gets it).
+                    // A broken ring says so in `receive` below.
+                    tx.can_send() && rx.has_packet().unwrap_or(true)
+                })
+            })?;
+        self.next_rx_pair = (chosen + 1) % pairs;
+        let (rx, tx) = self.device.pair(chosen)?;
         match rx.receive() {
             Ok(Some(packet)) => Some((
                 RxToken { packet },
@@ -383,7 +485,8 @@ impl phy::Device for Phy<'_> {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        let tx = self.device.tx();
+        let pair = self.device.tx_pair_for_cpu(crate::smp::current_cpu());
+        let (_, tx) = self.device.pair(pair)?;
         if !tx.can_send() {
             return None;
         }

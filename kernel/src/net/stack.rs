@@ -55,7 +55,8 @@ pub struct Stack {
     pub iface: Interface,
     /// Its sockets.
     pub sockets: SocketSet<'static>,
-    dhcp: SocketHandle,
+    /// The DHCP client (`None` with a static address, `net.ip=`).
+    dhcp: Option<SocketHandle>,
     /// The current lease, if any.
     pub lease: Option<Lease>,
     /// The servers (normal boot only).
@@ -81,9 +82,20 @@ pub fn attach(nic: &mut Nic, role: Role) {
     // and ephemeral ports from this seed: from the kernel's entropy source
     // (virtio-rng when there is one, `crate::entropy`).
     config.random_seed = crate::entropy::seed_u64(&nic.name);
-    let iface = Interface::new(config, &mut nic.phy(), now());
+    let mut iface = Interface::new(config, &mut nic.phy(), now());
     let mut sockets = SocketSet::new(vec![]);
-    let dhcp = sockets.add(dhcpv4::Socket::new());
+    let static_address = (nic.name == "net0").then(static_address).flatten();
+    let dhcp = match static_address {
+        Some(address) => {
+            iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::Ipv4(address));
+            });
+            // Printed whatever the log level, like the DHCP lease line.
+            crate::println!("{}: static: address {address}", nic.name);
+            None
+        }
+        None => Some(sockets.add(dhcpv4::Socket::new())),
+    };
     let services = (role == Role::Services).then(|| Services::new(&mut sockets));
     nic.stack = Some(Stack {
         iface,
@@ -92,6 +104,20 @@ pub fn attach(nic: &mut Nic, role: Role) {
         lease: None,
         services,
     });
+}
+
+/// `net.ip=A.B.C.D/LEN` on the command line: net0's address without DHCP,
+/// for a network with no DHCP server (a tap device the tests create). No
+/// gateway: only the directly attached network is reachable.
+fn static_address() -> Option<Ipv4Cidr> {
+    let text = crate::cmdline::get("net.ip")?;
+    match text.parse::<Ipv4Cidr>() {
+        Ok(cidr) => Some(cidr),
+        Err(()) => {
+            log::warn!("net.ip={text}: not an IPv4 address with a prefix length; using DHCP");
+            None
+        }
+    }
 }
 
 /// Polls every card once (see the module docs). Returns how soon smoltcp
@@ -174,7 +200,10 @@ fn nic_phy<'a>(
 
 /// Applies DHCP events to the interface and logs a new lease.
 fn dhcp_events(name: &str, stack: &mut Stack) {
-    let event = stack.sockets.get_mut::<dhcpv4::Socket>(stack.dhcp).poll();
+    let Some(dhcp) = stack.dhcp else {
+        return;
+    };
+    let event = stack.sockets.get_mut::<dhcpv4::Socket>(dhcp).poll();
     match event {
         None => {}
         Some(dhcpv4::Event::Configured(config)) => {

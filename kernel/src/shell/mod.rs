@@ -612,12 +612,35 @@ fn net_details(out: &mut Output, location: drivers::transport::Location, irq: &s
         },
         nic.name
     );
-    let (rx_size, rx) = (nic.device.rx().size(), nic.device.rx().ring_counters());
-    counters_line(out, 0, "receiveq", rx_size, &rx);
-    let (tx_size, tx) = (nic.device.tx().size(), nic.device.tx().ring_counters());
-    counters_line(out, 1, "transmitq", tx_size, &tx);
+    let pairs = nic.device.queue_pairs();
+    for pair in 0..pairs {
+        let Some((rx, tx)) = nic.device.pair(pair) else {
+            continue;
+        };
+        let (rx_size, rx_counters, rx_packets) =
+            (rx.size(), rx.ring_counters(), rx.stats().packets);
+        let (tx_size, tx_counters, tx_packets) =
+            (tx.size(), tx.ring_counters(), tx.stats().packets);
+        let (rx_name, tx_name) = if pairs > 1 {
+            (
+                format!("receiveq{}", pair + 1),
+                format!("transmitq{}", pair + 1),
+            )
+        } else {
+            ("receiveq".to_string(), "transmitq".to_string())
+        };
+        counters_line(out, 2 * pair, &rx_name, rx_size, &rx_counters);
+        counters_line(out, 2 * pair + 1, &tx_name, tx_size, &tx_counters);
+        if pairs > 1 {
+            let _ = writeln!(
+                out,
+                "    pair {pair}: {rx_packets} packets received, {tx_packets} sent"
+            );
+        }
+    }
     if let Some(ctrl) = nic.device.ctrl() {
-        counters_line(out, 2, "controlq", ctrl.size(), &ctrl.ring_counters());
+        let index = nic.device.queue_indices().last().unwrap_or(2);
+        counters_line(out, index, "controlq", ctrl.size(), &ctrl.ring_counters());
     }
     true
 }
