@@ -45,12 +45,13 @@
 //! [`DEFAULT_MAX_PAIRS`], or `net.pairs=N`), and [`claim_all`] then sends
 //! VQ_PAIRS_SET ([`NetDevice::start_multiqueue`]). Pair `p` belongs to CPU
 //! `p mod online CPUs` (it transmits there; recorded with
-//! `smp::note_queue`), and its MSI-X entries are steered to the CPU that
-//! drains it ([`drain_cpu`]), one line per pair:
+//! `smp::note_queue`), and its MSI-X entries send their messages to the CPU
+//! that drains it ([`drain_cpu`], through `virtio::DrivenDevice::queue_cpu`),
+//! one line per pair:
 //!
 //! ```text
 //! net0: 4 queue pairs in use (the device has 4), control queue 8
-//! net0: pair 1 (receiveq2 = queue 2, transmitq2 = queue 3) -> cpu 1, interrupts to cpu 0, vectors [0x36, 0x37]
+//! net0: pair 1 (receiveq2 = queue 2, transmitq2 = queue 3) -> cpu 1, interrupts on cpu 0
 //! ```
 //!
 //! The card's one smoltcp interface is polled by the network loop, which
@@ -106,6 +107,16 @@ impl DrivenDevice for KernelNetDevice {
 
     fn brought_up(&self) -> BroughtUp {
         BroughtUp::new(self.transport().kind(), queue_count(self), self.features())
+    }
+
+    /// A pair's queues interrupt the CPU that drains the pair ([`drain_cpu`]);
+    /// the control queue and the configuration event, CPU 0.
+    fn queue_cpu(&self, queue: u16) -> usize {
+        if queue < 2 * self.queue_pairs() {
+            drain_cpu(queue / 2, crate::smp::online_cpus())
+        } else {
+            0
+        }
     }
 }
 
@@ -297,15 +308,9 @@ fn start_pairs(name: &str, location: Location, device: &mut KernelNetDevice) {
     for pair in 0..active {
         let cpu = usize::from(pair) % cpus;
         let (rx, tx) = (rx_queue_of(pair), tx_queue_of(pair));
-        let mut queues = QueueSet::single(rx);
-        queues.insert(tx);
-        let target = drain_cpu(pair, cpus);
-        let steered = match crate::virtio::irq::steer_queues(location, queues, target) {
-            Ok(vectors) => format!("interrupts to cpu {target}, vectors {vectors:#04x?}"),
-            Err(why) => format!("interrupts stay on cpu 0: {why}"),
-        };
         log::info!(
-            "{name}: pair {pair} (receiveq{n} = queue {rx}, transmitq{n} = queue {tx}) -> cpu {cpu}, {steered}",
+            "{name}: pair {pair} (receiveq{n} = queue {rx}, transmitq{n} = queue {tx}) -> cpu {cpu}, interrupts on cpu {}",
+            drain_cpu(pair, cpus),
             n = pair + 1
         );
         crate::smp::note_queue(cpu, format!("{name} pair{pair} (queues {rx},{tx})"));

@@ -591,58 +591,6 @@ pub fn route(
     Some(DeviceIrq { slot })
 }
 
-/// Sends the MSI-X messages of `queues` of the device at `location` to CPU
-/// `cpu` instead of the bootstrap processor (the multiqueue drivers: each
-/// queue's completions interrupt the CPU that submits on it). The entries
-/// carrying them are reprogrammed with `interrupts::msi_message_to` for
-/// that CPU's local APIC (masked while the address and data change, PCI 3.0
-/// §6.8.2.9). Returns the CPU vectors of those entries.
-///
-/// Refused (the queues keep interrupting CPU 0): a device without MSI-X
-/// (a line goes where its I/O APIC entry says), an entry shared with a
-/// queue outside `queues` or with the configuration event, a CPU that is not online.
-pub fn steer_queues(location: Location, queues: QueueSet, cpu: usize) -> Result<Vec<u8>, String> {
-    let apic_id = crate::smp::apic_id(cpu).ok_or_else(|| format!("CPU {cpu} is not online"))?;
-    let slots = SLOTS.lock();
-    let slot = slots
-        .iter()
-        .find(|s| s.location == location)
-        .ok_or("no interrupt route")?;
-    let IrqMode::Msix { table, entries, .. } = &slot.mode else {
-        return Err(format!("not MSI-X ({})", slot.mode.name()));
-    };
-    let mut vectors = Vec::new();
-    for used in entries
-        .iter()
-        .filter(|v| !v.entry.queues.intersection(queues).is_empty())
-    {
-        let entry = used.entry;
-        if entry.config || entry.queues.intersection(queues) != entry.queues {
-            return Err(format!(
-                "MSI-X entry {} also carries {}queues {}",
-                entry.entry,
-                if entry.config {
-                    "the configuration event and "
-                } else {
-                    ""
-                },
-                entry.queues
-            ));
-        }
-        let (address, data) =
-            interrupts::msi_message_to(used.vector, apic_id).map_err(|e| e.to_string())?;
-        table
-            .program(entry.entry, address, data)
-            .map_err(|e| e.to_string())?;
-        table.unmask(entry.entry).map_err(|e| e.to_string())?;
-        vectors.push(used.vector);
-    }
-    if vectors.is_empty() {
-        return Err(format!("no MSI-X entry carries queues {queues}"));
-    }
-    Ok(vectors)
-}
-
 /// The device a route is being made for.
 struct RouteTarget<'a> {
     slot: usize,
