@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from qemu import bench_compare, bench_cost, bench_echo, bench_net_host, bench_results  # noqa: E402  (needs the path above)
 from qemu import bench_iommu, bench_scale, browser, display, harness, kernel_builds, queue_view, scenarios  # noqa: E402
 from qemu import machine as qm  # noqa: E402
+from qemu import scenarios_net_mq  # noqa: E402
 from qemu import soak  # noqa: E402
 from qemu import fuzz  # noqa: E402
 from book import bench_page, mdbook, traces  # noqa: E402
@@ -543,6 +544,8 @@ class BenchSection:
     #: The kernel's `bench=` sections (default: `name`). `compare` alternates
     #: the block workloads on our stack and on virtio-drivers, in one boot.
     kernel_sections: str = ""
+    #: A command QEMU runs under (`harness.Scenario.wrap`), e.g. a network namespace.
+    wrap: Callable[[harness.RunContext], list[str]] | None = None
 
 
 def blk_bench_devices(ctx: harness.RunContext) -> list[str]:
@@ -625,6 +628,7 @@ def run_bench_section(section: BenchSection, kernel: Path, options: argparse.Nam
         firmware=options.firmware or qm.default_firmware(section.machine),
         accel=options.accel,
         devices=section.devices,
+        wrap=section.wrap,
         append=" ".join(words),
         expect_status=qm.EXIT_SELFTEST_PASS,
         expect_in_order=[r"^bench: done$"],
@@ -838,8 +842,30 @@ def run_scale_bench(kernel: Path, options: argparse.Namespace) -> dict[str, obje
         boots[str(cpus)] = record
         setup = dict(record["setup"]).get("scale.setup", {})  # type: ignore[call-overload]
         entries.append(bench_scale.entry(cpus, record["results"], setup))  # type: ignore[arg-type]
+    # The network rows need a multiqueue tap in a namespace (tests/qemu/scenarios_net_mq.py).
+    why_not = scenarios_net_mq.host_can_run()
+    if why_not:
+        say(f"scale: no {bench_scale.NET_WORKLOAD} rows: {why_not}")
+    for cpus in bench_scale.CPU_COUNTS if not why_not else ():
+        network = scenarios_net_mq.TapNetwork(f"bench{cpus}", cpus)
+        section = BenchSection(
+            name=f"scale-net-{cpus}cpu", kernel_sections="netscale", wrap=network.wrap,
+            devices=bench_scale.net_devices(cpus, network), append=f"net.pairs={cpus}",
+            description=f"{bench_scale.NET_WORKLOAD} with {cpus} vCPU(s), a virtio-net card of {cpus} "
+                        f"queue pairs on a multiqueue tap",
+            columns=[("pps", "frames/s", "{:.0f}"), ("notifications", "notifications", "{}")],
+        )
+        try:
+            record = run_bench_section(section, kernel, options)
+        finally:
+            network.delete()
+        boots[f"net-{cpus}"] = record
+        setup = dict(record["setup"]).get("netscale.setup", {})  # type: ignore[call-overload]
+        entries.append(bench_scale.entry(cpus, record["results"], setup,  # type: ignore[arg-type]
+                                         bench_scale.NET_WORKLOAD))
     entries = bench_scale.with_speedup(entries)
-    print(f"Scale: {bench_scale.WORKLOAD} by vCPU count (median of {options.repeat} runs x {options.seconds:g}s):")
+    print(f"Scale: {bench_scale.WORKLOAD} and {bench_scale.NET_WORKLOAD} by vCPU count "
+          f"(median of {options.repeat} runs x {options.seconds:g}s):")
     for line in bench_scale.table_lines(entries):
         print(line)
     print()

@@ -20,6 +20,8 @@
 //! - `scale`: [`crate::block::bench::run_scale`], `blk.randread.qd32` on
 //!   a multiqueue disk, each submitting CPU on its own queue (`x.py bench
 //!   --section scale` boots it with 1, 2 and 4 CPUs).
+//! - `netscale`: [`crate::net::bench_scale::run`], its network half:
+//!   64-byte frames sent on a multiqueue card, one pair per submitting CPU.
 //! - `ready`: claims the disks and prints `bench: boot.ready uptime_us=`,
 //!   for `x.py bench`'s boot-time rows (it times QEMU from the host).
 //!
@@ -57,6 +59,8 @@ pub fn run() -> ! {
             "iommu" => crate::iommu::bench::run(),
             // One queue per CPU: `x.py bench --section scale`.
             "scale" => crate::block::bench::run_scale(),
+            // Its network half: 64-byte frames on a multiqueue card.
+            "netscale" => crate::net::bench_scale::run(),
             // Boot time: every device up (probe and net ran before `bench`).
             "ready" => {
                 crate::block::init();
@@ -67,7 +71,7 @@ pub fn run() -> ! {
                 Ok(())
             }
             other => Err(alloc::format!(
-                "unknown section {other:?} (known: blk, compare, console, net, iommu, scale, ready)"
+                "unknown section {other:?} (known: blk, compare, console, net, iommu, scale, netscale, ready)"
             )),
         };
         match result {

@@ -1,4 +1,4 @@
-"""`x.py bench --section scale`: block IOPS with 1, 2 and 4 vCPUs.
+"""`x.py bench --section scale`: block IOPS and network frames with 1, 2 and 4 vCPUs.
 
 One boot per CPU count N of `mode=bench bench=scale` (kernel/src/block/bench.rs
 `run_scale`) on q35 with `-smp N` and a null-co virtio-blk disk of
@@ -8,6 +8,14 @@ reads, 32 in flight per submitting CPU), interrupt-driven. Each boot's
 `bench: scale.setup` line says how many CPUs were online, how many queues the
 disk got and how many CPUs submitted. TCG runs each vCPU on a host thread;
 this host has 2 cores, shared with QEMU's own I/O thread.
+
+The network rows (`net.tx64`) boot `mode=bench bench=netscale`
+(kernel/src/net/bench_scale.rs) with `-smp N` and a virtio-net card of N
+queue pairs on a multiqueue tap in a network namespace
+(`scenarios_net_mq.TapNetwork`, `net.pairs=N`): 64-byte frames sent as fast
+as the transmit queue takes them, one pair per submitting CPU, in frames per
+second. They are measured where the host can make such a network (root, `ip
+netns`, /dev/net/tun) and left out, with a note, elsewhere.
 """
 
 from __future__ import annotations
@@ -18,8 +26,12 @@ from .harness import RunContext
 
 #: The CPU counts measured, one boot each.
 CPU_COUNTS = (1, 2, 4)
-#: The workload measured.
+#: The block workload measured.
 WORKLOAD = "blk.randread.qd32"
+#: The network workload measured.
+NET_WORKLOAD = "net.tx64"
+#: Per workload: the mode of its rows, the key of its figure, its unit.
+FIGURES = {WORKLOAD: ("irq", "iops", "IOPS"), NET_WORKLOAD: ("poll", "pps", "frames/s")}
 
 
 def devices(cpus: int):
@@ -35,16 +47,28 @@ def devices(cpus: int):
     return make
 
 
-def entry(cpus: int, rows: Sequence[Mapping[str, object]], setup: Mapping[str, str]) -> dict[str, object]:
-    """One `"scale"` entry: the median, min and max IOPS of the boot's runs."""
-    iops = sorted(float(r["iops"]) for r in rows  # type: ignore[arg-type]
-                  if r.get("workload") == WORKLOAD and r.get("mode") == "irq" and isinstance(r.get("iops"), (int, float)))
-    if not iops:
-        return {"workload": WORKLOAD, "cpus": cpus, "median": None, "runs": 0}
+def net_devices(cpus: int, network):
+    """The QEMU arguments of the network boot with `cpus` vCPUs: a card of
+    `cpus` queue pairs on `network` (a `scenarios_net_mq.TapNetwork` of as many queues)."""
+
+    def make(ctx: RunContext) -> list[str]:
+        return ["-smp", str(cpus), *network.device_args()]
+
+    return make
+
+
+def entry(cpus: int, rows: Sequence[Mapping[str, object]], setup: Mapping[str, str],
+          workload: str = WORKLOAD) -> dict[str, object]:
+    """One `"scale"` entry: the median, min and max of the boot's runs of `workload`."""
+    mode, key, unit = FIGURES[workload]
+    values = sorted(float(r[key]) for r in rows  # type: ignore[arg-type]
+                    if r.get("workload") == workload and r.get("mode") == mode and isinstance(r.get(key), (int, float)))
+    if not values:
+        return {"workload": workload, "cpus": cpus, "median": None, "runs": 0}
     return {
-        "workload": WORKLOAD, "cpus": cpus, "unit": "IOPS",
-        "median": iops[(len(iops) - 1) // 2], "min": iops[0], "max": iops[-1], "runs": len(iops),
-        "online_cpus": _int(setup.get("cpus")), "queues": _int(setup.get("queues")),
+        "workload": workload, "cpus": cpus, "unit": unit,
+        "median": values[(len(values) - 1) // 2], "min": values[0], "max": values[-1], "runs": len(values),
+        "online_cpus": _int(setup.get("cpus")), "queues": _int(setup.get("queues", setup.get("pairs"))),
         "submitting_cpus": _int(setup.get("submitting_cpus")),
     }
 
@@ -57,10 +81,11 @@ def _int(text: str | None) -> int | None:
 
 
 def with_speedup(entries: Sequence[dict[str, object]]) -> list[dict[str, object]]:
-    """The entries with `speedup`: median over the 1-CPU median."""
-    base = next((e["median"] for e in entries if e.get("cpus") == 1), None)
+    """The entries with `speedup`: median over the 1-CPU median of the same workload."""
     out = []
     for e in entries:
+        base = next((b["median"] for b in entries
+                     if b.get("cpus") == 1 and b.get("workload") == e.get("workload")), None)
         m = e.get("median")
         speedup = m / base if isinstance(m, float) and isinstance(base, float) and base else None
         out.append({**e, "speedup": speedup})
@@ -73,10 +98,11 @@ def table_lines(entries: Sequence[Mapping[str, object]]) -> list[str]:
     def num(value: object, fmt: str) -> str:
         return fmt.format(value) if isinstance(value, (int, float)) else "-"
 
-    lines = ["| workload | vCPUs | queues | submitting CPUs | IOPS (median) | min | max | vs 1 vCPU |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| workload | vCPUs | queues | submitting CPUs | median | unit | min | max | vs 1 vCPU |",
+             "|---|--:|--:|--:|--:|---|--:|--:|--:|"]
     for e in entries:
         lines.append(f"| {e['workload']} | {e['cpus']} | {num(e.get('queues'), '{}')} | "
                      f"{num(e.get('submitting_cpus'), '{}')} | {num(e.get('median'), '{:.0f}')} | "
+                     f"{e.get('unit', FIGURES.get(str(e['workload']), ('', '', '-'))[2])} | "
                      f"{num(e.get('min'), '{:.0f}')} | {num(e.get('max'), '{:.0f}')} | {num(e.get('speedup'), '{:.2f}x')} |")
     return lines

@@ -155,6 +155,10 @@ class Scenario:
     #: network namespaces for a tap backend). The scenario is then SKIPPED
     #: with that sentence, neither passed nor failed.
     requires: Callable[[], str | None] | None = None
+    #: A command QEMU runs under, made when the boot starts (it may set
+    #: things up first): e.g. `ip netns exec NS` for a backend in a network
+    #: namespace. Not applied to a `command` scenario.
+    wrap: Callable[[RunContext], list[str]] | None = None
 
     def label(self, accel: qm.AccelChoice) -> str:
         """machine/firmware/accel, as shown in the summary."""
@@ -299,6 +303,8 @@ def build_command(scenario: Scenario, ctx: RunContext, accel: qm.AccelChoice) ->
     args += ["-serial", f"file:{ctx.log}"]
     devices = scenario.devices(ctx) if callable(scenario.devices) else scenario.devices
     args += list(devices)
+    if scenario.wrap is not None:
+        args = [*scenario.wrap(ctx), *args]
     return args
 
 

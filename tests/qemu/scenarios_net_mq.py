@@ -20,11 +20,16 @@ that flow on), so different connections arrive on different receive queues.
   device has 4), control queue 8` (so VQ_PAIRS_SET was acked); every echo
   connection gets its own bytes back; the guest's `/api/queues` shows
   packets (completions) on more than one receive queue.
+- `bench-netscale-smoke-tcg`: a short boot of the network half of `x.py bench
+  --section scale` (2 vCPUs, a card of 2 pairs on its own namespaced tap):
+  the `netscale.setup` line and a frames/s figure are produced and parse into
+  a `"scale"` entry (tests/qemu/bench_scale.py). Never judged.
 
 Skipped, with one sentence, on a host without root, `ip`, /dev/net/tun or
 network namespaces (harness `Scenario.requires`). The namespace's name holds
 the runner's PID, and the namespace is deleted when the traffic is done (the
-tap goes with QEMU).
+tap goes with QEMU). `TapNetwork` is also what `x.py bench --section scale`
+boots its network rows on.
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from collections.abc import Iterable
+
+from . import bench_compare, bench_scale
 from . import machine as qm
-from .harness import KILLED, RunContext, Scenario
+from .harness import KILLED, Outcome, RunContext, Scenario
 
 PAIRS = 4
 CONNECTIONS = 8
@@ -47,13 +55,71 @@ TAP = "vmqtap0"
 TRAFFIC = Path(__file__).with_name("net_mq_traffic.py")
 
 
-def namespace() -> str:
-    """This runner's namespace (two runs on one host do not collide)."""
-    return f"virtio-mq-{os.getpid()}"
-
-
 def _ip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+class TapNetwork:
+    """A network namespace holding a `multi_queue` tap of `queues` queues,
+    with the host side address on it, for one boot (the scenario below, and
+    `x.py bench --section scale`'s network rows)."""
+
+    def __init__(self, label: str, queues: int) -> None:
+        # The runner's PID in the name: two runs on one host do not collide.
+        self.namespace = f"virtio-mq-{label}-{os.getpid()}"
+        self.queues = queues
+
+    def create(self) -> None:
+        """The namespace, its tap and the host side address (a leftover of an
+        interrupted run is removed first)."""
+        ns = self.namespace
+        _ip("netns", "del", ns)
+        remove_orphans()
+        steps = [
+            ("netns", "add", ns),
+            ("netns", "exec", ns, "ip", "link", "set", "lo", "up"),
+            # QEMU opens a one-queue tap without IFF_MULTI_QUEUE, and the
+            # kernel refuses that on a tap made with it (EINVAL).
+            ("netns", "exec", ns, "ip", "tuntap", "add", "dev", TAP, "mode", "tap",
+             *(["multi_queue"] if self.queues > 1 else [])),
+            ("netns", "exec", ns, "ip", "addr", "add", HOST_ADDRESS, "dev", TAP),
+            ("netns", "exec", ns, "ip", "link", "set", TAP, "up"),
+        ]
+        for step in steps:
+            done = _ip(*step)
+            if done.returncode != 0:
+                raise RuntimeError(f"ip {' '.join(step)}: {done.stderr.strip()}")
+
+    def delete(self) -> None:
+        """Removes the namespace's name; the tap goes when QEMU exits."""
+        _ip("netns", "del", self.namespace)
+
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace]
+
+    def wrap(self, ctx: RunContext) -> list[str]:
+        """`Scenario.wrap`: makes the network, then QEMU runs inside it."""
+        self.create()
+        return self.exec_prefix()
+
+    def device_args(self) -> list[str]:
+        """The card: `queues` pairs, an MSI-X entry per queue plus config and control."""
+        return [
+            "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,queues={self.queues},vhost=off",
+            "-device", f"virtio-net-pci,netdev=n0,mq=on,vectors={2 * self.queues + 2},"
+                       f"mac={qm.STANDARD_MAC},romfile=",
+        ]  # fmt: skip
+
+
+def remove_orphans() -> None:
+    """Deletes namespaces of earlier runs whose runner is gone (a boot that
+    timed out never reached the step that deletes its namespace)."""
+    listed = _ip("netns", "list")
+    for line in listed.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        pid = name.rsplit("-", 1)[-1]
+        if name.startswith("virtio-mq-") and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _ip("netns", "del", name)
 
 
 def host_can_run() -> str | None:
@@ -64,7 +130,7 @@ def host_can_run() -> str | None:
         return "no `ip` command (iproute2)"
     if not Path("/dev/net/tun").exists():
         return "no /dev/net/tun"
-    probe = f"{namespace()}-probe"
+    probe = f"virtio-mq-probe-{os.getpid()}"
     made = _ip("netns", "add", probe)
     if made.returncode != 0:
         return f"ip netns add failed: {made.stderr.strip()}"
@@ -78,45 +144,17 @@ def host_can_run() -> str | None:
     return None
 
 
-def make_network() -> None:
-    """The namespace, its tap with several queues and the host side address."""
-    ns = namespace()
-    _ip("netns", "del", ns)  # a leftover of an interrupted run
-    steps = [
-        ("netns", "add", ns),
-        ("netns", "exec", ns, "ip", "link", "set", "lo", "up"),
-        ("netns", "exec", ns, "ip", "tuntap", "add", "dev", TAP, "mode", "tap", "multi_queue"),
-        ("netns", "exec", ns, "ip", "addr", "add", HOST_ADDRESS, "dev", TAP),
-        ("netns", "exec", ns, "ip", "link", "set", TAP, "up"),
-    ]
-    for step in steps:
-        done = _ip(*step)
-        if done.returncode != 0:
-            raise RuntimeError(f"ip {' '.join(step)}: {done.stderr.strip()}")
-
-
-def command(ctx: RunContext) -> list[str]:
-    make_network()
-    accel = qm.AccelChoice("tcg", "tcg", "QEMU's default accelerator")
-    args = qm.base_args(ctx.kernel, "q35", "qboot", accel,
-                        append=f"net.ip={GUEST_ADDRESS}/24 net.pairs={PAIRS}")
-    args += ["-serial", f"file:{ctx.log}"]
-    args += [
-        "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,queues={PAIRS},vhost=off",
-        "-device", f"virtio-net-pci,netdev=n0,mq=on,vectors={2 * PAIRS + 2},mac={qm.STANDARD_MAC},romfile=",
-    ]
-    return ["ip", "netns", "exec", namespace(), *args]
+NETWORK = TapNetwork("scenario", PAIRS)
 
 
 def traffic(ctx: RunContext) -> list[str]:
     """Echo on several connections at once, then the queue counters."""
     try:
         done = subprocess.run(
-            ["ip", "netns", "exec", namespace(), sys.executable, str(TRAFFIC), GUEST_ADDRESS,
-             str(CONNECTIONS)],
+            [*NETWORK.exec_prefix(), sys.executable, str(TRAFFIC), GUEST_ADDRESS, str(CONNECTIONS)],
             capture_output=True, text=True, timeout=90)
     finally:
-        _ip("netns", "del", namespace())
+        NETWORK.delete()
     if done.returncode != 0:
         return [f"traffic helper failed ({done.returncode}): {done.stderr.strip()[-400:]}"]
     ctx.file("traffic.json").write_text(done.stdout)
@@ -143,13 +181,29 @@ def judge(report: dict) -> list[str]:
     return problems
 
 
+SMOKE_NETWORK = TapNetwork("smoke", 2)
+
+
+def check_netscale_smoke(outcome: Outcome) -> Iterable[str]:
+    """The boot produced a parsable `net.tx64` `"scale"` entry for a 2-pair card."""
+    SMOKE_NETWORK.delete()
+    setups, rows, errors, _ = bench_compare.parse_bench_lines(outcome.log_text)
+    entry = bench_scale.entry(2, rows, setups.get("netscale.setup", {}), bench_scale.NET_WORKLOAD)
+    problems = list(errors)
+    if not isinstance(entry.get("median"), float) or entry["median"] <= 0:
+        problems.append(f"no frames/s figure: {entry}")
+    if entry.get("queues") != 2:
+        problems.append(f"netscale.setup says pairs={entry.get('queues')}, the card has 2")
+    return problems
+
+
 NET_MQ_SCENARIOS = [
     Scenario(
         name="net-mq-tap-4pairs",
         machine="q35",
         firmware="qboot",
-        command=command,
-        kernel_features=(),
+        wrap=NETWORK.wrap,
+        devices=NETWORK.device_args(),
         append=f"net.ip={GUEST_ADDRESS}/24 net.pairs={PAIRS}",
         requires=host_can_run,
         expect_status=KILLED,
@@ -165,4 +219,12 @@ NET_MQ_SCENARIOS = [
         stop_after_interact=True,
         timeout_s=120.0,
     ),
-]
+    Scenario(
+        name="bench-netscale-smoke-tcg", machine="q35", accel="tcg", requires=host_can_run,
+        wrap=SMOKE_NETWORK.wrap, devices=bench_scale.net_devices(2, SMOKE_NETWORK),
+        append="mode=bench bench=netscale bench.seconds=0.02 bench.repeat=1 net.pairs=2",
+        expect_status=qm.EXIT_SELFTEST_PASS,
+        expect_in_order=[r"^bench: netscale\.setup cpus=\d+ pairs=2 active_pairs=2 ", r"^bench: done$"],
+        timeout_s=60.0, check=check_netscale_smoke,
+    ),
+]  # fmt: skip

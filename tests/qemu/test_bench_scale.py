@@ -26,7 +26,30 @@ class BenchScaleTest(unittest.TestCase):
         self.assertEqual([e["speedup"] for e in entries], [1.0, 1.6, None])
         lines = bench_scale.table_lines(entries)
         self.assertIn("1.60x", lines[3])
+        self.assertIn("| IOPS |", lines[3])
         self.assertTrue(lines[4].endswith("| - |"))
+
+    def test_net_rows_are_judged_by_their_own_figure_and_baseline(self) -> None:
+        def net(pps: float) -> dict[str, object]:
+            return {"name": "net.tx64.poll", "workload": "net.tx64", "mode": "poll", "pps": pps}
+
+        blk1 = bench_scale.entry(1, [row(100.0)], {})
+        net1 = bench_scale.entry(1, [net(50.0), net(70.0), net(60.0), row(1e9)],
+                                 {"cpus": "1", "pairs": "1", "submitting_cpus": "1"}, bench_scale.NET_WORKLOAD)
+        net2 = bench_scale.entry(2, [net(90.0)], {"pairs": "2"}, bench_scale.NET_WORKLOAD)
+        self.assertEqual((net1["median"], net1["unit"], net1["queues"]), (60.0, "frames/s", 1))
+        entries = bench_scale.with_speedup([blk1, net1, net2])
+        self.assertEqual([e["speedup"] for e in entries], [1.0, 1.0, 1.5])
+        self.assertIn("| frames/s |", bench_scale.table_lines(entries)[4])
+
+    def test_each_net_boot_asks_for_its_cpus_and_a_card_of_as_many_pairs(self) -> None:
+        class Network:
+            def device_args(self) -> list[str]:
+                return ["-netdev", "tap,queues=2", "-device", "virtio-net-pci,mq=on"]
+
+        args = bench_scale.net_devices(2, Network())(None)  # type: ignore[arg-type]
+        self.assertEqual(args[:2], ["-smp", "2"])
+        self.assertIn("virtio-net-pci,mq=on", args)
 
     def test_each_boot_asks_for_its_cpus_and_queues(self) -> None:
         args = bench_scale.devices(4)(None)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import unittest
 from pathlib import Path
 
 from . import harness, scenarios
+from . import machine as qm
 from .harness import KILLED, TIMEOUT, Scenario, evaluate
 
 GOOD_SELFTEST_LOG = textwrap.dedent(
@@ -240,6 +241,14 @@ class RunnerTest(unittest.TestCase):
         outcome = self.run_one(scenario)
         self.assertFalse(outcome.skipped)
         self.assertEqual(outcome.status, 33)
+
+    def test_a_wrapped_boot_runs_qemu_under_the_wrapper(self):
+        ctx = harness.RunContext("wrapped", Path("/k.elf"), Path("/w"), Path("/w/log"))
+        scenario = Scenario(name="wrapped", wrap=lambda c: ["ip", "netns", "exec", c.name])
+        command = harness.build_command(scenario, ctx, qm.AccelChoice("tcg", "tcg", "test"))
+        self.assertEqual(command[:4], ["ip", "netns", "exec", "wrapped"])
+        self.assertEqual(command[4], qm.QEMU)
+        self.assertIn("file:/w/log", command)
 
     def test_missing_program_is_reported(self):
         scenario = selftest_scenario(name="fake-missing", command=lambda ctx: ["/nonexistent/qemu"])

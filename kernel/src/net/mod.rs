@@ -38,6 +38,8 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
+pub mod bench_scale;
 mod http;
 mod http_request;
 pub mod nic;
