@@ -277,10 +277,19 @@ pub fn claim_all() {
 /// The name the registry and the `virtio:` FAILED line give this driver.
 pub const DRIVER_NAME: &str = "virtio-net";
 
-/// With several queue pairs: VQ_PAIRS_SET, then each pair's interrupts to
-/// its CPU and its assignment noted (see the module docs). A rejected
-/// command leaves the card on one pair, with a warning; a pair whose
-/// interrupts cannot be steered keeps interrupting CPU 0.
+/// The wait for a control command of the card at `location`.
+fn ctrl_wait(location: Location, device: &KernelNetDevice) -> crate::wait::KernelWait {
+    let ctrl = device.queue_indices().last().unwrap_or(0);
+    crate::wait::for_device(
+        crate::virtio::irq::of(location),
+        QueueSet::single(ctrl),
+        CTRL_TIMEOUT_NS,
+    )
+}
+
+/// With several queue pairs: VQ_PAIRS_SET, then each pair's CPU noted and
+/// logged (see the module docs). A rejected command leaves the card on one
+/// pair, with a warning.
 fn start_pairs(name: &str, location: Location, device: &mut KernelNetDevice) {
     let set_up = device.queue_pairs();
     if set_up <= 1 {
@@ -288,11 +297,7 @@ fn start_pairs(name: &str, location: Location, device: &mut KernelNetDevice) {
         return;
     }
     let ctrl = device.queue_indices().last().unwrap_or(0);
-    let mut wait = crate::wait::for_device(
-        crate::virtio::irq::of(location),
-        QueueSet::single(ctrl),
-        CTRL_TIMEOUT_NS,
-    );
+    let mut wait = ctrl_wait(location, device);
     let active = match device.start_multiqueue(&mut wait) {
         Ok(active) => active,
         Err(error) => {
@@ -421,6 +426,19 @@ impl Nic {
         self.counters.recoveries += 1;
         if let Err(error) = self.device.recover() {
             log::error!("{}: recovery failed: {error}", self.name);
+            return;
+        }
+        // A reset device is back on one pair: tell it again (§5.1.6.5.5).
+        if self.device.queue_pairs() > 1 {
+            if let Err(error) = self
+                .device
+                .start_multiqueue(&mut ctrl_wait(self.location, &self.device))
+            {
+                log::warn!(
+                    "{}: after recovery, VQ_PAIRS_SET failed ({error}); using one queue pair",
+                    self.name
+                );
+            }
         }
     }
 
