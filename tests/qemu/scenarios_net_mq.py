@@ -20,6 +20,11 @@ that flow on), so different connections arrive on different receive queues.
   device has 4), control queue 8` (so VQ_PAIRS_SET was acked); every echo
   connection gets its own bytes back; the guest's `/api/queues` shows
   packets (completions) on more than one receive queue.
+- `net-mq-tap-4pairs-rss`: the same with QEMU's `rss=on`: NET_RSS is
+  negotiated, the driver's RSS_CONFIG (hash key, indirection table) is acked
+  (`net0: rss: flows spread by hash over 4 receive queues ...`), and QEMU
+  (whose eBPF steering does not load here: it hashes in software) spreads
+  the connections over the receive queues by hash.
 - `bench-netscale-smoke-tcg`: a short boot of the network half of `x.py bench
   --section scale` (2 vCPUs, a card of 2 pairs on its own namespaced tap):
   the `netscale.setup` line and a frames/s figure are produced and parse into
@@ -39,13 +44,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from collections.abc import Iterable
 
 from . import bench_compare, bench_scale
 from . import machine as qm
-from .harness import KILLED, Outcome, RunContext, Scenario
+from .harness import DEFAULT_FORBID, KILLED, Outcome, RunContext, Scenario
 
 PAIRS = 4
 CONNECTIONS = 8
@@ -102,12 +108,13 @@ class TapNetwork:
         self.create()
         return self.exec_prefix()
 
-    def device_args(self) -> list[str]:
-        """The card: `queues` pairs, an MSI-X entry per queue plus config and control."""
+    def device_args(self, rss: bool = False) -> list[str]:
+        """The card: `queues` pairs, an MSI-X entry per queue plus config and
+        control; with `rss`, QEMU's `rss=on` (VIRTIO_NET_F_RSS offered)."""
         return [
             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,queues={self.queues},vhost=off",
             "-device", f"virtio-net-pci,netdev=n0,mq=on,vectors={2 * self.queues + 2},"
-                       f"mac={qm.STANDARD_MAC},romfile=",
+                       f"mac={qm.STANDARD_MAC},romfile={',rss=on' if rss else ''}",
         ]  # fmt: skip
 
 
@@ -122,8 +129,20 @@ def remove_orphans() -> None:
             _ip("netns", "del", name)
 
 
+_PROBE_LOCK = threading.Lock()
+_probed: list[str | None] = []
+
+
 def host_can_run() -> str | None:
-    """None if this host can make a namespace with a multiqueue tap, else why not."""
+    """None if this host can make a namespace with a multiqueue tap, else why
+    not. Probed once per run (scenarios ask from parallel threads)."""
+    with _PROBE_LOCK:
+        if not _probed:
+            _probed.append(_probe())
+        return _probed[0]
+
+
+def _probe() -> str | None:
     if os.geteuid() != 0:
         return "needs root for ip netns and a tap device"
     if shutil.which("ip") is None:
@@ -145,20 +164,56 @@ def host_can_run() -> str | None:
 
 
 NETWORK = TapNetwork("scenario", PAIRS)
+RSS_NETWORK = TapNetwork("rss", PAIRS)
 
 
-def traffic(ctx: RunContext) -> list[str]:
-    """Echo on several connections at once, then the queue counters."""
-    try:
-        done = subprocess.run(
-            [*NETWORK.exec_prefix(), sys.executable, str(TRAFFIC), GUEST_ADDRESS, str(CONNECTIONS)],
-            capture_output=True, text=True, timeout=90)
-    finally:
-        NETWORK.delete()
-    if done.returncode != 0:
-        return [f"traffic helper failed ({done.returncode}): {done.stderr.strip()[-400:]}"]
-    ctx.file("traffic.json").write_text(done.stdout)
-    return judge(json.loads(done.stdout))
+def traffic_on(network: TapNetwork):
+    """The interaction: echo on several connections at once from inside
+    `network`, then the queue counters; the namespace is deleted after."""
+
+    def traffic(ctx: RunContext) -> list[str]:
+        try:
+            done = subprocess.run(
+                [*network.exec_prefix(), sys.executable, str(TRAFFIC), GUEST_ADDRESS, str(CONNECTIONS)],
+                capture_output=True, text=True, timeout=90)
+        finally:
+            network.delete()
+        if done.returncode != 0:
+            return [f"traffic helper failed ({done.returncode}): {done.stderr.strip()[-400:]}"]
+        ctx.file("traffic.json").write_text(done.stdout)
+        return judge(json.loads(done.stdout))
+
+    return traffic
+
+
+def tap_scenario(name: str, network: TapNetwork, rss: bool) -> Scenario:
+    """4 pairs on `network`'s tap, echo traffic from the host side; with
+    `rss`, QEMU offers RSS and the driver's hash configuration steers."""
+    steering = [rf"^net0: rss: flows spread by hash over {PAIRS} receive queues "] if rss else []
+    return Scenario(
+        name=name,
+        machine="q35",
+        firmware="qboot",
+        wrap=network.wrap,
+        devices=network.device_args(rss=rss),
+        append=f"net.ip={GUEST_ADDRESS}/24 net.pairs={PAIRS}",
+        requires=host_can_run,
+        expect_status=KILLED,
+        expect_in_order=[
+            rf"^virtio: net at pci \S+ transport=pci-\S+ ring=split queues={2 * PAIRS + 1} "
+            # With `rss`, NET_RSS must be among them as well (a lookahead).
+            "features=" + (r"(?=\S*NET_RSS)" if rss else "") + r"\S*NET_MQ",
+            rf"^net0: {PAIRS} queue pairs in use \(the device has {PAIRS}\), control queue {2 * PAIRS}$",
+            *steering,
+            rf"^net0: static: address {GUEST_ADDRESS}/24$",
+            r"^kernel: ready$",
+        ],
+        forbid=[*DEFAULT_FORBID, *([] if rss else [r"^net0: rss: "])],
+        interact=traffic_on(network),
+        interact_after=r"(?m)^kernel: ready$",
+        stop_after_interact=True,
+        timeout_s=120.0,
+    )
 
 
 def judge(report: dict) -> list[str]:
@@ -198,27 +253,8 @@ def check_netscale_smoke(outcome: Outcome) -> Iterable[str]:
 
 
 NET_MQ_SCENARIOS = [
-    Scenario(
-        name="net-mq-tap-4pairs",
-        machine="q35",
-        firmware="qboot",
-        wrap=NETWORK.wrap,
-        devices=NETWORK.device_args(),
-        append=f"net.ip={GUEST_ADDRESS}/24 net.pairs={PAIRS}",
-        requires=host_can_run,
-        expect_status=KILLED,
-        expect_in_order=[
-            rf"^virtio: net at pci \S+ transport=pci-\S+ ring=split queues={2 * PAIRS + 1} "
-            r"features=\S*NET_MQ",
-            rf"^net0: {PAIRS} queue pairs in use \(the device has {PAIRS}\), control queue {2 * PAIRS}$",
-            rf"^net0: static: address {GUEST_ADDRESS}/24$",
-            r"^kernel: ready$",
-        ],
-        interact=traffic,
-        interact_after=r"(?m)^kernel: ready$",
-        stop_after_interact=True,
-        timeout_s=120.0,
-    ),
+    tap_scenario("net-mq-tap-4pairs", NETWORK, rss=False),
+    tap_scenario("net-mq-tap-4pairs-rss", RSS_NETWORK, rss=True),
     Scenario(
         name="bench-netscale-smoke-tcg", machine="q35", accel="tcg", requires=host_can_run,
         wrap=SMOKE_NETWORK.wrap, devices=bench_scale.net_devices(2, SMOKE_NETWORK),

@@ -29,6 +29,11 @@
 //!   driver sends on a transmit queue beyond the active pairs
 //!   ([`NetModel::dropped_inactive_tx`]). [`NetModel::deliver_on`] receives on
 //!   a chosen pair (the steering decision is the test's).
+//! - **RSS** (VIRTIO_NET_F_RSS, [`net_config_rss`]): RSS_CONFIG is checked
+//!   the way QEMU checks it (hash types the device supports, a power-of-two
+//!   table no longer than its limit naming only queues below `max_tx_vq`,
+//!   `max_tx_vq` within the pairs, a key no longer than its limit), kept in
+//!   [`NetModel::rss`], and activates `max_tx_vq` pairs.
 //!
 //! Queue addresses are read back from the register core after the driver set
 //! them up, for every transport flavour (separate areas, or the legacy
@@ -81,6 +86,8 @@ pub mod bits {
     pub const CTRL_RX: u64 = 1 << 18;
     /// VIRTIO_NET_F_MQ.
     pub const MQ: u64 = 1 << 22;
+    /// VIRTIO_NET_F_RSS.
+    pub const RSS: u64 = 1 << 60;
     /// VIRTIO_NET_F_CTRL_MAC_ADDR.
     pub const CTRL_MAC_ADDR: u64 = 1 << 23;
     /// VIRTIO_F_ANY_LAYOUT.
@@ -106,6 +113,40 @@ pub fn net_config_mq(mac: [u8; 6], status: u16, mtu: u16, max_pairs: u16) -> Vec
     config.extend_from_slice(&max_pairs.to_le_bytes());
     config.extend_from_slice(&mtu.to_le_bytes());
     config
+}
+
+/// [`net_config_mq`] followed by the RSS fields (§5.1.4): speed and duplex
+/// (zero), `rss_max_key_size`, `rss_max_indirection_table_length`,
+/// `supported_hash_types`.
+pub fn net_config_rss(
+    mac: [u8; 6],
+    max_pairs: u16,
+    max_key_size: u8,
+    max_table_len: u16,
+    hash_types: u32,
+) -> Vec<u8> {
+    let mut config = net_config_mq(mac, 1, 0, max_pairs);
+    config.extend_from_slice(&0u32.to_le_bytes());
+    config.push(0);
+    config.push(max_key_size);
+    config.extend_from_slice(&max_table_len.to_le_bytes());
+    config.extend_from_slice(&hash_types.to_le_bytes());
+    config
+}
+
+/// The RSS configuration the driver set, as the device read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRss {
+    /// `hash_types`.
+    pub hash_types: u32,
+    /// `unclassified_queue`.
+    pub unclassified_queue: u16,
+    /// The indirection table.
+    pub table: Vec<u16>,
+    /// `max_tx_vq`.
+    pub max_tx_vq: u16,
+    /// The hash key.
+    pub key: Vec<u8>,
 }
 
 /// A frame the driver sent, as the device read it.
@@ -173,6 +214,10 @@ pub struct NetModel {
     /// The ack for VQ_PAIRS_SET commands instead of the normal judgement
     /// (0 OK for a count in range, 1 ERR otherwise).
     pub mq_ack: Option<u8>,
+    /// The ack for RSS_CONFIG commands instead of the normal judgement.
+    pub rss_ack: Option<u8>,
+    /// The RSS configuration last accepted.
+    pub rss: Option<ModelRss>,
     /// Frames the driver sent.
     pub sent: Vec<SentFrame>,
     /// Control commands the driver sent.
@@ -215,6 +260,8 @@ impl NetModel {
             active_pairs: 1,
             dropped_inactive_tx: 0,
             mq_ack: None,
+            rss_ack: None,
+            rss: None,
             sent: Vec::new(),
             commands: Vec::new(),
             ctrl_ack: 0,
@@ -237,7 +284,7 @@ impl NetModel {
     /// Where the device looks for the control queue: `2 * max_virtqueue_pairs`
     /// once MQ was negotiated, queue 2 otherwise (§5.1.2).
     pub fn ctrl_queue(&self) -> u16 {
-        if self.negotiated() & bits::MQ != 0 {
+        if self.negotiated() & (bits::MQ | bits::RSS) != 0 {
             self.config_max_pairs().saturating_mul(2)
         } else {
             2
@@ -556,13 +603,61 @@ impl NetModel {
                 command: bytes.get(1).copied().unwrap_or(0xff),
                 data: bytes.get(2..).map(<[u8]>::to_vec).unwrap_or_default(),
             };
-            let ack = if (command.class, command.command) == (4, 0) {
-                model.vq_pairs_set(&command.data)
-            } else {
-                model.ctrl_ack
+            let ack = match (command.class, command.command) {
+                (4, 0) => model.vq_pairs_set(&command.data),
+                (4, 1) => model.rss_config(&command.data),
+                _ => model.ctrl_ack,
             };
             model.commands.push(command);
             vec![ack]
+        })
+    }
+
+    /// VIRTIO_NET_CTRL_MQ_RSS_CONFIG (§5.1.6.5.7.1), judged like QEMU's
+    /// `virtio_net_handle_rss`.
+    fn rss_config(&mut self, data: &[u8]) -> u8 {
+        let parsed = self.parse_rss(data);
+        let ack = self.rss_ack.unwrap_or(u8::from(
+            parsed.is_none() || self.negotiated() & bits::RSS == 0,
+        ));
+        if ack == 0 {
+            if let Some(rss) = parsed {
+                self.active_pairs = rss.max_tx_vq;
+                self.rss = Some(rss);
+            }
+        }
+        ack
+    }
+
+    fn parse_rss(&self, data: &[u8]) -> Option<ModelRss> {
+        let config = self.core.borrow().config.clone();
+        let max_key = usize::from(*config.get(17)?);
+        let max_table = usize::from(u16::from_le_bytes([*config.get(18)?, *config.get(19)?]));
+        let supported = u32::from_le_bytes(config.get(20..24)?.try_into().ok()?);
+        let u16_at = |at: usize| Some(u16::from_le_bytes([*data.get(at)?, *data.get(at + 1)?]));
+        let hash_types = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?);
+        let len = usize::from(u16_at(4)?) + 1;
+        let unclassified_queue = u16_at(6)?;
+        let table: Vec<u16> = (0..len).map(|i| u16_at(8 + 2 * i)).collect::<Option<_>>()?;
+        let after = 8 + 2 * len;
+        let max_tx_vq = u16_at(after)?;
+        let key_len = usize::from(*data.get(after + 2)?);
+        let key = data.get(after + 3..after + 3 + key_len)?.to_vec();
+        let valid = hash_types & !supported == 0
+            && len.is_power_of_two()
+            && len <= max_table
+            && max_tx_vq >= 1
+            && max_tx_vq <= self.config_max_pairs()
+            && table.iter().all(|&q| q < max_tx_vq)
+            && unclassified_queue < max_tx_vq
+            && key_len <= max_key
+            && data.len() == after + 3 + key_len;
+        valid.then_some(ModelRss {
+            hash_types,
+            unclassified_queue,
+            table,
+            max_tx_vq,
+            key,
         })
     }
 
@@ -577,6 +672,8 @@ impl NetModel {
         ));
         if ack == 0 {
             self.active_pairs = pairs;
+            // QEMU turns RSS off when told the pair count this way.
+            self.rss = None;
         }
         ack
     }

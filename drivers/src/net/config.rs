@@ -14,7 +14,12 @@
 //! 10      le16 mtu                     MTU
 //! 12      le32 speed                   SPEED_DUPLEX (not used)
 //! 16      u8 duplex                    SPEED_DUPLEX (not used)
+//! 17      u8 rss_max_key_size          RSS
+//! 18      le16 rss_max_indirection_table_length   RSS
+//! 20      le32 supported_hash_types    RSS
 //! ```
+//!
+//! (`max_virtqueue_pairs` also exists with RSS alone, §5.1.4.)
 //!
 //! ## Which features this driver takes, and why
 //!
@@ -27,6 +32,7 @@
 //! | CTRL_VQ       | 17  | the control queue (§5.1.6.5)                              |
 //! | CTRL_RX       | 18  | promiscuous and all-multicast modes through it            |
 //! | MQ            | 22  | several receive/transmit queue pairs (§5.1.6.5.5)         |
+//! | RSS           | 60  | the driver's hash key and indirection table steer packets |
 //! | CTRL_MAC_ADDR | 23  | setting the MAC address through it                        |
 //! | ANY_LAYOUT    | 27  | legacy only: header and packet may share a descriptor     |
 //!
@@ -71,6 +77,9 @@ pub mod feature {
     pub const MQ: u64 = 1 << 22;
     /// Bit 23: the MAC address can be set over the control queue.
     pub const CTRL_MAC_ADDR: u64 = 1 << 23;
+    /// Bit 60: receive-side scaling: the driver sets how received packets
+    /// are spread over the queues (§5.1.6.5.7, `super::rss`).
+    pub const RSS: u64 = 1 << 60;
 }
 
 /// Every feature this driver implements: what it accepts when offered (the
@@ -84,10 +93,17 @@ pub const SUPPORTED_FEATURES: u64 = feature::MTU
     | feature::CTRL_RX
     | feature::MQ
     | feature::CTRL_MAC_ADDR
+    | feature::RSS
     | features::ANY_LAYOUT;
 
 /// Features that need CTRL_VQ (§5.1.3.1).
-pub const NEEDS_CTRL_VQ: u64 = feature::CTRL_RX | feature::MQ | feature::CTRL_MAC_ADDR;
+pub const NEEDS_CTRL_VQ: u64 =
+    feature::CTRL_RX | feature::MQ | feature::CTRL_MAC_ADDR | feature::RSS;
+
+/// Features that give the device several queue pairs and move the control
+/// queue behind them (§5.1.2: "N=1 if neither VIRTIO_NET_F_MQ nor
+/// VIRTIO_NET_F_RSS are negotiated, otherwise N is set by max_virtqueue_pairs").
+pub const MULTIQUEUE: u64 = feature::MQ | feature::RSS;
 
 /// The range §5.1.4.1 allows for `max_virtqueue_pairs` ("between 1 and
 /// 0x8000 inclusive"; VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN / _MAX, §5.1.6.5.5).
@@ -105,6 +121,12 @@ pub mod offset {
     pub const MAX_VIRTQUEUE_PAIRS: usize = 8;
     /// le16 mtu.
     pub const MTU: usize = 10;
+    /// u8 rss_max_key_size.
+    pub const RSS_MAX_KEY_SIZE: usize = 17;
+    /// le16 rss_max_indirection_table_length.
+    pub const RSS_MAX_INDIRECTION_TABLE_LENGTH: usize = 18;
+    /// le32 supported_hash_types.
+    pub const SUPPORTED_HASH_TYPES: usize = 20;
 }
 
 /// Bits of the `status` field (§5.1.4).
@@ -169,8 +191,22 @@ pub struct NetInfo {
     /// The device's MTU (`None` without VIRTIO_NET_F_MTU).
     pub mtu: Option<u16>,
     /// `max_virtqueue_pairs` as the device wrote it (`None` without
-    /// VIRTIO_NET_F_MQ), not yet checked against §5.1.4.1.
+    /// VIRTIO_NET_F_MQ or VIRTIO_NET_F_RSS), not yet checked against §5.1.4.1.
     pub max_queue_pairs: Option<u16>,
+    /// What the device's RSS can take (`None` without VIRTIO_NET_F_RSS), not
+    /// yet checked against §5.1.4.1.
+    pub rss: Option<RssLimits>,
+}
+
+/// The RSS fields of the configuration (§5.1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RssLimits {
+    /// `rss_max_key_size`: the longest hash key (at least 40, §5.1.4.1).
+    pub max_key_size: u8,
+    /// `rss_max_indirection_table_length` (at least 128, §5.1.4.1).
+    pub max_indirection_table_length: u16,
+    /// `supported_hash_types`: VIRTIO_NET_RSS_HASH_TYPE_* bits.
+    pub supported_hash_types: u32,
 }
 
 impl NetInfo {
@@ -221,8 +257,17 @@ fn read_fields<T: Transport + ?Sized>(
     } else {
         None
     };
-    let max_queue_pairs = if negotiated & feature::MQ != 0 {
+    let max_queue_pairs = if negotiated & MULTIQUEUE != 0 {
         Some(c.u16(offset::MAX_VIRTQUEUE_PAIRS)?)
+    } else {
+        None
+    };
+    let rss = if negotiated & feature::RSS != 0 {
+        Some(RssLimits {
+            max_key_size: c.u8(offset::RSS_MAX_KEY_SIZE)?,
+            max_indirection_table_length: c.u16(offset::RSS_MAX_INDIRECTION_TABLE_LENGTH)?,
+            supported_hash_types: c.u32(offset::SUPPORTED_HASH_TYPES)?,
+        })
     } else {
         None
     };
@@ -231,6 +276,7 @@ fn read_fields<T: Transport + ?Sized>(
         status,
         mtu,
         max_queue_pairs,
+        rss,
     })
 }
 

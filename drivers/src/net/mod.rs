@@ -66,6 +66,11 @@
 //! were last sent on, §5.1.6.5.5, or a hash of the flow), and the driver
 //! may send on any active pair ([`NetDevice::pair`]).
 //!
+//! With VIRTIO_NET_F_RSS as well, `start_multiqueue` sends the driver's
+//! receive-side scaling configuration instead ([`rss`]: hash key,
+//! indirection table, hash types), and the device spreads flows by their
+//! hash; if the device refuses it, VQ_PAIRS_SET follows.
+//!
 //! A device that reports an impossible `max_virtqueue_pairs` (0, above
 //! 0x8000, or 0x8000, which would put the control queue at index 65536), or
 //! whose extra queues cannot be set up, is brought up again without MQ, on
@@ -92,6 +97,7 @@ pub mod config;
 pub mod ctrl;
 pub mod header;
 mod pairs;
+pub mod rss;
 pub mod rx;
 pub mod tx;
 
@@ -377,8 +383,11 @@ pub struct NetDevice<H: Hal, T: Transport> {
     ctrl: DeviceVisible<Option<CtrlQueue<H>>>,
     /// `max_virtqueue_pairs` (1 without MQ): where the control queue is.
     device_max_pairs: u16,
-    /// Pairs the device spreads traffic over: 1 until VQ_PAIRS_SET is acked.
+    /// Pairs the device spreads traffic over: 1 until VQ_PAIRS_SET (or
+    /// RSS_CONFIG) is acked.
     active_pairs: u16,
+    /// The device steers by the driver's RSS configuration (`rss`).
+    rss_active: bool,
     config_changes: u64,
     failed: bool,
     /// The device never acknowledged a reset ([`NetDevice::is_dead`]).
@@ -397,8 +406,9 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         device::expect_device_type(&transport, DeviceType::Net)?;
         let mut driver_features = options.features & SUPPORTED_FEATURES;
         if options.max_queue_pairs <= 1 {
-            // One pair needs no MQ; without it the control queue stays at 2.
-            driver_features &= !feature::MQ;
+            // One pair needs neither MQ nor RSS; without them the control
+            // queue stays at 2.
+            driver_features &= !config::MULTIQUEUE;
         }
         let (parts, negotiated) =
             match bring_up_once::<H, T>(&mut transport, driver_features, &options) {
@@ -418,7 +428,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
                         "{}: virtio-net: {error}; retrying without NET_MQ, on one queue pair",
                         transport.location()
                     );
-                    driver_features &= !feature::MQ;
+                    driver_features &= !config::MULTIQUEUE;
                     bring_up_once::<H, T>(&mut transport, driver_features, &options)?
                 }
                 other => other?,
@@ -441,6 +451,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             ctrl: DeviceVisible::new(parts.ctrl),
             device_max_pairs: parts.device_max_pairs,
             active_pairs: 1,
+            rss_active: false,
             config_changes: 0,
             failed: false,
             dead: false,
@@ -859,6 +870,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         // A reset device uses one pair again until told otherwise
         // ([`NetDevice::start_multiqueue`]).
         self.active_pairs = 1;
+        self.rss_active = false;
         self.failed = false;
         self.flush();
         debug!(
@@ -997,7 +1009,7 @@ fn setup<H: Hal, T: Transport>(
         );
         let ring = match ring {
             Ok(ring) => ring,
-            Err(_) if negotiated & feature::MQ != 0 => {
+            Err(_) if negotiated & config::MULTIQUEUE != 0 => {
                 return Err(NetError::MultiqueueUnusable {
                     max_pairs: device_max_pairs,
                     why: "no control queue at 2 * max_virtqueue_pairs",

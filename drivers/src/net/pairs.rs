@@ -13,10 +13,11 @@ use crate::device::{self, QueueSpec, Wait};
 use crate::queue::{QueueCounters, Ring};
 use crate::transport::Transport;
 
+use super::config::feature;
 use super::config::{QUEUE_PAIRS_MAX, QUEUE_PAIRS_MIN};
 use super::{
-    buffers_for, ctrl, CtrlQueue, NetDevice, NetError, NetOptions, Plan, RxQueue, RxStats, TxQueue,
-    TxStats, CTRL_QUEUE,
+    buffers_for, ctrl, rss, CtrlQueue, NetDevice, NetError, NetOptions, Plan, RxQueue, RxStats,
+    TxQueue, TxStats, CTRL_QUEUE,
 };
 
 /// The most queue pairs this driver sets up, whatever the device and the
@@ -137,8 +138,11 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     }
 
     /// Tells the device to spread traffic over every pair that was set up
-    /// (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, §5.1.6.5.5) and returns the pairs
-    /// now active. With one pair there is nothing to say (`Ok(1)`).
+    /// and returns the pairs now active: with VIRTIO_NET_F_RSS by the
+    /// driver's hash configuration ([`super::rss`], VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    /// §5.1.6.5.7.1), otherwise, or if the device refuses that, by
+    /// VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (§5.1.6.5.5, automatic steering).
+    /// With one pair there is nothing to say (`Ok(1)`).
     ///
     /// On an error (the device answered VIRTIO_NET_ERR, a bad reply, no
     /// answer) the device keeps using only the first pair (its default,
@@ -149,6 +153,14 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         let pairs = self.queue_pairs();
         if pairs <= 1 {
             return Ok(1);
+        }
+        if self.start_rss(pairs, wait) {
+            return Ok(pairs);
+        }
+        if self.features & feature::MQ == 0 {
+            // RSS alone: VQ_PAIRS_SET needs MQ (§5.1.6.5.5).
+            self.active_pairs = 1;
+            return Err(NetError::NotNegotiated("VIRTIO_NET_F_MQ"));
         }
         let Some(ctrl) = self.ctrl.as_mut() else {
             return Err(NetError::NotNegotiated("VIRTIO_NET_F_CTRL_VQ"));
@@ -177,6 +189,53 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// The control queue, if the device has one.
     pub fn ctrl(&self) -> Option<&CtrlQueue<H>> {
         self.ctrl.as_ref()
+    }
+
+    /// `true` while the device steers received packets by the driver's RSS
+    /// configuration ([`super::rss`]).
+    pub fn rss_active(&self) -> bool {
+        self.rss_active
+    }
+
+    /// With VIRTIO_NET_F_RSS and usable limits: sends RSS_CONFIG for
+    /// `pairs` pairs; `true` if the device took it. A refusal is logged
+    /// (the caller falls back to VQ_PAIRS_SET).
+    fn start_rss<W: Wait + ?Sized>(&mut self, pairs: u16, wait: &mut W) -> bool {
+        let location = self.transport.location();
+        let Some(limits) = self.info.rss else {
+            return false;
+        };
+        if let Some(why) = rss::unusable(&limits) {
+            warn!("{location}: virtio-net: RSS not used: {why}");
+            return false;
+        }
+        let (Some(data), Some(ctrl)) = (rss::rss_config_data(pairs, &limits), self.ctrl.as_mut())
+        else {
+            return false;
+        };
+        let sent = ctrl.command(
+            &mut self.transport,
+            ctrl::command::CLASS_MQ,
+            rss::MQ_RSS_CONFIG,
+            &data,
+            wait,
+        );
+        match sent {
+            Ok(()) => {
+                self.active_pairs = pairs;
+                self.rss_active = true;
+                debug!(
+                    "{location}: virtio-net: RSS_CONFIG acknowledged: {}-entry table over {pairs} pairs, hash types {:#x}",
+                    rss::INDIRECTION_TABLE_LEN,
+                    limits.supported_hash_types & rss::WANTED_HASH_TYPES
+                );
+                true
+            }
+            Err(error) => {
+                warn!("{location}: virtio-net: RSS_CONFIG: {error}; trying VQ_PAIRS_SET");
+                false
+            }
+        }
     }
 }
 

@@ -309,6 +309,13 @@ fn start_pairs(name: &str, location: Location, device: &mut KernelNetDevice) {
         "{name}: {active} queue pairs in use (the device has {}), control queue {ctrl}",
         device.device_max_queue_pairs()
     );
+    if device.rss_active() {
+        crate::println!(
+            "{name}: rss: flows spread by hash over {active} receive queues ({}-entry indirection table, {}-byte key)",
+            drivers::net::rss::INDIRECTION_TABLE_LEN,
+            drivers::net::rss::HASH_KEY_LEN
+        );
+    }
     let cpus = crate::smp::online_cpus().max(1);
     for pair in 0..active {
         let cpu = usize::from(pair) % cpus;
