@@ -7,20 +7,21 @@ network: a network namespace (`ip netns add`), in it a tap device with
 the namespace (`ip netns exec`) with `-netdev tap,...,queues=4,vhost=off` and
 `-device virtio-net-pci,mq=on,vectors=10` (2 * 4 pairs + config + control).
 The kernel (the production build) gets `net.ip=10.77.0.2/24` (there is no
-DHCP server) and `net.pairs=4` (the driver otherwise takes one pair per
-online CPU, and the machine has one; see tests/qemu/README.md).
+DHCP server). The driver takes one pair per online CPU: the plain scenario
+boots 4 vCPUs (`cpus: 4 online`), the RSS one boots one and asks for 4
+pairs with `net.pairs=4` (see tests/qemu/README.md).
 
 From the host side of the tap, `net_mq_traffic.py` (run inside the namespace)
 opens 8 echo connections at once; the Linux tun driver picks the receive
 queue of each flow by its hash (and, later, by the queue the guest last sent
 that flow on), so different connections arrive on different receive queues.
 
-- `net-mq-tap-4pairs`: the card's `virtio:` line has `queues=9` (4 pairs and
+- `net-mq-tap-4pairs` (`-smp 4`): the card's `virtio:` line has `queues=9` (4 pairs and
   the control queue), the kernel prints `net0: 4 queue pairs in use (the
   device has 4), control queue 8` (so VQ_PAIRS_SET was acked); every echo
   connection gets its own bytes back; the guest's `/api/queues` shows
   packets (completions) on more than one receive queue.
-- `net-mq-tap-4pairs-rss`: the same with QEMU's `rss=on`: NET_RSS is
+- `net-mq-tap-4pairs-rss` (`-smp 1`, `net.pairs=4`): the same with QEMU's `rss=on`: NET_RSS is
   negotiated, the driver's RSS_CONFIG (hash key, indirection table) is acked
   (`net0: rss: flows spread by hash over 4 receive queues ...`), and QEMU
   (whose eBPF steering does not load here: it hashes in software) spreads
@@ -186,20 +187,25 @@ def traffic_on(network: TapNetwork):
     return traffic
 
 
-def tap_scenario(name: str, network: TapNetwork, rss: bool) -> Scenario:
+def tap_scenario(name: str, network: TapNetwork, rss: bool, cpus: int) -> Scenario:
     """4 pairs on `network`'s tap, echo traffic from the host side; with
-    `rss`, QEMU offers RSS and the driver's hash configuration steers."""
+    `rss`, QEMU offers RSS and the driver's hash configuration steers. With
+    `cpus` vCPUs the driver takes one pair per CPU by itself; with one,
+    `net.pairs=` asks for the 4."""
     steering = [rf"^net0: rss: flows spread by hash over {PAIRS} receive queues "] if rss else []
+    pairs_knob = f" net.pairs={PAIRS}" if cpus < PAIRS else ""
+    cpu_lines = [rf"^cpus: {cpus} online"] if cpus > 1 else []
     return Scenario(
         name=name,
         machine="q35",
         firmware="qboot",
         wrap=network.wrap,
-        devices=network.device_args(rss=rss),
-        append=f"net.ip={GUEST_ADDRESS}/24 net.pairs={PAIRS}",
+        devices=["-smp", str(cpus), *network.device_args(rss=rss)],
+        append=f"net.ip={GUEST_ADDRESS}/24{pairs_knob}",
         requires=host_can_run,
         expect_status=KILLED,
         expect_in_order=[
+            *cpu_lines,
             rf"^virtio: net at pci \S+ transport=pci-\S+ ring=split queues={2 * PAIRS + 1} "
             # With `rss`, NET_RSS must be among them as well (a lookahead).
             "features=" + (r"(?=\S*NET_RSS)" if rss else "") + r"\S*NET_MQ",
@@ -253,8 +259,8 @@ def check_netscale_smoke(outcome: Outcome) -> Iterable[str]:
 
 
 NET_MQ_SCENARIOS = [
-    tap_scenario("net-mq-tap-4pairs", NETWORK, rss=False),
-    tap_scenario("net-mq-tap-4pairs-rss", RSS_NETWORK, rss=True),
+    tap_scenario("net-mq-tap-4pairs", NETWORK, rss=False, cpus=4),
+    tap_scenario("net-mq-tap-4pairs-rss", RSS_NETWORK, rss=True, cpus=1),
     Scenario(
         name="bench-netscale-smoke-tcg", machine="q35", accel="tcg", requires=host_can_run,
         wrap=SMOKE_NETWORK.wrap, devices=bench_scale.net_devices(2, SMOKE_NETWORK),

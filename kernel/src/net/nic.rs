@@ -325,7 +325,13 @@ fn start_pairs(name: &str, location: Location, device: &mut KernelNetDevice) {
             drain_cpu(pair, cpus),
             n = pair + 1
         );
-        crate::smp::note_queue(cpu, format!("{name} pair{pair} (queues {rx},{tx})"));
+        crate::smp::note_queue(
+            cpu,
+            format!(
+                "{name} pair{pair} (queues {rx},{tx}; interrupts on cpu {})",
+                drain_cpu(pair, cpus)
+            ),
+        );
     }
 }
 
