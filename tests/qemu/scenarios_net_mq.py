@@ -199,6 +199,7 @@ def tap_scenario(name: str, network: TapNetwork, rss: bool, cpus: int) -> Scenar
         name=name,
         machine="q35",
         firmware="qboot",
+        accel="tcg",
         wrap=network.wrap,
         devices=["-smp", str(cpus), *network.device_args(rss=rss)],
         append=f"net.ip={GUEST_ADDRESS}/24{pairs_knob}",
