@@ -6,12 +6,14 @@ its own source port, so the tun driver's flow hash spreads them over the
 tap's queues), sends each a different 3000-byte pattern and checks that the
 same bytes come back; then reads the guest's `/api/queues` JSON. Prints one
 JSON object on stdout: `{"echo": [[ok, bytes], ...], "queues": [{name,
-completions, interrupts}, ...]}` of the network card. Standard library only.
+completions, interrupts}, ...], "status_rows": ["0 rx", ...]}` (the queue
+rows of the status page). Standard library only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import threading
@@ -61,7 +63,11 @@ def main() -> int:
         for device in view["devices"] if device["type"] == "net"
         for q in device.get("queues", [])
     ]
-    print(json.dumps({"echo": results, "queues": queues}))
+    with urllib.request.urlopen(f"http://{guest}/", timeout=TIMEOUT_S) as answer:
+        page = answer.read().decode("utf-8", "replace")
+    # The status page's queue rows: "<td>0 rx</td>", ..., "<td>8 ctrl</td>".
+    rows = re.findall(r"<td>(\d+ (?:rx|tx|ctrl))</td>", page)
+    print(json.dumps({"echo": results, "queues": queues, "status_rows": rows}))
     return 0
 
 

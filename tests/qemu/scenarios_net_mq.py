@@ -240,6 +240,10 @@ def judge(report: dict) -> list[str]:
     busy = [name for name, packets in receive.items() if packets > 0]
     if len(busy) < 2:
         problems.append(f"packets arrived on {busy or 'no queue'} only: {receive}")
+    rows = [f"{q} {kind}" for p in range(PAIRS) for q, kind in ((2 * p, "rx"), (2 * p + 1, "tx"))]
+    rows.append(f"{2 * PAIRS} ctrl")
+    if "status_rows" in report and report["status_rows"] != rows:
+        problems.append(f"status page queue rows {report['status_rows']}, expected {rows}")
     return problems
 
 

@@ -29,6 +29,13 @@ class JudgeTest(unittest.TestCase):
         echo = [[True, 3000]] * (CONNECTIONS - 1) + [[False, 2999]]
         self.assertIn("connection 7", judge(report(echo=echo))[0])
 
+    def test_status_page_rows_must_name_every_queue(self):
+        good = report()
+        good["status_rows"] = ["0 rx", "1 tx", "2 rx", "3 tx", "4 rx", "5 tx", "6 rx", "7 tx", "8 ctrl"]
+        self.assertEqual(judge(good), [])
+        good["status_rows"] = ["0 rx", "1 tx", "2 ctrl"]
+        self.assertIn("status page", judge(good)[0])
+
     def test_a_missing_receive_queue_fails(self):
         self.assertTrue(judge(report(completions=(5, 3))))
 

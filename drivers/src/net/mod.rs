@@ -327,7 +327,8 @@ impl fmt::Display for NetError {
     }
 }
 
-/// All counters of one device.
+/// All counters of one device (of its first queue pair; the others'
+/// are in [`NetDevice::pair_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetStats {
     /// Receive queue.

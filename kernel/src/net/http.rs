@@ -281,25 +281,34 @@ fn write_nic(out: &mut String, nic: &Nic) -> core::fmt::Result {
     writeln!(out, "<table>")?;
     writeln!(out, "<tr><th>queue</th><th>packets</th><th>bytes</th><th>driver detail</th><th>added</th><th>notifications</th><th>suppressed</th><th>completions</th><th>device errors</th><th>interrupts</th></tr>")?;
     let irq_count = |q: u16| interrupts.map_or(0, |s| s.queue_interrupt_count(q));
-    let rx = stats.rx;
-    write!(out, "<tr><td>0 rx</td><td>{}</td><td>{}</td><td>merged {}, buffers posted {}, used {}, dropped {} (length {}, num_buffers {}, header {}, runt {}, too long {})</td>",
-        rx.packets, rx.bytes, rx.merged, rx.buffers_posted, rx.buffers_used, rx.dropped(),
-        rx.dropped_bad_length, rx.dropped_bad_num_buffers, rx.dropped_bad_header, rx.dropped_runt, rx.dropped_too_long)?;
-    ring_cells(out, &stats.rx_ring, irq_count(0))?;
-    let tx = stats.tx;
-    write!(
-        out,
-        "<tr><td>1 tx</td><td>{}</td><td>{}</td><td>reclaimed {}, full {}, too long {}</td>",
-        tx.packets, tx.bytes, tx.reclaimed, tx.full, tx.too_long
-    )?;
-    ring_cells(out, &stats.tx_ring, irq_count(1))?;
-    if let (Some(ctrl), Some(ring)) = (stats.ctrl, stats.ctrl_ring) {
+    // One rx and one tx row per queue pair (MQ), labelled with the queue index.
+    for pair in 0..device.queue_pairs() {
+        let Some(p) = device.pair_stats(pair) else {
+            continue;
+        };
+        let (rxq, txq) = (2 * pair, 2 * pair + 1);
+        let rx = p.rx;
+        write!(out, "<tr><td>{rxq} rx</td><td>{}</td><td>{}</td><td>merged {}, buffers posted {}, used {}, dropped {} (length {}, num_buffers {}, header {}, runt {}, too long {})</td>",
+            rx.packets, rx.bytes, rx.merged, rx.buffers_posted, rx.buffers_used, rx.dropped(),
+            rx.dropped_bad_length, rx.dropped_bad_num_buffers, rx.dropped_bad_header, rx.dropped_runt, rx.dropped_too_long)?;
+        ring_cells(out, &p.rx_ring, irq_count(rxq))?;
+        let tx = p.tx;
         write!(
             out,
-            "<tr><td>2 ctrl</td><td>{}</td><td></td><td>ok {}, rejected {}, bad replies {}, timeouts {}</td>",
+            "<tr><td>{txq} tx</td><td>{}</td><td>{}</td><td>reclaimed {}, full {}, too long {}</td>",
+            tx.packets, tx.bytes, tx.reclaimed, tx.full, tx.too_long
+        )?;
+        ring_cells(out, &p.tx_ring, irq_count(txq))?;
+    }
+    if let (Some(ctrl), Some(ring)) = (stats.ctrl, stats.ctrl_ring) {
+        // Queue 2, or behind all the device's pairs with MQ (§5.1.2).
+        let ctrl_index = device.queue_indices().last().unwrap_or(2);
+        write!(
+            out,
+            "<tr><td>{ctrl_index} ctrl</td><td>{}</td><td></td><td>ok {}, rejected {}, bad replies {}, timeouts {}</td>",
             ctrl.commands, ctrl.ok, ctrl.rejected, ctrl.bad_replies, ctrl.timeouts
         )?;
-        ring_cells(out, &ring, irq_count(2))?;
+        ring_cells(out, &ring, irq_count(ctrl_index))?;
     }
     writeln!(out, "</table>")?;
     if let Some([echo, http]) = nic.stack.as_ref().and_then(|s| s.service_counters()) {
