@@ -122,6 +122,16 @@ pub fn write_fmt(args: fmt::Arguments<'_>) {
     });
 }
 
+/// Runs `f` holding the serial lock, with interrupts disabled (the self-test
+/// build's `smp.test_slow`: a CPU that holds a lock when it would be reset).
+#[cfg(feature = "selftest")]
+pub fn while_locked(f: impl FnOnce()) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _held = COM1.lock();
+        f();
+    });
+}
+
 /// A writer that bypasses the lock, for panic and exception reports only:
 /// the failing code may hold the lock, and waiting for it would hang forever.
 /// Output may interleave with a half-written line; that is the price.

@@ -153,8 +153,13 @@ pub fn watchdog_count() -> u64 {
 /// Arms this CPU's watchdog (its local APIC timer, one shot of 10 ms) and
 /// halts with `sti; hlt` until an interrupt: the one step of every wait.
 /// Call with interrupts disabled, after checking there is nothing to wait
-/// for; returns with interrupts enabled.
+/// for; returns with interrupts enabled. In a job that CPU 0 runs in its
+/// work IPI handler (`smp::work`) no interrupt could end the halt: the
+/// waits refuse before they get here, and this returns without halting.
 pub fn halt_with_watchdog() {
+    if crate::smp::work::in_work_ipi() {
+        return;
+    }
     if let Some(vector) = watchdog_vector() {
         let _ = interrupts::start_timer_oneshot(vector, WATCHDOG_TICKS);
     }
@@ -306,6 +311,13 @@ impl KernelWait {
 
 impl Wait for KernelWait {
     fn wait(&mut self) -> Result<(), WaitTimeout> {
+        // A halt in CPU 0's work IPI handler would never end (`smp::work`):
+        // give up at once, as on a timeout.
+        if self.inner.sleeps_until_interrupt() && crate::smp::work::in_work_ipi() {
+            return Err(WaitTimeout {
+                waits: self.inner.stats().waits,
+            });
+        }
         self.inner.wait()
     }
 

@@ -13,6 +13,11 @@ for x86 guests on x86 hosts), so 4 vCPUs share this host's 2 cores.
 - `smp-silent-cpu`: 3 vCPUs, and the kernel is told (`smp.test_silent=2`, self-test
   build) not to send CPU 2 its start-up IPIs: the CPU is named as not answering,
   `cpus: 2 online`, and the boot and the self-test go on.
+- `smp-slow-cpu`: 3 vCPUs, and CPU 1 (`smp.test_slow=1`, self-test build) holds
+  the serial lock past the start-up timeout: it must be named as having run the
+  trampoline without coming online, APIC ID 2 is not started (the trampoline may
+  still be in use), `cpus: 1 online`, and the boot and the self-test go on
+  (an INIT to the late CPU would leave the lock held and hang the next print).
 - `smp-panic-all-cpus`: every CPU panics at the same moment (`fail=smp-panic`):
   exactly one `PANIC at` report comes out, status 37.
 - `smp-pagefault-cpu1`: CPU 1 reads an unmapped address (`fail=smp-pagefault`):
@@ -41,6 +46,8 @@ SMP_PASSES = [
     r"^selftest: PASS smp: each CPU's local APIC timer fires on that CPU$",
     r"^selftest: PASS smp: an interrupt addressed to a CPU.s APIC ID runs its handler on that CPU$",
     r"^selftest: PASS smp: the shell's `cpus` lists every online CPU with its APIC ID and counts$",
+    r"^selftest: PASS smp: every CPU runs with caching enabled \(CR0.CD and CR0.NW clear\)$",
+    r"^selftest: PASS smp: a wait inside CPU 0's work IPI handler returns an error, not a hang$",
 ]
 
 
@@ -102,6 +109,24 @@ SMP_SCENARIOS: list[Scenario] = [
             BOOT_BANNER,
             r"^cpus: the CPU with local APIC ID 2 did not come up: did not answer within 1000 ms ",
             r"^cpus: 2 online, 1 of 3 did not come up$",
+            *SELFTEST_OK[1:],
+        ],
+        expect_anywhere=SMP_PASSES[:2],
+        check=selftest_summary_consistent,
+    ),
+    Scenario(
+        name="smp-slow-cpu",
+        machine="q35",
+        firmware="qboot",
+        accel="tcg",
+        devices=lambda ctx: smp(3),
+        append="mode=selftest smp.test_slow=1 expect.cpus=1",
+        expect_in_order=[
+            BOOT_BANNER,
+            r"^cpus: the CPU with local APIC ID 1 did not come up: did not answer within 1000 ms "
+            r"\(it ran the trampoline but did not come online; it parks itself\)$",
+            r"^cpus: the CPU with local APIC ID 2 did not come up: not started: ",
+            r"^cpus: 1 online, 2 of 3 did not come up$",
             *SELFTEST_OK[1:],
         ],
         expect_anywhere=SMP_PASSES[:2],

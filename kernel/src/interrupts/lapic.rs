@@ -96,8 +96,6 @@ pub mod icr {
     /// Destination shorthand: this CPU only.
     #[cfg(feature = "selftest")]
     pub const SHORTHAND_SELF: u32 = 0b01 << 18;
-    /// Destination shorthand: every CPU but this one.
-    pub const SHORTHAND_ALL_BUT_SELF: u32 = 0b11 << 18;
 }
 
 /// Spurious-interrupt vector register: bit 8 is the APIC software enable (SDM §11.9).

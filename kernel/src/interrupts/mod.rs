@@ -648,13 +648,15 @@ pub fn send_startup(apic_id: u32, page: u8) -> Result<(), IrqError> {
     without_interrupts(|| apic.send_ipi(apic_id, command))
 }
 
-/// Sends an NMI to every CPU but the caller (a crash report stopping the others: an NMI
-/// arrives even where interrupts are disabled). Lock-free, for the panic path.
-pub fn send_nmi_to_others() -> Result<(), IrqError> {
+/// Sends an NMI to the CPU whose local APIC ID is `apic_id` (a crash report stopping the
+/// others: an NMI arrives even where interrupts are disabled). Lock-free, for the panic path.
+pub fn send_nmi(apic_id: u32) -> Result<(), IrqError> {
     let apic = LOCAL_APIC.get().ok_or(IrqError::NotInitialized)?;
-    let command =
-        lapic::icr::DELIVERY_NMI | lapic::icr::LEVEL_ASSERT | lapic::icr::SHORTHAND_ALL_BUT_SELF;
-    without_interrupts(|| apic.send_ipi(0, command))
+    if apic_id > 0xff {
+        return Err(IrqError::DestinationOutOfRange(apic_id));
+    }
+    let command = lapic::icr::DELIVERY_NMI | lapic::icr::LEVEL_ASSERT;
+    without_interrupts(|| apic.send_ipi(apic_id, command))
 }
 
 /// Sends interrupt `vector` to this CPU through the local APIC (a self-IPI).

@@ -23,6 +23,9 @@
 //! interrupts are off, every other CPU has been stopped (`smp::stop`: the
 //! panicking CPU owns the one crash report), and the holder will never run
 //! again; and EMERG_WRITE touches nothing but one configuration register.
+//! The stop is bounded (it gives up on a CPU that does not take its NMI), so
+//! the lock is broken only if no other CPU is still running; otherwise the
+//! console gets no report (the serial port still does).
 //!
 //! Command line: `console.ports=N` caps the ports the driver sets queues
 //! up for (default 16); `virtio.ring=split|packed|auto` chooses the ring.
@@ -262,10 +265,16 @@ pub fn emergency_write(message: &[u8]) {
     let guard = match CONSOLE.try_lock() {
         Some(guard) => guard,
         None => {
-            // SAFETY: interrupts off, every other CPU stopped (smp::stop),
-            // and the holder (the code that panicked) never resumes: nobody
-            // else uses the console any more. EMERG_WRITE only writes one
-            // configuration field.
+            if crate::smp::stop::still_running_mask() != 0 {
+                // Another CPU did not stop: it may be the holder, and use
+                // the console right now.
+                return;
+            }
+            // SAFETY: interrupts off, and no other CPU runs (the check
+            // above: every other one parked after smp::stop's NMI), so the
+            // holder (the code that panicked, or a parked CPU) never
+            // resumes: nobody else uses the console any more. EMERG_WRITE
+            // only writes one configuration field.
             unsafe { CONSOLE.force_unlock() };
             match CONSOLE.try_lock() {
                 Some(guard) => guard,

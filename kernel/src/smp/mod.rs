@@ -6,8 +6,9 @@
 //! application processors exactly one CPU is online.
 //!
 //! - [`percpu`]: each CPU's own data, found through its GS base: [`current_cpu`] is one load.
-//! - [`startup`] and [`trampoline`]: the other CPUs, from the ACPI MADT through INIT-SIPI-SIPI
-//!   and a real-mode trampoline into the kernel (Intel SDM vol. 3A §9.4, §11.6).
+//! - [`startup`] and [`trampoline`]: the other CPUs, from the ACPI MADT (which ones:
+//!   [`madt_cpus`]) through INIT-SIPI-SIPI and a real-mode trampoline into the kernel (Intel SDM
+//!   vol. 3A §9.4, §11.6).
 //! - [`work`]: [`run_on`], running a function on a given CPU (per-CPU queue + work IPI), and
 //!   [`run_on_all`], on every CPU at once.
 //! - [`stop`]: one crash report when CPUs fail, the others stopped by NMI.
@@ -24,6 +25,7 @@
 // `Pending`, ...); until then some of it is unused in some builds.
 #![allow(dead_code)]
 
+mod madt_cpus;
 pub mod percpu;
 #[cfg(feature = "selftest")]
 mod selftests;

@@ -74,6 +74,9 @@ pub struct PerCpu {
     state: AtomicU8,
     /// Set while a `wait` on this CPU is in `hlt` (wait.rs counts watchdog wake-ups with it).
     pub in_wait_halt: AtomicBool,
+    /// Set while CPU 0 runs queued jobs inside the work IPI's handler (`smp/work.rs`): the
+    /// waits refuse to halt then, since no interrupt could end the halt.
+    pub in_work_ipi: AtomicBool,
     /// Interrupts (vectors 32..=255) this CPU dispatched.
     pub interrupts: AtomicU64,
     /// Work items ([`super::run_on`]) this CPU ran.
@@ -99,6 +102,7 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             state: AtomicU8::new(CpuState::Absent as u8),
             in_wait_halt: AtomicBool::new(false),
+            in_work_ipi: AtomicBool::new(false),
             interrupts: AtomicU64::new(0),
             work_run: AtomicU64::new(0),
             work_ipis: AtomicU64::new(0),
@@ -121,6 +125,16 @@ impl PerCpu {
     /// Moves the CPU to `state`.
     pub fn set_state(&self, state: CpuState) {
         self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Moves the CPU from `from` to `to` if it is in `from`; otherwise returns the state it is
+    /// in. What decides, between a starting CPU and the bootstrap processor giving up on it,
+    /// which of the two wins (`startup.rs`).
+    pub fn transition(&self, from: CpuState, to: CpuState) -> Result<(), CpuState> {
+        self.state
+            .compare_exchange(from as u8, to as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .map(|_| ())
+            .map_err(CpuState::from_u8)
     }
 
     /// This CPU's own stacks (see the field).
@@ -147,6 +161,7 @@ impl PerCpu {
         self.index.store(index, Ordering::Relaxed);
         self.apic_id.store(apic_id, Ordering::Relaxed);
         self.in_wait_halt.store(false, Ordering::Relaxed);
+        self.in_work_ipi.store(false, Ordering::Relaxed);
         self.interrupts.store(0, Ordering::Relaxed);
         self.work_run.store(0, Ordering::Relaxed);
         self.work_ipis.store(0, Ordering::Relaxed);

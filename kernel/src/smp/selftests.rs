@@ -8,9 +8,15 @@
 //!   jobs run and work IPIs taken on the target must grow by at least that much;
 //! - a job an application processor sends to CPU 0 runs on CPU 0 (in its IPI handler);
 //! - each CPU's local APIC timer fires on that CPU (a one-shot armed from a job on it);
-//! - a fixed interrupt sent to `apic_id(cpu)` (what an MSI-X message made by
-//!   `interrupts::msi_message_to` delivers) runs its handler on CPU `cpu`, and is counted there;
-//! - the shell's `cpus` table has one row per CPU that matches the per-CPU entries.
+//! - the message `interrupts::msi_message_to(vector, apic_id(cpu))` names that APIC ID and
+//!   vector, and the fixed interrupt it describes, sent through the ICR (a CPU cannot make the
+//!   device's memory write itself: its stores to 0xFEEx_xxxx reach its own local APIC), runs
+//!   its handler on CPU `cpu`, and is counted there;
+//! - the shell's `cpus` table has one row per CPU that matches the per-CPU entries;
+//! - every CPU runs with caching enabled (CR0.CD and CR0.NW clear: the trampoline clears what
+//!   power-up set and INIT kept);
+//! - a job that CPU 0 runs in its work IPI handler and that waits for another job gets
+//!   `SmpError::WaitInWorkIpi` instead of halting forever.
 //!
 //! And, on request, crashes on several CPUs ([`fail_on_request`]): `fail=smp-panic` makes
 //! every CPU panic at the same moment (one report must come out), `fail=smp-pagefault` makes
@@ -20,7 +26,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{apic_id, current_cpu, online_cpus, run_on, CPUS, MAX_CPUS};
 use crate::selftest_api::SelfTest;
@@ -59,6 +65,14 @@ pub fn selftests() -> Vec<SelfTest> {
         SelfTest {
             name: "smp: the shell's `cpus` lists every online CPU with its APIC ID and counts",
             run: cpus_command_lists_every_cpu,
+        },
+        SelfTest {
+            name: "smp: every CPU runs with caching enabled (CR0.CD and CR0.NW clear)",
+            run: every_cpu_caches,
+        },
+        SelfTest {
+            name: "smp: a wait inside CPU 0's work IPI handler returns an error, not a hang",
+            run: wait_in_work_ipi_fails,
         },
     ]
 }
@@ -252,7 +266,10 @@ fn cpus_command_lists_every_cpu() -> Result<(), String> {
             ));
         }
         // The jobs of the tests before ran and were counted (CPU 0 ran some inline).
-        if row[4].parse::<u64>().ok() > Some(work) || (cpu > 0 && work == 0) {
+        let listed: u64 = row[4]
+            .parse()
+            .map_err(|_| format!("row {cpu}: work column {:?} is not a number", row[4]))?;
+        if listed > work || (cpu > 0 && work == 0) {
             return Err(format!(
                 "row {cpu}: {} work items, the counter says {work}",
                 row[4]
@@ -295,8 +312,10 @@ pub fn fail_on_request() {
         Some("smp-pagefault") if online > 1 => {
             let pending = run_on(1, || {
                 log::info!("fail=smp-pagefault: CPU 1 reads {UNMAPPED_ADDRESS:#x}");
-                // SAFETY: not safe at all, on purpose: the address is unmapped and the read
-                // raises #PF, whose report ends the run.
+                // SAFETY: a read meant to fault: the address is canonical and unmapped, so the
+                // load raises #PF before it yields a value. The #PF report naming CPU 1 is the
+                // result this knob exists for, and it ends the run: control never comes back
+                // here, so no value is ever produced or used.
                 unsafe { core::ptr::read_volatile(UNMAPPED_ADDRESS as *const u64) }
             })
             .and_then(|pending| pending.wait(JOB_TIMEOUT_NS));
@@ -324,7 +343,8 @@ fn interrupt_reaches_the_addressed_cpu() -> Result<(), String> {
                 .map(|count| count.load(Ordering::Relaxed))
                 .collect();
             let counted_before = CPUS[cpu].interrupts.load(Ordering::Relaxed);
-            crate::interrupts::send_ipi(target, vector).map_err(|e| format!("{e}"))?;
+            let (destination, message_vector) = decode_msi_message(vector, target)?;
+            crate::interrupts::send_ipi(destination, message_vector).map_err(|e| format!("{e}"))?;
             let start = crate::clock::uptime_ns();
             while ADDRESSED_FIRES[cpu].load(Ordering::Relaxed) == before[cpu]
                 && crate::clock::uptime_ns() - start < JOB_TIMEOUT_NS
@@ -352,4 +372,92 @@ fn interrupt_reaches_the_addressed_cpu() -> Result<(), String> {
     })();
     let _ = crate::interrupts::free_vector(vector);
     result
+}
+
+/// `msi_message_to(vector, target)`, checked field by field against what the local APIC reads
+/// from an MSI write (SDM vol. 3A §11.11.1-2), and decoded to the destination APIC ID and vector
+/// the interrupt goes to.
+fn decode_msi_message(vector: u8, target: u32) -> Result<(u32, u8), String> {
+    let (address, data) =
+        crate::interrupts::msi_message_to(vector, target).map_err(|e| format!("{e}"))?;
+    // Address: 0xFEE in 31:20, destination ID in 19:12, redirection hint (bit 3) and
+    // destination mode (bit 2) 0 = exactly that APIC, physical. Data: vector in 7:0,
+    // delivery mode (10:8) fixed, trigger mode (bit 15) edge.
+    let destination = ((address >> 12) & 0xff) as u32;
+    let message_vector = (data & 0xff) as u8;
+    if address >> 32 != 0 || address >> 20 != 0xfee || address & 0b1100 != 0 {
+        return Err(format!(
+            "MSI address {address:#x} for APIC ID {target} is not a physical, fixed-destination one"
+        ));
+    }
+    if destination != target || message_vector != vector || data & 0x8700 != 0 {
+        return Err(format!(
+            "MSI message ({address:#x}, {data:#x}) names APIC ID {destination} vector \
+             {message_vector:#04x} (delivery/trigger bits {:#x}), expected APIC ID {target} \
+             vector {vector:#04x}, fixed, edge",
+            data & 0x8700
+        ));
+    }
+    Ok((destination, message_vector))
+}
+
+/// CR0.CD (bit 30) and CR0.NW (bit 29): caching disabled, not write-through.
+const CR0_CD_NW: u64 = 0x6000_0000;
+
+fn every_cpu_caches() -> Result<(), String> {
+    for cpu in 0..online_cpus() {
+        let cr0 = run_on(cpu, x86_64::registers::control::Cr0::read_raw)
+            .and_then(|pending| pending.wait(JOB_TIMEOUT_NS))
+            .map_err(|e| format!("CPU {cpu}: {e}"))?;
+        if cr0 & CR0_CD_NW != 0 {
+            return Err(format!(
+                "CPU {cpu} runs with CR0 = {cr0:#x}: CD/NW set, caching disabled"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Lets the job of `wait_in_work_ipi_fails` on CPU 1 finish.
+static RELEASE_CPU1: AtomicBool = AtomicBool::new(false);
+
+fn wait_in_work_ipi_fails() -> Result<(), String> {
+    if online_cpus() < 2 {
+        return Ok(());
+    }
+    RELEASE_CPU1.store(false, Ordering::SeqCst);
+    // CPU 1 hands CPU 0 a job, which CPU 0 then runs in its work IPI handler, and returns at
+    // once. That job waits for a job on CPU 1 that cannot finish until the wait has returned.
+    let job_on_cpu0 = run_on(1, || {
+        run_on(0, || {
+            let in_handler = super::work::in_work_ipi();
+            let waited = run_on(1, || {
+                let start = crate::clock::uptime_ns();
+                while !RELEASE_CPU1.load(Ordering::SeqCst)
+                    && crate::clock::uptime_ns() - start < JOB_TIMEOUT_NS
+                {
+                    core::hint::spin_loop();
+                }
+            })
+            .and_then(|pending| pending.wait(JOB_TIMEOUT_NS));
+            RELEASE_CPU1.store(true, Ordering::SeqCst);
+            (in_handler, waited)
+        })
+    })
+    .and_then(|pending| pending.wait(JOB_TIMEOUT_NS))
+    .and_then(|sent| sent)
+    .map_err(|e| format!("sending the job to CPU 0 from CPU 1: {e}"))?;
+    let (in_handler, waited) = job_on_cpu0
+        .wait(2 * JOB_TIMEOUT_NS)
+        .map_err(|e| format!("the job on CPU 0: {e}"))?;
+    RELEASE_CPU1.store(true, Ordering::SeqCst);
+    if !in_handler {
+        return Err(String::from(
+            "the job sent to CPU 0 did not run in its work IPI handler",
+        ));
+    }
+    match waited {
+        Err(super::SmpError::WaitInWorkIpi { cpu: 1 }) => Ok(()),
+        other => Err(format!("the wait inside the handler gave {other:?}")),
+    }
 }

@@ -11,13 +11,25 @@
 //!    from the frame allocator, and write its parameters into the trampoline page
 //!    (`trampoline.rs`): the kernel's CR3, its stack, its per-CPU entry;
 //! 2. INIT IPI, wait 10 ms; SIPI, wait 200 µs; if it has not shown up in the trampoline, a
-//!    second SIPI (the SDM's sequence; a CPU that already started ignores the second);
+//!    second SIPI (the SDM's sequence; a CPU that already started ignores the second). One INIT
+//!    (level assert) and no "INIT level de-assert", which the Pentium 4 and later do not
+//!    support (§11.6.1);
 //! 3. wait (at most `smp.timeout_ms=`, default 1000) for it to mark itself online. A CPU that
-//!    does not is named in the log, sent an INIT again (so it cannot wake up later in a
-//!    trampoline that now holds another CPU's parameters) and left out; the boot goes on.
+//!    does not is named in the log and left out; the boot goes on. Its entry's state decides
+//!    the race with a CPU that is merely late: the CPU moves it `Starting -> Online`, the
+//!    bootstrap processor on timeout `Starting -> Absent`, both with a compare-exchange, and a
+//!    CPU that loses parks itself (`halt_forever`). Then:
+//!    - if it never ran the trampoline, an INIT puts it back to waiting for a SIPI, so that it
+//!      cannot wake up later in a trampoline that holds another CPU's parameters (should it get
+//!      to Rust first, it finds its entry taken back and parks before touching any lock);
+//!    - if it did, it runs kernel code and may hold the heap's or the serial port's lock: an
+//!      INIT now would leave that lock held for good. It is left to park itself, and since it
+//!      may still read the trampoline page and its entry, no further CPU is started (the same
+//!      if the INIT could not be sent).
 //!
 //! The CPU itself ([`application_processor_main`]), on its own stack with its GS base set:
-//! its own GDT and TSS (`cpu::gdt::init_application_processor`), the shared IDT, its local APIC
+//! checks its entry still says `Starting`, then its own GDT and TSS
+//! (`cpu::gdt::init_application_processor`), the shared IDT, its local APIC
 //! (`interrupts::init_this_cpu`), a measurement of its APIC timer, then online, and into the
 //! idle loop of `work.rs`.
 
@@ -52,8 +64,13 @@ static NEXT_IST_TOPS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 pub enum StartOutcome {
     /// Online, as the CPU number it was started with.
     Online,
-    /// Did not come up; the text says how far it got.
+    /// Did not come up and is parked; the text says how far it got. Its entry and the
+    /// trampoline may serve the next CPU.
     Failed(String),
+    /// Did not come up, and may still be running the trampoline or kernel code on its way to
+    /// parking itself: its entry and the trampoline must not be reused, so no further CPU is
+    /// started.
+    Abandoned(String),
 }
 
 /// What [`start_all`] did, for the `cpus:` line.
@@ -82,12 +99,10 @@ pub fn start_all() -> Report {
             "smp: no ACPI MADT ({reason:?}): only this CPU is known; any others stay stopped"
         );
     }
-    let others: Vec<u32> = platform
-        .processors
-        .iter()
-        .filter(|p| p.enabled && p.apic_id != my_apic_id)
-        .map(|p| p.apic_id)
-        .collect();
+    let others = super::madt_cpus::cpus_to_start(
+        platform.processors.iter().map(|p| (p.apic_id, p.enabled)),
+        my_apic_id,
+    );
     let mut report = Report {
         present: others.len() + 1,
         failures: Vec::new(),
@@ -126,7 +141,7 @@ pub fn start_all() -> Report {
     let timeout_ms = crate::cmdline::get("smp.timeout_ms")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(DEFAULT_TIMEOUT_MS);
-    for apic_id in others {
+    for (position, &apic_id) in others.iter().enumerate() {
         let index = super::online_cpus();
         if index >= MAX_CPUS {
             report.failures.push((
@@ -147,6 +162,16 @@ pub fn start_all() -> Report {
             StartOutcome::Failed(why) => {
                 CPUS[index].reset(0, 0);
                 report.failures.push((apic_id, why));
+            }
+            StartOutcome::Abandoned(why) => {
+                report.failures.push((apic_id, why));
+                for &later in &others[position + 1..] {
+                    report.failures.push((
+                        later,
+                        format!("not started: the CPU with APIC ID {apic_id} may still use the start-up trampoline"),
+                    ));
+                }
+                break;
             }
         }
     }
@@ -266,12 +291,16 @@ fn start_one(trampoline: &Trampoline, index: usize, apic_id: u32, timeout_ms: u6
     }
     delay_us(10_000);
     let silent = silenced_for_test(apic_id);
+    let mut startup_error = None;
     if !silent {
         for _ in 0..2 {
             if let Err(error) =
                 crate::interrupts::send_startup(apic_id, trampoline.startup_vector())
             {
-                return StartOutcome::Failed(format!("start-up IPI not sent: {error}"));
+                // This SIPI may still have gone out, or the first one have started the CPU:
+                // wait for it and clean up like for any CPU that does not answer.
+                startup_error = Some(error);
+                break;
             }
             delay_us(200);
             if trampoline.has_arrived() {
@@ -296,22 +325,50 @@ fn start_one(trampoline: &Trampoline, index: usize, apic_id: u32, timeout_ms: u6
         spins += 1;
         core::hint::spin_loop();
     }
+    // Take the entry back: from now on the CPU parks itself when it looks at it (see the module
+    // docs). Losing this race means it came online just now.
+    if entry
+        .transition(CpuState::Starting, CpuState::Absent)
+        .is_err()
+    {
+        return StartOutcome::Online;
+    }
+    let unanswered = match startup_error {
+        Some(error) => format!("did not answer within {timeout_ms} ms (start-up IPI not sent: {error}; "),
+        None => format!("did not answer within {timeout_ms} ms ("),
+    };
+    // The compare-exchange above is a full barrier, and the CPU sets "arrived" well before its
+    // first look at the entry (with serialising CR0/CR3 writes in between): if "arrived" is
+    // still clear here, that look will see the entry taken back.
+    if trampoline.has_arrived() {
+        // No INIT: it may hold a lock (module docs).
+        return StartOutcome::Abandoned(format!(
+            "{unanswered}it ran the trampoline but did not come online; it parks itself)"
+        ));
+    }
     // Park it again, so that a late start cannot run the trampoline with the next CPU's
     // parameters.
-    let _ = crate::interrupts::send_init(apic_id);
-    let how_far = if trampoline.has_arrived() {
-        "it ran the trampoline but did not reach the kernel"
-    } else if silent {
+    if let Err(error) = crate::interrupts::send_init(apic_id) {
+        return StartOutcome::Abandoned(format!(
+            "{unanswered}it never ran the trampoline, and the INIT to park it was not sent: {error})"
+        ));
+    }
+    let how_far = if silent {
         "smp.test_silent: no start-up IPI was sent"
     } else {
         "it never ran the trampoline"
     };
-    StartOutcome::Failed(format!("did not answer within {timeout_ms} ms ({how_far})"))
+    StartOutcome::Failed(format!("{unanswered}{how_far})"))
 }
 
 /// Where an application processor enters Rust (called by the trampoline on its own stack, GS
 /// base set, interrupts off).
 extern "C" fn application_processor_main(cpu: usize) -> ! {
+    if percpu::this_cpu().state() != CpuState::Starting {
+        // The bootstrap processor gave up on this CPU before it got here: park holding
+        // nothing, so that the INIT it may send next cannot leave a lock held.
+        crate::exit::halt_forever();
+    }
     let ist_tops = [
         NEXT_IST_TOPS[0].load(Ordering::SeqCst),
         NEXT_IST_TOPS[1].load(Ordering::SeqCst),
@@ -333,6 +390,37 @@ extern "C" fn application_processor_main(cpu: usize) -> ! {
     }
     me.apic_timer_hz
         .store(crate::interrupts::measure_timer_hz(), Ordering::Relaxed);
-    me.set_state(CpuState::Online);
+    #[cfg(feature = "selftest")]
+    slow_start_for_test(me);
+    if me
+        .transition(CpuState::Starting, CpuState::Online)
+        .is_err()
+    {
+        // Too late: the bootstrap processor gave up on this CPU and may reuse nothing of it.
+        crate::exit::halt_forever();
+    }
     super::work::idle_loop()
+}
+
+/// The self-test build's `smp.test_slow=<apic id>`: that CPU, just before it would go online,
+/// holds the serial port's lock until the bootstrap processor has given up on it (at most ten
+/// timeouts), to test the late-arrival path: an INIT now would leave the lock held and hang the
+/// next print.
+#[cfg(feature = "selftest")]
+fn slow_start_for_test(me: &percpu::PerCpu) {
+    let slow = crate::cmdline::get("smp.test_slow").and_then(|v| v.parse::<u32>().ok());
+    if slow != Some(me.apic_id.load(Ordering::Relaxed)) {
+        return;
+    }
+    let timeout_ms = crate::cmdline::get("smp.timeout_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_TIMEOUT_MS);
+    let start = crate::clock::uptime_ns();
+    crate::serial::while_locked(|| {
+        while me.state() == CpuState::Starting
+            && crate::clock::uptime_ns() - start < timeout_ms.saturating_mul(10_000_000)
+        {
+            core::hint::spin_loop();
+        }
+    });
 }

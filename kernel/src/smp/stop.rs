@@ -2,9 +2,12 @@
 //!
 //! A panic (main.rs) or a fatal exception (`cpu/exceptions.rs`) on any CPU calls
 //! [`begin_crash_report`] before printing. The first CPU to get there owns the report: it sends
-//! every other CPU an NMI (Intel SDM vol. 3A §11.6.1, shorthand "all excluding self"; an NMI is
+//! an NMI to each other online CPU by its APIC ID (Intel SDM vol. 3A §11.6.1; an NMI is
 //! delivered even to a CPU that has interrupts disabled or spins on a lock), waits briefly for
-//! them to park, then prints and exits QEMU. A CPU that takes that NMI, or that crashes itself
+//! them to park, then prints and exits QEMU. Not the shorthand "all excluding self": that also
+//! reaches a CPU still being started, which may have no IDT yet and would triple-fault (and
+//! reset the machine mid-report); such a CPU's entry is taken back instead, so it parks itself
+//! when it would go online (`startup.rs`). A CPU that takes that NMI, or that crashes itself
 //! while another CPU's report is under way, parks: interrupts off, `hlt` forever, printing
 //! nothing, so two CPUs panicking at once give one readable report. A crash *inside* the
 //! report (the owner failing again) is told apart so that the caller prints a one-line note
@@ -64,10 +67,22 @@ pub fn park_this_cpu() -> ! {
 /// NMIs every other online CPU and waits (boundedly) until they have parked.
 fn stop_other_cpus(me: usize) {
     let online = super::online_cpus();
-    if online <= 1 {
-        return;
+    if let Some(starting) = CPUS.get(online) {
+        // The CPU being started, if any (it has no IDT yet, or is about to go online).
+        let _ = starting.transition(CpuState::Starting, CpuState::Stopped);
     }
-    if crate::interrupts::send_nmi_to_others().is_err() {
+    let mut sent = 0;
+    for (index, cpu) in CPUS[..online].iter().enumerate() {
+        if index != me
+            && cpu.state() == CpuState::Online
+            && crate::interrupts::send_nmi(cpu.apic_id.load(Ordering::Relaxed)).is_ok()
+        {
+            sent += 1;
+        }
+    }
+    if sent == 0 {
+        // Nobody to wait for: a CPU whose NMI was not sent stays online, and the report's last
+        // line names it (`still_running_mask`).
         return;
     }
     let others_parked = || {

@@ -12,7 +12,8 @@
 //! ```text
 //! 16-bit  cli; DS = CS; ebx = CS << 4 (where the page is); "arrived" = 1
 //!         lgdt (the little GDT in this page); CR0.PE = 1; far jmp to 0x18:protected
-//! 32-bit  data segments; CR4 (PAE ...) and CR3 = the kernel's; EFER.LME (+NXE); CR0.PG|WP
+//! 32-bit  data segments; CR4 (PAE ...) and CR3 = the kernel's; EFER.LME (+NXE);
+//!         CR0.CD = CR0.NW = 0, CR0.PG|WP
 //!         far jmp to 0x08:long
 //! 64-bit  IA32_GS_BASE = this CPU's per-CPU entry; rsp = its stack; call entry(cpu index)
 //! ```
@@ -21,6 +22,12 @@
 //! and the linear addresses the far jumps and `lgdt` need are written into the page by
 //! [`install`] (patched fields), or computed from `ebx`. The bootstrap processor fills the
 //! parameters ([`Parameters`]) before each CPU's INIT-SIPI-SIPI; one CPU starts at a time.
+//!
+//! Caches: a CPU comes out of power-up with CR0.CD and CR0.NW set (CR0 = 6000_0010h), and an
+//! INIT leaves those two bits as they were (SDM vol. 3A Table 10-1 "IA-32 and Intel 64 Processor
+//! States Following Power-up, Reset, or INIT", note 2). A CPU that firmware never started thus
+//! arrives here with caching disabled, and would run the whole kernel uncached on real hardware
+//! (QEMU does not model caches, but shows the bits): the trampoline clears both.
 //!
 //! The kernel's page tables identity-map the page (it is RAM from the memory map), so the
 //! instruction after `CR0.PG = 1` is fetched from the same address; the PML4 lies below 4 GiB
@@ -66,6 +73,7 @@ ap_trampoline_protected:
     orl (ap_trampoline_efer - ap_trampoline_start)(%ebx), %eax
     wrmsr                                       /* LME, and NXE if the BSP has it */
     movl %cr0, %eax
+    andl $0x9fffffff, %eax                      /* caches on: CD (bit 30) = NW (bit 29) = 0 */
     orl $0x80010001, %eax                       /* PG | WP | PE */
     movl %eax, %cr0
     ljmpl *(ap_trampoline_far64 - ap_trampoline_start)(%ebx)

@@ -13,8 +13,13 @@
 //!   interrupt wakes it.
 //! - **The calling CPU itself**: the job runs at once, inside `run_on`.
 //! - **CPU 0 from another CPU**: CPU 0 runs the kernel's main loop, not an idle loop, so it
-//!   runs such jobs in the work IPI's handler: with interrupts disabled, so they must be short,
-//!   must not wait, and must not take a lock that CPU 0 takes with interrupts enabled.
+//!   runs such jobs in the work IPI's handler: with interrupts disabled, so they must be short
+//!   and must not take a lock that CPU 0 takes with interrupts enabled. They cannot wait either:
+//!   until the handler's EOI the local APIC holds back every interrupt of the work IPI's
+//!   priority class and below (SDM vol. 3A §11.8.3), the watchdog's and the devices' included,
+//!   so a halt there would never end. While the handler runs them, [`PerCpu::in_work_ipi`] is
+//!   set, and the waits ([`Pending::wait`], `wait::KernelWait`) return an error at once
+//!   instead of halting.
 //!
 //! When a job is done its CPU sets the [`Pending`]'s flag and sends the work IPI back to the
 //! CPU that asked, which may be halted in [`Pending::wait`]; the wait is also bounded by the
@@ -44,6 +49,9 @@ pub enum SmpError {
     Ipi(IrqError),
     /// The job did not finish within the wait's timeout (it may still run later).
     Timeout { cpu: usize },
+    /// A job running in CPU 0's work IPI handler tried to wait for one on `cpu`, which it cannot
+    /// (see the module docs); the job may still run later.
+    WaitInWorkIpi { cpu: usize },
 }
 
 impl fmt::Display for SmpError {
@@ -52,6 +60,10 @@ impl fmt::Display for SmpError {
             SmpError::NoSuchCpu(cpu) => write!(f, "no online CPU {cpu}"),
             SmpError::Ipi(error) => write!(f, "work IPI not sent: {error}"),
             SmpError::Timeout { cpu } => write!(f, "the job on CPU {cpu} did not finish in time"),
+            SmpError::WaitInWorkIpi { cpu } => write!(
+                f,
+                "cannot wait for the job on CPU {cpu} inside CPU 0's work IPI handler"
+            ),
         }
     }
 }
@@ -83,8 +95,13 @@ impl<R> Pending<R> {
 
     /// Waits until the job has run and returns its result, halting between checks (the job's
     /// CPU sends a work IPI when done); gives up after `timeout_ns`. Call with no locks held,
-    /// not from an interrupt handler. Returns with interrupts as they were.
+    /// not from an interrupt handler: in a job that CPU 0 runs in its work IPI handler, it
+    /// returns [`SmpError::WaitInWorkIpi`] unless the job is already done. Returns with
+    /// interrupts as they were.
     pub fn wait(self, timeout_ns: u64) -> Result<R, SmpError> {
+        if in_work_ipi() && !self.is_done() {
+            return Err(SmpError::WaitInWorkIpi { cpu: self.cpu });
+        }
         let was_enabled = x86_64::instructions::interrupts::are_enabled();
         let deadline = crate::clock::uptime_ns().saturating_add(timeout_ns);
         // Without a calibrated clock, a budget of watchdog-bounded halts instead.
@@ -198,15 +215,23 @@ fn next_job(me: &PerCpu) -> Option<Job> {
 }
 
 /// The work IPI's handler (interrupts disabled): counts it; on CPU 0, which has no idle loop of
-/// this module, runs the queued jobs here (see the module docs).
+/// this module, runs the queued jobs here, marked as such (see the module docs).
 pub fn work_ipi_arrived() {
     let me = this_cpu();
     me.work_ipis.fetch_add(1, Ordering::Relaxed);
     if me.index() == 0 {
+        me.in_work_ipi.store(true, Ordering::Relaxed);
         while let Some(job) = next_job(me) {
             run_job(me, job);
         }
+        me.in_work_ipi.store(false, Ordering::Relaxed);
     }
+}
+
+/// Whether the calling code is a job that CPU 0 runs in its work IPI handler, where no halt
+/// can end (see the module docs).
+pub fn in_work_ipi() -> bool {
+    this_cpu().in_work_ipi.load(Ordering::Relaxed)
 }
 
 /// An application processor's life after start-up: run queued jobs, halt when there are none.
