@@ -11,7 +11,14 @@ use madt_cpus::cpus_to_start;
 #[test]
 fn an_id_listed_as_local_apic_and_as_x2apic_is_started_once() {
     // Type 0 entries for 0..=3, then type 9 entries repeating 2 and 3 (as some firmware does).
-    let entries = [(0, true), (1, true), (2, true), (3, true), (2, true), (3, true)];
+    let entries = [
+        (0, true),
+        (1, true),
+        (2, true),
+        (3, true),
+        (2, true),
+        (3, true),
+    ];
     assert_eq!(cpus_to_start(entries, 0), vec![1, 2, 3]);
 }
 

@@ -165,11 +165,12 @@ pub fn start_all() -> Report {
             }
             StartOutcome::Abandoned(why) => {
                 report.failures.push((apic_id, why));
+                let why_not = format!(
+                    "not started: the CPU with APIC ID {apic_id} may still use the start-up \
+                     trampoline"
+                );
                 for &later in &others[position + 1..] {
-                    report.failures.push((
-                        later,
-                        format!("not started: the CPU with APIC ID {apic_id} may still use the start-up trampoline"),
-                    ));
+                    report.failures.push((later, why_not.clone()));
                 }
                 break;
             }
@@ -325,18 +326,25 @@ fn start_one(trampoline: &Trampoline, index: usize, apic_id: u32, timeout_ms: u6
         spins += 1;
         core::hint::spin_loop();
     }
-    // Take the entry back: from now on the CPU parks itself when it looks at it (see the module
-    // docs). Losing this race means it came online just now.
-    if entry
-        .transition(CpuState::Starting, CpuState::Absent)
-        .is_err()
-    {
-        return StartOutcome::Online;
-    }
     let unanswered = match startup_error {
-        Some(error) => format!("did not answer within {timeout_ms} ms (start-up IPI not sent: {error}; "),
+        Some(error) => {
+            format!("did not answer within {timeout_ms} ms (start-up IPI not sent: {error}; ")
+        }
         None => format!("did not answer within {timeout_ms} ms ("),
     };
+    // Take the entry back: from now on the CPU parks itself when it looks at it (see the module
+    // docs). Losing this race to `Online` means it came online just now.
+    match entry.transition(CpuState::Starting, CpuState::Absent) {
+        Ok(()) => {}
+        Err(CpuState::Online) => return StartOutcome::Online,
+        Err(other) => {
+            // Only a crash report (`stop.rs`) moves it elsewhere; leave it alone.
+            return StartOutcome::Abandoned(format!(
+                "{unanswered}its entry says {})",
+                other.name()
+            ));
+        }
+    }
     // The compare-exchange above is a full barrier, and the CPU sets "arrived" well before its
     // first look at the entry (with serialising CR0/CR3 writes in between): if "arrived" is
     // still clear here, that look will see the entry taken back.
@@ -350,7 +358,8 @@ fn start_one(trampoline: &Trampoline, index: usize, apic_id: u32, timeout_ms: u6
     // parameters.
     if let Err(error) = crate::interrupts::send_init(apic_id) {
         return StartOutcome::Abandoned(format!(
-            "{unanswered}it never ran the trampoline, and the INIT to park it was not sent: {error})"
+            "{unanswered}it never ran the trampoline, and the INIT to park it was not sent: \
+             {error})"
         ));
     }
     let how_far = if silent {
@@ -392,10 +401,7 @@ extern "C" fn application_processor_main(cpu: usize) -> ! {
         .store(crate::interrupts::measure_timer_hz(), Ordering::Relaxed);
     #[cfg(feature = "selftest")]
     slow_start_for_test(me);
-    if me
-        .transition(CpuState::Starting, CpuState::Online)
-        .is_err()
-    {
+    if me.transition(CpuState::Starting, CpuState::Online).is_err() {
         // Too late: the bootstrap processor gave up on this CPU and may reuse nothing of it.
         crate::exit::halt_forever();
     }

@@ -66,13 +66,16 @@ pub fn park_this_cpu() -> ! {
 
 /// NMIs every other online CPU and waits (boundedly) until they have parked.
 fn stop_other_cpus(me: usize) {
+    // The online CPUs, and the one being started, if any: not sent an NMI while it may have no
+    // IDT, but turned back so that it parks when it would go online; or it has just come
+    // online, before the bootstrap processor counted it, and gets the NMI like the others.
     let online = super::online_cpus();
+    let candidates = (online + 1).min(CPUS.len());
     if let Some(starting) = CPUS.get(online) {
-        // The CPU being started, if any (it has no IDT yet, or is about to go online).
         let _ = starting.transition(CpuState::Starting, CpuState::Stopped);
     }
     let mut sent = 0;
-    for (index, cpu) in CPUS[..online].iter().enumerate() {
+    for (index, cpu) in CPUS[..candidates].iter().enumerate() {
         if index != me
             && cpu.state() == CpuState::Online
             && crate::interrupts::send_nmi(cpu.apic_id.load(Ordering::Relaxed)).is_ok()
@@ -86,7 +89,7 @@ fn stop_other_cpus(me: usize) {
         return;
     }
     let others_parked = || {
-        CPUS[..online]
+        CPUS[..candidates]
             .iter()
             .enumerate()
             .all(|(index, cpu)| index == me || cpu.state() != CpuState::Online)
