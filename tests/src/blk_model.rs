@@ -936,7 +936,7 @@ impl Transport for ModelTransport {
         Ok(())
     }
 
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         self.model.borrow_mut().notified(queue);
     }
 

@@ -964,7 +964,7 @@ impl Transport for ConsoleModelTransport {
         Ok(())
     }
 
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         self.model.borrow_mut().notified(queue);
     }
 

@@ -183,7 +183,7 @@ impl<M: DeviceModel> Transport for ModelTransport<M> {
         Ok(())
     }
 
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         self.device.borrow_mut().model.notified(queue);
     }
 

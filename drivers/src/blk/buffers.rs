@@ -70,7 +70,7 @@ impl<H: Hal> BufferTable<H> {
         }
     }
 
-    fn register(&mut self, buffer: DmaBuffer<H>) -> Result<BufferId, DmaBuffer<H>> {
+    pub(super) fn register(&mut self, buffer: DmaBuffer<H>) -> Result<BufferId, DmaBuffer<H>> {
         let index = self
             .entries
             .iter()
@@ -97,7 +97,7 @@ impl<H: Hal> BufferTable<H> {
         Ok(BufferId(id))
     }
 
-    fn unregister(&mut self, id: BufferId) -> Option<DmaBuffer<H>> {
+    pub(super) fn unregister(&mut self, id: BufferId) -> Option<DmaBuffer<H>> {
         let entry = self.entries.get_mut(id.index()).filter(|e| !e.lent)?;
         // Vacant from now on: never lent again.
         entry.lent = true;
@@ -105,12 +105,12 @@ impl<H: Hal> BufferTable<H> {
     }
 
     /// Held buffer `id`; `None` if unknown or lent.
-    fn held(&self, id: BufferId) -> Option<&DmaBuffer<H>> {
+    pub(super) fn held(&self, id: BufferId) -> Option<&DmaBuffer<H>> {
         let entry = self.entries.get(id.index()).filter(|e| !e.lent)?;
         entry.buffer.as_ref()
     }
 
-    fn held_mut(&mut self, id: BufferId) -> Option<&mut DmaBuffer<H>> {
+    pub(super) fn held_mut(&mut self, id: BufferId) -> Option<&mut DmaBuffer<H>> {
         let entry = self.entries.get_mut(id.index()).filter(|e| !e.lent)?;
         entry.buffer.as_mut()
     }

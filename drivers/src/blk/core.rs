@@ -49,6 +49,7 @@
 //! finished them, and `poll` hands those out first.
 
 use crate::queue::Ring;
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
@@ -56,6 +57,7 @@ use core::ptr::NonNull;
 use hal::{DeviceAddr, Direction, DmaOwner, Hal};
 
 use super::buffers::{BufferId, BufferTable};
+use super::loans::{lend_data, share_data, DataPart};
 use super::notes::{ResultNote, SectorsNote, SegmentsNote, UsedNote};
 use log::{log_enabled, trace, warn, Level};
 
@@ -201,7 +203,7 @@ pub(super) enum DataBuffers<'a> {
 
 /// What a request holds of the caller's memory, to give back when it ends.
 #[derive(Debug, Clone, Copy)]
-enum Loan {
+pub(super) enum Loan {
     /// A registered buffer, lent to the device.
     Lent(BufferId),
     /// A caller buffer shared with the device ([`hal::Hal::share`]).
@@ -212,20 +214,34 @@ enum Loan {
     },
 }
 
+/// Which path submitted a request, and so whose buffer table its loans
+/// name and where its completion goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// [`BlkDevice`]'s own API (`&mut`): the device's buffer table, its
+    /// `finished` list, its serial numbers.
+    Device,
+    /// The per-queue path ([`super::BlkQueue`]): the queue's own buffer
+    /// table, completion list and serial numbers (`blk/per_queue.rs`).
+    Queue,
+}
+
 /// What the driver remembers about one pool slot.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    in_flight: bool,
+pub(super) struct Slot {
+    pub(super) in_flight: bool,
+    pub(super) origin: Origin,
     serial: u32,
     request: RequestType,
     sector: u64,
     data_bytes: u32,
-    shares: u16,
+    pub(super) shares: u16,
 }
 
 impl Slot {
     const FREE: Slot = Slot {
         in_flight: false,
+        origin: Origin::Device,
         serial: 0,
         request: RequestType::Flush,
         sector: 0,
@@ -240,16 +256,67 @@ pub(super) struct RequestQueue<H: Hal> {
     pub(super) ring: Virtqueue<H>,
     pool: RequestPool<H>,
     /// Per pool slot, which is also the [`Token::index`] of its request.
-    slots: Vec<Slot>,
+    pub(super) slots: Vec<Slot>,
     /// `max_shares` entries per slot.
-    shares: Vec<Loan>,
-    max_shares: usize,
+    pub(super) shares: Vec<Loan>,
+    pub(super) max_shares: usize,
     pub(super) stats: BlkQueueStats,
     /// The last device error the ring caught ([`BlkDevice::ring_fault`]).
     pub(super) fault: Option<QueueError>,
     /// The device the requests go to: its pool is allocated, and caller
     /// buffers are shared, for it alone (`Transport::dma_owner`).
-    owner: DmaOwner,
+    pub(super) owner: DmaOwner,
+    /// Scratch list of one request's segments (header, data, status).
+    segments: Vec<Segment>,
+}
+
+/// A used entry taken from a ring, not yet turned into a [`Completion`]:
+/// its token and its length (or what was wrong with it).
+pub(super) type UsedEntry = (Token, Result<u32, RequestError>);
+
+/// Everything one request queue needs, behind that queue's own lock in
+/// [`BlkDevice`] (`spin::Mutex`): the ring and its requests, and what the
+/// per-queue path ([`super::BlkQueue`]) keeps of its own. Nothing in here
+/// is shared with another queue, so CPUs on different queues never wait
+/// for each other.
+pub(super) struct QueueState<H: Hal> {
+    pub(super) rq: RequestQueue<H>,
+    /// Buffers registered with this queue for the per-queue path.
+    pub(super) own_buffers: BufferTable<H>,
+    /// Per-queue requests that finished (collected by the device's own
+    /// API, or aborted by a reset) and wait for [`super::BlkQueue::poll`].
+    pub(super) own_finished: VecDeque<Completion>,
+    /// Used entries of the device API's requests that the per-queue path
+    /// met in the ring: it cannot reclaim their buffers (the device's
+    /// table is not behind this lock), so [`BlkDevice::poll`] finishes them.
+    pub(super) deferred: VecDeque<UsedEntry>,
+    /// The serial number of the per-queue path's next request.
+    pub(super) next_serial: u32,
+}
+
+impl<H: Hal> QueueState<H> {
+    pub(super) fn new(rq: RequestQueue<H>) -> Self {
+        let size = rq.slot_count();
+        Self {
+            rq,
+            own_buffers: BufferTable::new(),
+            own_finished: VecDeque::with_capacity(size),
+            deferred: VecDeque::with_capacity(size),
+            next_serial: 1,
+        }
+    }
+
+    /// The buffer table the loans of a request from `origin` name.
+    pub(super) fn table<'a>(
+        &'a mut self,
+        origin: Origin,
+        device: &'a mut BufferTable<H>,
+    ) -> (&'a mut RequestQueue<H>, &'a mut BufferTable<H>) {
+        match origin {
+            Origin::Device => (&mut self.rq, device),
+            Origin::Queue => (&mut self.rq, &mut self.own_buffers),
+        }
+    }
 }
 
 impl<H: Hal> RequestQueue<H> {
@@ -276,6 +343,7 @@ impl<H: Hal> RequestQueue<H> {
             stats: BlkQueueStats::default(),
             fault: None,
             owner,
+            segments: Vec::with_capacity(max_shares + 3),
         })
     }
 
@@ -310,6 +378,14 @@ impl<H: Hal> RequestQueue<H> {
         self.slots[slot].shares = 0;
     }
 
+    /// The queue's counters, the ring's included.
+    pub(super) fn queue_stats(&self) -> BlkQueueStats {
+        BlkQueueStats {
+            ring: self.ring.counters(),
+            ..self.stats
+        }
+    }
+
     /// Pool slots: one per descriptor of the ring.
     pub(super) fn slot_count(&self) -> usize {
         self.slots.len()
@@ -317,7 +393,7 @@ impl<H: Hal> RequestQueue<H> {
 
     /// Ends the shares of `slot` and marks it free (its request is over or
     /// never reached the ring).
-    fn release(&mut self, slot: usize, buffers: &mut BufferTable<H>) {
+    pub(super) fn release(&mut self, slot: usize, buffers: &mut BufferTable<H>) {
         self.unshare_all(slot, buffers);
         self.slots[slot] = Slot::FREE;
     }
@@ -325,7 +401,7 @@ impl<H: Hal> RequestQueue<H> {
 
 impl<H: Hal> RequestQueue<H> {
     /// Counts a finished (or aborted) request in the queue's statistics.
-    fn count(&mut self, record: &Slot, result: &Result<(), RequestError>) {
+    pub(super) fn count(&mut self, record: &Slot, result: &Result<(), RequestError>) {
         let stats = &mut self.stats;
         stats.completions += 1;
         match (result, record.request) {
@@ -592,8 +668,8 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         }
         let in_flight = self
             .queues
-            .get(token.queue as usize)
-            .and_then(|q| q.slots.get(token.slot as usize))
+            .get_mut(token.queue as usize)
+            .and_then(|q| q.get_mut().rq.slots.get(token.slot as usize))
             .is_some_and(|s| s.in_flight && s.serial == token.serial);
         if !in_flight {
             return Err(BlkError::UnknownToken);
@@ -676,9 +752,24 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Validates one request of the non-blocking API and turns it into a job.
     #[inline(always)]
     pub(super) fn validate<'a>(&self, op: Op<'a>) -> Result<Job<'a>, BlkError> {
+        self.validate_with(op, &self.buffers)
+    }
+
+    /// [`BlkDevice::validate`] with the registered buffers of `table` (the
+    /// device's, or a queue's own for the per-queue path).
+    #[inline(always)]
+    pub(super) fn validate_with<'a>(
+        &self,
+        op: Op<'a>,
+        table: &BufferTable<H>,
+    ) -> Result<Job<'a>, BlkError> {
         match op {
-            Op::Read { sector, buffers } => self.data_job(RequestType::Read, sector, buffers),
-            Op::Write { sector, buffers } => self.data_job(RequestType::Write, sector, buffers),
+            Op::Read { sector, buffers } => {
+                self.data_job(RequestType::Read, sector, buffers, table)
+            }
+            Op::Write { sector, buffers } => {
+                self.data_job(RequestType::Write, sector, buffers, table)
+            }
             Op::Flush if !self.info.flush => Err(BlkError::NotNegotiated(RequestType::Flush)),
             Op::Flush => Ok(Job::Command {
                 request: RequestType::Flush,
@@ -707,6 +798,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         request: RequestType,
         sector: u64,
         buffers: &'a [BufferId],
+        table: &BufferTable<H>,
     ) -> Result<Job<'a>, BlkError> {
         if request.modifies_disk() && self.info.read_only {
             return Err(BlkError::ReadOnly);
@@ -715,10 +807,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         // multiple of 512 bytes; their total and their segments.
         let (mut bytes, mut segments) = (0usize, 0usize);
         for &id in buffers {
-            let len = self
-                .buffers
-                .held_len(id)
-                .ok_or(BlkError::BufferUnavailable(id))?;
+            let len = table.held_len(id).ok_or(BlkError::BufferUnavailable(id))?;
             if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
                 return Err(BlkError::BadBufferLength { len });
             }
@@ -799,83 +888,29 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         Err(BlkError::QueueFull)
     }
 
-    /// Builds the request in a pool slot of queue `q`, shares its buffers,
-    /// and adds its chain to the ring (not yet published).
+    /// Builds the request in a pool slot of queue `q`, lends or shares its
+    /// buffers, and adds its chain to the ring (not yet published).
+    #[inline(always)]
     fn submit_on(&mut self, q: usize, job: &Job<'_>) -> Result<BlkToken, BlkError> {
-        let max_segment_bytes = self.limits.max_segment_bytes;
-        let Self {
-            queues,
-            segments,
-            next_serial,
-            buffers,
-            ..
-        } = self;
-        let rq = &mut queues[q];
-        // The slot is the token `add` is about to return; a queue without a
-        // free token has no room either.
-        let Some(next) = rq.ring.next_token() else {
-            return Err(BlkError::QueueFull);
-        };
-        // Below the queue's size, which is the number of slots.
-        let slot = next.index();
-        let (request, sector) = (job.request(), job.sector());
-        rq.pool.prepare(slot, request, job.header_sector());
-        let data_bytes = match rq.describe(slot, job, segments, max_segment_bytes, buffers) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                rq.release(slot, buffers);
-                return Err(e);
-            }
-        };
-        let token = match rq.ring.add(segments) {
-            Ok(token) => token,
-            Err(error) => {
-                rq.release(slot, buffers);
-                return Err(rq.refused(error));
-            }
-        };
-        // `next_token` promised this token; the slot's header already says
-        // what the request is.
-        debug_assert_eq!(
-            token.index(),
-            slot,
-            "the queue broke its next_token promise"
-        );
-        let serial = *next_serial;
-        *next_serial = next_serial.wrapping_add(1);
-        let shares = rq.slots[slot].shares;
-        rq.slots[slot] = Slot {
-            in_flight: true,
+        let serial = self.next_serial;
+        let rq = &mut self.queues[q].get_mut().rq;
+        let token = rq.submit(
+            &mut self.buffers,
+            Origin::Device,
             serial,
-            request,
-            sector,
-            data_bytes,
-            shares,
-        };
-        rq.stats.requests += 1;
-        let blk_token = BlkToken {
-            queue: rq.index,
-            slot: slot as u16,
-            serial,
-        };
-        if log_enabled!(Level::Trace) {
-            trace!(
-                "blk {blk_token}: {request} sector {sector}{}: chain head {}, {} segment(s): {}",
-                SectorsNote(job),
-                token,
-                segments.len(),
-                SegmentsNote(segments),
-            );
-        }
-        Ok(blk_token)
+            job,
+            self.limits.max_segment_bytes,
+        )?;
+        self.next_serial = serial.wrapping_add(1);
+        Ok(token)
     }
 
     /// Publishes every queue and notifies those that need it.
     #[inline(always)]
     pub(super) fn publish_all(&mut self) -> usize {
         let mut sent = 0;
-        for rq in self.queues.iter_mut() {
-            if device::kick(&mut self.transport, &mut rq.ring) {
+        for state in self.queues.iter_mut() {
+            if device::kick(&self.transport, &mut state.get_mut().rq.ring) {
                 sent += 1;
             }
         }
@@ -891,109 +926,37 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         Ok(())
     }
 
-    /// Takes used entries of queue `q` until one finishes a request, and
-    /// returns its completion; `Ok(None)` once the used ring is empty.
+    /// Takes used entries of queue `q` (first those the per-queue path set
+    /// aside for this API) until one finishes a request of this API, and
+    /// returns its completion; `Ok(None)` once there are none. Requests of
+    /// the per-queue path met on the way are finished into the queue's own
+    /// list.
     #[inline(always)]
     fn next_completion(&mut self, q: usize) -> Result<Option<Completion>, BlkError> {
+        let legacy = self.transport.kind().is_legacy();
+        let state = self.queues[q].get_mut();
         loop {
-            let (token, used) = match self.queues[q].ring.pop_used() {
-                Ok(None) => return Ok(None),
-                Ok(Some(used)) => (used.token, Ok(used.len)),
-                // §5.2.6, "Legacy Interface: Device Operation": some
-                // legacy devices report the total descriptor length, header
-                // included, and "transitional drivers SHOULD ignore the len
-                // value in used ring entries".
-                // Nothing is read by the length (data is in the caller's
-                // buffer, the status at its place in the slot), so the
-                // bound stays the writable bytes the driver shared.
-                Err(QueueError::UsedLengthTooLong { token, len, max })
-                    if self.transport.kind().is_legacy() =>
-                {
-                    trace!("blk q{q}: legacy device reported used length {len} > {max} writable bytes; ignored (§5.2.6 legacy interface)");
-                    self.queues[q].stats.inexact_used_lengths += 1;
-                    (token, Ok(max))
-                }
-                // A modern device broke §2.7.8 ("MUST write at least len
-                // bytes"): the request is over (its descriptors are free
-                // again), but nothing the device left can be trusted.
-                Err(QueueError::UsedLengthTooLong { token, len, max }) => (
-                    token,
-                    Err(RequestError::BadLength {
-                        written: len,
-                        expected: max,
-                    }),
-                ),
-                Err(error) => return Err(self.queues[q].fault(error)),
+            let (token, used) = match state.deferred.pop_front() {
+                Some(entry) => entry,
+                None => match state.rq.pop_used(legacy)? {
+                    Some(entry) => entry,
+                    None => return Ok(None),
+                },
             };
-            let done = self.finish(q, token, used);
-            if done.is_some() {
-                return Ok(done);
+            let origin = state.rq.origin_of(token);
+            let (rq, table) = state.table(origin, &mut self.buffers);
+            let Some((done, serial)) = rq.finish(table, token, used) else {
+                continue;
+            };
+            if origin == Origin::Queue {
+                state.own_finished.push_back(done);
+                continue;
             }
-        }
-    }
-
-    /// Finishes the request of `token` (its pool slot) on queue `q`: ends
-    /// its shares, reads its status, frees its slot, and returns its
-    /// completion.
-    #[inline(always)]
-    fn finish(
-        &mut self,
-        q: usize,
-        token: Token,
-        used: Result<u32, RequestError>,
-    ) -> Option<Completion> {
-        let rq = &mut self.queues[q];
-        let buffers = &mut self.buffers;
-        let slot = token.index();
-        let Some(&record) = rq.slots.get(slot).filter(|s| s.in_flight) else {
-            // The queue only returns tokens it has in flight, and every one
-            // of those has a request; this cannot happen unless the two disagree.
-            warn!("blk q{q}: completion for token {token} with no request; ignored");
-            return None;
-        };
-        // The device is done with the buffers: end the shares first, so the
-        // data is in the caller's memory before anyone hears of it.
-        rq.unshare_all(slot, buffers);
-        let status = rq.pool.status(slot).unwrap_or(status::NOT_WRITTEN);
-        let result = used.and_then(|len| {
-            if request::used_length_is_inexact(record.request, record.data_bytes, len) {
-                rq.stats.inexact_used_lengths += 1;
+            if serial.is_some() {
+                self.last_serial = serial;
             }
-            request::check_status(status)
-        });
-        if record.request == RequestType::GetId && result.is_ok() {
-            let mut raw = [0u8; ID_BYTES];
-            rq.pool.read_payload(slot, &mut raw);
-            let serial = Serial::from_id_bytes(&raw);
-            trace!("blk q{q}: GET_ID answered serial \"{serial}\"");
-            self.last_serial = Some(serial);
+            return Ok(Some(done));
         }
-        rq.count(&record, &result);
-        // The shares ended above (the count is 0 again); the rest of the
-        // record is rewritten by the next request in this slot.
-        rq.slots[slot].in_flight = false;
-        let token = BlkToken {
-            queue: q as u16,
-            slot: slot as u16,
-            serial: record.serial,
-        };
-        if log_enabled!(Level::Trace) {
-            trace!(
-                "blk {token}: {} sector {} complete: status {:#04x} ({}), used length {}: {}",
-                record.request,
-                record.sector,
-                status,
-                status::name(status),
-                UsedNote(&used),
-                ResultNote(&result),
-            );
-        }
-        Some(Completion {
-            token,
-            request: record.request,
-            sector: record.sector,
-            result,
-        })
     }
 
     fn take_finished(&mut self, wanted: impl Fn(&Completion) -> bool) -> Option<Completion> {
@@ -1003,8 +966,10 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
 
     /// Resets the device so it stops touching memory, and fails every
     /// request in flight with [`RequestError::Aborted`] (their buffers are
-    /// unshared; their completions wait for `poll`). With `mark_failed`,
-    /// sets FAILED and refuses requests until [`BlkDevice::recover`].
+    /// unshared; their completions wait for `poll`, or for the per-queue
+    /// path's [`super::BlkQueue::poll`] if it submitted them). With
+    /// `mark_failed`, sets FAILED and refuses requests until
+    /// [`BlkDevice::recover`]. Needs `&mut self`: every queue at once.
     ///
     /// If the device does not acknowledge the reset (§2.1.2), it may still
     /// write the rings, the pool and every buffer it holds: those are kept
@@ -1025,19 +990,23 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         } else if mark_failed {
             self.transport.set_status(DeviceStatus::FAILED);
         }
-        for rq in self.queues.iter_mut() {
+        for state in self.queues.iter_mut() {
+            let state = state.get_mut();
+            // Used entries nobody finished: their requests are aborted below.
+            state.deferred.clear();
             if stopped {
-                rq.ring.reset(|_| {});
+                state.rq.ring.reset(|_| {});
             }
-            for slot in 0..rq.slots.len() {
-                let record = rq.slots[slot];
+            for slot in 0..state.rq.slots.len() {
+                let record = state.rq.slots[slot];
                 if !record.in_flight {
                     continue;
                 }
                 let result = Err(RequestError::Aborted);
+                let (rq, table) = state.table(record.origin, &mut self.buffers);
                 rq.count(&record, &result);
                 if stopped {
-                    rq.release(slot, &mut self.buffers);
+                    rq.release(slot, table);
                 } else {
                     // The device may still write these buffers: no unshare
                     // (a bounce copy would land in freed memory), no hand-back.
@@ -1049,154 +1018,221 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                     serial: record.serial,
                 };
                 trace!("blk {token}: {} aborted by the reset", record.request);
-                self.finished.push_back(Completion {
+                let done = Completion {
                     token,
                     request: record.request,
                     sector: record.sector,
                     result,
-                });
+                };
+                match record.origin {
+                    Origin::Device => self.finished.push_back(done),
+                    Origin::Queue => state.own_finished.push_back(done),
+                }
             }
         }
         self.failed = mark_failed || !stopped;
     }
 
     /// `true` if queue `queue` is broken (a fatal ring fault: only a reset helps).
-    pub(super) fn queue_is_broken(&self, queue: u16) -> bool {
+    pub(super) fn queue_is_broken(&mut self, queue: u16) -> bool {
         self.queues
-            .get(usize::from(queue))
-            .is_some_and(|q| q.ring.is_broken())
+            .get_mut(usize::from(queue))
+            .is_some_and(|q| q.get_mut().rq.ring.is_broken())
     }
 }
 
-/// The data of one request: `bytes` bytes of `buffers` from `start`.
-struct DataPart<'a> {
-    buffers: &'a [NonNull<[u8]>],
-    start: Cursor,
-    bytes: usize,
-    direction: Direction,
-    /// Where segments are cut (`size_max`).
-    max_segment_bytes: usize,
-}
+impl<H: Hal> RequestQueue<H> {
+    /// Builds the request in the pool slot the ring's next token names,
+    /// lends or shares its buffers (registered ones from `table`), and adds
+    /// its chain to the ring (not yet published). Everything it touches is
+    /// this queue's, or `table`.
+    #[inline(always)]
+    pub(super) fn submit(
+        &mut self,
+        table: &mut BufferTable<H>,
+        origin: Origin,
+        serial: u32,
+        job: &Job<'_>,
+        max_segment_bytes: usize,
+    ) -> Result<BlkToken, BlkError> {
+        let mut segments = core::mem::take(&mut self.segments);
+        let result = self.add(&mut segments, table, origin, serial, job, max_segment_bytes);
+        self.segments = segments;
+        result
+    }
 
-/// Shares the data `part` and appends its segments, cut at
-/// `max_segment_bytes`. On error, what was shared is recorded in the slot,
-/// so releasing the slot unshares it.
-fn share_data<H: Hal>(
-    rq: &mut RequestQueue<H>,
-    slot: usize,
-    segments: &mut Vec<Segment>,
-    part: DataPart<'_>,
-) -> Result<(), BlkError> {
-    let DataPart {
-        buffers,
-        start,
-        bytes,
-        direction,
-        max_segment_bytes,
-    } = part;
-    let writable = direction == Direction::FromDevice;
-    let mut cursor = start;
-    let mut left = bytes;
-    while left > 0 {
-        let Some(buffer) = buffers.get(cursor.buffer) else {
-            return Err(BlkError::EmptyRequest);
+    #[inline(always)]
+    fn add(
+        &mut self,
+        segments: &mut Vec<Segment>,
+        table: &mut BufferTable<H>,
+        origin: Origin,
+        serial: u32,
+        job: &Job<'_>,
+        max_segment_bytes: usize,
+    ) -> Result<BlkToken, BlkError> {
+        // The slot is the token `add` is about to return; a queue without a
+        // free token has no room either.
+        let Some(next) = self.ring.next_token() else {
+            return Err(BlkError::QueueFull);
         };
-        let available = buffer.len() - cursor.offset.min(buffer.len());
-        if available == 0 {
-            cursor = Cursor {
-                buffer: cursor.buffer + 1,
-                offset: 0,
-            };
-            continue;
+        // Below the queue's size, which is the number of slots.
+        let slot = next.index();
+        let (request, sector) = (job.request(), job.sector());
+        self.pool.prepare(slot, request, job.header_sector());
+        let data_bytes = match self.describe(slot, job, segments, max_segment_bytes, table) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.release(slot, table);
+                return Err(e);
+            }
+        };
+        let token = match self.ring.add(segments) {
+            Ok(token) => token,
+            Err(error) => {
+                self.release(slot, table);
+                return Err(self.refused(error));
+            }
+        };
+        // `next_token` promised this token; the slot's header already says
+        // what the request is.
+        debug_assert_eq!(
+            token.index(),
+            slot,
+            "the queue broke its next_token promise"
+        );
+        let shares = self.slots[slot].shares;
+        self.slots[slot] = Slot {
+            in_flight: true,
+            origin,
+            serial,
+            request,
+            sector,
+            data_bytes,
+            shares,
+        };
+        self.stats.requests += 1;
+        let blk_token = BlkToken {
+            queue: self.index,
+            slot: slot as u16,
+            serial,
+        };
+        if log_enabled!(Level::Trace) {
+            trace!(
+                "blk {blk_token}: {request} sector {sector}{}: chain head {}, {} segment(s): {}",
+                SectorsNote(job),
+                token,
+                segments.len(),
+                SegmentsNote(segments),
+            );
         }
-        let part_len = available.min(left);
-        let shares = rq.slots[slot].shares as usize;
-        if !H::unshare_is_noop() && shares >= rq.max_shares {
-            return Err(BlkError::TooManySegments {
-                needed: count_u32(shares + 1),
-                max: count_u32(rq.max_shares),
-            });
-        }
-        // SAFETY: `cursor.offset < buffer.len()` (available > 0), so the
-        // pointer stays inside the caller's buffer.
-        let part_start = unsafe { buffer.cast::<u8>().add(cursor.offset) };
-        let part = NonNull::slice_from_raw_parts(part_start, part_len);
-        // SAFETY: the caller of `submit` (or the blocking helper, which holds
-        // the borrow until every request is done or the device is reset)
-        // guarantees the buffer stays valid and untouched until the request
-        // completes; the slot records the share so it is ended exactly once.
-        let addr = unsafe { H::share(rq.owner, part, direction) }.map_err(BlkError::Share)?;
-        // A share is recorded only so that its `unshare` can be called; a
-        // zero-copy Hal needs none (`Hal::unshare_is_noop`). Measured: the
-        // records cost a 4 KiB request about 70 instructions (module docs).
-        if !H::unshare_is_noop() {
-            rq.shares[slot * rq.max_shares + shares] = Loan::Shared {
-                addr,
-                buffer: part,
-                direction,
-            };
-            rq.slots[slot].shares += 1;
-        }
-        push_segments(segments, addr, part_len, writable, max_segment_bytes);
-        left -= part_len;
-        cursor.offset += part_len;
+        Ok(blk_token)
     }
-    Ok(())
-}
 
-/// Lends the registered buffers `ids` to the device for the request in
-/// `slot` and appends their segments, cut at `max_segment_bytes`. Each loan
-/// is recorded in the slot first, so releasing the slot on error reclaims
-/// what was lent.
-#[inline(always)]
-fn lend_data<H: Hal>(
-    rq: &mut RequestQueue<H>,
-    slot: usize,
-    segments: &mut Vec<Segment>,
-    ids: &[BufferId],
-    registered: &mut BufferTable<H>,
-    direction: Direction,
-    max_segment_bytes: usize,
-) -> Result<(), BlkError> {
-    let writable = direction == Direction::FromDevice;
-    // Validation allowed at most `max_segments` (= `max_shares`) segments,
-    // so there is a record for each buffer; checked anyway.
-    if ids.len() > rq.max_shares {
-        return Err(BlkError::TooManySegments {
-            needed: count_u32(ids.len()),
-            max: count_u32(rq.max_shares),
-        });
+    /// Which path submitted the request of `token` (the device's, for a
+    /// token with no request: `finish` ignores it).
+    #[inline(always)]
+    pub(super) fn origin_of(&self, token: Token) -> Origin {
+        self.slots
+            .get(token.index())
+            .map_or(Origin::Device, |s| s.origin)
     }
-    let first = slot * rq.max_shares;
-    for (at, &id) in (first..).zip(ids) {
-        // Validation saw it held; the same id twice in one request is
-        // caught here (already lent).
-        let (addr, len) = registered.lend(id).ok_or(BlkError::BufferUnavailable(id))?;
-        rq.shares[at] = Loan::Lent(id);
-        rq.slots[slot].shares += 1;
-        push_segments(segments, addr, len, writable, max_segment_bytes);
-    }
-    Ok(())
-}
 
-/// Appends `len` bytes at device address `addr` as segments of at most
-/// `max_segment_bytes` (`size_max`, §5.2.4).
-fn push_segments(
-    segments: &mut Vec<Segment>,
-    addr: DeviceAddr,
-    len: usize,
-    writable: bool,
-    max_segment_bytes: usize,
-) {
-    let mut offset = 0usize;
-    while offset < len {
-        let piece = (len - offset).min(max_segment_bytes);
-        let at = addr + offset as u64;
-        segments.push(if writable {
-            Segment::writable(at, piece as u32)
-        } else {
-            Segment::readable(at, piece as u32)
+    /// Takes the next used entry off the ring; `Ok(None)` if it is empty.
+    #[inline(always)]
+    pub(super) fn pop_used(&mut self, legacy: bool) -> Result<Option<UsedEntry>, BlkError> {
+        let q = self.index;
+        Ok(Some(match self.ring.pop_used() {
+            Ok(None) => return Ok(None),
+            Ok(Some(used)) => (used.token, Ok(used.len)),
+            // §5.2.6, "Legacy Interface: Device Operation": some
+            // legacy devices report the total descriptor length, header
+            // included, and "transitional drivers SHOULD ignore the len
+            // value in used ring entries".
+            // Nothing is read by the length (data is in the caller's
+            // buffer, the status at its place in the slot), so the
+            // bound stays the writable bytes the driver shared.
+            Err(QueueError::UsedLengthTooLong { token, len, max }) if legacy => {
+                trace!("blk q{q}: legacy device reported used length {len} > {max} writable bytes; ignored (§5.2.6 legacy interface)");
+                self.stats.inexact_used_lengths += 1;
+                (token, Ok(max))
+            }
+            // A modern device broke §2.7.8 ("MUST write at least len
+            // bytes"): the request is over (its descriptors are free
+            // again), but nothing the device left can be trusted.
+            Err(QueueError::UsedLengthTooLong { token, len, max }) => (
+                token,
+                Err(RequestError::BadLength {
+                    written: len,
+                    expected: max,
+                }),
+            ),
+            Err(error) => return Err(self.fault(error)),
+        }))
+    }
+
+    /// Finishes the request of `token` (its pool slot): ends its shares
+    /// (registered buffers go back to `table`), reads its status, frees its
+    /// slot, and returns its completion, with the serial a GET_ID brought.
+    #[inline(always)]
+    pub(super) fn finish(
+        &mut self,
+        table: &mut BufferTable<H>,
+        token: Token,
+        used: Result<u32, RequestError>,
+    ) -> Option<(Completion, Option<Serial>)> {
+        let q = self.index;
+        let slot = token.index();
+        let Some(&record) = self.slots.get(slot).filter(|s| s.in_flight) else {
+            // The queue only returns tokens it has in flight, and every one
+            // of those has a request; this cannot happen unless the two disagree.
+            warn!("blk q{q}: completion for token {token} with no request; ignored");
+            return None;
+        };
+        // The device is done with the buffers: end the shares first, so the
+        // data is in the caller's memory before anyone hears of it.
+        self.unshare_all(slot, table);
+        let status = self.pool.status(slot).unwrap_or(status::NOT_WRITTEN);
+        let result = used.and_then(|len| {
+            if request::used_length_is_inexact(record.request, record.data_bytes, len) {
+                self.stats.inexact_used_lengths += 1;
+            }
+            request::check_status(status)
         });
-        offset += piece;
+        let mut serial = None;
+        if record.request == RequestType::GetId && result.is_ok() {
+            let mut raw = [0u8; ID_BYTES];
+            self.pool.read_payload(slot, &mut raw);
+            let answer = Serial::from_id_bytes(&raw);
+            trace!("blk q{q}: GET_ID answered serial \"{answer}\"");
+            serial = Some(answer);
+        }
+        self.count(&record, &result);
+        // The shares ended above (the count is 0 again); the rest of the
+        // record is rewritten by the next request in this slot.
+        self.slots[slot].in_flight = false;
+        let token = BlkToken {
+            queue: q,
+            slot: slot as u16,
+            serial: record.serial,
+        };
+        if log_enabled!(Level::Trace) {
+            trace!(
+                "blk {token}: {} sector {} complete: status {:#04x} ({}), used length {}: {}",
+                record.request,
+                record.sector,
+                status,
+                status::name(status),
+                UsedNote(&used),
+                ResultNote(&result),
+            );
+        }
+        let done = Completion {
+            token,
+            request: record.request,
+            sector: record.sector,
+            result,
+        };
+        Some((done, serial))
     }
 }

@@ -137,7 +137,9 @@ mod buffers;
 pub mod config;
 mod core;
 pub mod error;
+mod loans;
 mod notes;
+mod per_queue;
 pub mod plan;
 pub mod request;
 
@@ -157,13 +159,14 @@ use alloc::vec::Vec;
 use hal::{DeviceVisible, Hal};
 use log::{debug, info, trace};
 
-use self::core::RequestQueue;
+use self::core::{QueueState, RequestQueue};
 use crate::device::{self, DeviceError, QueueSpec};
 use crate::features;
 use crate::init;
-use crate::queue::{MemoryOrder, QueueCounters, QueueError, Segment, Virtqueue};
+use crate::queue::{MemoryOrder, QueueCounters, QueueError, Virtqueue};
 use crate::transport::{DeviceType, InterruptStatus, Transport};
 use buffers::BufferTable;
+pub use per_queue::BlkQueue;
 use plan::SplitLimits;
 use request::HEADER_BYTES;
 
@@ -309,12 +312,14 @@ pub struct BlkDevice<H: Hal, T: Transport> {
     options: BlkOptions,
     features: u64,
     info: BlkInfo,
-    /// The rings and request pools: kept for ever, not freed, if the device
-    /// never acknowledges a reset (`device::reset_or_keep`).
-    queues: DeviceVisible<Vec<RequestQueue<H>>>,
+    /// The rings and request pools, each queue behind its own lock (the
+    /// lock protects that queue's ring, pool slots, counters and the
+    /// per-queue path's buffers and completions; nothing else): kept for
+    /// ever, not freed, if the device never acknowledges a reset
+    /// (`device::reset_or_keep`). `&mut self` methods reach them without
+    /// locking (`spin::Mutex::get_mut`); [`BlkDevice::lock_queue`] locks one.
+    queues: DeviceVisible<Vec<spin::Mutex<QueueState<H>>>>,
     limits: SplitLimits,
-    /// Scratch list of one request's segments (capacity: header, data, status).
-    segments: Vec<Segment>,
     /// Completions collected from the rings, not yet handed out.
     finished: VecDeque<Completion>,
     next_queue: usize,
@@ -343,6 +348,16 @@ pub struct BlkDevice<H: Hal, T: Transport> {
 // queues and pools own their DMA memory exclusively. Moving the driver to
 // another CPU moves all of that with it.
 unsafe impl<H: Hal, T: Transport + Send> Send for BlkDevice<H, T> {}
+
+// SAFETY: through `&self` the driver changes nothing but the queue state
+// behind each queue's own `spin::Mutex` (`lock_queue`, and the read-only
+// looks that lock a queue for a moment), and calls `Transport::notify`
+// (`&self`, one register write; `T: Sync`). Everything else `&self` reaches
+// (features, configuration, limits, the device's buffer table, the failed
+// and dead flags) only changes through `&mut self`. The raw pointers in a
+// queue's share records are covered by the `Send` argument above: they
+// move with the queue state, which one CPU at a time holds.
+unsafe impl<H: Hal, T: Transport + Sync> Sync for BlkDevice<H, T> {}
 
 impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Brings up the block device behind `transport` (§3.1.1) with the
@@ -380,8 +395,12 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
             options,
             features: negotiated,
             info,
-            segments: Vec::with_capacity(limits.max_segments + 3),
-            queues: DeviceVisible::new(queues),
+            queues: DeviceVisible::new(
+                queues
+                    .into_iter()
+                    .map(|q| spin::Mutex::new(QueueState::new(q)))
+                    .collect(),
+            ),
             limits,
             finished: VecDeque::with_capacity(total_slots),
             next_queue: 0,
@@ -455,7 +474,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
 
     /// Descriptors in queue `queue`.
     pub fn queue_size(&self, queue: u16) -> Option<u16> {
-        self.queues.get(queue as usize).map(|q| q.ring.size())
+        self.queues
+            .get(queue as usize)
+            .map(|q| q.lock().rq.ring.size())
     }
 
     /// The barriers queue `queue` uses: the platform's when
@@ -463,7 +484,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     pub fn queue_memory_order(&self, queue: u16) -> Option<MemoryOrder> {
         self.queues
             .get(queue as usize)
-            .map(|q| q.ring.memory_order())
+            .map(|q| q.lock().rq.ring.memory_order())
     }
 
     /// Most data segments in one request (the smallest of `seg_max`,
@@ -477,34 +498,36 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         self.limits.max_segment_bytes
     }
 
-    /// Requests in flight on all queues.
+    /// Requests in flight on all queues (locks each queue in turn: not
+    /// while holding a [`BlkQueue`] of this device).
     pub fn in_flight(&self) -> usize {
         self.queues
             .iter()
-            .map(|q| q.ring.in_flight() as usize)
+            .map(|q| q.lock().rq.ring.in_flight() as usize)
             .sum()
     }
 
     /// Hands each request queue's ring, with its name (`requestq`, or
     /// `requestq1`, `requestq2`, ... with VIRTIO_BLK_F_MQ), to `visit`: a
-    /// read-only look for the live queue view ([`crate::view`]).
+    /// read-only look for the live queue view ([`crate::view`]). Locks
+    /// each queue while `visit` looks at it.
     pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
         let several = self.queues.len() > 1;
         for (i, q) in self.queues.iter().enumerate() {
+            let state = q.lock();
             if several {
-                visit(&format_args!("requestq{}", i + 1), &q.ring);
+                visit(&format_args!("requestq{}", i + 1), &state.rq.ring);
             } else {
-                visit(&"requestq", &q.ring);
+                visit(&"requestq", &state.rq.ring);
             }
         }
     }
 
     /// Counters of queue `queue`.
     pub fn queue_stats(&self, queue: u16) -> Option<BlkQueueStats> {
-        self.queues.get(queue as usize).map(|q| BlkQueueStats {
-            ring: q.ring.counters(),
-            ..q.stats
-        })
+        self.queues
+            .get(queue as usize)
+            .map(|q| q.lock().rq.queue_stats())
     }
 
     /// Counters of all queues added up.
@@ -543,7 +566,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// What the ring of queue `queue` last found wrong with the device
     /// (the detail behind [`BlkError::Ring`]); `None` if nothing yet.
     pub fn ring_fault(&self, queue: u16) -> Option<QueueError> {
-        self.queues.get(usize::from(queue)).and_then(|q| q.fault)
+        self.queues
+            .get(usize::from(queue))
+            .and_then(|q| q.lock().rq.fault)
     }
 
     /// The transport (for the interrupt code: MSI-X vectors, location).
@@ -616,7 +641,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     pub fn enable_interrupts(&mut self) -> bool {
         let mut pending = false;
         for q in self.queues.iter_mut() {
-            pending |= q.ring.enable_interrupts();
+            pending |= q.get_mut().rq.ring.enable_interrupts();
         }
         pending
     }
@@ -624,7 +649,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     /// Asks every queue not to interrupt (polling mode).
     pub fn disable_interrupts(&mut self) {
         for q in self.queues.iter_mut() {
-            q.ring.disable_interrupts();
+            q.get_mut().rq.ring.disable_interrupts();
         }
     }
 
@@ -690,7 +715,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         let before = self.features;
         let driver_features = self.options.features & SUPPORTED_FEATURES;
         let ring_features = self.options.ring_features;
-        let queues = &self.queues;
+        let queues = &mut self.queues;
         let (info, now) = device::bring_up(
             &mut self.transport,
             driver_features,
@@ -703,8 +728,9 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
                     });
                 }
                 let info = BlkInfo::read(t, negotiated)?;
-                for q in queues.iter() {
-                    t.setup_queue(q.index, &q.ring.addresses())?;
+                for q in queues.iter_mut() {
+                    let rq = &q.get_mut().rq;
+                    t.setup_queue(rq.index, &rq.ring.addresses())?;
                 }
                 Ok(info)
             },

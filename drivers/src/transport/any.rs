@@ -108,7 +108,7 @@ impl<H: Hal> TransportWrapper for AnyTransport<H> {
     /// The per-request call, kept direct: through [`Self::as_dyn_mut`] it
     /// would be an indirect jump through the vtable after the `match`.
     #[inline]
-    fn forward_notify(&mut self, queue: u16) {
+    fn forward_notify(&self, queue: u16) {
         match self {
             AnyTransport::PciModern(t) => t.notify(queue),
             AnyTransport::PciLegacy(t) => t.notify(queue),

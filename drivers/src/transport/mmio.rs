@@ -341,7 +341,7 @@ impl<H: Hal> Transport for MmioTransport<H> {
     }
 
     #[inline]
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         self.write(regs::QUEUE_NOTIFY, u32::from(queue));
     }
 

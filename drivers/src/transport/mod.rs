@@ -618,7 +618,12 @@ pub trait Transport {
     /// Tells the device that queue `queue` has new buffers. One register write
     /// at an address computed in `setup_queue`; a queue that was never set up
     /// is ignored (with a warning).
-    fn notify(&mut self, queue: u16);
+    ///
+    /// Takes `&self`: a notification is one volatile write and changes
+    /// nothing the transport keeps, so drivers that run a queue per CPU
+    /// (`blk`'s per-queue path) notify their own queue without taking a
+    /// lock that covers the whole transport.
+    fn notify(&self, queue: u16);
 
     /// The configuration generation counter (always 0 where there is none).
     fn config_generation(&mut self) -> u32;

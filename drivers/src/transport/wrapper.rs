@@ -66,8 +66,8 @@ pub trait TransportWrapper {
     /// overrides it to call the concrete `notify` directly, not through the
     /// vtable ([`super::AnyTransport`] does).
     #[inline]
-    fn forward_notify(&mut self, queue: u16) {
-        self.inner_mut().notify(queue)
+    fn forward_notify(&self, queue: u16) {
+        self.inner().notify(queue)
     }
 }
 
@@ -117,7 +117,7 @@ impl<W: TransportWrapper> Transport for W {
         self.inner_mut().setup_queue(queue, addrs)
     }
     #[inline]
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         self.forward_notify(queue)
     }
     fn config_generation(&mut self) -> u32 {

@@ -259,7 +259,7 @@ impl<H: Hal> Transport for LegacyPciTransport<H> {
     }
 
     #[inline]
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         self.io.write16(regs::QUEUE_NOTIFY, queue);
     }
 

@@ -317,7 +317,7 @@ impl<H: Hal> Transport for ModernPciTransport<H> {
     }
 
     #[inline]
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         match self.queue_notify.get(usize::from(queue)) {
             Some(Some(target)) => {
                 target.write16(0, queue);

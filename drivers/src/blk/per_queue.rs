@@ -1,0 +1,164 @@
+//! # One request queue, driven on its own (virtio 1.2 §5.2.2, §5.2.6)
+//!
+//! A multiqueue device (VIRTIO_BLK_F_MQ, §5.2.3) gives every CPU a request
+//! queue of its own; for that to pay, a CPU submitting on its queue must not
+//! wait for a CPU on another one. [`BlkDevice::lock_queue`] takes `&self`
+//! and locks one queue (a `spin::Mutex` per queue inside the driver) and
+//! nothing else; the [`BlkQueue`] it returns submits, publishes, notifies
+//! and collects completions of that queue:
+//!
+//! | what the path needs | where it is | shared with other queues? |
+//! | --- | --- | --- |
+//! | the ring, the request pool, slots, counters | the queue's state, behind its lock | no |
+//! | registered data buffers | the queue's own buffer table ([`BlkQueue::register_buffer`]) | no |
+//! | finished requests, serial numbers | the queue's own list and counter | no |
+//! | capacity, read-only, limits, features | [`BlkDevice`] fields, read through `&self` | read only |
+//! | the notification | [`Transport::notify`] through `&self` (one register write) | no lock |
+//!
+//! What changes the device as a whole (reset, recovery, a configuration
+//! change, the blocking helpers, which reset the device when they give up)
+//! takes `&mut BlkDevice`: every queue at once, which the borrow checker
+//! enforces and a caller sharing the device between CPUs provides by
+//! holding all of its per-queue locks (the kernel's `block::DiskLock`).
+//!
+//! Both APIs may use the same queue (not at the same moment: `&mut` and
+//! `&` exclude each other). Each request remembers which path submitted it
+//! (`core::Origin`): a per-queue request the device API meets in the ring
+//! is finished into the queue's own list, and a device-API request the
+//! per-queue path meets is left, unfinished, for [`BlkDevice::poll`] (its
+//! buffers are in the device's table, which this path does not write).
+//! A reset aborts the requests of both, each into its own list.
+
+use hal::{DmaBuffer, Hal};
+
+use super::buffers::BufferId;
+use super::core::{Op, Origin, QueueState};
+use super::{BlkDevice, BlkError, BlkQueueStats, BlkToken, Completion};
+use crate::device;
+use crate::queue::Ring;
+use crate::transport::Transport;
+
+/// One request queue of a [`BlkDevice`], locked for the caller: see the
+/// module documentation. Dropping it unlocks the queue.
+pub struct BlkQueue<'d, H: Hal, T: Transport> {
+    device: &'d BlkDevice<H, T>,
+    state: spin::MutexGuard<'d, QueueState<H>>,
+}
+
+impl<H: Hal, T: Transport> BlkDevice<H, T> {
+    /// Locks request queue `queue` (spinning while another CPU holds it) and
+    /// returns it, for the per-queue path. Takes only that queue's lock.
+    pub fn lock_queue(&self, queue: u16) -> Result<BlkQueue<'_, H, T>, BlkError> {
+        let lock = self
+            .queues
+            .get(usize::from(queue))
+            .ok_or(BlkError::NoSuchQueue(queue))?;
+        Ok(BlkQueue {
+            device: self,
+            state: lock.lock(),
+        })
+    }
+}
+
+impl<H: Hal, T: Transport> BlkQueue<'_, H, T> {
+    /// The queue's index (0 is `requestq1` with MQ).
+    pub fn index(&self) -> u16 {
+        self.state.rq.index
+    }
+
+    /// Registers a data buffer with this queue (for this queue's
+    /// [`BlkQueue::submit`] only). Gives it back if the table is full.
+    pub fn register_buffer(&mut self, buffer: DmaBuffer<H>) -> Result<BufferId, DmaBuffer<H>> {
+        self.state.own_buffers.register(buffer)
+    }
+
+    /// Takes registered buffer `id` back; `None` if unknown or in a request.
+    pub fn unregister_buffer(&mut self, id: BufferId) -> Option<DmaBuffer<H>> {
+        self.state.own_buffers.unregister(id)
+    }
+
+    /// The bytes of this queue's buffer `id`; `None` if unknown or lent.
+    pub fn buffer(&self, id: BufferId) -> Option<&[u8]> {
+        self.state.own_buffers.held(id).map(DmaBuffer::as_bytes)
+    }
+
+    /// The bytes of this queue's buffer `id`, for writing; `None` if
+    /// unknown or lent.
+    pub fn buffer_mut(&mut self, id: BufferId) -> Option<&mut [u8]> {
+        self.state
+            .own_buffers
+            .held_mut(id)
+            .map(DmaBuffer::as_bytes_mut)
+    }
+
+    /// Validates `op` (the rules of [`BlkDevice::submit`]; its buffers are
+    /// this queue's) and adds it to this queue's ring, not yet published:
+    /// [`BlkQueue::publish`] makes everything added visible at once.
+    #[inline(always)]
+    pub fn submit(&mut self, op: Op<'_>) -> Result<BlkToken, BlkError> {
+        let device = self.device;
+        device.check_live()?;
+        let state = &mut *self.state;
+        let job = device.validate_with(op, &state.own_buffers)?;
+        let serial = state.next_serial;
+        let token = state.rq.submit(
+            &mut state.own_buffers,
+            Origin::Queue,
+            serial,
+            &job,
+            device.limits.max_segment_bytes,
+        )?;
+        state.next_serial = serial.wrapping_add(1);
+        Ok(token)
+    }
+
+    /// Publishes what was added and notifies the device if it asked to be
+    /// (§2.7.13.3, §2.7.10). Returns `true` if a notification was sent.
+    #[inline(always)]
+    pub fn publish(&mut self) -> bool {
+        device::kick(&self.device.transport, &mut self.state.rq.ring)
+    }
+
+    /// The next finished request of this path on this queue; `Ok(None)` if
+    /// none. Device-API requests met in the ring are left for
+    /// [`BlkDevice::poll`].
+    #[inline(always)]
+    pub fn poll(&mut self) -> Result<Option<Completion>, BlkError> {
+        let state = &mut *self.state;
+        if let Some(done) = state.own_finished.pop_front() {
+            return Ok(Some(done));
+        }
+        let legacy = self.device.transport.kind().is_legacy();
+        while let Some((token, used)) = state.rq.pop_used(legacy)? {
+            if state.rq.origin_of(token) == Origin::Device {
+                state.deferred.push_back((token, used));
+                continue;
+            }
+            if let Some((done, _serial)) = state.rq.finish(&mut state.own_buffers, token, used) {
+                return Ok(Some(done));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Asks the device for used-buffer interrupts on this queue; `true` if
+    /// completions are already waiting (collect them before sleeping).
+    pub fn enable_interrupts(&mut self) -> bool {
+        !self.state.own_finished.is_empty() || self.state.rq.ring.enable_interrupts()
+    }
+
+    /// Asks the device not to interrupt for this queue.
+    pub fn disable_interrupts(&mut self) {
+        self.state.rq.ring.disable_interrupts();
+    }
+
+    /// Requests in flight on this queue (both paths').
+    pub fn in_flight(&self) -> usize {
+        usize::from(self.state.rq.ring.in_flight())
+    }
+
+    /// This queue's counters.
+    pub fn stats(&self) -> BlkQueueStats {
+        self.state.rq.queue_stats()
+    }
+}
