@@ -17,7 +17,7 @@
 //! - `compare`: [`crate::peer::bench::compare`], `bench.repeat=` rounds of
 //!   the `blk` workloads on our stack and then on the `virtio-drivers`
 //!   crate, on the same device, handed over with a reset each way.
-//! - `scale`: [`crate::block::bench::run_scale`], `blk.randread.qd32` on
+//! - `scale`: [`crate::block::bench_scale::run_scale`], `blk.randread.qd32` on
 //!   a multiqueue disk, each submitting CPU on its own queue (`x.py bench
 //!   --section scale` boots it with 1, 2 and 4 CPUs).
 //! - `netscale`: [`crate::net::bench_scale::run`], its network half:
@@ -58,7 +58,7 @@ pub fn run() -> ! {
             "net" => crate::net::bench::run(),
             "iommu" => crate::iommu::bench::run(),
             // One queue per CPU: `x.py bench --section scale`.
-            "scale" => crate::block::bench::run_scale(),
+            "scale" => crate::block::bench_scale::run_scale(),
             // Its network half: 64-byte frames on a multiqueue card.
             "netscale" => crate::net::bench_scale::run(),
             // Boot time: every device up (probe and net ran before `bench`).

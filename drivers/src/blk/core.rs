@@ -71,7 +71,7 @@ use super::{
     SetupError, ID_BYTES, MAX_REQUEST_BYTES, SECTOR_SIZE,
 };
 use crate::device::{self, DeviceError};
-use crate::queue::{QueueError, Segment, Token, Virtqueue};
+use crate::queue::{NotifyDecision, QueueError, Segment, Token, Virtqueue};
 use crate::transport::{DeviceStatus, Transport};
 
 /// One request for [`BlkDevice::submit`].
@@ -910,7 +910,7 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     pub(super) fn publish_all(&mut self) -> usize {
         let mut sent = 0;
         for state in self.queues.iter_mut() {
-            if device::kick(&self.transport, &mut state.get_mut().rq.ring) {
+            if state.get_mut().rq.publish(&self.transport) {
                 sent += 1;
             }
         }
@@ -1127,6 +1127,21 @@ impl<H: Hal> RequestQueue<H> {
             );
         }
         Ok(blk_token)
+    }
+
+    /// Publishes what was added (§2.7.13.3) and notifies the device through
+    /// `transport` if it asked to be (§2.7.10); `true` if it was notified.
+    /// What `device::kick` does, through `&T`: the per-queue path holds no
+    /// exclusive borrow of the transport.
+    #[inline(always)]
+    pub(super) fn publish<T: Transport>(&mut self, transport: &T) -> bool {
+        match self.ring.publish() {
+            NotifyDecision::Notify => {
+                transport.notify(self.index);
+                true
+            }
+            NotifyDecision::Suppressed | NotifyDecision::NothingNew => false,
+        }
     }
 
     /// Which path submitted the request of `token` (the device's, for a

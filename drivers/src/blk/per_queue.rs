@@ -34,7 +34,6 @@ use hal::{DmaBuffer, Hal};
 use super::buffers::BufferId;
 use super::core::{Op, Origin, QueueState};
 use super::{BlkDevice, BlkError, BlkQueueStats, BlkToken, Completion};
-use crate::device;
 use crate::queue::Ring;
 use crate::transport::Transport;
 
@@ -116,7 +115,7 @@ impl<H: Hal, T: Transport> BlkQueue<'_, H, T> {
     /// (§2.7.13.3, §2.7.10). Returns `true` if a notification was sent.
     #[inline(always)]
     pub fn publish(&mut self) -> bool {
-        device::kick(&self.device.transport, &mut self.state.rq.ring)
+        self.state.rq.publish(&self.device.transport)
     }
 
     /// The next finished request of this path on this queue; `Ok(None)` if

@@ -147,49 +147,6 @@ pub(crate) fn run_selected(names: &[&str]) -> Result<(), String> {
     })
 }
 
-/// The `scale` section (`x.py bench --section scale`, one boot per CPU
-/// count, `-smp N` with a disk of `num-queues=N`): `blk.randread.qd32`,
-/// interrupt-driven, `bench.repeat=` times, after one line saying what
-/// submitted:
-///
-/// ```text
-/// bench: scale.setup cpus=2 queues=2 submitting_cpus=1
-/// ```
-///
-/// Each submitting CPU keeps 32 requests in flight on its own queue
-/// (`drivers::cpu_queues`). Until CPUs other than the bootstrap processor
-/// can be given work, only CPU 0 submits (`submitting_cpus=1`), so the
-/// figure measures one queue however many CPUs the machine has.
-pub(crate) fn run_scale() -> Result<(), String> {
-    super::init();
-    let seconds = bench_seconds();
-    if crate::clock::tsc_hz() == 0 {
-        return Err("the TSC is not calibrated: nothing can be timed".into());
-    }
-    let workload = WORKLOADS
-        .iter()
-        .find(|w| w.name == "blk.randread.qd32")
-        .ok_or("no blk.randread.qd32 workload")?;
-    super::with_disks(|disks| {
-        let disk = disks.first_mut().ok_or("no disk to measure")?;
-        disk.set_wait_mode(WaitMode::Interrupt);
-        println!(
-            "bench: scale.setup cpus={} queues={} submitting_cpus=1",
-            crate::smp::online_cpus(),
-            disk.queue_count()
-        );
-        for _ in 0..crate::peer::repeat_count() {
-            let measured = measure(disk, workload, seconds)
-                .map_err(|e| format!("{}.irq: {e}", workload.name))?;
-            report(workload, "irq", &measured);
-        }
-        for line in disk.queue_lines() {
-            log::info!("bench: {} {line}", disk.name());
-        }
-        Ok(())
-    })
-}
-
 /// Runs the block benchmark and prints its `bench:` lines.
 pub fn run() -> Result<(), String> {
     super::init();

@@ -89,12 +89,17 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
+pub mod bench_scale;
 #[cfg(feature = "selftest")]
 pub mod crash;
+mod disk_lock;
 #[cfg(any(feature = "selftest", feature = "bench"))]
 mod io_buffer;
 #[cfg(any(feature = "selftest", feature = "bench"))]
 pub mod pattern;
+#[cfg(any(feature = "selftest", feature = "bench"))]
+pub(crate) mod queue_io;
 #[cfg(feature = "selftest")]
 mod selftests;
 
@@ -105,7 +110,9 @@ use core::fmt;
 use drivers::blk::{BlkDevice, BlkError, BlkOptions, SetupError};
 use drivers::irq::{QueueSet, WaitMode};
 use drivers::transport::{DeviceType, Location, Transport, TransportKind};
-use spin::{Mutex, Once};
+use spin::Once;
+
+pub use disk_lock::{AllGuard, DiskLock};
 
 use crate::hal_impl::KernelHal;
 use crate::println;
@@ -454,6 +461,14 @@ impl Disk {
         &mut self.device
     }
 
+    #[cfg(any(feature = "selftest", feature = "bench"))]
+    /// The driver, shared: for its per-queue path
+    /// (`KernelBlk::lock_queue`), under a queue lock of the disk
+    /// ([`with_disk_queue`]).
+    pub fn blk(&self) -> &KernelBlk {
+        &self.device
+    }
+
     /// A fresh wait for one blocking call (its deadline starts now).
     pub fn new_wait(&self) -> KernelWait {
         self.new_wait_for(self.call_timeout_ns)
@@ -736,18 +751,30 @@ impl Disk {
     }
 }
 
-/// Every disk, in name order (vda first).
-static DISKS: Mutex<Vec<Disk>> = Mutex::new(Vec::new());
-static CLAIMED: Once<()> = Once::new();
+/// One claimed disk: its name (fixed, readable without a lock) and the
+/// disk behind its per-queue locks ([`DiskLock`]).
+struct DiskEntry {
+    name: String,
+    disk: DiskLock<Disk>,
+}
+
+/// Every disk, in name order (vda first), claimed once. The list itself
+/// never changes after [`init`], so it needs no lock; each disk has its
+/// own locks, one per request queue (`disk_lock.rs`).
+static DISKS: Once<Vec<DiskEntry>> = Once::new();
 
 /// Brings every virtio-blk device up and names it (once; later calls do
 /// nothing). See the module docs for when it runs.
 pub fn init() {
-    CLAIMED.call_once(claim_all);
+    all();
 }
 
-fn claim_all() {
-    let mut disks = DISKS.lock();
+fn all() -> &'static [DiskEntry] {
+    DISKS.call_once(claim_all)
+}
+
+fn claim_all() -> Vec<DiskEntry> {
+    let mut disks = Vec::new();
     // Devices that failed at probe time are not offered: their `virtio:`
     // line already said why.
     while let Some(found) = virtio::take(DeviceType::Block, DRIVER_NAME) {
@@ -764,45 +791,80 @@ fn claim_all() {
     }
     let total: u64 = disks.iter().map(|d| d.info().capacity_bytes()).sum();
     log::info!("block: {} disk(s), {} MiB in all", disks.len(), total >> 20);
+    disks
+        .into_iter()
+        .map(|disk| DiskEntry {
+            name: disk.name.clone(),
+            disk: {
+                let queues = usize::from(disk.queue_count());
+                DiskLock::new(disk, queues)
+            },
+        })
+        .collect()
+}
+
+fn find(name: &str) -> Result<&'static DiskLock<Disk>, BlockError> {
+    all()
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| &d.disk)
+        .ok_or_else(|| BlockError::NoSuchDisk(name.to_string()))
 }
 
 /// Descriptions of every disk (claims the devices first if nobody has),
 /// after acting on any configuration change (a disk resized at run time
 /// shows its new capacity).
 pub fn disks() -> Vec<DiskInfo> {
-    init();
-    let mut disks = DISKS.lock();
-    for disk in disks.iter_mut() {
-        disk.check_config(true);
-    }
-    disks.iter().map(Disk::info).collect()
+    all()
+        .iter()
+        .map(|entry| {
+            let mut disk = entry.disk.lock_all();
+            disk.check_config(true);
+            disk.info()
+        })
+        .collect()
 }
 
-/// Runs `f` on the disk named `name`. The disk list is locked meanwhile;
-/// `f` must not call back into this module's other functions.
+/// Runs `f` on the disk named `name`, with every one of its queue locks
+/// held (exclusive: the blocking calls, configuration, recovery). `f` must
+/// not call back into this module's other functions.
 pub fn with_disk<R>(name: &str, f: impl FnOnce(&mut Disk) -> R) -> Result<R, BlockError> {
-    init();
-    let mut disks = DISKS.lock();
-    let disk = disks
-        .iter_mut()
-        .find(|d| d.name == name)
-        .ok_or_else(|| BlockError::NoSuchDisk(name.to_string()))?;
-    Ok(f(disk))
+    let mut disk = find(name)?.lock_all();
+    Ok(f(&mut disk))
 }
 
-/// Runs `f` on every disk at once (the shell's `disks`, the self-tests
-/// and the benchmarks).
-pub fn with_disks<R>(f: impl FnOnce(&mut [Disk]) -> R) -> R {
-    init();
-    let mut disks = DISKS.lock();
+#[cfg(any(feature = "selftest", feature = "bench"))]
+/// Runs `f` on the disk named `name` holding only the lock of queue
+/// `queue` (the per-queue path: `f` uses `Disk::blk().lock_queue(queue)`
+/// and nothing that needs the whole disk). CPUs on different queues run
+/// such calls at the same time.
+pub fn with_disk_queue<R>(
+    name: &str,
+    queue: u16,
+    f: impl FnOnce(&Disk) -> R,
+) -> Result<R, BlockError> {
+    let lock = find(name)?;
+    let disk = lock.lock_queue(usize::from(queue));
+    Ok(f(&disk))
+}
+
+/// Runs `f` on every disk at once, each with all its locks held (the
+/// shell's `disks`, the self-tests and the benchmarks).
+pub fn with_disks<R>(f: impl FnOnce(&mut [AllGuard<'static, Disk>]) -> R) -> R {
+    let mut disks: Vec<_> = all().iter().map(|d| d.disk.lock_all()).collect();
     f(&mut disks)
 }
 
-/// Runs `f` on every disk unless another user holds them right now (the
+/// Runs `f` on every disk unless another user holds one right now (the
 /// live queue view, `crate::virtio::view`, which may run inside a network
 /// poll that a disk user started); `None` then. Claims nothing.
-pub fn try_with_disks<R>(f: impl FnOnce(&mut [Disk]) -> R) -> Option<R> {
-    DISKS.try_lock().map(|mut disks| f(&mut disks))
+pub fn try_with_disks<R>(f: impl FnOnce(&mut [AllGuard<'static, Disk>]) -> R) -> Option<R> {
+    let list = DISKS.get()?;
+    let mut disks = Vec::with_capacity(list.len());
+    for entry in list {
+        disks.push(entry.disk.try_lock_all()?);
+    }
+    Some(f(&mut disks))
 }
 
 /// Reads sectors from the disk named `name` into `buffer` (whose length

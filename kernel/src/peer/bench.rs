@@ -174,7 +174,7 @@ fn run_peer_round(print_setup: bool) -> Result<(), String> {
         return Err("the TSC is not calibrated: nothing can be timed".into());
     }
     let wanted = crate::cmdline::get("bench.disk");
-    let pick = |disks: &mut [crate::block::Disk]| -> Result<usize, String> {
+    let pick = |disks: &mut [crate::block::AllGuard<'static, crate::block::Disk>]| -> Result<usize, String> {
         match wanted {
             Some(serial) => disks.iter().position(|d| d.serial() == serial),
             None => (!disks.is_empty()).then_some(0),

@@ -72,6 +72,7 @@ use crate::virtio;
 
 mod faults;
 mod in_flight;
+mod per_cpu;
 mod queues;
 
 /// The smallest scratch disk the write tests accept (8 MiB + the low area).
@@ -152,7 +153,7 @@ pub fn selftests() -> Vec<SelfTest> {
 }
 
 /// The write workload on scratch disks.
-fn scratch_tests() -> [SelfTest; 5] {
+fn scratch_tests() -> [SelfTest; 6] {
     [
         SelfTest {
             name: "block: scratch: write, read back, verify at many offsets and sizes",
@@ -173,6 +174,10 @@ fn scratch_tests() -> [SelfTest; 5] {
         SelfTest {
             name: "block: scratch: every request queue of a multiqueue disk completes requests",
             run: queues::test_every_queue,
+        },
+        SelfTest {
+            name: "block: scratch: every CPU writes and reads back on its own request queue (per-queue path)",
+            run: per_cpu::test_every_cpu_on_its_queue,
         },
     ]
 }
