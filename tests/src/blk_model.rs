@@ -849,24 +849,52 @@ fn walk_chain(mem: &GuestMemoryMmap, addrs: QueueAddresses, head: u16) -> Vec<Se
     segments
 }
 
+/// Where a [`ModelTransport`] finds its model: shared on one thread
+/// ([`SharedBlkModel`], `Rc<RefCell<_>>`), or across threads
+/// ([`SyncBlkModel`], `Arc<Mutex<_>>`) for tests whose driver runs on
+/// several threads at once.
+pub trait ModelCell {
+    /// Runs `f` on the model.
+    fn with<R>(&self, f: impl FnOnce(&mut BlkModel) -> R) -> R;
+}
+
+impl ModelCell for SharedBlkModel {
+    fn with<R>(&self, f: impl FnOnce(&mut BlkModel) -> R) -> R {
+        f(&mut self.borrow_mut())
+    }
+}
+
+/// A model shared between threads: the driver's threads reach it through
+/// their transport calls, a device thread runs [`BlkModel::step`].
+pub type SyncBlkModel = std::sync::Arc<std::sync::Mutex<BlkModel>>;
+
+impl ModelCell for SyncBlkModel {
+    fn with<R>(&self, f: impl FnOnce(&mut BlkModel) -> R) -> R {
+        // A panicking thread already failed the test; the model is still
+        // worth reading for its records.
+        let mut model = self.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut model)
+    }
+}
+
 /// A [`Transport`] implemented directly on a [`BlkModel`]: no registers,
 /// but every call the driver makes lands in the model's records.
-pub struct ModelTransport {
+pub struct ModelTransport<C: ModelCell = SharedBlkModel> {
     /// The device.
-    pub model: SharedBlkModel,
+    pub model: C,
     /// Which transport it pretends to be (decides legacy vs modern
     /// behaviour: ring layout, FEATURES_OK, configuration consistency).
     pub kind: TransportKind,
 }
 
-impl ModelTransport {
+impl<C: ModelCell> ModelTransport<C> {
     /// A transport of `kind` onto `model`.
-    pub fn new(model: SharedBlkModel, kind: TransportKind) -> Self {
+    pub fn new(model: C, kind: TransportKind) -> Self {
         Self { model, kind }
     }
 }
 
-impl Transport for ModelTransport {
+impl<C: ModelCell> Transport for ModelTransport<C> {
     fn kind(&self) -> TransportKind {
         self.kind
     }
@@ -880,20 +908,20 @@ impl Transport for ModelTransport {
     }
 
     fn status(&self) -> DeviceStatus {
-        DeviceStatus::from_bits_retain(self.model.borrow().status)
+        DeviceStatus::from_bits_retain(self.model.with(|m| m.status))
     }
 
     fn set_status(&mut self, status: DeviceStatus) {
-        self.model.borrow_mut().write_status(status.bits());
+        self.model.with(|m| m.write_status(status.bits()));
     }
 
     fn reset(&mut self) -> Result<(), TransportError> {
-        self.model.borrow_mut().write_status(0);
+        self.model.with(|m| m.write_status(0));
         Ok(())
     }
 
     fn device_features(&mut self) -> u64 {
-        let offered = self.model.borrow().config.features;
+        let offered = self.model.with(|m| m.config.features);
         if self.kind == TransportKind::PciLegacy {
             offered & 0xffff_ffff
         } else {
@@ -902,7 +930,7 @@ impl Transport for ModelTransport {
     }
 
     fn set_driver_features(&mut self, features: u64) {
-        self.model.borrow_mut().driver_features = features;
+        self.model.with(|m| m.driver_features = features);
     }
 
     fn ring_layout(&self) -> RingLayout {
@@ -914,11 +942,12 @@ impl Transport for ModelTransport {
     }
 
     fn max_queue_size(&mut self, queue: u16) -> Result<u16, TransportError> {
-        let model = self.model.borrow();
-        Ok(if queue < model.config.num_queues {
-            model.config.queue_max
-        } else {
-            0
+        self.model.with(|model| {
+            Ok(if queue < model.config.num_queues {
+                model.config.queue_max
+            } else {
+                0
+            })
         })
     }
 
@@ -927,21 +956,22 @@ impl Transport for ModelTransport {
     }
 
     fn setup_queue(&mut self, queue: u16, addrs: &QueueAddresses) -> Result<(), TransportError> {
-        let mut model = self.model.borrow_mut();
-        if queue >= model.config.num_queues {
-            return Err(TransportError::NoSuchQueue(queue));
-        }
-        model.queue_setups.push((queue, *addrs));
-        model.attach_queue(queue, *addrs);
-        Ok(())
+        self.model.with(|model| {
+            if queue >= model.config.num_queues {
+                return Err(TransportError::NoSuchQueue(queue));
+            }
+            model.queue_setups.push((queue, *addrs));
+            model.attach_queue(queue, *addrs);
+            Ok(())
+        })
     }
 
     fn notify(&self, queue: u16) {
-        self.model.borrow_mut().notified(queue);
+        self.model.with(|m| m.notified(queue));
     }
 
     fn config_generation(&mut self) -> u32 {
-        self.model.borrow().generation
+        self.model.with(|m| m.generation)
     }
 
     fn config_consistency(&self) -> ConfigConsistency {
@@ -961,7 +991,50 @@ impl Transport for ModelTransport {
         offset: usize,
         width: FieldWidth,
     ) -> Result<u32, TransportError> {
-        let mut model = self.model.borrow_mut();
+        self.model
+            .with(|model| Self::read_field(model, offset, width))
+    }
+
+    fn write_config_field(
+        &mut self,
+        offset: usize,
+        width: FieldWidth,
+        value: u32,
+    ) -> Result<(), TransportError> {
+        self.model.with(|model| {
+            for i in 0..width.bytes() {
+                let byte = (value >> (8 * i)) as u8;
+                model.config_writes.push((offset + i, byte));
+                if offset + i == 32 {
+                    model.config.writeback = byte;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        let isr = self.model.with(|m| std::mem::take(&mut m.isr));
+        InterruptStatus::from_bits_truncate(u32::from(isr))
+    }
+
+    fn set_config_msix_vector(&mut self, _vector: u16) -> Result<(), TransportError> {
+        Err(TransportError::Unsupported("MSI-X on the model transport"))
+    }
+
+    fn set_queue_msix_vector(&mut self, _queue: u16, _vector: u16) -> Result<(), TransportError> {
+        Err(TransportError::Unsupported("MSI-X on the model transport"))
+    }
+}
+
+impl<C: ModelCell> ModelTransport<C> {
+    /// One configuration field read (a configuration change the test
+    /// scheduled happens after the read that reaches its count).
+    fn read_field(
+        model: &mut BlkModel,
+        offset: usize,
+        width: FieldWidth,
+    ) -> Result<u32, TransportError> {
         model.config_reads += 1;
         let bytes = model.config.config_bytes();
         let mut value = 0u32;
@@ -977,35 +1050,5 @@ impl Transport for ModelTransport {
             }
         }
         Ok(value)
-    }
-
-    fn write_config_field(
-        &mut self,
-        offset: usize,
-        width: FieldWidth,
-        value: u32,
-    ) -> Result<(), TransportError> {
-        let mut model = self.model.borrow_mut();
-        for i in 0..width.bytes() {
-            let byte = (value >> (8 * i)) as u8;
-            model.config_writes.push((offset + i, byte));
-            if offset + i == 32 {
-                model.config.writeback = byte;
-            }
-        }
-        Ok(())
-    }
-
-    fn ack_interrupt(&mut self) -> InterruptStatus {
-        let isr = std::mem::take(&mut self.model.borrow_mut().isr);
-        InterruptStatus::from_bits_truncate(u32::from(isr))
-    }
-
-    fn set_config_msix_vector(&mut self, _vector: u16) -> Result<(), TransportError> {
-        Err(TransportError::Unsupported("MSI-X on the model transport"))
-    }
-
-    fn set_queue_msix_vector(&mut self, _queue: u16, _vector: u16) -> Result<(), TransportError> {
-        Err(TransportError::Unsupported("MSI-X on the model transport"))
     }
 }
