@@ -113,8 +113,9 @@ fn run_batch(blk: &Blk, queue: u16, ops: &[Op<'_>]) {
 fn worker(blk: &Blk, queue: u16) -> u64 {
     let (data, back): (Vec<BufferId>, Vec<BufferId>) = {
         let mut q = blk.lock_queue(queue).unwrap();
+        let owner = q.dma_owner();
         let mut register = || {
-            q.register_buffer(DmaBuffer::<HostHal>::new(BLOCK).unwrap())
+            q.register_buffer(DmaBuffer::<HostHal>::new(owner, BLOCK).unwrap())
                 .unwrap_or_else(|_| panic!("buffer table full"))
         };
         let data = (0..DEPTH).map(|_| register()).collect();

@@ -29,7 +29,7 @@
 //! buffers are in the device's table, which this path does not write).
 //! A reset aborts the requests of both, each into its own list.
 
-use hal::{DmaBuffer, Hal};
+use hal::{DmaBuffer, DmaOwner, Hal};
 
 use super::buffers::BufferId;
 use super::core::{Op, Origin, QueueState};
@@ -65,9 +65,19 @@ impl<H: Hal, T: Transport> BlkQueue<'_, H, T> {
         self.state.rq.index
     }
 
+    /// The owner to allocate this queue's buffers for (the device's,
+    /// `Transport::dma_owner`).
+    pub fn dma_owner(&self) -> DmaOwner {
+        self.device.transport.dma_owner()
+    }
+
     /// Registers a data buffer with this queue (for this queue's
-    /// [`BlkQueue::submit`] only). Gives it back if the table is full.
+    /// [`BlkQueue::submit`] only). Gives it back if it was not allocated
+    /// for this device ([`BlkQueue::dma_owner`]) or the table is full.
     pub fn register_buffer(&mut self, buffer: DmaBuffer<H>) -> Result<BufferId, DmaBuffer<H>> {
+        if buffer.owner() != self.dma_owner() {
+            return Err(buffer);
+        }
         self.state.own_buffers.register(buffer)
     }
 

@@ -40,7 +40,8 @@ pub(crate) fn register(
 ) -> Result<Vec<BufferId>, String> {
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
-        let buffer = DmaBuffer::<KernelHal>::new(bytes).map_err(|e| format!("buffer: {e}"))?;
+        let buffer = DmaBuffer::<KernelHal>::new(q.dma_owner(), bytes)
+            .map_err(|e| format!("buffer: {e}"))?;
         match q.register_buffer(buffer) {
             Ok(id) => ids.push(id),
             Err(_) => {
