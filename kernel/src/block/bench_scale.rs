@@ -101,7 +101,8 @@ fn on_every_cpu(
     round: u64,
 ) -> Result<Vec<WorkerRun>, String> {
     let cpus = crate::smp::online_cpus();
-    let worker = move |cpu: usize, name: String| {
+    let name = String::from(name);
+    let worker = move |cpu: usize| -> Result<WorkerRun, String> {
         let queue = cpu_queues::queue_for_cpu(cpu, cpus, queues);
         let seed = 0x5ca1e ^ (round << 8) ^ cpu as u64;
         super::with_disk_queue(&name, queue, |disk| {
@@ -109,9 +110,15 @@ fn on_every_cpu(
         })
         .map_err(|e| format!("{e}"))?
     };
-    let mut runs = Vec::with_capacity(cpus);
-    runs.push(worker(0, name.to_string()));
-    runs.into_iter().collect()
+    // Each CPU's share runs for the measured time plus its warm-up and drain.
+    let seconds = duration as f64 / crate::clock::tsc_hz().max(1) as f64;
+    let timeout_ns = (seconds * 1e9) as u64 + 30_000_000_000;
+    crate::smp::run_on_all(worker, timeout_ns)
+        .map_err(|e| format!("scale: {e}"))?
+        .into_iter()
+        .enumerate()
+        .map(|(cpu, run)| run.map_err(|e| format!("cpu {cpu}: {e}")))
+        .collect()
 }
 
 /// One worker: see the module docs. Runs on CPU `cpu`, holding queue

@@ -87,12 +87,13 @@ fn completions(name: &str) -> Result<Vec<u64>, String> {
 /// Runs [`rounds`] on every online CPU at once; one result per CPU.
 fn on_every_cpu(name: &str, queues: u16) -> Result<Vec<Result<(), String>>, String> {
     let cpus = crate::smp::online_cpus();
-    let job = move |cpu: usize, name: String| -> Result<(), String> {
+    let name = String::from(name);
+    let job = move |cpu: usize| -> Result<(), String> {
         let queue = cpu_queues::queue_for_cpu(cpu, cpus, queues);
         block::with_disk_queue(&name, queue, |disk| rounds(disk, cpu, queue))
             .map_err(|e| format!("{e}"))?
     };
-    Ok(alloc::vec![job(0, name.to_string())])
+    crate::smp::run_on_all(job, 4 * TIMEOUT_NS * ROUNDS).map_err(|e| format!("{e}"))
 }
 
 /// CPU `cpu`'s regions, through queue `queue`.
