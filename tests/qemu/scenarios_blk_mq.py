@@ -10,9 +10,19 @@
   show completions on every queue; and the image holds what was announced.
 - `blk-mq2-pc`: the same on `pc` with a transitional device (modern interface)
   and 2 queues, ring layout packed: the mapping is not tied to 4.
+- `blk-mq4-smp4-q35`: 4 vCPUs and 4 queues. The self-test "every CPU writes and
+  reads back on its own request queue" runs on all four CPUs at once
+  (`smp::run_on_all`), each on its own queue through the per-queue path
+  (kernel/src/block/selftests/per_cpu.rs checks each queue completed exactly its
+  CPU's requests); the counter lines must name CPU q for queue q (its MSI-X
+  message goes there) and the image must hold every region announced.
+- `blk-mq2-smp4-q35`: 4 vCPUs sharing 2 queues (CPUs 0 and 2 on queue 0, 1 and 3
+  on queue 1): the CPUs on one queue take turns, each queue completes the
+  requests of both its CPUs.
 - `bench-scale-smoke-tcg`: a short `x.py bench --section scale` boot (2 vCPUs,
-  `num-queues=2`): the `scale.setup` line and an IOPS figure are produced and
-  parse into a `"scale"` entry (tests/qemu/bench_scale.py). Never judged.
+  `num-queues=2`): the `scale.setup` line says both CPUs submitted, an IOPS
+  figure is produced and parses into a `"scale"` entry
+  (tests/qemu/bench_scale.py), and both queues' counters moved. Never judged.
 
 The kernel side is kernel/src/block/ (queue per CPU, `drivers::cpu_queues`),
 the book chapter docs/14-multiqueue.md.
@@ -63,24 +73,43 @@ def every_queue_completed(disk: str, queues: int):
     return check
 
 
-def mq_scenario(name: str, machine: str, transport: str, queues: int, props: str, append: str = "") -> Scenario:
+def queues_on_their_cpus(disk: str, queues: int, cpus: int):
+    """A check: each of `disk`'s counter lines names CPU `q mod cpus` for queue `q`."""
+    line = re.compile(rf"^\[.*\] INFO .*block: {disk} queue (\d+) cpu=(\d+) ", re.M)
+
+    def check(outcome: Outcome) -> Iterable[str]:
+        seen = {int(m.group(1)): int(m.group(2)) for m in line.finditer(outcome.log_text)}
+        return [f"{disk} queue {q}: cpu={seen.get(q)}, expected {q % cpus}"
+                for q in range(queues) if seen.get(q) != q % cpus]
+
+    return check
+
+
+def mq_scenario(name: str, machine: str, transport: str, queues: int, props: str, append: str = "",
+                cpus: int = 1) -> Scenario:
+    smp_args = ["-smp", str(cpus)] if cpus > 1 else []
     scenario = blk_scenario(
         name, machine, transport,
         [BlkDrive("scratch0", props=f"{props},num-queues={queues}")],
+        extra_args=smp_args,
         append=f"blk.workload=quick {append}".strip(),
         expect_anywhere=[
             rf"^virtio: blk at pci \S+ transport={transport} ring=\S+ queues={queues} features=\S*MQ",
             rf"^\[.*\] INFO .*virtio-irq: blk at pci \S+: (re-routed: )?MSI-X, {queues + 1} of \d+ entries: config -> vector 0x[0-9a-f]+, "
-            + ", ".join(f"queues \\{{{q}\\}} -> vector 0x[0-9a-f]+" for q in range(queues)),
+            + ", ".join(f"queues \\{{{q}\\}} -> vector 0x[0-9a-f]+( on cpu {q % cpus})?" for q in range(queues)),
             r"^selftest: PASS block: scratch: every request queue of a multiqueue disk completes requests$",
+            r"^selftest: PASS block: scratch: every CPU writes and reads back on its own request queue \(per-queue path\)$",
+            rf"^\[.*\] INFO .*block: vda: {cpus} CPU\(s\) wrote and read back on their own queues$",
+            rf"^cpus: {cpus} online",
         ],
     )  # fmt: skip
     disk_check = scenario.check
     queue_check = every_queue_completed("vda", queues)
+    cpu_check = queues_on_their_cpus("vda", queues, cpus)
 
     def check(outcome: Outcome) -> Iterable[str]:
         problems = list(disk_check(outcome) or []) if disk_check else []
-        return problems + list(queue_check(outcome))
+        return problems + list(queue_check(outcome)) + list(cpu_check(outcome))
 
     return replace(scenario, check=check, timeout_s=60.0)
 
@@ -96,6 +125,11 @@ def check_scale_smoke(cpus: int):
             problems.append(f"no IOPS figure: {entry}")
         if entry.get("queues") != cpus:
             problems.append(f"scale.setup says queues={entry.get('queues')}, the disk has {cpus}")
+        if entry.get("submitting_cpus") != cpus:
+            problems.append(f"scale.setup says submitting_cpus={entry.get('submitting_cpus')}, not {cpus}")
+        for cpu in range(cpus):
+            if not re.search(rf"^\[.*\] INFO .*scale: cpu {cpu} queue {cpu} iops=\d+ requests=[1-9]", outcome.log_text, re.M):
+                problems.append(f"no requests measured from cpu {cpu} on queue {cpu}")
         return problems
 
     return check
@@ -104,6 +138,8 @@ def check_scale_smoke(cpus: int):
 BLK_MQ_SCENARIOS: list[Scenario] = [
     mq_scenario("blk-mq4-q35", "q35", "pci-modern", 4, MODERN),
     mq_scenario("blk-mq2-pc", "pc", "pci-modern", 2, ",packed=on", append="virtio.ring=packed"),
+    mq_scenario("blk-mq4-smp4-q35", "q35", "pci-modern", 4, MODERN, cpus=4),
+    mq_scenario("blk-mq2-smp4-q35", "q35", "pci-modern", 2, MODERN, cpus=4),
     Scenario(
         name="bench-scale-smoke-tcg", machine="q35", accel="tcg", devices=bench_scale.devices(2),
         append="mode=bench bench=scale bench.seconds=0.02 bench.repeat=1",
