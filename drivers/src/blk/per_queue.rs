@@ -28,6 +28,11 @@
 //! per-queue path meets is left, unfinished, for [`BlkDevice::poll`] (its
 //! buffers are in the device's table, which this path does not write).
 //! A reset aborts the requests of both, each into its own list.
+//!
+//! While a caller holds a [`BlkQueue`], it must not call [`BlkDevice`]
+//! methods that look at every queue (`in_flight`, `queue_stats`,
+//! `queue_size`, ...): they lock each queue in turn, this one included,
+//! and would wait for ever. The [`BlkQueue`] answers those for its queue.
 
 use hal::{DmaBuffer, DmaOwner, Hal};
 
@@ -159,6 +164,11 @@ impl<H: Hal, T: Transport> BlkQueue<'_, H, T> {
     /// Asks the device not to interrupt for this queue.
     pub fn disable_interrupts(&mut self) {
         self.state.rq.ring.disable_interrupts();
+    }
+
+    /// Descriptors in this queue (pool slots: [`BlkToken::slot`] is below).
+    pub fn size(&self) -> u16 {
+        self.state.rq.ring.size()
     }
 
     /// Requests in flight on this queue (both paths').

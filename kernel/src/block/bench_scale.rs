@@ -179,7 +179,8 @@ fn drive(
     disk: &Disk,
 ) -> Result<WorkerRun, String> {
     let queue = q.index();
-    let mut piece_of_slot = vec![0usize; usize::from(disk.blk().queue_size(queue).unwrap_or(0))];
+    // Not `disk.blk().queue_size(queue)`: that would lock this queue again.
+    let mut piece_of_slot = vec![0usize; usize::from(q.size())];
     for piece in 0..pieces.len() {
         submit(q, pieces, piece, slots, rng, &mut piece_of_slot)?;
     }
