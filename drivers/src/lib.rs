@@ -22,7 +22,8 @@
 //! `#[allow(unsafe_code)]` on the module in this file, and each is being
 //! removed):
 //!
-//! - `blk` (`blk/core.rs`, and `Send` in `blk/mod.rs`): the blocking
+//! - `blk` (`blk/loans.rs` and `blk/core.rs`, and `Send` and `Sync` in
+//!   `blk/mod.rs`, the latter for the per-queue path): the blocking
 //!   helpers (`read_blocks`, `write_blocks`, ...) share the caller's plain
 //!   byte slices with the device (`Hal::share` / `Hal::unshare`), sound
 //!   because the call holds their borrow until every request is over or the

@@ -14,6 +14,8 @@
 //! | [`config`] | the configuration space, read consistently | §5.2.4 |
 //! | [`request`] | the wire format: header, status, ranges, GET_ID; the per-queue request pool | §5.2.6 |
 //! | `blk/core.rs` | the non-blocking core: validate, submit, publish, poll / complete | §5.2.6, §5.2.6.1, §5.2.6.2 |
+//! | `blk/loans.rs` | a request's data handed to the device: registered buffers lent, caller slices shared | §5.2.6 (the data part), §5.2.4 (`size_max`) |
+//! | `blk/per_queue.rs` | one request queue driven on its own, on that queue's lock only ([`BlkQueue`]) | §5.2.3 (MQ), §5.2.6 |
 //! | `blk/notes.rs` | the core's trace narration of a request | — |
 //! | `blk/buffers.rs` | data buffers registered for the non-blocking core ([`BufferId`]) | §5.2.6 (the data part) |
 //! | `blk/blocking.rs` | blocking helpers, built only on submit and poll | §5.2.6.1 (splitting) |
@@ -107,7 +109,7 @@
 //!
 //! ## Memory
 //!
-//! Per queue, created once: the ring, the indirect tables, and a
+//! Per queue, created once, behind the queue's lock: the ring, the indirect tables, and a
 //! [`request::RequestPool`] with one DMA slot (header, small payload,
 //! status) per queue descriptor. A request uses the slot numbered like the
 //! token the queue is about to give it ([`Virtqueue::next_token`](crate::queue::Virtqueue::next_token): the chain
@@ -124,6 +126,15 @@
 //! request that names none, the blocking helpers' included (the kernel
 //! sets it to the calling CPU's queue, `crate::cpu_queues`). Tokens name
 //! their queue.
+//!
+//! Each queue's state sits behind a `spin::Mutex` of its own, so the
+//! device can also be shared by reference between CPUs: the per-queue
+//! path ([`BlkDevice::lock_queue`] → [`BlkQueue`], `blk/per_queue.rs`)
+//! submits, publishes, notifies ([`Transport::notify`] takes `&self`) and
+//! collects completions on one queue holding that queue's lock and nothing
+//! else, so CPUs on different queues never wait for each other. Everything
+//! that needs the whole device (reset, recovery, configuration changes,
+//! the blocking helpers) keeps `&mut self`.
 //!
 //! ## Narration
 //!

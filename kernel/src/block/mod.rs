@@ -16,7 +16,8 @@
 //!        │                 `virtio:` line; then GET_ID for the serial,
 //!        ▼                 name it vda, vdb, ... and print its `block:` line
 //!  DISKS: vda vdb ...    read / write / flush / discard / write-zeroes, blocking,
-//!                        waiting through the device's interrupt (or polling)
+//!                        waiting through the device's interrupt (or polling);
+//!                        each disk behind one lock per request queue (DiskLock)
 //! ```
 //!
 //! ## What a disk knows
@@ -68,6 +69,20 @@
 //! counters: [`Disk::queue_lines`] (the shell's `blkq`, the self-tests'
 //! last lines). `docs/14-multiqueue.md` follows a request and its
 //! completion.
+//!
+//! ## Locks
+//!
+//! The list of disks is built once ([`init`]) and never changes: no lock.
+//! Each disk is a [`DiskLock`] with one lock per request queue
+//! (`disk_lock.rs` says what each protects). [`with_disk`] and
+//! [`with_disks`] take every lock of a disk (exclusive `&mut Disk`: the
+//! blocking calls, configuration changes, recovery, listings);
+//! `with_disk_queue` takes one queue's lock and gives a shared `&Disk`, on
+//! which the caller drives that queue through the driver's per-queue path
+//! (`drivers::blk::BlkQueue`, which locks the queue's ring in the driver).
+//! CPUs on different queues take different locks: the self-test
+//! `selftests/per_cpu.rs` and the `scale` benchmark (`bench_scale.rs`) run
+//! every CPU on its own queue at once this way (`queue_io.rs`).
 //!
 //! ## Writes only to scratch disks
 //!
