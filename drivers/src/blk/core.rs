@@ -49,7 +49,6 @@
 //! finished them, and `poll` hands those out first.
 
 use crate::queue::Ring;
-use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
@@ -59,6 +58,7 @@ use hal::{DeviceAddr, Direction, DmaOwner, Hal};
 use super::buffers::{BufferId, BufferTable};
 use super::loans::{lend_data, share_data, DataPart};
 use super::notes::{ResultNote, SectorsNote, SegmentsNote, UsedNote};
+pub(super) use super::per_queue::{Origin, QueueState, UsedEntry};
 use log::{log_enabled, trace, warn, Level};
 
 use super::error::{count_u32, sectors_u32};
@@ -214,18 +214,6 @@ pub(super) enum Loan {
     },
 }
 
-/// Which path submitted a request, and so whose buffer table its loans
-/// name and where its completion goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Origin {
-    /// [`BlkDevice`]'s own API (`&mut`): the device's buffer table, its
-    /// `finished` list, its serial numbers.
-    Device,
-    /// The per-queue path ([`super::BlkQueue`]): the queue's own buffer
-    /// table, completion list and serial numbers (`blk/per_queue.rs`).
-    Queue,
-}
-
 /// What the driver remembers about one pool slot.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slot {
@@ -268,55 +256,6 @@ pub(super) struct RequestQueue<H: Hal> {
     pub(super) owner: DmaOwner,
     /// Scratch list of one request's segments (header, data, status).
     segments: Vec<Segment>,
-}
-
-/// A used entry taken from a ring, not yet turned into a [`Completion`]:
-/// its token and its length (or what was wrong with it).
-pub(super) type UsedEntry = (Token, Result<u32, RequestError>);
-
-/// Everything one request queue needs, behind that queue's own lock in
-/// [`BlkDevice`] (`spin::Mutex`): the ring and its requests, and what the
-/// per-queue path ([`super::BlkQueue`]) keeps of its own. Nothing in here
-/// is shared with another queue, so CPUs on different queues never wait
-/// for each other.
-pub(super) struct QueueState<H: Hal> {
-    pub(super) rq: RequestQueue<H>,
-    /// Buffers registered with this queue for the per-queue path.
-    pub(super) own_buffers: BufferTable<H>,
-    /// Per-queue requests that finished (collected by the device's own
-    /// API, or aborted by a reset) and wait for [`super::BlkQueue::poll`].
-    pub(super) own_finished: VecDeque<Completion>,
-    /// Used entries of the device API's requests that the per-queue path
-    /// met in the ring: it cannot reclaim their buffers (the device's
-    /// table is not behind this lock), so [`BlkDevice::poll`] finishes them.
-    pub(super) deferred: VecDeque<UsedEntry>,
-    /// The serial number of the per-queue path's next request.
-    pub(super) next_serial: u32,
-}
-
-impl<H: Hal> QueueState<H> {
-    pub(super) fn new(rq: RequestQueue<H>) -> Self {
-        let size = rq.slot_count();
-        Self {
-            rq,
-            own_buffers: BufferTable::new(),
-            own_finished: VecDeque::with_capacity(size),
-            deferred: VecDeque::with_capacity(size),
-            next_serial: 1,
-        }
-    }
-
-    /// The buffer table the loans of a request from `origin` name.
-    pub(super) fn table<'a>(
-        &'a mut self,
-        origin: Origin,
-        device: &'a mut BufferTable<H>,
-    ) -> (&'a mut RequestQueue<H>, &'a mut BufferTable<H>) {
-        match origin {
-            Origin::Device => (&mut self.rq, device),
-            Origin::Queue => (&mut self.rq, &mut self.own_buffers),
-        }
-    }
 }
 
 impl<H: Hal> RequestQueue<H> {
