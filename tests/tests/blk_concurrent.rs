@@ -16,16 +16,23 @@
 //! The model is one device behind one mutex (its side, not the driver's):
 //! the driver threads share nothing but `&BlkDevice`, and take no lock
 //! another queue's thread takes.
+//!
+//! A second test drives one queue through both APIs in turn (the device's
+//! `&mut` one and the per-queue one): each request's completion reaches the
+//! API that submitted it, whichever collected it from the ring, and a reset
+//! aborts each into its own list and hands every buffer back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use drivers::blk::{feature, BlkDevice, BlkOptions, BufferId, Op};
-use drivers::transport::TransportKind;
+use drivers::blk::{feature, BlkDevice, BlkOptions, BufferId, Op, Request, RequestError};
+use drivers::transport::{Transport, TransportKind};
 use hal::DmaBuffer;
-use tests::blk_model::{BlkModel, BlkModelConfig, ModelTransport, SyncBlkModel};
+use tests::blk_model::{
+    pattern_byte, BlkModel, BlkModelConfig, ModelTransport, SharedBlkModel, SyncBlkModel,
+};
 use tests::host_hal::HostHal;
 use tests::log_capture::install_logger;
 
@@ -106,6 +113,14 @@ fn run_batch(blk: &Blk, queue: u16, ops: &[Op<'_>]) {
             }
             Err(e) => panic!("queue {queue}: poll: {e}"),
         }
+    }
+}
+
+/// A one-buffer read at `sector`.
+fn read(sector: u64, id: &BufferId) -> Op<'_> {
+    Op::Read {
+        sector,
+        buffers: std::slice::from_ref(id),
     }
 }
 
@@ -250,4 +265,130 @@ fn threads_submit_and_complete_on_their_own_queues_at_once() {
         }
     }
     assert_eq!(blk.in_flight(), 0);
+}
+
+#[test]
+fn both_apis_on_one_queue_each_get_their_own_completions_and_aborts() {
+    install_logger();
+    let defaults = BlkModelConfig::default();
+    let model: SharedBlkModel = BlkModel::new(BlkModelConfig {
+        features: defaults.features | feature::MQ,
+        num_queues: 2,
+        ..defaults
+    })
+    .shared();
+    model.borrow_mut().fill_pattern();
+    let mut blk =
+        BlkDevice::<HostHal, _>::new(ModelTransport::new(model.clone(), TransportKind::PciModern))
+            .expect("the device comes up");
+    let owner = blk.transport().dma_owner();
+    let new_buffer = || DmaBuffer::<HostHal>::new(owner, 512).unwrap();
+    let device_buffer = blk.register_buffer(new_buffer()).unwrap();
+    let queue_buffer = {
+        let mut q = blk.lock_queue(1).unwrap();
+        q.register_buffer(new_buffer()).unwrap()
+    };
+    let expected = |sector: u64| -> Vec<u8> {
+        (sector as usize * 512..sector as usize * 512 + 512)
+            .map(pattern_byte)
+            .collect()
+    };
+    // 1. The per-queue API collects first: it leaves the device API's
+    //    request for `BlkDevice::poll`.
+    let from_device = blk
+        .submit(Request::new(read(3, &device_buffer)).on_queue(1))
+        .unwrap();
+    let from_queue = {
+        let mut q = blk.lock_queue(1).unwrap();
+        let token = q.submit(read(5, &queue_buffer)).unwrap();
+        q.publish();
+        token
+    };
+    model.borrow_mut().step();
+    {
+        let mut q = blk.lock_queue(1).unwrap();
+        let done = q.poll().unwrap().expect("the per-queue request is done");
+        assert_eq!((done.token, done.result), (from_queue, Ok(())));
+        assert_eq!(
+            q.poll(),
+            Ok(None),
+            "the device API's request is not handed out here"
+        );
+        assert_eq!(q.buffer(queue_buffer).unwrap(), &expected(5)[..]);
+    }
+    let done = blk
+        .poll()
+        .unwrap()
+        .expect("the device API's request is done");
+    assert_eq!((done.token, done.result), (from_device, Ok(())));
+    assert_eq!(blk.buffer(device_buffer).unwrap(), &expected(3)[..]);
+    assert_eq!(blk.poll(), Ok(None));
+
+    // 2. The device API collects first: the per-queue request waits in the
+    //    queue's own list.
+    let from_device = blk
+        .submit(Request::new(read(7, &device_buffer)).on_queue(1))
+        .unwrap();
+    let from_queue = {
+        let mut q = blk.lock_queue(1).unwrap();
+        let token = q.submit(read(9, &queue_buffer)).unwrap();
+        q.publish();
+        token
+    };
+    model.borrow_mut().step();
+    let done = blk
+        .poll()
+        .unwrap()
+        .expect("the device API's request is done");
+    assert_eq!((done.token, done.result), (from_device, Ok(())));
+    assert_eq!(
+        blk.poll(),
+        Ok(None),
+        "the per-queue request is not handed out here"
+    );
+    {
+        let mut q = blk.lock_queue(1).unwrap();
+        let done = q.poll().unwrap().expect("kept for the per-queue API");
+        assert_eq!((done.token, done.result), (from_queue, Ok(())));
+        assert_eq!(q.buffer(queue_buffer).unwrap(), &expected(9)[..]);
+    }
+
+    // 3. A reset aborts both, each into its own list, and gives both
+    //    buffers back.
+    let from_device = blk
+        .submit(Request::new(read(11, &device_buffer)).on_queue(1))
+        .unwrap();
+    let from_queue = {
+        let mut q = blk.lock_queue(1).unwrap();
+        let token = q.submit(read(13, &queue_buffer)).unwrap();
+        q.publish();
+        assert!(q.buffer(queue_buffer).is_none(), "lent while in flight");
+        token
+    };
+    blk.recover().expect("the device comes back");
+    let done = blk.poll().unwrap().expect("aborted");
+    assert_eq!(
+        (done.token, done.result),
+        (from_device, Err(RequestError::Aborted))
+    );
+    assert_eq!(blk.poll(), Ok(None));
+    assert!(
+        blk.buffer(device_buffer).is_some(),
+        "handed back by the reset"
+    );
+    let mut q = blk.lock_queue(1).unwrap();
+    let done = q.poll().unwrap().expect("aborted");
+    assert_eq!(
+        (done.token, done.result),
+        (from_queue, Err(RequestError::Aborted))
+    );
+    assert!(q.buffer(queue_buffer).is_some(), "handed back by the reset");
+    assert_eq!(q.in_flight(), 0);
+    let stats = q.stats();
+    assert_eq!(
+        (stats.requests, stats.completions, stats.aborted),
+        (6, 6, 2)
+    );
+    drop(q);
+    assert!(model.borrow().violations.is_empty());
 }
