@@ -476,10 +476,10 @@ impl Disk {
         &mut self.device
     }
 
-    #[cfg(any(feature = "selftest", feature = "bench"))]
     /// The driver, shared: for its per-queue path
     /// (`KernelBlk::lock_queue`), under a queue lock of the disk
     /// ([`with_disk_queue`]).
+    #[cfg(any(feature = "selftest", feature = "bench"))]
     pub fn blk(&self) -> &KernelBlk {
         &self.device
     }
@@ -848,11 +848,11 @@ pub fn with_disk<R>(name: &str, f: impl FnOnce(&mut Disk) -> R) -> Result<R, Blo
     Ok(f(&mut disk))
 }
 
-#[cfg(any(feature = "selftest", feature = "bench"))]
 /// Runs `f` on the disk named `name` holding only the lock of queue
 /// `queue` (the per-queue path: `f` uses `Disk::blk().lock_queue(queue)`
 /// and nothing that needs the whole disk). CPUs on different queues run
 /// such calls at the same time.
+#[cfg(any(feature = "selftest", feature = "bench"))]
 pub fn with_disk_queue<R>(
     name: &str,
     queue: u16,
@@ -874,7 +874,10 @@ pub fn with_disks<R>(f: impl FnOnce(&mut [AllGuard<'static, Disk>]) -> R) -> R {
 /// live queue view, `crate::virtio::view`, which may run inside a network
 /// poll that a disk user started); `None` then. Claims nothing.
 pub fn try_with_disks<R>(f: impl FnOnce(&mut [AllGuard<'static, Disk>]) -> R) -> Option<R> {
-    let list = DISKS.get()?;
+    let Some(list) = DISKS.get() else {
+        // Not claimed yet: no disk, and nobody holding one.
+        return Some(f(&mut []));
+    };
     let mut disks = Vec::with_capacity(list.len());
     for entry in list {
         disks.push(entry.disk.try_lock_all()?);
