@@ -97,6 +97,7 @@ pub mod config;
 pub mod ctrl;
 pub mod header;
 mod pairs;
+pub mod per_pair;
 pub mod rss;
 pub mod rx;
 pub mod tx;
@@ -109,10 +110,12 @@ pub use pairs::{
     ctrl_queue_of, rx_queue_of, tx_queue_of, vq_pairs_set_command, PairStats, QueuePair,
     MAX_QUEUE_PAIRS,
 };
+pub use per_pair::{PairRx, PairTx};
 pub use rx::{RxPacket, RxQueue, RxStats};
 pub use tx::{TxQueue, TxSlot, TxStats};
 
 use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use hal::{DeviceVisible, Hal};
 use log::{debug, warn};
@@ -353,9 +356,8 @@ struct Parts<H: Hal> {
     mtu: u16,
     mac: MacAddress,
     header_len: usize,
-    rx: RxQueue<H>,
-    tx: TxQueue<H>,
-    more_pairs: Vec<QueuePair<H>>,
+    /// Every pair set up, the first one first (never empty).
+    pairs: Vec<QueuePair<H>>,
     device_max_pairs: u16,
     ctrl: Option<CtrlQueue<H>>,
 }
@@ -371,16 +373,20 @@ pub struct NetDevice<H: Hal, T: Transport> {
     mac: MacAddress,
     mtu: u16,
     header_len: usize,
-    link_up: bool,
+    /// The link state as last read (an atomic: the per-pair path reads it
+    /// through `&self`, [`per_pair`]).
+    link_up: AtomicBool,
     /// Transmit notifications held back while the device reported the
-    /// link down, one bit per pair (see [`NetDevice::flush`]).
-    tx_notify_held: u32,
-    /// The queues with their rings and buffers: kept for ever, not freed,
-    /// if the device never acknowledges a reset (`device::reset_or_keep`).
-    /// `rx` and `tx` are the first pair; `more_pairs` the others (MQ).
-    rx: DeviceVisible<RxQueue<H>>,
-    tx: DeviceVisible<TxQueue<H>>,
-    more_pairs: DeviceVisible<Vec<QueuePair<H>>>,
+    /// link down, one bit per pair (see [`NetDevice::flush`]; the per-pair
+    /// path sets its bit through `&self`).
+    tx_notify_held: AtomicU32,
+    /// The longest frame that may be sent (the same for every pair).
+    max_frame: usize,
+    /// The queue pairs with their rings and buffers, the first pair first
+    /// (never empty), each queue behind its own lock ([`per_pair`]): kept
+    /// for ever, not freed, if the device never acknowledges a reset
+    /// (`device::reset_or_keep`).
+    pairs: DeviceVisible<Vec<QueuePair<H>>>,
     ctrl: DeviceVisible<Option<CtrlQueue<H>>>,
     /// `max_virtqueue_pairs` (1 without MQ): where the control queue is.
     device_max_pairs: u16,
@@ -434,7 +440,8 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
                 }
                 other => other?,
             };
-        let link_up = parts.info.link_up();
+        let link_up = AtomicBool::new(parts.info.link_up());
+        let max_frame = parts.pairs.first().map_or(0, |p| p.tx.0.lock().max_frame());
         let mut device = Self {
             transport,
             options,
@@ -445,10 +452,9 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             mtu: parts.mtu,
             header_len: parts.header_len,
             link_up,
-            tx_notify_held: 0,
-            rx: DeviceVisible::new(parts.rx),
-            tx: DeviceVisible::new(parts.tx),
-            more_pairs: DeviceVisible::new(parts.more_pairs),
+            tx_notify_held: AtomicU32::new(0),
+            max_frame,
+            pairs: DeviceVisible::new(parts.pairs),
             ctrl: DeviceVisible::new(parts.ctrl),
             device_max_pairs: parts.device_max_pairs,
             active_pairs: 1,
@@ -459,6 +465,17 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         };
         // DRIVER_OK is set: the device may now hear about the receive buffers.
         device.flush();
+        let (rx_size, rx_buffers, rx_buffer_len, tx_size, tx_buffers) = {
+            let first = device.first_pair();
+            let (rx, tx) = (first.rx.0.get_mut(), first.tx.0.get_mut());
+            (
+                rx.size(),
+                rx.buffer_count(),
+                rx.buffer_len(),
+                tx.size(),
+                tx.buffer_count(),
+            )
+        };
         debug!(
             "{}: virtio-net: {}; using mac {}, mtu {}, {}-byte header; {} queue pair(s), each rx: {} descriptors, {} buffers of {} bytes{}; tx: {} descriptors, {} buffers; {}",
             device.transport.location(),
@@ -467,12 +484,12 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             device.mtu,
             device.header_len,
             device.queue_pairs(),
-            device.rx.size(),
-            device.rx.buffer_count(),
-            device.rx.buffer_len(),
+            rx_size,
+            rx_buffers,
+            rx_buffer_len,
             if device.features & feature::MRG_RXBUF != 0 { " (mergeable)" } else { "" },
-            device.tx.size(),
-            device.tx.buffer_count(),
+            tx_size,
+            tx_buffers,
             match &*device.ctrl {
                 Some(c) => ControlNote(Some((c.ring().index(), c.size()))),
                 None => ControlNote(None),
@@ -495,7 +512,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
 
     /// The longest frame that may be sent, Ethernet header included.
     pub fn max_frame(&self) -> usize {
-        self.tx.max_frame()
+        self.max_frame
     }
 
     /// The virtio-net header length in use (10 or 12).
@@ -520,7 +537,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
 
     /// `true` if the link is up (as of the last configuration read).
     pub fn link_up(&self) -> bool {
-        self.link_up
+        self.link_up.load(Ordering::Relaxed)
     }
 
     /// The transport (for the interrupt code: MSI-X vectors, location).
@@ -556,11 +573,12 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
 
     /// All counters.
     pub fn stats(&self) -> NetStats {
+        let first = self.pair_stats(0).unwrap_or_default();
         NetStats {
-            rx: self.rx.stats(),
-            rx_ring: self.rx.ring_counters(),
-            tx: self.tx.stats(),
-            tx_ring: self.tx.ring_counters(),
+            rx: first.rx,
+            rx_ring: first.rx_ring,
+            tx: first.tx,
+            tx_ring: first.tx_ring,
             ctrl: self.ctrl.as_ref().map(|c| c.stats()),
             ctrl_ring: self.ctrl.as_ref().map(|c| c.ring_counters()),
             config_changes: self.config_changes,
@@ -572,15 +590,15 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// and `transmitq`; several are `receiveq1`, `transmitq1`, ...,
     /// `receiveqN`, `transmitqN` (the spec's names, §5.1.2); then `controlq`.
     pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
-        if self.more_pairs.is_empty() {
-            visit(&"receiveq", self.rx.ring());
-            visit(&"transmitq", self.tx.ring());
+        // Each queue's lock is held while it is looked at (a CPU on the
+        // per-pair path may be using it).
+        if self.pairs.len() == 1 {
+            visit(&"receiveq", self.pairs[0].rx.0.lock().ring());
+            visit(&"transmitq", self.pairs[0].tx.0.lock().ring());
         } else {
-            visit(&QueueName("receiveq", 1), self.rx.ring());
-            visit(&QueueName("transmitq", 1), self.tx.ring());
-            for (i, pair) in self.more_pairs.iter().enumerate() {
-                visit(&QueueName("receiveq", i + 2), pair.rx.ring());
-                visit(&QueueName("transmitq", i + 2), pair.tx.ring());
+            for (i, pair) in self.pairs.iter().enumerate() {
+                visit(&QueueName("receiveq", i + 1), pair.rx.0.lock().ring());
+                visit(&QueueName("transmitq", i + 1), pair.tx.0.lock().ring());
             }
         }
         if let Some(ctrl) = &*self.ctrl {
@@ -590,20 +608,27 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
 
     // ----- moving frames ------------------------------------------------
 
-    /// The receive queue.
-    pub fn rx(&mut self) -> &mut RxQueue<H> {
-        &mut self.rx
+    /// The first pair (the only one without MQ): `pairs` is never empty.
+    fn first_pair(&mut self) -> &mut QueuePair<H> {
+        &mut self.pairs[0]
     }
 
-    /// The transmit queue.
+    /// The receive queue (of the first pair). Through `&mut self`, so no
+    /// lock is taken: nobody else can hold one.
+    pub fn rx(&mut self) -> &mut RxQueue<H> {
+        self.first_pair().rx.0.get_mut()
+    }
+
+    /// The transmit queue (of the first pair).
     pub fn tx(&mut self) -> &mut TxQueue<H> {
-        &mut self.tx
+        self.first_pair().tx.0.get_mut()
     }
 
     /// Both data queues at once (a network stack receives and answers in
     /// one go). Call [`NetDevice::flush`] afterwards.
     pub fn queues(&mut self) -> (&mut RxQueue<H>, &mut TxQueue<H>) {
-        (&mut self.rx, &mut self.tx)
+        let first = self.first_pair();
+        (first.rx.0.get_mut(), first.tx.0.get_mut())
     }
 
     /// Publishes what the queues added since the last flush (reposted
@@ -613,11 +638,11 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         if self.failed {
             return 0;
         }
-        self.rx.refill();
-        let mut rx = usize::from(device::kick(&mut self.transport, self.rx.ring_mut()));
-        for pair in self.more_pairs.iter_mut() {
-            pair.rx.refill();
-            rx += usize::from(device::kick(&mut self.transport, pair.rx.ring_mut()));
+        let mut rx = 0;
+        for pair in self.pairs.iter_mut() {
+            let queue = pair.rx.0.get_mut();
+            queue.refill();
+            rx += usize::from(device::kick(&mut self.transport, queue.ring_mut()));
         }
         // The transmit notification is held back while the device reports
         // the link down, the way Linux stops its queue on carrier off. A
@@ -632,25 +657,26 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         // VIRTIO_NET_S_LINK_UP). Published frames wait in the ring; the
         // held notification goes out at the first flush with the link up.
         // One bit per pair whose transmit queue wants a notification.
-        let mut wanted = u32::from(self.tx.ring_mut().publish().should_notify());
-        for (i, pair) in self.more_pairs.iter_mut().enumerate() {
-            wanted |= u32::from(pair.tx.ring_mut().publish().should_notify()) << (i + 1);
+        let mut wanted = 0u32;
+        for (i, pair) in self.pairs.iter_mut().enumerate() {
+            wanted |= u32::from(pair.tx.0.get_mut().ring_mut().publish().should_notify()) << i;
         }
-        wanted |= self.tx_notify_held;
+        let held = *self.tx_notify_held.get_mut();
+        wanted |= held;
         if wanted == 0 {
             return rx;
         }
         if !self.device_link_up() {
-            if self.tx_notify_held == 0 {
+            if held == 0 {
                 debug!(
                     "{}: virtio-net: the device reports the link down: transmit notification held back",
                     self.transport.location()
                 );
             }
-            self.tx_notify_held = wanted;
+            *self.tx_notify_held.get_mut() = wanted;
             return rx;
         }
-        self.tx_notify_held = 0;
+        *self.tx_notify_held.get_mut() = 0;
         let mut tx = 0;
         for pair in 0..self.queue_pairs() {
             if wanted & (1 << pair) != 0 {
@@ -668,14 +694,14 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         match config::NetInfo::read_status(&mut self.transport, self.features) {
             Ok(Some(status)) => status & config::status::LINK_UP != 0,
             Ok(None) => true,
-            Err(_) => self.link_up,
+            Err(_) => self.link_up(),
         }
     }
 
     /// Sends a copy of `frame` and flushes: the simple, one-frame path.
     pub fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
         self.check_live()?;
-        self.tx.send(frame)?;
+        self.tx().send(frame)?;
         self.flush();
         Ok(())
     }
@@ -685,7 +711,7 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// `buffer` is cut to fit; the returned length is the full one.
     pub fn receive_into(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, NetError> {
         self.check_live()?;
-        let received = self.rx.receive().map(|packet| {
+        let received = self.rx().receive().map(|packet| {
             packet.map(|packet| {
                 let data = packet.data();
                 let n = data.len().min(buffer.len());
@@ -723,10 +749,10 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         let status = config::NetInfo::read_status(&mut self.transport, self.features)?;
         self.info.status = status;
         let up = self.info.link_up();
-        if up == self.link_up {
+        if up == self.link_up() {
             return Ok(None);
         }
-        self.link_up = up;
+        self.link_up.store(up, Ordering::Relaxed);
         debug!(
             "{}: virtio-net: link {}",
             self.transport.location(),
@@ -830,11 +856,10 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
         }
         let before = self.features;
         let mut addresses = Vec::with_capacity(2 * usize::from(self.queue_pairs()));
-        addresses.push((RX_QUEUE, self.rx.ring().addresses()));
-        addresses.push((TX_QUEUE, self.tx.ring().addresses()));
-        for pair in self.more_pairs.iter() {
-            addresses.push((pair.rx.ring().index(), pair.rx.ring().addresses()));
-            addresses.push((pair.tx.ring().index(), pair.tx.ring().addresses()));
+        for pair in self.pairs.iter_mut() {
+            let (rx, tx) = (pair.rx.0.get_mut().ring(), pair.tx.0.get_mut().ring());
+            addresses.push((rx.index(), rx.addresses()));
+            addresses.push((tx.index(), tx.addresses()));
         }
         let ctrl = self
             .ctrl
@@ -866,8 +891,8 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             mac: info.mac.map(|_| self.mac),
             ..info
         };
-        self.link_up = self.info.link_up();
-        self.tx_notify_held = 0;
+        self.link_up.store(self.info.link_up(), Ordering::Relaxed);
+        *self.tx_notify_held.get_mut() = 0;
         // A reset device uses one pair again until told otherwise
         // ([`NetDevice::start_multiqueue`]).
         self.active_pairs = 1;
@@ -899,19 +924,15 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
             return;
         }
         if device::reset_or_keep(&mut self.transport, "virtio-net").is_err() {
-            self.rx.keep_forever();
-            self.tx.keep_forever();
-            self.more_pairs.keep_forever();
+            self.pairs.keep_forever();
             self.ctrl.keep_forever();
             self.dead = true;
             self.failed = true;
             return;
         }
-        self.rx.reset();
-        self.tx.reset();
-        for pair in self.more_pairs.iter_mut() {
-            pair.rx.reset();
-            pair.tx.reset();
+        for pair in self.pairs.iter_mut() {
+            pair.rx.0.get_mut().reset();
+            pair.tx.0.get_mut().reset();
         }
         if let Some(ctrl) = self.ctrl.as_mut() {
             ctrl.reset();
@@ -943,10 +964,8 @@ impl<H: Hal, T: Transport> fmt::Debug for NetDevice<H, T> {
             .field("features", &format_args!("{:#x}", self.features))
             .field("mac", &format_args!("{}", self.mac))
             .field("mtu", &self.mtu)
-            .field("link_up", &self.link_up)
-            .field("rx", &self.rx)
-            .field("tx", &self.tx)
-            .field("more_pairs", &self.more_pairs)
+            .field("link_up", &self.link_up())
+            .field("pairs", &self.pairs.len())
             .field("active_pairs", &self.active_pairs)
             .field("ctrl", &self.ctrl)
             .field("failed", &self.failed)
@@ -989,7 +1008,8 @@ fn setup<H: Hal, T: Transport>(
     let pairs = device_max_pairs.min(options.max_queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
 
     let (rx, tx) = setup_pair::<H, T>(t, 0, negotiated, options, &plan)?;
-    let mut more_pairs = Vec::new();
+    let mut pairs_set_up = Vec::with_capacity(usize::from(pairs));
+    pairs_set_up.push(QueuePair::new(rx, tx));
     for pair in 1..pairs {
         // A device whose advertised pairs cannot be set up is brought up
         // again without MQ (`NetDevice::with_options`).
@@ -999,7 +1019,7 @@ fn setup<H: Hal, T: Transport>(
                 why: "an extra queue pair cannot be set up",
             }
         })?;
-        more_pairs.push(QueuePair { rx, tx });
+        pairs_set_up.push(QueuePair::new(rx, tx));
     }
     let ctrl = if negotiated & feature::CTRL_VQ != 0 {
         let ring = device::setup_queue_with::<H, T>(
@@ -1046,9 +1066,7 @@ fn setup<H: Hal, T: Transport>(
         mtu,
         mac,
         header_len: plan.rx.header_len,
-        rx,
-        tx,
-        more_pairs,
+        pairs: pairs_set_up,
         device_max_pairs,
         ctrl,
     })

@@ -66,17 +66,33 @@ pub struct PairStats {
     pub tx_ring: QueueCounters,
 }
 
-/// A receive and a transmit queue beyond the first pair (VIRTIO_NET_F_MQ).
+/// One queue's lock, on a cache line of its own, so CPUs on different
+/// queues neither share a lock nor bounce one line between them.
+#[repr(align(64))]
+pub(super) struct QueueLock<Q>(pub(super) spin::Mutex<Q>);
+
+/// A receive and a transmit queue, each behind its own lock (see
+/// [`super::per_pair`]): code holding `&mut NetDevice` reaches them with
+/// `get_mut` (no locking), the per-pair path locks one of them.
 pub struct QueuePair<H: Hal> {
-    pub(super) rx: RxQueue<H>,
-    pub(super) tx: TxQueue<H>,
+    pub(super) rx: QueueLock<RxQueue<H>>,
+    pub(super) tx: QueueLock<TxQueue<H>>,
+}
+
+impl<H: Hal> QueuePair<H> {
+    pub(super) fn new(rx: RxQueue<H>, tx: TxQueue<H>) -> Self {
+        Self {
+            rx: QueueLock(spin::Mutex::new(rx)),
+            tx: QueueLock(spin::Mutex::new(tx)),
+        }
+    }
 }
 
 impl<H: Hal> fmt::Debug for QueuePair<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueuePair")
-            .field("rx", &self.rx)
-            .field("tx", &self.tx)
+            .field("rx", &*self.rx.0.lock())
+            .field("tx", &*self.tx.0.lock())
             .finish()
     }
 }
@@ -84,7 +100,7 @@ impl<H: Hal> fmt::Debug for QueuePair<H> {
 impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// Queue pairs set up (1 without MQ).
     pub fn queue_pairs(&self) -> u16 {
-        1 + self.more_pairs.len() as u16
+        self.pairs.len() as u16
     }
 
     /// Queue pairs the device uses: all that were set up once
@@ -107,12 +123,9 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
     /// Both queues of pair `pair` (0-based), if it was set up. Call
     /// [`NetDevice::flush`] afterwards.
     pub fn pair(&mut self, pair: u16) -> Option<(&mut RxQueue<H>, &mut TxQueue<H>)> {
-        if pair == 0 {
-            return Some((&mut self.rx, &mut self.tx));
-        }
-        self.more_pairs
-            .get_mut(usize::from(pair) - 1)
-            .map(|p| (&mut p.rx, &mut p.tx))
+        self.pairs
+            .get_mut(usize::from(pair))
+            .map(|p| (p.rx.0.get_mut(), p.tx.0.get_mut()))
     }
 
     /// The pair to transmit on from CPU `cpu`: one per CPU while there are
@@ -123,12 +136,8 @@ impl<H: Hal, T: Transport> NetDevice<H, T> {
 
     /// The counters of pair `pair`, if it was set up.
     pub fn pair_stats(&self, pair: u16) -> Option<PairStats> {
-        let (rx, tx) = if pair == 0 {
-            (&*self.rx, &*self.tx)
-        } else {
-            let p = self.more_pairs.get(usize::from(pair) - 1)?;
-            (&p.rx, &p.tx)
-        };
+        let p = self.pairs.get(usize::from(pair))?;
+        let (rx, tx) = (p.rx.0.lock(), p.tx.0.lock());
         Some(PairStats {
             rx: rx.stats(),
             rx_ring: rx.ring_counters(),

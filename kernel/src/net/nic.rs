@@ -44,22 +44,38 @@
 //! The driver sets up one receive/transmit pair per online CPU (at most
 //! [`DEFAULT_MAX_PAIRS`], or `net.pairs=N`), and [`claim_all`] then sends
 //! VQ_PAIRS_SET ([`NetDevice::start_multiqueue`]). Pair `p` belongs to CPU
-//! `p mod online CPUs` (it transmits there; recorded with
-//! `smp::note_queue`), and its MSI-X entries send their messages to the CPU
-//! that drains it ([`drain_cpu`], through `virtio::DrivenDevice::queue_cpu`),
-//! one line per pair:
+//! `p mod online CPUs` ([`owner_cpu`]): that CPU sends on it. Where each
+//! queue's MSI-X message goes (`virtio::DrivenDevice::queue_cpu`) follows
+//! who uses the queue:
+//!
+//! | queue | used by | its interrupts go to |
+//! | --- | --- | --- |
+//! | transmitq`p+1` | the owner CPU, on the per-pair path (`NetDevice::lock_tx`) | the owner CPU |
+//! | receiveq`p+1` | the network loop (one smoltcp interface) | [`NETWORK_LOOP_CPU`] (0) |
+//! | controlq, configuration | the network loop, bring-up, recovery | CPU 0 |
+//!
+//! Receive stays on the loop's CPU on purpose: the card's smoltcp
+//! interface is single-threaded and polled by the network loop, which runs
+//! on CPU 0 only (`super::run` and the shell's idle step); a receive
+//! interrupt sent elsewhere would not wake it, and a received packet would
+//! wait for the loop's next timer. `smp::note_queue` records the same:
+//! each transmit queue under its owner CPU, each receive queue under CPU 0.
+//! One line per pair:
 //!
 //! ```text
 //! net0: 4 queue pairs in use (the device has 4), control queue 8
-//! net0: pair 1 (receiveq2 = queue 2, transmitq2 = queue 3) -> cpu 1, interrupts on cpu 0
+//! net0: pair 1 (receiveq2 = queue 2, transmitq2 = queue 3) -> cpu 1: transmit interrupts on cpu 1, receive interrupts on cpu 0 (network loop)
 //! ```
 //!
-//! The card's one smoltcp interface is polled by the network loop, which
-//! runs on CPU 0 only (`super::run` and the shell's idle step): an
-//! interrupt sent to another CPU would not wake it, and a received packet
-//! would wait for the loop's next timer. So today every pair's interrupts
-//! go to CPU 0; when the loop runs on every CPU, [`drain_cpu`] becomes the
-//! pair's own CPU and nothing else changes.
+//! ## The card list: one lock per CPU
+//!
+//! The cards are kept behind a `block::DiskLock` with one lock per online
+//! CPU: [`nics`] takes every lock and gives `&mut` (bring-up, the network
+//! loop, recovery, the shell: everything that existed before), while
+//! [`with_card_for_cpu`] (self-tests and benchmarks) takes only the calling
+//! CPU's lock and gives `&Nic`, on which `NetDevice::lock_tx(pair)` locks
+//! that one transmit queue (`drivers::net::per_pair`). CPUs sending on
+//! their own pairs so share no lock.
 //!
 //! All pairs feed the card's one smoltcp interface: [`Phy`] takes received
 //! frames from every receive queue in turn (the device chose the queue, by
@@ -80,7 +96,9 @@ use drivers::net::{
 use drivers::transport::{DeviceType, InterruptStatus, Location, Transport};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use spin::{Mutex, MutexGuard};
+use spin::Once;
+
+use crate::block::{AllGuard, DiskLock};
 
 use crate::hal_impl::KernelHal;
 use crate::virtio::{BroughtUp, DrivenDevice, FeatureList, InterruptLine, KernelTransport};
@@ -109,13 +127,14 @@ impl DrivenDevice for KernelNetDevice {
         BroughtUp::new(self.transport().kind(), queue_count(self), self.features())
     }
 
-    /// A pair's queues interrupt the CPU that drains the pair ([`drain_cpu`]);
-    /// the control queue and the configuration event, CPU 0.
+    /// transmitq`p+1` interrupts its owner CPU ([`owner_cpu`]); every
+    /// receive queue the network loop's CPU ([`NETWORK_LOOP_CPU`]); the
+    /// control queue and the configuration event, CPU 0 (module docs).
     fn queue_cpu(&self, queue: u16) -> usize {
-        if queue < 2 * self.queue_pairs() {
-            drain_cpu(queue / 2, crate::smp::online_cpus())
+        if queue < 2 * self.queue_pairs() && queue % 2 == 1 {
+            owner_cpu(queue / 2, crate::smp::online_cpus())
         } else {
-            0
+            NETWORK_LOOP_CPU
         }
     }
 }
@@ -169,13 +188,31 @@ pub struct Nic {
     dma_faults_seen: u64,
 }
 
-/// Every network card brought up, in discovery order.
-static NICS: Mutex<Vec<Nic>> = Mutex::new(Vec::new());
+/// Every network card brought up, in discovery order, behind one lock per
+/// online CPU (module docs, "The card list").
+static NICS: Once<DiskLock<Vec<Nic>>> = Once::new();
 
-/// The card list, locked. Interrupt handlers never take it; do not hold it
-/// across a wait on another device.
-pub fn nics() -> MutexGuard<'static, Vec<Nic>> {
-    NICS.lock()
+/// The card list with its locks, made at first use: after `smp::init`
+/// (the kernel claims cards after starting the other CPUs), so with one
+/// lock per CPU that is online.
+fn card_list() -> &'static DiskLock<Vec<Nic>> {
+    NICS.call_once(|| DiskLock::new(Vec::new(), crate::smp::online_cpus()))
+}
+
+/// The card list, every lock taken. Interrupt handlers never take it; do
+/// not hold it across a wait on another device, nor call it while inside
+/// [`with_card_for_cpu`] (it would wait for itself).
+pub fn nics() -> AllGuard<'static, Vec<Nic>> {
+    card_list().lock_all()
+}
+
+/// Runs `f` on the card list holding only CPU `cpu`'s lock of it: shared
+/// access, for the per-pair path (`NetDevice::lock_tx`). CPUs passing
+/// their own number never wait for each other here.
+#[cfg(any(feature = "selftest", feature = "bench"))]
+pub fn with_card_for_cpu<R>(cpu: usize, f: impl FnOnce(&[Nic]) -> R) -> R {
+    let cards = card_list().lock_queue(cpu);
+    f(&cards)
 }
 
 /// Driver options from the kernel command line:
@@ -227,7 +264,7 @@ fn parse_number(text: &str) -> Option<u64> {
 /// device's FAILED `virtio:` line). Call once, after `virtio::probe`.
 pub fn claim_all() {
     let options = options_from_cmdline();
-    let mut nics = NICS.lock();
+    let mut nics = nics();
     while let Some(found) = crate::virtio::take(DeviceType::Net, DRIVER_NAME) {
         let location = found.location;
         let interrupt = found.interrupt;
@@ -318,29 +355,38 @@ fn start_pairs(name: &str, location: Location, device: &mut KernelNetDevice) {
     }
     let cpus = crate::smp::online_cpus().max(1);
     for pair in 0..active {
-        let cpu = usize::from(pair) % cpus;
+        let cpu = owner_cpu(pair, cpus);
         let (rx, tx) = (rx_queue_of(pair), tx_queue_of(pair));
         log::info!(
-            "{name}: pair {pair} (receiveq{n} = queue {rx}, transmitq{n} = queue {tx}) -> cpu {cpu}, interrupts on cpu {}",
-            drain_cpu(pair, cpus),
+            "{name}: pair {pair} (receiveq{n} = queue {rx}, transmitq{n} = queue {tx}) -> cpu {cpu}: transmit interrupts on cpu {cpu}, receive interrupts on cpu {NETWORK_LOOP_CPU} (network loop)",
             n = pair + 1
         );
         crate::smp::note_queue(
             cpu,
             format!(
-                "{name} pair{pair} (queues {rx},{tx}; interrupts on cpu {})",
-                drain_cpu(pair, cpus)
+                "{name} transmitq{} (queue {tx}, pair {pair}; sends and interrupts here)",
+                pair + 1
+            ),
+        );
+        crate::smp::note_queue(
+            NETWORK_LOOP_CPU,
+            format!(
+                "{name} receiveq{} (queue {rx}, pair {pair}; drained and interrupted here by the network loop)",
+                pair + 1
             ),
         );
     }
 }
 
-/// The CPU that drains pair `pair` and so takes its interrupts: the CPU
-/// that runs the network loop, CPU 0 (see the module docs), whatever the
-/// pair. `_cpus` is what the pair's own CPU (`pair % cpus`) needs once the
-/// loop runs on every CPU.
-fn drain_cpu(_pair: u16, _cpus: usize) -> usize {
-    0
+/// The CPU that runs the network loop (the card's one smoltcp interface)
+/// and so drains every receive queue and takes their interrupts.
+pub const NETWORK_LOOP_CPU: usize = 0;
+
+/// The CPU that owns pair `pair` among `cpus` online CPUs: it sends on the
+/// pair and takes its transmit-completion interrupts. One pair per CPU
+/// while there are enough; more pairs than CPUs share CPUs round robin.
+pub fn owner_cpu(pair: u16, cpus: usize) -> usize {
+    usize::from(pair) % cpus.max(1)
 }
 
 impl Nic {
@@ -611,5 +657,5 @@ const CONFIG_POLL_NS: u64 = 100_000_000;
 
 /// Counts the cards the registry gave this driver, for the self-tests.
 pub fn count() -> usize {
-    NICS.lock().len()
+    nics().len()
 }
