@@ -31,7 +31,7 @@ WORKLOAD = "blk.randread.qd32"
 #: The network workload measured.
 NET_WORKLOAD = "net.tx64"
 #: Per workload: the mode of its rows, the key of its figure, its unit.
-FIGURES = {WORKLOAD: ("irq", "iops", "IOPS"), NET_WORKLOAD: ("poll", "pps", "frames/s")}
+FIGURES = {WORKLOAD: ("irq", "iops", "IOPS"), NET_WORKLOAD: ("irq", "pps", "frames/s")}
 
 
 def devices(cpus: int):

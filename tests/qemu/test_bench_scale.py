@@ -31,7 +31,7 @@ class BenchScaleTest(unittest.TestCase):
 
     def test_net_rows_are_judged_by_their_own_figure_and_baseline(self) -> None:
         def net(pps: float) -> dict[str, object]:
-            return {"name": "net.tx64.poll", "workload": "net.tx64", "mode": "poll", "pps": pps}
+            return {"name": "net.tx64.irq", "workload": "net.tx64", "mode": "irq", "pps": pps}
 
         blk1 = bench_scale.entry(1, [row(100.0)], {})
         net1 = bench_scale.entry(1, [net(50.0), net(70.0), net(60.0), row(1e9)],
