@@ -344,7 +344,7 @@ fn program<T: Transport + ?Sized>(
 /// queue decides the device must be told, notifies it through the
 /// transport. Returns `true` if a notification was sent.
 #[inline]
-pub fn kick<R: Ring + ?Sized, T: Transport + ?Sized>(transport: &T, queue: &mut R) -> bool {
+pub fn kick<R: Ring + ?Sized, T: Transport + ?Sized>(transport: &mut T, queue: &mut R) -> bool {
     match queue.publish() {
         NotifyDecision::Notify => {
             transport.notify(queue.index());

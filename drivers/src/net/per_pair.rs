@@ -49,7 +49,6 @@ use core::sync::atomic::Ordering;
 use hal::Hal;
 
 use super::{rx_queue_of, tx_queue_of, NetDevice, NetError, RxQueue, TxQueue};
-use crate::device;
 use crate::queue::Ring;
 use crate::transport::Transport;
 
@@ -156,7 +155,11 @@ impl<H: Hal, T: Transport> PairRx<'_, H, T> {
             return false;
         }
         self.queue.refill();
-        device::kick(&self.device.transport, self.queue.ring_mut())
+        if !self.queue.ring_mut().publish().should_notify() {
+            return false;
+        }
+        self.device.transport.notify(rx_queue_of(self.pair));
+        true
     }
 }
 
