@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -260,6 +261,39 @@ def check_netscale_smoke(outcome: Outcome) -> Iterable[str]:
         problems.append(f"no frames/s figure: {entry}")
     if entry.get("queues") != 2:
         problems.append(f"netscale.setup says pairs={entry.get('queues')}, the card has 2")
+    problems.extend(pair_problems(outcome.log_text, cpus=2))
+    return problems
+
+
+PAIR_LINE = re.compile(r"^netscale: cpu (\d+) pair (\d+) pps=\S+ sent=(\d+) notifications=\d+ "
+                       r"queue_interrupts=(\d+) cpu_interrupts=(\d+) irq_cpu=(\d+|none)$", re.M)
+
+
+def pair_problems(log_text: str, cpus: int) -> list[str]:
+    """Problems with the boot's `netscale: cpu N pair P` lines (pure: unit-tested):
+    every CPU sent, each on its own pair, each pair's transmit queue's MSI-X
+    message is addressed to its sending CPU (`irq_cpu`), and its interrupts
+    arrived there (`queue_interrupts` at most that CPU's `cpu_interrupts`),
+    with at least one CPU other than 0 interrupted."""
+    lines = []
+    for m in PAIR_LINE.finditer(log_text):
+        *numbers, irq_cpu = m.groups()
+        lines.append((*(int(g) for g in numbers), None if irq_cpu == "none" else int(irq_cpu)))
+    problems = []
+    if sorted(line[0] for line in lines) != list(range(cpus)):
+        return [f"per-pair lines for cpus {sorted(line[0] for line in lines)}, expected 0..{cpus - 1}"]
+    for cpu, pair, sent, queue_irqs, cpu_irqs, irq_cpu in lines:
+        if irq_cpu != cpu:
+            problems.append(f"pair {pair}: its transmit interrupts are addressed to cpu {irq_cpu}, not {cpu}")
+        if pair != cpu:
+            problems.append(f"cpu {cpu} sent on pair {pair}, not its own")
+        if sent == 0:
+            problems.append(f"cpu {cpu} sent nothing")
+        if queue_irqs > cpu_irqs:
+            problems.append(f"pair {pair}: {queue_irqs} transmit interrupts, but its cpu {cpu} took only "
+                            f"{cpu_irqs}: they went elsewhere")
+    if not any(min(line[3], line[4]) > 0 for line in lines if line[0] != 0):
+        problems.append("no CPU other than 0 took a transmit interrupt of its pair")
     return problems
 
 

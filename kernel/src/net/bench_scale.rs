@@ -23,12 +23,14 @@
 //! ```text
 //! bench: netscale.setup cpus=2 pairs=2 active_pairs=2 submitting_cpus=2 frame_bytes=64 batch=32
 //! bench: net.tx64.irq stack=ours pps=... sent=... notifications=... interrupts=... pairs_used=2 submitting_cpus=2
-//! netscale: cpu 1 pair 1 pps=... sent=... notifications=... queue_interrupts=... cpu_interrupts=...
+//! netscale: cpu 1 pair 1 pps=... sent=... notifications=... queue_interrupts=... cpu_interrupts=... irq_cpu=1
 //! ```
 //!
 //! `queue_interrupts` counts the pair's transmit-queue interrupts,
-//! `cpu_interrupts` every interrupt the worker's CPU took while it ran:
-//! with the steering right, the first is at most the second on every CPU.
+//! `cpu_interrupts` every interrupt the worker's CPU took while it ran
+//! (its waits' watchdog ticks included), `irq_cpu` the CPU the queue's
+//! MSI-X message is addressed to: with the steering right, `irq_cpu` is the
+//! worker's CPU and the first count is at most the second.
 
 use alloc::format;
 use alloc::string::String;
@@ -58,6 +60,8 @@ struct WorkerRun {
     notifications: u64,
     queue_interrupts: u64,
     cpu_interrupts: u64,
+    /// The CPU the transmit queue's MSI-X message is addressed to.
+    irq_cpu: Option<usize>,
 }
 
 impl WorkerRun {
@@ -136,6 +140,8 @@ fn measure(card: &Nic, cpu: usize, pair: u16, duration: u64) -> Result<WorkerRun
         (seconds * 1e9) as u64 + 10_000_000_000,
     );
     let queue_interrupts = || super::bench::interrupts(card.location, queue);
+    let irq_cpu =
+        crate::virtio::irq::of(card.location).and_then(|irq| irq.msix_cpu_of_queue(queue));
     let (packets, notifications) = (tx.stats().packets, tx.ring_counters().notifications);
     let (irqs, cpu_irqs) = (queue_interrupts(), cpu_interrupts(cpu));
     // The frame carries the pair in its top byte of the sequence number.
@@ -178,6 +184,7 @@ fn measure(card: &Nic, cpu: usize, pair: u16, duration: u64) -> Result<WorkerRun
         notifications: tx.ring_counters().notifications - notifications,
         queue_interrupts: queue_interrupts() - irqs,
         cpu_interrupts: cpu_interrupts(cpu) - cpu_irqs,
+        irq_cpu,
     })
 }
 
@@ -197,14 +204,15 @@ fn report(runs: &[WorkerRun]) {
     );
     for r in runs {
         println!(
-            "netscale: cpu {} pair {} pps={:.0} sent={} notifications={} queue_interrupts={} cpu_interrupts={}",
+            "netscale: cpu {} pair {} pps={:.0} sent={} notifications={} queue_interrupts={} cpu_interrupts={} irq_cpu={}",
             r.cpu,
             r.pair,
             r.pps(),
             r.sent,
             r.notifications,
             r.queue_interrupts,
-            r.cpu_interrupts
+            r.cpu_interrupts,
+            r.irq_cpu.map_or(String::from("none"), |c| format!("{c}"))
         );
     }
 }

@@ -371,6 +371,26 @@ impl DeviceIrq {
     pub fn wait(self, queues: QueueSet, timeout_ns: u64) -> KernelWait {
         KernelWait::new(self.state(), queues, timeout_ns)
     }
+
+    /// The CPU the MSI-X message of the entry carrying `queue` is addressed
+    /// to (as programmed into the table); `None` without MSI-X or for a
+    /// queue no entry carries. For the network scale bench's per-pair lines.
+    #[cfg(feature = "bench")]
+    pub fn msix_cpu_of_queue(self, queue: u16) -> Option<usize> {
+        let bit = 1u64.checked_shl(u32::from(queue))?;
+        let slots = SLOTS.lock();
+        let IrqMode::Msix { entries, .. } = &slots.get(self.slot)?.mode else {
+            return None;
+        };
+        entries
+            .iter()
+            .find(|e| {
+                TARGETS
+                    .get(e.target)
+                    .is_some_and(|t| t.queues.load(Ordering::Relaxed) & bit != 0)
+            })
+            .map(|e| e.cpu)
+    }
 }
 
 /// The interrupt slot of the device at `location`, if it has one.
