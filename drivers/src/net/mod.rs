@@ -66,6 +66,11 @@
 //! were last sent on, §5.1.6.5.5, or a hash of the flow), and the driver
 //! may send on any active pair ([`NetDevice::pair`]).
 //!
+//! Every queue of every pair sits behind a lock of its own, so CPUs each
+//! on their own pair can send at once through `&NetDevice`
+//! ([`NetDevice::lock_tx`], [`per_pair`]); everything that changes the card
+//! as a whole keeps taking `&mut NetDevice`.
+//!
 //! With VIRTIO_NET_F_RSS as well, `start_multiqueue` sends the driver's
 //! receive-side scaling configuration instead ([`rss`]: hash key,
 //! indirection table, hash types), and the device spreads flows by their
