@@ -72,8 +72,9 @@
 //! The cards are kept behind a `block::DiskLock` with one lock per online
 //! CPU: [`nics`] takes every lock and gives `&mut` (bring-up, the network
 //! loop, recovery, the shell: everything that existed before), while
-//! [`with_card_for_cpu`] (self-tests and benchmarks) takes only the calling
-//! CPU's lock and gives `&Nic`, on which `NetDevice::lock_tx(pair)` locks
+//! `with_card_for_cpu` (in the benchmark build; the network loop itself
+//! takes the whole list) takes only the calling CPU's lock and gives
+//! `&[Nic]`, on which `NetDevice::lock_tx(pair)` locks
 //! that one transmit queue (`drivers::net::per_pair`). CPUs sending on
 //! their own pairs so share no lock.
 //!
