@@ -6,7 +6,7 @@ accepts it (virtio 1.2 §6.1). `-device intel-iommu` must come before the device
 it covers. QEMU 7.2 needs nothing else under TCG: interrupt remapping is offered
 (`intremap=auto` turns on without KVM's in-kernel irqchip) but the kernel never
 enables it, so MSIs go straight to the local APIC. Under KVM, `intremap=on`
-would need `-machine q35,kernel-irqchip=split`; these scenarios run under TCG.
+would need `-machine q35,kernel-irqchip=split`; all but `iommu-strict-kvm-q35` run under TCG.
 
 - `iommu-strict-q35`: blk, net and console behind the IOMMU in strict mode: the
   whole self-test (block data written and checked on the host afterwards, net
