@@ -134,7 +134,7 @@ fn bring_up_accepts_exactly_the_supported_features_and_reads_the_configuration()
         write_zeroes: (2048, 1, 1),
         ..BlkModelConfig::default()
     };
-    let (blk, model) = device(config);
+    let (mut blk, model) = device(config);
     let m = model.borrow();
     assert_eq!(
         m.driver_features,
@@ -1658,7 +1658,7 @@ fn order_platform_is_accepted_and_the_queues_use_the_platforms_barriers() {
         features: BlkModelConfig::default().features | features::ORDER_PLATFORM,
         ..BlkModelConfig::default()
     };
-    let (blk, _model) = device_with(config, TransportKind::PciLegacy, BlkOptions::default());
+    let (mut blk, _model) = device_with(config, TransportKind::PciLegacy, BlkOptions::default());
     assert_eq!(blk.queue_memory_order(0), Some(MemoryOrder::Smp));
 }
 

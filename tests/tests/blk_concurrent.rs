@@ -193,7 +193,7 @@ fn worker(blk: &Blk, queue: u16) -> u64 {
 
 #[test]
 fn threads_submit_and_complete_on_their_own_queues_at_once() {
-    let (blk, model) = device();
+    let (mut blk, model) = device();
     assert_eq!(blk.queue_count(), usize::from(QUEUES));
     let stop = AtomicBool::new(false);
     let requests: Vec<u64> = thread::scope(|s| {
@@ -391,4 +391,23 @@ fn both_apis_on_one_queue_each_get_their_own_completions_and_aborts() {
     );
     drop(q);
     assert!(model.borrow().violations.is_empty());
+}
+
+#[test]
+fn printing_the_device_while_holding_one_of_its_queues_does_not_wait_for_it() {
+    // The counters that need every queue take `&mut BlkDevice` (so they
+    // cannot be called while a `BlkQueue` lives); `Debug` takes `&self` and
+    // must not lock the queue its caller holds (a spin lock: it would wait
+    // for ever).
+    let (blk, _model) = device();
+    let held = blk.lock_queue(1).unwrap();
+    let printed = format!("{blk:?}");
+    assert!(
+        printed.contains("in_flight: None"),
+        "a held queue's count is not waited for: {printed}"
+    );
+    assert_eq!(held.in_flight(), 0);
+    drop(held);
+    let printed = format!("{blk:?}");
+    assert!(printed.contains("in_flight: Some(0)"), "{printed}");
 }

@@ -483,19 +483,21 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         self.home_queue
     }
 
-    /// Descriptors in queue `queue`.
-    pub fn queue_size(&self, queue: u16) -> Option<u16> {
+    /// Descriptors in queue `queue`. Takes `&mut self` (as every method
+    /// that looks at any queue's state does): no [`BlkQueue`] can be held
+    /// meanwhile, so it reads the queue without locking it.
+    pub fn queue_size(&mut self, queue: u16) -> Option<u16> {
         self.queues
-            .get(queue as usize)
-            .map(|q| q.lock().rq.ring.size())
+            .get_mut(queue as usize)
+            .map(|q| q.get_mut().rq.ring.size())
     }
 
     /// The barriers queue `queue` uses: the platform's when
     /// VIRTIO_F_ORDER_PLATFORM was negotiated (`queue/order.rs`).
-    pub fn queue_memory_order(&self, queue: u16) -> Option<MemoryOrder> {
+    pub fn queue_memory_order(&mut self, queue: u16) -> Option<MemoryOrder> {
         self.queues
-            .get(queue as usize)
-            .map(|q| q.lock().rq.ring.memory_order())
+            .get_mut(queue as usize)
+            .map(|q| q.get_mut().rq.ring.memory_order())
     }
 
     /// Most data segments in one request (the smallest of `seg_max`,
@@ -509,23 +511,23 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         self.limits.max_segment_bytes
     }
 
-    /// Requests in flight on all queues (locks each queue in turn: not
-    /// while holding a [`BlkQueue`] of this device).
-    pub fn in_flight(&self) -> usize {
+    /// Requests in flight on all queues (`&mut self`: see
+    /// [`BlkDevice::queue_size`]; [`BlkQueue::in_flight`] counts one queue).
+    pub fn in_flight(&mut self) -> usize {
         self.queues
-            .iter()
-            .map(|q| q.lock().rq.ring.in_flight() as usize)
+            .iter_mut()
+            .map(|q| q.get_mut().rq.ring.in_flight() as usize)
             .sum()
     }
 
     /// Hands each request queue's ring, with its name (`requestq`, or
     /// `requestq1`, `requestq2`, ... with VIRTIO_BLK_F_MQ), to `visit`: a
-    /// read-only look for the live queue view ([`crate::view`]). Locks
-    /// each queue while `visit` looks at it.
-    pub fn visit_rings(&self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
+    /// read-only look for the live queue view ([`crate::view`]).
+    /// `&mut self`: see [`BlkDevice::queue_size`].
+    pub fn visit_rings(&mut self, mut visit: impl FnMut(&dyn fmt::Display, &Virtqueue<H>)) {
         let several = self.queues.len() > 1;
-        for (i, q) in self.queues.iter().enumerate() {
-            let state = q.lock();
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            let state = q.get_mut();
             if several {
                 visit(&format_args!("requestq{}", i + 1), &state.rq.ring);
             } else {
@@ -534,15 +536,16 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
         }
     }
 
-    /// Counters of queue `queue`.
-    pub fn queue_stats(&self, queue: u16) -> Option<BlkQueueStats> {
+    /// Counters of queue `queue` (`&mut self`: see
+    /// [`BlkDevice::queue_size`]; [`BlkQueue::stats`] on the per-queue path).
+    pub fn queue_stats(&mut self, queue: u16) -> Option<BlkQueueStats> {
         self.queues
-            .get(queue as usize)
-            .map(|q| q.lock().rq.queue_stats())
+            .get_mut(queue as usize)
+            .map(|q| q.get_mut().rq.queue_stats())
     }
 
     /// Counters of all queues added up.
-    pub fn stats(&self) -> BlkQueueStats {
+    pub fn stats(&mut self) -> BlkQueueStats {
         let mut total = BlkQueueStats::default();
         for q in 0..self.queues.len() as u16 {
             if let Some(s) = self.queue_stats(q) {
@@ -576,10 +579,10 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
 
     /// What the ring of queue `queue` last found wrong with the device
     /// (the detail behind [`BlkError::Ring`]); `None` if nothing yet.
-    pub fn ring_fault(&self, queue: u16) -> Option<QueueError> {
+    pub fn ring_fault(&mut self, queue: u16) -> Option<QueueError> {
         self.queues
-            .get(usize::from(queue))
-            .and_then(|q| q.lock().rq.fault)
+            .get_mut(usize::from(queue))
+            .and_then(|q| q.get_mut().rq.fault)
     }
 
     /// The transport (for the interrupt code: MSI-X vectors, location).
@@ -778,7 +781,16 @@ impl<H: Hal, T: Transport> fmt::Debug for BlkDevice<H, T> {
             .field("features", &format_args!("{:#x}", self.features))
             .field("info", &self.info)
             .field("queues", &self.queues.len())
-            .field("in_flight", &self.in_flight())
+            // `try_lock`: a caller may print the device while holding one
+            // of its queues; a held queue is not waited for.
+            .field(
+                "in_flight",
+                &self
+                    .queues
+                    .iter()
+                    .map(|q| q.try_lock().map(|s| usize::from(s.rq.ring.in_flight())))
+                    .sum::<Option<usize>>(),
+            )
             .field("failed", &self.failed)
             .finish()
     }

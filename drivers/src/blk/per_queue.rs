@@ -29,10 +29,15 @@
 //! buffers are in the device's table, which this path does not write).
 //! A reset aborts the requests of both, each into its own list.
 //!
-//! While a caller holds a [`BlkQueue`], it must not call [`BlkDevice`]
-//! methods that look at every queue (`in_flight`, `queue_stats`,
-//! `queue_size`, ...): they lock each queue in turn, this one included,
-//! and would wait for ever. The [`BlkQueue`] answers those for its queue.
+//! Spin locks do not re-enter, so a caller holding a [`BlkQueue`] that
+//! locked its queue again would wait for ever. [`BlkDevice`]'s methods that
+//! look at a queue's state (`in_flight`, `stats`, `queue_stats`,
+//! `queue_size`, `ring_fault`, `visit_rings`) therefore take `&mut self`
+//! and read the state without locking it: while a [`BlkQueue`] (a `&self`
+//! borrow) lives they do not compile, and the [`BlkQueue`] answers them
+//! for its queue ([`BlkQueue::in_flight`], [`BlkQueue::stats`],
+//! [`BlkQueue::size`]). The one lock left on `&self` is
+//! [`BlkDevice::lock_queue`]: do not lock a queue you hold.
 
 use hal::{DmaBuffer, DmaOwner, Hal};
 

@@ -179,7 +179,7 @@ fn drive(
     disk: &Disk,
 ) -> Result<WorkerRun, String> {
     let queue = q.index();
-    // Not `disk.blk().queue_size(queue)`: that would lock this queue again.
+    // The queue answers for itself: `BlkDevice::queue_size` needs `&mut`.
     let mut piece_of_slot = vec![0usize; usize::from(q.size())];
     for piece in 0..pieces.len() {
         submit(q, pieces, piece, slots, rng, &mut piece_of_slot)?;

@@ -316,6 +316,9 @@ pub struct Disk {
     transport: TransportKind,
     serial: String,
     device: KernelBlk,
+    /// Descriptors in the first request queue (fixed at bring-up; kept
+    /// here so [`Disk::info`] needs no `&mut` of the driver).
+    queue_size: u16,
     irq: Option<DeviceIrq>,
     wait_mode: WaitMode,
     /// How long one blocking call waits ([`CALL_TIMEOUT_NS`]; the fault
@@ -343,15 +346,17 @@ impl Disk {
             ring_features: virtio::ring_preference().ring_features(),
             ..BlkOptions::default()
         };
-        let device = virtio::bring_up(found, DRIVER_NAME, |transport| {
+        let mut device = virtio::bring_up(found, DRIVER_NAME, |transport| {
             KernelBlk::with_options(transport, options)
         })?;
+        let queue_size = device.queue_size(0).unwrap_or(0);
         let mut disk = Disk {
             name,
             location,
             transport: transport_kind,
             serial: String::new(),
             device,
+            queue_size,
             irq: virtio::irq::of(location),
             wait_mode: WaitMode::Interrupt,
             call_timeout_ns: CALL_TIMEOUT_NS,
@@ -465,7 +470,7 @@ impl Disk {
             read_only: self.device.read_only(),
             writable: self.writable(),
             features: self.device.features(),
-            queue_size: self.device.queue_size(0).unwrap_or(0),
+            queue_size: self.queue_size,
             max_segments: self.device.max_data_segments(),
         }
     }
