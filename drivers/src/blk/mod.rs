@@ -714,6 +714,18 @@ impl<H: Hal, T: Transport> BlkDevice<H, T> {
     }
     // ----- failure and recovery -----------------------------------------
 
+    /// Resets the device because its caller gave up on it (a request of
+    /// the per-queue path timed out, or its queue broke): what the blocking
+    /// helpers do when they give up. Every request in flight completes
+    /// with [`RequestError::Aborted`] (the per-queue path's into their
+    /// queue's list, their buffers back in its table), and requests fail
+    /// with [`BlkError::DeviceFailed`] until [`BlkDevice::recover`].
+    pub fn reset_after_failure(&mut self, why: &str) {
+        if !self.failed {
+            self.stop_device(why, true);
+        }
+    }
+
     /// Resets the device and brings it back: runs the initialisation
     /// sequence again with the same options, checks that the same features
     /// are negotiated, re-reads the configuration and re-programs the

@@ -131,6 +131,13 @@ impl DeviceInterrupts {
         self.config_changed.swap(false, Ordering::Acquire)
     }
 
+    /// `true` if a configuration change arrived that nobody took yet
+    /// ([`Self::take_config_change`] takes it): for a path that cannot act
+    /// on it and hands the work to one that can.
+    pub fn config_change_pending(&self) -> bool {
+        self.config_changed.load(Ordering::Acquire)
+    }
+
     /// Interrupts counted for queue `queue`.
     pub fn queue_interrupt_count(&self, queue: u16) -> u64 {
         self.queue_interrupts

@@ -65,9 +65,13 @@ impl<T> DiskLock<T> {
         }
     }
 
+    /// How many queue locks there are.
+    pub fn queue_count(&self) -> usize {
+        self.locks.len()
+    }
+
     /// Takes the lock of queue `queue` (modulo the count) and gives shared
     /// access to the value.
-    #[cfg(any(feature = "selftest", feature = "bench"))]
     pub fn lock_queue(&self, queue: usize) -> QueueGuard<'_, T> {
         let lock = self.locks[queue % self.locks.len()].0.lock();
         QueueGuard {
@@ -105,13 +109,11 @@ impl<T> DiskLock<T> {
 }
 
 /// Shared access on one queue's lock ([`DiskLock::lock_queue`]).
-#[cfg(any(feature = "selftest", feature = "bench"))]
 pub struct QueueGuard<'a, T> {
     _lock: MutexGuard<'a, ()>,
     value: &'a T,
 }
 
-#[cfg(any(feature = "selftest", feature = "bench"))]
 impl<T> Deref for QueueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {

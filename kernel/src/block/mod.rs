@@ -115,6 +115,7 @@ mod io_buffer;
 pub mod pattern;
 #[cfg(any(feature = "selftest", feature = "bench"))]
 pub(crate) mod queue_io;
+mod queue_path;
 #[cfg(feature = "selftest")]
 mod selftests;
 
@@ -324,6 +325,9 @@ pub struct Disk {
     /// How long one blocking call waits ([`CALL_TIMEOUT_NS`]; the fault
     /// self-tests shorten it).
     call_timeout_ns: u64,
+    /// Calls the per-queue path handed to the whole-disk path
+    /// (`queue_path.rs`).
+    handovers: u64,
     /// Requests the self-tests made fail on purpose (injected errors).
     #[cfg(feature = "selftest")]
     expected_failures: u64,
@@ -360,6 +364,7 @@ impl Disk {
             irq: virtio::irq::of(location),
             wait_mode: WaitMode::Interrupt,
             call_timeout_ns: CALL_TIMEOUT_NS,
+            handovers: 0,
             #[cfg(feature = "selftest")]
             expected_failures: 0,
             #[cfg(feature = "selftest")]
@@ -671,6 +676,12 @@ impl Disk {
         self.call_timeout_ns = timeout_ns;
     }
 
+    /// Calls [`read`] and [`write`] handed from the per-queue path to the
+    /// whole-disk path so far (`queue_path.rs`).
+    pub fn handovers(&self) -> u64 {
+        self.handovers
+    }
+
     /// Requests that failed on purpose so far.
     pub fn expected_failures(&self) -> u64 {
         self.expected_failures
@@ -891,7 +902,16 @@ pub fn try_with_disks<R>(f: impl FnOnce(&mut [AllGuard<'static, Disk>]) -> R) ->
 }
 
 /// Reads sectors from the disk named `name` into `buffer` (whose length
-/// is a multiple of 512): the shell's `blk read`.
+/// is a multiple of 512): the shell's `blk read`. On the calling CPU's own
+/// request queue, holding only its lock, unless the whole disk is needed
+/// (`queue_path.rs`).
 pub fn read(name: &str, sector: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-    with_disk(name, |disk| disk.read(sector, buffer))?
+    queue_path::transfer(name, sector, queue_path::Transfer::Read(buffer))
+}
+
+/// Writes `data` (a multiple of 512 bytes) to the disk named `name` at
+/// `sector`, as [`read`] reads (scratch disks only; self-test build).
+#[cfg(feature = "selftest")]
+pub fn write(name: &str, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+    queue_path::transfer(name, sector, queue_path::Transfer::Write(data))
 }

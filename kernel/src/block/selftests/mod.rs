@@ -73,6 +73,7 @@ use crate::virtio;
 mod faults;
 mod in_flight;
 mod per_cpu;
+mod queue_path;
 mod queues;
 
 /// The smallest scratch disk the write tests accept (8 MiB + the low area).
@@ -133,6 +134,12 @@ pub fn selftests() -> Vec<SelfTest> {
         name: "block: every disk reads; bad requests are refused before the device",
         run: test_reads,
     });
+    if crate::iommu::strict() {
+        tests.push(SelfTest {
+            name: "block: a read on this CPU's queue during which the IOMMU blocked a DMA fails (DmaBlocked)",
+            run: queue_path::test_dma_blocked_on_own_queue,
+        });
+    }
     if crate::cmdline::get("blk.verify").is_some() {
         tests.push(SelfTest {
             name: "block: host-filled disks hold the pattern blk.verify= names",
@@ -153,7 +160,7 @@ pub fn selftests() -> Vec<SelfTest> {
 }
 
 /// The write workload on scratch disks.
-fn scratch_tests() -> [SelfTest; 6] {
+fn scratch_tests() -> [SelfTest; 7] {
     [
         SelfTest {
             name: "block: scratch: write, read back, verify at many offsets and sizes",
@@ -178,6 +185,10 @@ fn scratch_tests() -> [SelfTest; 6] {
         SelfTest {
             name: "block: scratch: every CPU writes and reads back on its own request queue (per-queue path)",
             run: per_cpu::test_every_cpu_on_its_queue,
+        },
+        SelfTest {
+            name: "block: scratch: block::write and block::read on this CPU's queue keep the data, without the whole disk",
+            run: queue_path::test_write_read_on_own_queue,
         },
     ]
 }
