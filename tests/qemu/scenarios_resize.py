@@ -6,9 +6,10 @@ again (consistently, through `config_generation`, §4.1.4.3). QEMU's
 `block_resize` changes a virtio-blk disk's `capacity` and sends one. The
 scenario boots the production kernel with the shell on the console and one
 1 MiB disk, checks that `disks` reports 2048 sectors, grows the disk to
-3 MiB over QMP (`tests/qemu/qmp.py`), and checks that `disks` then reports
-6144 sectors, that `blk read` reaches a sector beyond the old end, and that
-the kernel logged the change (`block: vda: configuration changed`).
+3 MiB over QMP (`tests/qemu/qmp.py`), and checks that `blk read` (the
+per-queue path, `kernel/src/block/queue_path.rs`) then reaches a sector
+beyond the old end, that `disks` reports 6144 sectors, and that the kernel
+logged the change (`block: vda: configuration changed`).
 
 Twice: modern virtio-pci with MSI-X (the configuration vector) and legacy
 virtio-pci without MSI-X (`vectors=0`: the ISR's CONFIG bit on INTx).
@@ -63,19 +64,22 @@ def resize_session(ctx: RunContext) -> list[str]:
         qmp.execute("block_resize", **{"node-name": "disk0", "size": SIZE_AFTER})
     finally:
         qmp.close()
-    # The configuration interrupt arrives at once; allow the guest a moment.
+    # `blk read` first, before anything that takes the whole disk: the
+    # per-queue path must notice the change itself (by handing the read to
+    # the whole-disk path). The configuration interrupt arrives at once;
+    # allow the guest a moment.
     deadline = time.monotonic() + 10
     while True:
-        text = shell.run("disks")
-        if f'serial "disk0", {after} sectors' in text:
+        text = shell.run(f"blk read vda {after - 1}")
+        if "error" not in text and text.count("\n") == 32:
             break
         if time.monotonic() > deadline:
-            problems.append(f"after block_resize to {after} sectors: {text!r}")
+            problems.append(f"blk read beyond the old end after block_resize: {text[:300]!r}")
             break
         time.sleep(0.2)
-    text = shell.run(f"blk read vda {after - 1}")
-    if "error" in text or text.count("\n") != 32:
-        problems.append(f"blk read beyond the old end: {text[:300]!r}")
+    text = shell.run("disks")
+    if f'serial "disk0", {after} sectors' not in text:
+        problems.append(f"after block_resize to {after} sectors: {text!r}")
     shell.send(b"poweroff\r")
     shell.read_until(b"powering off")
     return problems
