@@ -76,11 +76,14 @@
 //! Each disk is a [`DiskLock`] with one lock per request queue
 //! (`disk_lock.rs` says what each protects). [`with_disk`] and
 //! [`with_disks`] take every lock of a disk (exclusive `&mut Disk`: the
-//! blocking calls, configuration changes, recovery, listings);
-//! `with_disk_queue` takes one queue's lock and gives a shared `&Disk`, on
-//! which the caller drives that queue through the driver's per-queue path
-//! (`drivers::blk::BlkQueue`, which locks the queue's ring in the driver).
-//! CPUs on different queues take different locks: the self-test
+//! whole-disk blocking calls, configuration changes, recovery, listings).
+//! [`read`] (the shell's `blk read`) takes only the lock of the calling
+//! CPU's queue and runs one request on it through the driver's per-queue
+//! path (`drivers::blk::BlkQueue`, which locks the queue's ring in the
+//! driver), handing what needs the whole disk (a configuration change,
+//! recovery, a timeout's reset) to [`with_disk`]: `queue_path.rs`.
+//! `with_disk_queue` (self-test and benchmark builds) gives a caller the
+//! same shared `&Disk` on one queue's lock: the self-test
 //! `selftests/per_cpu.rs` and the `scale` benchmark (`bench_scale.rs`) run
 //! every CPU on its own queue at once this way (`queue_io.rs`).
 //!
