@@ -89,12 +89,12 @@
 //!
 //! ## Writes only to scratch disks
 //!
-//! The kernel people boot only reads disks (the shell's `blk read`).
-//! Writes, flush, discard and write-zeroes are in the self-test build
-//! (feature `selftest`), and there only to disks whose serial starts
-//! with `scratch` (docs/contract.md): `Disk::write` and friends refuse
-//! other disks with `BlockError::WriteProtected`, whatever the device
-//! would allow. This
+//! The kernel people boot reads disks (the shell's `blk read`) and writes
+//! only with the shell's `cp` ([`write`]); flush, discard, write-zeroes and
+//! the other writes are in the self-test build (feature `selftest`). Every
+//! write goes only to disks whose serial starts with `scratch`
+//! (docs/contract.md): `Disk::write` and friends refuse other disks with
+//! `BlockError::WriteProtected`, whatever the device would allow. This
 //! keeps a test run from damaging a disk image someone attached to look at.
 //!
 //! ## Errors
@@ -195,8 +195,7 @@ pub enum BlockError {
     /// No disk of that name.
     NoSuchDisk(String),
     /// The disk's serial does not start with `scratch`: the kernel does
-    /// not write to it (only the self-test build writes).
-    #[cfg(feature = "selftest")]
+    /// not write to it.
     WriteProtected {
         /// The disk's name.
         disk: String,
@@ -221,7 +220,6 @@ impl fmt::Display for BlockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BlockError::NoSuchDisk(name) => write!(f, "no disk named {name:?}"),
-            #[cfg(feature = "selftest")]
             BlockError::WriteProtected { disk } => write!(
                 f,
                 "{disk} is not a scratch disk (serial not starting with {SCRATCH_PREFIX:?}): not written"
@@ -560,6 +558,32 @@ impl Disk {
         Ok(())
     }
 
+    /// Writes `data` to consecutive sectors starting at `sector` (scratch
+    /// disks only).
+    pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        self.ensure_writable()?;
+        self.ensure_live()?;
+        let mut wait = self.new_wait();
+        let sectors = (data.len() / SECTOR) as u64;
+        let faults = crate::iommu::faults_of(self.location);
+        let result = self
+            .device
+            .write_blocks(sector, data, &mut wait)
+            .map_err(|e| self.report("write", sector, sectors, e));
+        self.dma_checked("write", faults, result)
+    }
+
+    /// `Err(WriteProtected)` unless the serial starts with `scratch`.
+    fn ensure_writable(&self) -> Result<(), BlockError> {
+        if self.is_scratch() {
+            Ok(())
+        } else {
+            Err(BlockError::WriteProtected {
+                disk: self.name.clone(),
+            })
+        }
+    }
+
     /// Logs a failed request and wraps its error.
     fn report(&self, what: &str, sector: u64, sectors: u64, error: BlkError) -> BlockError {
         if sectors == 0 {
@@ -690,16 +714,6 @@ impl Disk {
         self.expected_failures
     }
 
-    fn ensure_writable(&self) -> Result<(), BlockError> {
-        if self.is_scratch() {
-            Ok(())
-        } else {
-            Err(BlockError::WriteProtected {
-                disk: self.name.clone(),
-            })
-        }
-    }
-
     /// Reads consecutive sectors into `buffers`, in order.
     pub fn read_vectored(
         &mut self,
@@ -715,21 +729,6 @@ impl Disk {
             .read_blocks_vectored(sector, buffers, &mut wait)
             .map_err(|e| self.report("read", sector, sectors, e));
         self.dma_checked("read", faults, result)
-    }
-
-    /// Writes `data` to consecutive sectors starting at `sector` (scratch
-    /// disks only).
-    pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
-        self.ensure_writable()?;
-        self.ensure_live()?;
-        let mut wait = self.new_wait();
-        let sectors = (data.len() / SECTOR) as u64;
-        let faults = crate::iommu::faults_of(self.location);
-        let result = self
-            .device
-            .write_blocks(sector, data, &mut wait)
-            .map_err(|e| self.report("write", sector, sectors, e));
-        self.dma_checked("write", faults, result)
     }
 
     /// Writes `buffers`, in order, to consecutive sectors (scratch disks only).
@@ -913,8 +912,7 @@ pub fn read(name: &str, sector: u64, buffer: &mut [u8]) -> Result<(), BlockError
 }
 
 /// Writes `data` (a multiple of 512 bytes) to the disk named `name` at
-/// `sector`, as [`read`] reads (scratch disks only; self-test build).
-#[cfg(feature = "selftest")]
+/// `sector`, as [`read`] reads (scratch disks only): the shell's `cp`.
 pub fn write(name: &str, sector: u64, data: &[u8]) -> Result<(), BlockError> {
     queue_path::transfer(name, sector, queue_path::Transfer::Write(data))
 }

@@ -1,10 +1,11 @@
 //! # Blocking requests on the calling CPU's own queue (virtio 1.2 §5.2.6)
 //!
-//! The normal way a read (and, in the self-test build, a write) reaches a
-//! disk: [`super::read`] (the shell's `blk read`) takes only the lock of
-//! the calling CPU's request queue (`drivers::cpu_queues`, `disk_lock.rs`),
-//! so CPUs on different queues do not wait for each other, and drives that
-//! queue through the driver's per-queue path (`drivers::blk::BlkQueue`):
+//! The normal way a read or a write reaches a disk: [`super::read`] (the
+//! shell's `blk read`) and [`super::write`] (its `cp` to a disk) take only
+//! the lock of the calling CPU's request queue (`drivers::cpu_queues`,
+//! `disk_lock.rs`), so CPUs on different queues do not wait for each
+//! other, and drive that queue through the driver's per-queue path
+//! (`drivers::blk::BlkQueue`):
 //!
 //! 1. What needs the whole disk is handed over to it first (the whole-disk
 //!    path, [`super::with_disk`], which takes every lock): a configuration
@@ -41,8 +42,7 @@ use crate::wait;
 pub(super) enum Transfer<'a> {
     /// Sectors into this buffer.
     Read(&'a mut [u8]),
-    /// This data to sectors (scratch disks only, self-test build).
-    #[cfg(feature = "selftest")]
+    /// This data to sectors (scratch disks only).
     Write(&'a [u8]),
 }
 
@@ -50,7 +50,6 @@ impl Transfer<'_> {
     fn len(&self) -> usize {
         match self {
             Transfer::Read(buffer) => buffer.len(),
-            #[cfg(feature = "selftest")]
             Transfer::Write(data) => data.len(),
         }
     }
@@ -58,7 +57,6 @@ impl Transfer<'_> {
     fn what(&self) -> &'static str {
         match self {
             Transfer::Read(_) => "read",
-            #[cfg(feature = "selftest")]
             Transfer::Write(_) => "write",
         }
     }
@@ -101,7 +99,6 @@ pub(super) fn transfer(
             disk.handovers += 1;
             match transfer {
                 Transfer::Read(buffer) => disk.read(sector, buffer),
-                #[cfg(feature = "selftest")]
                 Transfer::Write(data) => disk.write(sector, data),
             }
         }
@@ -137,7 +134,6 @@ impl Disk {
         if self.needs_whole_disk() {
             return QueueOutcome::WholeDisk;
         }
-        #[cfg(feature = "selftest")]
         if matches!(transfer, Transfer::Write(_)) {
             if let Err(e) = self.ensure_writable() {
                 return QueueOutcome::Done(Err(e));
@@ -160,7 +156,6 @@ impl Disk {
                 sector,
                 buffers: &ids,
             },
-            #[cfg(feature = "selftest")]
             Transfer::Write(data) => {
                 if let Some(bytes) = q.buffer_mut(id) {
                     bytes.copy_from_slice(data);
