@@ -780,3 +780,56 @@ pub enum CtrlUsedLen {
     /// The whole chain, device-readable bytes included.
     TotalChain,
 }
+
+/// A driver-side [`Wait`](drivers::device::Wait) that runs the model one step
+/// per wait (its control and transmit queues), giving up after ten: what the
+/// driver's blocking calls (VQ_PAIRS_SET, control commands, a full transmit
+/// queue) wait on in host tests. [`StepModel::sleeping`] stands for a wait
+/// that sleeps until an interrupt: the driver must arm the queue's
+/// interrupts before it and may disarm them after (the model's queues
+/// interrupt only where the driver asked).
+pub struct StepModel<'a> {
+    model: &'a mut NetModel,
+    waits: u64,
+    sleeps: bool,
+}
+
+impl<'a> StepModel<'a> {
+    /// A polling wait.
+    pub fn new(model: &'a mut NetModel) -> Self {
+        Self {
+            model,
+            waits: 0,
+            sleeps: false,
+        }
+    }
+
+    /// A wait that sleeps until an interrupt.
+    pub fn sleeping(model: &'a mut NetModel) -> Self {
+        Self {
+            model,
+            waits: 0,
+            sleeps: true,
+        }
+    }
+
+    /// How many times the driver waited.
+    pub fn waits(&self) -> u64 {
+        self.waits
+    }
+}
+
+impl drivers::device::Wait for StepModel<'_> {
+    fn wait(&mut self) -> Result<(), drivers::device::WaitTimeout> {
+        if self.waits >= 10 {
+            return Err(drivers::device::WaitTimeout { waits: self.waits });
+        }
+        self.waits += 1;
+        self.model.step();
+        Ok(())
+    }
+
+    fn sleeps_until_interrupt(&self) -> bool {
+        self.sleeps
+    }
+}

@@ -7,7 +7,7 @@
 //! Every test checks data, counts or error values. Set `TRANSPORT_LOG=1` to
 //! see the driver's trace narration.
 
-use drivers::device::{BoundedWait, DeviceError, Wait, WaitTimeout};
+use drivers::device::{BoundedWait, DeviceError};
 use drivers::net::{
     MacAddress, NetDevice, NetError, NetOptions, CTRL_QUEUE, RX_QUEUE, SUPPORTED_FEATURES,
 };
@@ -19,7 +19,7 @@ use tests::hostile::HostileDevice;
 use tests::models::trace_logging;
 use tests::models::virtio::FAILED;
 use tests::net_model::{
-    bits, net_config, test_frame, CtrlUsedLen, NetModel, RawPart, QEMU_LEGACY_FEATURES,
+    bits, net_config, test_frame, CtrlUsedLen, NetModel, RawPart, StepModel, QEMU_LEGACY_FEATURES,
     QEMU_MODERN_FEATURES,
 };
 
@@ -52,37 +52,8 @@ fn receive_all<T: Transport>(net: &mut Net<T>) -> Vec<(Vec<u8>, bool, u16)> {
     frames
 }
 
-/// A `Wait` that lets the model's control and transmit queues run. With
-/// `sleeps` it stands for a wait that sleeps until an interrupt: the driver
-/// must arm the queue's interrupts before it and may disarm them after (the
-/// model's queues interrupt only where the driver asked).
-struct StepModel<'a> {
-    model: &'a mut NetModel,
-    waits: u64,
-    sleeps: bool,
-}
-
-impl Wait for StepModel<'_> {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        if self.waits >= 10 {
-            return Err(WaitTimeout { waits: self.waits });
-        }
-        self.waits += 1;
-        self.model.step();
-        Ok(())
-    }
-
-    fn sleeps_until_interrupt(&self) -> bool {
-        self.sleeps
-    }
-}
-
 fn stepper(model: &mut NetModel) -> StepModel<'_> {
-    StepModel {
-        model,
-        waits: 0,
-        sleeps: false,
-    }
+    StepModel::new(model)
 }
 
 // ----- bring-up and features ---------------------------------------------
@@ -720,13 +691,9 @@ fn a_control_command_waits_with_interrupts_on_and_leaves_them_off() {
     assert_eq!(model.negotiated() & drivers::features::RING_EVENT_IDX, 0);
     // An interrupt-driven wait: the queue is armed while the driver sleeps,
     // so the device's answer interrupts.
-    let mut sleeping = StepModel {
-        model: &mut model,
-        waits: 0,
-        sleeps: true,
-    };
+    let mut sleeping = StepModel::sleeping(&mut model);
     net.set_promiscuous(true, &mut sleeping).unwrap();
-    assert_eq!(sleeping.waits, 1);
+    assert_eq!(sleeping.waits(), 1);
     assert_eq!(model.interrupts[CTRL_QUEUE as usize], 1);
     // A polling wait afterwards: nobody sleeps, so nobody wants an
     // interrupt, and the wait before left the queue disarmed (§2.7.7).

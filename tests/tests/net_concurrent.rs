@@ -29,12 +29,11 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use drivers::device::{Wait, WaitTimeout};
 use drivers::net::{tx_queue_of, NetDevice, NetError, NetOptions};
 use drivers::transport::{Transport, TransportWrapper};
 use tests::host_hal::HostHal;
 use tests::models::trace_logging;
-use tests::net_model::{bits, net_config_mq, NetModel, QEMU_MODERN_FEATURES};
+use tests::net_model::{bits, net_config_mq, NetModel, StepModel, QEMU_MODERN_FEATURES};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const PAIRS: u16 = 4;
@@ -96,23 +95,6 @@ fn frame(pair: u16, n: u32) -> Vec<u8> {
     f
 }
 
-/// A `Wait` that runs the model's control queue (for VQ_PAIRS_SET).
-struct StepModel<'a> {
-    model: &'a mut NetModel,
-    waits: u64,
-}
-
-impl Wait for StepModel<'_> {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        if self.waits >= 10 {
-            return Err(WaitTimeout { waits: self.waits });
-        }
-        self.waits += 1;
-        self.model.step();
-        Ok(())
-    }
-}
-
 /// One driver thread: sends [`FRAMES`] frames on pair `pair` through the
 /// per-pair path. Returns the notifications it sent.
 fn sender<T: Transport>(net: &NetDevice<HostHal, T>, pair: u16) -> u64 {
@@ -172,10 +154,7 @@ fn threads_send_on_their_own_pairs_at_once() {
     };
     let mut net = NetDevice::<HostHal, _>::with_options(transport, options).expect("bring-up");
     model.attach_queues();
-    let active = net.start_multiqueue(&mut StepModel {
-        model: &mut model,
-        waits: 0,
-    });
+    let active = net.start_multiqueue(&mut StepModel::new(&mut model));
     assert_eq!(active, Ok(PAIRS), "VQ_PAIRS_SET acknowledged");
     net.transport().queued.store(true, Ordering::Release);
     let bell = |net: &NetDevice<HostHal, Doorbell<_>>| net.transport().deliver();

@@ -7,7 +7,6 @@
 //!
 //! Set `TRANSPORT_LOG=1` to see the driver's trace narration.
 
-use drivers::device::{Wait, WaitTimeout};
 use drivers::net::{
     ctrl_queue_of, rx_queue_of, tx_queue_of, vq_pairs_set_command, NetDevice, NetError, NetOptions,
     CTRL_QUEUE,
@@ -17,7 +16,9 @@ use drivers::transport::Transport;
 use tests::host_hal::HostHal;
 use tests::models::trace_logging;
 use tests::models::virtio::FAILED;
-use tests::net_model::{bits, net_config_mq, test_frame, NetModel, QEMU_MODERN_FEATURES};
+use tests::net_model::{
+    bits, net_config_mq, test_frame, NetModel, StepModel, QEMU_MODERN_FEATURES,
+};
 
 type Net<T> = NetDevice<HostHal, T>;
 
@@ -54,25 +55,8 @@ fn bring_up(model: &mut NetModel, options: NetOptions) -> Net<impl Transport> {
     net
 }
 
-/// A `Wait` that lets the model's control and transmit queues run.
-struct StepModel<'a> {
-    model: &'a mut NetModel,
-    waits: u64,
-}
-
-impl Wait for StepModel<'_> {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        if self.waits >= 10 {
-            return Err(WaitTimeout { waits: self.waits });
-        }
-        self.waits += 1;
-        self.model.step();
-        Ok(())
-    }
-}
-
 fn stepper(model: &mut NetModel) -> StepModel<'_> {
-    StepModel { model, waits: 0 }
+    StepModel::new(model)
 }
 
 fn no_violations(model: &NetModel) {

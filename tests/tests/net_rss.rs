@@ -4,13 +4,12 @@
 //! queue behind the pairs with RSS alone, and the fall-backs (a device whose
 //! limits break §5.1.4.1, a device that rejects the configuration).
 
-use drivers::device::{Wait, WaitTimeout};
 use drivers::net::rss::{self, HASH_KEY, INDIRECTION_TABLE_LEN};
 use drivers::net::{NetDevice, NetError, NetOptions};
 use drivers::transport::Transport;
 use tests::host_hal::HostHal;
 use tests::models::trace_logging;
-use tests::net_model::{bits, net_config_rss, NetModel, QEMU_MODERN_FEATURES};
+use tests::net_model::{bits, net_config_rss, NetModel, StepModel, QEMU_MODERN_FEATURES};
 
 type Net<T> = NetDevice<HostHal, T>;
 
@@ -40,19 +39,6 @@ fn bring_up(model: &mut NetModel, pairs: u16) -> Net<impl Transport> {
     net
 }
 
-struct StepModel<'a>(&'a mut NetModel, u64);
-
-impl Wait for StepModel<'_> {
-    fn wait(&mut self) -> Result<(), WaitTimeout> {
-        if self.1 >= 10 {
-            return Err(WaitTimeout { waits: self.1 });
-        }
-        self.1 += 1;
-        self.0.step();
-        Ok(())
-    }
-}
-
 /// (class, command) of every control command the device saw.
 fn commands(model: &NetModel) -> Vec<(u8, u8)> {
     model
@@ -67,7 +53,7 @@ fn rss_config_goes_out_with_its_exact_bytes_and_spreads_over_every_pair() {
     let mut model = rss_model(QEMU_MODERN_FEATURES | bits::MQ | bits::RSS, 4, 40, 128);
     let mut net = bring_up(&mut model, 4);
     assert_ne!(model.negotiated() & bits::RSS, 0, "RSS accepted");
-    assert_eq!(net.start_multiqueue(&mut StepModel(&mut model, 0)), Ok(4));
+    assert_eq!(net.start_multiqueue(&mut StepModel::new(&mut model)), Ok(4));
     assert!(net.rss_active());
     assert_eq!(
         commands(&model),
@@ -97,7 +83,7 @@ fn a_device_whose_rss_limits_break_the_spec_gets_vq_pairs_set() {
     for (key, table) in [(20u8, 128u16), (40, 64)] {
         let mut model = rss_model(QEMU_MODERN_FEATURES | bits::MQ | bits::RSS, 4, key, table);
         let mut net = bring_up(&mut model, 4);
-        assert_eq!(net.start_multiqueue(&mut StepModel(&mut model, 0)), Ok(4));
+        assert_eq!(net.start_multiqueue(&mut StepModel::new(&mut model)), Ok(4));
         assert!(!net.rss_active(), "key {key}, table {table}");
         assert_eq!(commands(&model), vec![(4, 0)]);
         assert_eq!(model.active_pairs, 4);
@@ -109,7 +95,7 @@ fn a_rejected_rss_config_is_followed_by_vq_pairs_set() {
     let mut model = rss_model(QEMU_MODERN_FEATURES | bits::MQ | bits::RSS, 4, 40, 128);
     model.rss_ack = Some(1);
     let mut net = bring_up(&mut model, 4);
-    assert_eq!(net.start_multiqueue(&mut StepModel(&mut model, 0)), Ok(4));
+    assert_eq!(net.start_multiqueue(&mut StepModel::new(&mut model)), Ok(4));
     assert!(!net.rss_active());
     assert_eq!(commands(&model), vec![(4, 1), (4, 0)]);
     assert_eq!(model.active_pairs, 4);
@@ -126,7 +112,7 @@ fn rss_without_mq_moves_the_control_queue_and_a_refusal_leaves_one_pair() {
     assert_eq!(net.queue_indices().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     model.rss_ack = Some(1);
     assert_eq!(
-        net.start_multiqueue(&mut StepModel(&mut model, 0)),
+        net.start_multiqueue(&mut StepModel::new(&mut model)),
         Err(NetError::NotNegotiated("VIRTIO_NET_F_MQ")),
         "no VQ_PAIRS_SET without MQ"
     );
