@@ -48,8 +48,9 @@ def resize_session(ctx: RunContext) -> list[str]:
 
     problems: list[str] = []
     shell = Shell(ctx.file("console.sock"))
-    # The first prompt is lost if the shell wrote it before this socket
-    # was connected (the kernel logs `output lost`): ask for another.
+    # The first prompt can be lost: the shell holds output while QEMU says the
+    # port is closed, but a console port is written regardless once QEMU has
+    # named it one, and QEMU drops bytes for a socket not yet connected.
     try:
         shell.wait_prompt(timeout_s=5)
     except AssertionError:

@@ -183,7 +183,9 @@ def both_terminals_session(ctx: RunContext) -> list[str]:
             # Both greetings went out before `shell: ready on the screen`.
             shell.wait_prompt(timeout_s=2)
         except AssertionError:
-            # The console's can go out before the host side of the port is open.
+            # The shell holds output while QEMU says the port is closed, but once
+            # QEMU has named it a console port the driver sends regardless (as
+            # Linux does), and QEMU drops bytes for a socket not yet connected.
             shell.type(b"\r", timeout_s=10)
         wait_for_screen(qmp, ctx, lambda lines: "teaching kernel shell on the screen. Type `help`." in lines,
                         "the shell's greeting on the screen")

@@ -154,17 +154,6 @@ fn idle(_location: drivers::transport::Location) {
 /// watchdog: a lost interrupt costs at most this much).
 const IDLE_AT_MOST: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(10);
 
-/// Sends what a command printed.
-fn flush(port: u32, out: &mut Output) {
-    if out.bytes.is_empty() {
-        return;
-    }
-    if let Err(error) = console::write_all(port, &out.bytes, OUTPUT_TIMEOUT_NS) {
-        log::warn!("shell: output lost: {error}");
-    }
-    out.bytes.clear();
-}
-
 /// What a command gets: the whole line (for commands that take free text)
 /// and its words after the command's name.
 pub struct Call<'a> {

@@ -30,6 +30,7 @@ use alloc::format;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
+use drivers::console::ConsoleError;
 use drivers::transport::Location;
 
 use super::line::{Action, LineEditor};
@@ -56,6 +57,50 @@ struct ConsoleTerminal {
     location: Location,
     port: u32,
     buffer: Vec<u8>,
+    /// Output not sent yet because the host side of the port was closed
+    /// (VIRTIO_CONSOLE_PORT_OPEN not received yet, virtio 1.2 §5.3.6.2: the
+    /// greeting usually goes out before the host's terminal connects). It
+    /// goes out when the port opens; at most [`HELD_AT_MOST`] bytes, the
+    /// newest kept.
+    held: Vec<u8>,
+    /// Whether held output was dropped (logged once).
+    dropped_held: bool,
+}
+
+/// The most output the console terminal holds for a closed port: a few
+/// screens, so that a host that connects late still sees the greeting and
+/// the prompt, and a host that never connects costs bounded memory.
+const HELD_AT_MOST: usize = 4096;
+
+impl ConsoleTerminal {
+    /// Sends what is held: all of it once the host side is open; while it is
+    /// closed, keeps it (bounded). Any other failure loses it, said once in
+    /// the log as before.
+    fn send_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        match console::write_all(self.port, &self.held, super::OUTPUT_TIMEOUT_NS) {
+            Ok(()) => self.held.clear(),
+            Err(console::WriteError::Device(ConsoleError::PortClosed(_))) => {
+                if self.held.len() > HELD_AT_MOST {
+                    let excess = self.held.len() - HELD_AT_MOST;
+                    self.held.drain(..excess);
+                    if !self.dropped_held {
+                        self.dropped_held = true;
+                        log::warn!(
+                            "shell: port {} is still closed on the host side: keeping only the last {HELD_AT_MOST} bytes of output",
+                            self.port
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                log::warn!("shell: output lost: {error}");
+                self.held.clear();
+            }
+        }
+    }
 }
 
 impl Terminal for ConsoleTerminal {
@@ -68,6 +113,8 @@ impl Terminal for ConsoleTerminal {
     }
 
     fn read(&mut self, input: &mut Vec<u8>) {
+        // Output held for a closed port goes as soon as the host opens it.
+        self.send_held();
         let mut guard = console::lock();
         let Some(c) = guard.as_mut() else { return };
         if let Err(error) = c.device.poll() {
@@ -82,9 +129,8 @@ impl Terminal for ConsoleTerminal {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut out = Output::default();
-        out.raw(bytes);
-        super::flush(self.port, &mut out);
+        self.held.extend_from_slice(bytes);
+        self.send_held();
     }
 
     fn arm(&mut self) -> bool {
@@ -145,6 +191,8 @@ fn terminals() -> Vec<Session> {
                 location,
                 port,
                 buffer: alloc::vec![0u8; 256],
+                held: Vec::new(),
+                dropped_held: false,
             })),
             None => log::warn!("shell: no console port appeared; no shell on the console"),
         }
