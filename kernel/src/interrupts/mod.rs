@@ -117,7 +117,25 @@ static LOCAL_APIC: Once<LocalApic> = Once::new();
 /// interleave between CPUs. Taken with interrupts off.
 static IO_APICS: Once<Vec<Mutex<IoApic>>> = Once::new();
 
-static PER_VECTOR: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+/// How many times each vector was dispatched. One cache line per counter: with a queue per CPU,
+/// neighbouring vectors belong to queues whose interrupts go to different CPUs, and counters
+/// packed eight to a line would bounce that line between them on every interrupt.
+static PER_VECTOR: [LineCounter; 256] = [const { LineCounter(AtomicU64::new(0)) }; 256];
+
+/// An atomic counter alone on its 64-byte cache line.
+#[repr(align(64))]
+struct LineCounter(AtomicU64);
+
+impl LineCounter {
+    fn increment(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg(feature = "selftest")]
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 static UNEXPECTED: AtomicU64 = AtomicU64::new(0);
 static APIC_ERRORS: AtomicU64 = AtomicU64::new(0);
@@ -351,11 +369,11 @@ pub fn local_apic_id() -> Option<u32> {
 
 /// Handles interrupt `vector` (32..=255). Called by the IDT stubs with interrupts disabled.
 ///
-/// On several CPUs at once: the counters are atomics (the per-vector ones shared by all CPUs,
-/// the per-CPU total in the CPU's own `smp` entry), the handler registry lock is held only to
-/// copy the handler out, and the EOI goes to the calling CPU's own local APIC.
+/// On several CPUs at once: the counters are atomics (the per-vector ones shared by all CPUs, each
+/// on its own cache line; the per-CPU total in the CPU's own `smp` entry), the handler registry
+/// lock is held only to copy the handler out, and the EOI goes to the calling CPU's own local APIC.
 pub fn dispatch(vector: u8) {
-    PER_VECTOR[usize::from(vector)].fetch_add(1, Ordering::Relaxed);
+    PER_VECTOR[usize::from(vector)].increment();
     crate::smp::count_interrupt();
     let apic = LOCAL_APIC.get();
 
@@ -728,7 +746,7 @@ pub fn timer_current_count() -> u32 {
 /// How many times `vector` was dispatched (handled, unexpected or spurious alike).
 #[cfg(feature = "selftest")]
 pub fn interrupt_count(vector: u8) -> u64 {
-    PER_VECTOR[usize::from(vector)].load(Ordering::Relaxed)
+    PER_VECTOR[usize::from(vector)].get()
 }
 
 /// How many APIC spurious interrupts arrived.
