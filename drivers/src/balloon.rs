@@ -471,18 +471,14 @@ impl<H: Hal, T: Transport> BalloonDevice<H, T> {
     /// never freed (`hal::DeviceVisible`), and the device is not reset
     /// again.
     fn reset_or_keep(&mut self) -> bool {
-        if self.is_dead() {
-            return false;
-        }
-        if device::reset_or_keep(&mut self.transport, "virtio-balloon").is_err() {
+        let dead = self.is_dead();
+        device::reset_unless_dead(&mut self.transport, "virtio-balloon", dead, || {
             self.inflate.keep_forever();
             self.deflate.keep_forever();
             self.stats.keep_forever();
             self.pfns.keep_forever();
             self.stats_buffer.keep_forever();
-            return false;
-        }
-        true
+        })
     }
 
     /// `true` once the device failed to acknowledge a reset: its memory is

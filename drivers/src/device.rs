@@ -146,6 +146,27 @@ pub fn reset_or_keep<T: Transport + ?Sized>(
     }
 }
 
+/// [`reset_or_keep`] for a driver whose memory may already be kept: a
+/// device already `dead` (an earlier reset never finished) is not reset
+/// again; one that does not acknowledge now has `keep` mark every piece of
+/// memory it was given as kept for ever. `true` when the device
+/// acknowledged and the memory is the driver's again.
+pub fn reset_unless_dead<T: Transport + ?Sized>(
+    transport: &mut T,
+    driver: &str,
+    dead: bool,
+    keep: impl FnOnce(),
+) -> bool {
+    if dead {
+        return false;
+    }
+    if reset_or_keep(transport, driver).is_err() {
+        keep();
+        return false;
+    }
+    true
+}
+
 /// Checks that `transport` leads to a device of type `expected`.
 pub fn expect_device_type<T: Transport + ?Sized>(
     transport: &T,

@@ -272,15 +272,11 @@ impl<H: Hal, T: Transport> RngDevice<H, T> {
     /// write the ring and the buffer: they are then kept for ever, never
     /// freed (`hal::DeviceVisible`), and the device is not reset again.
     fn reset_or_keep(&mut self) -> bool {
-        if self.queue.is_kept_forever() {
-            return false;
-        }
-        if device::reset_or_keep(&mut self.transport, "virtio-rng").is_err() {
+        let dead = self.queue.is_kept_forever();
+        device::reset_unless_dead(&mut self.transport, "virtio-rng", dead, || {
             self.queue.keep_forever();
             self.buffer.keep_forever();
-            return false;
-        }
-        true
+        })
     }
 }
 

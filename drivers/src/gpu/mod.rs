@@ -436,18 +436,14 @@ impl<H: Hal, T: Transport> GpuDevice<H, T> {
     /// then kept for ever, never freed (`hal::DeviceVisible`), and the
     /// device is not reset again.
     fn reset_or_keep(&mut self) -> bool {
-        if self.is_dead() {
-            return false;
-        }
-        if device::reset_or_keep(&mut self.transport, "virtio-gpu").is_err() {
+        let dead = self.is_dead();
+        device::reset_unless_dead(&mut self.transport, "virtio-gpu", dead, || {
             self.control.keep_forever();
             self.cursor.keep_forever();
             self.request.keep_forever();
             self.response.keep_forever();
             self.display.keep_forever();
-            return false;
-        }
-        true
+        })
     }
 
     /// `true` once the device failed to acknowledge a reset: its memory is

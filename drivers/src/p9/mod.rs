@@ -727,16 +727,12 @@ impl<H: Hal, T: Transport> P9Device<H, T> {
     /// ever, never freed (`hal::DeviceVisible`), and the device is not
     /// reset again.
     fn reset_or_keep(&mut self) -> bool {
-        if self.queue.is_kept_forever() {
-            return false;
-        }
-        if device::reset_or_keep(&mut self.transport, "virtio-9p").is_err() {
+        let dead = self.queue.is_kept_forever();
+        device::reset_unless_dead(&mut self.transport, "virtio-9p", dead, || {
             self.queue.keep_forever();
             self.request.keep_forever();
             self.reply.keep_forever();
-            return false;
-        }
-        true
+        })
     }
 }
 
