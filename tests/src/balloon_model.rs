@@ -19,7 +19,6 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use drivers::features;
-use drivers::queue::QueueAddresses;
 
 use crate::models::virtio::VirtioCore;
 use crate::vq_model::{Chain, VqModel};
@@ -100,25 +99,8 @@ impl BalloonModel {
         }
         let event_idx = core.driver_features & features::RING_EVENT_IDX != 0;
         for (i, q) in core.queues.iter().enumerate() {
-            if self.queues[i].is_none() && (q.enabled || q.pfn != 0) {
-                let addrs = if q.pfn != 0 {
-                    let desc = u64::from(q.pfn) * 4096;
-                    let driver = desc + 16 * u64::from(q.size);
-                    let align = u64::from(q.align.max(4096));
-                    QueueAddresses {
-                        size: q.size,
-                        desc,
-                        driver,
-                        device: (driver + 6 + 2 * u64::from(q.size)).div_ceil(align) * align,
-                    }
-                } else {
-                    QueueAddresses {
-                        size: q.size,
-                        desc: q.desc,
-                        driver: q.driver,
-                        device: q.device,
-                    }
-                };
+            if self.queues[i].is_none() && (q.is_live()) {
+                let addrs = q.addresses();
                 self.queues[i] = Some(VqModel::new(addrs, event_idx));
             }
         }

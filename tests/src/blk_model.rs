@@ -771,18 +771,9 @@ impl BlkModel {
             return;
         }
         for (i, q) in core.queues.iter().enumerate() {
-            let live = q.enabled || q.pfn != 0;
+            let live = q.is_live();
             if live && i < self.queues.len() && self.queues[i].is_none() {
-                let addrs = if q.pfn != 0 {
-                    legacy_addresses(q.pfn, q.size, q.align.max(4096))
-                } else {
-                    QueueAddresses {
-                        size: q.size,
-                        desc: q.desc,
-                        driver: q.driver,
-                        device: q.device,
-                    }
-                };
+                let addrs = q.addresses();
                 self.attach_queue(i as u16, addrs);
             }
         }
@@ -797,20 +788,6 @@ impl BlkModel {
 pub fn pattern_byte(i: usize) -> u8 {
     let sector = i / SECTOR;
     ((sector * 7 + i * 13) as u8) ^ 0x5c
-}
-
-/// The legacy contiguous layout of a queue at page frame `pfn` (4096-byte pages).
-fn legacy_addresses(pfn: u32, size: u16, align: u32) -> QueueAddresses {
-    let desc = u64::from(pfn) * 4096;
-    let driver = desc + 16 * u64::from(size);
-    let avail_end = driver + 6 + 2 * u64::from(size);
-    let align = u64::from(align);
-    QueueAddresses {
-        size,
-        desc,
-        driver,
-        device: avail_end.div_ceil(align) * align,
-    }
 }
 
 /// The chain starting at `head`, descriptor by descriptor (following an

@@ -818,18 +818,9 @@ impl ConsoleModel {
             self.write_status(core.status);
         }
         for (i, q) in core.queues.iter().enumerate() {
-            let programmed = q.enabled || q.pfn != 0;
+            let programmed = q.is_live();
             if programmed && i < self.queues.len() && self.queues[i].is_none() {
-                let addrs = if q.pfn != 0 {
-                    legacy_addresses(q.pfn, q.size, q.align.max(4096))
-                } else {
-                    QueueAddresses {
-                        size: q.size,
-                        desc: q.desc,
-                        driver: q.driver,
-                        device: q.device,
-                    }
-                };
+                let addrs = q.addresses();
                 self.attach_queue(i as u16, addrs);
             }
         }
@@ -855,20 +846,6 @@ fn write_into(chain: &Chain, data: &[u8]) {
         mem.write_slice(&rest[..n], GuestAddress(addr))
             .expect("receive buffer reachable");
         rest = &rest[n..];
-    }
-}
-
-/// The legacy contiguous layout at page frame `pfn`.
-fn legacy_addresses(pfn: u32, size: u16, align: u32) -> QueueAddresses {
-    let desc = u64::from(pfn) * 4096;
-    let driver = desc + 16 * u64::from(size);
-    let avail_end = driver + 6 + 2 * u64::from(size);
-    let align = u64::from(align);
-    QueueAddresses {
-        size,
-        desc,
-        driver,
-        device: avail_end.div_ceil(align) * align,
     }
 }
 

@@ -23,7 +23,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use drivers::features;
-use drivers::queue::QueueAddresses;
 
 use crate::models::virtio::VirtioCore;
 use crate::vq_model::{Rng, VqModel};
@@ -115,18 +114,9 @@ impl RngModel {
         self.event_idx = core.driver_features & features::RING_EVENT_IDX != 0;
         if self.queue.is_none() {
             if let Some(q) = core.queues.first() {
-                let live = q.enabled || q.pfn != 0;
+                let live = q.is_live();
                 if live {
-                    let addrs = if q.pfn != 0 {
-                        legacy_addresses(q.pfn, q.size, q.align.max(4096))
-                    } else {
-                        QueueAddresses {
-                            size: q.size,
-                            desc: q.desc,
-                            driver: q.driver,
-                            device: q.device,
-                        }
-                    };
+                    let addrs = q.addresses();
                     self.queue = Some(VqModel::new(addrs, self.event_idx));
                 }
             }
@@ -191,19 +181,5 @@ impl RngModel {
             self.isr |= 1;
         }
         vq.try_sleep();
-    }
-}
-
-/// The legacy contiguous layout of a queue at page frame `pfn`.
-fn legacy_addresses(pfn: u32, size: u16, align: u32) -> QueueAddresses {
-    let desc = u64::from(pfn) * 4096;
-    let driver = desc + 16 * u64::from(size);
-    let avail_end = driver + 6 + 2 * u64::from(size);
-    let align = u64::from(align);
-    QueueAddresses {
-        size,
-        desc,
-        driver,
-        device: avail_end.div_ceil(align) * align,
     }
 }

@@ -62,6 +62,34 @@ pub struct QueueState {
     pub align: u32,
 }
 
+impl QueueState {
+    /// Whether the driver set the queue up: enabled (modern, MMIO v2) or
+    /// given a page frame (legacy PCI, MMIO v1).
+    pub fn is_live(&self) -> bool {
+        self.enabled || self.pfn != 0
+    }
+
+    /// Where the driver put the queue: the legacy contiguous layout (§2.7.2)
+    /// at `pfn` × 4096, aligned to `align` but at least 4096, or the three
+    /// modern addresses.
+    pub fn addresses(&self) -> drivers::queue::QueueAddresses {
+        if self.pfn != 0 {
+            super::contiguous_addresses(
+                u64::from(self.pfn) * 4096,
+                self.size,
+                u64::from(self.align.max(4096)),
+            )
+        } else {
+            drivers::queue::QueueAddresses {
+                size: self.size,
+                desc: self.desc,
+                driver: self.driver,
+                device: self.device,
+            }
+        }
+    }
+}
+
 /// A scheduled configuration change: after `after_reads` device-config
 /// reads, the contents become `new_config` and the generation moves on.
 #[derive(Debug, Clone, PartialEq, Eq)]
