@@ -76,6 +76,7 @@ mod net;
 mod ninep;
 #[cfg(feature = "bench")]
 mod peer;
+mod per_queue_lock;
 mod screen;
 #[cfg(feature = "selftest")]
 mod selftest;

@@ -19,7 +19,7 @@
 //! change, the blocking helpers, which reset the device when they give up)
 //! takes `&mut BlkDevice`: every queue at once, which the borrow checker
 //! enforces and a caller sharing the device between CPUs provides by
-//! holding all of its per-queue locks (the kernel's `block::DiskLock`).
+//! holding all of its per-queue locks (the kernel's `per_queue_lock::PerQueueLock`).
 //!
 //! Both APIs may use the same queue (not at the same moment: `&mut` and
 //! `&` exclude each other). Each request remembers which path submitted it

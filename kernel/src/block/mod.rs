@@ -17,7 +17,7 @@
 //!        ▼                 name it vda, vdb, ... and print its `block:` line
 //!  DISKS: vda vdb ...    read / write / flush / discard / write-zeroes, blocking,
 //!                        waiting through the device's interrupt (or polling);
-//!                        each disk behind one lock per request queue (DiskLock)
+//!                        each disk behind one lock per request queue (PerQueueLock)
 //! ```
 //!
 //! ## What a disk knows
@@ -73,8 +73,8 @@
 //! ## Locks
 //!
 //! The list of disks is built once ([`init`]) and never changes: no lock.
-//! Each disk is a [`DiskLock`] with one lock per request queue
-//! (`disk_lock.rs` says what each protects). [`with_disk`] and
+//! Each disk is a [`PerQueueLock`] with one lock per request queue
+//! (`per_queue_lock.rs` says what each protects). [`with_disk`] and
 //! [`with_disks`] take every lock of a disk (exclusive `&mut Disk`: the
 //! whole-disk blocking calls, configuration changes, recovery, listings).
 //! [`read`] (the shell's `blk read`) takes only the lock of the calling
@@ -111,7 +111,6 @@ pub mod bench;
 pub mod bench_scale;
 #[cfg(feature = "selftest")]
 pub mod crash;
-mod disk_lock;
 #[cfg(any(feature = "selftest", feature = "bench"))]
 mod io_buffer;
 #[cfg(any(feature = "selftest", feature = "bench"))]
@@ -131,7 +130,8 @@ use drivers::irq::{QueueSet, WaitMode};
 use drivers::transport::{DeviceType, Location, Transport, TransportKind};
 use spin::Once;
 
-pub use disk_lock::{AllGuard, DiskLock};
+pub use crate::per_queue_lock::AllGuard;
+use crate::per_queue_lock::PerQueueLock;
 
 use crate::hal_impl::KernelHal;
 use crate::println;
@@ -785,15 +785,15 @@ impl Disk {
 }
 
 /// One claimed disk: its name (fixed, readable without a lock) and the
-/// disk behind its per-queue locks ([`DiskLock`]).
+/// disk behind its per-queue locks ([`PerQueueLock`]).
 struct DiskEntry {
     name: String,
-    disk: DiskLock<Disk>,
+    disk: PerQueueLock<Disk>,
 }
 
 /// Every disk, in name order (vda first), claimed once. The list itself
 /// never changes after [`init`], so it needs no lock; each disk has its
-/// own locks, one per request queue (`disk_lock.rs`).
+/// own locks, one per request queue (`per_queue_lock.rs`).
 static DISKS: Once<Vec<DiskEntry>> = Once::new();
 
 /// Brings every virtio-blk device up and names it (once; later calls do
@@ -830,13 +830,13 @@ fn claim_all() -> Vec<DiskEntry> {
             name: disk.name.clone(),
             disk: {
                 let queues = usize::from(disk.queue_count());
-                DiskLock::new(disk, queues)
+                PerQueueLock::new(disk, queues)
             },
         })
         .collect()
 }
 
-fn find(name: &str) -> Result<&'static DiskLock<Disk>, BlockError> {
+fn find(name: &str) -> Result<&'static PerQueueLock<Disk>, BlockError> {
     all()
         .iter()
         .find(|d| d.name == name)

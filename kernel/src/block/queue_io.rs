@@ -1,7 +1,7 @@
 //! # I/O on one request queue, from the CPU that owns it
 //!
 //! What the self-tests and the `scale` benchmark do on each CPU: hold the
-//! disk by one queue lock ([`super::with_disk_queue`], `disk_lock.rs`), lock
+//! disk by one queue lock ([`super::with_disk_queue`], `per_queue_lock.rs`), lock
 //! that request queue in the driver (`drivers::blk::BlkQueue`, virtio 1.2
 //! §5.2.6), keep requests in flight on it with buffers registered with
 //! the queue, and sleep on that queue's interrupt (its MSI-X message goes

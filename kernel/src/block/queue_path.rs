@@ -3,7 +3,7 @@
 //! The normal way a read or a write reaches a disk: [`super::read`] (the
 //! shell's `blk read`) and [`super::write`] (its `cp` to a disk) take only
 //! the lock of the calling CPU's request queue (`drivers::cpu_queues`,
-//! `disk_lock.rs`), so CPUs on different queues do not wait for each
+//! `per_queue_lock.rs`), so CPUs on different queues do not wait for each
 //! other, and drive that queue through the driver's per-queue path
 //! (`drivers::blk::BlkQueue`):
 //!

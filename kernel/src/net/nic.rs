@@ -69,7 +69,7 @@
 //!
 //! ## The card list: one lock per CPU
 //!
-//! The cards are kept behind a `block::DiskLock` with one lock per online
+//! The cards are kept behind a `per_queue_lock::PerQueueLock` with one lock per online
 //! CPU: [`nics`] takes every lock and gives `&mut` (bring-up, the network
 //! loop, recovery, the shell: everything that existed before), while
 //! `with_card_for_cpu` (in the benchmark build; the network loop itself
@@ -99,7 +99,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use spin::Once;
 
-use crate::block::{AllGuard, DiskLock};
+use crate::per_queue_lock::{AllGuard, PerQueueLock};
 
 use crate::hal_impl::KernelHal;
 use crate::virtio::{BroughtUp, DrivenDevice, FeatureList, InterruptLine, KernelTransport};
@@ -191,13 +191,13 @@ pub struct Nic {
 
 /// Every network card brought up, in discovery order, behind one lock per
 /// online CPU (module docs, "The card list").
-static NICS: Once<DiskLock<Vec<Nic>>> = Once::new();
+static NICS: Once<PerQueueLock<Vec<Nic>>> = Once::new();
 
 /// The card list with its locks, made at first use: after `smp::init`
 /// (the kernel claims cards after starting the other CPUs), so with one
 /// lock per CPU that is online.
-fn card_list() -> &'static DiskLock<Vec<Nic>> {
-    NICS.call_once(|| DiskLock::new(Vec::new(), crate::smp::online_cpus()))
+fn card_list() -> &'static PerQueueLock<Vec<Nic>> {
+    NICS.call_once(|| PerQueueLock::new(Vec::new(), crate::smp::online_cpus()))
 }
 
 /// The card list, every lock taken. Interrupt handlers never take it; do
